@@ -1,0 +1,92 @@
+"""`peftrepro` console script: the suite's small commands besides the Hydra run entry point.
+
+    peftrepro score e2e PRED REFS   score a prediction file with the official E2E metrics
+    peftrepro params [--out DIR]    write the trainable-parameter table (paper Tables 3 and 15)
+    peftrepro aggregate [...]       records -> paper tables (same as python -m peftrepro.aggregate)
+    peftrepro fixtures DIR          write the tiny offline datasets the smoke profile uses
+
+Training runs go through Hydra: `python -m peftrepro.run` (or `peftrepro-run`).
+Errors the suite raises on purpose are printed as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from peftrepro.errors import PeftReproError
+
+
+def _score(args: argparse.Namespace) -> int:
+    from peftrepro.metrics.e2e import score_e2e_files
+
+    scores = score_e2e_files(args.predictions, args.references)
+    if args.json:
+        print(json.dumps(scores, indent=2))
+    else:
+        for name, value in scores.items():
+            print(f"{name.upper():8s} {'missing' if value is None else f'{value:.4f}'}")
+    return 0
+
+
+def _params(args: argparse.Namespace) -> int:
+    from peftrepro.methods import params_table
+
+    return params_table.main(["--out", str(args.out)])
+
+
+def _aggregate(args: argparse.Namespace) -> int:
+    from peftrepro import aggregate
+
+    return aggregate.main(args.rest)
+
+
+def _fixtures(args: argparse.Namespace) -> int:
+    from peftrepro.tasks import write_fixtures
+
+    print(write_fixtures(Path(args.directory)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peftrepro", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    score = commands.add_parser("score", help="score a prediction file")
+    score_tasks = score.add_subparsers(dest="task", required=True)
+    e2e = score_tasks.add_parser("e2e", help="BLEU, NIST, METEOR, ROUGE-L, CIDEr as the official E2E scorer")
+    e2e.add_argument("predictions", type=Path,
+                     help="one prediction per line, a .tsv with an 'output' column, or .jsonl with 'prediction'")
+    e2e.add_argument("references", type=Path,
+                     help="official CSV (mr, ref; .csv or .csv.gz) or e2e-metrics text (blank-line separated)")
+    e2e.add_argument("--json", action="store_true", help="print the scores as JSON")
+    e2e.set_defaults(handler=_score)
+
+    params = commands.add_parser("params", help="write results/tables/params.{csv,md}")
+    params.add_argument("--out", type=Path, default=Path("results/tables"))
+    params.set_defaults(handler=_params)
+
+    agg = commands.add_parser("aggregate", help="records -> tables (see python -m peftrepro.aggregate --help)")
+    agg.add_argument("rest", nargs=argparse.REMAINDER)
+    agg.set_defaults(handler=_aggregate)
+
+    fixtures = commands.add_parser("fixtures", help="write the tiny offline datasets")
+    fixtures.add_argument("directory")
+    fixtures.set_defaults(handler=_fixtures)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except PeftReproError as error:
+        print(f"peftrepro: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
