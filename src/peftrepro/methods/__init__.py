@@ -1,0 +1,21 @@
+"""PEFT methods of the LoRA paper behind one interface (config dataclass + apply + registry).
+
+    cfg = make_method_config("lora", {"weights": ["W_q", "W_v"], "r": 4})
+    applied = apply_method(model, cfg)      # in place; everything else frozen
+    applied.prompt                          # virtual tokens for the task (prefix methods)
+    applied.merge(); applied.merge_and_unload()   # LoRA only
+
+Modules: targets (paper weight names -> modules per architecture), lora, adapters, prefix,
+selective (ft, ft_top, bitfit), accounting (counts and the paper's formulas), checkpoint
+(adapter save/load), params_table (`python -m peftrepro.methods.params_table`).
+"""
+
+from peftrepro.methods.accounting import count_parameters, formula_params
+from peftrepro.methods.base import AppliedMethod, MethodConfig
+from peftrepro.methods.checkpoint import load_adapter, save_adapter
+from peftrepro.methods.registry import METHODS, apply_method, make_method_config
+
+__all__ = [
+    "METHODS", "AppliedMethod", "MethodConfig", "apply_method", "count_parameters", "formula_params",
+    "load_adapter", "make_method_config", "save_adapter",
+]

@@ -1,0 +1,92 @@
+"""The one interface every method implements: a config dataclass, an apply function, a registry entry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, ClassVar, Iterable
+
+from torch import nn
+
+from peftrepro.errors import ConfigError
+from peftrepro.interfaces import NO_PROMPT_WRAP, PromptWrap
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's options; subclasses add fields and check them in `validate`."""
+
+    name: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError on an out-of-range option (called on construction)."""
+
+    def options(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class AppliedMethod:
+    """What `apply_method` returns: the (modified in place) model and what the task needs to know."""
+
+    model: nn.Module
+    config: MethodConfig
+    prompt: PromptWrap = NO_PROMPT_WRAP
+    # set by LoRA only: the wrappers that can fold their update into the base weight
+    mergeable: list[Any] = field(default_factory=list)
+
+    def _require_mergeable(self, action: str) -> None:
+        if not self.mergeable:
+            raise ConfigError(
+                f"{action}() is defined only for LoRA (its update folds into W0); "
+                f"method {self.config.name!r} adds computation that cannot be merged away"
+            )
+
+    def merge(self) -> None:
+        """Fold the LoRA update into the frozen weights (W = W0 + s·BA); idempotent."""
+        self._require_mergeable("merge")
+        for wrapper in self.mergeable:
+            wrapper.merge()
+
+    def unmerge(self) -> None:
+        """Undo `merge` (W = W - s·BA); idempotent."""
+        self._require_mergeable("unmerge")
+        for wrapper in self.mergeable:
+            wrapper.unmerge()
+
+    def merge_and_unload(self) -> nn.Module:
+        """Merge, then put the plain base modules back: a model with no LoRA modules at all."""
+        self._require_mergeable("merge_and_unload")
+        for wrapper in self.mergeable:
+            wrapper.merge()
+        for root, path, wrapper in self._wrapper_paths():
+            root.set_submodule(path, wrapper.base)
+        self.mergeable = []
+        return self.model
+
+    def _wrapper_paths(self) -> Iterable[tuple[nn.Module, str, Any]]:
+        wanted = {id(w) for w in self.mergeable}
+        return [(self.model, name, module) for name, module in self.model.named_modules()
+                if id(module) in wanted]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registry entry: name, option dataclass and the function that applies it."""
+
+    name: str
+    config_cls: type[MethodConfig]
+    apply: Callable[[nn.Module, Any], AppliedMethod]
+    summary: str
+
+
+def freeze_all(model: nn.Module) -> None:
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+
+
+def require_positive(config: MethodConfig, option: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"method {config.name!r}: option {option} must be an integer >= 1, got {value!r}")

@@ -1,0 +1,173 @@
+"""LoRA (Hu et al. 2021, §4.1): h = W0·x + (α/r)·B·A·x with W0 frozen, B zero-initialised.
+
+Each adapted weight matrix gets its own A (r×d_in) and B (d_out×r) and its own rank (Table 15
+uses r_q = r_v = 8 or r_q = r_k = r_v = r_o = 2). On GPT-2's fused `c_attn` (a Conv1D whose
+weight is stored transposed, d_in×3d) the matrices of W_q / W_k / W_v are the output slices
+[0:d], [d:2d], [2d:3d]; adapting W_q and W_v touches only those slices (peft #706 shares one A).
+All adapted slices of one module are computed in ONE pair of skinny products: the A's are
+stacked (Σr × d_in) and the B's placed in a zero-padded (d_out × Σr) matrix, so the fused
+q/v update costs two matmuls, not one per projection. The base path is the untouched module.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import ClassVar, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from peftrepro.errors import ConfigError
+from peftrepro.methods.base import AppliedMethod, MethodConfig, freeze_all, require_positive
+from peftrepro.methods.targets import PAPER_WEIGHTS, blocks, weight_target
+
+LORA_INITS = ("kaiming_uniform", "gaussian")
+
+
+@dataclass
+class LoRAConfig(MethodConfig):
+    name: ClassVar[str] = "lora"
+    weights: list[str] = field(default_factory=lambda: ["W_q", "W_v"])  # paper names, see targets.py
+    r: int = 4  # rank of every weight in `weights`
+    ranks: dict[str, int] | None = None  # explicit {weight: rank}; overrides weights/r (Table 5/15)
+    alpha: float = 32  # update scaled by alpha / r (per weight, with that weight's own r)
+    dropout: float = 0.1  # dropout on the LoRA branch's input only (loralib `lora_dropout`)
+    # A's init. The paper (§4.1) says "random Gaussian"; loralib, the code the authors ran, uses
+    # kaiming_uniform(a=√5) (nn.Linear's default) and says so in a comment. Default follows the
+    # code; "gaussian" draws N(0, 1/r²) like peft's init_lora_weights="gaussian".
+    init: str = "kaiming_uniform"
+
+    def validate(self) -> None:
+        for weight, rank in self.rank_per_weight().items():
+            if weight not in PAPER_WEIGHTS:
+                raise ConfigError(f"lora: unknown weight name {weight!r}; valid names: {list(PAPER_WEIGHTS)}")
+            require_positive(self, f"rank of {weight}" if self.ranks else "r", rank)
+        if not self.rank_per_weight():
+            raise ConfigError("lora: no weight to adapt; set weights: [W_q, W_v] or ranks: {W_q: 4}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora: dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.alpha > 0:
+            raise ConfigError(f"lora: alpha must be > 0, got {self.alpha!r}")
+        if self.init not in LORA_INITS:
+            raise ConfigError(f"lora: init must be one of {list(LORA_INITS)}, got {self.init!r}")
+
+    def rank_per_weight(self) -> dict[str, int]:
+        if self.ranks:
+            return dict(self.ranks)
+        return {weight: self.r for weight in self.weights}
+
+
+@dataclass(frozen=True)
+class LoRASlice:
+    """One adapted weight matrix inside a (possibly fused) module."""
+
+    weight: str  # paper name, also the key of lora_A / lora_B
+    rows: slice  # its output features in the module
+    rank: int
+
+
+class LoRAModule(nn.Module):
+    """A frozen nn.Linear or Conv1D plus low-rank updates on some of its output slices."""
+
+    def __init__(self, base: nn.Module, slices: list[LoRASlice], alpha: float, dropout: float, init: str):
+        super().__init__()
+        self.base = base
+        self.fan_in_fan_out = isinstance(base, Conv1D)  # Conv1D stores W as d_in×d_out
+        weight = base.weight
+        self.in_features, self.out_features = (weight.shape if self.fan_in_fan_out else weight.shape[::-1])
+        self.slices = slices
+        self.lora_A = nn.ParameterDict(
+            {s.weight: nn.Parameter(weight.new_empty(s.rank, self.in_features)) for s in slices})
+        self.lora_B = nn.ParameterDict(
+            {s.weight: nn.Parameter(weight.new_zeros(s.rows.stop - s.rows.start, s.rank)) for s in slices})
+        for s in slices:
+            _init_A(self.lora_A[s.weight], init, s.rank)
+        scaling = torch.cat([torch.full((s.rank,), alpha / s.rank) for s in slices])
+        self.register_buffer("scaling", scaling.to(device=weight.device, dtype=weight.dtype), persistent=False)
+        self.covers_all_outputs = len(slices) == 1 and slices[0].rows == slice(0, self.out_features)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+
+    def _stacked_A(self) -> torch.Tensor:
+        return torch.cat([self.lora_A[s.weight] for s in self.slices]) if len(self.slices) > 1 \
+            else self.lora_A[self.slices[0].weight]
+
+    def _padded_B(self) -> torch.Tensor:
+        """(d_out × Σr): each slice's B in its rows and rank columns, zeros elsewhere (e.g. W_k's rows)."""
+        if self.covers_all_outputs:
+            return self.lora_B[self.slices[0].weight]
+        first = self.lora_B[self.slices[0].weight]
+        padded = first.new_zeros(self.out_features, int(self.scaling.numel()))
+        column = 0
+        for s in self.slices:
+            padded[s.rows, column:column + s.rank] = self.lora_B[s.weight]
+            column += s.rank
+        return padded
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        if self.merged:
+            return out
+        low_rank = F.linear(self.dropout(x), self._stacked_A()) * self.scaling
+        return out + F.linear(low_rank, self._padded_B())
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW = s·B·A in the base module's own layout (transposed for Conv1D)."""
+        delta = (self._padded_B() * self.scaling) @ self._stacked_A()
+        return delta.T if self.fan_in_fan_out else delta
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self.base.weight += self.delta_weight().to(self.base.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        ranks = ", ".join(f"{s.weight}: r={s.rank} rows {s.rows.start}:{s.rows.stop}" for s in self.slices)
+        return f"{ranks}, merged={self.merged}"
+
+
+def _init_A(A: nn.Parameter, init: str, rank: int) -> None:
+    if init == "kaiming_uniform":
+        nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+    else:
+        nn.init.normal_(A, std=1.0 / rank)
+
+
+def _output_rows(base: nn.Module, part: int, n_parts: int, where: str) -> slice:
+    if not isinstance(base, (nn.Linear, Conv1D)):
+        raise ConfigError(f"lora: {where} is a {type(base).__name__}; LoRA wraps nn.Linear or Conv1D only")
+    out_features = base.weight.shape[1] if isinstance(base, Conv1D) else base.weight.shape[0]
+    width = out_features // n_parts
+    return slice(part * width, (part + 1) * width)
+
+
+def apply_lora(model: nn.Module, config: LoRAConfig) -> AppliedMethod:
+    ranks = config.rank_per_weight()
+    by_module: Mapping[str, list[str]] = defaultdict(list)
+    for weight in ranks:
+        by_module[weight_target(model, weight).module].append(weight)
+    freeze_all(model)
+    wrappers = []
+    for index, block in enumerate(blocks(model)):
+        for module_path, weights in by_module.items():
+            base = block.get_submodule(module_path)
+            slices = []
+            for weight in sorted(weights, key=lambda w: weight_target(model, w).part):
+                target = weight_target(model, weight)
+                rows = _output_rows(base, target.part, target.n_parts, f"block {index} {module_path}")
+                slices.append(LoRASlice(weight, rows, ranks[weight]))
+            wrapper = LoRAModule(base, slices, config.alpha, config.dropout, config.init)
+            block.set_submodule(module_path, wrapper)
+            wrappers.append(wrapper)
+    return AppliedMethod(model=model, config=config, mergeable=wrappers)

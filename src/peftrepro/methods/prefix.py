@@ -1,0 +1,212 @@
+"""Prefix-embedding (PreEmbed) and prefix-layer (PreLayer) tuning through virtual tokens (§5.1).
+
+The method owns l_p + l_i virtual token ids just past the real vocabulary (`AppliedMethod.prompt`:
+prefix ids go before the prompt, infix ids after it). The input embedding is wrapped so that:
+- virtual ids read a trainable row (l_p + l_i rows of width d: PreEmbed's whole |Θ| = d·(l_p+l_i));
+- they are replaced by a real id before the frozen table, so they never reach the real embedding,
+  and the LM head is untouched (generation can only emit real tokens).
+
+PreLayer additionally learns "the activations after every Transformer layer" at those positions.
+Choice (documented in PrefixLayerConfig): the trainable tensors are the hidden states ENTERING
+each of the L layers, the embedding output for layer 0 (the PreEmbed rows) and the output of layer
+i-1 for layer i, which a forward pre-hook on each block writes over the virtual positions. Replacing
+the last layer's output too would only change logits at virtual positions, which carry no loss, so
+it is not a parameter. |Θ| = L·d·(l_p+l_i), exactly the paper's formula.
+
+Under `generate()` the prompt pass sees the virtual ids and puts the replaced activations into the
+KV cache; later steps feed only new real tokens and attend to the cached keys/values, so decoding
+with and without cache agree (tested), with the usual attention mask and position handling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from peftrepro.errors import ConfigError
+from peftrepro.interfaces import PromptWrap
+from peftrepro.methods.base import AppliedMethod, MethodConfig, freeze_all
+from peftrepro.methods.targets import arch_spec, backbone, blocks
+
+PREFIX_INITS = ("real_tokens", "normal")
+
+
+@dataclass
+class PrefixConfig(MethodConfig):
+    prefix_length: int = 8  # l_p: virtual tokens before the prompt
+    infix_length: int = 8  # l_i: virtual tokens between the prompt and the target
+    # "real_tokens": start from the embeddings (PreEmbed) / hidden states (PreLayer) of randomly drawn
+    # real tokens, as Li & Liang (2021) recommend; "normal": N(0, std of the embedding table).
+    init: str = "real_tokens"
+
+    def validate(self) -> None:
+        for option in ("prefix_length", "infix_length"):
+            value = getattr(self, option)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{self.name}: {option} must be an integer >= 0, got {value!r}")
+        if self.n_virtual == 0:
+            raise ConfigError(f"{self.name}: prefix_length + infix_length must be >= 1 (both are 0)")
+        if self.init not in PREFIX_INITS:
+            raise ConfigError(f"{self.name}: init must be one of {list(PREFIX_INITS)}, got {self.init!r}")
+
+    @property
+    def n_virtual(self) -> int:
+        return self.prefix_length + self.infix_length
+
+
+@dataclass
+class PrefixEmbedConfig(PrefixConfig):
+    name: ClassVar[str] = "prefix_embed"
+    prefix_length: int = 256  # GPT-3 best in Table 15 / D.4
+    infix_length: int = 8
+
+
+@dataclass
+class PrefixLayerConfig(PrefixConfig):
+    name: ClassVar[str] = "prefix_layer"
+    prefix_length: int = 8  # GPT-3 best in Table 15 / D.4
+    infix_length: int = 8
+
+
+class VirtualPositions:
+    """Where the virtual tokens of the current forward pass are (set by the embedding, read by hooks)."""
+
+    def __init__(self) -> None:
+        self.mask: torch.Tensor | None = None  # (batch, seq) bool
+        self.index: torch.Tensor | None = None  # (batch, seq) virtual row per position
+
+    def clear(self, *_: Any) -> None:
+        self.mask = self.index = None
+
+
+class VirtualTokenEmbedding(nn.Module):
+    """The frozen token embedding plus trainable rows for ids >= its vocabulary size."""
+
+    def __init__(self, base: nn.Embedding, n_virtual: int):
+        super().__init__()
+        self.base = base
+        self.vocab_size = base.num_embeddings
+        self.virtual = nn.Parameter(base.weight.new_empty(n_virtual, base.embedding_dim))
+        self.positions = VirtualPositions()
+
+    @property
+    def weight(self) -> torch.Tensor:  # weight tying and HF utilities look for `.weight`
+        return self.base.weight
+
+    def virtual_ids(self) -> list[int]:
+        return list(range(self.vocab_size, self.vocab_size + self.virtual.shape[0]))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        is_virtual = input_ids >= self.vocab_size
+        index = (input_ids - self.vocab_size).clamp(0, self.virtual.shape[0] - 1)
+        if bool((input_ids >= self.vocab_size + self.virtual.shape[0]).any()):
+            raise ConfigError(f"token id {int(input_ids.max())} is beyond this method's virtual ids "
+                              f"{self.vocab_size}..{self.vocab_size + self.virtual.shape[0] - 1}")
+        embedded = self.base(input_ids.masked_fill(is_virtual, 0))  # virtual ids never reach the table
+        self.positions.mask, self.positions.index = is_virtual, index
+        return torch.where(is_virtual.unsqueeze(-1), self.virtual[index].to(embedded.dtype), embedded)
+
+
+class LayerActivations(nn.Module):
+    """PreLayer's trainable hidden states entering layers 1..L-1 (layer 0's are the embedding rows)."""
+
+    def __init__(self, n_layers: int, n_virtual: int, like: torch.Tensor):
+        super().__init__()
+        self.activations = nn.Parameter(like.new_empty(n_layers - 1, n_virtual, like.shape[-1]))
+
+
+class ReplaceVirtualHiddenStates:
+    """Forward pre-hook of block `layer`: write the trainable activations over the virtual positions.
+
+    A plain object (not a closure) so that deepcopy/pickling of the model copies it consistently.
+    """
+
+    def __init__(self, owner: LayerActivations, positions: VirtualPositions, layer: int):
+        self.owner, self.positions, self.layer = owner, positions, layer
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        mask, index = self.positions.mask, self.positions.index
+        if mask is None or not bool(mask.any()):
+            return None  # incremental decoding step: virtual positions already live in the KV cache
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if hidden.shape[:2] != mask.shape:
+            raise RuntimeError(f"prefix_layer: block {self.layer} got hidden states {tuple(hidden.shape)} but the "
+                               f"embedding saw ids {tuple(mask.shape)}; pass input_ids, not inputs_embeds")
+        trained = self.owner.activations[self.layer - 1][index].to(hidden.dtype)
+        hidden = torch.where(mask.unsqueeze(-1), trained, hidden)
+        return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+
+
+def _std(tensor: torch.Tensor) -> float:
+    return 1.0 if tensor.is_meta else float(tensor.detach().float().std())
+
+
+def _real_token_sample(embedding: nn.Embedding, n: int) -> torch.Tensor:
+    return torch.randint(0, embedding.num_embeddings, (1, n), device=embedding.weight.device)
+
+
+def _wrap_embedding(model: nn.Module, config: PrefixConfig, sample: torch.Tensor | None) -> VirtualTokenEmbedding:
+    body = backbone(model)
+    path = arch_spec(model).embedding
+    base = body.get_submodule(path)
+    wrapper = VirtualTokenEmbedding(base, config.n_virtual)
+    with torch.no_grad():
+        if sample is not None:
+            wrapper.virtual.copy_(base.weight[sample[0]])
+        else:
+            nn.init.normal_(wrapper.virtual, std=_std(base.weight))
+    body.set_submodule(path, wrapper)
+    body.register_forward_pre_hook(wrapper.positions.clear)  # no stale positions across calls
+    return wrapper
+
+
+@torch.no_grad()
+def _hidden_states_of(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Hidden states entering each layer for real tokens `ids` (frozen model, eval mode)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return backbone(model)(input_ids=ids, output_hidden_states=True).hidden_states
+    finally:
+        model.train(was_training)
+
+
+def _init_sample(model: nn.Module, config: PrefixConfig) -> torch.Tensor | None:
+    embedding = backbone(model).get_submodule(arch_spec(model).embedding)
+    if config.init != "real_tokens" or embedding.weight.is_meta:
+        return None
+    return _real_token_sample(embedding, config.n_virtual)
+
+
+def _prompt(wrapper: VirtualTokenEmbedding, config: PrefixConfig) -> PromptWrap:
+    ids = wrapper.virtual_ids()
+    return PromptWrap(prefix_ids=tuple(ids[:config.prefix_length]), infix_ids=tuple(ids[config.prefix_length:]))
+
+
+def apply_prefix_embed(model: nn.Module, config: PrefixEmbedConfig) -> AppliedMethod:
+    freeze_all(model)
+    wrapper = _wrap_embedding(model, config, _init_sample(model, config))
+    return AppliedMethod(model=model, config=config, prompt=_prompt(wrapper, config))
+
+
+def apply_prefix_layer(model: nn.Module, config: PrefixLayerConfig) -> AppliedMethod:
+    freeze_all(model)
+    layers = blocks(model)
+    sample = _init_sample(model, config)
+    initial = _hidden_states_of(model, sample) if sample is not None else None
+    wrapper = _wrap_embedding(model, config, sample)
+    owner = LayerActivations(len(layers), config.n_virtual, wrapper.virtual)
+    with torch.no_grad():
+        if initial is not None and len(layers) > 1:
+            owner.activations.copy_(torch.stack([initial[i][0] for i in range(1, len(layers))]))
+        elif initial is None:
+            nn.init.normal_(owner.activations, std=_std(wrapper.virtual))
+    backbone(model).prefix_layer_activations = owner
+    for index, block in enumerate(layers):
+        if index > 0:
+            block.register_forward_pre_hook(ReplaceVirtualHiddenStates(owner, wrapper.positions, index),
+                                            with_kwargs=True)
+    return AppliedMethod(model=model, config=config, prompt=_prompt(wrapper, config))

@@ -1,0 +1,83 @@
+"""Methods that train a subset of the model's own parameters: FT, FT-TopK, BitFit (§5.1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import nn
+
+from peftrepro.errors import ConfigError
+from peftrepro.methods.base import AppliedMethod, MethodConfig, freeze_all, require_positive
+from peftrepro.methods.targets import arch_spec, blocks
+
+
+@dataclass
+class FullFTConfig(MethodConfig):
+    """FT: "all model parameters undergo gradient updates" (embeddings, LM head and norms included)."""
+
+    name: ClassVar[str] = "ft"
+
+
+@dataclass
+class FTTopConfig(MethodConfig):
+    """FT-TopK: only the last k Transformer blocks train, every parameter inside them.
+
+    The final LayerNorm, the embeddings and the LM head stay frozen: on GPT-2 M FT-Top2 is then
+    exactly 2 blocks × (12·d² + 13·d) = 25,192,448, the paper's (Li & Liang's) 25.19M.
+    """
+
+    name: ClassVar[str] = "ft_top"
+    k: int = 2
+
+    def validate(self) -> None:
+        require_positive(self, "k", self.k)
+
+
+@dataclass
+class BitFitConfig(MethodConfig):
+    """BitFit (Zaken et al. 2021): "only train the bias vectors while freezing everything else"."""
+
+    name: ClassVar[str] = "bitfit"
+    # Zaken et al. train every bias term, the LayerNorm biases (β) among them; set false to train
+    # only the biases of the linear layers. The paper's GPT-3 14.2M count is unexplained either way.
+    layernorm_bias: bool = True
+
+
+def apply_full_ft(model: nn.Module, config: FullFTConfig) -> AppliedMethod:
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    return AppliedMethod(model=model, config=config)
+
+
+def apply_ft_top(model: nn.Module, config: FTTopConfig) -> AppliedMethod:
+    layers = blocks(model)
+    if config.k > len(layers):
+        raise ConfigError(f"ft_top: k={config.k} but the {arch_spec(model).family} model has only "
+                          f"{len(layers)} blocks; choose 1 <= k <= {len(layers)}")
+    freeze_all(model)
+    for block in layers[len(layers) - config.k:]:
+        for parameter in block.parameters():
+            parameter.requires_grad_(True)
+    return AppliedMethod(model=model, config=config)
+
+
+def _is_trainable_bias(module: nn.Module, name: str, config: BitFitConfig) -> bool:
+    if name != "bias":
+        return False
+    return config.layernorm_bias or not isinstance(module, nn.LayerNorm)
+
+
+def apply_bitfit(model: nn.Module, config: BitFitConfig) -> AppliedMethod:
+    arch_spec(model)  # supported family check, same as every other method
+    freeze_all(model)
+    biases = [parameter for module in model.modules()
+              for name, parameter in module.named_parameters(recurse=False)
+              if parameter is not None and _is_trainable_bias(module, name, config)]
+    if not biases:
+        raise ConfigError(f"bitfit: this {model.config.model_type} model has no bias parameters "
+                          "(e.g. Llama's linear layers and RMSNorm are bias-free), so BitFit would train "
+                          "nothing; choose another method (lora, adapter_h, ...) for this model")
+    for parameter in biases:
+        parameter.requires_grad_(True)
+    return AppliedMethod(model=model, config=config)

@@ -1,0 +1,176 @@
+"""What the three tasks share: options, prompt+target encoding, batched generation and scoring.
+
+Every task turns an example into `prefix + prompt + infix + target` token ids (PromptWrap places a
+method's virtual tokens) with the loss on the target only. Text is tokenized without the
+tokenizer's automatic special tokens, as the authors' GPT-2 code does: each task adds the EOS it
+needs explicitly, so the layout is the same for GPT-2 and Llama tokenizers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence, TypeVar
+
+import torch
+
+from peftrepro.errors import ConfigError
+from peftrepro.interfaces import IGNORE_INDEX, DecodingConfig, EncodedExample, PromptWrap
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Options every task accepts (Hydra `conf/task/<name>.yaml` passes them to `make_task`)."""
+
+    train_split: str = "train"
+    eval_split: str = "test"
+    max_train_examples: int | None = None  # None = the whole split
+    max_eval_examples: int | None = None
+    max_length: int = 512  # tokens per training sequence (prompt is cut from the left beyond it)
+
+
+Options = TypeVar("Options", bound=TaskOptions)
+
+
+def parse_options(options_type: type[Options], task: str, options: Mapping[str, Any] | None) -> Options:
+    """Build `options_type` from a mapping; unknown names or bad values raise one ConfigError."""
+    options = dict(options or {})
+    fields = {f.name: f for f in dataclasses.fields(options_type)}
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise ConfigError(f"task {task!r}: unknown option(s) {unknown}; valid options: {sorted(fields)}")
+    parsed = options_type(**options)
+    for name in ("max_train_examples", "max_eval_examples"):
+        value = getattr(parsed, name)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"task {task!r}: {name} must be a positive integer or null, got {value!r}")
+    if not isinstance(parsed.max_length, int) or parsed.max_length < 8:
+        raise ConfigError(f"task {task!r}: max_length must be an integer >= 8, got {parsed.max_length!r}")
+    return parsed
+
+
+def check_split(task: str, split: str, valid: Sequence[str]) -> None:
+    if split not in valid:
+        raise ConfigError(f"task {task!r}: unknown split {split!r}; valid splits: {list(valid)}")
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+def text_ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def eos_id(tokenizer: Any) -> int:
+    if tokenizer.eos_token_id is None:
+        raise ConfigError(f"tokenizer {type(tokenizer).__name__} has no EOS token; the tasks need one "
+                          "to end targets and stop generation")
+    return int(tokenizer.eos_token_id)
+
+
+def pad_id(tokenizer: Any) -> int:
+    return int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else eos_id(tokenizer)
+
+
+def fit_prompt(prompt_ids: list[int], budget: int) -> list[int]:
+    """Keep the last `budget` prompt tokens: the part next to the target matters most."""
+    return prompt_ids[-budget:] if budget > 0 else []
+
+
+def encode_pair(prompt_ids: list[int], target_ids: list[int], wrap: PromptWrap, max_length: int) -> EncodedExample:
+    """`prefix + prompt + infix + target`, labels only on the target.
+
+    Over `max_length`, the prompt loses tokens from its start; a target longer than the room
+    left loses its end (the loss still covers what remains).
+    """
+    room = max_length - len(wrap.prefix_ids) - len(wrap.infix_ids)
+    target_ids = target_ids[:room]
+    prompt_ids = fit_prompt(prompt_ids, room - len(target_ids))
+    context = [*wrap.prefix_ids, *prompt_ids, *wrap.infix_ids]
+    return EncodedExample(input_ids=context + target_ids,
+                          labels=[IGNORE_INDEX] * len(context) + list(target_ids))
+
+
+def wrapped_prompt(prompt_ids: list[int], wrap: PromptWrap, max_prompt_tokens: int) -> list[int]:
+    """The generation context: the prompt (cut from the left to fit) inside the method's wrap."""
+    room = max_prompt_tokens - len(wrap.prefix_ids) - len(wrap.infix_ids)
+    return [*wrap.prefix_ids, *fit_prompt(prompt_ids, room), *wrap.infix_ids]
+
+
+# ----------------------------------------------------------------------------- model helpers
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    size = max(1, int(size))
+    return [items[start:start + size] for start in range(0, len(items), size)]
+
+
+def left_pad(sequences: Sequence[list[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+        mask[row, width - len(seq):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def cut_at_eos(token_ids: Sequence[int], eos: int) -> list[int]:
+    token_ids = list(token_ids)
+    return token_ids[:token_ids.index(eos)] if eos in token_ids else token_ids
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, tokenizer: Any, contexts: Sequence[list[int]],
+             decoding: DecodingConfig, desc: str) -> list[list[int]]:
+    """New tokens (cut at EOS) for each context: transformers `generate`, left-padded batches, KV cache."""
+    from tqdm.auto import tqdm
+
+    eos, pad, device = eos_id(tokenizer), pad_id(tokenizer), model_device(model)
+    was_training = model.training
+    model.eval()
+    outputs: list[list[int]] = []
+    try:
+        for batch in tqdm(batches(contexts, decoding.batch_size), desc=desc, leave=False):
+            ids, mask = left_pad(batch, pad, device)
+            generated = model.generate(
+                input_ids=ids, attention_mask=mask, do_sample=False, use_cache=True,
+                num_beams=decoding.num_beams, length_penalty=decoding.length_penalty,
+                no_repeat_ngram_size=decoding.no_repeat_ngram_size, max_new_tokens=decoding.max_new_tokens,
+                eos_token_id=eos, pad_token_id=pad,
+            )
+            outputs.extend(cut_at_eos(row[ids.shape[1]:].tolist(), eos) for row in generated)
+    finally:
+        model.train(was_training)
+    return outputs
+
+
+@torch.no_grad()
+def sequence_logprobs(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[tuple[list[int], list[int]]],
+                      batch_size: int) -> list[float]:
+    """Sum of log p(target | context) for each (context ids, target ids) pair, batched, right-padded."""
+    pad, device = pad_id(tokenizer), model_device(model)
+    was_training = model.training
+    model.eval()
+    scores: list[float] = []
+    try:
+        for batch in batches(pairs, batch_size):
+            width = max(len(ctx) + len(tgt) for ctx, tgt in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, (ctx, tgt) in enumerate(batch):
+                seq = torch.tensor(ctx + tgt, dtype=torch.long)
+                ids[row, :len(seq)], mask[row, :len(seq)] = seq, 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            logprobs = torch.log_softmax(logits, dim=-1).cpu()
+            for row, (ctx, tgt) in enumerate(batch):
+                # token at position p is predicted by the logits at p - 1
+                positions = torch.arange(len(ctx) - 1, len(ctx) + len(tgt) - 1)
+                scores.append(float(logprobs[row, positions, torch.tensor(tgt)].sum()))
+    finally:
+        model.train(was_training)
+    return scores

@@ -1,0 +1,154 @@
+"""WikiSQL (paper Table 4, GPT-3): table schema + question -> SQL, scored by logical-form accuracy.
+
+Paper App. C: x = {table schema, query}, y = {SQL}; the exact serialisation is not given. We use
+the mlx-examples LoRA format (one public, documented choice; `wikisql/mlx_lora_subset` holds 100
+of its test lines and our rendering reproduces them exactly):
+
+    table: <table id>\\ncolumns: <header joined by ', '>\\nQ: <question>\\nA:   <- prompt
+     SELECT [AGG ]<column> FROM <table id>[ WHERE <column> <op> <value> ...]<EOS>   <- target
+
+Splits. The offline data (../shared/data/wikisql) has dev and test questions but tables only for
+test, and no train split. So the two split policies are:
+  - `test_by_table` (mini profile): the official TEST split divided by table id into disjoint
+    table sets, `eval_fraction` of the tables (seeded shuffle, `split_seed`) form `validation`,
+    the rest `train`. No question about an evaluation table is ever trained on.
+  - `official` (paper profile): `train` / `validation` (the paper's 8,421) / `test` from the hub
+    (`Salesforce/wikisql`), or from a data root that has them. Offline, `validation` is dev
+    without tables: those examples cannot be prompted, so they are counted as `missing_header`
+    in the notes and scored wrong, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from peftrepro.errors import ConfigError, DataError
+from peftrepro.interfaces import DecodingConfig, EncodedExample, EvalOutput, PromptWrap
+from peftrepro.metrics.wikisql import render_sql, score_wikisql
+from peftrepro.tasks import data
+from peftrepro.tasks.base import (TaskOptions, check_split, encode_pair, eos_id, generate, parse_options,
+                                  text_ids, wrapped_prompt)
+
+SPLIT_POLICIES = {"test_by_table": ("train", "validation"), "official": ("train", "validation", "test")}
+LOCAL_QUESTIONS = {"validation": "dev.jsonl.gz", "test": "test.jsonl.gz"}
+LOCAL_TABLES = {"test": "test.tables.jsonl.gz"}  # no dev / train tables exist offline
+QUESTION_FIELDS = ("table_id", "question", "sql")
+TABLE_FIELDS = ("id", "header")  # rows may legitimately be empty (no execution accuracy then)
+
+
+@dataclass(frozen=True)
+class WikiSQLOptions(TaskOptions):
+    eval_split: str = "validation"
+    max_length: int = 384  # paper D.4 sequence length for WikiSQL
+    split_policy: str = "test_by_table"  # offline data has no train split; `official` = hub train/validation
+    eval_fraction: float = 0.2  # test_by_table: share of the test TABLES held out for evaluation
+    split_seed: int = 0  # test_by_table: seed of the table shuffle (and of `limit` sampling)
+
+
+class WikiSQLTask:
+    name = "wikisql"
+    primary_metric = "lf_accuracy"
+
+    def __init__(self, data_root: str | Path | None, options: dict[str, Any] | None = None):
+        self.options = parse_options(WikiSQLOptions, self.name, options)
+        if self.options.split_policy not in SPLIT_POLICIES:
+            raise ConfigError(f"task 'wikisql': unknown split_policy {self.options.split_policy!r}; "
+                              f"valid: {sorted(SPLIT_POLICIES)}")
+        if not 0.0 < self.options.eval_fraction < 1.0:
+            raise ConfigError(f"task 'wikisql': eval_fraction must lie in (0, 1), got {self.options.eval_fraction!r}")
+        self.splits = SPLIT_POLICIES[self.options.split_policy]
+        for split in (self.options.train_split, self.options.eval_split):
+            check_split(self.name, split, self.splits)
+        self.data_root = data.resolve_data_root(data_root)
+        self._cache: dict[str, list[dict[str, Any]]] = {}
+
+    # --------------------------------------------------------------------- data
+
+    def load_split(self, split: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """Records {table_id, question, sql, table: {id, header, types, rows, ambiguous_rows} | None}.
+
+        `limit` keeps a seeded random sample (in file order), so a small run still spans many tables.
+        """
+        check_split(self.name, split, self.splits)
+        if self.options.split_policy == "test_by_table":
+            test = self._official("test")
+            held_out = held_out_tables([ex["table_id"] for ex in test], self.options.eval_fraction,
+                                       self.options.split_seed)
+            records = [ex for ex in test if (ex["table_id"] in held_out) == (split == "validation")]
+        else:
+            records = self._official(split)
+        return sample(records, limit, self.options.split_seed)
+
+    def _official(self, split: str) -> list[dict[str, Any]]:
+        if split not in self._cache:
+            self._cache[split] = data.hub_wikisql(split) if self.data_root is None else self._local(split)
+        return self._cache[split]
+
+    def _local(self, split: str) -> list[dict[str, Any]]:
+        directory = self.data_root / "wikisql"
+        if split not in LOCAL_QUESTIONS:
+            raise DataError(f"{directory}: the offline WikiSQL copy has no {split!r} split (only dev and test); "
+                            "use task.split_policy=test_by_table, or unset the data root to read the hub")
+        questions = data.read_jsonl(data.require_file(directory / LOCAL_QUESTIONS[split]), QUESTION_FIELDS)
+        tables: dict[str, dict[str, Any]] = {}
+        if split in LOCAL_TABLES:
+            path = data.require_file(directory / LOCAL_TABLES[split])
+            tables = {table["id"]: table for table in data.read_jsonl(path, TABLE_FIELDS)}
+        return [{**ex, "table": tables.get(ex["table_id"])} for ex in questions]
+
+    # --------------------------------------------------------------------- encoding
+
+    @staticmethod
+    def prompt_text(example: dict[str, Any]) -> str:
+        header = example["table"]["header"]
+        return f"table: {example['table_id']}\ncolumns: {', '.join(header)}\nQ: {example['question']}\nA:"
+
+    @staticmethod
+    def target_text(example: dict[str, Any]) -> str:
+        return " " + render_sql(example["sql"], example["table"]["header"], example["table_id"])
+
+    def encode(self, example: dict[str, Any], tokenizer: Any, prompt: PromptWrap, max_length: int) -> EncodedExample:
+        if example.get("table") is None:
+            raise DataError(f"wikisql: table {example['table_id']} has no header in this data, so the question "
+                            f"{example['question']!r} cannot be prompted; train with split_policy=test_by_table "
+                            "or on the hub's train split")
+        target = text_ids(tokenizer, self.target_text(example)) + [eos_id(tokenizer)]
+        return encode_pair(text_ids(tokenizer, self.prompt_text(example)), target, prompt, max_length)
+
+    # --------------------------------------------------------------------- evaluation
+
+    def evaluate(self, model: Any, tokenizer: Any, examples: Sequence[dict[str, Any]], prompt: PromptWrap,
+                 decoding: DecodingConfig) -> EvalOutput:
+        promptable = [i for i, ex in enumerate(examples) if ex.get("table") is not None]
+        budget = self.options.max_length - decoding.max_new_tokens
+        contexts = [wrapped_prompt(text_ids(tokenizer, self.prompt_text(examples[i])), prompt, budget)
+                    for i in promptable]
+        generated = generate(model, tokenizer, contexts, decoding, desc="wikisql decode")
+        texts: list[str | None] = [None] * len(examples)
+        for i, ids in zip(promptable, generated):
+            texts[i] = tokenizer.decode(ids, skip_special_tokens=True).split("\n")[0].strip()
+        scores = score_wikisql(texts, examples)
+        rows = [{"table_id": ex["table_id"], "question": ex["question"], "prediction": text,
+                 "gold": self.target_text(ex).strip() if ex.get("table") else None, **row}
+                for ex, text, row in zip(examples, texts, scores.rows)]
+        notes = {**scores.notes, "split_policy": self.options.split_policy}
+        if self.options.split_policy == "test_by_table":
+            notes |= {"eval_fraction": self.options.eval_fraction, "split_seed": self.options.split_seed}
+        return EvalOutput(metrics=scores.metrics, predictions=rows, notes=notes)
+
+
+def held_out_tables(table_ids: Sequence[str], eval_fraction: float, seed: int) -> set[str]:
+    """The evaluation table set of `test_by_table`: a seeded shuffle of the distinct ids, first share."""
+    distinct = sorted(set(table_ids))
+    random.Random(seed).shuffle(distinct)
+    return set(distinct[:max(1, round(len(distinct) * eval_fraction))])
+
+
+def sample(records: list[dict[str, Any]], limit: int | None, seed: int) -> list[dict[str, Any]]:
+    if limit is None or limit >= len(records):
+        return records
+    keep = sorted(random.Random(seed).sample(range(len(records)), limit))
+    return [records[i] for i in keep]

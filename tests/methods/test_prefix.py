@@ -1,0 +1,118 @@
+"""PreEmbed / PreLayer through virtual tokens, tested by decoding (generate + KV cache), not only the loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from peftrepro.methods import apply_method, make_method_config
+from peftrepro.methods.prefix import VirtualTokenEmbedding
+
+PREFIX_METHODS = ["prefix_embed", "prefix_layer"]
+TARGET = [11, 42, 7, 5]
+
+
+def _apply(model, method, l_p=3, l_i=2):
+    return apply_method(model, make_method_config(method, {"prefix_length": l_p, "infix_length": l_i}))
+
+
+def _prompt_ids(applied, prompt=(20, 21, 22)):
+    wrap = applied.prompt
+    return torch.tensor([[*wrap.prefix_ids, *prompt, *wrap.infix_ids]])
+
+
+def _greedy(model, ids, use_cache, n=len(TARGET), attention_mask=None):
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids) if attention_mask is None
+                         else attention_mask, max_new_tokens=n, do_sample=False, use_cache=use_cache,
+                         pad_token_id=0)
+    return out[:, ids.shape[1]:].tolist()
+
+
+def _steerable_gpt2():
+    """A tiny GPT-2 whose logits can become confident (at the usual init std 0.02, a 32-wide model's
+    tied LM head keeps every logit near 0, so no input could make it emit a target)."""
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=64, initializer_range=0.2,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=1, eos_token_id=2)
+    return GPT2LMHeadModel(config).eval()
+
+
+def _memorise(model, applied, steps=60):
+    """Train only the method's parameters so the prompt is followed by TARGET."""
+    ids = torch.cat([_prompt_ids(applied), torch.tensor([TARGET])], dim=1)
+    labels = ids.clone()
+    labels[:, :-len(TARGET)] = -100
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(steps):
+        loss = model(input_ids=ids, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return loss.item()
+
+
+def test_prompt_ids_are_past_the_vocabulary(tiny_gpt2):
+    applied = _apply(tiny_gpt2, "prefix_layer", l_p=3, l_i=2)
+    vocab = tiny_gpt2.config.vocab_size
+    assert applied.prompt.prefix_ids == (vocab, vocab + 1, vocab + 2)
+    assert applied.prompt.infix_ids == (vocab + 3, vocab + 4)
+
+
+@pytest.mark.parametrize("method", PREFIX_METHODS)
+def test_virtual_ids_never_reach_the_real_embedding(method, tiny_gpt2):
+    applied = _apply(tiny_gpt2, method)
+    wrapper = tiny_gpt2.transformer.wte
+    assert isinstance(wrapper, VirtualTokenEmbedding)
+    seen = []
+    wrapper.base.register_forward_hook(lambda m, args, out: seen.append(args[0].clone()))
+    tiny_gpt2(input_ids=_prompt_ids(applied))
+    assert int(seen[0].max()) < tiny_gpt2.config.vocab_size
+
+
+@pytest.mark.parametrize("method", PREFIX_METHODS)
+def test_memorised_prefix_decodes_target_with_and_without_cache(method):
+    model = _steerable_gpt2()
+    applied = _apply(model, method)
+    before = _greedy(model, _prompt_ids(applied), use_cache=True)[0]
+    _memorise(model, applied)
+    with_cache = _greedy(model, _prompt_ids(applied), use_cache=True)[0]
+    without_cache = _greedy(model, _prompt_ids(applied), use_cache=False)[0]
+    assert with_cache == without_cache == TARGET != before
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("method", PREFIX_METHODS)
+def test_cache_and_no_cache_agree_on_left_padded_batches(method, family, tiny_model):
+    model = tiny_model(family)
+    applied = _apply(model, method)
+    with torch.no_grad():  # move off the real-token init so the virtual tokens matter
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn_like(parameter))
+    long, short = _prompt_ids(applied, (20, 21, 22, 23)), _prompt_ids(applied, (30, 31))
+    pad = long.shape[1] - short.shape[1]
+    ids = torch.cat([long, torch.cat([torch.zeros(1, pad, dtype=torch.long), short], dim=1)])
+    mask = torch.ones_like(ids)
+    mask[1, :pad] = 0
+    cached = _greedy(model, ids, use_cache=True, n=5, attention_mask=mask)
+    assert cached == _greedy(model, ids, use_cache=False, n=5, attention_mask=mask)
+    assert cached[1] == _greedy(model, short, use_cache=True, n=5)[0]  # padding changes nothing
+
+
+def test_prefix_layer_replaces_hidden_states_at_every_layer(tiny_gpt2):
+    applied = _apply(tiny_gpt2, "prefix_layer", l_p=2, l_i=0)
+    captured = []
+    for block in tiny_gpt2.transformer.h:
+        block.register_forward_pre_hook(lambda m, args, kwargs: captured.append(args[0].clone()), with_kwargs=True)
+    tiny_gpt2(input_ids=_prompt_ids(applied))
+    trained = tiny_gpt2.transformer.prefix_layer_activations.activations
+    for layer in range(1, len(tiny_gpt2.transformer.h)):  # hooks run in order: ours first, then the probe
+        torch.testing.assert_close(captured[layer][0, :2], trained[layer - 1])
+
+
+def test_ids_beyond_the_virtual_range_are_an_error(tiny_gpt2):
+    from peftrepro.errors import ConfigError
+    _apply(tiny_gpt2, "prefix_embed", l_p=1, l_i=0)
+    with pytest.raises(ConfigError, match="beyond this method's virtual ids"):
+        tiny_gpt2(input_ids=torch.tensor([[tiny_gpt2.config.vocab_size + 5]]))

@@ -1,0 +1,80 @@
+"""The loaders over the real files of ../shared/data: official counts, WikiSQL round trip and execution.
+
+Run with `pytest tests/tasks -m realdata` (PEFTREPRO_DATA_ROOT or /work/shared/data).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+
+import pytest
+
+from peftrepro.metrics.wikisql import TableDatabase, logical_form, parse_sql
+from peftrepro.tasks import make_task
+from peftrepro.tasks.e2e import group_references
+
+pytestmark = pytest.mark.realdata
+
+
+@pytest.mark.parametrize("split, rows, mrs", [("train", 42_061, 4_862), ("dev", 4_672, 547), ("test", 4_693, 630)])
+def test_e2e_official_counts(real_data_root, split, rows, mrs):
+    records = make_task("e2e", real_data_root).load_split(split)
+    assert len(records) == rows and len(group_references(records)) == mrs
+
+
+@pytest.mark.parametrize("split, rows, labels", [
+    ("train", 9_999, (3408, 3313, 3278)),  # the subset documented in the data README
+    ("validation_matched", 9_815, (3479, 3123, 3213)),
+    ("validation_mismatched", 9_832, (3463, 3129, 3240)),
+])
+def test_mnli_official_counts(real_data_root, split, rows, labels):
+    records = make_task("mnli", real_data_root).load_split(split)
+    counts = collections.Counter(r["label"] for r in records)
+    assert len(records) == rows and (counts[0], counts[1], counts[2]) == labels
+
+
+@pytest.fixture(scope="module")
+def wikisql_test(real_data_root):
+    return make_task("wikisql", real_data_root, {"split_policy": "official"}).load_split("test")
+
+
+def test_wikisql_official_counts(real_data_root, wikisql_test):
+    assert len(wikisql_test) == 15_878 and len({e["table_id"] for e in wikisql_test}) == 5_069
+    assert all(e["table"] is not None for e in wikisql_test)
+    dev = make_task("wikisql", real_data_root, {"split_policy": "official"}).load_split("validation")
+    assert len(dev) == 8_421 and all(e["table"] is None for e in dev)  # no dev tables offline
+
+
+def test_wikisql_test_by_table_partitions_the_test_split(real_data_root, wikisql_test):
+    task = make_task("wikisql", real_data_root)
+    train, held_out = task.load_split("train"), task.load_split("validation")
+    assert len(train) + len(held_out) == len(wikisql_test)
+    assert {e["table_id"] for e in train}.isdisjoint(e["table_id"] for e in held_out)
+    print(f"test_by_table (eval_fraction 0.2, seed 0): {len(train)} train / {len(held_out)} validation questions")
+
+
+def test_every_wikisql_gold_query_round_trips(real_data_root, wikisql_test):
+    task = make_task("wikisql", real_data_root)
+    failures = [e["question"] for e in wikisql_test
+                if logical_form(parse_sql(task.target_text(e), e["table"]["header"]) or
+                                {"sel": -1, "agg": -1, "conds": []}) != logical_form(e["sql"])]
+    assert failures == []
+
+
+def test_wikisql_rendering_matches_the_mlx_lines(real_data_root, wikisql_test):
+    task = make_task("wikisql", real_data_root)
+    path = real_data_root / "wikisql" / "mlx_lora_subset" / "test.jsonl"
+    mlx = [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
+    ours = [task.prompt_text(e) + task.target_text(e) for e in wikisql_test[:len(mlx)]]
+    assert ours == mlx
+
+
+def test_gold_queries_execute_to_non_empty_results(wikisql_test):
+    database = TableDatabase()
+    usable = [e for e in wikisql_test if not e["table"]["ambiguous_rows"]]
+    non_empty = sum(any(v is not None for v in database.execute(e["table"], e["sql"])) for e in usable)
+    rate = non_empty / len(usable)
+    print(f"gold execution non-empty: {non_empty}/{len(usable)} = {rate:.4f} "
+          f"({len(wikisql_test) - len(usable)} questions on tables with ambiguous rows excluded)")
+    assert rate > 0.9
