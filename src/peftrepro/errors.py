@@ -9,6 +9,14 @@ class ConfigError(PeftReproError, ValueError):
     """A configuration value is invalid: unknown name, out-of-range number, conflicting options."""
 
 
+class NotApplicableError(ConfigError):
+    """The method cannot apply to this model by its definition (e.g. BitFit on a bias-free model).
+
+    A run that meets it writes a record with status "not_applicable", so a table shows "n/a" with
+    the reason instead of a missing or failed cell, and a sweep around it succeeds.
+    """
+
+
 class DataError(PeftReproError):
     """A dataset file is missing, empty or malformed."""
 

@@ -90,9 +90,14 @@ def read_record(directory: Path) -> dict[str, Any] | None:
         return None
 
 
+# A run that cannot apply to its model by definition (errors.NotApplicableError): final, like "ok".
+NOT_APPLICABLE = "not_applicable"
+FINISHED_STATUSES = ("ok", NOT_APPLICABLE)
+
+
 def is_finished(directory: Path) -> bool:
     record = read_record(directory)
-    return record is not None and record.get("status") == "ok"
+    return record is not None and record.get("status") in FINISHED_STATUSES
 
 
 def write_record(directory: Path, record: Mapping[str, Any]) -> Path:

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from peftrepro import envinfo, records
-from peftrepro.errors import ConfigError, PeftReproError
+from peftrepro.errors import ConfigError, NotApplicableError, PeftReproError
 from peftrepro.interfaces import DecodingConfig, EvalOutput
 from peftrepro.records import project_root, resolve_path
 from peftrepro.train import (TrainSettings, TrainStats, autocast_for, fit, make_train_state, seed_everything,
@@ -209,6 +209,8 @@ class _Run:
         staging = self.plan.directory / f".tmp-run-{datetime.now().strftime('%Y%m%d%H%M%S%f')}"
         try:
             setup = self._set_up()
+        except NotApplicableError as error:  # a legitimate table cell: "n/a" with the reason
+            return self._write_not_applicable(error)
         except PeftReproError:
             raise  # an input error found while loading: nothing written (see module doc)
         except BaseException as error:
@@ -343,6 +345,13 @@ class _Run:
             "memory": _peak_memory(device), "env": envinfo.environment(),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+
+    def _write_not_applicable(self, error: NotApplicableError) -> dict[str, Any]:
+        record = self._record(records.NOT_APPLICABLE, {"type": type(error).__name__, "message": str(error),
+                                                       "traceback": ""}, None)
+        records.write_record(self.plan.directory, record)
+        log.warning("run %s is not applicable: %s", self.plan.key, error)
+        return record
 
     def _write_failed(self, error: BaseException) -> None:
         details = {"type": type(error).__name__, "message": str(error),

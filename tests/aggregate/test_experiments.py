@@ -1,0 +1,68 @@
+"""conf/experiment/*: every file composes, and its sweep fills exactly the cells of its table."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from peftrepro.aggregate import TABLES, parse_record
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+@pytest.fixture(scope="module")
+def composer():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        yield lambda overrides: compose("config", overrides=overrides, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+
+
+def sweep_grid(params) -> list[list[str]]:
+    """The cartesian product of a hydra.sweeper.params mapping, as lists of overrides."""
+    parser = OverridesParser.create()
+    axes = []
+    for key, value in params.items():
+        override = parser.parse_overrides([f"{key}={value}"])[0]
+        axes.append([f"{key}={choice}" for choice in override.sweep_string_iterator()])
+    return [list(combo) for combo in itertools.product(*axes)]
+
+
+def test_every_table_has_an_experiment_file():
+    assert {p.stem for p in (CONF / "experiment").glob("*.yaml")} == set(TABLES)
+
+
+@pytest.mark.parametrize("name", list(TABLES))
+def test_sweep_fills_every_cell_of_its_table_once(composer, name):
+    spec = TABLES[name]
+    base = composer([f"experiment={name}"])
+    assert base.experiment == name and str(base.hydra.mode) == "RunMode.MULTIRUN"
+    assert "launcher" not in OmegaConf.to_yaml(base.hydra.sweeper)  # Hydra #2946: never in the file
+    filled: list[tuple[str, str]] = []
+    for overrides in sweep_grid(base.hydra.sweeper.params):
+        cfg = composer([f"experiment={name}", *overrides])
+        method = OmegaConf.to_container(cfg.method, resolve=True)
+        record = parse_record(Path("x"), {"run_key": "k", "experiment": name, "status": "ok",
+                                          "created_at": "2025-01-01T00:00:00+00:00", "seed": 0,
+                                          "task": cfg.task.name, "method": method,
+                                          "metrics": {}, "params": {"trainable": 1}})
+        observations = spec.observe(record)
+        assert observations is not None, f"{overrides} -> {method} has no place in {name}"
+        filled += [(o.row, o.column) for o in observations]
+    expected = {(row.key, col.key) for row in spec.rows for col in spec.columns}
+    assert set(filled) == expected
+    metric_cells = [cell for cell in filled if "trainable_params" not in cell]
+    assert len(metric_cells) == len(set(metric_cells)), "two sweep points fill the same cell"
+
+
+@pytest.mark.parametrize("profile", ["smoke", "mini", "paper"])
+def test_experiments_compose_with_every_profile(composer, profile):
+    for name in TABLES:
+        cfg = composer([f"experiment={name}", f"profile={profile}"])
+        assert cfg.profile_name == profile and cfg.experiment == name
