@@ -1,0 +1,96 @@
+"""Smoke runs of experiments/bench.py and experiments/latency.py on tiny shapes (seconds), and the
+pieces they are built from. No assertion on speed: these are benchmarks, not timed tests."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from peftrepro.errors import ConfigError
+
+TINY_BENCH = ["--device", "cpu", "--model", "tiny", "--batch", "2", "--seq", "16", "--warmup", "1",
+              "--rounds", "2", "--steps-per-round", "1"]
+
+
+def test_bench_writes_json_and_markdown_for_every_method(bench, tmp_path) -> None:
+    report = bench.main([*TINY_BENCH, "--out-dir", str(tmp_path)])
+    saved = json.loads((tmp_path / "cpu-tiny.json").read_text())
+    assert [r["method"] for r in saved["training"]] == ["lora", "ft", "adapter_h", "prefix_layer"]
+    for result in saved["training"]:
+        assert result["speedup"] > 0
+        assert result["ours"]["n"] == result["reference"]["n"] == 2
+        # both contenders train the same number of weights (prefix: ours keeps the paper's per-layer form)
+        if result["method"] in ("lora", "ft", "adapter_h"):
+            assert result["ours"]["trainable_params"] == result["reference"]["trainable_params"]
+    assert set(saved["inference"]) == {"base", "ours_lora_unmerged", "ours_lora_merged",
+                                       "peft_lora_unmerged", "peft_lora_merged"}
+    markdown = (tmp_path / "cpu-tiny.md").read_text()
+    assert "speed-up" in markdown and "HF peft LoRA" in markdown and report["env"]["git"] is not None
+
+
+def test_bench_rejects_unknown_method(bench) -> None:
+    with pytest.raises(ConfigError, match="unknown"):
+        bench.parse_args(["--device", "cpu", "--methods", "lora,dora"])
+
+
+def test_prompt_wrap_places_virtual_tokens_around_the_prompt(bench) -> None:
+    from peftrepro.interfaces import PromptWrap
+
+    batch = bench.Batch(torch.arange(8).view(2, 4), torch.tensor([[-100, -100, 2, 3], [-100, -100, 6, 7]]))
+    ids, labels = bench._with_prompt_wrap(batch, PromptWrap(prefix_ids=(90, 91), infix_ids=(95,)))
+    assert ids[0].tolist() == [90, 91, 0, 1, 95, 2, 3]
+    assert labels[0].tolist() == [-100, -100, -100, -100, -100, 2, 3]
+
+
+@pytest.mark.parametrize("method", ["adapter_h", "adapter_l"])
+def test_rank_for_budget_is_closest_to_the_paper_budget(latency, method) -> None:
+    config = latency.MODELS["gpt2-m-shape"]()
+    for budget in (500_000, 11_000_000):
+        r = latency.rank_for_budget(config, method, budget)
+        at = {k: latency._trainable_with_rank(config, method, k) for k in (r - 1, r, r + 1)}
+        assert abs(at[r] - budget) <= min(abs(at[r - 1] - budget), abs(at[r + 1] - budget))
+
+
+def test_adapter_h_rank_for_table1_follows_the_paper_formula(latency) -> None:
+    config = latency.MODELS["gpt2-m-shape"]()
+    r = latency.rank_for_budget(config, "adapter_h", 11_000_000)
+    # 48 adapters of 2·d·r + r + d, no LayerNorm: r = 111 gives 10.97M (112 would give 11.06M)
+    assert r == 111
+    assert latency._trainable_with_rank(config, "adapter_h", r) == 48 * (2 * 1024 * r + r + 1024)
+
+
+def test_latency_smoke_writes_record_and_table(latency, tmp_path) -> None:
+    paths = latency.main(["--model", "tiny-gpt2", "--device", "cpu", "--trials", "2", "--warmup", "1",
+                          "--results-dir", str(tmp_path)])
+    record = json.loads(paths["record"].read_text())
+    assert record["experiment"] == "table_latency" and record["status"] == "ok"
+    assert len(record["latency"]) == 2 * 5 and all(len(c["samples_ms"]) == 2 for c in record["latency"])
+    table = latency.table_from_record(record)
+    assert set(table["variant"]) == set(latency.VARIANTS)
+    assert (table.loc[table["variant"] == "none", "overhead_pct"] == 0).all()
+    assert "Adapter^H" in paths["md"].read_text()
+    rebuilt = latency.main(["--from-record", str(paths["record"]), "--results-dir", str(tmp_path / "again")])
+    assert rebuilt["csv"].read_text() == paths["csv"].read_text()
+
+
+def test_latency_table_sets_our_numbers_beside_the_papers(latency) -> None:
+    """A record at the paper's shapes gets the paper's Table 1 cells (from peftrepro/data/paper.csv)."""
+    column = {"batch": 1, "seq": 128, "adapter_params": 11_000_000, "paper_column": "bs1_seq128"}
+    cells = [{"variant": v, "column": column, "r": None, "adapter_params": 0, "mean_ms": 10.0 + i,
+              "std_ms": 0.1, "median_ms": 10.0 + i, "n": 3} for i, v in enumerate(latency.VARIANTS)]
+    table = latency.table_from_record({"experiment": "table_latency", "latency": cells})
+    adapter_h = table[table["variant"] == "adapter_h"].iloc[0]
+    assert adapter_h["paper_mean_ms"] == pytest.approx(25.8)
+    assert adapter_h["paper_std_ms"] == pytest.approx(2.2)
+    assert adapter_h["paper_overhead_pct"] == pytest.approx(30.3, abs=0.05)  # the paper's printed +30.3%
+    assert adapter_h["overhead_pct"] == pytest.approx(40.0)
+    assert table[table["variant"] == "lora_unmerged"]["paper_mean_ms"].isna().all()
+
+
+def test_latency_refuses_a_record_of_another_experiment(latency) -> None:
+    from peftrepro.errors import DataError
+
+    with pytest.raises(DataError, match="not a table_latency record"):
+        latency.table_from_record({"experiment": "table5"})

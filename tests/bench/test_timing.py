@@ -1,0 +1,80 @@
+"""peftrepro.timing: statistics, round-robin order, peak memory, device choice."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+
+from peftrepro.errors import ConfigError
+from peftrepro.timing import PeakMemory, TimingStats, describe_environment, environment, resolve_device
+from peftrepro.timing import paired_ratio, time_interleaved, time_steps
+
+CPU = torch.device("cpu")
+
+
+def test_stats_summarise_samples_in_milliseconds() -> None:
+    stats = TimingStats((0.001, 0.002, 0.006))
+    assert stats.n == 3
+    assert stats.median_ms == pytest.approx(2.0)
+    assert stats.mean_ms == pytest.approx(3.0)
+    assert stats.std_ms == pytest.approx(1e3 * statistics.stdev([0.001, 0.002, 0.006]))
+    assert stats.min_ms == pytest.approx(1.0)
+    assert stats.to_dict()["samples_ms"] == pytest.approx([1.0, 2.0, 6.0])
+    assert TimingStats((0.5,)).std_ms == 0.0
+
+
+def test_time_steps_runs_warmup_untimed_then_iters() -> None:
+    calls = []
+    stats = time_steps(lambda: calls.append(1), device=CPU, warmup=2, iters=5)
+    assert len(calls) == 7 and stats.n == 5
+
+
+def test_interleaved_alternates_order_every_round() -> None:
+    order: list[str] = []
+    stats = time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                             device=CPU, warmup=1, rounds=3, per_round=2)
+    assert order == ["a", "b"] + ["a", "a", "b", "b"] + ["b", "b", "a", "a"] + ["a", "a", "b", "b"]
+    assert stats["a"].n == stats["b"].n == 6
+
+
+@pytest.mark.parametrize("kwargs", [{"warmup": -1, "rounds": 1}, {"warmup": 0, "rounds": 0},
+                                    {"warmup": 0, "rounds": 1, "per_round": 0}])
+def test_interleaved_rejects_bad_counts(kwargs: dict) -> None:
+    with pytest.raises(ConfigError):
+        time_interleaved({"a": lambda: None}, device=CPU, **kwargs)
+
+
+def test_peak_memory_sees_an_allocation_inside_the_block() -> None:
+    with PeakMemory(CPU) as memory:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        del block
+    if memory.peak_bytes is None:
+        pytest.skip("no /proc peak-RSS reset on this platform")
+    assert memory.peak_above_start >= 48 * 2**20
+
+
+def test_resolve_device_explains_a_missing_gpu() -> None:
+    assert resolve_device("cpu") == CPU
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no GPU"):
+            resolve_device("cuda")
+    with pytest.raises(ConfigError, match="not a torch device"):
+        resolve_device("tpu-please")
+
+
+def test_environment_header_names_versions_and_commit() -> None:
+    env = environment(CPU)
+    assert env["hardware"]["device"] == "cpu" and "torch" in env["packages"]
+    text = "\n".join(describe_environment(env))
+    assert "torch " + env["packages"]["torch"] in text and "commit:" in text
+
+
+def test_paired_ratio_discounts_a_burst_that_hits_one_round() -> None:
+    ours = TimingStats((1.0, 1.0, 1.0, 1.0, 1.0))
+    reference = TimingStats((2.0, 2.0, 9.0, 2.0, 2.0))  # round 3 hit by another job
+    assert paired_ratio(reference, ours, per_round=1) == pytest.approx(2.0)
+    assert paired_ratio(TimingStats((2.0, 4.0, 3.0, 3.0)), TimingStats((1.0, 1.0, 1.0, 2.0)),
+                        per_round=2) == pytest.approx((3.0 + 2.0) / 2)
