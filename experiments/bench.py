@@ -233,8 +233,9 @@ def our_step(model: nn.Module, applied: Any, batch: Batch, device: torch.device,
     settings = train.TrainSettings(lr=LEARNING_RATE, batch_size=rows, max_length=width, compile=compile_model,
                                    precision="bf16" if dtype == torch.bfloat16 else "fp32", progress=False)
     state = train.make_train_state(model, settings, num_steps=1_000_000, device=device)
+    target_index = train.target_positions(targets.cpu()).to(targets.device)  # as collate() does
     micro_batches = [train.Batch(ids, torch.ones_like(ids), targets, tokens=ids.numel(),
-                                 target_tokens=int((targets != -100).sum()))]
+                                 target_tokens=len(target_index), target_index=target_index)]
 
     def step() -> None:
         train.train_step(state, micro_batches)

@@ -110,7 +110,21 @@ def test_fast_path_matches_eager_reference(family: str, method: str) -> None:
     assert fast_losses == pytest.approx(ref_losses, abs=LOSS_TOLERANCE)
     assert len(set(round(loss, 4) for loss in fast_losses)) == STEPS  # training really moved the weights
     for (name, a), b in zip(fast.state_dict().items(), ref.state_dict().values()):
+        a, b = without_key_bias(fast, name, a), without_key_bias(ref, name, b)
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=f"{method}: {name} diverged")
+
+
+def without_key_bias(model, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """GPT-2's fused c_attn bias minus its key third. The key bias has a gradient that is zero in
+    exact arithmetic (softmax over keys ignores a constant added to every score of a query), so
+    its float gradient is rounding noise that depends on the order of operations, and Adam, which
+    divides by the gradient's own scale, turns that noise into steps of size ~lr. Any two
+    mathematically equal implementations (here: the LM head on target rows vs on all rows) move
+    it differently; every other entry must still agree to 1e-5."""
+    if not name.endswith("attn.c_attn.bias"):
+        return tensor
+    d = model.config.n_embd
+    return torch.cat([tensor[:d], tensor[2 * d:]])
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])

@@ -143,3 +143,27 @@ def test_compiled_step_matches_eager() -> None:
     compiled, _ = train_tiny(seed=0, compile=True)
     for (step_a, loss_a), (step_b, loss_b) in zip(eager[:4], compiled[:4]):
         assert step_a == step_b and loss_a == pytest.approx(loss_b, abs=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_head_on_target_rows_gives_the_full_logits_loss_and_grads(family: str, label_smoothing: float) -> None:
+    from peftrepro.train import make_loss_fn
+
+    config = dict(TINY_LLAMA, architecture=family, name=f"tiny-{family}")
+    if family == "gpt2":
+        config["config"] = {"n_layer": 2, "n_embd": 32, "n_head": 4, "n_positions": 128,
+                            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}  # same mask twice
+    model, _ = load_model(config)
+    batch = collate(examples(3), 0, 4, [16])
+    assert batch.target_index.tolist() == (batch.targets.flatten() != IGNORE_INDEX).nonzero().flatten().tolist()
+    loss_fn = make_loss_fn(model, label_smoothing)
+    results = []
+    for index in (batch.target_index, None):  # None: the reference, LM head on every position
+        model.zero_grad()
+        loss = loss_fn(batch.input_ids, batch.attention_mask, batch.targets, index)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-6, rtol=1e-6)
+    for fast, full in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(fast, full, atol=1e-6, rtol=1e-5)

@@ -102,9 +102,10 @@ class VirtualTokenEmbedding(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         is_virtual = input_ids >= self.vocab_size
         index = (input_ids - self.vocab_size).clamp(0, self.virtual.shape[0] - 1)
-        if bool((input_ids >= self.vocab_size + self.virtual.shape[0]).any()):
-            raise ConfigError(f"token id {int(input_ids.max())} is beyond this method's virtual ids "
-                              f"{self.vocab_size}..{self.vocab_size + self.virtual.shape[0] - 1}")
+        # checked on the device without a host sync (a bool() here would stall every forward on GPU)
+        torch._assert_async((input_ids < self.vocab_size + self.virtual.shape[0]).all(),
+                            f"a token id is beyond this method's virtual ids "
+                            f"{self.vocab_size}..{self.vocab_size + self.virtual.shape[0] - 1}")
         embedded = self.base(input_ids.masked_fill(is_virtual, 0))  # virtual ids never reach the table
         self.positions.mask, self.positions.index = is_virtual, index
         return torch.where(is_virtual.unsqueeze(-1), self.virtual[index].to(embedded.dtype), embedded)
@@ -129,8 +130,10 @@ class ReplaceVirtualHiddenStates:
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         mask, index = self.positions.mask, self.positions.index
-        if mask is None or not bool(mask.any()):
-            return None  # incremental decoding step: virtual positions already live in the KV cache
+        if mask is None:
+            return None
+        # No `mask.any()` test (a host sync per layer): in incremental decoding steps the mask is
+        # all False, the virtual positions already live in the KV cache, and the where is a no-op.
         hidden = args[0] if args else kwargs["hidden_states"]
         if hidden.shape[:2] != mask.shape:
             raise RuntimeError(f"prefix_layer: block {self.layer} got hidden states {tuple(hidden.shape)} but the "

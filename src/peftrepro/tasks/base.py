@@ -165,12 +165,16 @@ def sequence_logprobs(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[tu
             for row, (ctx, tgt) in enumerate(batch):
                 seq = torch.tensor(ctx + tgt, dtype=torch.long)
                 ids[row, :len(seq)], mask[row, :len(seq)] = seq, 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            logprobs = torch.log_softmax(logits, dim=-1).cpu()
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            batch_scores = []
             for row, (ctx, tgt) in enumerate(batch):
-                # token at position p is predicted by the logits at p - 1
-                positions = torch.arange(len(ctx) - 1, len(ctx) + len(tgt) - 1)
-                scores.append(float(logprobs[row, positions, torch.tensor(tgt)].sum()))
+                # token at position p is predicted by the logits at p - 1; normalise only those rows
+                # (a log-softmax over every position of the batch would dominate the scoring time)
+                positions = torch.arange(len(ctx) - 1, len(ctx) + len(tgt) - 1, device=logits.device)
+                logprobs = torch.log_softmax(logits[row, positions].float(), dim=-1)
+                target = torch.tensor(tgt, device=logits.device)
+                batch_scores.append(logprobs.gather(1, target[:, None]).sum())
+            scores.extend(torch.stack(batch_scores).tolist())  # one device-to-host copy per batch
     finally:
         model.train(was_training)
     return scores
