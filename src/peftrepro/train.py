@@ -34,6 +34,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from peftrepro.errors import ConfigError
 from peftrepro.interfaces import IGNORE_INDEX, EncodedExample
+from peftrepro.lm import logits_at
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -229,30 +230,20 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: flo
                            label_smoothing=label_smoothing)
 
 
-# Families whose causal-LM logits are exactly `lm_head(last_hidden_state)` (no soft-capping or
-# logit scaling), so the head can be applied to the target rows alone.
-HEAD_ON_TARGETS_FAMILIES = ("gpt2", "llama")
-
-
 def make_loss_fn(model: torch.nn.Module, label_smoothing: float) -> Callable[..., torch.Tensor]:
     """loss(input_ids, attention_mask, targets, target_index=None).
 
-    With `target_index` (and a family in HEAD_ON_TARGETS_FAMILIES), the backbone's last hidden
-    states are gathered at the target positions and only those rows go through the LM head:
-    prompt and padding rows would be projected onto the vocabulary only to be ignored. Otherwise
-    the full logits are scored (the reference path; equal losses, tested).
+    With `target_index`, only the target positions go through the LM head (`peftrepro.lm`):
+    prompt and padding rows would be projected onto the vocabulary only to be ignored. Without
+    it, the full logits are scored (the reference path; equal losses and gradients, tested).
     """
-    on_targets = getattr(model.config, "model_type", None) in HEAD_ON_TARGETS_FAMILIES
 
     def loss_fn(input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor,
                 target_index: torch.Tensor | None = None) -> torch.Tensor:
-        if target_index is None or not on_targets:
+        if target_index is None:
             logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
             return token_loss(logits, targets, label_smoothing)
-        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                  use_cache=False).last_hidden_state
-        rows = hidden.flatten(0, 1).index_select(0, target_index)
-        logits = model.get_output_embeddings()(rows)
+        logits = logits_at(model, input_ids, attention_mask, target_index)
         return token_loss(logits, targets.flatten().index_select(0, target_index), label_smoothing)
 
     return loss_fn

@@ -16,6 +16,7 @@ import torch
 
 from peftrepro.errors import ConfigError
 from peftrepro.interfaces import IGNORE_INDEX, DecodingConfig, EncodedExample, PromptWrap
+from peftrepro.lm import logits_at
 
 
 @dataclass(frozen=True)
@@ -162,19 +163,21 @@ def sequence_logprobs(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[tu
             width = max(len(ctx) + len(tgt) for ctx, tgt in batch)
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
+            # token at position p is predicted by the logits at p - 1: only those rows are projected
+            # onto the vocabulary and normalised (peftrepro.lm), not every position of the batch
+            positions, targets, owner = [], [], []
             for row, (ctx, tgt) in enumerate(batch):
                 seq = torch.tensor(ctx + tgt, dtype=torch.long)
                 ids[row, :len(seq)], mask[row, :len(seq)] = seq, 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            batch_scores = []
-            for row, (ctx, tgt) in enumerate(batch):
-                # token at position p is predicted by the logits at p - 1; normalise only those rows
-                # (a log-softmax over every position of the batch would dominate the scoring time)
-                positions = torch.arange(len(ctx) - 1, len(ctx) + len(tgt) - 1, device=logits.device)
-                logprobs = torch.log_softmax(logits[row, positions].float(), dim=-1)
-                target = torch.tensor(tgt, device=logits.device)
-                batch_scores.append(logprobs.gather(1, target[:, None]).sum())
-            scores.extend(torch.stack(batch_scores).tolist())  # one device-to-host copy per batch
+                positions += [row * width + p for p in range(len(ctx) - 1, len(ctx) + len(tgt) - 1)]
+                targets += tgt
+                owner += [row] * len(tgt)
+            logits = logits_at(model, ids.to(device), mask.to(device), torch.tensor(positions, device=device))
+            token_logprobs = torch.log_softmax(logits.float(), dim=-1).gather(
+                1, torch.tensor(targets, device=device)[:, None]).squeeze(1)
+            per_row = torch.zeros(len(batch), device=device).index_add_(
+                0, torch.tensor(owner, device=device), token_logprobs)
+            scores.extend(per_row.tolist())  # one device-to-host copy per batch
     finally:
         model.train(was_training)
     return scores

@@ -1,0 +1,26 @@
+"""Causal-LM logits at chosen positions only.
+
+Training and label scoring need the vocabulary projection at a few positions of each sequence
+(the target tokens). Projecting every position of a small LM onto a ~50k vocabulary dominates its
+step time and memory (SmolLM2-135M: the head is a third of the model), so for families whose
+logits are exactly `lm_head(last_hidden_state)` (no soft-capping or logit scaling) we gather the
+backbone's last hidden states first and project those rows alone. Other families take the full
+logits and gather them: the same numbers, only slower.
+"""
+
+from __future__ import annotations
+
+import torch
+
+HEAD_ON_ROWS_FAMILIES = ("gpt2", "llama")
+
+
+def logits_at(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              flat_index: torch.Tensor) -> torch.Tensor:
+    """Logits (len(flat_index) x vocab) at the flat positions `flat_index` of (batch x length)."""
+    if getattr(model.config, "model_type", None) in HEAD_ON_ROWS_FAMILIES:
+        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                  use_cache=False).last_hidden_state
+        return model.get_output_embeddings()(hidden.flatten(0, 1).index_select(0, flat_index))
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    return logits.flatten(0, 1).index_select(0, flat_index)
