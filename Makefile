@@ -39,7 +39,7 @@ TABLE_TARGETS := table-weight-type table-rank table-e2e table-methods table-para
 LATENCY_PROFILE := $(if $(filter paper,$(PROFILE)),paper,smoke)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full tables bench aggregate $(TABLE_TARGETS)
+.PHONY: help install test test-full tables bench aggregate report $(TABLE_TARGETS)
 
 help: ## list the targets and the variables they take
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -94,10 +94,15 @@ table-latency: ## Table 1: forward latency with/without adapters (smoke shapes; 
 tables: ## every table above; goes on after a failure and exits non-zero if any failed
 	@failed=""; for target in $(TABLE_TARGETS); do \
 	    $(MAKE) --no-print-directory $$target || failed="$$failed $$target"; done; \
+	$(MAKE) --no-print-directory report; \
 	if [ -n "$$failed" ]; then echo "!! incomplete:$$failed"; exit 1; fi
 
 aggregate: ## rebuild every table from the records only (no training)
-	$(PYTHON) -m peftrepro.aggregate --runs $(RESULTS)/runs --out $(RESULTS)/tables --profile $(PROFILE)
+	$(PYTHON) -m peftrepro.aggregate --runs $(RESULTS)/runs --out $(RESULTS)/tables --profile $(PROFILE) --seeds $(SEEDS)
+
+report: aggregate ## $(RESULTS)/REPORT.md: every table, the paper's claims on it, where and how it ran
+	$(PYTHON) -m peftrepro.report --profile $(PROFILE) --seeds $(SEEDS) --runs $(RESULTS)/runs \
+	    --tables $(RESULTS)/tables --bench $(RESULTS)/bench --out $(RESULTS)/REPORT.md
 
 bench: ## training/inference speed of our methods vs HF peft / plain PyTorch (results/bench/)
 	$(PYTHON) experiments/bench.py $(ARGS)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from peftrepro.aggregate import TableResult
 
 Z = 2.0  # half-width of the interval on a difference, in standard errors
+MAX_SHOWN = 3  # comparisons quoted as evidence of a verdict (the rest are counted)
 HELD, NOT_HELD, INCONCLUSIVE = "held", "not held", "inconclusive"
 
 
@@ -93,8 +94,8 @@ def combine(text: str, source: str, comparisons: Sequence[Comparison]) -> Claim:
     verdicts = {c.verdict for c in comparisons}
     verdict = NOT_HELD if NOT_HELD in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts else HELD
     deciding = [c for c in comparisons if c.verdict == verdict]
-    shown = deciding if verdict != HELD else deciding[:1] if len(deciding) == 1 else [
-        min(deciding, key=lambda c: c.slack)]
+    # held: the comparison closest to flipping; otherwise the deciding ones, at most MAX_SHOWN
+    shown = [min(deciding, key=lambda c: c.slack)] if verdict == HELD else deciding[:MAX_SHOWN]
     evidence = "; ".join(c.evidence for c in shown)
     if len(comparisons) > len(shown):
         evidence += f" (shown: {len(shown)} of {len(comparisons)} comparisons, those that decide the verdict)"

@@ -32,7 +32,7 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from peftrepro import envinfo, records
+from peftrepro import envinfo, records, reuse
 from peftrepro.errors import ConfigError, NotApplicableError, PeftReproError
 from peftrepro.interfaces import DecodingConfig, EvalOutput
 from peftrepro.records import project_root, resolve_path
@@ -190,6 +190,10 @@ def run_one(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     if not plan.config.get("force") and records.is_finished(plan.directory):
         log.info("skip %s: finished record at %s (force=true reruns it)", plan.key, plan.directory)
         return records.read_record(plan.directory) or {}
+    if not plan.config.get("force") and plan.config.get("reuse_equivalent_runs", True):
+        equivalent = reuse.find_equivalent(plan)
+        if equivalent is not None:
+            return reuse.copy_equivalent(equivalent, plan)
     log.info("run %s -> %s", plan.key, plan.directory)
     return _Run(plan).execute()
 

@@ -36,3 +36,33 @@ def test_parameter_table_is_regenerated_by_the_code(tmp_path: Path) -> None:
     params_table.main(["--out", str(tmp_path)])
     for name in ("params.md", "params.csv"):
         assert (tmp_path / name).read_bytes() == (TABLES / name).read_bytes(), name
+
+
+def _profile_seeds(profile: str) -> str:
+    from omegaconf import OmegaConf
+
+    return ",".join(map(str, OmegaConf.load(REPO / "conf" / "profile" / f"{profile}.yaml").seeds))
+
+
+COMMITTED_RUN_TABLES = sorted(p.stem for p in TABLES.glob("table_*.md") if p.stem != "table_latency")
+
+
+@pytest.mark.parametrize("table", COMMITTED_RUN_TABLES)
+def test_run_tables_are_reaggregated_from_the_committed_records(tmp_path: Path, monkeypatch, table: str) -> None:
+    from peftrepro import aggregate
+
+    monkeypatch.chdir(REPO)  # as `make aggregate` runs it: the tables name records by relative path
+    aggregate.main(["--table", table, "--runs", "results/runs", "--out", str(tmp_path),
+                    "--profile", "mini", "--seeds", _profile_seeds("mini"), "--no-plots"])
+    for name in (f"{table}.md", f"{table}.csv"):
+        assert (tmp_path / name).read_bytes() == (TABLES / name).read_bytes(), name
+
+
+@pytest.mark.skipif(not (REPO / "results" / "REPORT.md").exists(), reason="no committed report")
+def test_report_is_regenerated_from_the_committed_files() -> None:
+    from peftrepro import aggregate, report
+
+    results = REPO / "results"
+    text = report.render("mini", aggregate.parse_seeds(_profile_seeds("mini")), Path("results/runs"),
+                         Path("results/tables"), Path("results/bench"), root=REPO)
+    assert text == (results / "REPORT.md").read_text(encoding="utf-8")

@@ -26,6 +26,11 @@ class MethodConfig:
     def options(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def canonical(self) -> dict[str, Any]:
+        """The options in one normal form: two configs that train the same thing give equal
+        dicts however they were written (see `peftrepro.reuse`)."""
+        return {"name": self.name, **self.options()}
+
 
 @dataclass
 class AppliedMethod:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import ClassVar, Mapping
+from typing import Any, ClassVar, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +59,11 @@ class LoRAConfig(MethodConfig):
         if self.ranks:
             return dict(self.ranks)
         return {weight: self.r for weight in self.weights}
+
+    def canonical(self) -> dict[str, Any]:
+        # `ranks: {W_q: 8}` and `weights: [W_q], r: 8` adapt the same matrix at the same rank
+        options = {key: value for key, value in self.options().items() if key not in ("weights", "r", "ranks")}
+        return {"name": self.name, **options, "ranks": dict(sorted(self.rank_per_weight().items()))}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,272 @@
+"""results/REPORT.md: the tables of one profile, the paper's claims on them, and how they were made.
+
+    python -m peftrepro.report [--profile mini] [--seeds 0,1] [--runs results/runs]
+                               [--tables results/tables] [--bench results/bench] [--out results/REPORT.md]
+
+A pure function of the run records, the generated tables (params, latency), the benchmark JSON
+files and `peftrepro/data/paper.csv`: no clock, no machine lookup, so regenerating it from the
+committed files reproduces it byte for byte (tests/results). The prose lives in
+`peftrepro/data/report_template.md`; every number comes from a file written by the code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from peftrepro import aggregate, claims
+from peftrepro.aggregate import PARAMS, TABLES, Record, TableResult
+
+MAKE_TARGETS = {"table_weight_type": "table-weight-type", "table_rank": "table-rank",
+                "table_e2e": "table-e2e", "table_methods": "table-methods"}
+
+
+# ---------------------------------------------------------------- reading
+
+def profile_records(runs_dir: Path, profile: str) -> list[Record]:
+    records, _, _ = aggregate.load_records(runs_dir)
+    return [r for r in records if r.profile == profile and r.experiment in TABLES]
+
+
+def device_of(record: Record) -> str:
+    hardware = (record.raw.get("env") or {}).get("hardware") or {}
+    if hardware.get("gpu"):
+        return f"GPU: {hardware['gpu']}"
+    return f"CPU: {hardware.get('cpu', '?')}, {hardware.get('cpu_count', '?')} cores"
+
+
+def precision_of(record: Record) -> str:
+    wanted = record.get("train.precision") or "auto"
+    on_gpu = device_of(record).startswith("GPU")
+    return "bf16 autocast" if wanted == "bf16" or (wanted == "auto" and on_gpu) else "fp32"
+
+
+def run_seconds(record: Record) -> float:
+    return float((record.raw.get("timings") or {}).get("total_s") or 0.0)
+
+
+def is_reused(record: Record) -> bool:
+    return bool(record.raw.get("reused_from"))
+
+
+def metric_cells(result: TableResult) -> pd.DataFrame:
+    """The cells holding a task metric (parameter counts come with every run of the row)."""
+    cells = result.cells
+    return cells[(cells["row"] != PARAMS) & (cells["column"] != PARAMS) & (cells["status"] != "n/a")]
+
+
+def missing_runs(result: TableResult) -> int:
+    """(cell, seed) pairs with no value: the runs still to do, reused ones included."""
+    cells = metric_cells(result)
+    return int(sum(len(set(result.expected_seeds) - set(seeds)) for seeds in cells["seeds"]))
+
+
+# ---------------------------------------------------------------- rendering helpers
+
+def hours(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def distinct(values: Iterable[Any]) -> list[str]:
+    return sorted({str(v) for v in values if v not in (None, "")})
+
+
+def devices_text(records: Sequence[Record]) -> str:
+    return "; ".join(f"{d} ({precision})" for d, precision in sorted({(device_of(r), precision_of(r))
+                                                                      for r in records})) or "—"
+
+
+def status_table(results: Mapping[str, TableResult]) -> str:
+    rows = []
+    for name, result in results.items():
+        cells, records = metric_cells(result), result.records
+        own = [r for r in records if not is_reused(r)]
+        rows.append({
+            "Table": f"[{result.spec.title.split(':')[0]}](tables/{name}.md)",
+            "Cells with every seed": f"{int((cells['status'] == 'ok').sum())} / {len(cells)}",
+            "Seeds": ", ".join(map(str, result.expected_seeds)) or "—",
+            "Runs ok / failed / n/a": f"{sum(r.status == 'ok' for r in records)} / "
+                                      f"{sum(r.status == 'failed' for r in records)} / "
+                                      f"{sum(r.status == 'not_applicable' for r in records)}",
+            "Reused from another table": str(len(records) - len(own)),
+            "Runs still to do": str(missing_runs(result)),
+            "Ran on": devices_text(own),
+            "Run time (sum)": hours(sum(run_seconds(r) for r in own)) if own else "—",
+        })
+    return pd.DataFrame(rows).to_markdown(index=False)
+
+
+def pending_text(results: Mapping[str, TableResult], records: Sequence[Record]) -> str:
+    todo = sum(missing_runs(result) for result in results.values())
+    if not todo:
+        return "Every cell has every expected seed."
+    own = [r for r in records if not is_reused(r) and r.status == "ok"]
+    lines = [f"**{todo} runs are still to do.**"]
+    for device in distinct(device_of(r) for r in own):
+        times = [run_seconds(r) for r in own if device_of(r) == device]
+        median = statistics.median(times)
+        lines.append(f"On {device}, a run of this profile took a median of {hours(median)} "
+                     f"(n = {len(times)}), so the rest would take about {hours(todo * median)} there.")
+    lines.append("The GPU procedure in `experiments/README.md` is the way to finish them.")
+    return " ".join(lines)
+
+
+def where_text(records: Sequence[Record]) -> str:
+    if not records:
+        return "No records yet."
+    lines = []
+    for device in distinct(device_of(r) for r in records):
+        mine = [r for r in records if device_of(r) == device and not is_reused(r)]
+        if not mine:
+            continue
+        packages = (mine[-1].raw.get("env") or {}).get("packages") or {}
+        versions = ", ".join(f"{k} {packages[k]}" for k in ("torch", "transformers", "peft-repro") if k in packages)
+        lines.append(f"- {device}: {len(mine)} runs, {hours(sum(run_seconds(r) for r in mine))} in all "
+                     f"({precision_of(mine[-1])}; {versions}).")
+    commits = distinct(f"{g.get('commit', '?')[:10]}{' (dirty)' if g.get('dirty') else ''}"
+                       for r in records for g in [((r.raw.get('env') or {}).get('git') or {})])
+    lines.append(f"- Code: commit(s) {', '.join(commits) or '—'} (each record names its own).")
+    sources = distinct((r.raw.get("data") or {}).get("source") for r in records)
+    lines.append("- Data: " + ("; ".join(f"`{s}`" for s in sources) or "—")
+                 + " (the `../shared/data` layout; see its README for sources and licences).")
+    return "\n".join(lines)
+
+
+def commands_text(profile: str, seeds: Sequence[int] | None) -> str:
+    seed_arg = f" SEEDS={','.join(map(str, seeds))}" if seeds else ""
+    targets = [f"make {MAKE_TARGETS[name]} PROFILE={profile}{seed_arg}" for name in TABLES]
+    return "\n".join(["make table-params", "make table-latency", *targets, f"make report PROFILE={profile}"])
+
+
+def models_text(records: Sequence[Record]) -> str:
+    models = distinct(f"{(r.raw.get('model') or {}).get('name')} "
+                      f"({(r.raw.get('model') or {}).get('source')})" for r in records)
+    return "; ".join(f"`{m}`" for m in models) or "— (no records yet)"
+
+
+def data_text(records: Sequence[Record]) -> str:
+    per_task = distinct(f"{r.task}: {d.get('train_examples')} training examples, {d.get('eval_examples')} "
+                        f"evaluated ({d.get('eval_split')} split)" for r in records for d in [r.raw.get("data") or {}])
+    return ("Per run, " + "; ".join(per_task) + ".") if per_task else ""
+
+
+def schedule_text(records: Sequence[Record]) -> str:
+    runs = [(r.get("train.epochs"), r.get("train.batch_size"), (r.raw.get("training") or {}).get("steps"))
+            for r in records if r.status == "ok"]
+    shown = distinct(f"{e} epochs at batch {b} ({s} optimizer steps)" for e, b, s in runs)
+    return " or ".join(shown) if shown else "— (no finished run yet)"
+
+
+def decoding_text(records: Sequence[Record]) -> str:
+    beams = distinct(r.get("decoding.num_beams") for r in records if r.task in ("e2e", "wikisql"))
+    text = ("MultiNLI is scored by the likelihood of each label word (the paper's GPT-3 runs generate "
+            "the label; its prompt is not published). ")
+    if beams:
+        text += (f"E2E and WikiSQL decode with beam size {' / '.join(beams)} (the paper: beam 10 "
+                 "for E2E, Table 11).")
+    return text
+
+
+# ---------------------------------------------------------------- sections
+
+def table_section(result: TableResult) -> str:
+    name, spec = result.spec.name, result.spec
+    evaluated = claims.evaluate(result)
+    verdicts = pd.Series([c.verdict for c in evaluated]).value_counts()
+    summary = ", ".join(f"{int(verdicts.get(v, 0))} {v}" for v in (claims.HELD, claims.NOT_HELD, claims.INCONCLUSIVE))
+    plot = Path(f"tables/{name}.png")
+    parts = [f"## {spec.title}", "",
+             f"Ours · the paper's ({spec.paper_source}). Full table with what is missing and every choice: "
+             f"[`tables/{name}.md`](tables/{name}.md)" + (f"; plot: [`{plot}`]({plot})." if name == "table_rank" else "."),
+             "", aggregate.layout(result).to_markdown(index=False), "",
+             f"The paper's claims on these numbers: {summary}.", "", *claims.render(evaluated), ""]
+    return "\n".join(parts) + "\n"
+
+
+def params_text(tables_dir: Path) -> str:
+    path = tables_dir / "params.csv"
+    if not path.is_file():
+        return "- Parameter counts: not generated (`make table-params`)."
+    counts = pd.read_csv(path)["status"].value_counts()
+    shown = ", ".join(f"{int(n)} {status}" for status, n in sorted(counts.items()))
+    return (f"- Parameter counts ([`tables/params.md`](tables/params.md)): {len(pd.read_csv(path))} rows: "
+            f"{shown}; every mismatch carries its explanation in the table.")
+
+
+def latency_text(tables_dir: Path, runs_dir: Path) -> str:
+    path = tables_dir / "table_latency.md"
+    if not path.is_file():
+        return "- Table 1 (latency): not generated (`make table-latency`)."
+    runs = sorted((runs_dir / "table_latency").glob("*/record.json"))
+    where = []
+    for run in runs:
+        record = json.loads(run.read_text(encoding="utf-8"))
+        hardware = (record.get("env") or {}).get("hardware") or {}
+        where.append(f"`{record['run_key']}` on {hardware.get('gpu') or hardware.get('cpu', '?')}")
+    return (f"- Table 1, inference latency ([`tables/table_latency.md`](tables/table_latency.md)): "
+            f"{'; '.join(where) or 'no record'}.")
+
+
+def bench_text(bench_dir: Path) -> str:
+    lines = []
+    for path in sorted(bench_dir.glob("*.json")):
+        bench = json.loads(path.read_text(encoding="utf-8"))
+        setup = bench.get("setup") or {}
+        hardware = (bench.get("env") or {}).get("hardware") or {}
+        ratios = ", ".join(f"{row['method']} {row['speedup']:.2f}×" for row in bench.get("training") or [])
+        lines.append(f"- [`bench/{path.stem}.md`](bench/{path.stem}.md): {hardware.get('gpu') or hardware.get('cpu', '?')}, "
+                     f"{setup.get('model')} ({(setup.get('model_config') or {}).get('num_hidden_layers')} layers), "
+                     f"batch {setup.get('batch')} × {setup.get('seq')}, {setup.get('dtype')}: training step "
+                     f"speed-up over the reference {ratios}.")
+    return "\n".join(lines) or "- No benchmark file yet (`make bench`)."
+
+
+# ---------------------------------------------------------------- the page
+
+def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir: Path, bench_dir: Path,
+           root: Path = Path(".")) -> str:
+    """The page. Files are read under `root`; the page names them as given (relative: portable)."""
+    runs, tables, bench = root / runs_dir, root / tables_dir, root / bench_dir
+    results = {name: aggregate.build_table(spec, runs, profile, seeds) for name, spec in TABLES.items()}
+    records = profile_records(runs, profile)
+    latest = max((r.created_at for r in records), default=None)
+    template = Template(resources.files("peftrepro").joinpath("data/report_template.md").read_text(encoding="utf-8"))
+    return template.substitute(
+        profile=profile, runs_dir=runs_dir.as_posix(), tables_dir=tables_dir.as_posix(),
+        latest_record=latest.isoformat() if latest is not None else "none",
+        status_table=status_table(results), pending=pending_text(results, records),
+        where=where_text(records), commands=commands_text(profile, seeds),
+        models=models_text(records), data_lines=data_text(records), schedule=schedule_text(records),
+        decoding=decoding_text(records), sections="".join(table_section(r) for r in results.values()),
+        speed="\n".join([params_text(tables), latency_text(tables, runs), bench_text(bench)]),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m peftrepro.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="mini")
+    parser.add_argument("--seeds", default=None, help="seeds every cell should have (default: those found)")
+    parser.add_argument("--runs", type=Path, default=Path("results/runs"))
+    parser.add_argument("--tables", type=Path, default=Path("results/tables"))
+    parser.add_argument("--bench", type=Path, default=Path("results/bench"))
+    parser.add_argument("--out", type=Path, default=Path("results/REPORT.md"))
+    args = parser.parse_args(argv)
+    text = render(args.profile, aggregate.parse_seeds(args.seeds), args.runs, args.tables, args.bench)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""results/REPORT.md from records: counts, claims, where it ran, what is left, and nothing else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from peftrepro import report
+
+WQ, QV = {"name": "lora", "ranks": {"W_q": 8}}, {"name": "lora", "ranks": {"W_q": 4, "W_v": 4}}
+CPU = {"cpu": "Test CPU", "cpu_count": 2}
+GPU = {"cpu": "Host CPU", "cpu_count": 16, "gpu": "NVIDIA H100 80GB HBM3"}
+
+
+@pytest.fixture
+def weight_type_runs(write, make_record):
+    """MNLI W_q and W_q,W_v, two seeds each: W_q,W_v is clearly better; one run on a GPU."""
+    for seed in (0, 1):
+        for method, accuracy in ((WQ, 0.50 + seed * 0.01), (QV, 0.60 + seed * 0.01)):
+            record = make_record("table_weight_type", "mnli", method, seed, {"accuracy_m": accuracy},
+                                 profile="mini", minutes=seed)
+            on_gpu = method is QV and seed == 1
+            record["env"]["hardware"] = GPU if on_gpu else CPU
+            record["timings"] = {"total_s": 60.0 if on_gpu else 1200.0}
+            record["training"] = {"steps": 250}
+            write(record)
+
+
+def page(runs_dir: Path, tmp_path: Path, seeds=(0, 1)) -> str:
+    return report.render("mini", list(seeds), runs_dir, tmp_path / "tables", tmp_path / "bench")
+
+
+def test_counts_devices_time_and_claims_come_from_the_records(weight_type_runs, runs_dir, tmp_path) -> None:
+    text = page(runs_dir, tmp_path)
+    table5 = next(line for line in text.splitlines() if line.startswith("| [Table 5]"))
+    cells = [cell.strip() for cell in table5.split("|")[1:-1]]
+    assert cells[1] == "2 / 14" and cells[2] == "0, 1" and cells[3] == "4 / 0 / 0" and cells[5] == "24"
+    assert "CPU: Test CPU, 2 cores (fp32)" in cells[6] and "GPU: NVIDIA H100 80GB HBM3 (bf16 autocast)" in cells[6]
+    assert cells[7] == "1 h 01 min"  # 3 x 20 min on the CPU + 1 min on the GPU
+    assert "MultiNLI: adapting W_q,W_v (r=4) beats W_q alone (r=8) at an equal budget | §7.1, Table 5 | **held**" in text
+    assert "On CPU: Test CPU, 2 cores, a run of this profile took a median of 20 min (n = 3)" in text
+
+
+def test_no_clock_and_no_machine_in_the_page(weight_type_runs, runs_dir, tmp_path) -> None:
+    assert page(runs_dir, tmp_path) == page(runs_dir, tmp_path)
+    assert "Latest record: 2025-01-01T00:01:00+00:00" in page(runs_dir, tmp_path)
+
+
+def test_reused_runs_count_once(weight_type_runs, runs_dir, tmp_path, write, make_record) -> None:
+    copy = make_record("table_rank", "mnli", {"name": "lora", "weights": ["W_q"], "r": 8}, 0, {"accuracy_m": 0.5},
+                       profile="mini", key="copied")
+    copy["reused_from"] = {"experiment": "table_weight_type", "run_key": "x"}
+    copy["env"]["hardware"], copy["timings"] = CPU, {"total_s": 1200.0}
+    write(copy)
+    table6 = next(line for line in page(runs_dir, tmp_path).splitlines() if line.startswith("| [Table 6]"))
+    cells = [cell.strip() for cell in table6.split("|")[1:-1]]
+    assert cells[4] == "1" and cells[7] == "—"  # one reused run, no run time of its own
+
+
+def test_an_empty_results_folder_still_renders(runs_dir, tmp_path) -> None:
+    text = page(runs_dir, tmp_path)
+    assert "No records yet." in text and "No benchmark file yet" in text and "$" not in text.replace("$(", "")
