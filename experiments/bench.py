@@ -3,8 +3,10 @@
     python experiments/bench.py                                # CPU defaults: SmolLM2 shape, 4 layers, 8×64
     python experiments/bench.py --model smollm2 --batch 32 --seq 128 --dtype bf16   # GPU (the defaults there)
     python experiments/bench.py --model gpt2-m-shape --methods lora,ft --batch 8 --seq 512
+    python experiments/bench.py --model smollm2 --gguf ~/smollm2/model.gguf --tag gguf   # real weights
 
-For each method, in ONE process and on the same random-weight model and batch, it times:
+For each method, in ONE process and on the same model (random weights, or SmolLM2's real ones
+with --gguf) and batch, it times:
 - ours: `peftrepro.methods.apply_method` + the training step of `peftrepro.train`;
 - the reference a user would pick: HF peft on a plain PyTorch loop (LoRA; PreLayer ~ peft's
   prefix tuning), a plain AdamW loop over all weights (FT), or a plain-PyTorch adapter written
@@ -88,6 +90,41 @@ def build_model(config: PretrainedConfig, device: torch.device, seed: int) -> nn
     torch.manual_seed(seed)
     with torch.device(device):
         return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+
+
+# The suite's cache of the packaged SmolLM2 GGUF (conf/model/smollm2-135m.yaml: cache_dir/name), so
+# --gguf reuses the conversion the runs made (and the other way round) instead of ~25 s of parsing.
+SMOLLM2_CACHE = REPO_ROOT / ".cache" / "models" / "smollm2-135m"
+
+
+def load_gguf_model(path: Path, cache: Path | None, layers: int | None, device: torch.device,
+                    seed: int) -> nn.Module:
+    """SmolLM2's real weights from a GGUF file (`peftrepro.models.load_gguf`, dequantised to fp32
+    like the random model), cut to `layers` blocks if asked. Speed does not depend on the weights;
+    the real ones answer "measured on the real model"."""
+    from peftrepro.models import load_gguf
+
+    model, _ = load_gguf(path, cache)
+    expected = smollm2_config(None)
+    got = {k: getattr(model.config, k) for k in ("model_type", "hidden_size", "vocab_size")}
+    if got != {k: getattr(expected, k) for k in got}:
+        raise ConfigError(f"--gguf {path}: not SmolLM2-135M-shaped ({got}); a stale --gguf-cache? "
+                          "pass --gguf-cache none")
+    if layers is not None:  # the first `layers` blocks, as smollm2_config(layers) cuts the random model
+        del model.model.layers[layers:]
+        model.config.num_hidden_layers = layers
+    torch.manual_seed(seed)  # the methods' own initialisation, as after build_model
+    return model.to(device)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -381,6 +418,12 @@ def _mib(value: int | None) -> str:
     return "n/a" if value is None else f"{value / 2**20:,.0f}"
 
 
+def _describe_weights(weights: dict[str, Any] | None) -> str:
+    if not weights or weights.get("source") == "random":
+        return "random (a step's cost depends on shapes, not values)"
+    return f"real, from {weights['file']} (sha256 {weights['sha256'][:12]}…), dequantised to fp32"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     setup = report["setup"]
     memory_kind = ("CUDA max allocated" if setup["device"] == "cuda"
@@ -391,6 +434,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Command: `{report['command']}`",
         "",
         *describe_environment(report["env"]),
+        f"- weights: {_describe_weights(setup.get('weights'))}",
         f"- shape: {setup['model_config']}; batch {setup['batch']} × seq {setup['seq']} "
         f"({setup['batch'] * setup['seq']} tokens/step, loss on the second half); dtype {setup['dtype']}",
         f"- timing: {setup['warmup']} warm-up steps, then {setup['rounds']} interleaved rounds × "
@@ -446,6 +490,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
     parser.add_argument("--model", choices=sorted(MODELS), help="default: smollm2 (random weights)")
+    parser.add_argument("--gguf", type=Path, help="real SmolLM2 weights from this GGUF file (--model smollm2 only)")
+    parser.add_argument("--gguf-cache", default=str(SMOLLM2_CACHE),
+                        help="converted copy of --gguf, read if present, else written (default: the suite's "
+                             "SmolLM2 cache, .cache/models/smollm2-135m); 'none': convert every time")
     parser.add_argument("--layers", type=int,
                         help=f"cut the model to this many blocks (CPU default for smollm2/gpt2-m-shape: {CPU_LAYERS})")
     parser.add_argument("--batch", type=int)
@@ -473,6 +521,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.layers is None and device.type == "cpu" and args.model in ("smollm2", "gpt2-m-shape"):
         args.layers = CPU_LAYERS
+    if args.gguf is not None and args.model != "smollm2":
+        raise ConfigError(f"--gguf holds SmolLM2 weights; it needs --model smollm2, not {args.model}")
+    args.gguf_cache = None if str(args.gguf_cache).lower() == "none" else Path(args.gguf_cache)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in args.methods if m not in METHOD_OPTIONS]
     if unknown:
@@ -489,8 +540,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     device = args.device
     load_before = _load_average()
-    config = MODELS[args.model](args.layers)
-    base = build_model(config, device, args.seed)
+    if args.gguf is None:
+        config = MODELS[args.model](args.layers)
+        base = build_model(config, device, args.seed)
+        weights: dict[str, Any] = {"source": "random", "seed": args.seed}
+    else:
+        base = load_gguf_model(args.gguf, args.gguf_cache, args.layers, device, args.seed)
+        config = base.config
+        weights = {"source": "gguf", "file": args.gguf.name, "sha256": _sha256(args.gguf)}
     batch = make_batch(config.vocab_size, args.batch, args.seq, device, args.seed)
     training = [bench_training(method, base, batch, args, device) for method in args.methods]
     inference = None
@@ -501,7 +558,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
              ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")}
     return {
         "command": command,
-        "setup": {"device": device.type, "model": args.model, "model_config": shape, "batch": args.batch,
+        "setup": {"device": device.type, "model": args.model, "model_config": shape, "weights": weights,
+                  "batch": args.batch,
                   "seq": args.seq, "dtype": args.dtype, "warmup": args.warmup, "rounds": args.rounds,
                   "steps_per_round": args.steps_per_round, "compile": args.compile,
                   "infer_batch": args.infer_batch, "infer_seq": args.infer_seq,

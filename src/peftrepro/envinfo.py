@@ -33,9 +33,14 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+GIT_COMMIT_ENV, GIT_DIRTY_ENV = "PEFTREPRO_GIT_COMMIT", "PEFTREPRO_GIT_DIRTY"
+
+
 @lru_cache(maxsize=1)
 def git_state() -> dict[str, Any]:
-    """Commit and dirty flag of the checkout; `commit: null` outside a git checkout."""
+    """Commit and dirty flag of the checkout. Outside a git checkout (a copy of the tree on the lent
+    GPU, experiments/gpu_session.py), $PEFTREPRO_GIT_COMMIT / $PEFTREPRO_GIT_DIRTY (1/0) as the
+    machine that packed the copy saw them, else `commit: null`."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=project_root(), capture_output=True, text=True,
                               check=True, timeout=20).stdout.strip()
@@ -47,6 +52,9 @@ def git_state() -> dict[str, Any]:
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
         dirty = None
+    if commit is None and os.environ.get(GIT_COMMIT_ENV):
+        commit = os.environ[GIT_COMMIT_ENV]
+        dirty = {"1": True, "0": False}.get(os.environ.get(GIT_DIRTY_ENV, ""))
     return {"commit": commit, "dirty": dirty}
 
 

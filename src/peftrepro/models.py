@@ -7,6 +7,9 @@ Three sources, named by `source:` in the model config:
   dequantised model is cached once as a Hugging Face directory under `cache_dir`, because parsing the
   GGUF takes ~25 s on every load while the cached copy loads in about a second;
 - `hub`: a Hugging Face hub id or a local directory (`name_or_path`).
+`load_gguf(path, cache)` reads any GGUF file the way `gguf_package` does, into the same kind of
+cache (experiments/bench.py --gguf, and the lent GPU of experiments/gpu_session.py, which has the
+file but not the package).
 Every failure becomes one `ModelLoadError` that names the source(s) tried.
 """
 
@@ -15,7 +18,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -104,19 +107,47 @@ def _random_model(model_cfg: Mapping[str, Any]) -> tuple[PreTrainedModel, PreTra
 def _gguf_package_model(model_cfg: Mapping[str, Any]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     package, file_name = str(model_cfg.get("package")), str(model_cfg.get("gguf_file"))
     cache = _resolve(str(model_cfg.get("cache_dir"))) / str(model_cfg.get("name"))
+    # the package is looked up only when there is no cache: a machine that has the cache (the lent
+    # GPU, experiments/gpu_session.py) needs neither the package nor its 98 MB file
+    return _cached_or_converted(cache, lambda: gguf_in_package(package, file_name), "gguf_package")
+
+
+def load_gguf(gguf_path: str | Path,
+              cache: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A GGUF file (any path) dequantised to fp32, with its tokenizer.
+
+    With `cache`, the converted model is read from / written to that Hugging Face directory exactly
+    as the `gguf_package` source does, so a cache made here serves `model=smollm2-135m` runs (and
+    the other way round). The cache is trusted as it is: pass a fresh folder for another file.
+    """
+    path = Path(gguf_path).expanduser()
+    if not path.is_file():
+        raise ModelLoadError(f"GGUF file {path} not found")
+    if cache is None:
+        return _convert(path, "gguf file")
+    return _cached_or_converted(_resolve(str(cache)), lambda: path, "gguf file")
+
+
+def _cached_or_converted(cache: Path, find_gguf: Callable[[], Path],
+                         source: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The cached Hugging Face copy at `cache`, else the GGUF from `find_gguf()` converted and cached."""
     if (cache / "config.json").is_file():
         try:
             return _from_pretrained(str(cache))
         except Exception as error:  # a corrupt cache is rebuilt, not fatal
             log.warning("ignoring unreadable model cache %s (%s); rebuilding from the GGUF", cache, error)
-    gguf_path = gguf_in_package(package, file_name)
+    gguf_path = find_gguf()
     log.info("converting %s once (slow); cached at %s", gguf_path, cache)
-    try:
-        model, tokenizer = _from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    except Exception as error:
-        raise ModelLoadError(f"source gguf_package: transformers could not read {gguf_path}: {error}") from error
+    model, tokenizer = _convert(gguf_path, source)
     _save_cache(model, tokenizer, cache)
     return model, tokenizer
+
+
+def _convert(gguf_path: Path, source: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    try:
+        return _from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    except Exception as error:
+        raise ModelLoadError(f"source {source}: transformers could not read {gguf_path}: {error}") from error
 
 
 def gguf_in_package(package: str, file_name: str) -> Path:

@@ -30,3 +30,13 @@ def bench() -> ModuleType:
 @pytest.fixture(scope="session")
 def latency() -> ModuleType:
     return load_script("latency")
+
+
+@pytest.fixture(scope="session")
+def gpu_session() -> ModuleType:
+    return load_script("gpu_session")
+
+
+@pytest.fixture(scope="session")
+def gpu_sweep() -> ModuleType:
+    return load_script("gpu_sweep")

