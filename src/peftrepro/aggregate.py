@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -72,6 +73,19 @@ class Record:
     @property
     def trainable(self) -> int | None:
         return (self.raw.get("params") or {}).get("trainable")
+
+    @property
+    def hardware(self) -> str:
+        """Where it ran and in which precision, e.g. "GPU: NVIDIA H100 (bf16 autocast)"."""
+        info = (self.raw.get("env") or {}).get("hardware") or {}
+        if info.get("gpu"):
+            where, on_gpu = f"GPU: {info['gpu']}", True
+        elif info:
+            where, on_gpu = f"CPU: {info.get('cpu', '?')}, {info.get('cpu_count', '?')} cores", False
+        else:
+            return "unrecorded hardware"
+        precision = self.get("train.precision") or "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU
+        return f"{where} ({'bf16 autocast' if precision == 'bf16' or (precision == 'auto' and on_gpu) else 'fp32'})"
 
     def get(self, dotted: str) -> Any:
         """A value of the resolved config by dotted path (`method.alpha`), or None."""
@@ -473,7 +487,7 @@ TABLES: dict[str, TableSpec] = {spec.name: spec for spec in
 # ----------------------------------------------------------------------------------------------
 
 SUMMARY_COLUMNS = ("row", "column", "mean", "std", "n", "seeds", "values", "problems",
-                   "paper", "paper_printed", "paper_ref", "status")
+                   "paper", "paper_printed", "paper_ref", "status", "hardware")
 
 
 @dataclass
@@ -511,8 +525,9 @@ def summarise(spec: TableSpec, records: Sequence[Record], expected_seeds: Sequen
         placed.append(record)
         rows += [dict(row=o.row, column=o.column, value=o.value, problem=o.problem, seed=record.seed,
                       status=record.status, error_type=record.error_type, created_at=record.created_at,
-                      key=record.run_key, task=record.task) for o in observations]
-    columns = ["row", "column", "value", "problem", "seed", "status", "error_type", "created_at", "key", "task"]
+                      key=record.run_key, task=record.task, hardware=record.hardware) for o in observations]
+    columns = ["row", "column", "value", "problem", "seed", "status", "error_type", "created_at", "key", "task",
+               "hardware"]
     obs = pd.DataFrame(rows, columns=columns)
     # One value per cell, seed and task (parameter cells gather both tasks): a run whose config
     # changed since (a new run key for the same cell, e.g. after a code or profile change)
@@ -545,7 +560,8 @@ def _cell(spec: TableSpec, row: str, column: str, obs: pd.DataFrame, seeds: Sequ
     std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
     return dict(row=row, column=column, mean=float(values.mean()) if len(values) else math.nan, std=std,
                 n=len(values), seeds=got, values=list(values), problems=problems, paper=paper_value,
-                paper_printed=paper_printed, paper_ref=" / ".join(ref) if ref else None, status=status)
+                paper_printed=paper_printed, paper_ref=" / ".join(ref) if ref else None, status=status,
+                hardware=sorted(set(good["hardware"])))
 
 
 def _status(row: str, column: str, mine: pd.DataFrame, good: pd.DataFrame, got: list[int],
@@ -638,12 +654,17 @@ def header_lines(result: TableResult) -> list[str]:
         f"- Data: {'; '.join(data) or '—'}",
         f"- Commit(s): {', '.join(commits) or '—'}",
         f"- Seeds expected: {', '.join(map(str, result.expected_seeds)) or '—'}",
+        f"- Ran on: {'; '.join(f'{where} ({n} runs)' for where, n in _count(r.hardware for r in records)) or '—'}",
         f"- Records: {ok} ok, {len(records) - ok} failed; left out: {result.superseded} older record(s) of "
         f"the same run key, {result.replaced} older run(s) of the same cell and seed under another run key "
         f"(config or code changed since), {len(result.problems)} unreadable file(s)",
         f"- Paper values: {result.spec.paper_source}",
         "- Each cell: our mean ± std over seeds (n = number of seeds) · the paper's printed value.",
     ]
+
+
+def _count(values: Iterable[str]) -> list[tuple[str, int]]:
+    return sorted(Counter(values).items())
 
 
 def incomplete_lines(result: TableResult) -> list[str]:
@@ -661,6 +682,10 @@ def incomplete_lines(result: TableResult) -> list[str]:
         else:
             why = "; ".join(cell["problems"]) or cell["status"]
         lines.append(f"- {cell['status'].upper()} {where}: {why}")
+    metric_cells = result.cells[(result.cells["row"] != PARAMS) & (result.cells["column"] != PARAMS)]
+    for _, cell in metric_cells[metric_cells["hardware"].map(len) > 1].iterrows():
+        lines.append(f"- MIXED HARDWARE {row_label[cell['row']]} × {col_label[cell['column']]}: its seeds ran on "
+                     f"{' and '.join(cell['hardware'])}; the spread includes the difference")
     for record in result.unplaced:
         lines.append(f"- NOT PLACED {record.path}: task {record.task}, method {dict(record.method)} "
                      "matches no cell of this table (changed experiment file?)")

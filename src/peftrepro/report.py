@@ -36,19 +36,6 @@ def profile_records(runs_dir: Path, profile: str) -> list[Record]:
     return [r for r in records if r.profile == profile and r.experiment in TABLES]
 
 
-def device_of(record: Record) -> str:
-    hardware = (record.raw.get("env") or {}).get("hardware") or {}
-    if hardware.get("gpu"):
-        return f"GPU: {hardware['gpu']}"
-    return f"CPU: {hardware.get('cpu', '?')}, {hardware.get('cpu_count', '?')} cores"
-
-
-def precision_of(record: Record) -> str:
-    wanted = record.get("train.precision") or "auto"
-    on_gpu = device_of(record).startswith("GPU")
-    return "bf16 autocast" if wanted == "bf16" or (wanted == "auto" and on_gpu) else "fp32"
-
-
 def run_seconds(record: Record) -> float:
     return float((record.raw.get("timings") or {}).get("total_s") or 0.0)
 
@@ -81,8 +68,7 @@ def distinct(values: Iterable[Any]) -> list[str]:
 
 
 def devices_text(records: Sequence[Record]) -> str:
-    return "; ".join(f"{d} ({precision})" for d, precision in sorted({(device_of(r), precision_of(r))
-                                                                      for r in records})) or "—"
+    return "; ".join(distinct(r.hardware for r in records)) or "—"
 
 
 def status_table(results: Mapping[str, TableResult]) -> str:
@@ -111,8 +97,8 @@ def pending_text(results: Mapping[str, TableResult], records: Sequence[Record]) 
         return "Every cell has every expected seed."
     own = [r for r in records if not is_reused(r) and r.status == "ok"]
     lines = [f"**{todo} runs are still to do.**"]
-    for device in distinct(device_of(r) for r in own):
-        times = [run_seconds(r) for r in own if device_of(r) == device]
+    for device in distinct(r.hardware for r in own):
+        times = [run_seconds(r) for r in own if r.hardware == device]
         median = statistics.median(times)
         lines.append(f"On {device}, a run of this profile took a median of {hours(median)} "
                      f"(n = {len(times)}), so the rest would take about {hours(todo * median)} there.")
@@ -124,14 +110,13 @@ def where_text(records: Sequence[Record]) -> str:
     if not records:
         return "No records yet."
     lines = []
-    for device in distinct(device_of(r) for r in records):
-        mine = [r for r in records if device_of(r) == device and not is_reused(r)]
+    for device in distinct(r.hardware for r in records):
+        mine = [r for r in records if r.hardware == device and not is_reused(r)]
         if not mine:
             continue
         packages = (mine[-1].raw.get("env") or {}).get("packages") or {}
         versions = ", ".join(f"{k} {packages[k]}" for k in ("torch", "transformers", "peft-repro") if k in packages)
-        lines.append(f"- {device}: {len(mine)} runs, {hours(sum(run_seconds(r) for r in mine))} in all "
-                     f"({precision_of(mine[-1])}; {versions}).")
+        lines.append(f"- {device}: {len(mine)} runs, {hours(sum(run_seconds(r) for r in mine))} in all ({versions}).")
     commits = distinct(f"{g.get('commit', '?')[:10]}{' (dirty)' if g.get('dirty') else ''}"
                        for r in records for g in [((r.raw.get('env') or {}).get('git') or {})])
     lines.append(f"- Code: commit(s) {', '.join(commits) or '—'} (each record names its own).")

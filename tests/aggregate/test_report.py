@@ -39,7 +39,7 @@ def test_counts_devices_time_and_claims_come_from_the_records(weight_type_runs, 
     assert "CPU: Test CPU, 2 cores (fp32)" in cells[6] and "GPU: NVIDIA H100 80GB HBM3 (bf16 autocast)" in cells[6]
     assert cells[7] == "1 h 01 min"  # 3 x 20 min on the CPU + 1 min on the GPU
     assert "MultiNLI: adapting W_q,W_v (r=4) beats W_q alone (r=8) at an equal budget | §7.1, Table 5 | **held**" in text
-    assert "On CPU: Test CPU, 2 cores, a run of this profile took a median of 20 min (n = 3)" in text
+    assert "On CPU: Test CPU, 2 cores (fp32), a run of this profile took a median of 20 min (n = 3)" in text
 
 
 def test_no_clock_and_no_machine_in_the_page(weight_type_runs, runs_dir, tmp_path) -> None:
@@ -61,3 +61,15 @@ def test_reused_runs_count_once(weight_type_runs, runs_dir, tmp_path, write, mak
 def test_an_empty_results_folder_still_renders(runs_dir, tmp_path) -> None:
     text = page(runs_dir, tmp_path)
     assert "No records yet." in text and "No benchmark file yet" in text and "$" not in text.replace("$(", "")
+
+
+def test_a_cell_whose_seeds_ran_on_different_hardware_is_flagged(weight_type_runs, runs_dir) -> None:
+    from peftrepro.aggregate import TABLES, build_table, header_lines, incomplete_lines
+
+    result = build_table(TABLES["table_weight_type"], runs_dir, "mini", [0, 1])
+    assert incomplete_lines(result).count(
+        "- MIXED HARDWARE MultiNLI (±0.1%) × W_q,W_v: its seeds ran on CPU: Test CPU, 2 cores (fp32) and "
+        "GPU: NVIDIA H100 80GB HBM3 (bf16 autocast); the spread includes the difference") == 1
+    assert not [line for line in incomplete_lines(result) if "MIXED" in line and "× W_q:" in line]
+    assert "- Ran on: CPU: Test CPU, 2 cores (fp32) (3 runs); GPU: NVIDIA H100 80GB HBM3 (bf16 autocast) (1 runs)" \
+        in header_lines(result)
