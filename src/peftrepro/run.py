@@ -186,6 +186,9 @@ def fixture_root(cache_dir: Path) -> Path:
 
 def run_one(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Run `cfg` to a record (or return the finished record of an identical earlier run)."""
+    # The commit of the code this process runs: read before training (cached), since a commit made
+    # while a long run trains must not be credited with its numbers.
+    envinfo.git_state()
     plan = plan_run(cfg)
     if not plan.config.get("force") and records.is_finished(plan.directory):
         log.info("skip %s: finished record at %s (force=true reruns it)", plan.key, plan.directory)

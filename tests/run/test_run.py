@@ -158,3 +158,25 @@ def test_mini_profile_on_real_data_with_smollm2(compose_config, tmp_path: Path) 
                                     f"results_dir={tmp_path}", "train.progress=false"))
     assert record["status"] == "ok" and record["model"]["model_type"] == "llama"
     assert record["params"]["total"] > 100_000_000 and record["data"]["source"] == data_root
+
+
+def test_record_names_the_commit_of_the_code_at_the_start_of_the_run(smoke, monkeypatch) -> None:
+    import peftrepro.run as run_module
+    from peftrepro import envinfo
+
+    head = {"commit": "a" * 40}
+    monkeypatch.setattr(envinfo.subprocess, "run", lambda argv, **kw: subprocess.CompletedProcess(
+        argv, 0, stdout=head["commit"] if "rev-parse" in argv else "", stderr=""))
+    real_fit = run_module.fit
+
+    def fit_during_a_commit(*args, **kwargs):
+        head["commit"] = "b" * 40  # someone commits while the run trains
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "fit", fit_during_a_commit)
+    envinfo.git_state.cache_clear()
+    try:
+        record = run_one(smoke("task=mnli", "method=lora"))
+    finally:
+        envinfo.git_state.cache_clear()
+    assert record["env"]["git"] == {"commit": "a" * 40, "dirty": False}
