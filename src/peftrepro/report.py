@@ -50,8 +50,8 @@ def metric_cells(result: TableResult) -> pd.DataFrame:
     return cells[(cells["row"] != PARAMS) & (cells["column"] != PARAMS) & (cells["status"] != "n/a")]
 
 
-def missing_runs(result: TableResult) -> int:
-    """(cell, seed) pairs with no value: the runs still to do, reused ones included."""
+def empty_cell_seeds(result: TableResult) -> int:
+    """(cell, seed) pairs with no value yet (some will be filled by copies of equivalent runs)."""
     cells = metric_cells(result)
     return int(sum(len(set(result.expected_seeds) - set(seeds)) for seeds in cells["seeds"]))
 
@@ -84,24 +84,25 @@ def status_table(results: Mapping[str, TableResult]) -> str:
                                       f"{sum(r.status == 'failed' for r in records)} / "
                                       f"{sum(r.status == 'not_applicable' for r in records)}",
             "Reused from another table": str(len(records) - len(own)),
-            "Runs still to do": str(missing_runs(result)),
-            "Ran on": devices_text(own),
+            "Cell × seed still empty": str(empty_cell_seeds(result)),
+            "Ran on": devices_text(records),  # a reused run ran where its original did
             "Run time (sum)": hours(sum(run_seconds(r) for r in own)) if own else "—",
         })
     return pd.DataFrame(rows).to_markdown(index=False)
 
 
 def pending_text(results: Mapping[str, TableResult], records: Sequence[Record]) -> str:
-    todo = sum(missing_runs(result) for result in results.values())
+    todo = sum(empty_cell_seeds(result) for result in results.values())
     if not todo:
         return "Every cell has every expected seed."
     own = [r for r in records if not is_reused(r) and r.status == "ok"]
-    lines = [f"**{todo} runs are still to do.**"]
+    lines = [f"**{todo} (cell, seed) pairs are still empty** (Table 6 takes its three settings shared "
+             "with Table 5 from Table 5's runs, by copy, so up to 6 per seed of them need no run of their own)."]
     for device in distinct(r.hardware for r in own):
         times = [run_seconds(r) for r in own if r.hardware == device]
         median = statistics.median(times)
         lines.append(f"On {device}, a run of this profile took a median of {hours(median)} "
-                     f"(n = {len(times)}), so the rest would take about {hours(todo * median)} there.")
+                     f"(n = {len(times)}), so the rest would take up to {hours(todo * median)} there.")
     lines.append("The GPU procedure in `experiments/README.md` is the way to finish them.")
     return " ".join(lines)
 

@@ -56,6 +56,7 @@ def test_reused_runs_count_once(weight_type_runs, runs_dir, tmp_path, write, mak
     table6 = next(line for line in page(runs_dir, tmp_path).splitlines() if line.startswith("| [Table 6]"))
     cells = [cell.strip() for cell in table6.split("|")[1:-1]]
     assert cells[4] == "1" and cells[7] == "—"  # one reused run, no run time of its own
+    assert cells[6] == "CPU: Test CPU, 2 cores (fp32)"  # where the original ran
 
 
 def test_an_empty_results_folder_still_renders(runs_dir, tmp_path) -> None:
