@@ -28,6 +28,7 @@ import argparse
 import copy
 import datetime as dt
 import gc
+import hashlib
 import json
 import os
 import sys
@@ -115,16 +116,6 @@ def load_gguf_model(path: Path, cache: Path | None, layers: int | None, device: 
         model.config.num_hidden_layers = layers
     torch.manual_seed(seed)  # the methods' own initialisation, as after build_model
     return model.to(device)
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -547,7 +538,9 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     else:
         base = load_gguf_model(args.gguf, args.gguf_cache, args.layers, device, args.seed)
         config = base.config
-        weights = {"source": "gguf", "file": args.gguf.name, "sha256": _sha256(args.gguf)}
+        with open(args.gguf, "rb") as handle:  # stdlib streaming digest (Python >= 3.11)
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        weights = {"source": "gguf", "file": args.gguf.name, "sha256": digest}
     batch = make_batch(config.vocab_size, args.batch, args.seq, device, args.seed)
     training = [bench_training(method, base, batch, args, device) for method in args.methods]
     inference = None
