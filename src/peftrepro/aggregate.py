@@ -636,15 +636,24 @@ def wide_csv(result: TableResult) -> pd.DataFrame:
     return pd.DataFrame(lines)
 
 
+def distinct(values: Iterable[Any]) -> list[str]:
+    """The distinct non-empty values as sorted strings."""
+    return sorted({str(v) for v in values if v not in (None, "")})
+
+
+def commit_labels(records: Iterable[Record]) -> list[str]:
+    """The commits the records name, `abcdef1234 (dirty)` when the tree had uncommitted changes."""
+    return distinct(f"{g.get('commit', '?')[:10]}{' (dirty)' if g.get('dirty') else ''}"
+                    for r in records for g in [((r.raw.get("env") or {}).get("git") or {})])
+
+
 def header_lines(result: TableResult) -> list[str]:
     records = result.records
-    distinct = lambda values: sorted({str(v) for v in values if v not in (None, "")})  # noqa: E731
     models = distinct(f"{(r.raw.get('model') or {}).get('name')} ({(r.raw.get('model') or {}).get('source')})"
                       for r in records)
     data = distinct(f"{r.task}: {d.get('train_examples')} train / {d.get('eval_examples')} eval "
                     f"({d.get('eval_split')})" for r in records for d in [r.raw.get("data") or {}])
-    commits = distinct(f"{g.get('commit', '?')[:10]}{' (dirty)' if g.get('dirty') else ''}"
-                       for r in records for g in [((r.raw.get("env") or {}).get("git") or {})])
+    commits = commit_labels(records)
     ok = sum(r.status == "ok" for r in records)
     return [
         f"- Profile: {', '.join(distinct(r.profile for r in records)) or '— (no records)'}"
@@ -703,11 +712,11 @@ def choice_lines(result: TableResult) -> list[str]:
             value = record.get(path)
             if value is not None:
                 per_task.setdefault(record.task, set()).add(json.dumps(value, default=str, ensure_ascii=False))
-        distinct = {frozenset(values) for values in per_task.values()}
+        value_sets = {frozenset(values) for values in per_task.values()}
         if not per_task:
             shown = "not recorded"
-        elif len(distinct) == 1:
-            shown = ", ".join(sorted(next(iter(distinct))))
+        elif len(value_sets) == 1:
+            shown = ", ".join(sorted(next(iter(value_sets))))
         else:
             shown = "; ".join(f"{task}: {', '.join(sorted(values))}" for task, values in sorted(per_task.items()))
         lines.append(f"- {what} (`{path}`): {shown}")

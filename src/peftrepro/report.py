@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from peftrepro import aggregate, claims
-from peftrepro.aggregate import PARAMS, TABLES, Record, TableResult
+from peftrepro.aggregate import PARAMS, TABLES, Record, TableResult, commit_labels, distinct
 
 MAKE_TARGETS = {"table_weight_type": "table-weight-type", "table_rank": "table-rank",
                 "table_e2e": "table-e2e", "table_methods": "table-methods"}
@@ -61,10 +61,6 @@ def empty_cell_seeds(result: TableResult) -> int:
 def hours(seconds: float) -> str:
     minutes = round(seconds / 60)
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
-
-
-def distinct(values: Iterable[Any]) -> list[str]:
-    return sorted({str(v) for v in values if v not in (None, "")})
 
 
 def devices_text(records: Sequence[Record]) -> str:
@@ -118,8 +114,7 @@ def where_text(records: Sequence[Record]) -> str:
         packages = (mine[-1].raw.get("env") or {}).get("packages") or {}
         versions = ", ".join(f"{k} {packages[k]}" for k in ("torch", "transformers", "peft-repro") if k in packages)
         lines.append(f"- {device}: {len(mine)} runs, {hours(sum(run_seconds(r) for r in mine))} in all ({versions}).")
-    commits = distinct(f"{g.get('commit', '?')[:10]}{' (dirty)' if g.get('dirty') else ''}"
-                       for r in records for g in [((r.raw.get('env') or {}).get('git') or {})])
+    commits = commit_labels(records)
     lines.append(f"- Code: commit(s) {', '.join(commits) or '—'} (each record names its own).")
     sources = distinct((r.raw.get("data") or {}).get("source") for r in records)
     lines.append("- Data: " + ("; ".join(f"`{s}`" for s in sources) or "—")
