@@ -25,10 +25,11 @@ killed by the tool's own timeout still returns what was finished. Stages:
     bench-smollm2          experiments/bench.py on the real SmolLM2 weights: LoRA, FT, Adapter-H,
                            PreLayer vs their references, eager; inference base / unmerged / merged
     bench-smollm2-compile  the same for LoRA, ours and peft's both under torch.compile
-    sweep                  Tables 5 and 6 (`mini`) through Hydra as `make table-weight-type
+    sweep                  Tables 5 and 6, then 3 and 4 (`mini`) through Hydra as `make table-weight-type
                            PROFILE=mini SEEDS=0,1` composes them (same run keys), several runs at a
                            time on the one GPU (joblib launcher); experiments/gpu_sweep.py starts no
-                           run that could not end before the deadline
+                           run that could not end before the deadline. E2E runs decode there and
+                           are scored here by `unpack` (`scoring=auto`: the image has no Java)
 
 The state folder (`--state`, default ~/peftgpu) outlives a command on a warm machine: the
 installed wheels, the GGUF halves, and the results (`state/results`, seeded from the carried
@@ -73,8 +74,8 @@ GPU_PACK = REPO.parent / "shared" / "tools" / "gpu-pack"
 
 MIB = 2**20
 CARRY_LIMIT = 64 * MIB  # working tree + carried paths, per command
-TASKS = ("mnli", "wikisql")  # Tables 5 and 6
-EXPERIMENTS = ("table_weight_type", "table_rank")
+TASKS = ("mnli", "wikisql", "e2e")  # Tables 5 and 6 (mnli, wikisql), 3 (e2e) and 4
+EXPERIMENTS = ("table_weight_type", "table_rank", "table_e2e", "table_methods")  # swept in this order
 # Packages the GPU image lacks that the sweep and the GGUF conversion import there; `pack` pins
 # them to the versions of the environment it runs in (this checkout's venv).
 DEVICE_WHEELS = ("hydra-core", "omegaconf", "antlr4-python3-runtime", "gguf", "hydra-joblib-launcher")
@@ -420,12 +421,35 @@ def _wikisql_extract(source: Path, target: Path, options: dict[str, Any]) -> dic
     return {questions: -1, tables: kept}  # -1: every record
 
 
+def _e2e_extract(source: Path, target: Path, options: dict[str, Any]) -> dict[str, int]:
+    """E2E takes the FIRST max_train_examples rows of train and, of the eval split, every row of its
+    first max_eval_examples distinct MRs (tasks/e2e.py `load_split`): the rows kept, in file order."""
+    import csv
+    import gzip
+
+    from peftrepro.tasks import make_task
+    from peftrepro.tasks.e2e import LOCAL_FILES
+
+    task = make_task("e2e", source, options)
+    counts = {}
+    for split, limit in ((options["train_split"], options["max_train_examples"]),
+                         (options["eval_split"], options["max_eval_examples"])):
+        rows = task.load_split(split, limit)
+        (target / "e2e").mkdir(parents=True, exist_ok=True)
+        with gzip.open(target / "e2e" / LOCAL_FILES[split], "wt", encoding="utf-8", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["mr", "ref"])
+            writer.writeheader()
+            writer.writerows(rows)
+        counts[LOCAL_FILES[split]] = len(rows)
+    return counts
+
+
 def build_data_extract(source: Path, target: Path, profile: str = "mini",
                        tasks: Sequence[str] = TASKS) -> dict[str, Any]:
     """A copy of `source` (../shared/data layout) holding only what `profile` runs of `tasks` read,
     such that they select exactly the same examples from it as from `source`
     (tests/tasks/test_gpu_data_extract.py checks this on the real data)."""
-    builders = {"mnli": _mnli_extract, "wikisql": _wikisql_extract}
+    builders = {"mnli": _mnli_extract, "wikisql": _wikisql_extract, "e2e": _e2e_extract}
     shutil.rmtree(target, ignore_errors=True)
     counts = {task: builders[task](source, target, task_options(profile, task)) for task in tasks}
     return {"source": str(source), "profile": profile, "records": counts}
@@ -440,6 +464,9 @@ def probe_texts(data_root: Path, profile: str = "mini", per_task: int = 40) -> l
         options = task_options(profile, name)
         task = make_task(name, data_root, options)
         for row in task.load_split(options["train_split"], per_task):
+            if name == "e2e":  # the MR, and the reference as the task encodes it
+                texts += [row["mr"], " " + row["ref"]]
+                continue
             texts.append(task.prompt_text(row))
             texts.append(task.target_text(row) if name == "wikisql" else task.label_words[row["label_text"]])
     return texts
@@ -785,7 +812,7 @@ def sweep_argv(session: Session, experiment: str) -> list[str]:
     """The multirun `make <table> PROFILE=<profile> SEEDS=<seeds>` runs, through gpu_sweep.py's gate.
     `train.progress=false` and `device=` are outside the run key (peftrepro.records.semantic_config)."""
     argv = ["experiments/gpu_sweep.py", "-m", f"experiment={experiment}", f"profile={session.profile}",
-            f"seed={session.seeds}", "train.progress=false"]
+            f"seed={session.seeds}", "train.progress=false", "scoring=auto"]  # E2E: later, no Java there
     if session.jobs > 1:
         argv += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={session.jobs}"]
     else:
@@ -986,6 +1013,8 @@ def command_unpack(args: argparse.Namespace) -> int:
                        cwd=REPO, check=False)
     if args.no_aggregate:
         return 0
+    # E2E runs come back "unscored" (scoring=auto, no Java there): score their predictions here
+    subprocess.run([sys.executable, "-m", "peftrepro.scoring", str(named / "runs")], cwd=REPO, check=False)
     profile = args.profile or info.get("profile") or "mini"
     seeds = args.seeds or (info.get("sweep") or {}).get("seeds") or "0,1"
     codes = []
@@ -1042,7 +1071,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     c.add_argument("--profile", default="mini")
 
     u = sub.add_parser("unpack", help="here: install the returned records (never over a newer finished one), "
-                                      "rebuild the latency table, aggregate Tables 5 and 6")
+                                      "rebuild the latency table, score E2E predictions, aggregate the tables")
     u.add_argument("tarball")
     u.add_argument("--results", default="results")
     u.add_argument("--profile", help="default: the session's")

@@ -67,14 +67,14 @@ def session_records(runs_dir: Path, since: float) -> list[dict[str, Any]]:
 
 
 def costs_nothing(cfg: DictConfig) -> bool:
-    """A run already finished, or one `peftrepro.run` would copy from an equivalent run of another
-    table (peftrepro.reuse): it takes no GPU time, so the deadline does not hold it back."""
+    """A run already finished or trained (unscored), or one `peftrepro.run` would copy from an equivalent
+    run of another table (peftrepro.reuse): it takes no GPU time, so the deadline does not hold it back."""
     from peftrepro import records, reuse
 
     try:
         plan = suite_run.plan_run(cfg)
-        if records.is_finished(plan.directory):
-            return True
+        if records.is_finished(plan.directory) or records.status_of(plan.directory) == records.UNSCORED:
+            return True  # skipped, or (unscored) scored from its saved predictions: no training
         return bool(plan.config.get("reuse_equivalent_runs", True)) and reuse.find_equivalent(plan) is not None
     except Exception:  # a config error surfaces in the run itself; here it only means "not free"
         return False

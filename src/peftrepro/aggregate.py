@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import pandas as pd
 
 from peftrepro.paper import load_paper, to_paper_unit
-from peftrepro.records import NOT_APPLICABLE
+from peftrepro.records import NOT_APPLICABLE, UNSCORED
 
 # ----------------------------------------------------------------------------------------------
 # Records
@@ -194,7 +194,13 @@ class Obs:
     problem: str | None = None
 
 
+SCORE_LATER_HINT = ("predictions saved, not scored yet (scoring=later): run `python -m peftrepro.scoring "
+                    "results/runs` or the table's make target on a machine with Java")
+
+
 def _metric_obs(record: Record, row: str, column: str, metric: str) -> Obs:
+    if record.status == UNSCORED:
+        return Obs(row, column, None, SCORE_LATER_HINT)
     if record.status != "ok":
         why = "not applicable" if record.status == NOT_APPLICABLE else "run failed"
         return Obs(row, column, None, f"{why} ({record.error})")
@@ -206,7 +212,7 @@ def _metric_obs(record: Record, row: str, column: str, metric: str) -> Obs:
 
 def _params_obs(record: Record, row: str, column: str) -> Obs:
     count = record.trainable
-    if record.status != "ok" or count is None:
+    if record.status not in ("ok", UNSCORED) or count is None:  # unscored: trained, its count is known
         return Obs(row, column, None, "no parameter count (run failed)")
     return Obs(row, column, count / 1e6)
 
@@ -507,7 +513,7 @@ class TableResult:
 
     @property
     def incomplete(self) -> pd.DataFrame:
-        return self.cells[self.cells["status"].isin(["missing", "failed", "partial"])]
+        return self.cells[self.cells["status"].isin(["missing", "failed", "partial", "unscored"])]
 
 
 def summarise(spec: TableSpec, records: Sequence[Record], expected_seeds: Sequence[int] | None,
@@ -569,7 +575,10 @@ def _status(row: str, column: str, mine: pd.DataFrame, good: pd.DataFrame, got: 
     if mine.empty:
         return "missing"
     if good.empty:  # "not_applicable": this method cannot run on this model (e.g. BitFit, no biases)
-        return "n/a" if (mine["status"] == NOT_APPLICABLE).all() else "failed"
+        for final in (NOT_APPLICABLE, UNSCORED):
+            if (mine["status"] == final).all():
+                return "n/a" if final == NOT_APPLICABLE else "unscored"
+        return "failed"
     if row == PARAMS or column == PARAMS:  # counts: one per run, the seed spread is irrelevant
         return "ok"
     return "partial" if set(seeds) - set(got) else "ok"
@@ -591,7 +600,7 @@ def format_count(millions: float) -> str:
 
 def format_cell(spec: TableSpec, cell: pd.Series, n_expected: int) -> str:
     paper = f" · paper {cell['paper_printed']}" if cell["paper_printed"] is not None else ""
-    if cell["status"] in ("missing", "failed", "n/a"):
+    if cell["status"] in ("missing", "failed", "n/a", "unscored"):
         return ("n/a" if cell["status"] == "n/a" else "—") + paper
     if PARAMS in (cell["row"], cell["column"]):
         return " / ".join(format_count(v) for v in sorted(set(cell["values"]))) + paper

@@ -1,6 +1,7 @@
 """`peftrepro` console script: the suite's small commands besides the Hydra run entry point.
 
     peftrepro score e2e PRED REFS   score a prediction file with the official E2E metrics
+    peftrepro score runs DIR...     score the unscored runs below DIR (made with scoring=later|auto)
     peftrepro params [--out DIR]    write the trainable-parameter table (paper Tables 3 and 15)
     peftrepro aggregate [...]       records -> paper tables (same as python -m peftrepro.aggregate)
     peftrepro fixtures DIR          write the tiny offline datasets the smoke profile uses
@@ -31,6 +32,12 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score_runs(args: argparse.Namespace) -> int:
+    from peftrepro import scoring
+
+    return scoring.main([str(folder) for folder in args.folders])
+
+
 def _params(args: argparse.Namespace) -> int:
     from peftrepro.methods import params_table
 
@@ -55,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    score = commands.add_parser("score", help="score a prediction file")
+    score = commands.add_parser("score", help="score a prediction file, or the saved predictions of runs")
     score_tasks = score.add_subparsers(dest="task", required=True)
     e2e = score_tasks.add_parser("e2e", help="BLEU, NIST, METEOR, ROUGE-L, CIDEr as the official E2E scorer")
     e2e.add_argument("predictions", type=Path,
@@ -64,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="official CSV (mr, ref; .csv or .csv.gz) or e2e-metrics text (blank-line separated)")
     e2e.add_argument("--json", action="store_true", help="print the scores as JSON")
     e2e.set_defaults(handler=_score)
+    runs = score_tasks.add_parser("runs", help="score the saved predictions of unscored runs (python -m peftrepro.scoring)")
+    runs.add_argument("folders", nargs="+", type=Path, help="runs dirs, experiment folders or run folders")
+    runs.set_defaults(handler=_score_runs)
 
     params = commands.add_parser("params", help="write results/tables/params.{csv,md}")
     params.add_argument("--out", type=Path, default=Path("results/tables"))

@@ -63,6 +63,8 @@ class EvalOutput:
     predictions: list[dict[str, Any]]
     # counts worth reporting beside the metrics (unparseable outputs, excluded rows, ...)
     notes: dict[str, Any] = field(default_factory=dict)
+    # False: predictions only, metrics left to `DeferredScoring.score` (config `scoring: later | auto`)
+    scored: bool = True
 
 
 class Task(Protocol):
@@ -81,3 +83,19 @@ class Task(Protocol):
     def evaluate(self, model: Any, tokenizer: Any, examples: Sequence[dict[str, Any]],
                  prompt: PromptWrap, decoding: DecodingConfig) -> EvalOutput:
         """Decode or score `examples` with `model` and compute the task's metrics."""
+
+
+class DeferredScoring(Protocol):
+    """A task whose scorer needs a tool outside Python (E2E: Java, for METEOR and the PTB tokenizer),
+    so a machine without it (the lent GPU) can decode now and another score the predictions later."""
+
+    def evaluate(self, model: Any, tokenizer: Any, examples: Sequence[dict[str, Any]],
+                 prompt: PromptWrap, decoding: DecodingConfig, score: bool = True) -> EvalOutput:
+        """As `Task.evaluate`; with score=False the prediction rows only (`scored=False`)."""
+
+    def score(self, predictions: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[str, Any]]:
+        """Metrics and notes from the prediction rows `evaluate` wrote (self-contained: each row
+        carries what scoring needs, e.g. an E2E row its references)."""
+
+    def missing_scoring_tools(self) -> list[str]:
+        """The tools `score` needs that this machine lacks (empty: it scores as the paper did)."""

@@ -55,8 +55,8 @@ def semantic_config(config: Mapping[str, Any]) -> dict[str, Any]:
     In: model, task (with its splits and example limits), method, train and decoding settings,
     seed, fixtures-or-real-data, LoRA merging for evaluation, and an injected failure (so a test's
     failed record never shadows the real run). Out: experiment, results_dir, force, logger, hydra,
-    data_root (results move between machines), device, and the profiles' lookup tables (already
-    resolved into train/decoding).
+    data_root (results move between machines), device, scoring (now or later, the same metrics),
+    and the profiles' lookup tables (already resolved into train/decoding).
     """
     missing = [key for key in ("model", "task", "method", "train", "decoding", "seed") if key not in config]
     if missing:
@@ -93,11 +93,20 @@ def read_record(directory: Path) -> dict[str, Any] | None:
 # A run that cannot apply to its model by definition (errors.NotApplicableError): final, like "ok".
 NOT_APPLICABLE = "not_applicable"
 FINISHED_STATUSES = ("ok", NOT_APPLICABLE)
+# Trained and decoded, predictions saved, metrics not computed yet (config `scoring: later`, or `auto`
+# without Java):
+# `peftrepro.scoring` turns it into "ok" without training again.
+UNSCORED = "unscored"
+
+
+def status_of(directory: Path) -> str | None:
+    """The status of the record in `directory`; None when there is no readable record."""
+    record = read_record(directory)
+    return None if record is None else record.get("status")
 
 
 def is_finished(directory: Path) -> bool:
-    record = read_record(directory)
-    return record is not None and record.get("status") in FINISHED_STATUSES
+    return status_of(directory) in FINISHED_STATUSES
 
 
 def write_record(directory: Path, record: Mapping[str, Any]) -> Path:

@@ -24,6 +24,7 @@ import pandas as pd
 
 from peftrepro import aggregate, claims
 from peftrepro.aggregate import PARAMS, TABLES, Record, TableResult, commit_labels, distinct
+from peftrepro.records import NOT_APPLICABLE, UNSCORED
 
 MAKE_TARGETS = {"table_weight_type": "table-weight-type", "table_rank": "table-rank",
                 "table_e2e": "table-e2e", "table_methods": "table-methods"}
@@ -76,9 +77,8 @@ def status_table(results: Mapping[str, TableResult]) -> str:
             "Table": f"[{result.spec.title.split(':')[0]}](tables/{name}.md)",
             "Cells with every seed": f"{int((cells['status'] == 'ok').sum())} / {len(cells)}",
             "Seeds": ", ".join(map(str, result.expected_seeds)) or "—",
-            "Runs ok / failed / n/a": f"{sum(r.status == 'ok' for r in records)} / "
-                                      f"{sum(r.status == 'failed' for r in records)} / "
-                                      f"{sum(r.status == 'not_applicable' for r in records)}",
+            "Runs ok / failed / n/a / unscored": " / ".join(
+                str(sum(r.status == status for r in records)) for status in ("ok", "failed", NOT_APPLICABLE, UNSCORED)),
             "Reused from another table": str(len(records) - len(own)),
             "Cell × seed still empty": str(empty_cell_seeds(result)),
             "Ran on": devices_text(records),  # a reused run ran where its original did
@@ -114,6 +114,10 @@ def where_text(records: Sequence[Record]) -> str:
         packages = (mine[-1].raw.get("env") or {}).get("packages") or {}
         versions = ", ".join(f"{k} {packages[k]}" for k in ("torch", "transformers", "peft-repro") if k in packages)
         lines.append(f"- {device}: {len(mine)} runs, {hours(sum(run_seconds(r) for r in mine))} in all ({versions}).")
+    scored_later = [r for r in records if r.raw.get("scoring") and not is_reused(r)]
+    if scored_later:  # decoded where Java was missing (the lent GPU), scored afterwards (peftrepro.scoring)
+        lines.append(f"- Scored after the run, from its saved predictions (`scoring=auto`, no Java where it ran): "
+                     f"{len(scored_later)} run(s).")
     commits = commit_labels(records)
     lines.append(f"- Code: commit(s) {', '.join(commits) or '—'} (each record names its own).")
     sources = distinct((r.raw.get("data") or {}).get("source") for r in records)

@@ -3,10 +3,14 @@
     check    resolve the config, validate every name and number, build the task (cheap; a bad input
              raises ConfigError/DataError here and NOTHING is written)
     skip     results/runs/<experiment>/<run_key>/record.json says ok and force=false -> return it
+             (says "unscored", from a run with `scoring: later|auto`: score its saved predictions, no
+             training; peftrepro.scoring)
     set up   load data, model, apply the method, encode (an input error found here, e.g. a model that
              cannot be found, still writes nothing)
     train    peftrepro.train.fit, evaluating after each epoch when the profile asks
-    record   predictions.jsonl, adapter.safetensors + method.json, then record.json (last, atomic)
+    record   predictions.jsonl, adapter.safetensors + method.json, then record.json (last, atomic);
+             with `scoring: later` (or `auto` without Java) a task whose scorer needs Java (E2E)
+             leaves its metrics to peftrepro.scoring and the record says "unscored"
 Any other exception from set-up on writes a `failed` record with the traceback and is re-raised,
 so the job exits non-zero; in a multirun Hydra's launcher goes on with the other jobs and the
 sweep exits non-zero at the end.
@@ -44,6 +48,7 @@ log = logging.getLogger("peftrepro.run")
 LOGGERS = ("none", "wandb")
 FAIL_PHASES = (None, "setup", "train", "eval")
 DEVICES = ("auto", "cpu", "cuda")
+SCORING = ("now", "later", "auto")
 CONFIG_DIR = project_root() / "conf"
 
 # Hydra's own output dirs (conf/hydra/default.yaml) are placed under the project root, whatever the cwd.
@@ -87,6 +92,10 @@ def plan_run(cfg: DictConfig | Mapping[str, Any]) -> RunPlan:
     method_config = make_method_config(str(method_node.get("name")), method_node)
     data_root, data_source = _data_root(config)
     task = make_task(str(config["task"].get("name")), data_root, dict(config["task"]))
+    if defers_scoring(config, task) and settings.eval_every_epoch:
+        raise ConfigError(f"scoring={config.get('scoring')} defers E2E scoring here, so it cannot pick the best "
+                          "epoch (train.eval_every_epoch=true needs the scores of every epoch): score now (on a "
+                          "machine with Java), or set train.eval_every_epoch=false")
     key = records.run_key(config)
     directory = records.run_dir(config["results_dir"], str(config["experiment"]), key)
     return RunPlan(config, key, directory, settings, decoding, method_config, task, data_source)
@@ -139,6 +148,17 @@ def _check_choices(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"device={config.get('device')!r} must be one of {DEVICES}")
     if config.get("device") == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but torch sees no CUDA device; use device=auto or device=cpu")
+    if config.get("scoring", "now") not in SCORING:
+        raise ConfigError(f"scoring={config.get('scoring')!r} must be one of {SCORING}")
+
+
+def defers_scoring(config: Mapping[str, Any], task: Any) -> bool:
+    """Whether this run leaves its metrics to peftrepro.scoring: `scoring: later`, or `auto` on a machine
+    without the scorer's tools, and a task whose scorer can run later (E2E); others always score now."""
+    from peftrepro.scoring import can_defer
+
+    mode = config.get("scoring", "now")
+    return mode != "now" and can_defer(task) and (mode == "later" or bool(task.missing_scoring_tools()))
 
 
 def _data_root(config: Mapping[str, Any]) -> tuple[str | None, str]:
@@ -193,12 +213,26 @@ def run_one(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     if not plan.config.get("force") and records.is_finished(plan.directory):
         log.info("skip %s: finished record at %s (force=true reruns it)", plan.key, plan.directory)
         return records.read_record(plan.directory) or {}
+    if not plan.config.get("force") and records.status_of(plan.directory) == records.UNSCORED:
+        return _score_unscored(plan)
     if not plan.config.get("force") and plan.config.get("reuse_equivalent_runs", True):
         equivalent = reuse.find_equivalent(plan)
         if equivalent is not None:
             return reuse.copy_equivalent(equivalent, plan)
     log.info("run %s -> %s", plan.key, plan.directory)
     return _Run(plan).execute()
+
+
+def _score_unscored(plan: RunPlan) -> dict[str, Any]:
+    """A run trained and decoded earlier without scoring: score it now, or leave it for later."""
+    from peftrepro.scoring import score_saved
+
+    if defers_scoring(plan.config, plan.task):
+        log.info("skip %s: predictions saved, scoring deferred (scoring=%s) at %s", plan.key,
+                 plan.config.get("scoring"), plan.directory)
+        return records.read_record(plan.directory) or {}
+    log.info("score %s: saved predictions at %s (no training)", plan.key, plan.directory)
+    return score_saved(plan.directory, plan.task)
 
 
 @dataclass
@@ -303,10 +337,11 @@ class _Run:
         plan = self.plan
         began = time.perf_counter()
         _fail_if(plan.config, "eval")
+        deferred = {"score": False} if defers_scoring(plan.config, plan.task) else {}
         with _merged(setup.applied, plan.config.get("merge_for_eval", True)), \
                 autocast_for(setup.device, plan.settings.precision):
             output = plan.task.evaluate(setup.model, setup.tokenizer, setup.eval_rows, setup.applied.prompt,
-                                        plan.decoding)
+                                        plan.decoding, **deferred)
         self.timings["eval_s"] += time.perf_counter() - began
         log.info("eval: %s", {k: v for k, v in output.metrics.items()})
         return output
@@ -319,7 +354,7 @@ class _Run:
         records.write_predictions(staging, best["output"].predictions)
         records.move_into(staging / "adapter", directory)
         records.move_into(staging, directory)
-        record = self._record("ok", None, setup.device)
+        record = self._record("ok" if best["output"].scored else records.UNSCORED, None, setup.device)
         record.update(
             metrics=best["row"] and {k: v for k, v in best["row"].items() if k != "epoch"},
             metrics_per_epoch=per_epoch,
@@ -333,7 +368,7 @@ class _Run:
                         "train_padded_tokens_per_s": stats.padded_tokens / stats.seconds if stats.seconds else 0.0},
         )
         records.write_record(directory, record)
-        log.info("ok %s: %s", plan.key, record["metrics"])
+        log.info("%s %s: %s", record["status"], plan.key, record["metrics"])
         return records.read_record(directory) or record  # as written: plain JSON types
 
     # -- records

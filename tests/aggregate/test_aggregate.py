@@ -216,6 +216,17 @@ def test_metric_absent_from_record_is_a_listed_gap(runs_dir, write, make_record)
     assert cell["status"] == "failed" and "meteor" in cell["problems"][0]
 
 
+def test_unscored_run_is_a_dash_that_says_how_to_score_it(runs_dir, write, make_record):
+    record = make_record("table_e2e", "e2e", QV4, 0, trainable=393_216)
+    write(record | {"status": "unscored", "metrics": {}})  # scoring=later: predictions saved, no metrics
+    result = build_table(TABLES["table_e2e"], runs_dir, seeds=[0])
+    cell = result.stats("lora", "bleu")
+    assert cell["status"] == "unscored" and aggregate.format_cell(TABLES["table_e2e"], cell, 1).startswith("—")
+    assert result.stats("lora", "trainable_params")["mean"] == pytest.approx(0.393216)  # it trained: count known
+    assert "lora" in set(result.incomplete["row"])  # --strict: a table with unscored cells is not complete
+    assert "UNSCORED" in aggregate.render_markdown(result, []) and "python -m peftrepro.scoring" in cell["problems"][0]
+
+
 # ---- the command -----------------------------------------------------------------------------
 
 def test_main_writes_every_table_and_strict_fails_on_gaps(runs_dir, write, tmp_path, rank_record):

@@ -35,7 +35,7 @@ def test_counts_devices_time_and_claims_come_from_the_records(weight_type_runs, 
     text = page(runs_dir, tmp_path)
     table5 = next(line for line in text.splitlines() if line.startswith("| [Table 5]"))
     cells = [cell.strip() for cell in table5.split("|")[1:-1]]
-    assert cells[1] == "2 / 14" and cells[2] == "0, 1" and cells[3] == "4 / 0 / 0" and cells[5] == "24"
+    assert cells[1] == "2 / 14" and cells[2] == "0, 1" and cells[3] == "4 / 0 / 0 / 0" and cells[5] == "24"
     assert "CPU: Test CPU, 2 cores (fp32)" in cells[6] and "GPU: NVIDIA H100 80GB HBM3 (bf16 autocast)" in cells[6]
     assert cells[7] == "1 h 01 min"  # 3 x 20 min on the CPU + 1 min on the GPU
     assert "MultiNLI: adapting W_q,W_v (r=4) beats W_q alone (r=8) at an equal budget | §7.1, Table 5 | **held**" in text
@@ -57,6 +57,18 @@ def test_reused_runs_count_once(weight_type_runs, runs_dir, tmp_path, write, mak
     cells = [cell.strip() for cell in table6.split("|")[1:-1]]
     assert cells[4] == "1" and cells[7] == "—"  # one reused run, no run time of its own
     assert cells[6] == "CPU: Test CPU, 2 cores (fp32)"  # where the original ran
+
+
+def test_runs_scored_later_and_unscored_runs_are_counted(runs_dir, tmp_path, write, make_record) -> None:
+    lora = {"name": "lora", "ranks": {"W_q": 4, "W_v": 4}}
+    scored = make_record("table_e2e", "e2e", lora, 0, {"bleu": 0.6}, profile="mini", key="scored-later")
+    scored["scoring"] = {"scored_at": "2025-01-02T00:00:00+00:00", "env": {"hardware": CPU}}
+    write(scored)
+    write(make_record("table_e2e", "e2e", lora, 1, profile="mini", key="waiting") | {"status": "unscored"})
+    text = page(runs_dir, tmp_path)
+    table3 = next(line for line in text.splitlines() if line.startswith("| [Table 3]"))
+    assert [cell.strip() for cell in table3.split("|")[1:-1]][3] == "1 / 0 / 0 / 1"
+    assert "from its saved predictions (`scoring=auto`, no Java where it ran): 1 run(s)." in text
 
 
 def test_an_empty_results_folder_still_renders(runs_dir, tmp_path) -> None:

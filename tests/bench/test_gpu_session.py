@@ -142,6 +142,8 @@ OLD, NEW = "2026-11-26T10:00:00+00:00", "2026-11-26T12:00:00+00:00"
     (record(created=OLD, seed=1), record(created=NEW, seed=2), "install"),
     (record(status="failed", created=OLD), record(status="failed", created=NEW), "install"),
     (record(), None, "keep"),
+    (record(status="unscored", created=OLD), record(created=NEW), "install"),  # scored on the way home
+    (record(created=OLD), record(status="unscored", created=NEW), "keep"),  # never unscore a scored run
 ])
 def test_unpack_never_replaces_a_newer_or_finished_record_by_a_lesser_one(gpu_session, local, incoming,
                                                                           action) -> None:
@@ -189,8 +191,8 @@ def test_the_sweep_composes_the_runs_make_composes(gpu_session, tmp_path: Path) 
     assert argv[1:5] == ["experiments/gpu_sweep.py", "-m", "experiment=table_rank", "profile=mini"]
     assert "seed=0,1" in argv and "hydra/launcher=joblib" in argv and "hydra.launcher.n_jobs=6" in argv
     one_job = ["experiment=table_rank", "profile=mini", "seed=1", "task=mnli", "method.weights=[W_q]", "method.r=4"]
-    extra = [a for a in argv if a.startswith(("train.", "device="))]
-    assert extra == ["train.progress=false", "device=cpu"]
+    extra = [a for a in argv if a.startswith(("train.", "device=", "scoring="))]
+    assert extra == ["train.progress=false", "scoring=auto", "device=cpu"]
 
     def key(overrides: list[str]) -> str:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

@@ -1,5 +1,6 @@
 """The data extract carried to the lent GPU (experiments/gpu_session.py `pack` -> .gpu/data) makes the
-`mini` runs of Tables 5 and 6 select exactly the examples they select from the full data.
+`mini` runs of Tables 5 and 6 (MNLI, WikiSQL) and 3 (E2E) select exactly the examples they select from
+the full data.
 
 Run with `pytest tests/tasks/test_gpu_data_extract.py -m realdata` (PEFTREPRO_DATA_ROOT or /work/shared/data).
 """
@@ -37,7 +38,7 @@ def extract(gpu_session, real_data_root, tmp_path_factory) -> Path:
     return target
 
 
-@pytest.mark.parametrize("task", ["mnli", "wikisql"])
+@pytest.mark.parametrize("task", ["mnli", "wikisql", "e2e"])
 def test_mini_runs_select_the_same_examples_from_the_extract(gpu_session, real_data_root, extract, task) -> None:
     options = gpu_session.task_options("mini", task)
     full, small = make_task(task, real_data_root, options), make_task(task, extract, options)

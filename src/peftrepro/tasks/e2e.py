@@ -13,6 +13,7 @@ first blank line, and the official E2E metrics score it (`peftrepro.metrics.scor
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -84,21 +85,37 @@ class E2ETask:
     # --------------------------------------------------------------------- evaluation
 
     def evaluate(self, model: Any, tokenizer: Any, examples: Sequence[dict[str, Any]], prompt: PromptWrap,
-                 decoding: DecodingConfig) -> EvalOutput:
+                 decoding: DecodingConfig, score: bool = True) -> EvalOutput:
+        """One prediction per distinct MR; scored now, or (score=False) left to `score` later."""
         references = group_references(examples)
         mrs = list(references)
         budget = self.options.max_length - decoding.max_new_tokens
         contexts = [wrapped_prompt(self.prompt_ids(mr, tokenizer), prompt, budget) for mr in mrs]
         generated = generate(model, tokenizer, contexts, decoding, desc="e2e decode")
         predictions = [clean_prediction(tokenizer.decode(ids, skip_special_tokens=True)) for ids in generated]
+        rows = [{"mr": mr, "prediction": pred, "references": references[mr]} for mr, pred in zip(mrs, predictions)]
+        if not score:
+            return EvalOutput(metrics={}, predictions=rows, notes=prediction_notes(rows), scored=False)
+        metrics, notes = self.score(rows)
+        return EvalOutput(metrics=metrics, predictions=rows, notes=notes)
+
+    def score(self, predictions: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[str, Any]]:
+        """The five official metrics of prediction rows {mr, prediction, references}."""
         from peftrepro.metrics import score_e2e  # late: the metric stack (Java, pycocoevalcap) loads on use
 
-        metrics = score_e2e(predictions, [references[mr] for mr in mrs])
-        rows = [{"mr": mr, "prediction": pred, "references": references[mr]} for mr, pred in zip(mrs, predictions)]
-        notes = {"mrs": len(mrs), "references": sum(len(refs) for refs in references.values()),
-                 "empty_predictions": sum(1 for pred in predictions if not pred)}
-        return EvalOutput(metrics={k: v for k, v in metrics.items() if v is not None}, predictions=rows,
-                          notes=notes | {"missing_metrics": sorted(k for k, v in metrics.items() if v is None)})
+        metrics = score_e2e([row["prediction"] for row in predictions], [row["references"] for row in predictions])
+        missing = sorted(k for k, v in metrics.items() if v is None)
+        return {k: v for k, v in metrics.items() if v is not None}, prediction_notes(predictions) | {
+            "missing_metrics": missing}
+
+    def missing_scoring_tools(self) -> list[str]:
+        # shutil, not the metric stack: a machine that defers scoring may lack pycocoevalcap too
+        return [] if shutil.which("java") else ["java (METEOR and the PTB tokenizer of the official scorer)"]
+
+
+def prediction_notes(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    return {"mrs": len(rows), "references": sum(len(row["references"]) for row in rows),
+            "empty_predictions": sum(1 for row in rows if not row["prediction"])}
 
 
 def group_references(examples: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
