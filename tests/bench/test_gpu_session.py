@@ -228,3 +228,31 @@ def test_the_driver_runs_a_session_on_cpu_and_unpack_aggregates_it(tmp_path: Pat
     assert (tmp_path / "home" / "tables" / "table_weight_type.md").is_file(), unpack.stdout + unpack.stderr
     assert len(list((tmp_path / "home" / "runs" / "table_weight_type").glob("*/record.json"))) == made
     assert (tmp_path / "home" / "bench" / "cpu-tiny-gpt2.json").is_file()
+
+
+@pytest.mark.slow
+def test_unpack_scores_the_e2e_runs_the_device_decoded_without_java(gpu_session, tmp_path: Path) -> None:
+    """An E2E run as the device makes it (scoring deferred: no Java there) comes home unscored;
+    `unpack` scores its saved predictions here and the table shows the scores."""
+    import shutil
+
+    if shutil.which("java") is None:
+        pytest.skip("scoring as the official scorer does needs Java")
+    device = tmp_path / "device"
+    made = subprocess.run([sys.executable, "-m", "peftrepro.run", "profile=smoke", "task=e2e",
+                           "+experiment/e2e_arm=lora", "train.eval_every_epoch=false", "scoring=later",
+                           "train.progress=false", f"results_dir={device}"],
+                          env={**os.environ, "PEFTREPRO_EXPERIMENT": "table_e2e"}, capture_output=True, text=True,
+                          timeout=300)
+    assert made.returncode == 0, made.stderr[-3000:]
+    info = {"profile": "smoke", "sweep": {"experiments": ["table_e2e"], "seeds": "0"}}
+    tarball = gpu_session.write_tarball(tmp_path / "gpu-call2.tar.gz", gpu_session.device_made(device, tmp_path / "none"),
+                                        {"gpu_session.json": json.dumps(info).encode()})
+    home = tmp_path / "home"
+    unpack = subprocess.run([sys.executable, str(Path(gpu_session.__file__)), "unpack", str(tarball), "--results",
+                             str(home), "--no-report"], capture_output=True, text=True, timeout=300)
+    assert "scored 1 of 1" in unpack.stdout, unpack.stdout[-3000:] + unpack.stderr[-3000:]
+    [record_file] = (home / "runs" / "table_e2e").glob("*/record.json")
+    scored = json.loads(record_file.read_text())
+    assert scored["status"] == "ok" and scored["metrics"]["meteor"] is not None and scored["scoring"]["scored_at"]
+    assert "UNSCORED" not in (home / "tables" / "table_e2e.md").read_text()
