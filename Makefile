@@ -24,6 +24,8 @@ DATA_ROOT ?= $(or $(PEFTREPRO_DATA_ROOT),$(if $(wildcard ../shared/data/.),../sh
 LAUNCHER ?= basic
 LAUNCHER_ARGS ?=
 ARGS ?=
+# table-latency measures once per study (its record is reused, like a finished run); --force measures again
+LATENCY_ARGS ?=
 # where records and tables go: smoke numbers mean nothing, so they stay out of the committed
 # results/ (results/smoke/ is gitignored) and never overwrite a real table
 RESULTS ?= $(if $(filter smoke,$(PROFILE)),results/smoke,results)
@@ -89,7 +91,7 @@ table-params: ## Tables 3/4/15 trainable-parameter counts of our methods vs the 
 	$(PYTHON) -m peftrepro.methods.params_table --out $(RESULTS)/tables
 
 table-latency: ## Table 1: forward latency with/without adapters (smoke shapes; PROFILE=paper: the paper's)
-	$(PYTHON) experiments/latency.py --profile $(LATENCY_PROFILE) --results-dir $(RESULTS)
+	$(PYTHON) experiments/latency.py --profile $(LATENCY_PROFILE) --results-dir $(RESULTS) $(LATENCY_ARGS)
 
 tables: ## every table above; goes on after a failure and exits non-zero if any failed
 	@failed=""; for target in $(TABLE_TARGETS); do \

@@ -4,6 +4,10 @@
     python experiments/latency.py --profile smoke     # small shapes, few trials (CPU, ~1 min)
     python experiments/latency.py --from-record results/runs/table_latency/<key>/record.json
 
+Like a training run, a measurement whose record exists (same device type, model, profile, dtype,
+trials, warm-up and seed) is not repeated: the table is rebuilt from that record, so `make
+tables` reproduces the committed table. `--force` measures again and replaces it.
+
 A GPT-2 M-shaped model (random weights: latency does not depend on their values) runs one
 forward pass, in inference mode, with: no adapter, LoRA merged, LoRA unmerged, Adapter^L and
 Adapter^H (our implementations in peftrepro.methods). Variants are timed round-robin, one
@@ -155,12 +159,36 @@ def forward_pass(model: nn.Module, input_ids: torch.Tensor, device: torch.device
     return forward
 
 
+def study_config(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """What a measurement is: equal configs give the same record (bar the timings' noise)."""
+    profile = PROFILES[args.profile]
+    return {"profile": args.profile, "model": args.model, "dtype": args.dtype,
+            "trials": args.trials or profile.trials, "warmup": profile.warmup if args.warmup is None else args.warmup,
+            "seed": args.seed, "device": device.type}
+
+
+def run_key(study: dict[str, Any]) -> str:
+    return f"{study['device']}-{study['model']}-{study['profile']}-{study['dtype']}"
+
+
+def finished_record(args: argparse.Namespace) -> Path | None:
+    """The record of an earlier measurement of the same study, if there is one."""
+    study = study_config(args, resolve_device(args.device))
+    path = run_dir(args.results_dir, EXPERIMENT, run_key(study)) / "record.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    same = record.get("status") == "ok" and all((record.get("config") or {}).get(k) == v for k, v in study.items())
+    return path if same else None
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run the study; return the record (raw samples per cell, env, config)."""
     device = resolve_device(args.device)
     profile = PROFILES[args.profile]
-    trials = args.trials or profile.trials
-    warmup = profile.warmup if args.warmup is None else args.warmup
+    study = study_config(args, device)
+    trials, warmup = study["trials"], study["warmup"]
     config = MODELS[args.model]()
     torch.manual_seed(args.seed)
     with torch.device(device):
@@ -184,12 +212,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             f"{n} {c['mean_ms']:.1f}ms" for n, c in ((c["variant"], c) for c in cells[-len(VARIANTS):])),
             flush=True)
     env = environment(device)
-    run_key = f"{device.type}-{args.model}-{args.profile}-{args.dtype}"
     return {
-        "schema_version": 1, "run_key": run_key, "experiment": EXPERIMENT, "status": "ok", "error": None,
-        "config": {"profile": args.profile, "model": args.model, "dtype": args.dtype, "trials": trials,
-                   "warmup": warmup, "seed": args.seed, "device": device.type,
-                   "columns": [asdict(c) for c in profile.columns], "lora": LORA_OPTIONS,
+        "schema_version": 1, "run_key": run_key(study), "experiment": EXPERIMENT, "status": "ok", "error": None,
+        "config": {**study, "columns": [asdict(c) for c in profile.columns], "lora": LORA_OPTIONS,
                    "model_config": {k: getattr(config, k) for k in ("n_embd", "n_layer", "n_head", "vocab_size")}},
         "seed": args.seed, "profile": args.profile,
         "model": {"name": args.model, "model_type": "gpt2", "source": "random init (timing only)"},
@@ -336,6 +361,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
     parser.add_argument("--from-record", type=Path, default=None,
                         help="rebuild the table from an existing record.json instead of measuring")
+    parser.add_argument("--force", action="store_true",
+                        help="measure even when a record of the same study exists (it is replaced)")
     args = parser.parse_args(argv)
     if args.trials is not None and args.trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {args.trials}")
@@ -344,16 +371,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
     args = parse_args(argv)
+    reused = None
     if args.from_record is not None:
         try:
             record = json.loads(args.from_record.read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise DataError(f"cannot read latency record {args.from_record}: {error}") from error
         paths = write_outputs(record, args.results_dir, record_path=args.from_record)
+    elif not args.force and (reused := finished_record(args)) is not None:
+        print(f"skip: {_relative(reused)} holds this measurement (--force measures again); table rebuilt from it")
+        paths = write_outputs(json.loads(reused.read_text()), args.results_dir, record_path=reused)
     else:
         paths = write_outputs(measure(args), args.results_dir)
     print(paths["md"].read_text())
-    print("wrote " + ", ".join(_relative(p) for p in paths.values()))
+    written = [path for path in paths.values() if path not in (reused, args.from_record)]
+    print("wrote " + ", ".join(_relative(path) for path in written))
     return paths
 
 

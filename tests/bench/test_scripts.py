@@ -75,6 +75,20 @@ def test_latency_smoke_writes_record_and_table(latency, tmp_path) -> None:
     assert rebuilt["csv"].read_text() == paths["csv"].read_text()
 
 
+def test_latency_is_not_measured_twice_unless_forced(latency, tmp_path) -> None:
+    study = ["--model", "tiny-gpt2", "--device", "cpu", "--trials", "2", "--warmup", "1", "--results-dir", str(tmp_path)]
+    first = latency.main(study)
+    record, table = first["record"].read_text(), first["md"].read_text()
+    first["md"].unlink()
+    again = latency.main(study)  # same study: the table is rebuilt from the record, nothing measured
+    assert again["record"] == first["record"] and again["record"].read_text() == record
+    assert again["md"].read_text() == table
+    assert json.loads(latency.main([*study, "--trials", "3"])["record"].read_text())["config"]["trials"] == 3
+    forced = latency.main([*study, "--force"])
+    assert json.loads(forced["record"].read_text())["created_at"] >= json.loads(record)["created_at"]
+    assert forced["record"].read_text() != record  # measured again: new samples
+
+
 def test_latency_table_sets_our_numbers_beside_the_papers(latency) -> None:
     """A record at the paper's shapes gets the paper's Table 1 cells (from peftrepro/data/paper.csv)."""
     column = {"batch": 1, "seq": 128, "adapter_params": 11_000_000, "paper_column": "bs1_seq128"}
