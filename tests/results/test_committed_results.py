@@ -3,9 +3,7 @@ its committed records (or, for the parameter table, from the code alone) gives t
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,21 +12,13 @@ REPO = Path(__file__).resolve().parents[2]
 TABLES = REPO / "results" / "tables"
 
 
-def _latency_script():
-    spec = importlib.util.spec_from_file_location("latency", REPO / "experiments" / "latency.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)  # dataclasses look their module up while defining
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.skipif(not (TABLES / "table_latency.md").exists(), reason="no committed latency table")
-def test_latency_table_is_regenerated_from_its_record(tmp_path: Path) -> None:
+def test_latency_table_is_regenerated_from_its_record(latency, tmp_path: Path) -> None:
     # the table names the record it was generated from (a CPU smoke and a GPU paper record may both exist)
     named = re.search(r"from `([^`]+/record\.json)`", (TABLES / "table_latency.md").read_text(encoding="utf-8"))
     assert named, "table_latency.md does not name its record"
     record = REPO / named.group(1)
-    _latency_script().main(["--from-record", str(record), "--results-dir", str(tmp_path)])
+    latency.main(["--from-record", str(record), "--results-dir", str(tmp_path)])
     for name in ("table_latency.md", "table_latency.csv"):
         assert (tmp_path / "tables" / name).read_bytes() == (TABLES / name).read_bytes(), name
 

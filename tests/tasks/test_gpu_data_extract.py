@@ -7,8 +7,6 @@ Run with `pytest tests/tasks/test_gpu_data_extract.py -m realdata` (PEFTREPRO_DA
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,19 +14,6 @@ import pytest
 from peftrepro.tasks import make_task
 
 pytestmark = pytest.mark.realdata
-
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "gpu_session.py"
-
-
-@pytest.fixture(scope="module")
-def gpu_session():
-    name = "experiments_gpu_session"  # the name tests/bench/conftest.py loads it under
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while defining
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @pytest.fixture(scope="module")
