@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from collections import Counter
 import sys
 from importlib import resources
 from pathlib import Path
@@ -113,7 +114,8 @@ def where_text(records: Sequence[Record]) -> str:
             continue
         packages = (mine[-1].raw.get("env") or {}).get("packages") or {}
         versions = ", ".join(f"{k} {packages[k]}" for k in ("torch", "transformers", "peft-repro") if k in packages)
-        lines.append(f"- {device}: {len(mine)} runs, {hours(sum(run_seconds(r) for r in mine))} in all ({versions}).")
+        details = "; ".join(part for part in (versions, threads_text(mine)) if part)
+        lines.append(f"- {device}: {len(mine)} runs, {hours(sum(run_seconds(r) for r in mine))} in all ({details}).")
     scored_later = [r for r in records if r.raw.get("scoring") and not is_reused(r)]
     if scored_later:  # decoded where Java was missing (the lent GPU), scored afterwards (peftrepro.scoring)
         lines.append(f"- Scored after the run, from its saved predictions (`scoring=auto`, no Java where it ran): "
@@ -124,6 +126,14 @@ def where_text(records: Sequence[Record]) -> str:
     lines.append("- Data: " + ("; ".join(f"`{s}`" for s in sources) or "—")
                  + " (the `../shared/data` layout; see its README for sources and licences).")
     return "\n".join(lines)
+
+
+def threads_text(records: Sequence[Record]) -> str:
+    """torch's intra-op threads per run: 1 where runs shared the machine, so their wall time is longer."""
+    counts = Counter(((r.raw.get("env") or {}).get("hardware") or {}).get("torch_threads") for r in records)
+    return "torch threads per run: " + ", ".join(
+        f"{threads if threads is not None else 'unrecorded'} ({n} run{'s' if n > 1 else ''})"
+        for threads, n in sorted(counts.items(), key=lambda item: -item[1]))
 
 
 def commands_text(profile: str, seeds: Sequence[int] | None) -> str:

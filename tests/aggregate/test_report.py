@@ -9,7 +9,7 @@ import pytest
 from peftrepro import report
 
 WQ, QV = {"name": "lora", "ranks": {"W_q": 8}}, {"name": "lora", "ranks": {"W_q": 4, "W_v": 4}}
-CPU = {"cpu": "Test CPU", "cpu_count": 2}
+CPU = {"cpu": "Test CPU", "cpu_count": 2, "torch_threads": 2}
 GPU = {"cpu": "Host CPU", "cpu_count": 16, "gpu": "NVIDIA H100 80GB HBM3"}
 
 
@@ -40,6 +40,7 @@ def test_counts_devices_time_and_claims_come_from_the_records(weight_type_runs, 
     assert cells[7] == "1 h 01 min"  # 3 x 20 min on the CPU + 1 min on the GPU
     assert "MultiNLI: adapting W_q,W_v (r=4) beats W_q alone (r=8) at an equal budget | §7.1, Table 5 | **held**" in text
     assert "On CPU: Test CPU, 2 cores (fp32), a run of this profile took a median of 20 min (n = 3)" in text
+    assert "- CPU: Test CPU, 2 cores (fp32): 3 runs, 1 h 00 min in all (torch threads per run: 2 (3 runs))." in text
 
 
 def test_no_clock_and_no_machine_in_the_page(weight_type_runs, runs_dir, tmp_path) -> None:
