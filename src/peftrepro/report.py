@@ -171,6 +171,51 @@ def decoding_text(records: Sequence[Record]) -> str:
     return text
 
 
+ACCURACY_TASKS = {"mnli": ("MultiNLI", "accuracy_m"), "wikisql": ("WikiSQL", "lf_accuracy")}
+
+
+def scored_examples(record: Record) -> int | None:
+    """How many examples one accuracy of the record was computed on (MNLI: the matched subset)."""
+    examples = (record.raw.get("eval_notes") or {}).get("examples")
+    return examples.get("matched") if isinstance(examples, Mapping) else examples
+
+
+def seed_spreads(records: Sequence[Record], metric: str) -> list[tuple[float, str]]:
+    """(max - min over seeds, method) for every setting run with more than one seed."""
+    by_setting: dict[str, list[float]] = {}
+    for r in records:
+        if isinstance(r.metrics.get(metric), (int, float)):
+            by_setting.setdefault(json.dumps(dict(r.method), sort_keys=True), []).append(float(r.metrics[metric]))
+    return [(max(v) - min(v), key) for key, v in by_setting.items() if len(v) > 1]
+
+
+def scale_text(records: Sequence[Record]) -> str:
+    """How large a difference our runs can resolve, beside the differences the paper reports."""
+    from peftrepro.paper import load_paper
+
+    paper = load_paper()
+    lines = []
+    for task, (label, metric) in ACCURACY_TASKS.items():
+        runs = [r for r in records if r.task == task and r.status == "ok" and scored_examples(r) and not is_reused(r)]
+        if not runs:
+            continue
+        n = int(statistics.median(scored_examples(r) for r in runs))
+        p = statistics.mean(float(r.metrics[metric]) for r in runs)
+        cells = paper[(paper["table"] == "table5") & (paper["column"] == task)]["value"]
+        text = (f"{label}: one accuracy is computed on {n} examples, so near {100 * p:.0f}% it has a binomial "
+                f"standard error of {100 * (p * (1 - p) / n) ** 0.5:.1f} points against the full validation set, "
+                f"while the paper's Table 5 cells span {cells.max() - cells.min():.1f} points "
+                f"({cells.min():.1f}–{cells.max():.1f})")
+        spreads = seed_spreads(runs, metric)
+        if spreads:
+            text += f"; two seeds of one setting differ by up to {100 * max(spreads)[0]:.1f} points here"
+        lines.append(text + ".")
+    if not lines:
+        return "No accuracy run yet."
+    return (" ".join(lines) + " Differences of the size the paper reports cannot be resolved at this scale; "
+            "a claim can only be held or not held here where cells differ by several points.")
+
+
 # ---------------------------------------------------------------- sections
 
 def table_section(result: TableResult) -> str:
@@ -241,7 +286,7 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
         status_table=status_table(results), pending=pending_text(results, records),
         where=where_text(records), commands=commands_text(profile, seeds),
         models=models_text(records), data_lines=data_text(records), schedule=schedule_text(records),
-        decoding=decoding_text(records), sections="".join(table_section(r) for r in results.values()),
+        decoding=decoding_text(records), scale=scale_text(records), sections="".join(table_section(r) for r in results.values()),
         speed="\n".join([params_text(tables), latency_text(tables, runs), bench_text(bench)]),
     )
 
