@@ -149,9 +149,16 @@ def models_text(records: Sequence[Record]) -> str:
 
 
 def data_text(records: Sequence[Record]) -> str:
-    per_task = distinct(f"{r.task}: {d.get('train_examples')} training examples, {d.get('eval_examples')} "
-                        f"evaluated ({d.get('eval_split')} split)" for r in records for d in [r.raw.get("data") or {}])
+    per_task = distinct(f"{r.task}: {d.get('train_examples')} training examples, {evaluated_text(r)} "
+                        f"({d.get('eval_split')} split)" for r in records for d in [r.raw.get("data") or {}])
     return ("Per run, " + "; ".join(per_task) + ".") if per_task else ""
+
+
+def evaluated_text(record: Record) -> str:
+    notes = record.raw.get("eval_notes") or {}
+    if record.task == "e2e" and "mrs" in notes:  # E2E's evaluated rows are references, grouped by MR
+        return f"{notes['mrs']} MRs decoded and scored against their {notes.get('references')} references"
+    return f"{(record.raw.get('data') or {}).get('eval_examples')} evaluated"
 
 
 def schedule_text(records: Sequence[Record]) -> str:
