@@ -570,15 +570,17 @@ def _cell(spec: TableSpec, row: str, column: str, obs: pd.DataFrame, seeds: Sequ
                 hardware=sorted(set(good["hardware"])))
 
 
+# a cell whose runs all have one of these record statuses shows it (rendered "n/a" / "—")
+FINAL_CELL_STATUS = {NOT_APPLICABLE: "n/a", UNSCORED: "unscored"}
+
+
 def _status(row: str, column: str, mine: pd.DataFrame, good: pd.DataFrame, got: list[int],
             seeds: Sequence[int]) -> str:
     if mine.empty:
         return "missing"
-    if good.empty:  # "not_applicable": this method cannot run on this model (e.g. BitFit, no biases)
-        for final in (NOT_APPLICABLE, UNSCORED):
-            if (mine["status"] == final).all():
-                return "n/a" if final == NOT_APPLICABLE else "unscored"
-        return "failed"
+    if good.empty:  # every run of the cell is "not_applicable" (e.g. BitFit, no biases), "unscored" or failed
+        statuses = set(mine["status"])
+        return FINAL_CELL_STATUS.get(statuses.pop(), "failed") if len(statuses) == 1 else "failed"
     if row == PARAMS or column == PARAMS:  # counts: one per run, the seed spread is irrelevant
         return "ok"
     return "partial" if set(seeds) - set(got) else "ok"

@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from collections import Counter
 import sys
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -293,7 +293,8 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
         status_table=status_table(results), pending=pending_text(results, records),
         where=where_text(records), commands=commands_text(profile, seeds),
         models=models_text(records), data_lines=data_text(records), schedule=schedule_text(records),
-        decoding=decoding_text(records), scale=scale_text(records), sections="".join(table_section(r) for r in results.values()),
+        decoding=decoding_text(records), scale=scale_text(records),
+        sections="".join(table_section(r) for r in results.values()),
         speed="\n".join([params_text(tables), latency_text(tables, runs), bench_text(bench)]),
     )
 

@@ -77,6 +77,7 @@ class RunPlan:
     method_config: Any
     task: Any
     data_source: str
+    defers_scoring: bool  # metrics left to peftrepro.scoring (`defers_scoring`), decided once here
 
 
 def plan_run(cfg: DictConfig | Mapping[str, Any]) -> RunPlan:
@@ -92,13 +93,14 @@ def plan_run(cfg: DictConfig | Mapping[str, Any]) -> RunPlan:
     method_config = make_method_config(str(method_node.get("name")), method_node)
     data_root, data_source = _data_root(config)
     task = make_task(str(config["task"].get("name")), data_root, dict(config["task"]))
-    if defers_scoring(config, task) and settings.eval_every_epoch:
+    deferred = defers_scoring(config, task)
+    if deferred and settings.eval_every_epoch:
         raise ConfigError(f"scoring={config.get('scoring')} defers E2E scoring here, so it cannot pick the best "
                           "epoch (train.eval_every_epoch=true needs the scores of every epoch): score now (on a "
                           "machine with Java), or set train.eval_every_epoch=false")
     key = records.run_key(config)
     directory = records.run_dir(config["results_dir"], str(config["experiment"]), key)
-    return RunPlan(config, key, directory, settings, decoding, method_config, task, data_source)
+    return RunPlan(config, key, directory, settings, decoding, method_config, task, data_source, deferred)
 
 
 def resolved_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -227,7 +229,7 @@ def _score_unscored(plan: RunPlan) -> dict[str, Any]:
     """A run trained and decoded earlier without scoring: score it now, or leave it for later."""
     from peftrepro.scoring import score_saved
 
-    if defers_scoring(plan.config, plan.task):
+    if plan.defers_scoring:
         log.info("skip %s: predictions saved, scoring deferred (scoring=%s) at %s", plan.key,
                  plan.config.get("scoring"), plan.directory)
         return records.read_record(plan.directory) or {}
@@ -337,7 +339,7 @@ class _Run:
         plan = self.plan
         began = time.perf_counter()
         _fail_if(plan.config, "eval")
-        deferred = {"score": False} if defers_scoring(plan.config, plan.task) else {}
+        deferred = {"score": False} if plan.defers_scoring else {}
         with _merged(setup.applied, plan.config.get("merge_for_eval", True)), \
                 autocast_for(setup.device, plan.settings.precision):
             output = plan.task.evaluate(setup.model, setup.tokenizer, setup.eval_rows, setup.applied.prompt,
