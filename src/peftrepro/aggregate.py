@@ -658,12 +658,20 @@ def commit_labels(records: Iterable[Record]) -> list[str]:
                     for r in records for g in [((r.raw.get("env") or {}).get("git") or {})])
 
 
+def eval_size(record: Record) -> str:
+    """How much a run evaluated. E2E's evaluated rows are references, several per MR: count both."""
+    notes = record.raw.get("eval_notes") or {}
+    if record.task == "e2e" and "mrs" in notes:
+        return f"{notes['mrs']} eval MRs with {notes.get('references')} references"
+    return f"{(record.raw.get('data') or {}).get('eval_examples')} eval"
+
+
 def header_lines(result: TableResult) -> list[str]:
     records = result.records
     models = distinct(f"{(r.raw.get('model') or {}).get('name')} ({(r.raw.get('model') or {}).get('source')})"
                       for r in records)
-    data = distinct(f"{r.task}: {d.get('train_examples')} train / {d.get('eval_examples')} eval "
-                    f"({d.get('eval_split')})" for r in records for d in [r.raw.get("data") or {}])
+    data = distinct(f"{r.task}: {d.get('train_examples')} train / {eval_size(r)} ({d.get('eval_split')})"
+                    for r in records for d in [r.raw.get("data") or {}])
     commits = commit_labels(records)
     ok = sum(r.status == "ok" for r in records)
     return [
