@@ -28,7 +28,7 @@ def _subtitle(result: TableResult) -> str:
 
 
 def plot_rank(result: TableResult, path: Path) -> Path:
-    from peftrepro.aggregate import RANK_WEIGHTS, RANKS
+    from peftrepro.tables import RANK_WEIGHTS, RANKS
 
     figure, axes = plt.subplots(2, len(TASKS), figsize=(11, 7.5), squeeze=False)
     for column, (task, name, unit) in enumerate(TASKS):
@@ -52,7 +52,7 @@ def plot_rank(result: TableResult, path: Path) -> Path:
 
 
 def plot_weight_type(result: TableResult, path: Path) -> Path:
-    from peftrepro.aggregate import WEIGHT_TYPE_COLUMNS
+    from peftrepro.tables import WEIGHT_TYPE_COLUMNS
 
     labels = [_wrap_weights(w) + f"\nr={r}" for w, r in WEIGHT_TYPE_COLUMNS]
     positions = range(len(WEIGHT_TYPE_COLUMNS))

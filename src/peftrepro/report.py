@@ -19,13 +19,14 @@ from collections import Counter
 from importlib import resources
 from pathlib import Path
 from string import Template
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import pandas as pd
 
 from peftrepro import aggregate, claims
-from peftrepro.aggregate import PARAMS, TABLES, Record, TableResult, commit_labels, distinct
+from peftrepro.aggregate import Record, TableResult, commit_labels, distinct
 from peftrepro.records import NOT_APPLICABLE, UNSCORED
+from peftrepro.tables import PARAMS, TABLES
 
 MAKE_TARGETS = {"table_weight_type": "table-weight-type", "table_rank": "table-rank",
                 "table_e2e": "table-e2e", "table_methods": "table-methods"}

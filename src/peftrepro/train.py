@@ -173,7 +173,7 @@ def collate(examples: Sequence[EncodedExample], pad_id: int, batch_size: int,
     attention_mask = torch.zeros((batch_size, width), dtype=torch.long)
     targets = torch.full((batch_size, width), IGNORE_INDEX, dtype=torch.long)
     attention_mask[:, 0] = 1
-    tokens = target_tokens = 0
+    tokens = 0
     for row, example in enumerate(examples):
         size = len(example.input_ids)
         input_ids[row, :size] = torch.tensor(example.input_ids)

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from peftrepro import aggregate
-from peftrepro.aggregate import TABLES, build_table, load_records, main
+from peftrepro.aggregate import build_table, load_records, main
+from peftrepro.tables import TABLES
 from peftrepro.errors import DataError
 from peftrepro.paper import REQUIRED_COLUMNS, load_paper, paper_value, printed_spread, to_paper_unit
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from peftrepro.aggregate import TABLES, build_table
+from peftrepro.aggregate import build_table
+from peftrepro.tables import TABLES
 from peftrepro.claims import HELD, INCONCLUSIVE, NOT_HELD, Cell, beats, evaluate, matches_or_beats
 
 

@@ -11,7 +11,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from peftrepro.aggregate import TABLES, parse_record
+from peftrepro.aggregate import parse_record
+from peftrepro.tables import TABLES
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

@@ -89,7 +89,8 @@ def test_an_empty_results_folder_still_renders(runs_dir, tmp_path) -> None:
 
 
 def test_a_cell_whose_seeds_ran_on_different_hardware_is_flagged(weight_type_runs, runs_dir) -> None:
-    from peftrepro.aggregate import TABLES, build_table, header_lines, incomplete_lines
+    from peftrepro.aggregate import build_table, header_lines, incomplete_lines
+    from peftrepro.tables import TABLES
 
     result = build_table(TABLES["table_weight_type"], runs_dir, "mini", [0, 1])
     assert incomplete_lines(result).count(
