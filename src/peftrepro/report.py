@@ -152,7 +152,19 @@ def models_text(records: Sequence[Record]) -> str:
 def data_text(records: Sequence[Record]) -> str:
     per_task = distinct(f"{r.task}: {d.get('train_examples')} training examples, {evaluated_text(r)} "
                         f"({d.get('eval_split')} split)" for r in records for d in [r.raw.get("data") or {}])
-    return ("Per run, " + "; ".join(per_task) + ".") if per_task else ""
+    return ("Per run, " + "; ".join(per_task) + "." + wikisql_split_text(records)) if per_task else ""
+
+
+def wikisql_split_text(records: Sequence[Record]) -> str:
+    """WikiSQL's offline data has no train split: say where its train and evaluation questions come from."""
+    shares = distinct(r.get("task.eval_fraction") for r in records
+                      if r.task == "wikisql" and r.get("task.split_policy") == "test_by_table")
+    if not shares:
+        return ""
+    return (" WikiSQL's offline copy has no train split, so its training and evaluation questions both come "
+            "from the official test split, cut by table (`task.split_policy=test_by_table`): a seeded "
+            f"{' / '.join(f'{100 * float(s):.0f} %' for s in shares)} of its tables is held out for "
+            "evaluation (the \"validation\" split) and the rest trains, so no table is in both.")
 
 
 def evaluated_text(record: Record) -> str:
@@ -211,7 +223,7 @@ def scale_text(records: Sequence[Record]) -> str:
         p = statistics.mean(float(r.metrics[metric]) for r in runs)
         cells = paper[(paper["table"] == "table5") & (paper["column"] == task)]["value"]
         text = (f"{label}: one accuracy is computed on {n} examples, so near {100 * p:.0f}% it has a binomial "
-                f"standard error of {100 * (p * (1 - p) / n) ** 0.5:.1f} points against the full validation set, "
+                f"standard error of {100 * (p * (1 - p) / n) ** 0.5:.1f} points against the whole evaluation split, "
                 f"while the paper's Table 5 cells span {cells.max() - cells.min():.1f} points "
                 f"({cells.min():.1f}–{cells.max():.1f})")
         spreads = seed_spreads(runs, metric)

@@ -78,9 +78,21 @@ def test_the_page_says_how_large_a_difference_the_runs_can_resolve(runs_dir, tmp
         write(record | {"eval_notes": {"examples": {"matched": 200, "mismatched": 200}}})
     text = page(runs_dir, tmp_path)
     assert ("MultiNLI: one accuracy is computed on 200 examples, so near 54% it has a binomial standard error of "
-            "3.5 points against the full validation set, while the paper's Table 5 cells span 0.9 points "
+            "3.5 points against the whole evaluation split, while the paper's Table 5 cells span 0.9 points "
             "(90.8–91.7); two seeds of one setting differ by up to 8.0 points here.") in text
     assert "Scale of the differences.** No accuracy run yet." in page(tmp_path / "none", tmp_path)
+
+
+def test_the_page_says_where_wikisql_questions_come_from(runs_dir, tmp_path, write, make_record) -> None:
+    record = make_record("table_weight_type", "wikisql", QV, 0, {"lf_accuracy": 0.4}, profile="mini")
+    record["config"]["task"] |= {"split_policy": "test_by_table", "eval_fraction": 0.2}
+    write(record)
+    text = page(runs_dir, tmp_path)
+    assert "wikisql: 32 training examples, 4 evaluated (validation split)." in text
+    assert "from the official test split, cut by table (`task.split_policy=test_by_table`): a seeded 20 %" in text
+    record["config"]["task"]["split_policy"] = "official"  # the hub's own train/dev split: nothing to explain
+    write(record)
+    assert "cut by table" not in page(runs_dir, tmp_path)
 
 
 def test_an_empty_results_folder_still_renders(runs_dir, tmp_path) -> None:
