@@ -117,8 +117,9 @@ def parse_record(path: Path, data: Any) -> Record:
                   method=method, metrics=data.get("metrics") or {}, raw=data)
 
 
-def load_records(runs_dir: Path) -> tuple[list[Record], list[Problem], int]:
-    """Every readable record under runs_dir, latest per run key; plus problems and #superseded."""
+def load_records(runs_dir: Path) -> tuple[list[Record], list[Problem], Counter[str]]:
+    """Every readable record under runs_dir, the latest per experiment and run key; plus the problems
+    and, per experiment, how many older records of the same run key were left out."""
     records: list[Record] = []
     problems: list[Problem] = []
     for path in sorted(runs_dir.glob(f"**/{RECORD_FILE}")):
@@ -127,14 +128,16 @@ def load_records(runs_dir: Path) -> tuple[list[Record], list[Problem], int]:
         except (OSError, ValueError, TypeError) as error:  # JSONDecodeError is a ValueError
             problems.append(Problem(path, f"unreadable record, skipped: {error}"))
     latest = latest_per_run_key(records)
-    return latest, problems, len(records) - len(latest)
+    return latest, problems, Counter(r.experiment for r in records) - Counter(r.experiment for r in latest)
 
 
 def latest_per_run_key(records: Sequence[Record]) -> list[Record]:
-    """One record per run key: the one created last (ties: the later path in sort order)."""
+    """One record per experiment and run key: the one created last (ties: the later path in sort
+    order). Two experiments can hold the same run key: a run reused by copy (peftrepro.reuse) whose
+    config is written the same way in both experiment files."""
     if not records:
         return []
-    frame = pd.DataFrame({"key": [r.run_key for r in records],
+    frame = pd.DataFrame({"key": [(r.experiment, r.run_key) for r in records],
                           "created_at": [r.created_at for r in records],
                           "index": range(len(records))})
     kept = frame.sort_values(["created_at", "index"], kind="stable").drop_duplicates("key", keep="last")
@@ -157,7 +160,7 @@ class TableResult:
     unplaced: list[Record]     # records of this experiment that match no cell
     expected_seeds: list[int]
     problems: list[Problem]    # unreadable record files under runs/<table>/
-    superseded: int            # records replaced by a later record of the same run key
+    superseded: int            # records replaced by a later record of the same run key (this table)
     replaced: int = 0          # runs replaced by a later run of the same cell and seed (other run key)
     other_profiles: list[str] = field(default_factory=list)  # profiles with records, not tabulated here
 
@@ -427,7 +430,7 @@ def build_table(spec: TableSpec, runs_dir: Path, profile: str | None = None,
     mine, chosen = select_profile(of_table, profile)
     # an unreadable record has no readable experiment: its folder (runs/<experiment>/...) says where it belongs
     own_problems = [p for p in problems if p.path.relative_to(runs_dir).parts[0] == spec.name]
-    result = summarise(spec, mine, seeds, own_problems, superseded)
+    result = summarise(spec, mine, seeds, own_problems, superseded[spec.name])
     result.other_profiles = sorted({r.profile for r in of_table} - {chosen})
     return result
 

@@ -90,6 +90,8 @@ def _metric_obs(record: Record, row: str, column: str, metric: str) -> Obs:
 
 def _params_obs(record: Record, row: str, column: str) -> Obs:
     count = record.trainable
+    if record.status == NOT_APPLICABLE:
+        return Obs(row, column, None, f"not applicable ({record.error})")
     if record.status not in ("ok", UNSCORED) or count is None:  # unscored: trained, its count is known
         return Obs(row, column, None, "no parameter count (run failed)")
     return Obs(row, column, count / 1e6)

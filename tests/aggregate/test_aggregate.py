@@ -11,9 +11,9 @@ import pytest
 
 from peftrepro import aggregate
 from peftrepro.aggregate import build_table, load_records, main
-from peftrepro.tables import TABLES
 from peftrepro.errors import DataError
 from peftrepro.paper import REQUIRED_COLUMNS, load_paper, paper_value, printed_spread, to_paper_unit
+from peftrepro.tables import TABLES
 
 
 QV4 = {"name": "lora", "weights": ["W_q", "W_v"], "r": 4, "ranks": None, "alpha": 32}
@@ -102,6 +102,18 @@ def test_duplicate_run_key_latest_record_wins(runs_dir, write, older_name, newer
     cell = result.stats("wikisql|W_q,W_v", "r=4")
     assert cell["n"] == 1 and cell["mean"] == pytest.approx(90.0)
     assert result.superseded == 1
+    assert build_table(TABLES["table_weight_type"], runs_dir).superseded == 0  # counted where it happened
+
+
+def test_a_run_key_shared_by_two_experiments_is_a_cell_in_both(runs_dir, write, make_record):
+    # Table 4's LoRA r_q=r_v=1 is written like Table 6's W_q,W_v r=1, so a copy has the same run key
+    lora_r1 = {"name": "lora", "weights": ["W_q", "W_v"], "r": 1, "ranks": None, "alpha": 32}
+    for experiment in ("table_rank", "table_methods"):
+        write(make_record(experiment, "mnli", lora_r1, 0, {"accuracy_m": 0.54}, key="same-key"))
+    rank, methods = build_table(TABLES["table_rank"], runs_dir), build_table(TABLES["table_methods"], runs_dir)
+    assert rank.stats("mnli|W_q,W_v", "r=1")["mean"] == pytest.approx(54.0)
+    assert methods.stats("lora_r1", "mnli")["mean"] == pytest.approx(54.0)
+    assert rank.superseded == methods.superseded == 0
 
 
 def test_same_cell_and_seed_under_a_new_run_key_replaces_the_old_run(runs_dir, write, rank_record):
@@ -155,6 +167,8 @@ def test_not_applicable_run_is_an_na_cell(runs_dir, write, make_record):
     result = build_table(TABLES["table_methods"], runs_dir)
     assert result.stats("bitfit", "wikisql")["status"] == "n/a"
     assert aggregate.format_cell(TABLES["table_methods"], result.stats("bitfit", "wikisql"), 1).startswith("n/a")
+    count = result.stats("bitfit", "trainable_params")
+    assert count["status"] == "n/a" and count["problems"] == ["not applicable (NotApplicableError: boom)"]
 
 
 def test_config_error_failure_is_a_failed_cell(runs_dir, write, make_record):
