@@ -151,7 +151,8 @@ def models_text(records: Sequence[Record]) -> str:
 
 def data_text(records: Sequence[Record]) -> str:
     per_task = distinct(f"{r.task}: {d.get('train_examples')} training examples, {evaluated_text(r)} "
-                        f"({d.get('eval_split')} split)" for r in records for d in [r.raw.get("data") or {}])
+                        f"({d.get('eval_split')} split)"
+                        for r in records for d in [r.raw.get("data")] if d)  # an n/a run loaded no data
     return ("Per run, " + "; ".join(per_task) + "." + wikisql_split_text(records)) if per_task else ""
 
 

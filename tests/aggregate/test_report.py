@@ -95,6 +95,15 @@ def test_the_page_says_where_wikisql_questions_come_from(runs_dir, tmp_path, wri
     assert "cut by table" not in page(runs_dir, tmp_path)
 
 
+def test_a_run_that_loaded_no_data_adds_nothing_to_the_data_line(runs_dir, tmp_path, write, make_record) -> None:
+    write(make_record("table_methods", "mnli", {"name": "adapter_h", "r": 1}, 0, {"accuracy_m": 0.5}, profile="mini"))
+    bitfit = make_record("table_methods", "mnli", {"name": "bitfit"}, 0, status="not_applicable", profile="mini")
+    write(bitfit | {"data": None})  # not applicable: stopped before loading any data
+    text = page(runs_dir, tmp_path)
+    assert "Per run, mnli: 32 training examples, 4 evaluated (validation split)." in text
+    assert "None training examples" not in text
+
+
 def test_an_empty_results_folder_still_renders(runs_dir, tmp_path) -> None:
     text = page(runs_dir, tmp_path)
     assert "No records yet." in text and "No benchmark file yet" in text and "$" not in text.replace("$(", "")
