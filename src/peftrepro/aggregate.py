@@ -3,18 +3,18 @@
     python -m peftrepro.aggregate [--table NAME|all] [--runs results/runs] [--out results/tables]
                                   [--profile mini] [--seeds 0,1,2] [--strict] [--no-plots]
 
-Reads `results/runs/**/record.json` and nothing else (tables are a pure function of the records
-plus `peftrepro/data/paper.csv`; each table's layout is its spec in `peftrepro.tables`). Per run
-key the latest record (`created_at`) wins; unreadable records are reported and skipped. Each table is written as `<out>/<table>.csv` (wide, numeric:
-mean, std, n and the paper's value per paper column) and `<out>/<table>.md` (laid out like the
-paper's table, each cell "ours mean ± std (n) · paper value"), with what is missing or failed
-listed under it, the paper's choices and ambiguities, and the paper's claims checked on our
-numbers (`peftrepro.claims`). Our raw metrics are scaled to the paper's printed unit
-(`peftrepro.paper.PAPER_SCALE`: accuracies, BLEU, METEOR and ROUGE-L ×100).
+Reads `results/runs/**/record.json` and nothing else (tables are a pure function of the records plus
+`peftrepro/data/paper.csv`; each table's layout is its spec in `peftrepro.tables`). Per experiment
+and run key the latest record (`created_at`) wins; unreadable records are reported and skipped. Each table is
+written as `<out>/<table>.csv` (wide, numeric: mean, std, n and the paper's value per paper column)
+and `<out>/<table>.md` (laid out like the paper's table, each cell "ours mean ± std (n) · paper
+value"), with what is missing or failed listed under it, the paper's choices and ambiguities, and
+the paper's claims checked on our numbers (`peftrepro.claims`). Our raw metrics are scaled to the
+paper's printed unit (`peftrepro.paper.PAPER_SCALE`: accuracies, BLEU, METEOR and ROUGE-L ×100).
 
 Exit status: 0 when every table was written; with --strict, 1 when some expected cell is missing,
-failed or short of seeds (cells whose runs recorded status "not_applicable", e.g. BitFit on a
-model without biases, show "n/a": listed, not an error).
+failed or short of seeds (cells whose runs recorded status "not_applicable", e.g. BitFit on a model
+without biases, show "n/a": listed, not an error).
 """
 
 from __future__ import annotations
@@ -314,11 +314,17 @@ def commit_labels(records: Iterable[Record]) -> list[str]:
                     for r in records for g in [((r.raw.get("env") or {}).get("git") or {})])
 
 
-def eval_size(record: Record) -> str:
-    """How much a run evaluated. E2E's evaluated rows are references, several per MR: count both."""
+def e2e_eval_counts(record: Record) -> tuple[Any, Any] | None:
+    """(MRs, references) an E2E run evaluated: its evaluated rows are references, several per MR.
+    None for other tasks (and E2E records written before the count was kept)."""
     notes = record.raw.get("eval_notes") or {}
-    if record.task == "e2e" and "mrs" in notes:
-        return f"{notes['mrs']} eval MRs with {notes.get('references')} references"
+    return (notes["mrs"], notes.get("references")) if record.task == "e2e" and "mrs" in notes else None
+
+
+def eval_size(record: Record) -> str:
+    """How much a run evaluated, for a table header."""
+    if counts := e2e_eval_counts(record):
+        return f"{counts[0]} eval MRs with {counts[1]} references"
     return f"{(record.raw.get('data') or {}).get('eval_examples')} eval"
 
 

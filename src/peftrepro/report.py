@@ -169,9 +169,8 @@ def wikisql_split_text(records: Sequence[Record]) -> str:
 
 
 def evaluated_text(record: Record) -> str:
-    notes = record.raw.get("eval_notes") or {}
-    if record.task == "e2e" and "mrs" in notes:  # E2E's evaluated rows are references, grouped by MR
-        return f"{notes['mrs']} MRs decoded and scored against their {notes.get('references')} references"
+    if counts := aggregate.e2e_eval_counts(record):
+        return f"{counts[0]} MRs decoded and scored against their {counts[1]} references"
     return f"{(record.raw.get('data') or {}).get('eval_examples')} evaluated"
 
 
