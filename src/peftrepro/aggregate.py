@@ -3,9 +3,11 @@
     python -m peftrepro.aggregate [--table NAME|all] [--runs results/runs] [--out results/tables]
                                   [--profile mini] [--seeds 0,1,2] [--strict] [--no-plots]
 
-Reads `results/runs/**/record.json` and nothing else (tables are a pure function of the records plus
-`peftrepro/data/paper.csv`; each table's layout is its spec in `peftrepro.tables`). Per experiment
-and run key the latest record (`created_at`) wins; unreadable records are reported and skipped. Each table is
+Reads `results/runs/**/record.json` and, for accuracies, the `predictions.jsonl` beside each (the
+claims pair two cells example by example), and nothing else: tables are a pure function of the run
+folders plus `peftrepro/data/paper.csv`; each table's layout is its spec in `peftrepro.tables`. Per
+experiment and run key the latest record (`created_at`) wins; unreadable records are reported and
+skipped. Each table is
 written as `<out>/<table>.csv` (wide, numeric: mean, std, n and the paper's value per paper column)
 and `<out>/<table>.md` (laid out like the paper's table, each cell "ours mean ± std (n) · paper
 value"), with what is missing or failed listed under it, the paper's choices and ambiguities, and
@@ -20,6 +22,7 @@ without biases, show "n/a": listed, not an error).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -30,8 +33,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from peftrepro.paper import load_paper
-from peftrepro.records import NOT_APPLICABLE, RECORD_FILE, UNSCORED
+from peftrepro.paper import load_paper, to_paper_unit
+from peftrepro.records import NOT_APPLICABLE, PREDICTIONS_FILE, RECORD_FILE, UNSCORED
 from peftrepro.tables import PARAMS, TABLES, TableSpec
 
 # ----------------------------------------------------------------------------------------------
@@ -39,6 +42,25 @@ from peftrepro.tables import PARAMS, TABLES, TableSpec
 # ----------------------------------------------------------------------------------------------
 
 REQUIRED_KEYS = ("run_key", "experiment", "status", "created_at")
+# Metrics that are a share of correctly scored examples: the predictions field that scores one
+# example, and the MultiNLI subset the metric is computed on (also its key in eval_notes.examples).
+PROPORTION_METRICS: dict[str, tuple[str, str | None]] = {
+    "accuracy_m": ("correct", "matched"),
+    "accuracy_mm": ("correct", "mismatched"),
+    "lf_accuracy": ("lf_correct", None),
+}
+# the fields of a predictions row that name its example (so two runs' rows can be paired)
+EXAMPLE_ID_FIELDS = {"mnli": ("premise", "hypothesis"), "wikisql": ("table_id", "question")}
+
+
+@dataclass(frozen=True)
+class ExampleScores:
+    """Per-example scores of one metric in evaluation order (paper units: 0 or 100 for one run, the
+    mean over seeds for a cell); `fingerprint` names the examples, equal only for the same examples
+    in the same order."""
+
+    fingerprint: str
+    scores: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -82,6 +104,33 @@ class Record:
             return "unrecorded hardware"
         precision = self.get("train.precision") or "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU
         return f"{where} ({'bf16 autocast' if precision == 'bf16' or (precision == 'auto' and on_gpu) else 'fp32'})"
+
+    def sample_size(self, metric: str) -> int | None:
+        """How many examples a proportion metric (an accuracy) was computed on; None for corpus
+        metrics (BLEU and the other E2E scores) and for records that did not keep the count."""
+        if metric not in PROPORTION_METRICS:
+            return None
+        examples = (self.raw.get("eval_notes") or {}).get("examples")
+        if isinstance(examples, Mapping):  # MultiNLI: matched and mismatched are scored apart
+            examples = examples.get(PROPORTION_METRICS[metric][1])
+        return examples if isinstance(examples, int) else None
+
+    def example_scores(self, metric: str) -> ExampleScores | None:
+        """Whether each evaluated example was scored correct, from the predictions saved beside the
+        record; None for corpus metrics and where the predictions are missing or unreadable."""
+        if metric not in PROPORTION_METRICS or self.task not in EXAMPLE_ID_FIELDS:
+            return None
+        field_name, subset = PROPORTION_METRICS[metric]
+        try:
+            lines = (self.path.parent / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines()
+            rows = [row for row in map(json.loads, lines) if subset is None or row.get("subset") == subset]
+            ids = [[row[name] for name in EXAMPLE_ID_FIELDS[self.task]] for row in rows]
+            scores = tuple(to_paper_unit(metric, float(row[field_name])) for row in rows)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not scores:
+            return None
+        return ExampleScores(hashlib.sha1(json.dumps(ids).encode()).hexdigest(), scores)
 
     def get(self, dotted: str) -> Any:
         """A value of the resolved config by dotted path (`method.alpha`), or None."""
@@ -148,7 +197,7 @@ def latest_per_run_key(records: Sequence[Record]) -> list[Record]:
 # Summarising: one line per cell
 # ----------------------------------------------------------------------------------------------
 
-SUMMARY_COLUMNS = ("row", "column", "mean", "std", "n", "seeds", "values", "problems",
+SUMMARY_COLUMNS = ("row", "column", "mean", "std", "sampling_se", "examples", "n", "seeds", "values", "problems",
                    "paper", "paper_printed", "paper_ref", "status", "hardware")
 
 
@@ -185,11 +234,12 @@ def summarise(spec: TableSpec, records: Sequence[Record], expected_seeds: Sequen
             unplaced.append(record)
             continue
         placed.append(record)
-        rows += [dict(row=o.row, column=o.column, value=o.value, problem=o.problem, seed=record.seed,
-                      status=record.status, error_type=record.error_type, created_at=record.created_at,
-                      key=record.run_key, task=record.task, hardware=record.hardware) for o in observations]
-    columns = ["row", "column", "value", "problem", "seed", "status", "error_type", "created_at", "key", "task",
-               "hardware"]
+        rows += [dict(row=o.row, column=o.column, value=o.value, sampling_se=o.sampling_se,
+                      examples=o.examples, problem=o.problem, seed=record.seed, status=record.status,
+                      error_type=record.error_type, created_at=record.created_at, key=record.run_key,
+                      task=record.task, hardware=record.hardware) for o in observations]
+    columns = ["row", "column", "value", "sampling_se", "examples", "problem", "seed", "status", "error_type",
+               "created_at", "key", "task", "hardware"]
     obs = pd.DataFrame(rows, columns=columns)
     # One value per cell, seed and task (parameter cells gather both tasks): a run whose config
     # changed since (a new run key for the same cell, e.g. after a code or profile change)
@@ -220,10 +270,22 @@ def _cell(spec: TableSpec, row: str, column: str, obs: pd.DataFrame, seeds: Sequ
     problems = sorted(set(mine.loc[mine["value"].isna(), "problem"].dropna()))
     status = _status(row, column, mine, good, got, seeds)
     std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+    # every seed is scored on the same examples, so their sampling error does not average out
+    sampling = good["sampling_se"].dropna().astype(float)
+    sampling_se = float((sampling ** 2).mean() ** 0.5) if len(sampling) == len(good) > 0 else math.nan
     return dict(row=row, column=column, mean=float(values.mean()) if len(values) else math.nan, std=std,
+                sampling_se=sampling_se, examples=_mean_example_scores(list(good["examples"])),
                 n=len(values), seeds=got, values=list(values), problems=problems, paper=paper_value,
                 paper_printed=paper_printed, paper_ref=" / ".join(ref) if ref else None, status=status,
                 hardware=sorted(set(good["hardware"])))
+
+
+def _mean_example_scores(runs: Sequence[ExampleScores | None]) -> ExampleScores | None:
+    """Per example, the mean score over the cell's seeds; None unless every seed scored the same examples."""
+    if not runs or any(run is None for run in runs) or len({run.fingerprint for run in runs}) > 1:
+        return None
+    means = tuple(sum(column) / len(runs) for column in zip(*(run.scores for run in runs)))
+    return ExampleScores(runs[0].fingerprint, means)
 
 
 # a cell whose runs all have one of these record statuses shows it (rendered "n/a" / "—")

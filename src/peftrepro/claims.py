@@ -1,11 +1,20 @@
 """The paper's qualitative claims per table, checked on our numbers.
 
 Each claim is a comparison between cells of one of our tables and gets a verdict:
-- "A beats B": held when mean(A) − mean(B) exceeds 2 standard errors of the difference over seeds
-  (SE = sqrt(s_A²/n_A + s_B²/n_B)), not held when it is below −2 SE, otherwise inconclusive.
+- "A beats B": held when mean(A) − mean(B) exceeds 2 standard errors of the difference, not held
+  when it is below −2 SE, otherwise inconclusive.
 - "A matches or beats B": not held when B is better by more than 2 SE, otherwise held ("tied"
-  means within 2 SE of the seed spread, so a wide spread makes ties easy: read the evidence).
+  means within 2 SE, so a wide error makes ties easy: read the evidence).
 - Either is inconclusive when a cell is missing or has fewer than 2 seeds (no spread to judge by).
+SE² = s_A²/n_A + s_B²/n_B (the seed spread) + the error from the finite evaluation set. Every
+seed is scored on the same N examples, so that error does not shrink with seeds. For accuracies it
+is paired: both cells are scored on the same examples, so it is sd(d)²/N over the per-example
+differences d (each cell's score of an example averaged over its seeds, from the saved predictions),
+the standard error of a paired test; the d also carry some seed noise, so adding both terms is
+slightly conservative. Where the predictions are missing or the examples differ, the unpaired
+binomial bound p_A(1−p_A)/N_A + p_B(1−p_B)/N_B stands in (conservative for "beats", lenient for
+"matches or beats"). Corpus metrics (BLEU, NIST, METEOR, ROUGE-L, CIDEr) get no such term: their SE
+is the seed spread alone.
 A claim over several comparisons is not held if any is not held, else inconclusive if any is
 inconclusive, else held. Cells marked n/a (method not applicable to the model) are left out.
 """
@@ -13,11 +22,12 @@ inconclusive, else held. Cells marked n/a (method not applicable to the model) a
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 if TYPE_CHECKING:
-    from peftrepro.aggregate import TableResult
+    from peftrepro.aggregate import ExampleScores, TableResult
 
 Z = 2.0  # half-width of the interval on a difference, in standard errors
 MAX_SHOWN = 3  # comparisons quoted as evidence of a verdict (the rest are counted)
@@ -31,6 +41,8 @@ class Cell:
     std: float
     n: int
     status: str
+    sampling_se: float = 0.0  # binomial error of the mean from the evaluation set (0: not estimated)
+    examples: ExampleScores | None = None  # per-example scores, mean over seeds (accuracies only)
 
     def __str__(self) -> str:
         if self.n == 0:
@@ -54,27 +66,53 @@ class Claim:
     evidence: str
 
 
-def _difference(a: Cell, b: Cell) -> tuple[float, float] | str:
-    """(mean difference, Z·SE), or why no judgement is possible."""
+@dataclass(frozen=True)
+class Difference:
+    delta: float   # mean(A) − mean(B)
+    seeds: float   # Z · the SE from the seed spread alone
+    sample: float  # Z · the SE from the evaluation set alone (0: a corpus metric)
+    how: str = ""  # how the evaluation-set SE was estimated
+
+    @property
+    def margin(self) -> float:
+        """Z · the SE of the difference, both sources together."""
+        return math.hypot(self.seeds, self.sample)
+
+    def __str__(self) -> str:
+        text = f"Δ = {self.delta:+.2f} ± {self.margin:.2f}"
+        return text + (f" (seeds ± {self.seeds:.2f}, eval set ± {self.sample:.2f} {self.how})" if self.how else "")
+
+
+def _sample_error(a: Cell, b: Cell) -> tuple[float, str]:
+    """The SE of mean(A) − mean(B) from the finite evaluation set, and how it was estimated."""
+    if a.examples and b.examples and a.examples.fingerprint == b.examples.fingerprint:
+        diffs = [x - y for x, y in zip(a.examples.scores, b.examples.scores)]
+        return statistics.stdev(diffs) / math.sqrt(len(diffs)), f"paired over {len(diffs)} examples"
+    if a.sampling_se or b.sampling_se:
+        return math.hypot(a.sampling_se, b.sampling_se), "unpaired"
+    return 0.0, ""
+
+
+def _difference(a: Cell, b: Cell) -> Difference | str:
+    """The difference of means with its margins, or why no judgement is possible."""
     for cell in (a, b):
         if cell.n == 0:
             return f"{cell.label} has no result"
         if cell.n < 2:
             return f"{cell.label} has one seed, so no spread"
-    return a.mean - b.mean, Z * math.sqrt(a.std ** 2 / a.n + b.std ** 2 / b.n)
+    sample, how = _sample_error(a, b)
+    return Difference(a.mean - b.mean, Z * math.sqrt(a.std ** 2 / a.n + b.std ** 2 / b.n), Z * sample, how)
 
 
-def _evidence(a: Cell, b: Cell, diff: tuple[float, float] | str) -> str:
-    if isinstance(diff, str):
-        return f"{a} vs {b}: {diff}"
-    return f"{a} vs {b}: Δ = {diff[0]:+.2f} ± {diff[1]:.2f}"
+def _evidence(a: Cell, b: Cell, diff: Difference | str) -> str:
+    return f"{a} vs {b}: {diff}"
 
 
 def beats(a: Cell, b: Cell) -> Comparison:
     diff = _difference(a, b)
     if isinstance(diff, str):
         return Comparison(INCONCLUSIVE, _evidence(a, b, diff))
-    delta, margin = diff
+    delta, margin = diff.delta, diff.margin
     verdict = HELD if delta - margin > 0 else NOT_HELD if delta + margin < 0 else INCONCLUSIVE
     return Comparison(verdict, _evidence(a, b, diff), delta - margin)
 
@@ -83,7 +121,7 @@ def matches_or_beats(a: Cell, b: Cell) -> Comparison:
     diff = _difference(a, b)
     if isinstance(diff, str):
         return Comparison(INCONCLUSIVE, _evidence(a, b, diff))
-    delta, margin = diff
+    delta, margin = diff.delta, diff.margin
     return Comparison(NOT_HELD if delta + margin < 0 else HELD, _evidence(a, b, diff), delta + margin)
 
 
@@ -104,8 +142,10 @@ def combine(text: str, source: str, comparisons: Sequence[Comparison]) -> Claim:
 
 def _cell(result: TableResult, row: str, column: str, label: str) -> Cell:
     stats = result.stats(row, column)
+    sampling_se = float(stats["sampling_se"])
     return Cell(label, float(stats["mean"]), float(stats["std"]) if stats["n"] > 1 else math.nan,
-                int(stats["n"]), str(stats["status"]))
+                int(stats["n"]), str(stats["status"]), 0.0 if math.isnan(sampling_se) else sampling_se,
+                stats["examples"])
 
 
 TASKS = (("wikisql", "WikiSQL"), ("mnli", "MultiNLI"))
@@ -206,7 +246,12 @@ def render(claims: Sequence[Claim]) -> list[str]:
              "|---|---|---|---|"]
     lines += [f"| {c.text} | {c.source} | **{c.verdict}** | {c.evidence} |" for c in claims]
     lines += ["", "Rule: 'beats' is held when the difference of means exceeds 2 standard errors of the "
-              "difference over seeds, not held below −2 SE, inconclusive in between; 'matches or beats' is "
-              "not held only when the other cell is better by more than 2 SE. Fewer than 2 seeds or a "
-              "missing cell: inconclusive."]
+              "difference, not held below −2 SE, inconclusive in between; 'matches or beats' is not held "
+              "only when the other cell is better by more than 2 SE. Fewer than 2 seeds or a missing cell: "
+              "inconclusive. The SE adds the seed spread (s²/n per cell) and, for accuracies, the error "
+              "from the finite evaluation set, which more seeds do not shrink (the same N examples score "
+              "every seed): paired, sd(d)²/N over the per-example differences d of the two cells' "
+              "saved predictions (averaged over seeds); where those are missing, the unpaired binomial "
+              "p(1−p)/N of each cell. Corpus metrics (BLEU and the other E2E scores): the seed spread "
+              "alone."]
     return lines

@@ -194,12 +194,6 @@ def decoding_text(records: Sequence[Record]) -> str:
 ACCURACY_TASKS = {"mnli": ("MultiNLI", "accuracy_m"), "wikisql": ("WikiSQL", "lf_accuracy")}
 
 
-def scored_examples(record: Record) -> int | None:
-    """How many examples one accuracy of the record was computed on (MNLI: the matched subset)."""
-    examples = (record.raw.get("eval_notes") or {}).get("examples")
-    return examples.get("matched") if isinstance(examples, Mapping) else examples
-
-
 def seed_spreads(records: Sequence[Record], metric: str) -> list[tuple[float, str]]:
     """(max - min over seeds, method) for every setting run with more than one seed."""
     by_setting: dict[str, list[float]] = {}
@@ -216,10 +210,11 @@ def scale_text(records: Sequence[Record]) -> str:
     paper = load_paper()
     lines = []
     for task, (label, metric) in ACCURACY_TASKS.items():
-        runs = [r for r in records if r.task == task and r.status == "ok" and scored_examples(r) and not is_reused(r)]
+        runs = [r for r in records
+                if r.task == task and r.status == "ok" and r.sample_size(metric) and not is_reused(r)]
         if not runs:
             continue
-        n = int(statistics.median(scored_examples(r) for r in runs))
+        n = int(statistics.median(r.sample_size(metric) for r in runs))
         p = statistics.mean(float(r.metrics[metric]) for r in runs)
         cells = paper[(paper["table"] == "table5") & (paper["column"] == task)]["value"]
         text = (f"{label}: one accuracy is computed on {n} examples, so near {100 * p:.0f}% it has a binomial "
@@ -233,7 +228,9 @@ def scale_text(records: Sequence[Record]) -> str:
     if not lines:
         return "No accuracy run yet."
     return (" ".join(lines) + " Differences of the size the paper reports cannot be resolved at this scale; "
-            "a claim can only be held or not held here where cells differ by several points.")
+            "a claim can only be held or not held here where cells differ by several points. The claims "
+            "compare two cells example by example (both are scored on the same examples), which "
+            "resolves smaller gaps than the two binomial errors would: each claim quotes its margin.")
 
 
 # ---------------------------------------------------------------- sections

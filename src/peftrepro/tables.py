@@ -15,7 +15,7 @@ from peftrepro.paper import to_paper_unit
 from peftrepro.records import NOT_APPLICABLE, UNSCORED
 
 if TYPE_CHECKING:
-    from peftrepro.aggregate import Record
+    from peftrepro.aggregate import ExampleScores, Record
 
 PRIMARY_METRIC = {"wikisql": "lf_accuracy", "mnli": "accuracy_m"}
 E2E_METRICS = ("bleu", "nist", "meteor", "rouge_l", "cider")
@@ -64,12 +64,16 @@ class Arm:
 
 @dataclass(frozen=True)
 class Obs:
-    """One value a record contributes to one cell (paper units; None with a reason if absent)."""
+    """One value a record contributes to one cell (paper units; None with a reason if absent). For an
+    accuracy also its binomial standard error from the finite evaluation set, and the score of each
+    example (to compare two cells example by example)."""
 
     row: str
     column: str
     value: float | None
     problem: str | None = None
+    sampling_se: float | None = None
+    examples: ExampleScores | None = None
 
 
 SCORE_LATER_HINT = ("predictions saved, not scored yet (scoring=later): run `python -m peftrepro.scoring "
@@ -85,7 +89,10 @@ def _metric_obs(record: Record, row: str, column: str, metric: str) -> Obs:
     raw = record.metrics.get(metric)
     if raw is None:
         return Obs(row, column, None, f"metric {metric} not in the record (e.g. METEOR without Java)")
-    return Obs(row, column, to_paper_unit(metric, float(raw)))
+    examples = record.sample_size(metric)
+    se = (float(raw) * (1 - float(raw)) / examples) ** 0.5 if examples else None  # binomial
+    return Obs(row, column, to_paper_unit(metric, float(raw)),
+               sampling_se=None if se is None else to_paper_unit(metric, se), examples=record.example_scores(metric))
 
 
 def _params_obs(record: Record, row: str, column: str) -> Obs:

@@ -1,17 +1,18 @@
-"""The claims check: held / not held / inconclusive from the seed spread."""
+"""The claims check: held / not held / inconclusive from the seed spread and the evaluation sample."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from peftrepro.aggregate import build_table
+from peftrepro.aggregate import build_table, parse_record
 from peftrepro.tables import TABLES
 from peftrepro.claims import HELD, INCONCLUSIVE, NOT_HELD, Cell, beats, evaluate, matches_or_beats
 
 
-
-def cell(mean: float, std: float = 0.1, n: int = 3) -> Cell:
-    return Cell("x", mean, std, n, "ok")
+def cell(mean: float, std: float = 0.1, n: int = 3, sampling_se: float = 0.0) -> Cell:
+    return Cell("x", mean, std, n, "ok", sampling_se)
 
 
 @pytest.mark.parametrize("compare,a,b,verdict", [
@@ -24,6 +25,11 @@ def cell(mean: float, std: float = 0.1, n: int = 3) -> Cell:
     (matches_or_beats, cell(50.0), cell(60.0), NOT_HELD),
     (matches_or_beats, cell(60.0), cell(50.0), HELD),
     (matches_or_beats, cell(60.0, n=1), cell(50.0, n=1), INCONCLUSIVE),
+    # the same 4-point gap with no seed spread: the evaluation sample's error alone decides
+    (beats, cell(54.0, std=0.0), cell(50.0, std=0.0), HELD),
+    (beats, cell(54.0, std=0.0, sampling_se=3.5), cell(50.0, std=0.0, sampling_se=3.5), INCONCLUSIVE),
+    (matches_or_beats, cell(50.0, std=0.0, sampling_se=3.5), cell(54.0, std=0.0, sampling_se=3.5), HELD),
+    (matches_or_beats, cell(50.0, std=0.0, sampling_se=1.0), cell(54.0, std=0.0, sampling_se=1.0), NOT_HELD),
 ])
 def test_comparisons(compare, a, b, verdict):
     assert compare(a, b).verdict == verdict
@@ -47,7 +53,63 @@ def test_weight_type_claim_on_records(runs_dir, write, make_record, qv, q, verdi
     assert all(c.verdict == INCONCLUSIVE for c in claims if c.text.startswith("MultiNLI"))
 
 
+def mnli_predictions(correct: int, premise: str = "p") -> str:
+    """200 matched rows (then 200 mismatched), the first `correct` matched ones right."""
+    rows = [{"premise": f"{premise}{i}", "hypothesis": "h", "subset": "matched", "correct": i < correct}
+            for i in range(200)]
+    rows += [{"premise": f"m{i}", "hypothesis": "h", "subset": "mismatched", "correct": True} for i in range(200)]
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+@pytest.mark.parametrize("predictions,verdict,evidence", [
+    # no predictions saved: the binomial error of each cell, as if independent: 2 SE = 10 points
+    (None, INCONCLUSIVE, "Δ = +4.00 ± 9.98 (seeds ± 0.00, eval set ± 9.98 unpaired)"),
+    # the same examples, W_q,W_v right on 8 more of them and wrong on none that W_q gets right: a
+    # paired test sees 8 discordant examples, all one way (2 SE = 2.78 points)
+    ("paired", HELD, "Δ = +4.00 ± 2.78 (seeds ± 0.00, eval set ± 2.78 paired over 200 examples)"),
+    # predictions of different examples cannot be paired: back to the unpaired bound
+    ("other examples", INCONCLUSIVE, "Δ = +4.00 ± 9.98 (seeds ± 0.00, eval set ± 9.98 unpaired)"),
+])
+def test_an_accuracy_gap_is_judged_against_the_evaluation_sets_error(runs_dir, write, make_record,
+                                                                     predictions, verdict, evidence):
+    # seeds agree exactly, so the seed spread alone would call any gap a win
+    for seed in range(2):
+        for ranks, correct, premise in (({"W_q": 4, "W_v": 4}, 108, "p"),
+                                        ({"W_q": 8}, 100, "q" if predictions == "other examples" else "p")):
+            record = make_record("table_weight_type", "mnli", {"name": "lora", "ranks": ranks}, seed,
+                                 {"accuracy_m": correct / 200})
+            path = write(record | {"eval_notes": {"examples": {"matched": 200, "mismatched": 200}}})
+            if predictions:
+                (path.parent / "predictions.jsonl").write_text(mnli_predictions(correct, premise))
+    claims = evaluate(build_table(TABLES["table_weight_type"], runs_dir))
+    claim = next(c for c in claims if c.text.startswith("MultiNLI: adapting W_q,W_v (r=4) beats W_q alone"))
+    assert (claim.verdict, claim.evidence.split(": ", 1)[1]) == (verdict, evidence)
+
+
+@pytest.mark.parametrize("metric,notes,size", [
+    ("accuracy_m", {"examples": {"matched": 200, "mismatched": 150}}, 200),
+    ("accuracy_mm", {"examples": {"matched": 200, "mismatched": 150}}, 150),
+    ("lf_accuracy", {"examples": 200, "unparseable": 17}, 200),
+    ("bleu", {"mrs": 200, "references": 1666}, None),  # a corpus metric: no binomial error
+    ("accuracy_m", {}, None),  # a record that did not keep the count
+])
+def test_sample_size_of_a_metric(make_record, tmp_path, metric, notes, size):
+    record = make_record("table_methods", "mnli", {"name": "lora"}, 0, {metric: 0.5}) | {"eval_notes": notes}
+    assert parse_record(tmp_path / "record.json", record).sample_size(metric) == size
+
+
 @pytest.mark.parametrize("name", list(TABLES))
 def test_every_table_has_claims_even_when_empty(runs_dir, name):
     claims = evaluate(build_table(TABLES[name], runs_dir))
     assert claims and all(c.verdict == INCONCLUSIVE for c in claims)
+
+
+@pytest.mark.parametrize("second_premise,expected", [("p", (100.0, 50.0, 0.0)), ("q", None)])
+def test_a_cells_example_scores_are_the_mean_over_its_seeds(runs_dir, write, make_record, second_premise, expected):
+    # seed 0 gets examples 0 and 1 right, seed 1 only example 0; seeds scored on other examples do not mix
+    for seed, correct, premise in ((0, 2, "p"), (1, 1, second_premise)):
+        record = make_record("table_weight_type", "mnli", {"name": "lora", "ranks": {"W_q": 8}}, seed,
+                             {"accuracy_m": correct / 200})
+        (write(record).parent / "predictions.jsonl").write_text(mnli_predictions(correct, premise))
+    examples = build_table(TABLES["table_weight_type"], runs_dir).stats("mnli", "W_q")["examples"]
+    assert (examples.scores[:3] if examples else None) == expected
