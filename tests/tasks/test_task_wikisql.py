@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from peftrepro.errors import ConfigError, DataError
@@ -79,7 +81,7 @@ def test_execution_on_the_in_memory_table(sql, result):
     assert TableDatabase().execute(TABLE, sql) == result
 
 
-def test_score_counts_unparseable_missing_header_and_ambiguous_tables():
+def test_score_counts_unparseable_missing_header_and_ambiguous_tables(caplog):
     gold = {"sel": 0, "agg": 0, "conds": [[1, 0, 31]]}
     ambiguous = {**TABLE, "id": "1-1-2", "ambiguous_rows": [0]}
     examples = [{"sql": gold, "table": TABLE},  # exact
@@ -89,7 +91,11 @@ def test_score_counts_unparseable_missing_header_and_ambiguous_tables():
                 {"sql": gold, "table": None}]  # no header: could not be prompted
     predictions = ["SELECT Player FROM t WHERE No. = 31", "SELECT Player FROM t WHERE No. > 30",
                    "SELECT SELECT", "SELECT Player FROM t WHERE No. = '31'", None]
-    scores = score_wikisql(predictions, examples)
+    with caplog.at_level(logging.INFO, logger="peftrepro.metrics.wikisql"):
+        scores = score_wikisql(predictions, examples)
+    # one line for the run, not one per output (each is in the predictions file)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO] == [
+        "wikisql: 1 of 5 outputs are not SQL of the table's columns; scored wrong"]
     assert scores.metrics == {"lf_accuracy": pytest.approx(2 / 5), "ex_accuracy": pytest.approx(2 / 3)}
     assert [row["lf_correct"] for row in scores.rows] == [True, False, False, True, False]
     assert [row["ex_correct"] for row in scores.rows] == [True, True, False, None, None]

@@ -251,12 +251,15 @@ def score_wikisql(predictions: Sequence[str | None], examples: Sequence[Mapping[
         parsed = parse_sql(text, table["header"])
         if parsed is None:
             counts["unparseable"] += 1
-            log.info("wikisql: unparseable output %r (table %s)", text, table["id"])
+            log.debug("wikisql: unparseable output %r (table %s)", text, table["id"])
         lf_ok = same_logical_form(parsed, gold)
         ex_ok = _execution_match(database, table, parsed, gold, counts)
         lf_correct += lf_ok
         ex_correct += bool(ex_ok)
         rows.append({"parsed": parsed, "lf_correct": lf_ok, "ex_correct": ex_ok})
+    if counts["unparseable"]:  # each one is in the predictions file, "parsed": null
+        log.info("wikisql: %d of %d outputs are not SQL of the table's columns; scored wrong",
+                 counts["unparseable"], len(examples))
     metrics = {"lf_accuracy": lf_correct / len(examples) if examples else 0.0}
     if counts["ex_evaluated"]:
         metrics["ex_accuracy"] = ex_correct / counts["ex_evaluated"]
