@@ -197,8 +197,8 @@ def latest_per_run_key(records: Sequence[Record]) -> list[Record]:
 # Summarising: one line per cell
 # ----------------------------------------------------------------------------------------------
 
-SUMMARY_COLUMNS = ("row", "column", "mean", "std", "sampling_se", "examples", "n", "seeds", "values", "problems",
-                   "paper", "paper_printed", "paper_ref", "status", "hardware")
+SUMMARY_COLUMNS = ("row", "column", "mean", "std", "sampling_se", "examples", "n", "seeds", "values",
+                   "problems", "paper", "paper_printed", "paper_ref", "status", "hardware")
 
 
 @dataclass
