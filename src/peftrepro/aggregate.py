@@ -7,12 +7,12 @@ Reads `results/runs/**/record.json` and, for accuracies, the `predictions.jsonl`
 claims pair two cells example by example), and nothing else: tables are a pure function of the run
 folders plus `peftrepro/data/paper.csv`; each table's layout is its spec in `peftrepro.tables`. Per
 experiment and run key the latest record (`created_at`) wins; unreadable records are reported and
-skipped. Each table is
-written as `<out>/<table>.csv` (wide, numeric: mean, std, n and the paper's value per paper column)
-and `<out>/<table>.md` (laid out like the paper's table, each cell "ours mean ± std (n) · paper
-value"), with what is missing or failed listed under it, the paper's choices and ambiguities, and
-the paper's claims checked on our numbers (`peftrepro.claims`). Our raw metrics are scaled to the
-paper's printed unit (`peftrepro.paper.PAPER_SCALE`: accuracies, BLEU, METEOR and ROUGE-L ×100).
+skipped. Each table is written as `<out>/<table>.csv` (wide, numeric: mean, std, n and the paper's
+value per paper column) and `<out>/<table>.md` (laid out like the paper's table, each cell "ours
+mean ± std (n) · paper value"), with what is missing or failed listed under it, the paper's choices
+and ambiguities, and the paper's claims checked on our numbers (`peftrepro.claims`). Our raw metrics
+are scaled to the paper's printed unit (`peftrepro.paper.PAPER_SCALE`: accuracies, BLEU, METEOR and
+ROUGE-L ×100).
 
 Exit status: 0 when every table was written; with --strict, 1 when some expected cell is missing,
 failed or short of seeds (cells whose runs recorded status "not_applicable", e.g. BitFit on a model
@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import json
 import math
+import statistics
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -216,6 +217,12 @@ class TableResult:
     def stats(self, row: str, column: str) -> pd.Series:
         return self.cells.loc[(row, column)]
 
+    def cell_records(self, row: str, column: str) -> list[Record]:
+        """The records that give this cell its value (one per seed)."""
+        return [record for record in self.records
+                if any(o.row == row and o.column == column and o.value is not None
+                       for o in self.spec.observe(record) or ())]
+
     @property
     def incomplete(self) -> pd.DataFrame:
         return self.cells[self.cells["status"].isin(["missing", "failed", "partial", "unscored"])]
@@ -330,6 +337,22 @@ def format_cell(spec: TableSpec, cell: pd.Series, n_expected: int) -> str:
         text += f" ± {cell['std']:.{digits}f}"
     of = f" of {n_expected}" if cell["status"] == "partial" else ""
     return f"{text} (n={cell['n']}{of}){paper}"
+
+
+def training_text(records: Sequence[Record]) -> str:
+    """How a cell's runs trained, e.g. "0.92M trainable, lr 0.0005, 250 steps, final training loss
+    0.94 (mean of 2)": the facts that bear on why two methods' scores differ."""
+    if not records:
+        return "no run"
+    trainable = distinct(format_count(r.trainable / 1e6) for r in records if r.trainable)
+    steps = distinct((r.raw.get("training") or {}).get("steps") for r in records)
+    losses = [float(loss) for r in records if (loss := (r.raw.get("training") or {}).get("final_loss")) is not None]
+    parts = [f"{'/'.join(trainable)} trainable", f"lr {'/'.join(distinct(r.get('train.lr') for r in records))}",
+             f"{'/'.join(steps)} steps"]
+    if losses:
+        parts.append(f"final training loss {statistics.mean(losses):.2f}"
+                     + (f" (mean of {len(losses)})" if len(losses) > 1 else ""))
+    return ", ".join(parts)
 
 
 def layout(result: TableResult) -> pd.DataFrame:

@@ -17,6 +17,8 @@ binomial bound p_A(1−p_A)/N_A + p_B(1−p_B)/N_B stands in (conservative for "
 is the seed spread alone.
 A claim over several comparisons is not held if any is not held, else inconclusive if any is
 inconclusive, else held. Cells marked n/a (method not applicable to the model) are left out.
+A claim that is not held also says why that may be at this scale, and how the compared cells
+trained (trainable parameters, learning rate, steps, final training loss, from their records).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Cell:
     status: str
     sampling_se: float = 0.0  # binomial error of the mean from the evaluation set (0: not estimated)
     examples: ExampleScores | None = None  # per-example scores, mean over seeds (accuracies only)
+    training: str = ""  # how its runs trained (aggregate.training_text), quoted when a claim fails
 
     def __str__(self) -> str:
         if self.n == 0:
@@ -56,6 +59,7 @@ class Comparison:
     verdict: str
     evidence: str
     slack: float = math.inf  # how far the difference is from flipping the verdict (closest first)
+    cells: tuple[Cell, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class Claim:
     source: str
     verdict: str
     evidence: str
+    why: str = ""  # not held: why that may be at this scale, with how the compared cells trained
 
 
 @dataclass(frozen=True)
@@ -111,22 +116,40 @@ def _evidence(a: Cell, b: Cell, diff: Difference | str) -> str:
 def beats(a: Cell, b: Cell) -> Comparison:
     diff = _difference(a, b)
     if isinstance(diff, str):
-        return Comparison(INCONCLUSIVE, _evidence(a, b, diff))
+        return Comparison(INCONCLUSIVE, _evidence(a, b, diff), cells=(a, b))
     delta, margin = diff.delta, diff.margin
     verdict = HELD if delta - margin > 0 else NOT_HELD if delta + margin < 0 else INCONCLUSIVE
-    return Comparison(verdict, _evidence(a, b, diff), delta - margin)
+    return Comparison(verdict, _evidence(a, b, diff), delta - margin, (a, b))
 
 
 def matches_or_beats(a: Cell, b: Cell) -> Comparison:
     diff = _difference(a, b)
     if isinstance(diff, str):
-        return Comparison(INCONCLUSIVE, _evidence(a, b, diff))
+        return Comparison(INCONCLUSIVE, _evidence(a, b, diff), cells=(a, b))
     delta, margin = diff.delta, diff.margin
-    return Comparison(NOT_HELD if delta + margin < 0 else HELD, _evidence(a, b, diff), delta + margin)
+    return Comparison(NOT_HELD if delta + margin < 0 else HELD, _evidence(a, b, diff), delta + margin, (a, b))
 
 
-def combine(text: str, source: str, comparisons: Sequence[Comparison]) -> Claim:
-    """One verdict from several comparisons; the evidence shows the comparisons that decide it."""
+# Why a claim may fail at a small scale (quoted only under a claim that is not held, followed by
+# how the compared cells trained, read from their records). Specific reasons per claim are below.
+SCALE_WHY = ("The paper's claim is made on a far larger model (GPT-3 175B; GPT-2 M/L for E2E) trained "
+             "on the full data with learning rates tuned per method; here a small quantised model "
+             "trains a short schedule on a subset at one untuned learning rate per method, so either "
+             "side may be under- or over-fitted.")
+WHY_FEWER_MATRICES = ("The paper (§7.1) finds it better to spread a small budget over more weight "
+                      "matrices on GPT-3 175B; a small model may instead need a higher rank on fewer "
+                      "matrices.")
+WHY_LOW_RANK = ("The paper (§7.2) argues that the update has a very low intrinsic rank on GPT-3 175B; "
+                "a small model may need more directions. α is fixed across r, so the scale α/r also "
+                "changes with r.")
+WHY_FT = ("The paper's parity with full fine-tuning is on GPT-3 175B (and RoBERTa/DeBERTa with tuned "
+          "learning rates); a small model on a short schedule may need an update of higher rank than "
+          "LoRA's, which full fine-tuning is free to make (compare the final training losses).")
+
+
+def combine(text: str, source: str, comparisons: Sequence[Comparison], why: str = SCALE_WHY) -> Claim:
+    """One verdict from several comparisons; the evidence shows the comparisons that decide it.
+    A claim that is not held also says why that may be (`why`) and how the deciding cells trained."""
     if not comparisons:
         return Claim(text, source, INCONCLUSIVE, "no comparable cells")
     verdicts = {c.verdict for c in comparisons}
@@ -137,15 +160,21 @@ def combine(text: str, source: str, comparisons: Sequence[Comparison]) -> Claim:
     evidence = "; ".join(c.evidence for c in shown)
     if len(comparisons) > len(shown):
         evidence += f" (shown: {len(shown)} of {len(comparisons)} comparisons, those that decide the verdict)"
-    return Claim(text, source, verdict, evidence)
+    if verdict != NOT_HELD:
+        return Claim(text, source, verdict, evidence)
+    cells = {cell.label: cell for c in shown for cell in c.cells}  # each cell once, in order
+    trained = "; ".join(f"{label}: {cell.training}" for label, cell in cells.items())
+    return Claim(text, source, verdict, evidence, f"{why} As trained here: {trained}.")
 
 
 def _cell(result: TableResult, row: str, column: str, label: str) -> Cell:
+    from peftrepro.aggregate import training_text  # local: aggregate imports this module
+
     stats = result.stats(row, column)
     sampling_se = float(stats["sampling_se"])
     return Cell(label, float(stats["mean"]), float(stats["std"]) if stats["n"] > 1 else math.nan,
                 int(stats["n"]), str(stats["status"]), 0.0 if math.isnan(sampling_se) else sampling_se,
-                stats["examples"])
+                stats["examples"], training_text(result.cell_records(row, column)))
 
 
 TASKS = (("wikisql", "WikiSQL"), ("mnli", "MultiNLI"))
@@ -160,9 +189,9 @@ def _weight_type_claims(result: TableResult) -> list[Claim]:
         others = [cell(c) for c in columns if c != "W_q,W_k,W_v,W_o"]
         claims += [
             combine(f"{name}: adapting W_q,W_v (r=4) beats W_q alone (r=8) at an equal budget",
-                    "§7.1, Table 5", [beats(qv, q)]),
+                    "§7.1, Table 5", [beats(qv, q)], WHY_FEWER_MATRICES),
             combine(f"{name}: adapting W_q,W_v (r=4) beats W_k alone (r=8) at an equal budget",
-                    "§7.1, Table 5", [beats(qv, k)]),
+                    "§7.1, Table 5", [beats(qv, k)], WHY_FEWER_MATRICES),
             combine(f"{name}: all four (W_q,W_k,W_v,W_o at r=2) is best or tied",
                     "Table 5", [matches_or_beats(four, other) for other in others if other.status != "n/a"]),
         ]
@@ -177,12 +206,13 @@ def _rank_claims(result: TableResult) -> list[Claim]:
         qv_r1 = cell("W_q,W_v", "r=1")
         claims += [
             combine(f"{name}: r=1 is already competitive for W_q,W_v (matches or beats every larger r)",
-                    "§7.2, Table 6", [matches_or_beats(qv_r1, cell("W_q,W_v", r)) for r in ranks if r != "r=1"]),
+                    "§7.2, Table 6", [matches_or_beats(qv_r1, cell("W_q,W_v", r)) for r in ranks if r != "r=1"],
+                    WHY_LOW_RANK),
             combine(f"{name}: at r=1, W_q,W_v beats W_q alone (small r suffices more for W_q,W_v)",
-                    "§7.2, Table 6", [beats(qv_r1, cell("W_q", "r=1"))]),
+                    "§7.2, Table 6", [beats(qv_r1, cell("W_q", "r=1"))], WHY_LOW_RANK),
             combine(f"{name}: a larger rank does not help: r=8 matches or beats r=64 for every weight type",
                     "§7.2, Table 6", [matches_or_beats(cell(w, "r=8"), cell(w, "r=64"))
-                                      for w in ("W_q", "W_q,W_v", "W_q,W_k,W_v,W_o")]),
+                                      for w in ("W_q", "W_q,W_v", "W_q,W_k,W_v,W_o")], WHY_LOW_RANK),
         ]
     return claims
 
@@ -203,7 +233,7 @@ def _e2e_claims(result: TableResult) -> list[Claim]:
         combine("LoRA matches or beats every other parameter-efficient method on BLEU",
                 "§5.4, Table 3", [matches_or_beats(bleu["lora"], cell) for cell in peft]),
         combine("LoRA matches or beats full fine-tuning on BLEU", "§5.4, Table 3",
-                [matches_or_beats(bleu["lora"], bleu["ft"])]),
+                [matches_or_beats(bleu["lora"], bleu["ft"])], WHY_FT),
         combine("LoRA matches or beats every other method on all five metrics", "Table 3", all_metrics),
     ]
 
@@ -217,7 +247,7 @@ def _methods_claims(result: TableResult) -> list[Claim]:
                   if key not in ("ft", "lora_r1", "lora_r8") and cell.status != "n/a"]
         claims += [
             combine(f"{name}: LoRA (r_q=r_v=8) matches or beats full fine-tuning", "§5.5, Table 4",
-                    [matches_or_beats(lora, cells["ft"])]),
+                    [matches_or_beats(lora, cells["ft"])], WHY_FT),
             combine(f"{name}: LoRA (r_q=r_v=8) matches or beats every other adaptation method "
                     "(BitFit, PreEmbed, PreLayer, Adapter^H)", "§5.5, Table 4",
                     [matches_or_beats(lora, cell) for cell in others]),
@@ -245,6 +275,8 @@ def render(claims: Sequence[Claim]) -> list[str]:
     lines = ["| Paper's claim | Where | On our numbers | Evidence (mean ± std (n); Δ ± 2·SE) |",
              "|---|---|---|---|"]
     lines += [f"| {c.text} | {c.source} | **{c.verdict}** | {c.evidence} |" for c in claims]
+    if reasons := [f"- Not held: {c.text}. {c.why}" for c in claims if c.why]:
+        lines += ["", *reasons]
     lines += ["", "Rule: 'beats' is held when the difference of means exceeds 2 standard errors of the "
               "difference, not held below −2 SE, inconclusive in between; 'matches or beats' is not held "
               "only when the other cell is better by more than 2 SE. Fewer than 2 seeds or a missing cell: "

@@ -8,7 +8,8 @@ import pytest
 
 from peftrepro.aggregate import build_table, parse_record
 from peftrepro.tables import TABLES
-from peftrepro.claims import HELD, INCONCLUSIVE, NOT_HELD, Cell, beats, evaluate, matches_or_beats
+from peftrepro.claims import (HELD, INCONCLUSIVE, NOT_HELD, WHY_FEWER_MATRICES, Cell, beats, evaluate,
+                              matches_or_beats, render)
 
 
 def cell(mean: float, std: float = 0.1, n: int = 3, sampling_se: float = 0.0) -> Cell:
@@ -51,6 +52,20 @@ def test_weight_type_claim_on_records(runs_dir, write, make_record, qv, q, verdi
     assert claim.verdict == verdict
     # the MultiNLI half of the table has no records: its claims cannot be judged
     assert all(c.verdict == INCONCLUSIVE for c in claims if c.text.startswith("MultiNLI"))
+
+
+def test_a_claim_not_held_says_why_and_how_the_cells_trained(runs_dir, write, make_record):
+    for record in weight_type_records(make_record, qv=0.5, q=0.6):
+        record["training"] = {"steps": 250, "final_loss": 0.9 if "W_v" in record["method"]["ranks"] else 0.7}
+        write(record)
+    claims = evaluate(build_table(TABLES["table_weight_type"], runs_dir))
+    failed = next(c for c in claims if c.text.startswith("WikiSQL: adapting W_q,W_v (r=4) beats W_q alone"))
+    assert failed.verdict == NOT_HELD
+    assert failed.why == (f"{WHY_FEWER_MATRICES} As trained here: W_q,W_v: 1K trainable, lr 0.0002, "
+                          "250 steps, final training loss 0.90 (mean of 3); W_q: 1K trainable, lr 0.0002, "
+                          "250 steps, final training loss 0.70 (mean of 3).")
+    assert f"- Not held: {failed.text}. {failed.why}" in render(claims)
+    assert all(not c.why for c in claims if c.verdict != NOT_HELD)
 
 
 def mnli_predictions(correct: int, premise: str = "p") -> str:
