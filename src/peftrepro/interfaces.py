@@ -32,6 +32,11 @@ class PromptWrap:
     def is_empty(self) -> bool:
         return not self.prefix_ids and not self.infix_ids
 
+    @property
+    def n_virtual(self) -> int:
+        """Positions the wrap adds to every sequence, on top of the example's own tokens."""
+        return len(self.prefix_ids) + len(self.infix_ids)
+
 
 NO_PROMPT_WRAP = PromptWrap()
 

@@ -50,6 +50,11 @@ def load_model(model_cfg: Mapping[str, Any]) -> tuple[PreTrainedModel, PreTraine
     return model, tokenizer
 
 
+def context_length(model: PreTrainedModel) -> int | None:
+    """Positions the model can attend over (GPT-2's n_positions, Llama's max_position_embeddings)."""
+    return getattr(model.config, "max_position_embeddings", None)
+
+
 def describe(model: PreTrainedModel, model_cfg: Mapping[str, Any]) -> dict[str, str]:
     """The `model` block of a run record."""
     source = str(model_cfg.get("source"))

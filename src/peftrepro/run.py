@@ -25,7 +25,7 @@ import shutil
 import time
 import traceback
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -276,7 +276,7 @@ class _Run:
 
     def _set_up(self) -> "_Setup":
         from peftrepro.methods import apply_method, count_parameters
-        from peftrepro.models import describe, load_model
+        from peftrepro.models import context_length, describe, load_model
 
         plan, config = self.plan, self.plan.config
         began = time.perf_counter()
@@ -290,6 +290,8 @@ class _Run:
         self.partial["model"] = describe(model, config["model"])
         _fail_if(config, "setup")
         applied = apply_method(model, plan.method_config)
+        settings = replace(plan.settings, max_length=_sequence_length(plan, applied.prompt.n_virtual,
+                                                                     context_length(model)))
         trainable, total = count_parameters(model)
         self.partial["params"] = {"trainable": int(trainable), "total": int(total)}
         device = _device(config)
@@ -300,12 +302,12 @@ class _Run:
                                 "source": plan.data_source,
                                 "train_tokens_per_epoch": sum(len(e.input_ids) for e in encoded)}
         self.timings["load_s"] = time.perf_counter() - began
-        return _Setup(model, tokenizer, applied, encoded, eval_rows, device)
+        return _Setup(model, tokenizer, applied, encoded, eval_rows, device, settings)
 
     def _train_and_evaluate(self, setup: "_Setup", staging: Path, tracker: "_Tracker") -> dict[str, Any]:
         from peftrepro.methods import save_adapter
 
-        plan, config, settings = self.plan, self.plan.config, self.plan.settings
+        plan, config, settings = self.plan, self.plan.config, setup.settings
         num_steps = total_steps(len(setup.encoded), settings)
         state = make_train_state(setup.model, settings, num_steps, warmup_steps(setup.encoded, settings),
                                  setup.device)
@@ -416,6 +418,19 @@ class _Setup:
     encoded: list
     eval_rows: list
     device: torch.device
+    settings: TrainSettings  # the plan's, with the longest sequence this method makes
+
+
+def _sequence_length(plan: RunPlan, n_virtual: int, context: int | None) -> int:
+    """The longest training sequence: the example's own tokens (train.max_length) plus the method's
+    virtual tokens, which must fit the model's context (prefix tuning spends context, paper §3)."""
+    length = plan.settings.max_length + n_virtual
+    if context is not None and length > context:
+        raise ConfigError(
+            f"train.max_length={plan.settings.max_length} example tokens + {n_virtual} virtual tokens of "
+            f"method {plan.method_config.name!r} = {length} exceed the model's context of {context} "
+            f"positions; lower task.max_length or method.prefix_length / method.infix_length")
+    return length
 
 
 def _score(row: Mapping[str, Any], metric: str) -> float:

@@ -140,6 +140,9 @@ COMMON_CHOICES = (
     ("eval examples (limit)", "task.max_eval_examples"),
     ("evaluate every epoch, report the best", "train.eval_every_epoch"),
 )
+PREFIX_LENGTH_NOTE = ("Sequence length: task.max_length bounds each example's own tokens, and a prefix method's "
+                      "l_p + l_i virtual tokens come on top, so every method sees the same text; the paper "
+                      "does not say whether its sequence lengths (D.3, D.4) count them.")
 ACCURACY_NOTES = (
     "Paper numbers are GPT-3 175B (96 layers, d_model 12288); ours come from a much smaller model, "
     "so compare the ordering of cells, not their level.",
@@ -309,6 +312,7 @@ TABLE_E2E = TableSpec(
         "(2021), not its own runs; ours are all our runs with one shared recipe.",
         "Length penalty: Table 11 says 0.9 for E2E, the official README command uses 0.8 (see the "
         "'length penalty' line above for ours).",
+        PREFIX_LENGTH_NOTE,
         "The paper's LoRA count 0.35M does not match its formula (2×48×1024×4 = 0.39M); adapter "
         "bottleneck sizes are not stated: ours are back-solved from the printed counts "
         "(Adapter^L r=6 -> 0.37M, r=224 -> 11.09M with one adapter and LayerNorm per block in GPT-2 M; "
@@ -367,6 +371,7 @@ TABLE_METHODS = TableSpec(
         "it; its run records status not_applicable and the row shows n/a with the reason. "
         "The paper's 14.2M has no stated formula (UNCONFIRMED).",
         "The paper's PrefixLayer counts are 4–8% above its own formula L × d_model × (l_p + l_i).",
+        PREFIX_LENGTH_NOTE,
     ),
     digits={PARAMS: 3},
 )

@@ -53,6 +53,13 @@ def test_smoke_run_writes_a_complete_record(smoke, tmp_path: Path, task: str, me
         assert record["params"]["trainable"] == record["params"]["total"]
 
 
+def test_prefix_longer_than_max_length_trains_on_the_whole_example(smoke, tmp_path: Path) -> None:
+    # 24 + 8 virtual tokens on top of 16 tokens of each example (PreEmbed at mini: 264 on top of 256)
+    record = run_one(smoke("task=mnli", "method=prefix_embed", "task.max_length=16", "method.prefix_length=24"))
+    assert record["status"] == "ok"
+    assert record["data"]["train_tokens_per_epoch"] == record["data"]["train_examples"] * (16 + 24 + 8)
+
+
 def test_rerun_is_skipped_unless_forced_and_same_seed_repeats(smoke, tmp_path: Path) -> None:
     cfg = smoke("task=mnli", "method=ft")
     first = run_one(cfg)
@@ -106,6 +113,8 @@ def test_wandb_runs_are_finished_one_by_one_even_when_a_run_fails(smoke, tmp_pat
     (["train.epochs=0"], PeftReproError, "zero training steps"),
     (["use_fixtures=false", "data_root=/nonexistent/data"], PeftReproError, "data_root=/nonexistent/data"),
     (["method.r=0"], PeftReproError, "r"),
+    (["method=prefix_embed", "method.prefix_length=900"], PeftReproError,
+     r"train\.max_length=512 example tokens \+ 908 virtual tokens .* exceed the model's context of 1024"),
     (["model=nope"], HydraException, "model/nope"),
     (["method=nope"], HydraException, "method/nope"),
     (["task=nope"], HydraException, "task/nope"),

@@ -63,3 +63,17 @@ def test_virtual_tokens_wrap_the_prompt(fixture_root, tokenizer, name):
 def test_truncation_keeps_the_target(max_length, expected_ids, expected_labels):
     encoded = encode_pair([1, 2, 3, 4, 5], [6, 7, 8], NO_PROMPT_WRAP, max_length)
     assert encoded.input_ids == expected_ids and encoded.labels == expected_labels
+
+
+@pytest.mark.parametrize("max_length, expected_ids", [
+    (20, [90, 91, 1, 2, 3, 4, 5, 92, 6, 7, 8]),
+    (6, [90, 91, 3, 4, 5, 92, 6, 7, 8]),  # the same text as without the wrap
+    (2, [90, 91, 92, 6, 7]),
+])
+def test_virtual_tokens_come_on_top_of_max_length(max_length, expected_ids):
+    # more virtual tokens than max_length: the example still keeps max_length tokens of its own
+    wrap = PromptWrap(prefix_ids=(90, 91), infix_ids=(92,))
+    encoded = encode_pair([1, 2, 3, 4, 5], [6, 7, 8], wrap, max_length)
+    assert encoded.input_ids == expected_ids
+    assert [t for t in encoded.input_ids if t < 90] == encode_pair([1, 2, 3, 4, 5], [6, 7, 8], NO_PROMPT_WRAP,
+                                                                   max_length).input_ids

@@ -27,7 +27,9 @@ class TaskOptions:
     eval_split: str = "test"
     max_train_examples: int | None = None  # None = the whole split
     max_eval_examples: int | None = None
-    max_length: int = 512  # tokens per training sequence (prompt is cut from the left beyond it)
+    # the example's own tokens per training sequence (prompt + target; the prompt is cut from the
+    # left beyond it). A prefix method's virtual tokens come on top, so every method sees the same text.
+    max_length: int = 512
 
 
 Options = TypeVar("Options", bound=TaskOptions)
@@ -81,21 +83,21 @@ def fit_prompt(prompt_ids: list[int], budget: int) -> list[int]:
 def encode_pair(prompt_ids: list[int], target_ids: list[int], wrap: PromptWrap, max_length: int) -> EncodedExample:
     """`prefix + prompt + infix + target`, labels only on the target.
 
-    Over `max_length`, the prompt loses tokens from its start; a target longer than the room
-    left loses its end (the loss still covers what remains).
+    `max_length` bounds the example's own tokens (prompt + target); the wrap's virtual tokens come
+    on top. Over it, the prompt loses tokens from its start; a target longer than `max_length`
+    loses its end (the loss still covers what remains).
     """
-    room = max_length - len(wrap.prefix_ids) - len(wrap.infix_ids)
-    target_ids = target_ids[:room]
-    prompt_ids = fit_prompt(prompt_ids, room - len(target_ids))
+    target_ids = target_ids[:max_length]
+    prompt_ids = fit_prompt(prompt_ids, max_length - len(target_ids))
     context = [*wrap.prefix_ids, *prompt_ids, *wrap.infix_ids]
     return EncodedExample(input_ids=context + target_ids,
                           labels=[IGNORE_INDEX] * len(context) + list(target_ids))
 
 
 def wrapped_prompt(prompt_ids: list[int], wrap: PromptWrap, max_prompt_tokens: int) -> list[int]:
-    """The generation context: the prompt (cut from the left to fit) inside the method's wrap."""
-    room = max_prompt_tokens - len(wrap.prefix_ids) - len(wrap.infix_ids)
-    return [*wrap.prefix_ids, *fit_prompt(prompt_ids, room), *wrap.infix_ids]
+    """The generation context: the prompt (cut from the left to `max_prompt_tokens`) inside the
+    method's wrap."""
+    return [*wrap.prefix_ids, *fit_prompt(prompt_ids, max_prompt_tokens), *wrap.infix_ids]
 
 
 # ----------------------------------------------------------------------------- model helpers
