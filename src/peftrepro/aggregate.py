@@ -50,6 +50,9 @@ PROPORTION_METRICS: dict[str, tuple[str, str | None]] = {
     "accuracy_mm": ("correct", "mismatched"),
     "lf_accuracy": ("lf_correct", None),
 }
+# A run whose last logged training loss is above this share of its first barely trained: its score
+# reflects a failed fit (e.g. a learning rate far too small for the tensors it trains), not the method.
+BARELY_TRAINED_RATIO = 0.9
 # the fields of a predictions row that name its example (so two runs' rows can be paired)
 EXAMPLE_ID_FIELDS = {"mnli": ("premise", "hypothesis"), "wikisql": ("table_id", "question")}
 
@@ -105,6 +108,15 @@ class Record:
             return "unrecorded hardware"
         precision = self.get("train.precision") or "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU
         return f"{where} ({'bf16 autocast' if precision == 'bf16' or (precision == 'auto' and on_gpu) else 'fp32'})"
+
+    @property
+    def barely_trained(self) -> str | None:
+        """"loss 12.41 at step 10 → 12.30 at step 250" when training barely lowered the loss, else None."""
+        training = self.raw.get("training") or {}
+        curve, last = training.get("loss_curve") or [], training.get("final_loss")
+        if not curve or last is None or last <= BARELY_TRAINED_RATIO * curve[0][1]:
+            return None
+        return f"loss {curve[0][1]:.2f} at step {curve[0][0]} → {last:.2f} at step {training.get('steps')}"
 
     def sample_size(self, metric: str) -> int | None:
         """How many examples a proportion metric (an accuracy) was computed on; None for corpus
@@ -461,6 +473,12 @@ def incomplete_lines(result: TableResult) -> list[str]:
     for _, cell in metric_cells[metric_cells["hardware"].map(len) > 1].iterrows():
         lines.append(f"- MIXED HARDWARE {row_label[cell['row']]} × {col_label[cell['column']]}: its seeds ran on "
                      f"{' and '.join(cell['hardware'])}; the spread includes the difference")
+    for record in result.records:
+        if problem := record.barely_trained:
+            cells = ", ".join(f"{row_label[o.row]} × {col_label[o.column]}" for o in spec.observe(record) or ()
+                              if o.value is not None and PARAMS not in (o.row, o.column))
+            lines.append(f"- BARELY TRAINED {cells}, seed {record.seed} (`{record.run_key}`): training {problem}; "
+                         "its score reflects a failed fit, not the method, and no claim is judged on it")
     for record in result.unplaced:
         lines.append(f"- NOT PLACED {record.path}: task {record.task}, method {dict(record.method)} "
                      "matches no cell of this table (changed experiment file?)")

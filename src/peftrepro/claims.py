@@ -5,7 +5,8 @@ Each claim is a comparison between cells of one of our tables and gets a verdict
   when it is below −2 SE, otherwise inconclusive.
 - "A matches or beats B": not held when B is better by more than 2 SE, otherwise held ("tied"
   means within 2 SE, so a wide error makes ties easy: read the evidence).
-- Either is inconclusive when a cell is missing or has fewer than 2 seeds (no spread to judge by).
+- Either is inconclusive when a cell is missing or has fewer than 2 seeds (no spread to judge by),
+  or when a run of it barely lowered its training loss (a failed fit says nothing of the method).
 SE² = s_A²/n_A + s_B²/n_B (the seed spread) + the error from the finite evaluation set. Every
 seed is scored on the same N examples, so that error does not shrink with seeds. For accuracies it
 is paired: both cells are scored on the same examples, so it is sd(d)²/N over the per-example
@@ -46,6 +47,7 @@ class Cell:
     sampling_se: float = 0.0  # binomial error of the mean from the evaluation set (0: not estimated)
     examples: ExampleScores | None = None  # per-example scores, mean over seeds (accuracies only)
     training: str = ""  # how its runs trained (aggregate.training_text), quoted when a claim fails
+    barely_trained: str = ""  # runs whose training barely lowered the loss (aggregate.Record.barely_trained)
 
     def __str__(self) -> str:
         if self.n == 0:
@@ -105,6 +107,8 @@ def _difference(a: Cell, b: Cell) -> Difference | str:
             return f"{cell.label} has no result"
         if cell.n < 2:
             return f"{cell.label} has one seed, so no spread"
+        if cell.barely_trained:
+            return f"{cell.label} barely trained ({cell.barely_trained}), so its score says nothing of the method"
     sample, how = _sample_error(a, b)
     return Difference(a.mean - b.mean, Z * math.sqrt(a.std ** 2 / a.n + b.std ** 2 / b.n), Z * sample, how)
 
@@ -172,9 +176,11 @@ def _cell(result: TableResult, row: str, column: str, label: str) -> Cell:
 
     stats = result.stats(row, column)
     sampling_se = float(stats["sampling_se"])
+    records = result.cell_records(row, column)
+    barely = "; ".join(f"seed {r.seed}: {r.barely_trained}" for r in records if r.barely_trained)
     return Cell(label, float(stats["mean"]), float(stats["std"]) if stats["n"] > 1 else math.nan,
                 int(stats["n"]), str(stats["status"]), 0.0 if math.isnan(sampling_se) else sampling_se,
-                stats["examples"], training_text(result.cell_records(row, column)))
+                stats["examples"], training_text(records), barely)
 
 
 TASKS = (("wikisql", "WikiSQL"), ("mnli", "MultiNLI"))
@@ -279,11 +285,11 @@ def render(claims: Sequence[Claim]) -> list[str]:
         lines += ["", *reasons]
     lines += ["", "Rule: 'beats' is held when the difference of means exceeds 2 standard errors of the "
               "difference, not held below −2 SE, inconclusive in between; 'matches or beats' is not held "
-              "only when the other cell is better by more than 2 SE. Fewer than 2 seeds or a missing cell: "
-              "inconclusive. The SE adds the seed spread (s²/n per cell) and, for accuracies, the error "
-              "from the finite evaluation set, which more seeds do not shrink (the same N examples score "
-              "every seed): paired, sd(d)²/N over the per-example differences d of the two cells' "
-              "saved predictions (averaged over seeds); where those are missing, the unpaired binomial "
-              "p(1−p)/N of each cell. Corpus metrics (BLEU and the other E2E scores): the seed spread "
-              "alone."]
+              "only when the other cell is better by more than 2 SE. Fewer than 2 seeds, a missing cell or "
+              "a run that barely lowered its training loss: inconclusive. The SE adds the seed spread "
+              "(s²/n per cell) and, for accuracies, the error from the finite evaluation set, which more "
+              "seeds do not shrink (the same N examples score every seed): paired, sd(d)²/N over the "
+              "per-example differences d of the two cells' saved predictions (averaged over seeds); where "
+              "those are missing, the unpaired binomial p(1−p)/N of each cell. Corpus metrics (BLEU and "
+              "the other E2E scores): the seed spread alone."]
     return lines

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from peftrepro.aggregate import build_table, parse_record
+from peftrepro.aggregate import build_table, incomplete_lines, parse_record
 from peftrepro.tables import TABLES
 from peftrepro.claims import (HELD, INCONCLUSIVE, NOT_HELD, WHY_FEWER_MATRICES, Cell, beats, evaluate,
                               matches_or_beats, render)
@@ -66,6 +66,21 @@ def test_a_claim_not_held_says_why_and_how_the_cells_trained(runs_dir, write, ma
                           "250 steps, final training loss 0.70 (mean of 3).")
     assert f"- Not held: {failed.text}. {failed.why}" in render(claims)
     assert all(not c.why for c in claims if c.verdict != NOT_HELD)
+
+
+def test_a_cell_that_barely_trained_is_listed_and_judges_no_claim(runs_dir, write, make_record):
+    for record in weight_type_records(make_record, qv=0.6, q=0.3):
+        broken = record["method"]["ranks"] == {"W_q": 8} and record["seed"] == 1  # loss 12.4 → 12.3
+        record["training"] = {"steps": 250, "loss_curve": [[10, 12.4 if broken else 2.3]],
+                              "final_loss": 12.3 if broken else 0.9}
+        write(record)
+    result = build_table(TABLES["table_weight_type"], runs_dir)
+    claim = next(c for c in evaluate(result)
+                 if c.text.startswith("WikiSQL: adapting W_q,W_v (r=4) beats W_q alone"))
+    assert claim.verdict == INCONCLUSIVE  # 60 against 30 would be held, but W_q's fit failed at seed 1
+    assert "W_q barely trained (seed 1: loss 12.40 at step 10 → 12.30 at step 250)" in claim.evidence
+    listed = [line for line in incomplete_lines(result) if line.startswith("- BARELY TRAINED")]
+    assert len(listed) == 1 and "WikiSQL (±0.5%) × W_q, seed 1" in listed[0]
 
 
 def mnli_predictions(correct: int, premise: str = "p") -> str:
