@@ -111,7 +111,7 @@ class Record:
 
     @property
     def barely_trained(self) -> str | None:
-        """"loss 12.41 at step 10 → 12.30 at step 250" when training barely lowered the loss, else None."""
+        """Why the run barely trained, e.g. "loss 12.41 at step 10 → 12.30 at step 250"; None if it trained."""
         training = self.raw.get("training") or {}
         curve, last = training.get("loss_curve") or [], training.get("final_loss")
         if not curve or last is None or last <= BARELY_TRAINED_RATIO * curve[0][1]:
