@@ -225,15 +225,16 @@ class TableResult:
     superseded: int            # records replaced by a later record of the same run key (this table)
     replaced: int = 0          # runs replaced by a later run of the same cell and seed (other run key)
     other_profiles: list[str] = field(default_factory=list)  # profiles with records, not tabulated here
+    # (row, column) -> run keys of the records that give the cell its value, one per seed
+    sources: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
     def stats(self, row: str, column: str) -> pd.Series:
         return self.cells.loc[(row, column)]
 
     def cell_records(self, row: str, column: str) -> list[Record]:
         """The records that give this cell its value (one per seed)."""
-        return [record for record in self.records
-                if any(o.row == row and o.column == column and o.value is not None
-                       for o in self.spec.observe(record) or ())]
+        keys = self.sources.get((row, column), [])
+        return [record for record in self.records if record.run_key in keys]
 
     @property
     def incomplete(self) -> pd.DataFrame:
@@ -272,7 +273,9 @@ def summarise(spec: TableSpec, records: Sequence[Record], expected_seeds: Sequen
     lines = [_cell(spec, axis_row.key, axis_col.key, obs, seeds, paper_index)
              for axis_row in spec.rows for axis_col in spec.columns]
     cells = pd.DataFrame(lines, columns=list(SUMMARY_COLUMNS)).set_index(["row", "column"], drop=False)
-    return TableResult(spec, cells, placed, unplaced, seeds, list(problems), superseded, len(replaced_keys))
+    sources = {cell: list(keys) for cell, keys in obs[obs["value"].notna()].groupby(["row", "column"])["key"]}
+    return TableResult(spec, cells, placed, unplaced, seeds, list(problems), superseded, len(replaced_keys),
+                       sources=sources)
 
 
 def _cell(spec: TableSpec, row: str, column: str, obs: pd.DataFrame, seeds: Sequence[int],
@@ -475,8 +478,9 @@ def incomplete_lines(result: TableResult) -> list[str]:
                      f"{' and '.join(cell['hardware'])}; the spread includes the difference")
     for record in result.records:
         if problem := record.barely_trained:
-            cells = ", ".join(f"{row_label[o.row]} × {col_label[o.column]}" for o in spec.observe(record) or ()
-                              if o.value is not None and PARAMS not in (o.row, o.column))
+            cells = ", ".join(f"{row_label[row]} × {col_label[column]}"
+                              for (row, column), keys in result.sources.items()
+                              if record.run_key in keys and PARAMS not in (row, column))
             lines.append(f"- BARELY TRAINED {cells}, seed {record.seed} (`{record.run_key}`): training {problem}; "
                          "its score reflects a failed fit, not the method, and no claim is judged on it")
     for record in result.unplaced:
