@@ -432,10 +432,12 @@ def header_lines(result: TableResult) -> list[str]:
     records = result.records
     models = distinct(f"{(r.raw.get('model') or {}).get('name')} ({(r.raw.get('model') or {}).get('source')})"
                       for r in records)
-    data = distinct(f"{r.task}: {d.get('train_examples')} train / {eval_size(r)} ({d.get('eval_split')})"
-                    for r in records for d in [r.raw.get("data") or {}])
+    data = distinct(f"{r.task}: {d['train_examples']} train / {eval_size(r)} ({d.get('eval_split')})"
+                    for r in records for d in [r.raw.get("data") or {}]
+                    if d.get("train_examples") is not None)  # not an n/a run, which loads no data
     commits = commit_labels(records)
-    ok = sum(r.status == "ok" for r in records)
+    statuses = Counter(r.status for r in records)
+    failed = len(records) - statuses["ok"] - statuses[NOT_APPLICABLE] - statuses[UNSCORED]
     return [
         f"- Profile: {', '.join(distinct(r.profile for r in records)) or '— (no records)'}"
         + (f" (records of profile(s) {', '.join(result.other_profiles)} also exist: --profile NAME)"
@@ -445,7 +447,8 @@ def header_lines(result: TableResult) -> list[str]:
         f"- Commit(s): {', '.join(commits) or '—'}",
         f"- Seeds expected: {', '.join(map(str, result.expected_seeds)) or '—'}",
         f"- Ran on: {'; '.join(f'{where} ({n} runs)' for where, n in _count(r.hardware for r in records)) or '—'}",
-        f"- Records: {ok} ok, {len(records) - ok} failed; left out: {result.superseded} older record(s) of "
+        f"- Records: {statuses['ok']} ok, {failed} failed, {statuses[NOT_APPLICABLE]} not applicable, "
+        f"{statuses[UNSCORED]} unscored; left out: {result.superseded} older record(s) of "
         f"the same run key, {result.replaced} older run(s) of the same cell and seed under another run key "
         f"(config or code changed since), {len(result.problems)} unreadable file(s)",
         f"- Paper values: {result.spec.paper_source}",
@@ -492,23 +495,32 @@ def incomplete_lines(result: TableResult) -> list[str]:
 
 
 def choice_lines(result: TableResult) -> list[str]:
-    """Each choice as recorded in the runs' resolved configs, per task where tasks differ."""
+    """Each choice as recorded in the runs' resolved configs, per task where tasks differ and with
+    the methods of each value where methods differ (e.g. one learning rate per method)."""
     lines = []
-    for what, path in result.spec.choices:
-        per_task: dict[str, set[str]] = {}
+    for choice in result.spec.choices:
+        per_task: dict[str, dict[str, set[str]]] = {}  # task -> value -> methods
         for record in result.records:
-            value = record.get(path)
-            if value is not None:
-                per_task.setdefault(record.task, set()).add(json.dumps(value, default=str, ensure_ascii=False))
-        value_sets = {frozenset(values) for values in per_task.values()}
-        if not per_task:
+            method = str(record.method.get("name"))
+            value = record.get(choice.path)
+            if value is not None and (not choice.methods or method in choice.methods):
+                value_text = json.dumps(value, default=str, ensure_ascii=False)
+                per_task.setdefault(record.task, {}).setdefault(value_text, set()).add(method)
+        shown_per_task = {task: _values_text(values) for task, values in sorted(per_task.items())}
+        if not shown_per_task:
             shown = "not recorded"
-        elif len(value_sets) == 1:
-            shown = ", ".join(sorted(next(iter(value_sets))))
+        elif len(set(shown_per_task.values())) == 1:
+            shown = next(iter(shown_per_task.values()))
         else:
-            shown = "; ".join(f"{task}: {', '.join(sorted(values))}" for task, values in sorted(per_task.items()))
-        lines.append(f"- {what} (`{path}`): {shown}")
+            shown = "; ".join(f"{task}: {text}" for task, text in shown_per_task.items())
+        lines.append(f"- {choice.what} (`{choice.path}`): {shown}")
     return lines + [f"- {note}" for note in result.spec.notes]
+
+
+def _values_text(methods_by_value: Mapping[str, set[str]]) -> str:
+    if len(methods_by_value) == 1:
+        return next(iter(methods_by_value))
+    return ", ".join(f"{value} ({', '.join(sorted(methods))})" for value, methods in sorted(methods_by_value.items()))
 
 
 def render_markdown(result: TableResult, claim_lines: Sequence[str]) -> str:

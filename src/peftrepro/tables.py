@@ -110,6 +110,16 @@ def _params_obs(record: Record, row: str, column: str) -> Obs:
 
 
 @dataclass(frozen=True)
+class Choice:
+    """A setting listed under a table, read from the runs' resolved configs. `methods` limits it to
+    the records of those methods (empty: all), since a key such as method.init means one thing for
+    LoRA and another for the prefix methods."""
+    what: str
+    path: str  # dotted config path
+    methods: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Axis:
     key: str
     labels: tuple[str, ...]  # one label per index column of the paper's layout
@@ -126,20 +136,23 @@ class TableSpec:
     observe: Callable[[Record], list[Obs] | None]  # None: the record has no place in this table
     paper_ref: Callable[[str, str], tuple[str, str, str] | None]
     static_rows: tuple[tuple[str, tuple[str, ...]], ...] = ()  # e.g. Table 5's "Rank r"
-    choices: tuple[tuple[str, str], ...] = ()  # (what, dotted config path) read from the records
+    choices: tuple[Choice, ...] = ()
     notes: tuple[str, ...] = ()
     digits: Mapping[str, int] = field(default_factory=dict)  # decimals per column key (default 1)
 
 
 COMMON_CHOICES = (
-    ("model", "model.name"),
-    ("epochs", "train.epochs"),
-    ("learning rate", "train.lr"),
-    ("batch size", "train.batch_size"),
-    ("train examples (limit)", "task.max_train_examples"),
-    ("eval examples (limit)", "task.max_eval_examples"),
-    ("evaluate every epoch, report the best", "train.eval_every_epoch"),
+    Choice("model", "model.name"),
+    Choice("epochs", "train.epochs"),
+    Choice("learning rate", "train.lr"),
+    Choice("batch size", "train.batch_size"),
+    Choice("train examples (limit)", "task.max_train_examples"),
+    Choice("eval examples (limit)", "task.max_eval_examples"),
+    Choice("evaluate every epoch, report the best", "train.eval_every_epoch"),
 )
+LORA_ALPHA = Choice("LoRA α", "method.alpha", ("lora",))
+PREFIX_INIT = Choice("prefix init (the paper does not say; Li & Liang 2021 start from real tokens)", "method.init",
+                     ("prefix_embed", "prefix_layer"))
 PREFIX_LENGTH_NOTE = ("Sequence length: task.max_length bounds each example's own tokens, and a prefix method's "
                       "l_p + l_i virtual tokens come on top, so every method sees the same text; the paper "
                       "does not say whether its sequence lengths (D.3, D.4) count them.")
@@ -153,13 +166,13 @@ ACCURACY_NOTES = (
     "given): we keep one α for every r (see the α line above), so the scale α/r shrinks as r grows.",
 )
 TASK_CHOICES = (
-    ("LoRA α", "method.alpha"),
-    ("LoRA init of A (paper: Gaussian; official code: kaiming-uniform)", "method.init"),
-    ("LoRA dropout", "method.dropout"),
-    ("eval split", "task.eval_split"),
-    ("WikiSQL split policy (the offline data has no train split)", "task.split_policy"),
-    ("MNLI prompt (the paper's is not published)", "task.prompt_template"),
-    ("beam size", "decoding.num_beams"),
+    LORA_ALPHA,
+    Choice("LoRA init of A (paper: Gaussian; official code: kaiming-uniform)", "method.init", ("lora",)),
+    Choice("LoRA dropout", "method.dropout", ("lora",)),
+    Choice("eval split", "task.eval_split"),
+    Choice("WikiSQL split policy (the offline data has no train split)", "task.split_policy"),
+    Choice("MNLI prompt (the paper's is not published)", "task.prompt_template"),
+    Choice("beam size", "decoding.num_beams"),
 )
 
 
@@ -287,11 +300,11 @@ def _arms_paper(table: str, arms: Sequence[Arm]) -> Callable[[str, str], tuple[s
 
 
 E2E_CHOICES = (
-    ("beam size", "decoding.num_beams"),
-    ("length penalty", "decoding.length_penalty"),
-    ("no-repeat n-gram", "decoding.no_repeat_ngram_size"),
-    ("max new tokens", "decoding.max_new_tokens"),
-    ("label smoothing", "train.label_smoothing"),
+    Choice("beam size", "decoding.num_beams"),
+    Choice("length penalty", "decoding.length_penalty"),
+    Choice("no-repeat n-gram", "decoding.no_repeat_ngram_size"),
+    Choice("max new tokens", "decoding.max_new_tokens"),
+    Choice("label smoothing", "train.label_smoothing"),
 )
 TABLE_E2E = TableSpec(
     name="table_e2e",
@@ -303,7 +316,7 @@ TABLE_E2E = TableSpec(
              Axis("meteor", ("MET",)), Axis("rouge_l", ("ROUGE-L",)), Axis("cider", ("CIDEr",))),
     observe=_e2e_observe,
     paper_ref=_arms_paper("table3", E2E_ARMS),
-    choices=COMMON_CHOICES + E2E_CHOICES + (("LoRA α", "method.alpha"),),
+    choices=COMMON_CHOICES + E2E_CHOICES + (LORA_ALPHA, PREFIX_INIT),
     notes=(
         "Paper numbers are GPT-2 M (the paper's GPT-2 L rows are in paper.csv). BLEU, METEOR and ROUGE-L "
         "×100, NIST and CIDEr raw, as the paper prints them; ours from the official e2e-metrics "
@@ -362,7 +375,7 @@ TABLE_METHODS = TableSpec(
              Axis("mnli", ("MNLI-m Acc. (%)",))),
     observe=_methods_observe,
     paper_ref=_methods_paper,
-    choices=COMMON_CHOICES + TASK_CHOICES + (("prefix reparameterisation", "method.reparameterize"),),
+    choices=COMMON_CHOICES + TASK_CHOICES + (PREFIX_INIT,),
     notes=ACCURACY_NOTES + (
         "Table 4's LoRA rows are best-of several configurations (4.7M: 73.4 / 91.7, the MNLI from r_v=2; "
         "37.7M: 74.0 / 91.6, the WikiSQL from r_q=r_k=r_v=r_o=4); we show Table 15's value for exactly "

@@ -171,6 +171,30 @@ def test_not_applicable_run_is_an_na_cell(runs_dir, write, make_record):
     assert count["status"] == "n/a" and count["problems"] == ["not applicable (NotApplicableError: boom)"]
 
 
+def test_header_counts_each_status_and_skips_the_data_of_runs_that_loaded_none(runs_dir, write, make_record):
+    write(make_record("table_methods", "mnli", {"name": "lora", "ranks": {"W_q": 8, "W_v": 8}}, 0, {"accuracy_m": 50}))
+    not_applicable = make_record("table_methods", "mnli", {"name": "bitfit"}, 0, status="not_applicable")
+    write({**not_applicable, "data": {"train_examples": None, "eval_examples": None}})
+    write(make_record("table_methods", "mnli", {"name": "ft"}, 0, status="failed"))
+    header = "\n".join(aggregate.header_lines(build_table(TABLES["table_methods"], runs_dir)))
+    assert "- Records: 1 ok, 1 failed, 1 not applicable, 0 unscored;" in header
+    assert "- Data: mnli: 32 train / 4 eval (validation)\n" in header  # once: the n/a run loaded nothing
+
+
+def test_choices_are_read_per_method_and_name_the_methods_where_values_differ(runs_dir, write, make_record):
+    lora = make_record("table_methods", "mnli", {"name": "lora", "ranks": {"W_q": 8, "W_v": 8},
+                                                 "init": "kaiming_uniform"}, 0, {"accuracy_m": 50})
+    prefix = make_record("table_methods", "mnli", {"name": "prefix_layer", "prefix_length": 8, "infix_length": 8,
+                                                   "init": "real_tokens"}, 0, {"accuracy_m": 40})
+    prefix["config"]["train"]["lr"] = 0.1
+    write(lora), write(prefix)
+    lines = aggregate.choice_lines(build_table(TABLES["table_methods"], runs_dir))
+    assert "- learning rate (`train.lr`): 0.0002 (lora), 0.1 (prefix_layer)" in lines
+    assert any(line.startswith("- epochs (`train.epochs`): 2") for line in lines)  # one value: no method list
+    init = [line for line in lines if "(`method.init`)" in line]
+    assert len(init) == 2 and init[0].endswith(': "kaiming_uniform"') and init[1].endswith(': "real_tokens"')
+
+
 def test_config_error_failure_is_a_failed_cell(runs_dir, write, make_record):
     write(make_record("table_methods", "wikisql", {"name": "bitfit"}, 0, status="failed",
                       error_type="ConfigError"))
