@@ -385,6 +385,10 @@ TABLE_METHODS = TableSpec(
         "The paper's 14.2M has no stated formula (UNCONFIRMED).",
         "The paper's PrefixLayer counts are 4–8% above its own formula L × d_model × (l_p + l_i).",
         PREFIX_LENGTH_NOTE,
+        "PreLayer with an infix (l_i > 0): the virtual positions carry nothing from the input, since "
+        "every layer's input there is replaced, so the first target token (for MNLI, the label), "
+        "predicted at the last infix position, sees the input only through the last block's "
+        "attention. The paper does not publish its layout; ours puts the infix right before the target.",
     ),
     digits={PARAMS: 3},
 )

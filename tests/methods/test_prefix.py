@@ -111,6 +111,21 @@ def test_prefix_layer_replaces_hidden_states_at_every_layer(tiny_gpt2):
         torch.testing.assert_close(captured[layer][0, :2], trained[layer - 1])
 
 
+@pytest.mark.parametrize("method,input_reaches_the_label_without_the_last_attention", [
+    ("prefix_layer", False), ("prefix_embed", True)])
+def test_with_an_infix_prefix_layer_sees_the_input_only_through_the_last_attention(
+        method, input_reaches_the_label_without_the_last_attention):
+    """The property Table 4's PreLayer note states: the logits at the last infix position (where the
+    first target token is predicted) depend on the prompt only through the last block's attention."""
+    model = _steerable_gpt2()
+    applied = _apply(model, method, l_p=2, l_i=2)
+    with torch.no_grad():
+        model.transformer.h[-1].attn.c_proj.weight.zero_()  # cut the last block's attention output
+        model.transformer.h[-1].attn.c_proj.bias.zero_()
+        logits = [model(input_ids=_prompt_ids(applied, prompt)).logits[0, -1] for prompt in ((20, 21, 22), (50, 9, 3))]
+    assert (not torch.allclose(*logits)) == input_reaches_the_label_without_the_last_attention
+
+
 def test_ids_beyond_the_virtual_range_are_an_error(tiny_gpt2):
     _apply(tiny_gpt2, "prefix_embed", l_p=1, l_i=0)
     # an asynchronous device-side assert (no host sync per forward): RuntimeError on CPU

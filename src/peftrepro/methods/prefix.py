@@ -12,6 +12,9 @@ each of the L layers, the embedding output for layer 0 (the PreEmbed rows) and t
 i-1 for layer i, which a forward pre-hook on each block writes over the virtual positions. Replacing
 the last layer's output too would only change logits at virtual positions, which carry no loss, so
 it is not a parameter. |Θ| = L·d·(l_p+l_i), exactly the paper's formula.
+A consequence the paper does not discuss: the virtual positions carry nothing from the input (each
+layer's input there is overwritten), so with an infix the first target token, predicted at the last
+infix position, sees the input only through the last block's attention.
 
 Under `generate()` the prompt pass sees the virtual ids and puts the replaced activations into the
 KV cache; later steps feed only new real tokens and attend to the cached keys/values, so decoding
