@@ -388,7 +388,9 @@ TABLE_METHODS = TableSpec(
         "PreLayer with an infix (l_i > 0): the virtual positions carry nothing from the input, since "
         "every layer's input there is replaced, so the first target token (for MNLI, the label), "
         "predicted at the last infix position, sees the input only through the last block's "
-        "attention. The paper does not publish its layout; ours puts the infix right before the target.",
+        "attention. The paper does not publish its layout; ours puts the infix right before the target. "
+        "results/diagnostics/prelayer/ has a run with the same budget and no infix, and the learning-rate "
+        "probes that chose mini's PreLayer rate.",
     ),
     digits={PARAMS: 3},
 )
