@@ -67,3 +67,15 @@ def test_experiments_compose_with_every_profile(composer, profile):
     for name in TABLES:
         cfg = composer([f"experiment={name}", f"profile={profile}"])
         assert cfg.profile_name == profile and cfg.experiment == name
+
+
+@pytest.mark.parametrize("name", list(TABLES))
+def test_every_choice_under_a_table_is_a_key_of_its_runs_configs(composer, name):
+    """A choice whose path no run of the table has would print "not recorded" forever (a stale key)."""
+    base = composer([f"experiment={name}"])
+    configs = [composer([f"experiment={name}", *overrides]) for overrides in sweep_grid(base.hydra.sweeper.params)]
+    for choice in TABLES[name].choices:
+        runs = [cfg for cfg in configs if not choice.methods or cfg.method.name in choice.methods]
+        assert runs, f"{name}: no sweep point runs {choice.methods}, which choice {choice.path!r} is limited to"
+        assert any(OmegaConf.select(cfg, choice.path) is not None for cfg in runs), \
+            f"{name}: no sweep point's config has {choice.path!r} (choice {choice.what!r})"
