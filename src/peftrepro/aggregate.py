@@ -428,6 +428,15 @@ def eval_size(record: Record) -> str:
     return f"{(record.raw.get('data') or {}).get('eval_examples')} eval"
 
 
+RECORD_STATUSES = ("ok", "failed", NOT_APPLICABLE, UNSCORED)
+
+
+def status_counts(records: Iterable[Record]) -> dict[str, int]:
+    """Records per status, in RECORD_STATUSES order; any other status counts as failed (as in _status)."""
+    counts = Counter(r.status if r.status in RECORD_STATUSES else "failed" for r in records)
+    return {status: counts[status] for status in RECORD_STATUSES}
+
+
 def header_lines(result: TableResult) -> list[str]:
     records = result.records
     models = distinct(f"{(r.raw.get('model') or {}).get('name')} ({(r.raw.get('model') or {}).get('source')})"
@@ -436,8 +445,7 @@ def header_lines(result: TableResult) -> list[str]:
                     for r in records for d in [r.raw.get("data") or {}]
                     if d.get("train_examples") is not None)  # not an n/a run, which loads no data
     commits = commit_labels(records)
-    statuses = Counter(r.status for r in records)
-    failed = len(records) - statuses["ok"] - statuses[NOT_APPLICABLE] - statuses[UNSCORED]
+    statuses = status_counts(records)
     return [
         f"- Profile: {', '.join(distinct(r.profile for r in records)) or '— (no records)'}"
         + (f" (records of profile(s) {', '.join(result.other_profiles)} also exist: --profile NAME)"
@@ -447,7 +455,7 @@ def header_lines(result: TableResult) -> list[str]:
         f"- Commit(s): {', '.join(commits) or '—'}",
         f"- Seeds expected: {', '.join(map(str, result.expected_seeds)) or '—'}",
         f"- Ran on: {'; '.join(f'{where} ({n} runs)' for where, n in _count(r.hardware for r in records)) or '—'}",
-        f"- Records: {statuses['ok']} ok, {failed} failed, {statuses[NOT_APPLICABLE]} not applicable, "
+        f"- Records: {statuses['ok']} ok, {statuses['failed']} failed, {statuses[NOT_APPLICABLE]} not applicable, "
         f"{statuses[UNSCORED]} unscored; left out: {result.superseded} older record(s) of "
         f"the same run key, {result.replaced} older run(s) of the same cell and seed under another run key "
         f"(config or code changed since), {len(result.problems)} unreadable file(s)",

@@ -24,8 +24,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from peftrepro import aggregate, claims
-from peftrepro.aggregate import Record, TableResult, commit_labels, distinct
-from peftrepro.records import NOT_APPLICABLE, UNSCORED
+from peftrepro.aggregate import Record, TableResult, commit_labels, distinct, status_counts
 from peftrepro.tables import PARAMS, TABLES
 
 MAKE_TARGETS = {"table_weight_type": "table-weight-type", "table_rank": "table-rank",
@@ -79,8 +78,7 @@ def status_table(results: Mapping[str, TableResult]) -> str:
             "Table": f"[{result.spec.title.split(':')[0]}](tables/{name}.md)",
             "Cells with every seed": f"{int((cells['status'] == 'ok').sum())} / {len(cells)}",
             "Seeds": ", ".join(map(str, result.expected_seeds)) or "—",
-            "Runs ok / failed / n/a / unscored": " / ".join(
-                str(sum(r.status == status for r in records)) for status in ("ok", "failed", NOT_APPLICABLE, UNSCORED)),
+            "Runs ok / failed / n/a / unscored": " / ".join(map(str, status_counts(records).values())),
             "Reused from another table": str(len(records) - len(own)),
             "Cell × seed still empty": str(empty_cell_seeds(result)),
             "Ran on": devices_text(records),  # a reused run ran where its original did
