@@ -533,8 +533,13 @@ def _values_text(methods_by_value: Mapping[str, set[str]]) -> str:
 
 def render_markdown(result: TableResult, claim_lines: Sequence[str]) -> str:
     spec = result.spec
+    from peftrepro.plots import figure_name  # local: importing plots loads matplotlib
+
     parts = [f"# {spec.title} (`{spec.name}`)", "", *header_lines(result), "",
              layout(result).to_markdown(index=False), ""]
+    figure = figure_name(spec.name)
+    if figure:
+        parts += [f"Plot: [`{figure}`]({figure}).", ""]
     incomplete = incomplete_lines(result)
     parts += ["## Missing, failed or partial cells", ""]
     parts += incomplete or ["None: every cell has every expected seed."]

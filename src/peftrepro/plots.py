@@ -2,13 +2,14 @@
 
 Ours and the paper's are drawn in separate rows of panels, each with its own y-axis: our small
 model and GPT-3 175B live at different accuracy levels, and the question is whether the shapes
-agree. Error bars are ± one standard deviation over seeds.
+agree. Error bars are ± one standard deviation over seeds; a cell with one seed has none (a hollow
+marker in Table 6, "n=1" over its bar in Table 5), so that it does not look like a cell of no spread.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import matplotlib
 
@@ -34,11 +35,15 @@ def plot_rank(result: TableResult, path: Path) -> Path:
     for column, (task, name, unit) in enumerate(TASKS):
         for weights in RANK_WEIGHTS:
             cells = [result.stats(f"{task}|{weights}", f"r={r}") for r in RANKS]
-            axes[0][column].errorbar(RANKS, [c["mean"] for c in cells],
-                                     yerr=[0 if c["n"] < 2 else c["std"] for c in cells],
-                                     marker="o", capsize=3, label=weights)
+            means = [c["mean"] for c in cells]
+            line = axes[0][column].errorbar(RANKS, means, yerr=seed_error_bars(cells), marker="o", capsize=3,
+                                            label=weights)
+            one_seed = [(r, m) for r, m, c in zip(RANKS, means, cells) if c["n"] == 1]
+            if one_seed:
+                axes[0][column].scatter(*zip(*one_seed), marker="o", facecolors="white", zorder=3,
+                                        edgecolors=line.lines[0].get_color())
             axes[1][column].plot(RANKS, [c["paper"] for c in cells], marker="s", linestyle="--", label=weights)
-        for row, who in enumerate(("ours (mean ± std over seeds)", "paper")):
+        for row, who in enumerate(("ours (mean ± std over seeds; hollow: one seed)", "paper")):
             axis = axes[row][column]
             axis.set_xscale("log", base=2)
             axis.set_xticks(RANKS, [str(r) for r in RANKS])
@@ -59,8 +64,8 @@ def plot_weight_type(result: TableResult, path: Path) -> Path:
     figure, axes = plt.subplots(2, len(TASKS), figsize=(13, 7.5), squeeze=False)
     for column, (task, name, unit) in enumerate(TASKS):
         cells = [result.stats(task, w) for w, _ in WEIGHT_TYPE_COLUMNS]
-        axes[0][column].bar(positions, [c["mean"] for c in cells],
-                            yerr=[0 if c["n"] < 2 else c["std"] for c in cells], capsize=3, color="tab:blue")
+        axes[0][column].bar(positions, [c["mean"] for c in cells], yerr=seed_error_bars(cells), capsize=3,
+                            color="tab:blue")
         axes[1][column].bar(positions, [c["paper"] for c in cells], color="tab:gray")
         for row, who in enumerate(("ours (mean ± std over seeds)", "paper")):
             axis = axes[row][column]
@@ -69,9 +74,26 @@ def plot_weight_type(result: TableResult, path: Path) -> Path:
             axis.set_title(f"{name}: {who}")
             axis.grid(axis="y", alpha=0.3)
             _zoom_to_bars(axis)
+        _label_seeds(axes[0][column], cells)
     figure.suptitle("Table 5: adapted weight matrices at an equal budget (rank × #matrices constant)\n"
                     f"{_subtitle(result)}")
     return _save(figure, path)
+
+
+def seed_error_bars(cells: Sequence[Mapping[str, Any]]) -> list[float]:
+    """Error bars: the std over seeds, none (NaN) where fewer than two seeds ran."""
+    return [c["std"] if c["n"] >= 2 else float("nan") for c in cells]
+
+
+def _label_seeds(axis: plt.Axes, cells: Sequence[Mapping[str, Any]]) -> None:
+    """How many seeds each bar has ("n=2" above it), and "no run" where there is no bar."""
+    bottom = axis.get_ylim()[0]
+    for x, cell in enumerate(cells):
+        if cell["n"]:
+            top = cell["mean"] + (cell["std"] if cell["n"] >= 2 else 0.0)
+            axis.text(x, top, f"n={cell['n']}", ha="center", va="bottom", fontsize=7)
+        else:
+            axis.text(x, bottom, "no run", ha="center", va="bottom", fontsize=7, color="gray")
 
 
 def _wrap_weights(weights: str) -> str:
@@ -105,7 +127,12 @@ PLOTS: dict[str, Callable[[TableResult, Path], Path]] = {
 }
 
 
+def figure_name(table: str) -> str | None:
+    """The file name of the table's figure, written beside its page; None if it has none."""
+    return f"{table}.png" if table in PLOTS else None
+
+
 def plot(result: TableResult, out_dir: Path) -> list[Path]:
     """The figure(s) for this table, if it has any: `<out_dir>/<table>.png`."""
-    draw = PLOTS.get(result.spec.name)
-    return [] if draw is None else [draw(result, out_dir / f"{result.spec.name}.png")]
+    figure = figure_name(result.spec.name)
+    return [] if figure is None else [PLOTS[result.spec.name](result, out_dir / figure)]

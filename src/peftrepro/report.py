@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from peftrepro import aggregate, claims
+from peftrepro import aggregate, claims, plots
 from peftrepro.aggregate import Record, TableResult, commit_labels, distinct, status_counts
 from peftrepro.tables import PARAMS, TABLES
 
@@ -238,10 +238,11 @@ def table_section(result: TableResult) -> str:
     evaluated = claims.evaluate(result)
     verdicts = pd.Series([c.verdict for c in evaluated]).value_counts()
     summary = ", ".join(f"{int(verdicts.get(v, 0))} {v}" for v in (claims.HELD, claims.NOT_HELD, claims.INCONCLUSIVE))
-    plot = Path(f"tables/{name}.png")
+    figure = plots.figure_name(name)
+    figure_link = f"; plot: [`tables/{figure}`](tables/{figure})" if figure else ""
     parts = [f"## {spec.title}", "",
              f"Ours · the paper's ({spec.paper_source}). Full table with what is missing and every choice: "
-             f"[`tables/{name}.md`](tables/{name}.md)" + (f"; plot: [`{plot}`]({plot})." if name == "table_rank" else "."),
+             f"[`tables/{name}.md`](tables/{name}.md){figure_link}.",
              "", aggregate.layout(result).to_markdown(index=False), "",
              f"The paper's claims on these numbers: {summary}.", "", *claims.render(evaluated), ""]
     return "\n".join(parts) + "\n"
@@ -278,7 +279,8 @@ def bench_text(bench_dir: Path) -> str:
         setup = bench.get("setup") or {}
         hardware = (bench.get("env") or {}).get("hardware") or {}
         ratios = ", ".join(f"{row['method']} {row['speedup']:.2f}×" for row in bench.get("training") or [])
-        lines.append(f"- [`bench/{path.stem}.md`](bench/{path.stem}.md): {hardware.get('gpu') or hardware.get('cpu', '?')}, "
+        device = hardware.get("gpu") or hardware.get("cpu", "?")
+        lines.append(f"- [`bench/{path.stem}.md`](bench/{path.stem}.md): {device}, "
                      f"{setup.get('model')} ({(setup.get('model_config') or {}).get('num_hidden_layers')} layers), "
                      f"batch {setup.get('batch')} × {setup.get('seq')}, {setup.get('dtype')}: training step "
                      f"speed-up over the reference {ratios}.")

@@ -120,7 +120,8 @@ def default_device() -> torch.device:
 
 
 def autocast_for(device: torch.device, precision: str) -> ContextManager[Any]:
-    """bf16 autocast on CUDA ("auto" or "bf16"); fp32 everywhere else (CPU bf16 is slower)."""
+    """bf16 autocast on CUDA ("auto" or "bf16"); fp32 on CPU unless asked for: there bf16 gains too
+    little to change the numerics of CPU runs (results/diagnostics/cpu_precision/: 1.25x in training)."""
     if device.type == "cuda" and precision in ("auto", "bf16"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     if precision == "bf16":

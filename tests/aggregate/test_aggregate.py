@@ -277,6 +277,9 @@ def test_main_writes_every_table_and_strict_fails_on_gaps(runs_dir, write, tmp_p
     for name in TABLES:
         assert (out / f"{name}.csv").is_file() and (out / f"{name}.md").is_file()
     assert (out / "table_rank.png").stat().st_size > 0 and (out / "table_weight_type.png").is_file()
+    for name in TABLES:  # a page links its figure exactly when one is drawn for it
+        figure = out / f"{name}.png"
+        assert (f"Plot: [`{figure.name}`]({figure.name})" in (out / f"{name}.md").read_text()) == figure.is_file()
     assert main(["--runs", str(runs_dir), "--out", str(out), "--strict", "--no-plots"]) == 1
 
     csv = pd.read_csv(out / "table_rank.csv")
@@ -305,3 +308,11 @@ def test_parameter_cells_gather_both_tasks(runs_dir, write, make_record):
     cell = result.stats("adapter_h_r8", "trainable_params")
     assert sorted(cell["values"]) == [0.001, 0.0015]
     assert aggregate.format_cell(TABLES["table_methods"], cell, 1).startswith("1K / 1.5K · paper 40.1 M")
+
+
+def test_a_cell_of_one_seed_has_no_error_bar_rather_than_a_zero_one() -> None:
+    from peftrepro.plots import seed_error_bars
+
+    cells = [{"n": 2, "std": 1.5}, {"n": 1, "std": 0.0}, {"n": 0, "std": float("nan")}]
+    spread = seed_error_bars(cells)
+    assert spread[0] == 1.5 and math.isnan(spread[1]) and math.isnan(spread[2])

@@ -43,6 +43,13 @@ def test_counts_devices_time_and_claims_come_from_the_records(weight_type_runs, 
     assert "- CPU: Test CPU, 2 cores (fp32): 3 runs, 1 h 00 min in all (torch threads per run: 2 (3 runs))." in text
 
 
+def test_every_table_with_a_figure_links_it(weight_type_runs, runs_dir, tmp_path) -> None:
+    text = page(runs_dir, tmp_path)
+    for name in ("table_weight_type", "table_rank"):
+        assert f"plot: [`tables/{name}.png`](tables/{name}.png)" in text
+    assert "tables/table_e2e.png" not in text and "tables/table_methods.png" not in text
+
+
 def test_no_clock_and_no_machine_in_the_page(weight_type_runs, runs_dir, tmp_path) -> None:
     assert page(runs_dir, tmp_path) == page(runs_dir, tmp_path)
     assert "Latest record: 2025-01-01T00:01:00+00:00" in page(runs_dir, tmp_path)
