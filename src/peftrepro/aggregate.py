@@ -532,9 +532,9 @@ def _values_text(methods_by_value: Mapping[str, set[str]]) -> str:
 
 
 def render_markdown(result: TableResult, claim_lines: Sequence[str]) -> str:
-    spec = result.spec
     from peftrepro.plots import figure_name  # local: importing plots loads matplotlib
 
+    spec = result.spec
     parts = [f"# {spec.title} (`{spec.name}`)", "", *header_lines(result), "",
              layout(result).to_markdown(index=False), ""]
     figure = figure_name(spec.name)
