@@ -8,6 +8,7 @@ marker in Table 6, "n=1" over its bar in Table 5), so that it does not look like
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -64,8 +65,8 @@ def plot_weight_type(result: TableResult, path: Path) -> Path:
     figure, axes = plt.subplots(2, len(TASKS), figsize=(13, 7.5), squeeze=False)
     for column, (task, name, unit) in enumerate(TASKS):
         cells = [result.stats(task, w) for w, _ in WEIGHT_TYPE_COLUMNS]
-        axes[0][column].bar(positions, [c["mean"] for c in cells], yerr=seed_error_bars(cells), capsize=3,
-                            color="tab:blue")
+        errors = seed_error_bars(cells)
+        axes[0][column].bar(positions, [c["mean"] for c in cells], yerr=errors, capsize=3, color="tab:blue")
         axes[1][column].bar(positions, [c["paper"] for c in cells], color="tab:gray")
         for row, who in enumerate(("ours (mean ± std over seeds)", "paper")):
             axis = axes[row][column]
@@ -74,7 +75,7 @@ def plot_weight_type(result: TableResult, path: Path) -> Path:
             axis.set_title(f"{name}: {who}")
             axis.grid(axis="y", alpha=0.3)
             _zoom_to_bars(axis)
-        _label_seeds(axes[0][column], cells)
+        _label_seeds(axes[0][column], cells, errors)
     figure.suptitle("Table 5: adapted weight matrices at an equal budget (rank × #matrices constant)\n"
                     f"{_subtitle(result)}")
     return _save(figure, path)
@@ -85,12 +86,12 @@ def seed_error_bars(cells: Sequence[Mapping[str, Any]]) -> list[float]:
     return [c["std"] if c["n"] >= 2 else float("nan") for c in cells]
 
 
-def _label_seeds(axis: plt.Axes, cells: Sequence[Mapping[str, Any]]) -> None:
-    """How many seeds each bar has ("n=2" above it), and "no run" where there is no bar."""
+def _label_seeds(axis: plt.Axes, cells: Sequence[Mapping[str, Any]], errors: Sequence[float]) -> None:
+    """How many seeds each bar has ("n=2" above its error bar), and "no run" where there is no bar."""
     bottom = axis.get_ylim()[0]
-    for x, cell in enumerate(cells):
+    for x, (cell, error) in enumerate(zip(cells, errors)):
         if cell["n"]:
-            top = cell["mean"] + (cell["std"] if cell["n"] >= 2 else 0.0)
+            top = cell["mean"] + (0.0 if math.isnan(error) else error)
             axis.text(x, top, f"n={cell['n']}", ha="center", va="bottom", fontsize=7)
         else:
             axis.text(x, bottom, "no run", ha="center", va="bottom", fontsize=7, color="gray")
