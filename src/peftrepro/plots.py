@@ -8,6 +8,7 @@ marker in Table 6, "n=1" over its bar in Table 5), so that it does not look like
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -74,7 +75,7 @@ def plot_weight_type(result: TableResult, path: Path) -> Path:
             axis.set_ylabel(f"{name} {unit}")
             axis.set_title(f"{name}: {who}")
             axis.grid(axis="y", alpha=0.3)
-            _zoom_to_bars(axis)
+            _zoom_to_bars(axis, errors if row == 0 else ())
         _label_seeds(axes[0][column], cells, errors)
     figure.suptitle("Table 5: adapted weight matrices at an equal budget (rank × #matrices constant)\n"
                     f"{_subtitle(result)}")
@@ -103,11 +104,18 @@ def _wrap_weights(weights: str) -> str:
     return ",\n".join(",".join(names[i:i + 2]) for i in range(0, len(names), 2))
 
 
-def _zoom_to_bars(axis: plt.Axes) -> None:
-    """Start the y-axis near the lowest bar, so that differences of a point stay visible."""
-    heights = [patch.get_height() for patch in axis.patches if patch.get_height() == patch.get_height()]
-    if heights:
-        low, high = min(heights), max(heights)
+def _zoom_to_bars(axis: plt.Axes, errors: Sequence[float] = ()) -> None:
+    """Start the y-axis near the lowest bar or error bar, so that differences of a point stay visible.
+
+    Error bars count: a bar's spread must be seen whole, not cut off at the axis.
+    """
+    spans = []
+    for patch, error in itertools.zip_longest(axis.patches, errors, fillvalue=0.0):
+        height, error = patch.get_height(), (0.0 if math.isnan(error) else error)
+        if not math.isnan(height):
+            spans.append((height - error, height + error))
+    if spans:
+        low, high = min(s[0] for s in spans), max(s[1] for s in spans)
         pad = max((high - low) * 0.5, 0.5)
         bottom = max(0.0, low - pad)
         axis.set_ylim(bottom, high + pad)

@@ -169,7 +169,11 @@ def wikisql_split_text(records: Sequence[Record]) -> str:
 def evaluated_text(record: Record) -> str:
     if counts := aggregate.e2e_eval_counts(record):
         return f"{counts[0]} MRs decoded and scored against their {counts[1]} references"
-    return f"{(record.raw.get('data') or {}).get('eval_examples')} evaluated"
+    text = f"{(record.raw.get('data') or {}).get('eval_examples')} evaluated"
+    subsets = (record.raw.get("eval_notes") or {}).get("examples")
+    if isinstance(subsets, Mapping):  # MultiNLI: matched and mismatched, each scored apart
+        text += ", " + " and ".join(f"{n} {subset}" for subset, n in subsets.items())
+    return text
 
 
 def schedule_text(records: Sequence[Record]) -> str:

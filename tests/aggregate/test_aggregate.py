@@ -316,3 +316,19 @@ def test_a_cell_of_one_seed_has_no_error_bar_rather_than_a_zero_one() -> None:
     cells = [{"n": 2, "std": 1.5}, {"n": 1, "std": 0.0}, {"n": 0, "std": float("nan")}]
     spread = seed_error_bars(cells)
     assert spread[0] == 1.5 and math.isnan(spread[1]) and math.isnan(spread[2])
+
+
+def test_the_zoomed_y_axis_shows_every_error_bar_whole() -> None:
+    # MNLI W_k at mini: 47.75 ± 6.01 beside bars near 55; zoomed to the bars alone, its error bar ran
+    # below the axis
+    import matplotlib.pyplot as plt
+
+    from peftrepro.plots import _zoom_to_bars
+
+    figure, axis = plt.subplots()
+    means, errors = [47.75, 54.75, 57.25, float("nan")], [6.01, 1.77, float("nan"), float("nan")]
+    axis.bar(range(4), means, yerr=errors)
+    _zoom_to_bars(axis, errors)
+    bottom, top = axis.get_ylim()
+    plt.close(figure)
+    assert 0 < bottom < 47.75 - 6.01 and top > 57.25

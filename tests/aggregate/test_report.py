@@ -82,8 +82,10 @@ def test_runs_scored_later_and_unscored_runs_are_counted(runs_dir, tmp_path, wri
 def test_the_page_says_how_large_a_difference_the_runs_can_resolve(runs_dir, tmp_path, write, make_record) -> None:
     for seed, accuracy in ((0, 0.50), (1, 0.58)):
         record = make_record("table_weight_type", "mnli", WQ, seed, {"accuracy_m": accuracy}, profile="mini")
+        record["data"]["eval_examples"] = 400
         write(record | {"eval_notes": {"examples": {"matched": 200, "mismatched": 200}}})
     text = page(runs_dir, tmp_path)
+    assert "mnli: 32 training examples, 400 evaluated, 200 matched and 200 mismatched (validation split)." in text
     assert ("MultiNLI: one accuracy is computed on 200 examples, so near 54% it has a binomial standard error of "
             "3.5 points against the whole evaluation split, while the paper's Table 5 cells span 0.9 points "
             "(90.8–91.7); two seeds of one setting differ by up to 8.0 points here.") in text
