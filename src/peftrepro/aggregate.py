@@ -118,13 +118,19 @@ class Record:
             return None
         return f"loss {curve[0][1]:.2f} at step {curve[0][0]} → {last:.2f} at step {training.get('steps')}"
 
+    @property
+    def scored_examples(self) -> int | Mapping[str, int] | None:
+        """How many examples evaluation scored: a count, or one per subset (MultiNLI: matched and
+        mismatched are scored apart); None where the record did not keep it."""
+        return (self.raw.get("eval_notes") or {}).get("examples")
+
     def sample_size(self, metric: str) -> int | None:
         """How many examples a proportion metric (an accuracy) was computed on; None for corpus
         metrics (BLEU and the other E2E scores) and for records that did not keep the count."""
         if metric not in PROPORTION_METRICS:
             return None
-        examples = (self.raw.get("eval_notes") or {}).get("examples")
-        if isinstance(examples, Mapping):  # MultiNLI: matched and mismatched are scored apart
+        examples = self.scored_examples
+        if isinstance(examples, Mapping):
             examples = examples.get(PROPORTION_METRICS[metric][1])
         return examples if isinstance(examples, int) else None
 

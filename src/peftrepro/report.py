@@ -170,8 +170,8 @@ def evaluated_text(record: Record) -> str:
     if counts := aggregate.e2e_eval_counts(record):
         return f"{counts[0]} MRs decoded and scored against their {counts[1]} references"
     text = f"{(record.raw.get('data') or {}).get('eval_examples')} evaluated"
-    subsets = (record.raw.get("eval_notes") or {}).get("examples")
-    if isinstance(subsets, Mapping):  # MultiNLI: matched and mismatched, each scored apart
+    subsets = record.scored_examples
+    if isinstance(subsets, Mapping):
         text += ", " + " and ".join(f"{n} {subset}" for subset, n in subsets.items())
     return text
 
