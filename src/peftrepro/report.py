@@ -1,7 +1,9 @@
-"""results/REPORT.md: the tables of one profile, the paper's claims on them, and how they were made.
+"""results/REPORT.md: the tables of one profile, the paper's claims on them, and how they were made;
+results/constraints.txt: the package versions its runs were made with (`pip install -c`).
 
     python -m peftrepro.report [--profile mini] [--seeds 0,1] [--runs results/runs]
                                [--tables results/tables] [--bench results/bench] [--out results/REPORT.md]
+                               [--constraints results/constraints.txt]
 
 A pure function of the run records, the generated tables (params, latency), the benchmark JSON
 files and `peftrepro/data/paper.csv`: no clock, no machine lookup, so regenerating it from the
@@ -25,6 +27,7 @@ import pandas as pd
 
 from peftrepro import aggregate, claims, plots
 from peftrepro.aggregate import Record, TableResult, commit_labels, distinct, status_counts
+from peftrepro.records import atomic_write_text
 from peftrepro.tables import PARAMS, TABLES
 
 MAKE_TARGETS = {"table_weight_type": "table-weight-type", "table_rank": "table-rank",
@@ -291,6 +294,47 @@ def bench_text(bench_dir: Path) -> str:
     return "\n".join(lines) or "- No benchmark file yet (`make bench`)."
 
 
+# ---------------------------------------------------------------- the package versions
+
+PROJECT = "peft-repro"  # installed from the checkout itself (`pip install -e .`), never pinned
+
+
+def constraints(profile: str, runs_dir: Path, path: Path) -> str:
+    """A pip constraints file: the package versions the profile's runs were made with.
+
+    A package is pinned where every run that recorded it agrees; where runs disagree it is named in
+    a comment and left free. A local label (torch's +cpu, +cu128) names the build, not the release:
+    the pin leaves it out, so the same release installs as the CPU or the CUDA build.
+    """
+    runs = [r for r in profile_records(runs_dir, profile) if not is_reused(r)]
+    versions: dict[str, Counter[str]] = {}
+    for record in runs:
+        for name, version in ((record.raw.get("env") or {}).get("packages") or {}).items():
+            versions.setdefault(name, Counter())[version] += 1
+    pythons = Counter(str((r.raw.get("env") or {}).get("python")) for r in runs)
+    lines = [f"# Package versions of the {len(runs)} `{profile}` runs under {runs_dir.as_posix()}/, from their",
+             "# records (`make report` writes this file; do not edit). To train with the same versions, install",
+             "# torch first as the README says, then:",
+             f"#   pip install -c {path.as_posix()} -e '.[test,launchers]'",
+             f"# Python: {counted(pythons)}."]
+    pins = []
+    for name, found in sorted(versions.items()):
+        if name == PROJECT:
+            continue
+        releases = {version.split("+")[0] for version in found}
+        if len(releases) > 1:
+            lines.append(f"# {name}: not pinned, the runs disagree: {counted(found)}.")
+        else:
+            if builds := sorted(v for v in found if "+" in v):
+                lines.append(f"# {name}: the runs used the build(s) {', '.join(builds)}; pinned without the label.")
+            pins.append(f"{name}=={releases.pop()}")
+    return "\n".join(lines + pins) + "\n"
+
+
+def counted(values: Counter[str]) -> str:
+    return ", ".join(f"{value} ({n} run{'s' if n > 1 else ''})" for value, n in values.most_common())
+
+
 # ---------------------------------------------------------------- the page
 
 def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir: Path, bench_dir: Path,
@@ -322,11 +366,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tables", type=Path, default=Path("results/tables"))
     parser.add_argument("--bench", type=Path, default=Path("results/bench"))
     parser.add_argument("--out", type=Path, default=Path("results/REPORT.md"))
+    parser.add_argument("--constraints", type=Path, default=Path("results/constraints.txt"),
+                        help="pip constraints file of the package versions the runs were made with")
     args = parser.parse_args(argv)
     text = render(args.profile, aggregate.parse_seeds(args.seeds), args.runs, args.tables, args.bench)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    print(f"wrote {args.out}")
+    pins = constraints(args.profile, args.runs, args.constraints)
+    for path, content in ((args.out, text), (args.constraints, pins)):
+        atomic_write_text(path, content)
+        print(f"wrote {path}")
     return 0
 
 

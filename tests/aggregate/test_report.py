@@ -129,3 +129,21 @@ def test_a_cell_whose_seeds_ran_on_different_hardware_is_flagged(weight_type_run
     assert not [line for line in incomplete_lines(result) if "MIXED" in line and "× W_q:" in line]
     assert "- Ran on: CPU: Test CPU, 2 cores (fp32) (3 runs); GPU: NVIDIA H100 80GB HBM3 (bf16 autocast) (1 runs)" \
         in header_lines(result)
+
+
+def test_the_constraints_pin_the_versions_the_runs_agree_on(runs_dir, write, make_record) -> None:
+    packages = ({"torch": "2.13.0+cpu", "numpy": "2.4.6", "peft": "0.21.2", "peft-repro": "0.1.0"},
+                {"torch": "2.13.0+cu128", "numpy": "2.5.0", "peft": "0.21.2", "peft-repro": "0.2.0"})
+    for seed, versions in enumerate(packages):
+        record = make_record("table_weight_type", "mnli", WQ, seed, {"accuracy_m": 0.5}, profile="mini")
+        record["env"].update(packages=versions, python="3.11.7")
+        write(record)
+    copy = make_record("table_rank", "mnli", WQ, 0, {"accuracy_m": 0.5}, profile="mini", key="copied")
+    copy.update(reused_from="elsewhere", env={"packages": {"peft": "0.1.0"}})  # a copy ran where its original did
+    write(copy)
+    text = report.constraints("mini", runs_dir, Path("results/constraints.txt"))
+    pins = [line for line in text.splitlines() if not line.startswith("#")]
+    assert pins == ["peft==0.21.2", "torch==2.13.0"]  # the project itself is installed from the checkout
+    assert "# numpy: not pinned, the runs disagree: 2.4.6 (1 run), 2.5.0 (1 run)." in text
+    assert "# torch: the runs used the build(s) 2.13.0+cpu, 2.13.0+cu128; pinned without the label." in text
+    assert "pip install -c results/constraints.txt" in text and "# Python: 3.11.7 (2 runs)." in text

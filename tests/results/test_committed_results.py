@@ -60,3 +60,12 @@ def test_report_is_regenerated_from_the_committed_files() -> None:
     text = report.render("mini", aggregate.parse_seeds(_profile_seeds("mini")), Path("results/runs"),
                          Path("results/tables"), Path("results/bench"), root=REPO)
     assert text == (results / "REPORT.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.skipif(not (REPO / "results" / "constraints.txt").exists(), reason="no committed constraints")
+def test_constraints_are_regenerated_from_the_committed_records(monkeypatch) -> None:
+    from peftrepro import report
+
+    monkeypatch.chdir(REPO)  # as `make report` writes it: the file names itself by relative path
+    text = report.constraints("mini", Path("results/runs"), Path("results/constraints.txt"))
+    assert text == (REPO / "results" / "constraints.txt").read_text(encoding="utf-8")
