@@ -132,10 +132,8 @@ def where_text(records: Sequence[Record]) -> str:
 
 def threads_text(records: Sequence[Record]) -> str:
     """torch's intra-op threads per run: 1 where runs shared the machine, so their wall time is longer."""
-    counts = Counter(((r.raw.get("env") or {}).get("hardware") or {}).get("torch_threads") for r in records)
-    return "torch threads per run: " + ", ".join(
-        f"{threads if threads is not None else 'unrecorded'} ({n} run{'s' if n > 1 else ''})"
-        for threads, n in sorted(counts.items(), key=lambda item: -item[1]))
+    threads = (((r.raw.get("env") or {}).get("hardware") or {}).get("torch_threads") for r in records)
+    return "torch threads per run: " + counted(Counter("unrecorded" if n is None else str(n) for n in threads))
 
 
 def commands_text(profile: str, seeds: Sequence[int] | None) -> str:
