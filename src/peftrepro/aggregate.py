@@ -97,9 +97,14 @@ class Record:
         return (self.raw.get("params") or {}).get("trainable")
 
     @property
+    def env(self) -> dict[str, Any]:
+        """What it ran on (envinfo.environment): packages, git, hardware, python; {} if unrecorded."""
+        return self.raw.get("env") or {}
+
+    @property
     def hardware(self) -> str:
         """Where it ran and in which precision, e.g. "GPU: NVIDIA H100 (bf16 autocast)"."""
-        info = (self.raw.get("env") or {}).get("hardware") or {}
+        info = self.env.get("hardware") or {}
         if info.get("gpu"):
             where, on_gpu = f"GPU: {info['gpu']}", True
         elif info:
@@ -417,7 +422,7 @@ def distinct(values: Iterable[Any]) -> list[str]:
 def commit_labels(records: Iterable[Record]) -> list[str]:
     """The commits the records name, `abcdef1234 (dirty)` when the tree had uncommitted changes."""
     return distinct(f"{g.get('commit', '?')[:10]}{' (dirty)' if g.get('dirty') else ''}"
-                    for r in records for g in [((r.raw.get("env") or {}).get("git") or {})])
+                    for r in records for g in [r.env.get("git") or {}])
 
 
 def e2e_eval_counts(record: Record) -> tuple[Any, Any] | None:

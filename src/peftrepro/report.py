@@ -114,7 +114,7 @@ def where_text(records: Sequence[Record]) -> str:
         mine = [r for r in records if r.hardware == device and not is_reused(r)]
         if not mine:
             continue
-        packages = (mine[-1].raw.get("env") or {}).get("packages") or {}
+        packages = mine[-1].env.get("packages") or {}
         versions = ", ".join(f"{k} {packages[k]}" for k in ("torch", "transformers", "peft-repro") if k in packages)
         details = "; ".join(part for part in (versions, threads_text(mine)) if part)
         lines.append(f"- {device}: {len(mine)} runs, {hours(sum(run_seconds(r) for r in mine))} in all ({details}).")
@@ -132,7 +132,7 @@ def where_text(records: Sequence[Record]) -> str:
 
 def threads_text(records: Sequence[Record]) -> str:
     """torch's intra-op threads per run: 1 where runs shared the machine, so their wall time is longer."""
-    threads = (((r.raw.get("env") or {}).get("hardware") or {}).get("torch_threads") for r in records)
+    threads = ((r.env.get("hardware") or {}).get("torch_threads") for r in records)
     return "torch threads per run: " + counted(Counter("unrecorded" if n is None else str(n) for n in threads))
 
 
@@ -307,9 +307,9 @@ def constraints(profile: str, runs_dir: Path, path: Path) -> str:
     runs = [r for r in profile_records(runs_dir, profile) if not is_reused(r)]
     versions: dict[str, Counter[str]] = {}
     for record in runs:
-        for name, version in ((record.raw.get("env") or {}).get("packages") or {}).items():
+        for name, version in (record.env.get("packages") or {}).items():
             versions.setdefault(name, Counter())[version] += 1
-    pythons = Counter(str((r.raw.get("env") or {}).get("python")) for r in runs)
+    pythons = Counter(str(r.env.get("python")) for r in runs)
     lines = [f"# Package versions of the {len(runs)} `{profile}` runs under {runs_dir.as_posix()}/, from their",
              "# records (`make report` writes this file; do not edit). To train with the same versions, install",
              "# torch first as the README says, then:",
