@@ -15,6 +15,7 @@ Every failure becomes one `ModelLoadError` that names the source(s) tried.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 from pathlib import Path
@@ -62,7 +63,18 @@ def describe(model: PreTrainedModel, model_cfg: Mapping[str, Any]) -> dict[str, 
              f"{model_cfg.get('package')}/{model_cfg.get('gguf_file')}",
              "hub": str(model_cfg.get("name_or_path"))}.get(source, source)
     return {"name": str(model_cfg.get("name")), "model_type": model.config.model_type,
-            "source": f"{source}: {where}"}
+            "source": f"{source}: {where}", "weights_sha256": weights_sha256(model)}
+
+
+def weights_sha256(model: PreTrainedModel) -> str:
+    """sha256 over every tensor of the state dict as loaded (name, dtype, shape and bytes, in order).
+    Equal digests mean bit-identical starting weights, whichever file or cache they were read from;
+    hashing the tensors rather than the GGUF also covers the `random` and `hub` sources."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- random (tests, smoke)

@@ -113,6 +113,18 @@ def test_a_run_that_loaded_no_data_adds_nothing_to_the_data_line(runs_dir, tmp_p
     assert "None training examples" not in text
 
 
+def test_the_page_names_the_starting_weights_of_the_runs(runs_dir, tmp_path, write, make_record) -> None:
+    for seed in (0, 1):
+        record = make_record("table_weight_type", "mnli", WQ, seed, {"accuracy_m": 0.5}, profile="mini")
+        write(record | {"model": record["model"] | {"weights_sha256": "ab" * 32}})
+    older = make_record("table_weight_type", "mnli", QV, 0, {"accuracy_m": 0.5}, profile="mini")
+    write(older)  # written before records carried the digest
+    copy = make_record("table_rank", "mnli", QV, 0, {"accuracy_m": 0.5}, profile="mini", key="copied")
+    write(copy | {"reused_from": {"experiment": "table_weight_type", "run_key": older["run_key"]}})
+    assert ("Starting weights (sha256 of the state dict as loaded): tiny-llama `abababababab` (2 runs), "
+            "tiny-llama unrecorded (1 run).") in page(runs_dir, tmp_path)
+
+
 def test_an_empty_results_folder_still_renders(runs_dir, tmp_path) -> None:
     text = page(runs_dir, tmp_path)
     assert "No records yet." in text and "No benchmark file yet" in text and "$" not in text.replace("$(", "")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import HydraException
 
 from peftrepro.errors import PeftReproError
@@ -73,6 +74,28 @@ def test_rerun_is_skipped_unless_forced_and_same_seed_repeats(smoke, tmp_path: P
     other_seed = run_one(smoke("task=mnli", "method=ft", "seed=1"))
     assert other_seed["run_key"] != first["run_key"]
     assert other_seed["training"]["loss_curve"] != first["training"]["loss_curve"]
+
+
+def test_the_record_fingerprints_the_starting_weights_whatever_the_run_seed(smoke) -> None:
+    first, other_seed = (run_one(smoke("task=mnli", "method=lora", f"seed={seed}")) for seed in (0, 1))
+    digest = first["model"]["weights_sha256"]
+    assert len(digest) == 64 and other_seed["model"]["weights_sha256"] == digest
+    assert run_one(smoke("model=tiny-llama", "task=mnli", "method=lora"))["model"]["weights_sha256"] != digest
+
+
+@pytest.mark.parametrize("change", ["one value", "dtype"])
+def test_the_weights_digest_sees_any_change_to_the_weights(tiny_model, change: str) -> None:
+    from peftrepro.models import weights_sha256
+
+    model = tiny_model("llama")
+    before = weights_sha256(model)
+    assert weights_sha256(tiny_model("llama")) == before  # same init, same digest
+    if change == "one value":
+        with torch.no_grad():
+            model.lm_head.weight.view(-1)[-1] += 1e-3
+    else:
+        model.to(torch.bfloat16)
+    assert weights_sha256(model) != before
 
 
 def test_method_not_applicable_to_the_model_is_a_final_na_record(smoke, tmp_path: Path) -> None:
