@@ -61,6 +61,16 @@ def empty_cell_seeds(result: TableResult) -> int:
     return int(sum(len(set(result.expected_seeds) - set(seeds)) for seeds in cells["seeds"]))
 
 
+def runs_to_make(result: TableResult) -> Counter[str]:
+    """Runs that would fill the empty (cell, seed) pairs, per task: one run fills every cell of its
+    setting (Table 3: a row's five metrics); copies of equivalent runs may fill some of them."""
+    todo = set()
+    for (row, column), seeds in metric_cells(result)["seeds"].items():
+        task, setting = result.spec.run_of(row, column)
+        todo |= {(task, setting, seed) for seed in set(result.expected_seeds) - set(seeds)}
+    return Counter(task for task, _, _ in todo)
+
+
 # ---------------------------------------------------------------- rendering helpers
 
 def hours(seconds: float) -> str:
@@ -91,19 +101,36 @@ def status_table(results: Mapping[str, TableResult]) -> str:
 
 
 def pending_text(results: Mapping[str, TableResult], records: Sequence[Record]) -> str:
-    todo = sum(empty_cell_seeds(result) for result in results.values())
-    if not todo:
+    pairs = sum(empty_cell_seeds(result) for result in results.values())
+    if not pairs:
         return "Every cell has every expected seed."
+    todo: Counter[str] = sum((runs_to_make(result) for result in results.values()), Counter())
     own = [r for r in records if not is_reused(r) and r.status == "ok"]
-    lines = [f"**{todo} (cell, seed) pairs are still empty** (Table 6 takes its three settings shared "
-             "with Table 5 from Table 5's runs, by copy, so up to 6 per seed of them need no run of their own)."]
+    split = ", ".join(f"{task} {count}" for task, count in sorted(todo.items()))
+    lines = [f"**{pairs} (cell, seed) pairs are still empty**, which {sum(todo.values())} runs would fill "
+             f"({split}; a Table 3 run fills its row's five metrics). Table 6 takes its three settings shared "
+             "with Table 5 from Table 5's runs, and Table 4 its LoRA rows from Table 6's, by copy, so some "
+             "of these need no run of their own."]
     for device in distinct(r.hardware for r in own):
-        times = [run_seconds(r) for r in own if r.hardware == device]
-        median = statistics.median(times)
-        lines.append(f"On {device}, a run of this profile took a median of {hours(median)} "
-                     f"(n = {len(times)}), so the rest would take up to {hours(todo * median)} there.")
+        lines.append(device_estimate(device, [r for r in own if r.hardware == device], todo))
     lines.append("The GPU procedure in `experiments/README.md` is the way to finish them.")
     return " ".join(lines)
+
+
+def device_estimate(device: str, runs: Sequence[Record], todo: Mapping[str, int]) -> str:
+    """The time the runs left would take on one device, from its own runs' median per task (E2E
+    decodes its outputs, WikiSQL's inputs are long: one median over every task would not do). A task
+    with no run there is counted at the median over all of that device's runs."""
+    overall = statistics.median(run_seconds(r) for r in runs)
+    medians, parts = {}, []
+    for task in sorted(todo):
+        times = [run_seconds(r) for r in runs if r.task == task]
+        medians[task] = statistics.median(times) if times else overall
+        parts.append(f"{hours(medians[task])} on {task} (n = {len(times)})" if times else
+                     f"{hours(overall)} on {task} (none ran there: the median of all {len(runs)})")
+    total = sum(count * medians[task] for task, count in todo.items())
+    return (f"On {device}, a run of this profile took a median of {', '.join(parts)}, so the rest would "
+            f"take up to {hours(total)} there.")
 
 
 def where_text(records: Sequence[Record]) -> str:

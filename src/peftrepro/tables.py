@@ -135,6 +135,9 @@ class TableSpec:
     columns: tuple[Axis, ...]
     observe: Callable[[Record], list[Obs] | None]  # None: the record has no place in this table
     paper_ref: Callable[[str, str], tuple[str, str, str] | None]
+    # (row, column) of a metric cell -> (task, setting) of the run that fills it: cells with the same
+    # setting are filled by one run (Table 3: every metric of a row)
+    run_of: Callable[[str, str], tuple[str, str]]
     static_rows: tuple[tuple[str, tuple[str, ...]], ...] = ()  # e.g. Table 5's "Rank r"
     choices: tuple[Choice, ...] = ()
     notes: tuple[str, ...] = ()
@@ -214,6 +217,7 @@ TABLE_WEIGHT_TYPE = TableSpec(
     columns=tuple(Axis(w, (w,)) for w, _ in WEIGHT_TYPE_COLUMNS),
     observe=_weight_type_observe,
     paper_ref=_weight_type_paper,
+    run_of=lambda row, column: (row, column),
     choices=COMMON_CHOICES + TASK_CHOICES,
     notes=ACCURACY_NOTES + (
         "Equal budget: r × (number of adapted matrices) is the same in every column, as in the paper. "
@@ -256,6 +260,7 @@ TABLE_RANK = TableSpec(
     columns=tuple(Axis(f"r={r}", (f"r={r}",)) for r in RANKS),
     observe=_rank_observe,
     paper_ref=_rank_paper,
+    run_of=lambda row, column: (row.split("|")[0], f"{row} {column}"),
     choices=COMMON_CHOICES + TASK_CHOICES,
     notes=ACCURACY_NOTES + (
         "The paper's own inconsistencies: W_q r=8 MultiNLI is 90.7 here but 91.0 in Table 5; "
@@ -316,6 +321,7 @@ TABLE_E2E = TableSpec(
              Axis("meteor", ("MET",)), Axis("rouge_l", ("ROUGE-L",)), Axis("cider", ("CIDEr",))),
     observe=_e2e_observe,
     paper_ref=_arms_paper("table3", E2E_ARMS),
+    run_of=lambda row, column: ("e2e", row),
     choices=COMMON_CHOICES + E2E_CHOICES + (LORA_ALPHA, PREFIX_INIT),
     notes=(
         "Paper numbers are GPT-2 M (the paper's GPT-2 L rows are in paper.csv). BLEU, METEOR and ROUGE-L "
@@ -375,6 +381,7 @@ TABLE_METHODS = TableSpec(
              Axis("mnli", ("MNLI-m Acc. (%)",))),
     observe=_methods_observe,
     paper_ref=_methods_paper,
+    run_of=lambda row, column: (column, row),
     choices=COMMON_CHOICES + TASK_CHOICES + (PREFIX_INIT,),
     notes=ACCURACY_NOTES + (
         "Table 4's LoRA rows are best-of several configurations (4.7M: 73.4 / 91.7, the MNLI from r_v=2; "
