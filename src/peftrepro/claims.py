@@ -18,6 +18,8 @@ binomial bound p_A(1−p_A)/N_A + p_B(1−p_B)/N_B stands in (conservative for "
 is the seed spread alone.
 A claim over several comparisons is not held if any is not held, else inconclusive if any is
 inconclusive, else held. Cells marked n/a (method not applicable to the model) are left out.
+A verdict decided by less than MARGINAL of its 2-SE margin is marked marginal: one more seed may flip
+it, which the verdict word alone would not say.
 A claim that is not held also says why that may be at this scale, and how the compared cells
 trained (trainable parameters, learning rate, steps, final training loss, from their records).
 """
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from peftrepro.aggregate import ExampleScores, TableResult
 
 Z = 2.0  # half-width of the interval on a difference, in standard errors
+MARGINAL = 0.1  # a verdict this close to its line, as a fraction of the 2-SE margin, is marginal
 MAX_SHOWN = 3  # comparisons quoted as evidence of a verdict (the rest are counted)
 HELD, NOT_HELD, INCONCLUSIVE = "held", "not held", "inconclusive"
 
@@ -62,6 +65,7 @@ class Comparison:
     evidence: str
     slack: float = math.inf  # how far the difference is from flipping the verdict (closest first)
     cells: tuple[Cell, ...] = ()
+    marginal: bool = False  # held or not held, but within MARGINAL of the 2-SE line
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class Claim:
     verdict: str
     evidence: str
     why: str = ""  # not held: why that may be at this scale, with how the compared cells trained
+    marginal: bool = False  # every comparison deciding the verdict is marginal
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,8 @@ def beats(a: Cell, b: Cell) -> Comparison:
         return Comparison(INCONCLUSIVE, _evidence(a, b, diff), cells=(a, b))
     delta, margin = diff.delta, diff.margin
     verdict = HELD if delta - margin > 0 else NOT_HELD if delta + margin < 0 else INCONCLUSIVE
-    return Comparison(verdict, _evidence(a, b, diff), delta - margin, (a, b))
+    edge = {HELD: delta - margin, NOT_HELD: -(delta + margin)}.get(verdict, math.inf)
+    return Comparison(verdict, _evidence(a, b, diff), delta - margin, (a, b), edge < MARGINAL * margin)
 
 
 def matches_or_beats(a: Cell, b: Cell) -> Comparison:
@@ -131,7 +137,8 @@ def matches_or_beats(a: Cell, b: Cell) -> Comparison:
     if isinstance(diff, str):
         return Comparison(INCONCLUSIVE, _evidence(a, b, diff), cells=(a, b))
     delta, margin = diff.delta, diff.margin
-    return Comparison(NOT_HELD if delta + margin < 0 else HELD, _evidence(a, b, diff), delta + margin, (a, b))
+    return Comparison(NOT_HELD if delta + margin < 0 else HELD, _evidence(a, b, diff), delta + margin, (a, b),
+                      abs(delta + margin) < MARGINAL * margin)
 
 
 # Why a claim may fail at a small scale (quoted only under a claim that is not held, followed by
@@ -164,11 +171,13 @@ def combine(text: str, source: str, comparisons: Sequence[Comparison], why: str 
     evidence = "; ".join(c.evidence for c in shown)
     if len(comparisons) > len(shown):
         evidence += f" (shown: {len(shown)} of {len(comparisons)} comparisons, those that decide the verdict)"
+    # held rests on its weakest comparison (shown); not held on its strongest (any of the deciding)
+    marginal = shown[0].marginal if verdict == HELD else verdict == NOT_HELD and all(c.marginal for c in deciding)
     if verdict != NOT_HELD:
-        return Claim(text, source, verdict, evidence)
+        return Claim(text, source, verdict, evidence, marginal=marginal)
     cells = {cell.label: cell for c in shown for cell in c.cells}  # each cell once, in order
     trained = "; ".join(f"{label}: {cell.training}" for label, cell in cells.items())
-    return Claim(text, source, verdict, evidence, f"{why} As trained here: {trained}.")
+    return Claim(text, source, verdict, evidence, f"{why} As trained here: {trained}.", marginal)
 
 
 def _cell(result: TableResult, row: str, column: str, label: str) -> Cell:
@@ -280,7 +289,8 @@ def render(claims: Sequence[Claim]) -> list[str]:
     """Markdown lines: one table row per claim, then the decision rule."""
     lines = ["| Paper's claim | Where | On our numbers | Evidence (mean ± std (n); Δ ± 2·SE) |",
              "|---|---|---|---|"]
-    lines += [f"| {c.text} | {c.source} | **{c.verdict}** | {c.evidence} |" for c in claims]
+    lines += [f"| {c.text} | {c.source} | **{c.verdict}**{' (marginal)' * c.marginal} | {c.evidence} |"
+              for c in claims]
     if reasons := [f"- Not held: {c.text}. {c.why}" for c in claims if c.why]:
         lines += ["", *reasons]
     lines += ["", "Rule: 'beats' is held when the difference of means exceeds 2 standard errors of the "
@@ -291,5 +301,6 @@ def render(claims: Sequence[Claim]) -> list[str]:
               "seeds do not shrink (the same N examples score every seed): paired, sd(d)²/N over the "
               "per-example differences d of the two cells' saved predictions (averaged over seeds); where "
               "those are missing, the unpaired binomial p(1−p)/N of each cell. Corpus metrics (BLEU and "
-              "the other E2E scores): the seed spread alone."]
+              "the other E2E scores): the seed spread alone. A verdict marked (marginal) is decided by less "
+              f"than {MARGINAL:.0%} of its 2-SE margin: one more seed may flip it."]
     return lines

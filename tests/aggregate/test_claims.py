@@ -8,8 +8,8 @@ import pytest
 
 from peftrepro.aggregate import build_table, incomplete_lines, parse_record
 from peftrepro.tables import TABLES
-from peftrepro.claims import (HELD, INCONCLUSIVE, NOT_HELD, WHY_FEWER_MATRICES, Cell, beats, evaluate,
-                              matches_or_beats, render)
+from peftrepro.claims import (HELD, INCONCLUSIVE, NOT_HELD, WHY_FEWER_MATRICES, Cell, beats, combine,
+                              evaluate, matches_or_beats, render)
 
 
 def cell(mean: float, std: float = 0.1, n: int = 3, sampling_se: float = 0.0) -> Cell:
@@ -34,6 +34,34 @@ def cell(mean: float, std: float = 0.1, n: int = 3, sampling_se: float = 0.0) ->
 ])
 def test_comparisons(compare, a, b, verdict):
     assert compare(a, b).verdict == verdict
+
+
+def exact(mean: float) -> Cell:
+    """A cell whose only error is the evaluation set's: margin 2·hypot(1, 1) = 2.83 on a difference."""
+    return cell(mean, std=0.0, sampling_se=1.0)
+
+
+@pytest.mark.parametrize("compare,a,b,verdict,marginal", [
+    (beats, exact(52.9), exact(50.0), HELD, True),          # 0.07 past the line
+    (beats, exact(56.0), exact(50.0), HELD, False),
+    (beats, exact(50.0), exact(52.9), NOT_HELD, True),
+    (beats, exact(51.0), exact(50.0), INCONCLUSIVE, False),
+    (matches_or_beats, exact(50.0), exact(52.9), NOT_HELD, True),
+    (matches_or_beats, exact(50.0), exact(52.7), HELD, True),  # 0.13 short of the line
+    (matches_or_beats, exact(50.0), exact(50.0), HELD, False),
+])
+def test_a_verdict_within_a_tenth_of_its_margin_is_marginal(compare, a, b, verdict, marginal):
+    comparison = compare(a, b)
+    assert (comparison.verdict, comparison.marginal) == (verdict, marginal)
+    claim = combine("claim", "§0", [comparison])
+    assert claim.marginal == marginal
+    assert (f"**{verdict}** (marginal) |" in render([claim])[2]) == marginal
+
+
+def test_a_claim_not_held_is_marginal_only_if_every_failing_comparison_is():
+    near, far = matches_or_beats(exact(50.0), exact(52.9)), matches_or_beats(exact(50.0), exact(60.0))
+    assert combine("claim", "§0", [near]).marginal
+    assert not combine("claim", "§0", [near, far]).marginal
 
 
 def weight_type_records(make_record, qv: float, q: float):
