@@ -63,9 +63,14 @@ class Cell:
 class Comparison:
     verdict: str
     evidence: str
-    slack: float = math.inf  # how far the difference is from flipping the verdict (closest first)
+    slack: float = math.inf  # held or not held: how far the difference is from flipping the verdict
     cells: tuple[Cell, ...] = ()
-    marginal: bool = False  # held or not held, but within MARGINAL of the 2-SE line
+    margin: float = math.inf  # 2 SE of the difference
+
+    @property
+    def marginal(self) -> bool:
+        """Held or not held, but within MARGINAL of the 2-SE line."""
+        return self.slack < MARGINAL * self.margin
 
 
 @dataclass(frozen=True)
@@ -128,8 +133,8 @@ def beats(a: Cell, b: Cell) -> Comparison:
         return Comparison(INCONCLUSIVE, _evidence(a, b, diff), cells=(a, b))
     delta, margin = diff.delta, diff.margin
     verdict = HELD if delta - margin > 0 else NOT_HELD if delta + margin < 0 else INCONCLUSIVE
-    edge = {HELD: delta - margin, NOT_HELD: -(delta + margin)}.get(verdict, math.inf)
-    return Comparison(verdict, _evidence(a, b, diff), delta - margin, (a, b), edge < MARGINAL * margin)
+    slack = {HELD: delta - margin, NOT_HELD: -(delta + margin)}.get(verdict, math.inf)
+    return Comparison(verdict, _evidence(a, b, diff), slack, (a, b), margin)
 
 
 def matches_or_beats(a: Cell, b: Cell) -> Comparison:
@@ -137,8 +142,8 @@ def matches_or_beats(a: Cell, b: Cell) -> Comparison:
     if isinstance(diff, str):
         return Comparison(INCONCLUSIVE, _evidence(a, b, diff), cells=(a, b))
     delta, margin = diff.delta, diff.margin
-    return Comparison(NOT_HELD if delta + margin < 0 else HELD, _evidence(a, b, diff), delta + margin, (a, b),
-                      abs(delta + margin) < MARGINAL * margin)
+    return Comparison(NOT_HELD if delta + margin < 0 else HELD, _evidence(a, b, diff), abs(delta + margin),
+                      (a, b), margin)
 
 
 # Why a claim may fail at a small scale (quoted only under a claim that is not held, followed by
