@@ -252,6 +252,10 @@ class TableResult:
     def stats(self, row: str, column: str) -> pd.Series:
         return self.cells.loc[(row, column)]
 
+    def cells_of(self, run_key: str) -> list[tuple[str, str]]:
+        """The metric cells a run gives its value to (parameter counts aside)."""
+        return [cell for cell, keys in self.sources.items() if run_key in keys and PARAMS not in cell]
+
     def cell_records(self, row: str, column: str) -> list[Record]:
         """The records that give this cell its value (one per seed)."""
         keys = self.sources.get((row, column), [])
@@ -490,11 +494,9 @@ def _count(values: Iterable[str]) -> list[tuple[str, int]]:
 
 def incomplete_lines(result: TableResult) -> list[str]:
     spec = result.spec
-    row_label = {a.key: " / ".join(a.labels) for a in spec.rows}
-    col_label = {a.key: a.labels[0] for a in spec.columns}
     lines = []
     for _, cell in result.cells[result.cells["status"] != "ok"].iterrows():
-        where = f"{row_label[cell['row']]} × {col_label[cell['column']]}"
+        where = spec.cell_label(cell["row"], cell["column"])
         if cell["status"] == "missing":
             why = "no record (run the table's make target)"
         elif cell["status"] == "partial":
@@ -505,13 +507,11 @@ def incomplete_lines(result: TableResult) -> list[str]:
         lines.append(f"- {cell['status'].upper()} {where}: {why}")
     metric_cells = result.cells[(result.cells["row"] != PARAMS) & (result.cells["column"] != PARAMS)]
     for _, cell in metric_cells[metric_cells["hardware"].map(len) > 1].iterrows():
-        lines.append(f"- MIXED HARDWARE {row_label[cell['row']]} × {col_label[cell['column']]}: its seeds ran on "
+        lines.append(f"- MIXED HARDWARE {spec.cell_label(cell['row'], cell['column'])}: its seeds ran on "
                      f"{' and '.join(cell['hardware'])}; the spread includes the difference")
     for record in result.records:
         if problem := record.barely_trained:
-            cells = ", ".join(f"{row_label[row]} × {col_label[column]}"
-                              for (row, column), keys in result.sources.items()
-                              if record.run_key in keys and PARAMS not in (row, column))
+            cells = ", ".join(spec.cell_label(*cell) for cell in result.cells_of(record.run_key))
             lines.append(f"- BARELY TRAINED {cells}, seed {record.seed} (`{record.run_key}`): training {problem}; "
                          "its score reflects a failed fit, not the method, and no claim is judged on it")
     for record in result.unplaced:

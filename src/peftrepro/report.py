@@ -163,10 +163,28 @@ def threads_text(records: Sequence[Record]) -> str:
     return "torch threads per run: " + counted(Counter("unrecorded" if n is None else str(n) for n in threads))
 
 
-def commands_text(profile: str, seeds: Sequence[int] | None) -> str:
+def commands_text(profile: str, seeds: Sequence[int] | None, results: Mapping[str, TableResult]) -> str:
     seed_arg = f" SEEDS={','.join(map(str, seeds))}" if seeds else ""
     targets = [f"make {MAKE_TARGETS[name]} PROFILE={profile}{seed_arg}" for name in TABLES]
-    return "\n".join(["make table-params", "make table-latency", *targets, f"make report PROFILE={profile}"])
+    lines = ["make table-params", "make table-latency", *targets, f"make report PROFILE={profile}"]
+    return "\n".join(lines + extra_seed_lines(profile, results))
+
+
+def extra_seed_lines(profile: str, results: Mapping[str, TableResult]) -> list[str]:
+    """The command of each run of a seed beyond those every cell should have (e.g. a third seed to
+    test a verdict decided by a hair): such runs are made one setting at a time, so the make
+    commands keep them but would not make them."""
+    lines = []
+    for name, result in results.items():
+        extra = [r for r in result.records if r.seed is not None and r.seed not in result.expected_seeds]
+        for record in sorted(extra, key=lambda r: (r.seed, r.run_key)):
+            if not (cells := result.cells_of(record.run_key)):
+                continue  # a failed run: no cell shows it
+            _, setting = result.spec.run_of(*cells[0])
+            labels = ", ".join(result.spec.cell_label(*cell) for cell in cells)
+            lines += [f"# {result.spec.title.split(':')[0]}, {labels}, seed {record.seed}",
+                      f"python -m peftrepro.run -m experiment={name} profile={profile} seed={record.seed} {setting}"]
+    return ["# seeds beyond SEEDS, one setting at a time:", *lines] if lines else []
 
 
 def models_text(records: Sequence[Record]) -> str:
@@ -384,7 +402,7 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
         profile=profile, runs_dir=runs_dir.as_posix(), tables_dir=tables_dir.as_posix(),
         latest_record=latest.isoformat() if latest is not None else "none",
         status_table=status_table(results), pending=pending_text(results, records),
-        where=where_text(records), commands=commands_text(profile, seeds),
+        where=where_text(records), commands=commands_text(profile, seeds, results),
         models=models_text(records), data_lines=data_text(records), schedule=schedule_text(records),
         decoding=decoding_text(records), scale=scale_text(records),
         sections="".join(table_section(r) for r in results.values()),

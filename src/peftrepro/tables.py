@@ -135,13 +135,19 @@ class TableSpec:
     columns: tuple[Axis, ...]
     observe: Callable[[Record], list[Obs] | None]  # None: the record has no place in this table
     paper_ref: Callable[[str, str], tuple[str, str, str] | None]
-    # (row, column) of a metric cell -> (task, setting) of the run that fills it: cells with the same
+    # (row, column) of a metric cell -> (task, setting) of the run that fills it, the setting as the
+    # command-line overrides that pick that run out of the experiment's sweep: cells with the same
     # setting are filled by one run (Table 3: every metric of a row)
     run_of: Callable[[str, str], tuple[str, str]]
     static_rows: tuple[tuple[str, tuple[str, ...]], ...] = ()  # e.g. Table 5's "Rank r"
     choices: tuple[Choice, ...] = ()
     notes: tuple[str, ...] = ()
     digits: Mapping[str, int] = field(default_factory=dict)  # decimals per column key (default 1)
+
+    def cell_label(self, row: str, column: str) -> str:
+        """A cell as the table labels it, e.g. "WikiSQL (±0.5%) / W_q,W_v × r=4"."""
+        row_labels = next(a.labels for a in self.rows if a.key == row)
+        return f"{' / '.join(row_labels)} × {next(a.labels[0] for a in self.columns if a.key == column)}"
 
 
 COMMON_CHOICES = (
@@ -201,6 +207,12 @@ def _weight_type_observe(record: Record) -> list[Obs] | None:
             _params_obs(record, PARAMS, column)]
 
 
+def _weight_type_setting(task: str, weights: str) -> str:
+    rank = dict(WEIGHT_TYPE_COLUMNS)[weights]
+    ranks = ",".join(f"{w}:{rank}" for w in weights.split(","))
+    return f"task={task} 'method.ranks={{{ranks}}}'"
+
+
 def _weight_type_paper(row: str, column: str) -> tuple[str, str, str] | None:
     rank = dict(WEIGHT_TYPE_COLUMNS)[column]
     return ("table5", f"{column} r={rank}", row)
@@ -217,7 +229,7 @@ TABLE_WEIGHT_TYPE = TableSpec(
     columns=tuple(Axis(w, (w,)) for w, _ in WEIGHT_TYPE_COLUMNS),
     observe=_weight_type_observe,
     paper_ref=_weight_type_paper,
-    run_of=lambda row, column: (row, column),
+    run_of=lambda row, column: (row, _weight_type_setting(row, column)),
     choices=COMMON_CHOICES + TASK_CHOICES,
     notes=ACCURACY_NOTES + (
         "Equal budget: r × (number of adapted matrices) is the same in every column, as in the paper. "
@@ -246,6 +258,11 @@ def _rank_observe(record: Record) -> list[Obs] | None:
                         PRIMARY_METRIC[record.task])]
 
 
+def _rank_setting(row: str, column: str) -> str:
+    task, weights = row.split("|")
+    return f"task={task} 'method.weights=[{weights}]' method.{column}"  # column: "r=8"
+
+
 def _rank_paper(row: str, column: str) -> tuple[str, str, str]:
     task, weights = row.split("|")
     return ("table6", f"{weights} {column}", task)
@@ -260,7 +277,7 @@ TABLE_RANK = TableSpec(
     columns=tuple(Axis(f"r={r}", (f"r={r}",)) for r in RANKS),
     observe=_rank_observe,
     paper_ref=_rank_paper,
-    run_of=lambda row, column: (row.split("|")[0], f"{row} {column}"),
+    run_of=lambda row, column: (row.split("|")[0], _rank_setting(row, column)),
     choices=COMMON_CHOICES + TASK_CHOICES,
     notes=ACCURACY_NOTES + (
         "The paper's own inconsistencies: W_q r=8 MultiNLI is 90.7 here but 91.0 in Table 5; "
@@ -321,7 +338,7 @@ TABLE_E2E = TableSpec(
              Axis("meteor", ("MET",)), Axis("rouge_l", ("ROUGE-L",)), Axis("cider", ("CIDEr",))),
     observe=_e2e_observe,
     paper_ref=_arms_paper("table3", E2E_ARMS),
-    run_of=lambda row, column: ("e2e", row),
+    run_of=lambda row, column: ("e2e", f"+experiment/e2e_arm={row}"),
     choices=COMMON_CHOICES + E2E_CHOICES + (LORA_ALPHA, PREFIX_INIT),
     notes=(
         "Paper numbers are GPT-2 M (the paper's GPT-2 L rows are in paper.csv). BLEU, METEOR and ROUGE-L "
@@ -381,7 +398,7 @@ TABLE_METHODS = TableSpec(
              Axis("mnli", ("MNLI-m Acc. (%)",))),
     observe=_methods_observe,
     paper_ref=_methods_paper,
-    run_of=lambda row, column: (column, row),
+    run_of=lambda row, column: (column, f"task={column} +experiment/methods_arm={row}"),
     choices=COMMON_CHOICES + TASK_CHOICES + (PREFIX_INIT,),
     notes=ACCURACY_NOTES + (
         "Table 4's LoRA rows are best-of several configurations (4.7M: 73.4 / 91.7, the MNLI from r_v=2; "

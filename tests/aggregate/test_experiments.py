@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import shlex
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,24 @@ def test_sweep_fills_every_cell_of_its_table_once(composer, name):
     assert set(filled) == expected
     metric_cells = [cell for cell in filled if "trainable_params" not in cell]
     assert len(metric_cells) == len(set(metric_cells)), "two sweep points fill the same cell"
+
+
+@pytest.mark.parametrize("name", list(TABLES))
+def test_each_cell_names_the_overrides_of_the_run_that_fills_it(composer, name):
+    """`run_of`'s setting is a command line (the REPORT prints it for extra seeds): it must compose
+    and make a run of that task whose record lands in that very cell."""
+    spec = TABLES[name]
+    for row, column in ((r.key, c.key) for r in spec.rows for c in spec.columns):
+        if "trainable_params" in (row, column):
+            continue
+        task, setting = spec.run_of(row, column)
+        cfg = composer([f"experiment={name}", *shlex.split(setting)])
+        record = parse_record(Path("x"), {"run_key": "k", "experiment": name, "status": "ok",
+                                          "created_at": "2025-01-01T00:00:00+00:00", "seed": 0,
+                                          "task": cfg.task.name, "method": OmegaConf.to_container(cfg.method),
+                                          "metrics": {}, "params": {"trainable": 1}})
+        assert cfg.task.name == task
+        assert (row, column) in [(o.row, o.column) for o in spec.observe(record)], setting
 
 
 @pytest.mark.parametrize("profile", ["smoke", "mini", "paper"])

@@ -71,6 +71,19 @@ def test_no_clock_and_no_machine_in_the_page(weight_type_runs, runs_dir, tmp_pat
     assert "Latest record: 2025-01-01T00:01:00+00:00" in page(runs_dir, tmp_path)
 
 
+def test_a_seed_beyond_the_expected_ones_is_named_among_the_commands(weight_type_runs, runs_dir, tmp_path, write,
+                                                                   make_record) -> None:
+    assert "seeds beyond SEEDS" not in page(runs_dir, tmp_path)
+    write(make_record("table_weight_type", "mnli", QV, 2, {"accuracy_m": 0.6}, profile="mini", key="third"))
+    text = page(runs_dir, tmp_path)
+    assert "make report PROFILE=mini\n# seeds beyond SEEDS, one setting at a time:\n" in text
+    assert ("# Table 5, MultiNLI (±0.1%) × W_q,W_v, seed 2\n"
+            "python -m peftrepro.run -m experiment=table_weight_type profile=mini seed=2 task=mnli "
+            "'method.ranks={W_q:4,W_v:4}'\n") in text
+    assert "seed=0" not in text and "seed=1" not in text  # the expected seeds come from the make commands
+    assert "seeds beyond SEEDS" not in page(runs_dir, tmp_path, seeds=(0, 1, 2))
+
+
 def test_reused_runs_count_once(weight_type_runs, runs_dir, tmp_path, write, make_record) -> None:
     copy = make_record("table_rank", "mnli", {"name": "lora", "weights": ["W_q"], "r": 8}, 0, {"accuracy_m": 0.5},
                        profile="mini", key="copied")
