@@ -36,6 +36,14 @@ def sweep_grid(params) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*axes)]
 
 
+def record_of(experiment: str, cfg) -> object:
+    """A finished run's record as a composed config would write it (no metrics: placement only)."""
+    return parse_record(Path("x"), {"run_key": "k", "experiment": experiment, "status": "ok",
+                                    "created_at": "2025-01-01T00:00:00+00:00", "seed": 0, "task": cfg.task.name,
+                                    "method": OmegaConf.to_container(cfg.method, resolve=True),
+                                    "metrics": {}, "params": {"trainable": 1}})
+
+
 def test_every_table_has_an_experiment_file():
     assert {p.stem for p in (CONF / "experiment").glob("*.yaml")} == set(TABLES)
 
@@ -49,13 +57,8 @@ def test_sweep_fills_every_cell_of_its_table_once(composer, name):
     filled: list[tuple[str, str]] = []
     for overrides in sweep_grid(base.hydra.sweeper.params):
         cfg = composer([f"experiment={name}", *overrides])
-        method = OmegaConf.to_container(cfg.method, resolve=True)
-        record = parse_record(Path("x"), {"run_key": "k", "experiment": name, "status": "ok",
-                                          "created_at": "2025-01-01T00:00:00+00:00", "seed": 0,
-                                          "task": cfg.task.name, "method": method,
-                                          "metrics": {}, "params": {"trainable": 1}})
-        observations = spec.observe(record)
-        assert observations is not None, f"{overrides} -> {method} has no place in {name}"
+        observations = spec.observe(record_of(name, cfg))
+        assert observations is not None, f"{overrides} -> {cfg.method} has no place in {name}"
         filled += [(o.row, o.column) for o in observations]
     expected = {(row.key, col.key) for row in spec.rows for col in spec.columns}
     assert set(filled) == expected
@@ -73,12 +76,8 @@ def test_each_cell_names_the_overrides_of_the_run_that_fills_it(composer, name):
             continue
         task, setting = spec.run_of(row, column)
         cfg = composer([f"experiment={name}", *shlex.split(setting)])
-        record = parse_record(Path("x"), {"run_key": "k", "experiment": name, "status": "ok",
-                                          "created_at": "2025-01-01T00:00:00+00:00", "seed": 0,
-                                          "task": cfg.task.name, "method": OmegaConf.to_container(cfg.method),
-                                          "metrics": {}, "params": {"trainable": 1}})
         assert cfg.task.name == task
-        assert (row, column) in [(o.row, o.column) for o in spec.observe(record)], setting
+        assert (row, column) in [(o.row, o.column) for o in spec.observe(record_of(name, cfg))], setting
 
 
 @pytest.mark.parametrize("profile", ["smoke", "mini", "paper"])
