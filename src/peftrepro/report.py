@@ -88,7 +88,7 @@ def status_table(results: Mapping[str, TableResult]) -> str:
         cells, records = metric_cells(result), result.records
         own = [r for r in records if not is_reused(r)]
         rows.append({
-            "Table": f"[{result.spec.title.split(':')[0]}](tables/{name}.md)",
+            "Table": f"[{result.spec.short_title}](tables/{name}.md)",
             "Cells with every seed": f"{int((cells['status'] == 'ok').sum())} / {len(cells)}",
             "Seeds": ", ".join(map(str, result.expected_seeds)) or "—",
             "Runs ok / failed / n/a / unscored": " / ".join(map(str, status_counts(records).values())),
@@ -182,7 +182,7 @@ def extra_seed_lines(profile: str, results: Mapping[str, TableResult]) -> list[s
                 continue  # a failed run: no cell shows it
             _, setting = result.spec.run_of(*cells[0])
             labels = ", ".join(result.spec.cell_label(*cell) for cell in cells)
-            lines += [f"# {result.spec.title.split(':')[0]}, {labels}, seed {record.seed}",
+            lines += [f"# {result.spec.short_title}, {labels}, seed {record.seed}",
                       f"python -m peftrepro.run -m experiment={name} profile={profile} seed={record.seed} {setting}"]
     return ["# seeds beyond SEEDS, one setting at a time:", *lines] if lines else []
 

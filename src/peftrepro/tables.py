@@ -144,6 +144,11 @@ class TableSpec:
     notes: tuple[str, ...] = ()
     digits: Mapping[str, int] = field(default_factory=dict)  # decimals per column key (default 1)
 
+    @property
+    def short_title(self) -> str:
+        """The table's name without its caption, e.g. "Table 5"."""
+        return self.title.split(":")[0]
+
     def cell_label(self, row: str, column: str) -> str:
         """A cell as the table labels it, e.g. "WikiSQL (±0.5%) / W_q,W_v × r=4"."""
         row_labels = next(a.labels for a in self.rows if a.key == row)
