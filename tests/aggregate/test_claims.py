@@ -8,8 +8,8 @@ import pytest
 
 from peftrepro.aggregate import build_table, incomplete_lines, parse_record
 from peftrepro.tables import TABLES
-from peftrepro.claims import (HELD, INCONCLUSIVE, NOT_HELD, WHY_FEWER_MATRICES, Cell, beats, combine,
-                              evaluate, matches_or_beats, render)
+from peftrepro.claims import (HELD, INCONCLUSIVE, NOT_HELD, WHY_FEWER_MATRICES, WHY_FT, WHY_FT_E2E, Cell,
+                              beats, combine, evaluate, matches_or_beats, render)
 
 
 def cell(mean: float, std: float = 0.1, n: int = 3, sampling_se: float = 0.0) -> Cell:
@@ -94,6 +94,23 @@ def test_a_claim_not_held_says_why_and_how_the_cells_trained(runs_dir, write, ma
                           "250 steps, final training loss 0.70 (mean of 3).")
     assert f"- Not held: {failed.text}. {failed.why}" in render(claims)
     assert all(not c.why for c in claims if c.verdict != NOT_HELD)
+
+
+@pytest.mark.parametrize("experiment,task,lora,metric,why", [
+    ("table_e2e", "e2e", {"name": "lora", "weights": ["W_q", "W_v"], "r": 4, "ranks": None}, "bleu", WHY_FT_E2E),
+    ("table_methods", "wikisql", {"name": "lora", "weights": ["W_q", "W_v"], "r": 8, "ranks": None},
+     "lf_accuracy", WHY_FT),
+])
+def test_lora_below_full_fine_tuning_is_explained_by_its_own_tables_model(runs_dir, write, make_record,
+                                                                           experiment, task, lora, metric, why):
+    for seed in (0, 1):
+        write(make_record(experiment, task, lora, seed, {metric: 0.50 + seed / 100}))
+        write(make_record(experiment, task, {"name": "ft"}, seed, {metric: 0.70 + seed / 100}))
+    claim = next(c for c in evaluate(build_table(TABLES[experiment], runs_dir))
+                 if "matches or beats full fine-tuning" in c.text)
+    assert claim.verdict == NOT_HELD
+    assert claim.why.startswith(f"{why} As trained here: ")
+    assert ("GPT-2" in claim.why) == (experiment == "table_e2e")
 
 
 def test_a_cell_that_barely_trained_is_listed_and_judges_no_claim(runs_dir, write, make_record):
