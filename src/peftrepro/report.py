@@ -90,7 +90,7 @@ def status_table(results: Mapping[str, TableResult]) -> str:
         rows.append({
             "Table": f"[{result.spec.short_title}](tables/{name}.md)",
             "Cells with every seed": f"{int((cells['status'] == 'ok').sum())} / {len(cells)}",
-            "Seeds": ", ".join(map(str, result.expected_seeds)) or "—",
+            "Seeds": seeds_text(result),
             "Runs ok / failed / n/a / unscored": " / ".join(map(str, status_counts(records).values())),
             "Reused from another table": str(len(records) - len(own)),
             "Cell × seed still empty": str(empty_cell_seeds(result)),
@@ -98,6 +98,20 @@ def status_table(results: Mapping[str, TableResult]) -> str:
             "Run time (sum)": hours(sum(run_seconds(r) for r in own)) if own else "—",
         })
     return pd.DataFrame(rows).to_markdown(index=False)
+
+
+def seeds_text(result: TableResult) -> str:
+    """The seeds every cell should have, and any seed beyond them with the number of settings it
+    ran for, so that a cell of n=3 beside cells of n=2 is not a surprise."""
+    extra = Counter(r.seed for r in extra_seed_runs(result))
+    return (", ".join(map(str, result.expected_seeds)) or "—") + "".join(
+        f" (+ seed {seed} on {n} setting{'s' if n > 1 else ''})" for seed, n in sorted(extra.items()))
+
+
+def extra_seed_runs(result: TableResult) -> list[Record]:
+    """The runs of a seed beyond those every cell should have that a cell shows (a failed run shows in none)."""
+    return [r for r in result.records
+            if r.seed is not None and r.seed not in result.expected_seeds and result.cells_of(r.run_key)]
 
 
 def pending_text(results: Mapping[str, TableResult], records: Sequence[Record]) -> str:
@@ -176,10 +190,8 @@ def extra_seed_lines(profile: str, results: Mapping[str, TableResult]) -> list[s
     commands keep them but would not make them."""
     lines = []
     for name, result in results.items():
-        extra = [r for r in result.records if r.seed is not None and r.seed not in result.expected_seeds]
-        for record in sorted(extra, key=lambda r: (r.seed, r.run_key)):
-            if not (cells := result.cells_of(record.run_key)):
-                continue  # a failed run: no cell shows it
+        for record in sorted(extra_seed_runs(result), key=lambda r: (r.seed, r.run_key)):
+            cells = result.cells_of(record.run_key)
             _, setting = result.spec.run_of(*cells[0])
             labels = ", ".join(result.spec.cell_label(*cell) for cell in cells)
             lines += [f"# {result.spec.short_title}, {labels}, seed {record.seed}",

@@ -81,6 +81,8 @@ def test_a_seed_beyond_the_expected_ones_is_named_among_the_commands(weight_type
             "python -m peftrepro.run -m experiment=table_weight_type profile=mini seed=2 task=mnli "
             "'method.ranks={W_q:4,W_v:4}'\n") in text
     assert "seed=0" not in text and "seed=1" not in text  # the expected seeds come from the make commands
+    table5 = next(line for line in text.splitlines() if line.startswith("| [Table 5]"))
+    assert table5.split("|")[3].strip() == "0, 1 (+ seed 2 on 1 setting)"
     assert "seeds beyond SEEDS" not in page(runs_dir, tmp_path, seeds=(0, 1, 2))
 
 
