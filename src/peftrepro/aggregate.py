@@ -149,14 +149,23 @@ class Record:
             examples = examples.get(PROPORTION_METRICS[metric][1])
         return examples if isinstance(examples, int) else None
 
+    @property
+    def predictions_path(self) -> Path:
+        """The run's predictions.jsonl: beside the record, or for a reused run, which keeps no copy
+        of them (`reuse.NOT_COPIED`), the original's in its experiment's folder."""
+        here, original = self.path.parent / PREDICTIONS_FILE, self.raw.get("reused_from") or {}
+        if here.is_file() or not original.get("experiment") or not original.get("run_key"):
+            return here
+        return self.path.parents[2] / original["experiment"] / original["run_key"] / PREDICTIONS_FILE
+
     def example_scores(self, metric: str) -> ExampleScores | None:
-        """Whether each evaluated example was scored correct, from the predictions saved beside the
-        record; None for corpus metrics and where the predictions are missing or unreadable."""
+        """Whether each evaluated example was scored correct, from the run's saved predictions; None
+        for corpus metrics and where the predictions are missing or unreadable."""
         if metric not in PROPORTION_METRICS or self.task not in EXAMPLE_ID_FIELDS:
             return None
         field_name, subset = PROPORTION_METRICS[metric]
         try:
-            lines = (self.path.parent / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines()
+            lines = self.predictions_path.read_text(encoding="utf-8").splitlines()
             rows = [row for row in map(json.loads, lines) if subset is None or row.get("subset") == subset]
             ids = [[row[name] for name in EXAMPLE_ID_FIELDS[self.task]] for row in rows]
             scores = tuple(to_paper_unit(metric, float(row[field_name])) for row in rows)

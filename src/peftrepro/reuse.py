@@ -6,7 +6,8 @@ keys differ. Two configs are *equivalent* when their semantic configs (`records.
 agree once each method is in its canonical form (`MethodConfig.canonical`). When a run has no
 record of its own but an equivalent "ok" run exists in another experiment, that run's folder is
 copied into this experiment's folder, its record naming the original under `reused_from`: every
-table still reads its own folder only, and the copy says where its numbers came from.
+table still reads its own folder's records, and the copy says where its numbers came from. Its
+per-example predictions are read from the original's folder, not kept twice.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# weights are machine-local (git-ignored) and can be large: a reused run is a record, not a model
-NOT_COPIED = ("*.safetensors",)
+# weights are machine-local (git-ignored) and can be large: a reused run is a record, not a model;
+# its predictions stay with the original (aggregate.Record.predictions_path), a second copy would
+# only grow the committed results
+NOT_COPIED = ("*.safetensors", records.PREDICTIONS_FILE)
 
 
 def equivalence_key(config: Mapping[str, Any]) -> str:
