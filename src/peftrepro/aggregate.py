@@ -35,7 +35,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from peftrepro.paper import load_paper, to_paper_unit
-from peftrepro.records import NOT_APPLICABLE, PREDICTIONS_FILE, RECORD_FILE, UNSCORED
+from peftrepro.records import NOT_APPLICABLE, PREDICTIONS_FILE, RECORD_FILE, UNSCORED, run_folder
 from peftrepro.tables import PARAMS, TABLES, TableSpec
 
 # ----------------------------------------------------------------------------------------------
@@ -156,7 +156,7 @@ class Record:
         here, original = self.path.parent / PREDICTIONS_FILE, self.raw.get("reused_from") or {}
         if here.is_file() or not original.get("experiment") or not original.get("run_key"):
             return here
-        return self.path.parents[2] / original["experiment"] / original["run_key"] / PREDICTIONS_FILE
+        return run_folder(self.path.parents[2], original["experiment"], original["run_key"]) / PREDICTIONS_FILE
 
     def example_scores(self, metric: str) -> ExampleScores | None:
         """Whether each evaluated example was scored correct, from the run's saved predictions; None

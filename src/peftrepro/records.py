@@ -79,7 +79,12 @@ def run_key(config: Mapping[str, Any]) -> str:
 
 
 def run_dir(results_dir: str | os.PathLike[str], experiment: str, key: str) -> Path:
-    return resolve_path(results_dir) / "runs" / _slug(experiment) / key
+    return run_folder(resolve_path(results_dir) / "runs", experiment, key)
+
+
+def run_folder(runs_root: Path, experiment: str, key: str) -> Path:
+    """Where a run's files live under a runs folder (`results/runs`, or one given as it is)."""
+    return runs_root / _slug(experiment) / key
 
 
 def read_record(directory: Path) -> dict[str, Any] | None:

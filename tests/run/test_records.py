@@ -81,6 +81,7 @@ def test_relative_results_dir_is_under_the_project_root(monkeypatch, tmp_path: P
     monkeypatch.chdir(tmp_path)
     directory = records.run_dir("results", "table 5", "k")
     assert directory == records.project_root() / "results" / "runs" / "table_5" / "k"
+    assert directory == records.run_folder(records.project_root() / "results" / "runs", "table 5", "k")
     assert (records.project_root() / "conf" / "config.yaml").is_file()
 
 
