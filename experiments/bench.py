@@ -148,6 +148,7 @@ METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "ft": {},
     "adapter_h": {"r": 16},
     "prefix_layer": {"prefix_length": 8, "infix_length": 0},  # peft has no infix tokens
+    "prefix_embed": {"prefix_length": 256, "infix_length": 0},  # the paper's GPT-3 l_p; peft: no infix
 }
 
 # paper weight name -> module name peft targets, per family (GPT-2's q/k/v are one fused c_attn)
@@ -176,6 +177,17 @@ def peft_prefix(model: nn.Module, options: dict[str, Any]) -> tuple[nn.Module, s
     config = peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=options["prefix_length"])
     note = (f"HF peft prefix tuning, {options['prefix_length']} virtual key/value pairs per layer "
             "(Li & Liang's form; ours runs the virtual positions through every layer, the paper's PreLayer)")
+    return peft.get_peft_model(model, config), note
+
+
+def peft_prompt(model: nn.Module, options: dict[str, Any]) -> tuple[nn.Module, str]:
+    import peft
+
+    if options.get("infix_length", 0):
+        raise ConfigError("bench: peft prompt tuning has no infix tokens; use infix_length: 0 for prefix_embed")
+    config = peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=options["prefix_length"])
+    note = (f"HF peft prompt tuning, {options['prefix_length']} trainable input embeddings before every row "
+            "(ours runs them once per batch: methods.prefix, shared prefix)")
     return peft.get_peft_model(model, config), note
 
 
@@ -217,6 +229,7 @@ def plain_ft(model: nn.Module, options: dict[str, Any]) -> tuple[nn.Module, str]
 
 REFERENCES: dict[str, Callable[[nn.Module, dict[str, Any]], tuple[nn.Module, str]]] = {
     "lora": peft_lora, "ft": plain_ft, "adapter_h": plain_adapter_h, "prefix_layer": peft_prefix,
+    "prefix_embed": peft_prompt,
 }
 
 

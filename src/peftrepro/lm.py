@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from peftrepro.methods.prefix import index_after_prefix, rows_after_prefix, shared_prefix
+
 HEAD_ON_ROWS_FAMILIES = ("gpt2", "llama")
 
 
@@ -19,8 +21,13 @@ def logits_at(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: t
               flat_index: torch.Tensor) -> torch.Tensor:
     """Logits (len(flat_index) x vocab) at the flat positions `flat_index` of (batch x length)."""
     if getattr(model.config, "model_type", None) in HEAD_ON_ROWS_FAMILIES:
-        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                  use_cache=False).last_hidden_state
+        prefix_ids = shared_prefix(model, input_ids)
+        if prefix_ids is None:
+            hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                      use_cache=False).last_hidden_state
+        else:  # a prefix method's l_p positions run once for the whole batch (methods.prefix)
+            hidden = rows_after_prefix(model, prefix_ids, input_ids, attention_mask)
+            flat_index = index_after_prefix(flat_index, input_ids.shape[1], len(prefix_ids))
         return model.get_output_embeddings()(hidden.flatten(0, 1).index_select(0, flat_index))
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     return logits.flatten(0, 1).index_select(0, flat_index)

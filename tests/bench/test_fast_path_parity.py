@@ -42,6 +42,7 @@ METHODS = {
     "lora": {"weights": ["W_q", "W_v"], "r": 4, "alpha": 32, "dropout": 0.0},
     "adapter_h": {"r": 8, "init_std": 0.1},
     "prefix_layer": {"prefix_length": 3, "infix_length": 2},
+    "prefix_embed": {"prefix_length": 5, "infix_length": 2},  # its prefix runs once per batch
     "ft": {},
 }
 
@@ -98,7 +99,7 @@ def reference_losses(model, batches_: list[train.Batch]) -> list[float]:
 
 
 CASES = [("llama", "lora"), ("gpt2", "lora"), ("llama", "adapter_h"), ("llama", "prefix_layer"),
-         ("gpt2", "ft")]
+         ("llama", "prefix_embed"), ("gpt2", "prefix_embed"), ("gpt2", "ft")]
 
 
 @pytest.mark.parametrize(("family", "method"), CASES)

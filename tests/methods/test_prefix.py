@@ -6,8 +6,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from peftrepro.lm import logits_at
 from peftrepro.methods import apply_method, make_method_config
-from peftrepro.methods.prefix import VirtualTokenEmbedding
+from peftrepro.methods.prefix import VirtualTokenEmbedding, shared_prefix
 
 PREFIX_METHODS = ["prefix_embed", "prefix_layer"]
 TARGET = [11, 42, 7, 5]
@@ -131,3 +132,71 @@ def test_ids_beyond_the_virtual_range_are_an_error(tiny_gpt2):
     # an asynchronous device-side assert (no host sync per forward): RuntimeError on CPU
     with pytest.raises(RuntimeError, match="beyond this method's virtual ids"):
         tiny_gpt2(input_ids=torch.tensor([[tiny_gpt2.config.vocab_size + 5]]))
+
+
+# ---- shared prefix: the l_p prefix positions run once per right-padded batch (lm.logits_at)
+
+
+def _right_padded(applied, prompts=((20, 21, 22, 23, 24), (30, 31)), dummy_row=True):
+    """Rows as the collator builds them: prefix + prompt + infix, right-padded, plus a dummy row
+    (padding with one attended token) that carries nothing."""
+    rows = [_prompt_ids(applied, prompt)[0].tolist() for prompt in prompts]
+    width = max(map(len, rows))
+    ids = torch.zeros(len(rows) + dummy_row, width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for index, row in enumerate(rows):
+        ids[index, :len(row)], mask[index, :len(row)] = torch.tensor(row), 1
+    mask[len(rows):, 0] = 1
+    return ids, mask
+
+
+def _after_prefix_positions(ids, mask, l_p):
+    """Flat indices of every attended position past the prefix in the real rows."""
+    keep = mask.bool() & (torch.arange(ids.shape[1]) >= l_p)
+    keep[mask.sum(dim=1) <= 1] = False  # the dummy row
+    return keep.flatten().nonzero().squeeze(1)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("method", PREFIX_METHODS)
+def test_shared_prefix_gives_the_plain_logits_and_gradients(method, family, tiny_model):
+    model = tiny_model(family)
+    applied = _apply(model, method, l_p=4)
+    ids, mask = _right_padded(applied)
+    index = _after_prefix_positions(ids, mask, l_p=4)
+    model.eval()  # the tiny GPT-2 has dropout; gradients flow all the same (training: test_fast_path_parity)
+    assert shared_prefix(model, ids) is not None  # the path under test is really taken
+
+    def logits_and_grads(logits_fn):
+        logits = logits_fn()
+        (logits.float() ** 2).sum().backward()
+        grads = [parameter.grad.clone() for parameter in model.parameters() if parameter.requires_grad]
+        model.zero_grad()
+        return logits.detach(), grads
+
+    shared, shared_grads = logits_and_grads(lambda: logits_at(model, ids, mask, index))
+    plain, plain_grads = logits_and_grads(
+        lambda: model(input_ids=ids, attention_mask=mask).logits.flatten(0, 1).index_select(0, index))
+    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-5)
+    for ours, reference in zip(shared_grads, plain_grads, strict=True):
+        torch.testing.assert_close(ours, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_shared_prefix_is_not_taken_under_dropout_nor_for_short_inputs():
+    config = GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=64, attn_pdrop=0.1)
+    model = GPT2LMHeadModel(config)
+    applied = _apply(model, "prefix_embed", l_p=4)
+    ids, _ = _right_padded(applied)
+    model.train()
+    assert shared_prefix(model, ids) is None  # each row would otherwise share the prefix's dropout mask
+    model.eval()
+    assert shared_prefix(model, ids) is not None
+    assert shared_prefix(model, ids[:, :4]) is None  # nothing after the prefix
+
+
+def test_a_row_without_the_prefix_is_an_error(tiny_llama):
+    applied = _apply(tiny_llama, "prefix_embed", l_p=4)
+    ids, mask = _right_padded(applied, dummy_row=False)
+    ids[1] = ids[1].roll(2)  # left padding would move the prefix like this
+    with pytest.raises(RuntimeError, match="does not start with the method's prefix ids"):
+        logits_at(tiny_llama, ids, mask, _after_prefix_positions(ids, mask, l_p=4))

@@ -19,15 +19,25 @@ infix position, sees the input only through the last block's attention.
 Under `generate()` the prompt pass sees the virtual ids and puts the replaced activations into the
 KV cache; later steps feed only new real tokens and attend to the cached keys/values, so decoding
 with and without cache agree (tested), with the usual attention mask and position handling.
+
+Shared prefix (`rows_after_prefix`): under causal attention the l_p prefix positions see nothing
+after them, so in a right-padded batch (training, label scoring) they compute the same
+activations in every row. The prefix then runs once, batch 1, and each row runs only its own
+tokens on top of the prefix's keys/values: the same numbers as running every row in full (tested),
+at a fraction of the cost when l_p is long (PreEmbed, l_p = 256, on ~100-token MNLI rows: about
+a third of the tokens per step). Left-padded generation keeps the plain path.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 
 from peftrepro.errors import ConfigError
 from peftrepro.interfaces import PromptWrap
@@ -88,12 +98,15 @@ class VirtualPositions:
 class VirtualTokenEmbedding(nn.Module):
     """The frozen token embedding plus trainable rows for ids >= its vocabulary size."""
 
-    def __init__(self, base: nn.Embedding, n_virtual: int):
+    def __init__(self, base: nn.Embedding, n_virtual: int, prefix_length: int):
         super().__init__()
         self.base = base
         self.vocab_size = base.num_embeddings
         self.virtual = nn.Parameter(base.weight.new_empty(n_virtual, base.embedding_dim))
         self.positions = VirtualPositions()
+        # the ids every sequence starts with; a buffer so it follows the model's device, not saved
+        self.register_buffer("prefix_ids", torch.arange(self.vocab_size, self.vocab_size + prefix_length,
+                                                        device=base.weight.device), persistent=False)
 
     @property
     def weight(self) -> torch.Tensor:  # weight tying and HF utilities look for `.weight`
@@ -158,7 +171,7 @@ def _wrap_embedding(model: nn.Module, config: PrefixConfig, sample: torch.Tensor
     body = backbone(model)
     path = arch_spec(model).embedding
     base = body.get_submodule(path)
-    wrapper = VirtualTokenEmbedding(base, config.n_virtual)
+    wrapper = VirtualTokenEmbedding(base, config.n_virtual, config.prefix_length)
     with torch.no_grad():
         if sample is not None:
             wrapper.virtual.copy_(base.weight[sample[0]])
@@ -216,3 +229,65 @@ def apply_prefix_layer(model: nn.Module, config: PrefixLayerConfig) -> AppliedMe
             block.register_forward_pre_hook(ReplaceVirtualHiddenStates(owner, wrapper.positions, index),
                                             with_kwargs=True)
     return AppliedMethod(model=model, config=config, prompt=_prompt(wrapper, config))
+
+
+# ----------------------------------------------------------------------------- shared prefix
+
+
+def shared_prefix(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor | None:
+    """The prefix ids when `rows_after_prefix` may serve this forward pass, else None.
+
+    Not taken: without a prefix method or prefix, for sequences no longer than the prefix, under
+    active dropout (the rows would share one dropout mask on the prefix, a different training
+    noise), and for compiled blocks (a cache object in the traced graph is untested there).
+    """
+    embedding = _virtual_embedding(model)
+    if embedding is None or not 0 < len(embedding.prefix_ids) < input_ids.shape[1]:
+        return None
+    if model.training and _dropout_active(model):
+        return None
+    if any(getattr(block, "_compiled_call_impl", None) is not None for block in blocks(model)):
+        return None  # nn.Module.compile() keeps the compiled forward there
+    return embedding.prefix_ids
+
+
+def rows_after_prefix(model: nn.Module, prefix_ids: torch.Tensor, input_ids: torch.Tensor,
+                      attention_mask: torch.Tensor) -> torch.Tensor:
+    """Last hidden states of positions l_p.. of every row: the prefix runs once, each row on its keys/values.
+
+    Every row that attends past the prefix must start with `prefix_ids` (right padding); rows that
+    do not (the collator's dummy rows) get outputs nobody reads, as on the plain path.
+    """
+    n, body = len(prefix_ids), backbone(model)
+    real_rows = attention_mask[:, n:].any(dim=1)
+    starts_with_prefix = (input_ids[:, :n] == prefix_ids).all(dim=1)
+    torch._assert_async((starts_with_prefix | ~real_rows).all(),
+                        "shared prefix: a row does not start with the method's prefix ids (left padding?)")
+    kv = DynamicCache(config=model.config)
+    body(input_ids=prefix_ids[None], use_cache=True, **{_cache_keyword(type(body)): kv})
+    kv.batch_repeat_interleave(input_ids.shape[0])
+    return body(input_ids=input_ids[:, n:], attention_mask=attention_mask, use_cache=True,
+                **{_cache_keyword(type(body)): kv}).last_hidden_state
+
+
+def index_after_prefix(flat_index: torch.Tensor, width: int, prefix_length: int) -> torch.Tensor:
+    """Flat positions of (batch x width) as positions of (batch x (width - prefix_length))."""
+    column = flat_index % width - prefix_length
+    torch._assert_async((column >= 0).all(), "shared prefix: a scored position lies inside the prefix")
+    return flat_index // width * (width - prefix_length) + column
+
+
+def _virtual_embedding(model: nn.Module) -> VirtualTokenEmbedding | None:
+    embedding = backbone(model).get_submodule(arch_spec(model).embedding)
+    return embedding if isinstance(embedding, VirtualTokenEmbedding) else None
+
+
+def _dropout_active(model: nn.Module) -> bool:
+    modules = any(isinstance(module, nn.Dropout) and module.p > 0 for module in model.modules())
+    return modules or float(getattr(model.config, "attention_dropout", 0.0) or 0.0) > 0
+
+
+@cache
+def _cache_keyword(body_type: type) -> str:
+    # transformers 5.x renames `past_key_values` to `cache` (the old name warns until 5.40)
+    return "cache" if "cache" in inspect.signature(body_type.forward).parameters else "past_key_values"
