@@ -59,6 +59,14 @@ def test_the_time_left_is_estimated_from_each_task_own_runs(weight_type_runs, ru
             f"{report.hours(60 * (20 * 14 + 20 * 56 + 60 * 59))} there" in text)
 
 
+@pytest.mark.parametrize(("todo", "text"), [
+    ({"mnli": 2, "e2e": 1}, "e2e 1, mnli 2; a Table 3 run fills its row's five metrics"),
+    ({"wikisql": 9, "mnli": 2}, "mnli 2, wikisql 9"),  # no Table 3 run left: nothing to explain
+])
+def test_the_runs_left_name_their_tasks(todo, text) -> None:
+    assert report.runs_split(todo) == text
+
+
 def test_every_table_with_a_figure_links_it(weight_type_runs, runs_dir, tmp_path) -> None:
     text = page(runs_dir, tmp_path)
     for name in ("table_weight_type", "table_rank"):
