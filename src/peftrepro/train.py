@@ -322,7 +322,7 @@ class TrainStats:
     steps: int = 0
     epochs: int = 0
     tokens: int = 0  # real tokens seen (padding excluded)
-    padded_tokens: int = 0  # batch x length actually computed
+    padded_tokens: int = 0  # batch x length of the padded batches (a shared prefix runs fewer)
     seconds: float = 0.0
     last_loss: float | None = None
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss since last log)
