@@ -169,26 +169,29 @@ def peft_lora(model: nn.Module, options: dict[str, Any]) -> tuple[nn.Module, str
     return peft.get_peft_model(model, config), note
 
 
-def peft_prefix(model: nn.Module, options: dict[str, Any]) -> tuple[nn.Module, str]:
+def _peft_virtual_tokens(model: nn.Module, options: dict[str, Any], config_name: str, method: str,
+                         note: str) -> tuple[nn.Module, str]:
+    """peft's prefix tuning or prompt tuning (`config_name`), which have no infix tokens."""
     import peft
 
     if options.get("infix_length", 0):
-        raise ConfigError("bench: peft prefix tuning has no infix tokens; use infix_length: 0 for prefix_layer")
-    config = peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=options["prefix_length"])
-    note = (f"HF peft prefix tuning, {options['prefix_length']} virtual key/value pairs per layer "
-            "(Li & Liang's form; ours runs the virtual positions through every layer, the paper's PreLayer)")
+        raise ConfigError(f"bench: peft's virtual tokens have no infix; use infix_length: 0 for {method}")
+    config = getattr(peft, config_name)(task_type="CAUSAL_LM", num_virtual_tokens=options["prefix_length"])
     return peft.get_peft_model(model, config), note
+
+
+def peft_prefix(model: nn.Module, options: dict[str, Any]) -> tuple[nn.Module, str]:
+    return _peft_virtual_tokens(
+        model, options, "PrefixTuningConfig", "prefix_layer",
+        f"HF peft prefix tuning, {options['prefix_length']} virtual key/value pairs per layer "
+        "(Li & Liang's form; ours runs the virtual positions through every layer, the paper's PreLayer)")
 
 
 def peft_prompt(model: nn.Module, options: dict[str, Any]) -> tuple[nn.Module, str]:
-    import peft
-
-    if options.get("infix_length", 0):
-        raise ConfigError("bench: peft prompt tuning has no infix tokens; use infix_length: 0 for prefix_embed")
-    config = peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=options["prefix_length"])
-    note = (f"HF peft prompt tuning, {options['prefix_length']} trainable input embeddings before every row "
-            "(ours runs them once per batch: methods.prefix, shared prefix)")
-    return peft.get_peft_model(model, config), note
+    return _peft_virtual_tokens(
+        model, options, "PromptTuningConfig", "prefix_embed",
+        f"HF peft prompt tuning, {options['prefix_length']} trainable input embeddings before every row "
+        "(ours runs them once per batch: methods.prefix, shared prefix)")
 
 
 class _AdapterAfter(nn.Module):
