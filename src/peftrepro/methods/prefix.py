@@ -263,11 +263,11 @@ def rows_after_prefix(model: nn.Module, prefix_ids: torch.Tensor, input_ids: tor
     starts_with_prefix = (input_ids[:, :n] == prefix_ids).all(dim=1)
     torch._assert_async((starts_with_prefix | ~real_rows).all(),
                         "shared prefix: a row does not start with the method's prefix ids (left padding?)")
-    kv = DynamicCache(config=model.config)
-    body(input_ids=prefix_ids[None], use_cache=True, **{_cache_keyword(type(body)): kv})
-    kv.batch_repeat_interleave(input_ids.shape[0])
+    kv, keyword = DynamicCache(config=model.config), _cache_keyword(type(body))
+    body(input_ids=prefix_ids[None], use_cache=True, **{keyword: kv})
+    kv.batch_repeat_interleave(input_ids.shape[0])  # the prefix's keys/values, once per row
     return body(input_ids=input_ids[:, n:], attention_mask=attention_mask, use_cache=True,
-                **{_cache_keyword(type(body)): kv}).last_hidden_state
+                **{keyword: kv}).last_hidden_state
 
 
 def index_after_prefix(flat_index: torch.Tensor, width: int, prefix_length: int) -> torch.Tensor:
