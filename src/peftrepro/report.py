@@ -78,6 +78,10 @@ def hours(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def devices_text(records: Sequence[Record]) -> str:
     return "; ".join(distinct(r.hardware for r in records)) or "—"
 
@@ -105,7 +109,7 @@ def seeds_text(result: TableResult) -> str:
     ran for, so that a cell of n=3 beside cells of n=2 is not a surprise."""
     extra = Counter(r.seed for r in extra_seed_runs(result))
     return (", ".join(map(str, result.expected_seeds)) or "—") + "".join(
-        f" (+ seed {seed} on {n} setting{'s' if n > 1 else ''})" for seed, n in sorted(extra.items()))
+        f" (+ seed {seed} on {plural(n, 'setting')})" for seed, n in sorted(extra.items()))
 
 
 def extra_seed_runs(result: TableResult) -> list[Record]:
@@ -120,7 +124,8 @@ def pending_text(results: Mapping[str, TableResult], records: Sequence[Record]) 
         return "Every cell has every expected seed."
     todo: Counter[str] = sum((runs_to_make(result) for result in results.values()), Counter())
     own = [r for r in records if not is_reused(r) and r.status == "ok"]
-    lines = [f"**{pairs} (cell, seed) pairs are still empty**, which {sum(todo.values())} runs would fill "
+    lines = [f"**{plural(pairs, '(cell, seed) pair')} {'is' if pairs == 1 else 'are'} still empty**, which "
+             f"{plural(sum(todo.values()), 'run')} would fill "
              f"({runs_split(todo)}). Table 6 takes its three settings shared "
              "with Table 5 from Table 5's runs, and Table 4 its LoRA rows from Table 6's, by copy, so some "
              "of these need no run of their own."]
@@ -402,7 +407,7 @@ def constraints(profile: str, runs_dir: Path, path: Path) -> str:
 
 
 def counted(values: Counter[str]) -> str:
-    return ", ".join(f"{value} ({n} run{'s' if n > 1 else ''})" for value, n in values.most_common())
+    return ", ".join(f"{value} ({plural(n, 'run')})" for value, n in values.most_common())
 
 
 # ---------------------------------------------------------------- the page

@@ -67,6 +67,11 @@ def test_the_runs_left_name_their_tasks(todo, text) -> None:
     assert report.runs_split(todo) == text
 
 
+@pytest.mark.parametrize(("n", "text"), [(0, "0 runs"), (1, "1 run"), (2, "2 runs")])
+def test_counts_agree_with_their_noun(n, text) -> None:
+    assert report.plural(n, "run") == text  # the page once said "1 (cell, seed) pairs ..., which 1 runs"
+
+
 def test_every_table_with_a_figure_links_it(weight_type_runs, runs_dir, tmp_path) -> None:
     text = page(runs_dir, tmp_path)
     for name in ("table_weight_type", "table_rank"):
