@@ -121,10 +121,12 @@ def extra_seed_runs(result: TableResult) -> list[Record]:
 def pending_text(results: Mapping[str, TableResult], records: Sequence[Record]) -> str:
     pairs = sum(empty_cell_seeds(result) for result in results.values())
     if not pairs:
-        return "Every cell has every expected seed."
+        return ("Every cell has every expected seed; a cell \"n/a\" is a method the model cannot run, and its "
+                "table's page says why.")
     todo: Counter[str] = sum((runs_to_make(result) for result in results.values()), Counter())
     own = [r for r in records if not is_reused(r) and r.status == "ok"]
-    lines = [f"**{plural(pairs, '(cell, seed) pair')} {'is' if pairs == 1 else 'are'} still empty**, which "
+    lines = ["A cell \"—\" has no finished run yet; each table's page lists every such cell.",
+             f"**{plural(pairs, '(cell, seed) pair')} {'is' if pairs == 1 else 'are'} still empty**, which "
              f"{plural(sum(todo.values()), 'run')} would fill "
              f"({runs_split(todo)}). Table 6 takes its three settings shared "
              "with Table 5 from Table 5's runs, and Table 4 its LoRA rows from Table 6's, by copy, so some "
