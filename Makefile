@@ -37,11 +37,15 @@ endif
 export PEFTREPRO_RESULTS := $(RESULTS)
 
 TABLE_TARGETS := table-weight-type table-rank table-e2e table-methods table-params table-latency
+COMMA := ,
+# select-lr's default: every task and method of the tables
+LR_TASKS ?= e2e,wikisql,mnli
+LR_METHODS ?=
 # latency.py has smoke (CPU shapes) and paper (Table 1's shapes) profiles
 LATENCY_PROFILE := $(if $(filter paper,$(PROFILE)),paper,smoke)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full tables bench aggregate report $(TABLE_TARGETS)
+.PHONY: help install test test-full tables bench aggregate report select-lr baselines $(TABLE_TARGETS)
 
 help: ## list the targets and the variables they take
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -62,6 +66,21 @@ test: ## the default test suite (fast, offline; no slow or real-data tests)
 test-full: ## every test, slow ones included (real-data tests skip when the data is absent)
 	$(PYTHON) -m pytest -m ""
 
+# $(call select_lr,<tasks>,<methods or empty>): the learning-rate selection on the dev split
+# (profiles with lr_selection: true; finished search points are skipped)
+define select_lr
+	@echo "==> learning rates: $(1)$(if $(2), ($(2))), profile $(PROFILE), chosen on the dev split"
+	@$(PYTHON) -m peftrepro.lr_search --profile $(PROFILE) --tasks $(1) $(if $(2),--methods $(2)) \
+	    --launcher "hydra/launcher=$(LAUNCHER) $(LAUNCHER_ARGS)" -- $(ARGS)
+endef
+
+# $(call baselines,<tasks>): each task's zero-shot baseline (conf/experiment/baselines.yaml)
+define baselines
+	@echo "==> baselines: $(1), profile $(PROFILE) (the backbone without training)"
+	@$(PYTHON) -m peftrepro.run -m experiment=baselines profile=$(PROFILE) task=$(1) \
+	    hydra/launcher=$(LAUNCHER) $(LAUNCHER_ARGS) $(ARGS)
+endef
+
 # $(call sweep_and_aggregate,<table name>): the multirun, then the table, then the combined status
 define sweep_and_aggregate
 	@echo "==> $(1): sweep, profile $(PROFILE), seeds $(SEEDS) (finished runs are skipped)"
@@ -75,16 +94,30 @@ define sweep_and_aggregate
 	[ $$sweep -eq 0 ] && [ $$table -eq 0 ]
 endef
 
+select-lr: ## the learning-rate selection on the dev split for every table (LR_TASKS=e2e LR_METHODS=lora for part)
+	$(call select_lr,$(LR_TASKS),$(LR_METHODS))
+
+baselines: ## each task's zero-shot baseline (the backbone without training), on the tables' evaluation sets
+	$(call baselines,e2e$(COMMA)wikisql$(COMMA)mnli)
+
 table-weight-type: ## Table 5: LoRA on W_q / W_k / W_v / W_o / pairs / all four at an equal budget (WikiSQL, MNLI)
+	$(call baselines,wikisql$(COMMA)mnli)
+	$(call select_lr,wikisql$(COMMA)mnli,lora)
 	$(call sweep_and_aggregate,table_weight_type)
 
 table-rank: ## Table 6: rank r in {1,2,4,8,64} x {W_q; W_q,W_v; all four} (WikiSQL, MNLI) + table_rank.png
+	$(call baselines,wikisql$(COMMA)mnli)
+	$(call select_lr,wikisql$(COMMA)mnli,lora)
 	$(call sweep_and_aggregate,table_rank)
 
 table-e2e: ## Table 3: FT, Adapter-L x2, Adapter-H, FT-Top2, PreLayer, LoRA on E2E (5 metrics)
+	$(call baselines,e2e)
+	$(call select_lr,e2e,)
 	$(call sweep_and_aggregate,table_e2e)
 
 table-methods: ## Table 4: FT, BitFit, PreEmbed, PreLayer, Adapter-H x2, LoRA x2 (WikiSQL, MNLI)
+	$(call baselines,wikisql$(COMMA)mnli)
+	$(call select_lr,wikisql$(COMMA)mnli,)
 	$(call sweep_and_aggregate,table_methods)
 
 table-params: ## Tables 3/4/15 trainable-parameter counts of our methods vs the paper's (no training)

@@ -35,7 +35,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from peftrepro.paper import load_paper, to_paper_unit
-from peftrepro.records import NOT_APPLICABLE, PREDICTIONS_FILE, RECORD_FILE, UNSCORED, run_folder
+from peftrepro.records import NOT_APPLICABLE, RECORD_FILE, UNSCORED, predictions_path, read_predictions, run_folder
 from peftrepro.tables import PARAMS, TABLES, TableSpec
 
 # ----------------------------------------------------------------------------------------------
@@ -53,7 +53,8 @@ PROPORTION_METRICS: dict[str, tuple[str, str | None]] = {
 # A run whose last logged training loss is above this share of its first barely trained: its score
 # reflects a failed fit (e.g. a learning rate far too small for the tensors it trains), not the method.
 BARELY_TRAINED_RATIO = 0.9
-# the fields of a predictions row that name its example (so two runs' rows can be paired)
+# the fields of a predictions row that name its example (so two runs' rows can be paired), where the
+# row has no `id` of its own (MultiNLI rows of records written before the fair protocol)
 EXAMPLE_ID_FIELDS = {"mnli": ("premise", "hypothesis"), "wikisql": ("table_id", "question")}
 
 
@@ -151,12 +152,12 @@ class Record:
 
     @property
     def predictions_path(self) -> Path:
-        """The run's predictions.jsonl: beside the record, or for a reused run, which keeps no copy
+        """The run's predictions file: beside the record, or for a reused run, which keeps no copy
         of them (`reuse.NOT_COPIED`), the original's in its experiment's folder."""
-        here, original = self.path.parent / PREDICTIONS_FILE, self.raw.get("reused_from") or {}
+        here, original = predictions_path(self.path.parent), self.raw.get("reused_from") or {}
         if here.is_file() or not original.get("experiment") or not original.get("run_key"):
             return here
-        return run_folder(self.path.parents[2], original["experiment"], original["run_key"]) / PREDICTIONS_FILE
+        return predictions_path(run_folder(self.path.parents[2], original["experiment"], original["run_key"]))
 
     def example_scores(self, metric: str) -> ExampleScores | None:
         """Whether each evaluated example was scored correct, from the run's saved predictions; None
@@ -165,9 +166,8 @@ class Record:
             return None
         field_name, subset = PROPORTION_METRICS[metric]
         try:
-            lines = self.predictions_path.read_text(encoding="utf-8").splitlines()
-            rows = [row for row in map(json.loads, lines) if subset is None or row.get("subset") == subset]
-            ids = [[row[name] for name in EXAMPLE_ID_FIELDS[self.task]] for row in rows]
+            rows = [row for row in read_predictions(self.predictions_path) if subset is None or row.get("subset") == subset]
+            ids = [row["id"] if "id" in row else [row[name] for name in EXAMPLE_ID_FIELDS[self.task]] for row in rows]
             scores = tuple(to_paper_unit(metric, float(row[field_name])) for row in rows)
         except (OSError, ValueError, KeyError, TypeError):
             return None

@@ -98,9 +98,11 @@ class DeferredScoring(Protocol):
                  prompt: PromptWrap, decoding: DecodingConfig, score: bool = True) -> EvalOutput:
         """As `Task.evaluate`; with score=False the prediction rows only (`scored=False`)."""
 
-    def score(self, predictions: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[str, Any]]:
-        """Metrics and notes from the prediction rows `evaluate` wrote (self-contained: each row
-        carries what scoring needs, e.g. an E2E row its references)."""
+    def score(self, predictions: Sequence[dict[str, Any]]
+              ) -> tuple[dict[str, float], dict[str, Any], list[dict[str, Any]]]:
+        """Metrics, notes and the rows with their scoring detail added, from the prediction rows
+        `evaluate` wrote (self-contained: each row carries what scoring needs, e.g. an E2E row its
+        references)."""
 
     def missing_scoring_tools(self) -> list[str]:
         """The tools `score` needs that this machine lacks (empty: it scores as the paper did)."""

@@ -3,7 +3,9 @@ never leaves a record that looks finished.
 
 A run lives in `results/runs/<experiment>/<run_key>/`:
   record.json        the self-describing record (schema below, `SCHEMA_VERSION`), written LAST
-  predictions.jsonl  one row per evaluated example (from the task's `EvalOutput`)
+  predictions.jsonl.gz  one row per evaluated example (from the task's `EvalOutput`), gzipped with
+                     no timestamp (the same rows give the same bytes); records written before the
+                     fair protocol keep a plain predictions.jsonl, which every reader still accepts
   adapter.safetensors + method.json   the trained method's weights (gitignored)
 Every file is written to a temporary name in the same folder and renamed (`os.replace` is atomic
 on POSIX and Windows), and record.json only after the others, so `status: ok` in a readable
@@ -17,6 +19,7 @@ share a folder unless they are the same run (lightning-hydra-template #511).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -28,7 +31,8 @@ from typing import Any, Iterable, Mapping
 
 SCHEMA_VERSION = 1
 RECORD_FILE = "record.json"
-PREDICTIONS_FILE = "predictions.jsonl"
+PREDICTIONS_FILE = "predictions.jsonl.gz"
+LEGACY_PREDICTIONS_FILE = "predictions.jsonl"  # plain text, in records of earlier versions
 
 # Only these train settings are left out of the key: they change what is printed, not what is computed.
 REPORTING_TRAIN_KEYS = ("progress", "log_every")
@@ -120,18 +124,36 @@ def write_record(directory: Path, record: Mapping[str, Any]) -> Path:
 
 
 def write_predictions(directory: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
-    lines = (json.dumps(row, ensure_ascii=False, default=_json_default) + "\n" for row in rows)
-    return atomic_write_text(directory / PREDICTIONS_FILE, "".join(lines))
+    lines = "".join(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n" for row in rows)
+    return atomic_write_bytes(directory / PREDICTIONS_FILE, gzip.compress(lines.encode("utf-8"), mtime=0))
+
+
+def predictions_path(directory: Path) -> Path:
+    """The predictions file of the run in `directory`: gzipped, or the plain file of an older record."""
+    legacy = directory / LEGACY_PREDICTIONS_FILE
+    return legacy if legacy.is_file() and not (directory / PREDICTIONS_FILE).is_file() else directory / PREDICTIONS_FILE
+
+
+def read_predictions(path: Path) -> list[dict[str, Any]]:
+    """The rows of a predictions file (gzipped or plain). OSError / ValueError when unreadable."""
+    raw = path.read_bytes()
+    text = (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode("utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
     """Write `text` to a temp file beside `path`, fsync, then rename over `path`."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write `data` to a temp file beside `path`, fsync, then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
     try:
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; records are meant to be shared
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)

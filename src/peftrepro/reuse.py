@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # weights are machine-local (git-ignored) and can be large: a reused run is a record, not a model;
 # its predictions stay with the original (aggregate.Record.predictions_path), a second copy would
 # only grow the committed results
-NOT_COPIED = ("*.safetensors", records.PREDICTIONS_FILE)
+NOT_COPIED = ("*.safetensors", records.PREDICTIONS_FILE, records.LEGACY_PREDICTIONS_FILE)
 
 
 def equivalence_key(config: Mapping[str, Any]) -> str:

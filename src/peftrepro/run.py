@@ -36,7 +36,7 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from peftrepro import envinfo, records, reuse
+from peftrepro import envinfo, records, reuse, selection
 from peftrepro.errors import ConfigError, NotApplicableError, PeftReproError
 from peftrepro.interfaces import DecodingConfig, EvalOutput
 from peftrepro.records import project_root, resolve_path
@@ -53,6 +53,14 @@ CONFIG_DIR = project_root() / "conf"
 
 # Hydra's own output dirs (conf/hydra/default.yaml) are placed under the project root, whatever the cwd.
 OmegaConf.register_new_resolver("project_path", lambda path: str(resolve_path(str(path))), replace=True)
+# Learning rates of the fair protocol (peftrepro.lr_search): a rung of the search's ladder, and the
+# rate the search chose for (task, method), read from the choice file under the results folder.
+OmegaConf.register_new_resolver("lr_ladder", lambda start, step: selection.ladder(float(start), int(step)),
+                                replace=True)
+OmegaConf.register_new_resolver(
+    "selected_lr", lambda results_dir, profile, model, task, method: selection.selected_lr(
+        selection.choice_path(resolve_path(str(results_dir)), str(profile), str(model)), str(task), str(method)),
+    replace=True)
 
 
 class RunFailed(CompactHydraException):
@@ -308,33 +316,35 @@ class _Run:
         from peftrepro.methods import save_adapter
 
         plan, config, settings = self.plan, self.plan.config, setup.settings
-        num_steps = total_steps(len(setup.encoded), settings)
-        state = make_train_state(setup.model, settings, num_steps, warmup_steps(setup.encoded, settings),
-                                 setup.device)
         if setup.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(setup.device)
         per_epoch: list[dict[str, Any]] = []
         best: dict[str, Any] = {}
         primary = plan.task.primary_metric
 
-        def evaluate(epoch: int) -> None:
+        def evaluate(epoch: int, step: int) -> None:
             output = self._evaluate(setup)
             row = {"epoch": epoch, **output.metrics}
             per_epoch.append(row)
-            tracker.log({f"eval/{k}": v for k, v in output.metrics.items() if isinstance(v, (int, float))},
-                        state.step)
+            tracker.log({f"eval/{k}": v for k, v in output.metrics.items() if isinstance(v, (int, float))}, step)
             if not best or _score(row, primary) > _score(best["row"], primary):
-                best.update(row=row, output=output)
-                shutil.rmtree(staging / "adapter", ignore_errors=True)
-                best["bytes"] = save_adapter(setup.model, plan.method_config, staging / "adapter")
+                best.update(row=row, output=output, bytes=0)
+                if plan.method_config.trains:  # the zero-shot baseline has no weights of its own
+                    shutil.rmtree(staging / "adapter", ignore_errors=True)
+                    best["bytes"] = save_adapter(setup.model, plan.method_config, staging / "adapter")
 
-        pad = setup.tokenizer.pad_token_id
         _fail_if(config, "train")
-        stats = fit(state, setup.encoded, pad, int(config["seed"]), on_log=tracker.log,
-                    on_epoch_end=evaluate if settings.eval_every_epoch else None)
+        if not plan.method_config.trains:  # method `none`: the zero-shot baseline, evaluated as loaded
+            evaluate(0, 0)
+            return self._finish(staging, TrainStats(), per_epoch, best, setup)
+        num_steps = total_steps(len(setup.encoded), settings)
+        state = make_train_state(setup.model, settings, num_steps, warmup_steps(setup.encoded, settings),
+                                 setup.device)
+        stats = fit(state, setup.encoded, setup.tokenizer.pad_token_id, int(config["seed"]), on_log=tracker.log,
+                    on_epoch_end=(lambda epoch: evaluate(epoch, state.step)) if settings.eval_every_epoch else None)
         self.timings["train_s"] = stats.seconds
         if not settings.eval_every_epoch:
-            evaluate(stats.epochs)
+            evaluate(stats.epochs, state.step)
         return self._finish(staging, stats, per_epoch, best, setup)
 
     def _evaluate(self, setup: "_Setup") -> EvalOutput:
@@ -356,7 +366,8 @@ class _Run:
         directory = plan.directory
         (directory / records.RECORD_FILE).unlink(missing_ok=True)  # an old record never vouches for new files
         records.write_predictions(staging, best["output"].predictions)
-        records.move_into(staging / "adapter", directory)
+        if (staging / "adapter").is_dir():
+            records.move_into(staging / "adapter", directory)
         records.move_into(staging, directory)
         record = self._record("ok" if best["output"].scored else records.UNSCORED, None, setup.device)
         record.update(

@@ -2,14 +2,15 @@
 
 The E2E scorer needs Java (METEOR and the PTB tokenizer of the official scorer); the lent GPU has
 none. There a run trains and decodes with `scoring=auto`: its record says "unscored" and its
-predictions.jsonl holds everything scoring needs (each E2E row carries its references). On a
+predictions file holds everything scoring needs (each E2E row carries its references). On a
 machine with Java the saved predictions are then scored and the record becomes "ok", keeping
 where and with what code it trained and adding where and when it was scored (`scoring`):
 
     python -m peftrepro.scoring results/runs     # every unscored run below the folder
     make table-e2e                                # the same for that table's runs, then the table
 
-Nothing is trained or decoded again; the predictions file is read, never rewritten.
+Nothing is trained or decoded again; the predictions file is rewritten with the same rows plus what
+scoring adds to each (E2E: each MR's share of the corpus scores), before the record.
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ def score_saved(directory: Path, task: Any | None = None) -> dict[str, Any]:
                                   f"{', '.join(missing)}; install it, or score on a machine that has it "
                                   "(python -m peftrepro.scoring <runs dir>)")
     began = time.perf_counter()
-    metrics, notes = task.score(_read_predictions(directory / records.PREDICTIONS_FILE))
+    metrics, notes, rows = task.score(_read_predictions(records.predictions_path(directory)))
     seconds = time.perf_counter() - began
+    records.write_predictions(directory, rows)
+    records.predictions_path(directory).with_name(records.LEGACY_PREDICTIONS_FILE).unlink(missing_ok=True)
     epochs = [{**row, **metrics} for row in record.get("metrics_per_epoch") or [{"epoch": None}]]
     scored = {**record, "status": "ok", "metrics": metrics, "metrics_per_epoch": epochs,
               "eval_notes": {**(record.get("eval_notes") or {}), **notes},
@@ -79,7 +82,7 @@ def _task_of(record: dict[str, Any]) -> Any:
 
 def _read_predictions(path: Path) -> list[dict[str, Any]]:
     try:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return records.read_predictions(path)
     except OSError as error:
         raise DataError(f"{path}: the saved predictions of an unscored run cannot be read ({error}); "
                         "rerun it with force=true") from error

@@ -39,7 +39,16 @@ def _ids(applied, batch=2):
 
 
 def test_registry_names_the_papers_methods():
-    assert set(METHODS) == set(OPTIONS)
+    assert set(METHODS) == set(OPTIONS) | {"none"}  # `none`: the zero-shot baseline, tested below
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_no_adaptation_freezes_everything_and_trains_nothing(family, tiny_model):
+    model = tiny_model(family)
+    before = model(input_ids=torch.tensor([[3, 4, 5]])).logits
+    applied = apply_method(model, make_method_config("none"))
+    assert count_parameters(model)[0] == 0 and not applied.config.trains
+    torch.testing.assert_close(model(input_ids=torch.tensor([[3, 4, 5]])).logits, before, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("method,family", _cases(IDENTITY_AT_INIT))

@@ -24,6 +24,26 @@ def compose_config() -> Callable[..., DictConfig]:
     return _compose
 
 
+@pytest.fixture(scope="session")
+def selected_lrs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A results folder whose learning-rate choice files (profile mini, every model in conf/model and
+    the hub example `some/model`) give every (task, method) the rate 1e-3, as `make select-lr` would."""
+    import json
+
+    from peftrepro.methods import METHODS
+    from peftrepro.selection import choice_path
+    from peftrepro.tasks import TASKS
+
+    root = tmp_path_factory.mktemp("selected")
+    choices = {task: {method: {"lr": 1e-3, "at_edge": False, "grid": []} for method in METHODS} for task in TASKS}
+    models = [path.stem for path in (CONF_DIR / "model").glob("*.yaml")] + ["some/model"]
+    for model in models:
+        path = choice_path(root, "mini", model)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"profile": "mini", "model": model, "choices": choices}))
+    return root
+
+
 @pytest.fixture
 def smoke(compose_config: Callable[..., DictConfig], tmp_path: Path) -> Callable[..., DictConfig]:
     """A smoke config writing its records under tmp_path/results."""

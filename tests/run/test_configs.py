@@ -21,15 +21,15 @@ def test_every_group_has_options() -> None:
     assert {"tiny-gpt2", "tiny-llama", "smollm2-135m", "gpt2-medium", "gpt2-large", "hub"} <= set(options("model"))
     assert set(options("task")) == {"e2e", "wikisql", "mnli"}
     assert set(options("method")) == {"lora", "adapter_h", "adapter_l", "prefix_layer", "prefix_embed",
-                                      "ft", "ft_top2", "bitfit"}
+                                      "ft", "ft_top2", "bitfit", "none"}
     assert set(options("profile")) == {"smoke", "mini", "paper"}
     assert set(options("logger")) == {"none", "wandb"}
 
 
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in options(g)])
-def test_each_option_composes_and_resolves(compose_config, group: str, option: str) -> None:
+def test_each_option_composes_and_resolves(compose_config, selected_lrs, group: str, option: str) -> None:
     extra = ["model.name_or_path=some/model"] if (group, option) == ("model", "hub") else []
-    cfg = compose_config(f"{group}={option}", *extra)
+    cfg = compose_config(f"{group}={option}", f"results_dir={selected_lrs}", *extra)
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     if group == "profile":
         assert resolved["profile_name"] == option
@@ -38,19 +38,19 @@ def test_each_option_composes_and_resolves(compose_config, group: str, option: s
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")))
-def test_each_experiment_composes_and_resolves(compose_config, experiment: str) -> None:
-    cfg = compose_config(f"experiment={experiment}")
+def test_each_experiment_composes_and_resolves(compose_config, selected_lrs, experiment: str) -> None:
+    cfg = compose_config(f"experiment={experiment}", f"results_dir={selected_lrs}")
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     assert resolved["experiment"] != "adhoc", "an experiment file must name its results folder"
 
 
 @pytest.mark.parametrize(("profile", "task"), list(itertools.product(options("profile"), options("task"))))
-def test_every_profile_task_method_is_a_valid_plan(compose_config, tmp_path: Path, profile: str, task: str) -> None:
-    """All interpolations (paper / mini lookup tables) resolve, and method, task and train options
-    pass the same validation a run does, for every method."""
+def test_every_profile_task_method_is_a_valid_plan(compose_config, selected_lrs, profile: str, task: str) -> None:
+    """All interpolations (paper / mini lookup tables, the selected learning rates) resolve, and method,
+    task and train options pass the same validation a run does, for every method."""
     for method in options("method"):
         cfg = compose_config(f"profile={profile}", f"task={task}", f"method={method}", "data_root=null",
-                             f"results_dir={tmp_path}")
+                             f"results_dir={selected_lrs}")
         plan = plan_run(cfg)
         assert plan.settings.lr > 0 and plan.key.startswith(f"{task}-")
 
@@ -79,3 +79,31 @@ def test_hydra_outputs_stay_out_of_results_and_sweep_jobs_get_own_folder() -> No
     assert "${hydra.job.num}" in str(OmegaConf.to_container(hydra_cfg.sweep)["subdir"])
     for node in (hydra_cfg.run, hydra_cfg.sweep):
         assert str(OmegaConf.to_container(node)["dir"]).startswith("${project_path:${cache_dir}}/hydra/")
+
+
+def test_mini_takes_each_learning_rate_from_the_selection(compose_config, selected_lrs, tmp_path: Path) -> None:
+    cfg = compose_config("profile=mini", "task=e2e", "method=lora", f"results_dir={selected_lrs}")
+    assert cfg.train.lr == 1e-3 and cfg.lr_selection is True
+    from peftrepro.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no learning rate has been selected for method 'lora' on task 'e2e'.*"
+                                          "make select-lr"):
+        plan_run(compose_config("profile=mini", "task=e2e", "method=lora", f"results_dir={tmp_path}"))
+
+
+@pytest.mark.parametrize("step, lr", [(-1, 3e-4), (0, 1e-3), (1, 3e-3), (2, 1e-2)])
+def test_an_lr_search_point_evaluates_on_dev_at_its_rung(compose_config, tmp_path: Path, step: int, lr: float) -> None:
+    cfg = OmegaConf.to_container(compose_config("experiment=lr_search", "profile=mini", "task=mnli",
+                                                "+experiment/methods_arm=lora_r8", f"lr_step={step}",
+                                                f"results_dir={tmp_path}"), resolve=True)
+    assert cfg["train"]["lr"] == lr and cfg["task"]["eval_split"] == "dev" and cfg["seed"] == 0
+    assert cfg["method"]["r"] == 8 and cfg["experiment"] == "lr_search"
+
+
+def test_every_lr_search_representative_composes(compose_config, tmp_path: Path) -> None:
+    search = OmegaConf.load(CONFIG_DIR / "lr_search" / "default.yaml")
+    for task, arms in search.representatives.items():
+        for method, override in arms.items():
+            cfg = compose_config("experiment=lr_search", "profile=mini", f"task={task}", override,
+                                 f"results_dir={tmp_path}")
+            assert cfg.method.name == method and plan_run(cfg).settings.lr == search.start[method]

@@ -85,7 +85,20 @@ def test_relative_results_dir_is_under_the_project_root(monkeypatch, tmp_path: P
     assert (records.project_root() / "conf" / "config.yaml").is_file()
 
 
-def test_predictions_are_jsonl(tmp_path: Path) -> None:
-    records.write_predictions(tmp_path, [{"prediction": "a"}, {"prediction": "é"}])
-    lines = (tmp_path / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+def test_predictions_are_gzipped_jsonl_with_reproducible_bytes(tmp_path: Path) -> None:
+    import gzip
+
+    rows = [{"prediction": "a"}, {"prediction": "é"}]
+    path = records.write_predictions(tmp_path, rows)
+    lines = gzip.decompress(path.read_bytes()).decode("utf-8").splitlines()
     assert [json.loads(line)["prediction"] for line in lines] == ["a", "é"]
+    assert records.read_predictions(path) == rows and records.predictions_path(tmp_path) == path
+    first = path.read_bytes()
+    records.write_predictions(tmp_path, rows)
+    assert path.read_bytes() == first  # no timestamp in the gzip header
+
+
+def test_a_plain_predictions_file_of_an_older_record_is_still_read(tmp_path: Path) -> None:
+    (tmp_path / records.LEGACY_PREDICTIONS_FILE).write_text('{"prediction": "old"}\n', encoding="utf-8")
+    assert records.predictions_path(tmp_path) == tmp_path / records.LEGACY_PREDICTIONS_FILE
+    assert records.read_predictions(records.predictions_path(tmp_path)) == [{"prediction": "old"}]

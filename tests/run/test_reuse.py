@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from peftrepro import records
 from peftrepro.aggregate import parse_record
 from peftrepro.reuse import equivalence_key
 from peftrepro.run import resolved_config, run_one
@@ -38,7 +39,7 @@ def test_an_equivalent_finished_run_is_copied_not_retrained(smoke, tmp_path: Pat
     assert reused["method"]["weights"] == ["W_q"] and reused["config"]["experiment"] == "table_rank"
     copy = tmp_path / "results" / "runs" / "table_rank" / reused["run_key"]
     assert json.loads((copy / "record.json").read_text()) == json.loads(json.dumps(reused))
-    assert not (copy / "predictions.jsonl").exists() and not list(copy.glob("*.safetensors"))
+    assert not (copy / records.PREDICTIONS_FILE).exists() and not list(copy.glob("*.safetensors"))
     copied, first = (parse_record(folder / "record.json", json.loads((folder / "record.json").read_text()))
                      for folder in (copy, copy.parents[1] / "table_weight_type" / original["run_key"]))
     assert copied.predictions_path == first.predictions_path

@@ -12,6 +12,7 @@ import pytest
 import torch
 from hydra.errors import HydraException
 
+from peftrepro import records
 from peftrepro.errors import PeftReproError
 from peftrepro.records import project_root
 from peftrepro.run import InjectedFailure, run_one
@@ -34,7 +35,7 @@ def assert_complete(record: dict, directory: Path) -> None:
     assert 0 < record["params"]["trainable"] <= record["params"]["total"]
     assert record["checkpoint_bytes"] == (directory / "adapter.safetensors").stat().st_size
     assert (directory / "method.json").is_file()
-    assert len((directory / "predictions.jsonl").read_text().splitlines()) >= 1
+    assert len(records.read_predictions(directory / records.PREDICTIONS_FILE)) >= 1
     assert all(record["timings"][k] >= 0 for k in ("load_s", "train_s", "eval_s", "total_s"))
     assert record["throughput"]["train_tokens_per_s"] > 0
     assert record["memory"]["peak_bytes"] > 0 and record["env"]["packages"]["torch"]

@@ -23,8 +23,9 @@ def test_scoring_later_saves_predictions_and_scores_them_without_training_again(
     unscored = run_one(smoke(*ONE_EVAL, "scoring=later"))
     directory = tmp_path / "results" / "runs" / "adhoc" / unscored["run_key"]
     assert unscored["status"] == records.UNSCORED and unscored["metrics"] == {} and unscored["error"] is None
-    rows = [json.loads(line) for line in (directory / records.PREDICTIONS_FILE).read_text().splitlines()]
+    rows = records.read_predictions(directory / records.PREDICTIONS_FILE)
     assert rows and all(row["references"] for row in rows)  # everything scoring needs travels with them
+    assert not any("segment" in row for row in rows)
     assert not records.is_finished(directory)
 
     assert run_one(smoke(*ONE_EVAL, "scoring=later")) == unscored  # still deferred: left as it is
@@ -38,6 +39,9 @@ def test_scoring_later_saves_predictions_and_scores_them_without_training_again(
     assert at_once["run_key"] == scored["run_key"]  # `scoring` is not part of what a run computes
     assert scored["metrics"] == at_once["metrics"] and "bleu" in scored["metrics"]
     assert scored["eval_notes"] == at_once["eval_notes"]
+    # scoring adds each MR's share of the scores to its row, as a run that scores at once writes it
+    assert records.read_predictions(directory / records.PREDICTIONS_FILE) == records.read_predictions(
+        tmp_path / "at_once" / "runs" / "adhoc" / at_once["run_key"] / records.PREDICTIONS_FILE)
 
 
 def test_scoring_later_is_scoring_now_for_tasks_scored_in_python(smoke) -> None:

@@ -15,11 +15,12 @@ def recorded_scorer(monkeypatch):
     """Replaces the official metric stack (Java, seconds) by a recorder: these tests check our side."""
     calls = []
 
-    def score_e2e(predictions, references):
+    def score_e2e_segments(predictions, references):
         calls.append((predictions, references))
-        return {"bleu": 0.5, "nist": 1.0, "meteor": None, "rouge_l": 0.25, "cider": 0.1}
+        return ({"bleu": 0.5, "nist": 1.0, "meteor": None, "rouge_l": 0.25, "cider": 0.1},
+                [{"mteval": [1.0]} for _ in predictions])
 
-    monkeypatch.setattr(peftrepro.metrics, "score_e2e", score_e2e, raising=False)
+    monkeypatch.setattr(peftrepro.metrics, "score_e2e_segments", score_e2e_segments, raising=False)
     return calls
 
 
@@ -38,13 +39,18 @@ def test_predictions_are_cut_at_the_first_blank_line(raw, cleaned):
     assert clean_prediction(raw) == cleaned
 
 
-def test_eval_limit_counts_mrs_and_keeps_all_their_references(fixture_root):
+def test_eval_limit_samples_mrs_and_keeps_all_their_references(fixture_root):
     task = make_task("e2e", fixture_root)
     full = group_references(task.load_split("test"))
     limited = group_references(task.load_split("test", limit=3))
-    assert list(limited) == list(full)[:3]
+    assert len(limited) == 3 and list(limited) != list(full)[:3]  # a seeded sample, not the file's first MRs
+    assert [mr for mr in full if mr in limited] == list(limited)  # kept in file order
     assert all(limited[mr] == full[mr] for mr in limited)
-    assert len(task.load_split("train", limit=5)) == 5  # rows on the train split
+    assert group_references(task.load_split("test", limit=3)) == limited  # seeded: the same sample again
+    other = make_task("e2e", fixture_root, {"sample_seed": 1})
+    assert list(group_references(other.load_split("test", limit=3))) != list(limited)
+    train = task.load_split("train", limit=5)
+    assert len(train) == 5 and train != task.load_split("train")[:5]  # rows on the train split, sampled
 
 
 def test_evaluate_decodes_one_prediction_per_mr(fixture_root, tokenizer, recorded_scorer):
@@ -60,6 +66,7 @@ def test_evaluate_decodes_one_prediction_per_mr(fixture_root, tokenizer, recorde
     assert [row["mr"] for row in output.predictions] == list(grouped)
     assert [row["references"] for row in output.predictions] == references
     assert output.metrics == {"bleu": 0.5, "nist": 1.0, "rouge_l": 0.25, "cider": 0.1}
+    assert all(row["segment"] == {"mteval": [1.0]} for row in output.predictions)
     assert output.notes["missing_metrics"] == ["meteor"] and output.notes["mrs"] == 4
 
 

@@ -55,9 +55,11 @@ def test_unparseable_text_gives_none(text):
 
 
 @pytest.mark.parametrize("predicted, gold, same", [
+    # the official Query.__eq__: (column, operator, str(value).lower()), nothing else normalised
     ({"sel": 0, "agg": 0, "conds": [[1, 0, 31]]}, {"sel": 0, "agg": 0, "conds": [[1, 0, "31"]]}, True),
-    ({"sel": 0, "agg": 0, "conds": [[1, 0, 31.0]]}, {"sel": 0, "agg": 0, "conds": [[1, 0, 31]]}, True),
-    ({"sel": 0, "agg": 0, "conds": [[0, 0, "jalen  ROSE "]]}, {"sel": 0, "agg": 0, "conds": [[0, 0, "Jalen Rose"]]}, True),
+    ({"sel": 0, "agg": 0, "conds": [[0, 0, "JALEN Rose"]]}, {"sel": 0, "agg": 0, "conds": [[0, 0, "Jalen Rose"]]}, True),
+    ({"sel": 0, "agg": 0, "conds": [[1, 0, 31.0]]}, {"sel": 0, "agg": 0, "conds": [[1, 0, 31]]}, False),
+    ({"sel": 0, "agg": 0, "conds": [[0, 0, "jalen  ROSE "]]}, {"sel": 0, "agg": 0, "conds": [[0, 0, "Jalen Rose"]]}, False),
     ({"sel": 0, "agg": 0, "conds": [[1, 0, 5], [2, 0, "x"]]},
      {"sel": 0, "agg": 0, "conds": [[2, 0, "X"], [1, 0, 5]]}, True),  # conditions are a set
     ({"sel": 1, "agg": 0, "conds": []}, {"sel": 0, "agg": 0, "conds": []}, False),
@@ -115,12 +117,14 @@ def test_fixture_gold_queries_round_trip(fixture_root):
 
 
 def test_test_by_table_split_is_disjoint_seeded_and_complete(fixture_root):
-    task = make_task("wikisql", fixture_root, {"eval_fraction": 0.25, "split_seed": 3})
-    train, held_out = task.load_split("train"), task.load_split("validation")
+    task = make_task("wikisql", fixture_root, {"eval_fraction": 0.25, "dev_fraction": 0.2, "split_seed": 3})
+    train, dev, held_out = task.load_split("train"), task.load_split("dev"), task.load_split("validation")
     train_tables, eval_tables = {e["table_id"] for e in train}, {e["table_id"] for e in held_out}
+    dev_tables = {e["table_id"] for e in dev}
     assert train_tables.isdisjoint(eval_tables) and len(eval_tables) == 2
-    assert len(train) + len(held_out) == len(make_task("wikisql", fixture_root, {"split_policy": "official"})
-                                             .load_split("test"))
+    assert dev_tables and dev_tables.isdisjoint(train_tables) and dev_tables.isdisjoint(eval_tables)
+    assert len(train) + len(dev) + len(held_out) == len(
+        make_task("wikisql", fixture_root, {"split_policy": "official"}).load_split("test"))
     again = make_task("wikisql", fixture_root, {"eval_fraction": 0.25, "split_seed": 3}).load_split("validation")
     assert again == held_out
     other = make_task("wikisql", fixture_root, {"eval_fraction": 0.25, "split_seed": 4}).load_split("validation")
@@ -132,6 +136,7 @@ def test_test_by_table_split_is_disjoint_seeded_and_complete(fixture_root):
 @pytest.mark.parametrize("options, message", [
     ({"split_policy": "random"}, "unknown split_policy"),
     ({"eval_fraction": 1.5}, "eval_fraction"),
+    ({"dev_fraction": 0.0}, "dev_fraction"),
     ({"eval_split": "test"}, "unknown split 'test'"),  # the test split IS the pool under test_by_table
 ])
 def test_bad_split_options(fixture_root, options, message):

@@ -16,6 +16,7 @@ class MethodConfig:
     """Base of every method's options; subclasses add fields and check them in `validate`."""
 
     name: ClassVar[str] = ""
+    trains: ClassVar[bool] = True  # False: a run evaluates the model as the method leaves it, no training
 
     def __post_init__(self) -> None:
         self.validate()

@@ -12,8 +12,8 @@ from peftrepro.methods.adapters import AdapterHConfig, AdapterLConfig, apply_ada
 from peftrepro.methods.base import AppliedMethod, MethodConfig, MethodSpec
 from peftrepro.methods.lora import LoRAConfig, apply_lora
 from peftrepro.methods.prefix import PrefixEmbedConfig, PrefixLayerConfig, apply_prefix_embed, apply_prefix_layer
-from peftrepro.methods.selective import (BitFitConfig, FTTopConfig, FullFTConfig, apply_bitfit, apply_ft_top,
-                                         apply_full_ft)
+from peftrepro.methods.selective import (BitFitConfig, FTTopConfig, FullFTConfig, NoAdaptationConfig,
+                                         apply_bitfit, apply_ft_top, apply_full_ft, apply_no_adaptation)
 
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("lora", LoRAConfig, apply_lora, "low-rank update (α/r)·BA on chosen weight matrices"),
@@ -24,6 +24,7 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("ft", FullFTConfig, apply_full_ft, "full fine-tuning"),
     MethodSpec("ft_top", FTTopConfig, apply_ft_top, "fine-tune only the last k blocks"),
     MethodSpec("bitfit", BitFitConfig, apply_bitfit, "train only the bias vectors"),
+    MethodSpec("none", NoAdaptationConfig, apply_no_adaptation, "no adaptation, no training (zero-shot baseline)"),
 )}
 
 

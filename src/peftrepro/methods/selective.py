@@ -1,4 +1,6 @@
-"""Methods that train a subset of the model's own parameters: FT, FT-TopK, BitFit (§5.1)."""
+"""Methods that train a subset of the model's own parameters: FT, FT-TopK, BitFit (§5.1), and the
+empty subset, `none`: the backbone as loaded, evaluated without training (each task's zero-shot
+baseline, against which a run that did not learn is recognised)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,14 @@ from torch import nn
 from peftrepro.errors import ConfigError, NotApplicableError
 from peftrepro.methods.base import AppliedMethod, MethodConfig, freeze_all, require_positive
 from peftrepro.methods.targets import arch_spec, blocks
+
+
+@dataclass
+class NoAdaptationConfig(MethodConfig):
+    """No adaptation: every weight frozen and no training step (the zero-shot baseline)."""
+
+    name: ClassVar[str] = "none"
+    trains: ClassVar[bool] = False
 
 
 @dataclass
@@ -42,6 +52,11 @@ class BitFitConfig(MethodConfig):
     # Zaken et al. train every bias term, the LayerNorm biases (β) among them; set false to train
     # only the biases of the linear layers. The paper's GPT-3 14.2M count is unexplained either way.
     layernorm_bias: bool = True
+
+
+def apply_no_adaptation(model: nn.Module, config: NoAdaptationConfig) -> AppliedMethod:
+    freeze_all(model)
+    return AppliedMethod(model=model, config=config)
 
 
 def apply_full_ft(model: nn.Module, config: FullFTConfig) -> AppliedMethod:

@@ -16,7 +16,7 @@ from typing import Any
 from peftrepro.errors import ConfigError
 
 MODULES_DIR = Path(__file__).parent / "modules"
-_E2E_NAMES = ("E2E_METRICS", "score_e2e", "score_e2e_files")
+_E2E_NAMES = ("E2E_METRICS", "score_e2e", "score_e2e_files", "score_e2e_segments")
 
 
 def __getattr__(name: str) -> Any:
@@ -40,4 +40,4 @@ def load_metric(name: str):
     return evaluate.load(str(MODULES_DIR / name))
 
 
-__all__ = ["E2E_METRICS", "MODULES_DIR", "load_metric", "score_e2e", "score_e2e_files"]
+__all__ = ["E2E_METRICS", "MODULES_DIR", "load_metric", "score_e2e", "score_e2e_files", "score_e2e_segments"]

@@ -11,11 +11,11 @@ quote / AND positions, so every gold query of the test split parses back to its 
 (tests/tasks/test_task_wikisql.py and test_task_realdata.py check this on the fixtures and on
 all 15,878 real test queries).
 
-Logical-form accuracy (the paper's metric, Zhong et al. 2017 `Query.__eq__`): same select column,
-same aggregation, same SET of conditions (column, operator, value). Values compare as the official
-code does, `str(value).lower()`, plus two normalisations we add and keep visible here: surrounding
-and repeated whitespace is ignored, and numbers compare numerically (`2006` == `'2006'` == `2006.0`),
-since the text form of a number is a rendering choice, not a semantic one.
+Logical-form accuracy (the paper's metric), exactly as the official evaluator compares queries
+(salesforce/WikiSQL `lib/query.py`, `Query.__eq__`, unordered conditions): same select column, same
+aggregation, and the same SET of (column, operator, `str(value).lower()`) conditions. Nothing else
+is normalised: `'new  york'` is not `'new york'`, and `2006.0` is not `2006` (our parser reads a bare
+number as Python's int or float, so `2006` and `'2006'` both give "2006", as the official JSON would).
 
 Execution accuracy (not reported by the paper): gold and predicted query run on the table in an
 in-memory sqlite database, built like the official DBEngine (text lower-cased, `real` columns
@@ -144,13 +144,9 @@ def _as_number(raw: str) -> Any:
 # ----------------------------------------------------------------------------- logical form
 
 
-def normalise_value(value: Any) -> Any:
-    text = " ".join(str(value).lower().split())
-    try:
-        number = float(text)
-    except ValueError:
-        return text
-    return number if math.isfinite(number) else text
+def normalise_value(value: Any) -> str:
+    """A condition value as the official `Query.__eq__` compares it: `str(value).lower()`."""
+    return str(value).lower()
 
 
 def logical_form(sql: Mapping[str, Any]) -> tuple[int, int, frozenset]:

@@ -9,6 +9,7 @@ needs explicitly, so the layout is the same for GPT-2 and Llama tokenizers.
 from __future__ import annotations
 
 import dataclasses
+import random
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence, TypeVar
 
@@ -55,6 +56,31 @@ def parse_options(options_type: type[Options], task: str, options: Mapping[str, 
 def check_split(task: str, split: str, valid: Sequence[str]) -> None:
     if split not in valid:
         raise ConfigError(f"task {task!r}: unknown split {split!r}; valid splits: {list(valid)}")
+
+
+def check_fraction(task: str, name: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 < value < 1.0:
+        raise ConfigError(f"task {task!r}: {name} must lie in (0, 1), got {value!r}")
+
+
+T = TypeVar("T")
+
+
+def sample(items: Sequence[T], limit: int | None, seed: int) -> list[T]:
+    """A seeded random sample of `limit` items kept in their original order (all when limit is None
+    or covers them): a limited split spans the whole file, never just its first lines."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in keep]
+
+
+def hold_out(items: Sequence[T], fraction: float, seed: int) -> set[T]:
+    """A seeded `fraction` (at least one) of the distinct `items`: the held-out part of a split
+    (WikiSQL: tables; MNLI: training pairs by index)."""
+    distinct = sorted(set(items))
+    random.Random(seed).shuffle(distinct)
+    return set(distinct[:max(1, round(len(distinct) * fraction))])
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -183,3 +209,33 @@ def sequence_logprobs(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[tu
     finally:
         model.train(was_training)
     return scores
+
+
+@torch.no_grad()
+def next_token_logprobs(model: torch.nn.Module, tokenizer: Any, contexts: Sequence[list[int]],
+                        token_ids: Sequence[int], batch_size: int) -> list[list[float]]:
+    """log p(token | context) of each of `token_ids` after each context: one forward pass per
+    context (right-padded batches; only the last context position reaches the LM head)."""
+    pad, device = pad_id(tokenizer), model_device(model)
+    was_training = model.training
+    model.eval()
+    # batches of similar lengths pad little; the scores go back to the contexts' own order
+    order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
+    scores: list[list[float]] = []
+    try:
+        for batch in batches([contexts[i] for i in order], batch_size):
+            width = max(len(context) for context in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, context in enumerate(batch):
+                ids[row, :len(context)], mask[row, :len(context)] = torch.tensor(context, dtype=torch.long), 1
+            last = torch.tensor([row * width + len(context) - 1 for row, context in enumerate(batch)], device=device)
+            logits = logits_at(model, ids.to(device), mask.to(device), last)
+            chosen = torch.log_softmax(logits.float(), dim=-1)[:, torch.tensor(list(token_ids), device=device)]
+            scores.extend(chosen.tolist())  # one device-to-host copy per batch
+    finally:
+        model.train(was_training)
+    in_place: list[list[float]] = [[] for _ in contexts]
+    for position, index in enumerate(order):
+        in_place[index] = scores[position]
+    return in_place

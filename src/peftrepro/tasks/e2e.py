@@ -8,7 +8,13 @@ repo's text files hold the same content in a `name : The Vaults | Type : pub` sp
 
 Evaluation follows gpt2_decode.py --ref_type e2e: references are grouped by identical MR (630
 test MRs, 4,693 references), one prediction is decoded per distinct MR, cut at EOS and at the
-first blank line, and the official E2E metrics score it (`peftrepro.metrics.score_e2e`).
+first blank line, and the official E2E metrics score it (`peftrepro.metrics.score_e2e`). Each
+prediction row keeps its MR's share of every corpus score (`segment`), so that the report can
+bootstrap the evaluation-set error over MRs from the saved predictions alone.
+
+Splits: the official train / dev / test files; `dev` is the learning-rate selection's split. A
+limit keeps a seeded sample (`sample_seed`): of rows on train, of distinct MRs on dev and test
+(an MR always keeps all its references).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any, Sequence
 
 from peftrepro.interfaces import DecodingConfig, EncodedExample, EvalOutput, PromptWrap
 from peftrepro.tasks import data
-from peftrepro.tasks.base import (TaskOptions, check_split, encode_pair, eos_id, generate, parse_options,
+from peftrepro.tasks.base import (TaskOptions, check_split, encode_pair, eos_id, generate, parse_options, sample,
                                   text_ids, wrapped_prompt)
 
 EOS_SEPARATOR = "<eos>"  # separator value meaning "the tokenizer's EOS token" (the authors' choice)
@@ -34,11 +40,13 @@ class E2EOptions(TaskOptions):
     eval_split: str = "test"
     max_length: int = 512  # authors' --seq_len 512
     separator: str = EOS_SEPARATOR  # between MR and reference: "<eos>" = tokenizer EOS, else literal text
+    sample_seed: int = 0  # seed of a limited split's sample (rows on train, MRs on dev / test)
 
 
 class E2ETask:
     name = "e2e"
     primary_metric = "bleu"
+    selection_metric = "bleu"  # on the dev split (learning-rate selection)
     splits = tuple(LOCAL_FILES)
 
     def __init__(self, data_root: str | Path | None, options: dict[str, Any] | None = None):
@@ -52,20 +60,17 @@ class E2ETask:
     def load_split(self, split: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Rows {mr, ref} in file order.
 
-        `limit` counts rows on the train split but distinct MRs on dev/test, so an evaluated MR
-        always keeps all of its references.
+        `limit` keeps a seeded sample (`sample_seed`): of rows on the train split, of distinct MRs on
+        dev / test, so that an evaluated MR always keeps all of its references.
         """
         check_split(self.name, split, self.splits)
         if self.data_root is None:
             rows = data.hub_e2e(HUB_SPLITS[split])
         else:
             rows = data.read_csv(data.require_file(self.data_root / "e2e" / LOCAL_FILES[split]), ("mr", "ref"))
-        if limit is None:
-            return rows
         if split == "train":
-            return rows[:limit]
-        kept_mrs = list(dict.fromkeys(row["mr"] for row in rows))[:limit]
-        keep = set(kept_mrs)
+            return sample(rows, limit, self.options.sample_seed)
+        keep = set(sample(list(dict.fromkeys(row["mr"] for row in rows)), limit, self.options.sample_seed))
         return [row for row in rows if row["mr"] in keep]
 
     # --------------------------------------------------------------------- encoding
@@ -96,17 +101,21 @@ class E2ETask:
         rows = [{"mr": mr, "prediction": pred, "references": references[mr]} for mr, pred in zip(mrs, predictions)]
         if not score:
             return EvalOutput(metrics={}, predictions=rows, notes=prediction_notes(rows), scored=False)
-        metrics, notes = self.score(rows)
+        metrics, notes, rows = self.score(rows)
         return EvalOutput(metrics=metrics, predictions=rows, notes=notes)
 
-    def score(self, predictions: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[str, Any]]:
-        """The five official metrics of prediction rows {mr, prediction, references}."""
-        from peftrepro.metrics import score_e2e  # late: the metric stack (Java, pycocoevalcap) loads on use
+    def score(self, predictions: Sequence[dict[str, Any]]
+              ) -> tuple[dict[str, float], dict[str, Any], list[dict[str, Any]]]:
+        """The five official metrics of prediction rows {mr, prediction, references}, notes, and the
+        rows with each MR's share of the scores added (`segment`, for the report's bootstrap)."""
+        from peftrepro.metrics import score_e2e_segments  # late: the metric stack (Java, pycocoevalcap) loads on use
 
-        metrics = score_e2e([row["prediction"] for row in predictions], [row["references"] for row in predictions])
+        metrics, segments = score_e2e_segments([row["prediction"] for row in predictions],
+                                               [row["references"] for row in predictions])
         missing = sorted(k for k, v in metrics.items() if v is None)
+        rows = [{**row, "segment": segment} for row, segment in zip(predictions, segments)]
         return {k: v for k, v in metrics.items() if v is not None}, prediction_notes(predictions) | {
-            "missing_metrics": missing}
+            "missing_metrics": missing}, rows
 
     def missing_scoring_tools(self) -> list[str]:
         # shutil, not the metric stack: a machine that defers scoring may lack pycocoevalcap too

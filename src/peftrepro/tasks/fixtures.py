@@ -190,13 +190,18 @@ _NLI_FACTS = [
 ]
 
 
-def _mnli_records(rng: random.Random, n: int, offset: int) -> list[dict[str, Any]]:
+TRAIN_PREFIXES = ("", "In fact, ", "Apparently, ")
+# validation premises open differently, so that no validation pair is a training pair (as in the real data)
+VALIDATION_PREFIXES = ("Reportedly, ", "Indeed, ", "Clearly, ")
+
+
+def _mnli_records(rng: random.Random, n: int, offset: int, prefixes=TRAIN_PREFIXES) -> list[dict[str, Any]]:
     labels = ("entailment", "neutral", "contradiction")
     records = []
     for i in range(n):
         premise, *hypotheses = _NLI_FACTS[(i + offset) % len(_NLI_FACTS)]
         label = (i + offset // len(_NLI_FACTS)) % 3
-        prefix = rng.choice(["", "In fact, ", "Apparently, "])
+        prefix = rng.choice(prefixes)
         records.append({"premise": prefix + premise + ".", "hypothesis": hypotheses[label] + ".",
                         "label": label, "label_text": labels[label]})
     return records
@@ -234,5 +239,5 @@ def write_fixtures(directory: str | Path) -> Path:
                  [{**r, "source_file": "fixture", "source_key": i} for i, r in enumerate(train)])
     for split, offset in (("validation_matched", 100), ("validation_mismatched", 200)):
         _write_jsonl(root / "mnli" / f"{split}.jsonl.gz",
-                     [{"idx": i, **r} for i, r in enumerate(_mnli_records(rng, 24, offset))])
+                     [{"idx": i, **r} for i, r in enumerate(_mnli_records(rng, 24, offset, VALIDATION_PREFIXES))])
     return root

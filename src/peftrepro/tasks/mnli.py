@@ -10,6 +10,16 @@ summed log-likelihood of the three label words after the prompt (batched scoring
 generation) and takes the most likely. Metrics: accuracy_m on validation_matched (the paper's
 MNLI-m, primary) and accuracy_mm on validation_mismatched; eval split `validation` loads both.
 Offline, `train` is the 9,999-pair subset of the data root (README: full train unavailable).
+
+Splits: `train` and `dev` divide the training pairs (a seeded `dev_fraction` held out: the
+learning-rate selection's split, never evaluated on), `validation_matched` / `_mismatched` are the
+evaluation sets (the paper's MNLI-m is the matched one). A limit keeps a seeded sample of a split.
+Every row carries an `id` (subset / line of its file) that pairs runs example by example.
+
+When every label word is one token (the default words with the GPT-2 and SmolLM2 tokenizers), one
+forward pass per example scores all three labels from the next-token distribution after the
+prompt; otherwise each (prompt, label word) pair is scored on its own. Same log-likelihoods
+(tested), a third of the work.
 """
 
 from __future__ import annotations
@@ -21,15 +31,18 @@ from typing import Any, Sequence
 from peftrepro.errors import ConfigError
 from peftrepro.interfaces import DecodingConfig, EncodedExample, EvalOutput, PromptWrap
 from peftrepro.tasks import data
-from peftrepro.tasks.base import (TaskOptions, check_split, encode_pair, parse_options, sequence_logprobs,
-                                  text_ids, wrapped_prompt)
+from peftrepro.tasks.base import (TaskOptions, check_fraction, check_split, encode_pair, hold_out,
+                                  next_token_logprobs, parse_options, sample, sequence_logprobs, text_ids,
+                                  wrapped_prompt)
 
 LABELS = ("entailment", "neutral", "contradiction")  # HF glue/mnli label ids 0, 1, 2
 LOCAL_FILES = {"train": "train_subset.jsonl.gz", "validation_matched": "validation_matched.jsonl.gz",
                "validation_mismatched": "validation_mismatched.jsonl.gz"}
-SUBSETS = {"validation_matched": "matched", "validation_mismatched": "mismatched", "train": "train"}
+SUBSETS = {"validation_matched": "matched", "validation_mismatched": "mismatched", "train": "train", "dev": "dev"}
 BOTH_VALIDATION = "validation"  # eval split meaning matched + mismatched
-METRIC_OF_SUBSET = {"matched": "accuracy_m", "mismatched": "accuracy_mm"}
+DEV = "dev"  # held-out training pairs (learning-rate selection)
+METRIC_OF_SUBSET = {"matched": "accuracy_m", "mismatched": "accuracy_mm", "dev": "accuracy_dev"}
+LOGPROB_DIGITS = 4  # the saved per-label log-likelihoods (predictions file); the argmax uses full precision
 FIELDS = ("premise", "hypothesis", "label")
 
 
@@ -41,12 +54,15 @@ class MNLIOptions(TaskOptions):
     prompt_template: str = "{premise}\nQuestion: {hypothesis} True, False, or Neither?\nAnswer:"
     label_words: dict[str, str] = field(default_factory=lambda: {
         "entailment": " True", "neutral": " Neither", "contradiction": " False"})
+    dev_fraction: float = 0.06  # share of the training pairs held out as `dev` (9,999 -> 600)
+    split_seed: int = 0  # seed of the dev hold-out and of every limited split's sample
 
 
 class MNLITask:
     name = "mnli"
     primary_metric = "accuracy_m"
-    splits = (*LOCAL_FILES, BOTH_VALIDATION)
+    selection_metric = "accuracy_dev"  # the learning-rate selection's metric, on the dev split
+    splits = (*LOCAL_FILES, BOTH_VALIDATION, DEV)
 
     def __init__(self, data_root: str | Path | None, options: dict[str, Any] | None = None):
         self.options = parse_options(MNLIOptions, self.name, options)
@@ -58,22 +74,32 @@ class MNLITask:
             raise ConfigError("task 'mnli': prompt_template must contain {premise} and {hypothesis}")
         for split in (self.options.train_split, self.options.eval_split):
             check_split(self.name, split, self.splits)
+        check_fraction(self.name, "dev_fraction", self.options.dev_fraction)
         self.data_root = data.resolve_data_root(data_root)
 
     # --------------------------------------------------------------------- data
 
     def load_split(self, split: str, limit: int | None = None) -> list[dict[str, Any]]:
-        """Pairs {premise, hypothesis, label, label_text, subset}; `limit` applies to each subset."""
+        """Pairs {id, premise, hypothesis, label, label_text, subset}; `limit` samples each subset."""
         check_split(self.name, split, self.splits)
         if split == BOTH_VALIDATION:
             return (self.load_split("validation_matched", limit) + self.load_split("validation_mismatched", limit))
+        records = self._file("train" if split == DEV else split)
+        if split in ("train", DEV):
+            dev = hold_out(range(len(records)), self.options.dev_fraction, self.options.split_seed)
+            records = [{**record, "subset": SUBSETS[split]} for index, record in enumerate(records)
+                       if (index in dev) == (split == DEV)]
+        return sample(records, limit, self.options.split_seed)
+
+    def _file(self, split: str) -> list[dict[str, Any]]:
+        """The rows of one file, each with its subset, label text and id (subset/line)."""
         if self.data_root is None:
             records = data.hub_mnli(split)
         else:
             records = data.read_jsonl(data.require_file(self.data_root / "mnli" / LOCAL_FILES[split]), FIELDS)
-        records = records if limit is None else records[:limit]
-        return [{**record, "label_text": LABELS[int(record["label"])], "subset": SUBSETS[split]}
-                for record in records]
+        subset = SUBSETS[split]
+        return [{**record, "label_text": LABELS[int(record["label"])], "subset": subset, "id": f"{subset}/{index}"}
+                for index, record in enumerate(records)]
 
     # --------------------------------------------------------------------- encoding
 
@@ -90,21 +116,32 @@ class MNLITask:
                  decoding: DecodingConfig) -> EvalOutput:
         words = [text_ids(tokenizer, self.label_words[label]) for label in LABELS]
         budget = self.options.max_length - max(len(w) for w in words)
-        pairs = []
-        for example in examples:
-            context = wrapped_prompt(text_ids(tokenizer, self.prompt_text(example)), prompt, budget)
-            pairs.extend((context, word) for word in words)
-        scores = sequence_logprobs(model, tokenizer, pairs, batch_size=decoding.batch_size * len(LABELS))
+        contexts = [wrapped_prompt(text_ids(tokenizer, self.prompt_text(example)), prompt, budget)
+                    for example in examples]
+        scores = label_logprobs(model, tokenizer, contexts, words, decoding.batch_size)
         rows = []
-        for index, example in enumerate(examples):
-            label_scores = scores[index * len(LABELS):(index + 1) * len(LABELS)]
+        for example, label_scores in zip(examples, scores):
             predicted = LABELS[max(range(len(LABELS)), key=label_scores.__getitem__)]
-            rows.append({"premise": example["premise"], "hypothesis": example["hypothesis"],
-                         "subset": example.get("subset"), "label": LABELS[int(example["label"])],
-                         "prediction": predicted, "correct": predicted == LABELS[int(example["label"])],
-                         "logprobs": dict(zip(LABELS, label_scores))})
-        return EvalOutput(metrics=accuracy_by_subset(rows), predictions=rows,
-                          notes={"examples": {s: sum(r["subset"] == s for r in rows) for s in METRIC_OF_SUBSET}})
+            gold = LABELS[int(example["label"])]
+            rows.append({"id": example.get("id"), "subset": example.get("subset"), "label": gold,
+                         "prediction": predicted, "correct": predicted == gold,
+                         "logprobs": {label: round(score, LOGPROB_DIGITS) for label, score in zip(LABELS, label_scores)}})
+        subsets = list(dict.fromkeys(row["subset"] for row in rows))
+        notes = {"examples": {s: sum(r["subset"] == s for r in rows) for s in subsets},
+                 "label_counts": {s: {label: sum(r["subset"] == s and r["label"] == label for r in rows)
+                                      for label in LABELS} for s in subsets}}
+        return EvalOutput(metrics=accuracy_by_subset(rows), predictions=rows, notes=notes)
+
+
+def label_logprobs(model: Any, tokenizer: Any, contexts: Sequence[list[int]], words: Sequence[list[int]],
+                   batch_size: int) -> list[list[float]]:
+    """log p(word | context) of every label word after every context: one forward pass per context
+    when each word is a single token, else one per (context, word) pair."""
+    if all(len(word) == 1 for word in words):
+        return next_token_logprobs(model, tokenizer, contexts, [word[0] for word in words], batch_size)
+    pairs = [(context, word) for context in contexts for word in words]
+    flat = sequence_logprobs(model, tokenizer, pairs, batch_size=batch_size * len(words))
+    return [flat[i * len(words):(i + 1) * len(words)] for i in range(len(contexts))]
 
 
 def accuracy_by_subset(rows: Sequence[dict[str, Any]]) -> dict[str, float]:

@@ -7,20 +7,21 @@ of its test lines and our rendering reproduces them exactly):
     table: <table id>\\ncolumns: <header joined by ', '>\\nQ: <question>\\nA:   <- prompt
      SELECT [AGG ]<column> FROM <table id>[ WHERE <column> <op> <value> ...]<EOS>   <- target
 
-Splits. The offline data (../shared/data/wikisql) has dev and test questions but tables only for
-test, and no train split. So the two split policies are:
+Splits. The offline copy (a data root in the layout the README describes) has dev and test
+questions but tables only for test, and no train split. So the two split policies are:
   - `test_by_table` (mini profile): the official TEST split divided by table id into disjoint
     table sets, `eval_fraction` of the tables (seeded shuffle, `split_seed`) form `validation`,
-    the rest `train`. No question about an evaluation table is ever trained on.
+    the rest train; of those training tables a further `dev_fraction` forms `dev` (the
+    learning-rate selection's split). No table is in two of train / dev / validation.
   - `official` (paper profile): `train` / `validation` (the paper's 8,421) / `test` from the hub
-    (`Salesforce/wikisql`), or from a data root that has them. Offline, `validation` is dev
-    without tables: those examples cannot be prompted, so they are counted as `missing_header`
-    in the notes and scored wrong, never dropped silently.
+    (`Salesforce/wikisql`), or from a data root that has them; `dev` is `dev_fraction` of the
+    training tables, held out of `train`. Offline, `validation` is dev without tables: those
+    examples cannot be prompted, so they are counted as `missing_header` in the notes and scored
+    wrong, never dropped silently.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,10 +30,10 @@ from peftrepro.errors import ConfigError, DataError
 from peftrepro.interfaces import DecodingConfig, EncodedExample, EvalOutput, PromptWrap
 from peftrepro.metrics.wikisql import render_sql, score_wikisql
 from peftrepro.tasks import data
-from peftrepro.tasks.base import (TaskOptions, check_split, encode_pair, eos_id, generate, parse_options,
-                                  text_ids, wrapped_prompt)
+from peftrepro.tasks.base import (TaskOptions, check_fraction, check_split, encode_pair, eos_id, generate,
+                                  hold_out, parse_options, sample, text_ids, wrapped_prompt)
 
-SPLIT_POLICIES = {"test_by_table": ("train", "validation"), "official": ("train", "validation", "test")}
+SPLIT_POLICIES = {"test_by_table": ("train", "dev", "validation"), "official": ("train", "dev", "validation", "test")}
 LOCAL_QUESTIONS = {"validation": "dev.jsonl.gz", "test": "test.jsonl.gz"}
 LOCAL_TABLES = {"test": "test.tables.jsonl.gz"}  # no dev / train tables exist offline
 QUESTION_FIELDS = ("table_id", "question", "sql")
@@ -45,20 +46,22 @@ class WikiSQLOptions(TaskOptions):
     max_length: int = 384  # paper D.4 sequence length for WikiSQL
     split_policy: str = "test_by_table"  # offline data has no train split; `official` = hub train/validation
     eval_fraction: float = 0.2  # test_by_table: share of the test TABLES held out for evaluation
-    split_seed: int = 0  # test_by_table: seed of the table shuffle (and of `limit` sampling)
+    dev_fraction: float = 0.1  # share of the training TABLES held out as `dev` (learning-rate selection)
+    split_seed: int = 0  # seed of the table shuffles and of `limit` sampling
 
 
 class WikiSQLTask:
     name = "wikisql"
     primary_metric = "lf_accuracy"
+    selection_metric = "lf_accuracy"  # on the dev split (learning-rate selection)
 
     def __init__(self, data_root: str | Path | None, options: dict[str, Any] | None = None):
         self.options = parse_options(WikiSQLOptions, self.name, options)
         if self.options.split_policy not in SPLIT_POLICIES:
             raise ConfigError(f"task 'wikisql': unknown split_policy {self.options.split_policy!r}; "
                               f"valid: {sorted(SPLIT_POLICIES)}")
-        if not 0.0 < self.options.eval_fraction < 1.0:
-            raise ConfigError(f"task 'wikisql': eval_fraction must lie in (0, 1), got {self.options.eval_fraction!r}")
+        check_fraction(self.name, "eval_fraction", self.options.eval_fraction)
+        check_fraction(self.name, "dev_fraction", self.options.dev_fraction)
         self.splits = SPLIT_POLICIES[self.options.split_policy]
         for split in (self.options.train_split, self.options.eval_split):
             check_split(self.name, split, self.splits)
@@ -73,14 +76,23 @@ class WikiSQLTask:
         `limit` keeps a seeded random sample (in file order), so a small run still spans many tables.
         """
         check_split(self.name, split, self.splits)
-        if self.options.split_policy == "test_by_table":
+        seed = self.options.split_seed
+        if split in ("train", "dev"):
+            if self.options.split_policy == "test_by_table":
+                test = self._official("test")
+                held_out = held_out_tables([ex["table_id"] for ex in test], self.options.eval_fraction, seed)
+                training = [ex for ex in test if ex["table_id"] not in held_out]
+            else:
+                training = self._official("train")
+            dev = held_out_tables([ex["table_id"] for ex in training], self.options.dev_fraction, seed)
+            records = [ex for ex in training if (ex["table_id"] in dev) == (split == "dev")]
+        elif self.options.split_policy == "test_by_table":  # validation: the held-out test tables
             test = self._official("test")
-            held_out = held_out_tables([ex["table_id"] for ex in test], self.options.eval_fraction,
-                                       self.options.split_seed)
-            records = [ex for ex in test if (ex["table_id"] in held_out) == (split == "validation")]
+            held_out = held_out_tables([ex["table_id"] for ex in test], self.options.eval_fraction, seed)
+            records = [ex for ex in test if ex["table_id"] in held_out]
         else:
             records = self._official(split)
-        return sample(records, limit, self.options.split_seed)
+        return sample(records, limit, seed)
 
     def _official(self, split: str) -> list[dict[str, Any]]:
         if split not in self._cache:
@@ -140,15 +152,6 @@ class WikiSQLTask:
         return EvalOutput(metrics=scores.metrics, predictions=rows, notes=notes)
 
 
-def held_out_tables(table_ids: Sequence[str], eval_fraction: float, seed: int) -> set[str]:
-    """The evaluation table set of `test_by_table`: a seeded shuffle of the distinct ids, first share."""
-    distinct = sorted(set(table_ids))
-    random.Random(seed).shuffle(distinct)
-    return set(distinct[:max(1, round(len(distinct) * eval_fraction))])
-
-
-def sample(records: list[dict[str, Any]], limit: int | None, seed: int) -> list[dict[str, Any]]:
-    if limit is None or limit >= len(records):
-        return records
-    keep = sorted(random.Random(seed).sample(range(len(records)), limit))
-    return [records[i] for i in keep]
+def held_out_tables(table_ids: Sequence[str], fraction: float, seed: int) -> set[str]:
+    """A held-out table set: a seeded shuffle of the distinct ids, first `fraction` of them."""
+    return hold_out(table_ids, fraction, seed)

@@ -63,16 +63,31 @@ def score_e2e(predictions: list[str], references: list[list[str]]) -> dict[str, 
     warning) when Java is missing, and the tokenizer behind the last three then falls back to
     a Python approximation.
     """
+    return score_e2e_segments(predictions, references)[0]
+
+
+def score_e2e_segments(predictions: list[str], references: list[list[str]]
+                       ) -> tuple[dict[str, float | None], list[dict[str, object]]]:
+    """`score_e2e`, plus for each MR what its share of each corpus score is made of: the BLEU/NIST
+    statistics vector (`mteval.SEGMENT_FIELDS`, which sums over MRs) and its ROUGE-L, CIDEr and
+    METEOR segment scores. A bootstrap over MRs recomputes the corpus scores from these alone
+    (the report's evaluation-set error; METEOR's corpus score is not a mean of segment scores, so
+    for it the segment mean stands in)."""
     check_inputs(predictions, references)
-    bleu, nist = mteval.bleu_nist(list(predictions), [list(refs) for refs in references])
+    sums = mteval.segment_stats(list(predictions), [list(refs) for refs in references])
+    bleu, nist = mteval.scores_from_sums([sum(column) for column in zip(*sums)])
     tokenized_predictions, tokenized_references = _ptb_normalised(predictions, references)
-    return {
-        "bleu": bleu,
-        "nist": nist,
-        "meteor": coco.meteor(tokenized_predictions, tokenized_references),
-        "rouge_l": coco.rouge_l(tokenized_predictions, tokenized_references),
-        "cider": coco.cider(tokenized_predictions, tokenized_references),
-    }
+    meteor, meteor_each = coco.meteor_segments(tokenized_predictions, tokenized_references)
+    rouge_l, rouge_each = coco.rouge_l_segments(tokenized_predictions, tokenized_references)
+    cider, cider_each = coco.cider_segments(tokenized_predictions, tokenized_references)
+    metrics = {"bleu": bleu, "nist": nist, "meteor": meteor, "rouge_l": rouge_l, "cider": cider}
+    segments = [{"mteval": [round(v, SEGMENT_DIGITS) for v in vector], "rouge_l": round(r, SEGMENT_DIGITS),
+                 "cider": round(c, SEGMENT_DIGITS), "meteor": None if meteor_each is None else round(m, SEGMENT_DIGITS)}
+                for vector, r, c, m in zip(sums, rouge_each, cider_each, meteor_each or [None] * len(sums))]
+    return metrics, segments
+
+
+SEGMENT_DIGITS = 6  # segment statistics as saved beside each prediction (NIST information is fractional)
 
 
 def score_bleu(predictions: list[str], references: list[list[str]]) -> float:
@@ -138,6 +153,7 @@ __all__ = [
     "score_cider",
     "score_e2e",
     "score_e2e_files",
+    "score_e2e_segments",
     "score_meteor",
     "score_nist",
     "score_rouge_l",

@@ -151,15 +151,25 @@ def _as_coco(tokenized_predictions: list[str], tokenized_references: list[list[s
 def rouge_l(tokenized_predictions: list[str], tokenized_references: list[list[str]]) -> float:
     """Mean over MRs of pycocoevalcap's ROUGE-L. Note its "best over references": precision and
     recall are maximised separately over the references before the F-measure (beta 1.2)."""
-    score, _ = Rouge().compute_score(*_as_coco(tokenized_predictions, tokenized_references))
-    return float(score)
+    return rouge_l_segments(tokenized_predictions, tokenized_references)[0]
+
+
+def rouge_l_segments(tokenized_predictions: list[str], tokenized_references: list[list[str]]) -> tuple[float, list[float]]:
+    """ROUGE-L and each MR's own score (the corpus score is their mean)."""
+    score, scores = Rouge().compute_score(*_as_coco(tokenized_predictions, tokenized_references))
+    return float(score), [float(s) for s in scores]
 
 
 def cider(tokenized_predictions: list[str], tokenized_references: list[list[str]]) -> float:
     """pycocoevalcap's CIDEr, which is the CIDEr-D variant the E2E scorer ships (n = 4,
     sigma = 6, clipping, x10); document frequencies come from these references."""
-    score, _ = Cider().compute_score(*_as_coco(tokenized_predictions, tokenized_references))
-    return float(score)
+    return cider_segments(tokenized_predictions, tokenized_references)[0]
+
+
+def cider_segments(tokenized_predictions: list[str], tokenized_references: list[list[str]]) -> tuple[float, list[float]]:
+    """CIDEr and each MR's own score (the corpus score is their mean, idf from all references)."""
+    score, scores = Cider().compute_score(*_as_coco(tokenized_predictions, tokenized_references))
+    return float(score), [float(s) for s in scores]
 
 
 class _MeteorProcess(_meteor_module.Meteor):
@@ -218,14 +228,20 @@ atexit.register(_close_shared_meteor)
 def meteor(tokenized_predictions: list[str], tokenized_references: list[list[str]]) -> float | None:
     """Corpus METEOR 1.5 from the jar (aggregated statistics, not a mean of MR scores);
     None, with a warning, when Java is missing."""
+    return meteor_segments(tokenized_predictions, tokenized_references)[0]
+
+
+def meteor_segments(tokenized_predictions: list[str],
+                    tokenized_references: list[list[str]]) -> tuple[float | None, list[float] | None]:
+    """Corpus METEOR and each MR's segment score from the same JVM call (None, None without Java)."""
     if not java_available():
         warnings.warn("Java not found: METEOR is reported as None (it needs meteor-1.5.jar).", stacklevel=2)
-        return None
+        return None, None
     process = _meteor_process()
     try:
-        score, _ = process.compute_score(*_as_coco(tokenized_predictions, tokenized_references))
+        score, scores = process.compute_score(*_as_coco(tokenized_predictions, tokenized_references))
     except (ValueError, BrokenPipeError) as error:  # the JVM died or answered garbage
         message = f"METEOR failed ({' '.join(process.meteor_cmd)}):\n{process.stderr_text()}"
         process.close()  # the next call starts a fresh JVM
         raise MetricToolError(message) from error
-    return float(score)
+    return float(score), [float(s) for s in scores]

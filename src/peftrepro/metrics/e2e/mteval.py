@@ -70,7 +70,7 @@ def _closest_ref_length(ref_lengths: list[int], hyp_length: int) -> int:
 
 @dataclass
 class _CorpusStats:
-    """Sums over all MRs of what mteval's ``score_segment`` returns (index n = n-gram order)."""
+    """Sums over MRs of what mteval's ``score_segment`` returns (index n = n-gram order)."""
 
     matches: list[int] = field(default_factory=lambda: [0] * (NIST_MAX_N + 1))
     hyp_ngrams: list[int] = field(default_factory=lambda: [0] * (NIST_MAX_N + 1))
@@ -79,6 +79,23 @@ class _CorpusStats:
     ref_words: int = 0
     nonempty_refs: int = 0
     segments: int = 0
+
+    def as_vector(self) -> list[float]:
+        """The statistics as one flat list (`SEGMENT_FIELDS`), which sums over MRs."""
+        return [*self.matches[1:], *self.hyp_ngrams[1:], *self.matched_info[1:], self.bleu_ref_length,
+                self.ref_words, self.nonempty_refs, self.segments]
+
+    @classmethod
+    def from_vector(cls, vector: list[float]) -> "_CorpusStats":
+        n = NIST_MAX_N
+        return cls([0, *vector[:n]], [0, *vector[n:2 * n]], [0.0, *vector[2 * n:3 * n]], *vector[3 * n:])
+
+
+# What each position of a segment's statistics vector (`segment_stats`) holds.
+SEGMENT_FIELDS = (*(f"matches_{n}" for n in range(1, NIST_MAX_N + 1)),
+                  *(f"hyp_ngrams_{n}" for n in range(1, NIST_MAX_N + 1)),
+                  *(f"matched_info_{n}" for n in range(1, NIST_MAX_N + 1)),
+                  "bleu_ref_length", "ref_words", "nonempty_refs", "segments")
 
 
 def _information_weights(tokenized_refs: list[list[list[str]]]) -> dict[tuple[str, ...], float]:
@@ -96,26 +113,43 @@ def _information_weights(tokenized_refs: list[list[list[str]]]) -> dict[tuple[st
     }
 
 
-def _corpus_stats(predictions: list[str], references: list[list[str]]) -> _CorpusStats:
+def _segment_stats(hyp: list[str], refs: list[list[str]], info: dict[tuple[str, ...], float]) -> _CorpusStats:
+    stats = _CorpusStats(segments=1)
+    max_ref_counts: Counter[tuple[str, ...]] = Counter()
+    for ref in refs:
+        max_ref_counts |= _ngram_counts(ref, NIST_MAX_N)  # |= keeps the max count per n-gram
+    for ngram, count in _ngram_counts(hyp, NIST_MAX_N).items():
+        clipped = min(count, max_ref_counts[ngram])
+        if clipped:
+            stats.matches[len(ngram)] += clipped
+            stats.matched_info[len(ngram)] += info[ngram] * clipped
+    for n in range(1, NIST_MAX_N + 1):
+        stats.hyp_ngrams[n] += max(len(hyp) - n + 1, 0)
+    stats.bleu_ref_length = _closest_ref_length([len(ref) for ref in refs], len(hyp))
+    stats.ref_words = sum(len(ref) for ref in refs)
+    stats.nonempty_refs = sum(1 for ref in refs if ref)
+    return stats
+
+
+def segment_stats(predictions: list[str], references: list[list[str]]) -> list[list[float]]:
+    """Per MR, its BLEU/NIST statistics as a vector (`SEGMENT_FIELDS`). Summed over any set of MRs
+    they give that set's corpus scores (`scores_from_sums`), with NIST's information weights fixed
+    by the whole reference corpus: what a bootstrap over MRs resamples."""
     tokenized_refs = [[tokenize(ref) for ref in refs] for refs in references]
     info = _information_weights(tokenized_refs)
-    stats = _CorpusStats(segments=len(predictions))
-    for prediction, refs in zip(predictions, tokenized_refs):
-        hyp = tokenize(prediction)
-        max_ref_counts: Counter[tuple[str, ...]] = Counter()
-        for ref in refs:
-            max_ref_counts |= _ngram_counts(ref, NIST_MAX_N)  # |= keeps the max count per n-gram
-        for ngram, count in _ngram_counts(hyp, NIST_MAX_N).items():
-            clipped = min(count, max_ref_counts[ngram])
-            if clipped:
-                stats.matches[len(ngram)] += clipped
-                stats.matched_info[len(ngram)] += info[ngram] * clipped
-        for n in range(1, NIST_MAX_N + 1):
-            stats.hyp_ngrams[n] += max(len(hyp) - n + 1, 0)
-        stats.bleu_ref_length += _closest_ref_length([len(ref) for ref in refs], len(hyp))
-        stats.ref_words += sum(len(ref) for ref in refs)
-        stats.nonempty_refs += sum(1 for ref in refs if ref)
-    return stats
+    return [_segment_stats(tokenize(prediction), refs, info).as_vector()
+            for prediction, refs in zip(predictions, tokenized_refs)]
+
+
+def scores_from_sums(vector: list[float]) -> tuple[float, float]:
+    """Corpus BLEU and NIST from summed segment statistics."""
+    stats = _CorpusStats.from_vector(vector)
+    return _bleu(stats), _nist(stats)
+
+
+def _corpus_stats(predictions: list[str], references: list[list[str]]) -> _CorpusStats:
+    segments = segment_stats(predictions, references)
+    return _CorpusStats.from_vector([sum(column) for column in zip(*segments)])
 
 
 def _bleu(stats: _CorpusStats) -> float:

@@ -1,0 +1,129 @@
+"""Learning-rate selection rules, shared by the run side (which runs the search and writes the choice)
+and the report side (which shows each table's grid, dev scores and choice): no I/O beyond the
+choice file, no import of either side.
+
+The grid is a ladder of learning rates, 1 and 3 times a power of ten (…, 1e-4, 3e-4, 1e-3, 3e-3, …):
+rung k is 10^(k/2) rounded to one significant digit, so two rungs are a factor of about 3 apart and
+every value prints short. A search starts with `width` rungs centred on the method's start value;
+while the best dev score sits on the window's edge, the window grows by one rung on that side, up
+to `max_points` rungs. Ties go to the smaller learning rate (the more conservative choice).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from peftrepro.errors import ConfigError
+
+CHOICE_DIR = "learning_rates"  # under the results folder: <results>/learning_rates/<profile>-<model>.json
+
+
+def rung_of(lr: float) -> int:
+    """The ladder rung of a learning rate that lies on it (1 or 3 times a power of ten)."""
+    rung = round(2 * math.log10(float(lr)))
+    if not math.isclose(rung_value(rung), float(lr), rel_tol=1e-9):
+        raise ConfigError(f"learning rate {lr!r} is not on the ladder (1 or 3 times a power of ten, e.g. 3e-4, "
+                          "1e-3): lr_search.start takes such values")
+    return rung
+
+
+def rung_value(rung: int) -> float:
+    """10^(rung/2) to one significant digit: even rungs 1e-k, odd rungs 3e-k."""
+    return float(f"{(1 if rung % 2 == 0 else 3)}e{rung // 2}")
+
+
+def ladder(start: float, step: int) -> float:
+    """The learning rate `step` rungs from `start` (Hydra resolver `lr_ladder`)."""
+    return rung_value(rung_of(start) + int(step))
+
+
+@dataclass(frozen=True)
+class Search:
+    """The state of one (task, method) search: its dev score per step (None: not run yet or failed)."""
+
+    scores: Mapping[int, float | None]
+    width: int = 3
+    max_points: int = 6
+
+    def initial_steps(self) -> list[int]:
+        half = self.width // 2
+        return list(range(-half, self.width - half))
+
+    def pending(self) -> list[int]:
+        """Steps still to run: the first window's, then one rung past a winning edge."""
+        steps = sorted(set(self.initial_steps()) | set(self.scores))
+        missing = [step for step in steps if self.scores.get(step) is None]
+        if missing:
+            return missing
+        best = self.best_step()
+        if len(steps) >= self.max_points:
+            return []
+        if best == steps[0]:
+            return [steps[0] - 1]
+        if best == steps[-1]:
+            return [steps[-1] + 1]
+        return []
+
+    def best_step(self) -> int:
+        """The step of the highest dev score; ties to the smaller learning rate."""
+        scored = {step: score for step, score in self.scores.items() if score is not None}
+        if not scored:
+            raise ValueError("no dev score yet")
+        return max(sorted(scored), key=lambda step: (scored[step], -step))
+
+    @property
+    def decided(self) -> bool:
+        return bool(self.scores) and not self.pending()
+
+    @property
+    def at_edge(self) -> bool:
+        """The winner is still on the edge of the grid (the grid hit max_points)."""
+        steps = sorted(s for s, v in self.scores.items() if v is not None)
+        return self.decided and self.best_step() in (steps[0], steps[-1])
+
+
+def choose(scores: Mapping[float, float]) -> float:
+    """The winning learning rate of dev scores {lr: score}: the highest, ties to the smaller lr."""
+    return max(sorted(scores), key=lambda lr: (scores[lr], -lr))
+
+
+# ---------------------------------------------------------------- the choice file
+
+def choice_path(results_dir: str | Path, profile: str, model: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in f"{profile}-{model}")
+    return Path(results_dir) / CHOICE_DIR / f"{safe}.json"
+
+
+def read_choices(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except ValueError as error:
+        raise ConfigError(f"{path}: not valid JSON ({error}); delete it and run `make select-lr` again") from error
+
+
+def selected_lr(path: Path, task: str, method: str) -> float:
+    """The learning rate the selection chose for (task, method), from the choice file at `path`."""
+    entry = (read_choices(path).get("choices") or {}).get(task, {}).get(method)
+    if entry is None:
+        raise ConfigError(f"no learning rate has been selected for method {method!r} on task {task!r} "
+                          f"({path} has none): run `make select-lr` with the same PROFILE and ARGS first, "
+                          "or set train.lr explicitly")
+    return float(entry["lr"])
+
+
+def summarise(scores: Mapping[int, float | None], start: float, width: int, max_points: int) -> dict[str, Any]:
+    """One choice-file entry: the chosen lr, whether it sits on the grid's edge, and the grid."""
+    search = Search(scores, width, max_points)
+    best = search.best_step()
+    return {"lr": ladder(start, best), "at_edge": search.at_edge,
+            "grid": [{"lr": ladder(start, step), "dev": score} for step, score in sorted(scores.items())]}
+
+
+def sorted_grid(grid: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return sorted(grid, key=lambda point: float(point["lr"]))
