@@ -86,4 +86,4 @@ def _script_fixture(name: str) -> Callable[[], ModuleType]:
     return script
 
 
-bench, latency, gpu_session, gpu_sweep = map(_script_fixture, ("bench", "latency", "gpu_session", "gpu_sweep"))
+bench, latency = map(_script_fixture, ("bench", "latency"))

@@ -29,6 +29,7 @@ import statistics
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -48,8 +49,16 @@ REQUIRED_KEYS = ("run_key", "experiment", "status", "created_at")
 PROPORTION_METRICS: dict[str, tuple[str, str | None]] = {
     "accuracy_m": ("correct", "matched"),
     "accuracy_mm": ("correct", "mismatched"),
+    "accuracy_dev": ("correct", "dev"),
     "lf_accuracy": ("lf_correct", None),
 }
+# E2E's corpus metrics: their evaluation-set error comes from a bootstrap over MRs (peftrepro.resampling)
+CORPUS_METRICS = ("bleu", "nist", "meteor", "rouge_l", "cider")
+# A run "did not learn" when its score does not beat its task's trivial baseline on the same examples
+# by more than this many standard errors of the paired difference (two-sided 95 %).
+LEARNED_Z = 1.96
+BASELINES_EXPERIMENT = "baselines"  # conf/experiment/baselines.yaml: the backbone without training
+LR_SEARCH_EXPERIMENT = "lr_search"  # conf/experiment/lr_search.yaml: the learning-rate selection
 # A run whose last logged training loss is above this share of its first barely trained: its score
 # reflects a failed fit (e.g. a learning rate far too small for the tensors it trains), not the method.
 BARELY_TRAINED_RATIO = 0.9
@@ -159,17 +168,48 @@ class Record:
             return here
         return predictions_path(run_folder(self.path.parents[2], original["experiment"], original["run_key"]))
 
+    def prediction_rows(self) -> list[dict[str, Any]] | None:
+        """The saved prediction rows (None where missing or unreadable); read once per file."""
+        return _prediction_rows(self.predictions_path)
+
+    def example_ids(self, subset: str | None = None) -> list[Any] | None:
+        """What names each evaluated example, in evaluation order: the row's `id`, else (E2E) its MR,
+        else the task's identifying fields; None without predictions."""
+        rows = self.prediction_rows()
+        if rows is None:
+            return None
+        chosen = [row for row in rows if subset is None or row.get("subset") == subset]
+        fields = EXAMPLE_ID_FIELDS.get(self.task, ("mr",))
+        return [row.get("id") or [row.get(name) for name in fields] for row in chosen]
+
+    def eval_fingerprint(self) -> str | None:
+        """A name for the evaluated examples (equal only for the same examples in the same order)."""
+        ids = self.example_ids()
+        return None if ids is None else hashlib.sha1(json.dumps(ids, default=str).encode()).hexdigest()
+
+    def resampled(self, metric: str):
+        """E2E: this run's `metric` on each bootstrap resample of its MRs (paper units); None when
+        its predictions carry no segment scores (runs before the fair protocol, or unscored)."""
+        from peftrepro import resampling
+
+        rows = self.prediction_rows() if metric in CORPUS_METRICS else None
+        if not rows or any("segment" not in row for row in rows):
+            return None
+        values = resampling.resampled_scores([row["segment"] for row in rows], metric)
+        return None if values is None else to_paper_unit(metric, 1.0) * values
+
     def example_scores(self, metric: str) -> ExampleScores | None:
         """Whether each evaluated example was scored correct, from the run's saved predictions; None
         for corpus metrics and where the predictions are missing or unreadable."""
         if metric not in PROPORTION_METRICS or self.task not in EXAMPLE_ID_FIELDS:
             return None
         field_name, subset = PROPORTION_METRICS[metric]
+        rows = self.prediction_rows()
         try:
-            rows = [row for row in read_predictions(self.predictions_path) if subset is None or row.get("subset") == subset]
+            rows = [row for row in rows if subset is None or row.get("subset") == subset]
             ids = [row["id"] if "id" in row else [row[name] for name in EXAMPLE_ID_FIELDS[self.task]] for row in rows]
             scores = tuple(to_paper_unit(metric, float(row[field_name])) for row in rows)
-        except (OSError, ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):
             return None
         if not scores:
             return None
@@ -183,6 +223,23 @@ class Record:
                 return None
             node = node[part]
         return node
+
+
+def _prediction_rows(path: Path) -> list[dict[str, Any]] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _rows_of_file(path, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=512)
+def _rows_of_file(path: Path, mtime_ns: int, size: int) -> list[dict[str, Any]] | None:
+    """A predictions file read once per version of it (a table and the report read each many times)."""
+    try:
+        return read_predictions(path)
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -207,6 +264,79 @@ def parse_record(path: Path, data: Any) -> Record:
                   status=str(data["status"]), created_at=created_at, seed=data.get("seed"),
                   profile=str(data.get("profile") or "unknown"), task=str(task or "unknown"),
                   method=method, metrics=data.get("metrics") or {}, raw=data)
+
+
+# ----------------------------------------------------------------------------------------------
+# Failed fits: a run against its task's trivial baseline
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Learning:
+    """A run's primary score against its task's trivial baseline on the same examples (paper units)."""
+
+    learned: bool
+    score: float
+    baseline: float
+    baseline_name: str  # "majority class" (MultiNLI) | "zero-shot" (the backbone without training)
+    se: float  # standard error of the paired difference
+
+    def __str__(self) -> str:
+        return (f"{self.score:.1f} vs {self.baseline_name} {self.baseline:.1f} "
+                f"(Δ {self.score - self.baseline:+.1f} ± {LEARNED_Z * self.se:.1f})")
+
+
+def primary_metric(task: str) -> str | None:
+    from peftrepro.tables import PRIMARY_METRIC  # local: tables imports this module's types
+
+    return {**PRIMARY_METRIC, "e2e": "bleu"}.get(task)
+
+
+def learning_check(record: Record, baselines: Sequence[Record]) -> Learning | None:
+    """Whether `record` beats its task's trivial baseline on its primary metric by more than LEARNED_Z
+    standard errors of the paired difference: MultiNLI, the majority class of its own evaluation set;
+    E2E and WikiSQL, the zero-shot run (`baselines`) on the same examples. None where it cannot be
+    told (no predictions, or no baseline run on these examples yet)."""
+    metric = primary_metric(record.task)
+    if record.status != "ok" or metric is None or metric not in record.metrics:
+        return None
+    if record.task == "mnli":
+        return _against_majority(record, metric)
+    fingerprint = record.eval_fingerprint()
+    baseline = next((b for b in baselines if b.task == record.task and b.status == "ok" and fingerprint
+                     and b.eval_fingerprint() == fingerprint), None)
+    if baseline is None:
+        return None
+    score = to_paper_unit(metric, float(record.metrics[metric]))
+    base = to_paper_unit(metric, float(baseline.metrics[metric]))
+    if metric in CORPUS_METRICS:
+        ours, theirs = record.resampled(metric), baseline.resampled(metric)
+        if ours is None or theirs is None:
+            return None
+        se = float((ours - theirs).std(ddof=1))
+    else:
+        ours, theirs = record.example_scores(metric), baseline.example_scores(metric)
+        if ours is None or theirs is None:
+            return None
+        se = _paired_se([a - b for a, b in zip(ours.scores, theirs.scores)])
+    return Learning(score - base > LEARNED_Z * se, score, base, "zero-shot", se)
+
+
+def _against_majority(record: Record, metric: str) -> Learning | None:
+    subset = PROPORTION_METRICS[metric][1]
+    rows = [row for row in record.prediction_rows() or [] if row.get("subset") == subset and "label" in row]
+    if not rows:
+        return None
+    majority = Counter(row["label"] for row in rows).most_common(1)[0][0]
+    right = [100.0 * bool(row["correct"]) for row in rows]
+    base = [100.0 * (row["label"] == majority) for row in rows]
+    se = _paired_se([a - b for a, b in zip(right, base)])
+    score, baseline = statistics.mean(right), statistics.mean(base)
+    return Learning(score - baseline > LEARNED_Z * se, score, baseline, "majority class", se)
+
+
+def _paired_se(differences: Sequence[float]) -> float:
+    return statistics.stdev(differences) / math.sqrt(len(differences)) if len(differences) > 1 else math.inf
 
 
 def load_records(runs_dir: Path) -> tuple[list[Record], list[Problem], Counter[str]]:
@@ -241,7 +371,8 @@ def latest_per_run_key(records: Sequence[Record]) -> list[Record]:
 # ----------------------------------------------------------------------------------------------
 
 SUMMARY_COLUMNS = ("row", "column", "mean", "std", "sampling_se", "examples", "n", "seeds", "values",
-                   "problems", "paper", "paper_printed", "paper_ref", "status", "hardware")
+                   "problems", "paper", "paper_printed", "paper_ref", "status", "hardware", "metric",
+                   "did_not_learn", "baseline", "resampled")
 
 
 @dataclass
@@ -257,6 +388,9 @@ class TableResult:
     other_profiles: list[str] = field(default_factory=list)  # profiles with records, not tabulated here
     # (row, column) -> run keys of the records that give the cell its value, one per seed
     sources: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    baselines: list[Record] = field(default_factory=list)  # the zero-shot runs of the same profile
+    lr_search: list[Record] = field(default_factory=list)  # the learning-rate selection's runs (same profile)
+    learning: dict[str, Learning] = field(default_factory=dict)  # run key -> against its trivial baseline
 
     def stats(self, row: str, column: str) -> pd.Series:
         return self.cells.loc[(row, column)]
@@ -277,23 +411,28 @@ class TableResult:
 
 def summarise(spec: TableSpec, records: Sequence[Record], expected_seeds: Sequence[int] | None,
               problems: Sequence[Problem] = (), superseded: int = 0,
-              paper: pd.DataFrame | None = None) -> TableResult:
-    """Cells of `spec` from `records` (already filtered to one experiment/profile)."""
+              paper: pd.DataFrame | None = None, baselines: Sequence[Record] = ()) -> TableResult:
+    """Cells of `spec` from `records` (already filtered to one experiment/profile); `baselines`: the
+    zero-shot runs that tell a run that did not learn (`learning_check`)."""
     paper = load_paper() if paper is None else paper
     paper_index = paper.set_index(["table", "row", "column"])
-    placed, unplaced, rows = [], [], []
+    placed, unplaced, rows, checked = [], [], [], {}
     for record in records:
         observations = spec.observe(record)
         if observations is None:
             unplaced.append(record)
             continue
         placed.append(record)
+        learning = checked[record.run_key] = learning_check(record, baselines)
         rows += [dict(row=o.row, column=o.column, value=o.value, sampling_se=o.sampling_se,
                       examples=o.examples, problem=o.problem, seed=record.seed, status=record.status,
                       error_type=record.error_type, created_at=record.created_at, key=record.run_key,
-                      task=record.task, hardware=record.hardware) for o in observations]
+                      task=record.task, hardware=record.hardware, metric=o.metric,
+                      learning=learning if o.metric else None,
+                      resampled=_resampled(record, o.metric))
+                 for o in observations]
     columns = ["row", "column", "value", "sampling_se", "examples", "problem", "seed", "status", "error_type",
-               "created_at", "key", "task", "hardware"]
+               "created_at", "key", "task", "hardware", "metric", "learning", "resampled"]
     obs = pd.DataFrame(rows, columns=columns)
     # One value per cell, seed and task (parameter cells gather both tasks): a run whose config
     # changed since (a new run key for the same cell, e.g. after a code or profile change)
@@ -309,7 +448,8 @@ def summarise(spec: TableSpec, records: Sequence[Record], expected_seeds: Sequen
     cells = pd.DataFrame(lines, columns=list(SUMMARY_COLUMNS)).set_index(["row", "column"], drop=False)
     sources = {cell: list(keys) for cell, keys in obs[obs["value"].notna()].groupby(["row", "column"])["key"]}
     return TableResult(spec, cells, placed, unplaced, seeds, list(problems), superseded, len(replaced_keys),
-                       sources=sources)
+                       sources=sources, baselines=list(baselines),
+                       learning={key: found for key, found in checked.items() if found and key not in replaced_keys})
 
 
 def _cell(spec: TableSpec, row: str, column: str, obs: pd.DataFrame, seeds: Sequence[int],
@@ -329,11 +469,36 @@ def _cell(spec: TableSpec, row: str, column: str, obs: pd.DataFrame, seeds: Sequ
     # every seed is scored on the same examples, so their sampling error does not average out
     sampling = good["sampling_se"].dropna().astype(float)
     sampling_se = float((sampling ** 2).mean() ** 0.5) if len(sampling) == len(good) > 0 else math.nan
+    checks = [(int(seed), learning) for seed, learning in zip(good["seed"], good["learning"]) if learning]
     return dict(row=row, column=column, mean=float(values.mean()) if len(values) else math.nan, std=std,
                 sampling_se=sampling_se, examples=_mean_example_scores(list(good["examples"])),
                 n=len(values), seeds=got, values=list(values), problems=problems, paper=paper_value,
                 paper_printed=paper_printed, paper_ref=" / ".join(ref) if ref else None, status=status,
-                hardware=sorted(set(good["hardware"])))
+                hardware=sorted(set(good["hardware"])), metric=next(iter(good["metric"].dropna()), None),
+                did_not_learn=[f"seed {seed}: {learning}" for seed, learning in sorted(checks) if not learning.learned],
+                baseline=checks[0][1] if checks else None, resampled=_mean_resampled(list(good["resampled"])))
+
+
+@dataclass(frozen=True)
+class Resampled:
+    """A corpus metric on each bootstrap resample of the evaluated MRs (peftrepro.resampling), for a run
+    or (mean over seeds) a cell. `fingerprint` names the MRs: the resamples are drawn by position, so
+    only cells scored on the same MRs in the same order pair."""
+
+    fingerprint: str
+    values: Any  # numpy array, one value per resample
+
+
+def _resampled(record: Record, metric: str | None) -> Resampled | None:
+    values = record.resampled(metric) if metric in CORPUS_METRICS else None
+    return None if values is None else Resampled(str(record.eval_fingerprint()), values)
+
+
+def _mean_resampled(runs: Sequence[Resampled | None]) -> Resampled | None:
+    """Per resample, the mean over the cell's seeds; None unless every seed has them, on the same MRs."""
+    if not runs or any(run is None for run in runs) or len({run.fingerprint for run in runs}) > 1:
+        return None
+    return Resampled(runs[0].fingerprint, sum(run.values for run in runs) / len(runs))
 
 
 def _mean_example_scores(runs: Sequence[ExampleScores | None]) -> ExampleScores | None:
@@ -385,7 +550,13 @@ def format_cell(spec: TableSpec, cell: pd.Series, n_expected: int) -> str:
     if cell["n"] > 1:
         text += f" ± {cell['std']:.{digits}f}"
     of = f" of {n_expected}" if cell["status"] == "partial" else ""
-    return f"{text} (n={cell['n']}{of}){paper}"
+    text = f"{text} (n={cell['n']}{of})"
+    if cell["did_not_learn"]:  # a failed fit: shown as such, with the baseline it did not beat
+        failed = len(cell["did_not_learn"])
+        which = "" if failed == cell["n"] else f" ({failed} of {cell['n']} seeds)"
+        base = cell["baseline"]
+        text = f"did not learn{which}: {text}, {base.baseline_name} {base.baseline:.1f}"
+    return text + paper
 
 
 def training_text(records: Sequence[Record]) -> str:
@@ -519,7 +690,15 @@ def incomplete_lines(result: TableResult) -> list[str]:
         lines.append(f"- MIXED HARDWARE {spec.cell_label(cell['row'], cell['column'])}: its seeds ran on "
                      f"{' and '.join(cell['hardware'])}; the spread includes the difference")
     for record in result.records:
-        if problem := record.barely_trained:
+        learning = result.learning.get(record.run_key)
+        if learning and not learning.learned:
+            cells = ", ".join(spec.cell_label(*cell) for cell in result.cells_of(record.run_key))
+            lines.append(f"- DID NOT LEARN {cells}, seed {record.seed} (`{record.run_key}`): {learning}; it does not "
+                         f"beat its task's trivial baseline on the same examples by {LEARNED_Z} standard errors of "
+                         "the paired difference, so its cell shows no method result and judges no claim")
+    for record in result.records:
+        learning = result.learning.get(record.run_key)
+        if (problem := record.barely_trained) and not (learning and not learning.learned):
             cells = ", ".join(spec.cell_label(*cell) for cell in result.cells_of(record.run_key))
             lines.append(f"- BARELY TRAINED {cells}, seed {record.seed} (`{record.run_key}`): training {problem}; "
                          "its score reflects a failed fit, not the method, and no claim is judged on it")
@@ -560,6 +739,76 @@ def _values_text(methods_by_value: Mapping[str, set[str]]) -> str:
     return ", ".join(f"{value} ({', '.join(sorted(methods))})" for value, methods in sorted(methods_by_value.items()))
 
 
+def baseline_lines(result: TableResult) -> list[str]:
+    """Each task's trivial baseline on the table's evaluation set, as the runs were checked against it."""
+    seen: dict[str, Learning] = {}
+    for record in result.records:
+        if (learning := result.learning.get(record.run_key)) is not None:
+            seen.setdefault(record.task, learning)
+    missing = sorted({r.task for r in result.records if r.status == "ok"} - set(seen))
+    lines = [f"- {task}: {learning.baseline_name} {learning.baseline:.1f}"
+             + (" (the backbone as loaded, evaluated on the same examples: `make baselines`)"
+                if learning.baseline_name == "zero-shot" else " (the share of its most frequent label)")
+             for task, learning in sorted(seen.items())]
+    lines += [f"- {task}: not known yet (no zero-shot run on these examples: `make baselines`), so no run of "
+              "it is checked" for task in missing]
+    return lines
+
+
+def lr_lines(result: TableResult) -> list[str]:
+    """Per (task, method) of the table: the selection's grid with its dev scores and choice, and the
+    rate the table's runs used (read from the lr_search records and the table's own)."""
+    from peftrepro.selection import choose
+    from peftrepro.tasks import TASKS
+
+    if result.records and not any(r.get("lr_selection") for r in result.records):
+        return [f"- None: profile {', '.join(distinct(r.profile for r in result.records))} sets its learning rates "
+                f"itself (`lr_selection: false`): {', '.join(distinct(r.get('train.lr') for r in result.records))}."]
+    lines = []
+    for task in result.spec.tasks:
+        metric = str(TASKS[task].selection_metric)
+        for method in result.spec.methods:
+            points = [r for r in result.lr_search if r.task == task and r.method.get("name") == method]
+            used = distinct(r.get("train.lr") for r in result.records
+                            if r.task == task and r.method.get("name") == method and r.status == "ok")
+            if not points:
+                lines.append(f"- {task} / {method}: no selection run yet (`make select-lr`)"
+                             + (f"; the table's runs used {', '.join(used)}" if used else ""))
+                continue
+            lines.append(_search_line(task, method, metric, points, used, choose))
+    return lines
+
+
+def _search_line(task: str, method: str, metric: str, points: Sequence[Record], used: list[str], choose) -> str:
+    scores = {float(r.get("train.lr")): to_paper_unit(metric, float(r.metrics[metric]))
+              for r in points if r.status == "ok" and metric in r.metrics}
+    shown = []
+    chosen = choose(scores) if scores else None
+    for r in sorted(points, key=lambda r: float(r.get("train.lr"))):
+        lr = float(r.get("train.lr"))
+        text = f"{lr:g}: {scores[lr]:.1f}" if lr in scores else f"{lr:g}: {r.status}"
+        shown.append(f"**{text}**" if lr == chosen else text)
+    line = f"- {task} / {method} ({_options_text(points[0])}): dev {metric} {' · '.join(shown)}"
+    if chosen is None:
+        return line + "; nothing chosen yet"
+    line += f" → {chosen:g}" + (" (on the grid's edge)" if chosen in (min(scores), max(scores)) and len(scores) > 1 else "")
+    if used and used != [str(chosen)]:
+        line += f"; **the table's runs used {', '.join(used)}**, not the choice"
+    return line
+
+
+def _options_text(record: Record) -> str:
+    """The configuration a search ran on, in the paper's terms (e.g. "W_q,W_v r=8")."""
+    from peftrepro.tables import lora_ranks, weights_label
+
+    method = record.method
+    if method.get("name") == "lora":
+        ranks = lora_ranks(method)
+        return f"{weights_label(ranks)} r={'/'.join(map(str, sorted(set(ranks.values()))))}"
+    shown = {k: v for k, v in method.items() if k in ("r", "k", "prefix_length", "infix_length")}
+    return ", ".join(f"{k}={v}" for k, v in shown.items()) or "its defaults"
+
+
 def render_markdown(result: TableResult, claim_lines: Sequence[str]) -> str:
     from peftrepro.plots import figure_name  # local: importing plots loads matplotlib
 
@@ -572,6 +821,15 @@ def render_markdown(result: TableResult, claim_lines: Sequence[str]) -> str:
     incomplete = incomplete_lines(result)
     parts += ["## Missing, failed or partial cells", ""]
     parts += incomplete or ["None: every cell has every expected seed."]
+    parts += ["", "## Learning rates, selected on the dev split", "",
+              "One rate per (task, method), chosen by `make select-lr` on a dev split carved from the training "
+              "data (never the evaluation set), seed 0, on the configuration named; the dev score of each rate "
+              "of its grid, the choice in bold. Table runs read the choice; a rate they used that is not the "
+              "choice is flagged.", "", *lr_lines(result)]
+    parts += ["", "## Trivial baselines", "",
+              "A run \"did not learn\" when its score does not beat its task's trivial baseline on the same "
+              f"examples by {LEARNED_Z} standard errors of the paired difference; its cell says so and judges no claim.",
+              "", *(baseline_lines(result) or ["- no finished run yet"])]
     parts += ["", "## Paper's claims on our numbers", "", *claim_lines, ""]
     parts += ["## Choices and ambiguities", "", *choice_lines(result), ""]
     return "\n".join(parts)
@@ -597,8 +855,11 @@ def build_table(spec: TableSpec, runs_dir: Path, profile: str | None = None,
     mine, chosen = select_profile(of_table, profile)
     # an unreadable record has no readable experiment: its folder (runs/<experiment>/...) says where it belongs
     own_problems = [p for p in problems if p.path.relative_to(runs_dir).parts[0] == spec.name]
-    result = summarise(spec, mine, seeds, own_problems, superseded[spec.name])
+    same_profile = [r for r in records if r.profile == chosen]
+    result = summarise(spec, mine, seeds, own_problems, superseded[spec.name],
+                       baselines=[r for r in same_profile if r.experiment == BASELINES_EXPERIMENT])
     result.other_profiles = sorted({r.profile for r in of_table} - {chosen})
+    result.lr_search = [r for r in same_profile if r.experiment == LR_SEARCH_EXPERIMENT]
     return result
 
 

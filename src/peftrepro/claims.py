@@ -1,25 +1,32 @@
 """The paper's qualitative claims per table, checked on our numbers.
 
-Each claim is a comparison between cells of one of our tables and gets a verdict:
-- "A beats B": held when mean(A) − mean(B) exceeds 2 standard errors of the difference, not held
-  when it is below −2 SE, otherwise inconclusive.
-- "A matches or beats B": not held when B is better by more than 2 SE, otherwise held ("tied"
-  means within 2 SE, so a wide error makes ties easy: read the evidence).
-- Either is inconclusive when a cell is missing or has fewer than 2 seeds (no spread to judge by),
-  or when a run of it barely lowered its training loss (a failed fit says nothing of the method).
-SE² = s_A²/n_A + s_B²/n_B (the seed spread) + the error from the finite evaluation set. Every
-seed is scored on the same N examples, so that error does not shrink with seeds. For accuracies it
-is paired: both cells are scored on the same examples, so it is sd(d)²/N over the per-example
-differences d (each cell's score of an example averaged over its seeds, from the saved predictions),
-the standard error of a paired test; the d also carry some seed noise, so adding both terms is
-slightly conservative. Where the predictions are missing or the examples differ, the unpaired
-binomial bound p_A(1−p_A)/N_A + p_B(1−p_B)/N_B stands in (conservative for "beats", lenient for
-"matches or beats"). Corpus metrics (BLEU, NIST, METEOR, ROUGE-L, CIDEr) get no such term: their SE
-is the seed spread alone.
+Each claim is a comparison between cells of one of our tables, judged on the 95 % interval of the
+difference of their means, Δ = mean(A) − mean(B):
+- "A beats B": held when the interval lies above 0, not held when it lies below 0, otherwise
+  inconclusive.
+- "A matches or beats B" (non-inferiority): held when the interval lies above −m, where m is the
+  metric's stated equivalence margin (`EQUIVALENCE`: 2 points of accuracy, 1 of BLEU, METEOR or
+  ROUGE-L, 0.1 NIST, 0.05 CIDEr); not held when it lies below −m; otherwise inconclusive. So a tie is
+  "held" only where the data rule out a loss larger than m: "not shown worse" is not "matches".
+- Either is inconclusive when a cell is missing, has fewer than 2 seeds, or holds a run that did not
+  learn (it does not beat its task's trivial baseline, `aggregate.learning_check`) or barely lowered
+  its training loss: a failed fit says nothing of the method.
+The interval is Δ ± t·SE with SE² = SE_seeds² + SE_eval²:
+- SE_seeds: the seed spread, pooled over the table's cells of the same metric (s_p² = Σ(n_i−1)s_i² /
+  Σ(n_i−1); cells whose runs did not learn are left out), SE_seeds = s_p·sqrt(1/n_A + 1/n_B), with
+  Σ(n_i−1) degrees of freedom: two seeds per cell give one degree of freedom each, and pooling is what
+  makes the spread estimable at all. Without a pool (a cell outside any group), Welch's per-cell form.
+- SE_eval: the error from the finite evaluation set, which more seeds do not shrink (every seed is
+  scored on the same examples). Accuracies: paired over the examples, sd(d)/sqrt(N) of the
+  per-example differences of the two cells (each averaged over its seeds, from the saved
+  predictions); where those are missing, the unpaired binomial bound. E2E's corpus metrics: a paired
+  bootstrap over the MRs (`peftrepro.resampling`: 1,000 seeded resamples, both cells on the same ones).
+- t: Student's t quantile for a two-sided 95 % interval, its degrees of freedom from the
+  Welch–Satterthwaite rule (the evaluation-set term counts as known exactly); 1.96 with no seed term.
 A claim over several comparisons is not held if any is not held, else inconclusive if any is
 inconclusive, else held. Cells marked n/a (method not applicable to the model) are left out.
-A verdict decided by less than MARGINAL of its 2-SE margin is marked marginal: one more seed may flip
-it, which the verdict word alone would not say.
+A verdict decided by less than MARGINAL of its interval's half-width is marked marginal: one more
+seed may flip it, which the verdict word alone would not say.
 A claim that is not held also says why that may be at this scale, and how the compared cells
 trained (trainable parameters, learning rate, steps, final training loss, from their records).
 """
@@ -28,16 +35,48 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from scipy import stats as scipy_stats
 
 if TYPE_CHECKING:
-    from peftrepro.aggregate import ExampleScores, TableResult
+    from peftrepro.aggregate import ExampleScores, Resampled, TableResult
 
-Z = 2.0  # half-width of the interval on a difference, in standard errors
-MARGINAL = 0.1  # a verdict this close to its line, as a fraction of the 2-SE margin, is marginal
+CONFIDENCE = 0.95  # two-sided
+MARGINAL = 0.1  # a verdict this close to its line, as a fraction of the interval's half-width, is marginal
 MAX_SHOWN = 3  # comparisons quoted as evidence of a verdict (the rest are counted)
 HELD, NOT_HELD, INCONCLUSIVE = "held", "not held", "inconclusive"
+# The difference (in the paper's printed units) within which two cells "match": stated before the
+# runs, about the spread of the paper's own cells (Tables 3 and 4 differ by 1-3 points).
+EQUIVALENCE = {"accuracy": 2.0, "bleu": 1.0, "meteor": 1.0, "rouge_l": 1.0, "nist": 0.1, "cider": 0.05}
+
+
+def equivalence_margin(metric: str) -> float:
+    return EQUIVALENCE.get(metric, EQUIVALENCE["accuracy"])
+
+
+def quantile(df: float) -> float:
+    """The two-sided CONFIDENCE quantile of Student's t with `df` degrees of freedom (normal when infinite)."""
+    level = 0.5 + CONFIDENCE / 2
+    return float(scipy_stats.norm.ppf(level) if math.isinf(df) else scipy_stats.t.ppf(level, df))
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The seed spread pooled over a table's cells of one metric."""
+
+    sd: float
+    df: int
+    cells: int
+
+    @classmethod
+    def of(cls, cells: Sequence["Cell"]) -> "Pool | None":
+        spread = [c for c in cells if c.n > 1 and not math.isnan(c.std) and not c.failed_fit]
+        df = sum(c.n - 1 for c in spread)
+        if not df:
+            return None
+        return cls(math.sqrt(sum((c.n - 1) * c.std ** 2 for c in spread) / df), df, len(spread))
 
 
 @dataclass(frozen=True)
@@ -51,6 +90,14 @@ class Cell:
     examples: ExampleScores | None = None  # per-example scores, mean over seeds (accuracies only)
     training: str = ""  # how its runs trained (aggregate.training_text), quoted when a claim fails
     barely_trained: str = ""  # runs whose training barely lowered the loss (aggregate.Record.barely_trained)
+    metric: str = ""
+    did_not_learn: str = ""  # runs that do not beat the task's trivial baseline (aggregate.learning_check)
+    resampled: Resampled | None = None  # E2E: the cell's score on each bootstrap resample of its MRs
+    pool: Pool | None = None  # the seed spread pooled over its table's cells of the same metric
+
+    @property
+    def failed_fit(self) -> str:
+        return self.did_not_learn or self.barely_trained
 
     def __str__(self) -> str:
         if self.n == 0:
@@ -59,17 +106,54 @@ class Cell:
         return f"{self.label} {self.mean:.2f}{spread} (n={self.n})"
 
 
+def pooled(cells: dict[str, Cell]) -> dict[str, Cell]:
+    """The cells with their pooled seed spread attached (one pool for all of them)."""
+    pool = Pool.of(list(cells.values()))
+    return {key: replace(cell, pool=pool) for key, cell in cells.items()}
+
+
+@dataclass(frozen=True)
+class Difference:
+    delta: float    # mean(A) − mean(B)
+    seed_se: float  # SE from the seed spread alone
+    seed_df: float  # its degrees of freedom
+    eval_se: float  # SE from the evaluation set alone (0: not estimated)
+    seed_how: str = ""  # how each was estimated
+    eval_how: str = ""
+
+    @property
+    def se(self) -> float:
+        return math.hypot(self.seed_se, self.eval_se)
+
+    @property
+    def df(self) -> float:
+        """Welch–Satterthwaite, the evaluation-set term taken as known (infinite degrees of freedom)."""
+        if self.seed_se == 0 or math.isinf(self.seed_df):
+            return math.inf
+        return self.se ** 4 / (self.seed_se ** 4 / self.seed_df)
+
+    @property
+    def margin(self) -> float:
+        """Half-width of the 95 % interval of the difference."""
+        return quantile(self.df) * self.se
+
+    def __str__(self) -> str:
+        df = "∞" if math.isinf(self.df) else f"{self.df:.0f}"
+        return (f"Δ = {self.delta:+.2f} ± {self.margin:.2f} (95 %, t with {df} df; SE: seeds {self.seed_se:.2f}"
+                f"{self.seed_how}, eval set {self.eval_se:.2f}{self.eval_how})")
+
+
 @dataclass(frozen=True)
 class Comparison:
     verdict: str
     evidence: str
-    slack: float = math.inf  # held or not held: how far the difference is from flipping the verdict
+    slack: float = math.inf  # held or not held: how far the interval is from flipping the verdict
     cells: tuple[Cell, ...] = ()
-    margin: float = math.inf  # 2 SE of the difference
+    margin: float = math.inf  # half-width of the interval
 
     @property
     def marginal(self) -> bool:
-        """Held or not held, but within MARGINAL of the 2-SE line."""
+        """Held or not held, but within MARGINAL of the line."""
         return self.slack < MARGINAL * self.margin
 
 
@@ -83,44 +167,44 @@ class Claim:
     marginal: bool = False  # every comparison deciding the verdict is marginal
 
 
-@dataclass(frozen=True)
-class Difference:
-    delta: float   # mean(A) − mean(B)
-    seeds: float   # Z · the SE from the seed spread alone
-    sample: float  # Z · the SE from the evaluation set alone (0: a corpus metric)
-    how: str = ""  # how the evaluation-set SE was estimated
-
-    @property
-    def margin(self) -> float:
-        """Z · the SE of the difference, both sources together."""
-        return math.hypot(self.seeds, self.sample)
-
-    def __str__(self) -> str:
-        text = f"Δ = {self.delta:+.2f} ± {self.margin:.2f}"
-        return text + (f" (seeds ± {self.seeds:.2f}, eval set ± {self.sample:.2f} {self.how})" if self.how else "")
+def _seed_error(a: Cell, b: Cell) -> tuple[float, float, str]:
+    """(SE, degrees of freedom, how) of mean(A) − mean(B) from the seed spread."""
+    if a.pool is not None and a.pool == b.pool:
+        pool = a.pool
+        return pool.sd * math.sqrt(1 / a.n + 1 / b.n), pool.df, f" pooled over {pool.cells} cells"
+    va, vb = a.std ** 2 / a.n, b.std ** 2 / b.n
+    if va + vb == 0:
+        return 0.0, math.inf, ""
+    return math.sqrt(va + vb), (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1)), " (Welch)"
 
 
-def _sample_error(a: Cell, b: Cell) -> tuple[float, str]:
+def _eval_error(a: Cell, b: Cell) -> tuple[float, str]:
     """The SE of mean(A) − mean(B) from the finite evaluation set, and how it was estimated."""
+    if a.resampled is not None and b.resampled is not None and a.resampled.fingerprint == b.resampled.fingerprint:
+        differences = a.resampled.values - b.resampled.values
+        return float(differences.std(ddof=1)), f" paired bootstrap over MRs ({len(differences)} resamples)"
     if a.examples and b.examples and a.examples.fingerprint == b.examples.fingerprint:
         diffs = [x - y for x, y in zip(a.examples.scores, b.examples.scores)]
-        return statistics.stdev(diffs) / math.sqrt(len(diffs)), f"paired over {len(diffs)} examples"
+        return statistics.stdev(diffs) / math.sqrt(len(diffs)), f" paired over {len(diffs)} examples"
     if a.sampling_se or b.sampling_se:
-        return math.hypot(a.sampling_se, b.sampling_se), "unpaired"
-    return 0.0, ""
+        return math.hypot(a.sampling_se, b.sampling_se), " unpaired"
+    return 0.0, " not estimated"
 
 
 def _difference(a: Cell, b: Cell) -> Difference | str:
-    """The difference of means with its margins, or why no judgement is possible."""
+    """The difference of means with its errors, or why no judgement is possible."""
     for cell in (a, b):
         if cell.n == 0:
             return f"{cell.label} has no result"
         if cell.n < 2:
             return f"{cell.label} has one seed, so no spread"
+        if cell.did_not_learn:
+            return f"{cell.label} did not learn ({cell.did_not_learn}), so its score says nothing of the method"
         if cell.barely_trained:
             return f"{cell.label} barely trained ({cell.barely_trained}), so its score says nothing of the method"
-    sample, how = _sample_error(a, b)
-    return Difference(a.mean - b.mean, Z * math.sqrt(a.std ** 2 / a.n + b.std ** 2 / b.n), Z * sample, how)
+    seed_se, seed_df, seed_how = _seed_error(a, b)
+    eval_se, eval_how = _eval_error(a, b)
+    return Difference(a.mean - b.mean, seed_se, seed_df, eval_se, seed_how, eval_how)
 
 
 def _evidence(a: Cell, b: Cell, diff: Difference | str) -> str:
@@ -131,27 +215,30 @@ def beats(a: Cell, b: Cell) -> Comparison:
     diff = _difference(a, b)
     if isinstance(diff, str):
         return Comparison(INCONCLUSIVE, _evidence(a, b, diff), cells=(a, b))
-    delta, margin = diff.delta, diff.margin
-    verdict = HELD if delta - margin > 0 else NOT_HELD if delta + margin < 0 else INCONCLUSIVE
-    slack = {HELD: delta - margin, NOT_HELD: -(delta + margin)}.get(verdict, math.inf)
-    return Comparison(verdict, _evidence(a, b, diff), slack, (a, b), margin)
+    low, high = diff.delta - diff.margin, diff.delta + diff.margin
+    verdict = HELD if low > 0 else NOT_HELD if high < 0 else INCONCLUSIVE
+    slack = {HELD: low, NOT_HELD: -high}.get(verdict, math.inf)
+    return Comparison(verdict, _evidence(a, b, diff), slack, (a, b), diff.margin)
 
 
 def matches_or_beats(a: Cell, b: Cell) -> Comparison:
+    """Non-inferiority: A is at most the metric's equivalence margin below B."""
     diff = _difference(a, b)
     if isinstance(diff, str):
         return Comparison(INCONCLUSIVE, _evidence(a, b, diff), cells=(a, b))
-    delta, margin = diff.delta, diff.margin
-    return Comparison(NOT_HELD if delta + margin < 0 else HELD, _evidence(a, b, diff), abs(delta + margin),
-                      (a, b), margin)
+    m = equivalence_margin(a.metric)
+    low, high = diff.delta - diff.margin, diff.delta + diff.margin
+    verdict = HELD if low > -m else NOT_HELD if high < -m else INCONCLUSIVE
+    slack = {HELD: low + m, NOT_HELD: -m - high}.get(verdict, math.inf)
+    return Comparison(verdict, f"{_evidence(a, b, diff)} (margin {m:g})", slack, (a, b), diff.margin)
 
 
 # Why a claim may fail at a small scale (quoted only under a claim that is not held, followed by
 # how the compared cells trained, read from their records). Specific reasons per claim are below.
 SCALE_WHY = ("The paper's claim is made on a far larger model (GPT-3 175B; GPT-2 M/L for E2E) trained "
-             "on the full data with learning rates tuned per method; here a small quantised model "
-             "trains a short schedule on a subset at one untuned learning rate per method, so either "
-             "side may be under- or over-fitted.")
+             "on the full data; here a small quantised model trains one short schedule on a subset, at a "
+             "learning rate per method chosen on a dev split from a small grid, so either side may still "
+             "be under- or over-fitted.")
 WHY_FEWER_MATRICES = ("The paper (§7.1) finds it better to spread a small budget over more weight "
                       "matrices on GPT-3 175B; a small model may instead need a higher rank on fewer "
                       "matrices.")
@@ -198,19 +285,26 @@ def _cell(result: TableResult, row: str, column: str, label: str) -> Cell:
     barely = "; ".join(f"seed {r.seed}: {r.barely_trained}" for r in records if r.barely_trained)
     return Cell(label, float(stats["mean"]), float(stats["std"]) if stats["n"] > 1 else math.nan,
                 int(stats["n"]), str(stats["status"]), 0.0 if math.isnan(sampling_se) else sampling_se,
-                stats["examples"], training_text(records), barely)
+                stats["examples"], training_text(records), barely, str(stats["metric"] or ""),
+                "; ".join(stats["did_not_learn"]), stats["resampled"])
+
+
+def _cells(result: TableResult, keys: Sequence[tuple[str, str, str]]) -> dict[str, Cell]:
+    """Cells (row, column, label) of one metric, keyed by label, sharing their pooled seed spread."""
+    return pooled({label: _cell(result, row, column, label) for row, column, label in keys})
 
 
 TASKS = (("wikisql", "WikiSQL"), ("mnli", "MultiNLI"))
+RANK_WEIGHTS = ("W_q", "W_q,W_v", "W_q,W_k,W_v,W_o")
 
 
 def _weight_type_claims(result: TableResult) -> list[Claim]:
     columns = [axis.key for axis in result.spec.columns]
     claims = []
     for task, name in TASKS:
-        cell = lambda column: _cell(result, task, column, column)  # noqa: E731
-        qv, q, k, four = cell("W_q,W_v"), cell("W_q"), cell("W_k"), cell("W_q,W_k,W_v,W_o")
-        others = [cell(c) for c in columns if c != "W_q,W_k,W_v,W_o"]
+        cells = _cells(result, [(task, column, column) for column in columns])
+        qv, q, k, four = cells["W_q,W_v"], cells["W_q"], cells["W_k"], cells["W_q,W_k,W_v,W_o"]
+        others = [cells[c] for c in columns if c != "W_q,W_k,W_v,W_o"]
         claims += [
             combine(f"{name}: adapting W_q,W_v (r=4) beats W_q alone (r=8) at an equal budget",
                     "§7.1, Table 5", [beats(qv, q)], WHY_FEWER_MATRICES),
@@ -226,7 +320,8 @@ def _rank_claims(result: TableResult) -> list[Claim]:
     ranks = [axis.key for axis in result.spec.columns]
     claims = []
     for task, name in TASKS:
-        cell = lambda weights, r: _cell(result, f"{task}|{weights}", r, f"{weights} {r}")  # noqa: E731
+        cells = _cells(result, [(f"{task}|{weights}", r, f"{weights} {r}") for weights in RANK_WEIGHTS for r in ranks])
+        cell = lambda weights, r: cells[f"{weights} {r}"]  # noqa: E731
         qv_r1 = cell("W_q,W_v", "r=1")
         claims += [
             combine(f"{name}: r=1 is already competitive for W_q,W_v (matches or beats every larger r)",
@@ -236,14 +331,16 @@ def _rank_claims(result: TableResult) -> list[Claim]:
                     "§7.2, Table 6", [beats(qv_r1, cell("W_q", "r=1"))], WHY_LOW_RANK),
             combine(f"{name}: a larger rank does not help: r=8 matches or beats r=64 for every weight type",
                     "§7.2, Table 6", [matches_or_beats(cell(w, "r=8"), cell(w, "r=64"))
-                                      for w in ("W_q", "W_q,W_v", "W_q,W_k,W_v,W_o")], WHY_LOW_RANK),
+                                      for w in RANK_WEIGHTS], WHY_LOW_RANK),
         ]
     return claims
 
 
 def _arm_cells(result: TableResult, column: str) -> dict[str, Cell]:
+    """The cells of one metric column (Tables 3 and 4), keyed by arm, sharing their pooled spread."""
     labels = {axis.key: axis.labels[0] for axis in result.spec.rows}
-    return {key: _cell(result, key, column, label) for key, label in labels.items()}
+    cells = _cells(result, [(key, column, label) for key, label in labels.items()])
+    return {key: cells[label] for key, label in labels.items()}
 
 
 def _e2e_claims(result: TableResult) -> list[Claim]:
@@ -296,20 +393,18 @@ def evaluate(result: TableResult) -> list[Claim]:
 
 def render(claims: Sequence[Claim]) -> list[str]:
     """Markdown lines: one table row per claim, then the decision rule."""
-    lines = ["| Paper's claim | Where | On our numbers | Evidence (mean ± std (n); Δ ± 2·SE) |",
+    lines = ["| Paper's claim | Where | On our numbers | Evidence (mean ± std (n); Δ ± the 95 % interval's half-width) |",
              "|---|---|---|---|"]
     lines += [f"| {c.text} | {c.source} | **{c.verdict}**{' (marginal)' * c.marginal} | {c.evidence} |"
               for c in claims]
     if reasons := [f"- Not held: {c.text}. {c.why}" for c in claims if c.why]:
         lines += ["", *reasons]
-    lines += ["", "Rule: 'beats' is held when the difference of means exceeds 2 standard errors of the "
-              "difference, not held below −2 SE, inconclusive in between; 'matches or beats' is not held "
-              "only when the other cell is better by more than 2 SE. Fewer than 2 seeds, a missing cell or "
-              "a run that barely lowered its training loss: inconclusive. The SE adds the seed spread "
-              "(s²/n per cell) and, for accuracies, the error from the finite evaluation set, which more "
-              "seeds do not shrink (the same N examples score every seed): paired, sd(d)²/N over the "
-              "per-example differences d of the two cells' saved predictions (averaged over seeds); where "
-              "those are missing, the unpaired binomial p(1−p)/N of each cell. Corpus metrics (BLEU and "
-              "the other E2E scores): the seed spread alone. A verdict marked (marginal) is decided by less "
-              f"than {MARGINAL:.0%} of its 2-SE margin: one more seed may flip it."]
+    lines += ["", "Rule: each comparison is a 95 % interval on the difference of the two cells' means (Student's t; "
+              "SE² = the seed spread pooled over the table's cells of that metric, s_p²(1/n_A + 1/n_B), plus the "
+              "evaluation set's error, paired over the same examples: per example for accuracies, a bootstrap over "
+              "MRs for E2E). 'Beats': held when the interval lies above 0, not held below 0. 'Matches or beats': "
+              "held when the interval lies above minus the equivalence margin (accuracy 2 points, BLEU / METEOR / "
+              "ROUGE-L 1, NIST 0.1, CIDEr 0.05), not held below it; in between, inconclusive. A cell with fewer "
+              "than 2 seeds, or a run that did not learn or barely trained, judges nothing. (marginal): decided by "
+              f"less than {MARGINAL:.0%} of the interval's half-width."]
     return lines

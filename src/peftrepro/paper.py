@@ -41,6 +41,7 @@ PAPER_SCALE: dict[str, float] = {
     "ex_accuracy": 100.0,
     "accuracy_m": 100.0,
     "accuracy_mm": 100.0,
+    "accuracy_dev": 100.0,  # MultiNLI's dev split (the learning-rate selection's metric)
 }
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from collections import Counter
@@ -118,6 +119,70 @@ def extra_seed_runs(result: TableResult) -> list[Record]:
             if r.seed is not None and r.seed not in result.expected_seeds and result.cells_of(r.run_key)]
 
 
+# ---------------------------------------------------------------- the fair protocol's sections
+
+ARCHIVE = Path("archive/untuned-144630b")  # under the results folder: the untuned protocol's tables
+CLAIM_ROW = re.compile(r"^\| (?P<claim>[^|]+) \| [^|]+ \| \*\*(?P<verdict>held|not held|inconclusive)\*\*")
+
+
+def backbone_text(records: Sequence[Record]) -> str:
+    """The backbone named exactly: the checkpoint file a GGUF package ships, else the config's name."""
+    names = []
+    for record in records:
+        config = record.get("model") or {}
+        if config.get("source") == "gguf_package":
+            names.append(f"{Path(str(config.get('gguf_file'))).stem} (the `{config.get('package')}` package's GGUF, "
+                         "4-bit Q4_1 weights dequantised to fp32 for training)")
+        elif config:
+            names.append(str(config.get("name_or_path") or config.get("name")))
+    return "; ".join(distinct(names)) or "— (no records yet)"
+
+
+def selected_lr_text(results: Mapping[str, TableResult]) -> str:
+    """Every (task, method)'s learning-rate selection once, from the selection's own records."""
+    lines: dict[str, str] = {}
+    for result in results.values():
+        for line in aggregate.lr_lines(result):
+            lines.setdefault(line.split(":")[0], line)
+    return "\n".join(lines.values()) or "- No selection run yet (`make select-lr`)."
+
+
+def baselines_text(results: Mapping[str, TableResult]) -> str:
+    lines = dict.fromkeys(line for result in results.values() for line in aggregate.baseline_lines(result))
+    return "\n".join(lines) or "- No finished run to check yet."
+
+
+def archived_verdicts(tables_dir: Path) -> dict[str, str]:
+    """Claim text -> the verdict a table of the untuned protocol printed (its "Paper's claims" rows)."""
+    verdicts = {}
+    for path in sorted(tables_dir.glob("table_*.md")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if match := CLAIM_ROW.match(line):
+                verdicts[match["claim"].strip()] = match["verdict"]
+    return verdicts
+
+
+def changes_text(results: Mapping[str, TableResult], archive: Path) -> str:
+    """Each claim's verdict under the untuned protocol (as its archived table printed it) and now."""
+    before = archived_verdicts(archive / "tables")
+    if not before:
+        return "No archived tables of the untuned protocol were found."
+    rows = []
+    for result in results.values():
+        for claim in claims.evaluate(result):
+            now = claim.verdict + (" (marginal)" if claim.marginal else "")
+            if "has no result" in claim.evidence:  # a compared cell has no run under this protocol yet
+                now = "— (not run yet)"
+            if claim.text in before:
+                rows.append({"Table": result.spec.short_title, "Paper's claim": claim.text,
+                             "Untuned protocol": before[claim.text], "Fair protocol": now})
+    judged = [row for row in rows if not row["Fair protocol"].startswith("—")]
+    moved = sum(row["Untuned protocol"] != row["Fair protocol"].split(" (")[0] for row in judged)
+    table = pd.DataFrame(rows).to_markdown(index=False)
+    return (f"{table}\n\nOf the {plural(len(judged), 'claim')} judged under both protocols so far, "
+            f"{moved} changed verdict.")
+
+
 def pending_text(results: Mapping[str, TableResult], records: Sequence[Record]) -> str:
     pairs = sum(empty_cell_seeds(result) for result in results.values())
     if not pairs:
@@ -133,7 +198,10 @@ def pending_text(results: Mapping[str, TableResult], records: Sequence[Record]) 
              "of these need no run of their own."]
     for device in distinct(r.hardware for r in own):
         lines.append(device_estimate(device, [r for r in own if r.hardware == device], todo))
-    lines.append("The GPU procedure in `experiments/README.md` is the way to finish them.")
+    points = {r.run_key for result in results.values() for r in result.lr_search if r.status == "ok"}
+    lines.append(f"Before a table's runs, its learning rates are selected (`make select-lr`: about three "
+                 f"dev-split runs per task and method; {plural(len(points), 'point')} finished so far) and each "
+                 "task's zero-shot baseline is run once (`make baselines`).")
     return " ".join(lines)
 
 
@@ -179,7 +247,7 @@ def where_text(records: Sequence[Record]) -> str:
     lines.append(f"- Code: commit(s) {', '.join(commits) or '—'} (each record names its own).")
     sources = distinct((r.raw.get("data") or {}).get("source") for r in records)
     lines.append("- Data: " + ("; ".join(f"`{s}`" for s in sources) or "—")
-                 + " (the `../shared/data` layout; see its README for sources and licences).")
+                 + " (a data root in the layout the README's \"Data and models\" section describes).")
     return "\n".join(lines)
 
 
@@ -382,13 +450,17 @@ def constraints(profile: str, runs_dir: Path, path: Path) -> str:
     a comment and left free. A local label (torch's +cpu, +cu128) names the build, not the release:
     the pin leaves it out, so the same release installs as the CPU or the CUDA build.
     """
-    runs = [r for r in profile_records(runs_dir, profile) if not is_reused(r)]
+    # the archived runs of an earlier protocol count too: same profile name, same machine set-up
+    archive = runs_dir.parent / ARCHIVE / "runs"
+    runs = [r for folder in (runs_dir, archive) if folder.is_dir()
+            for r in profile_records(folder, profile) if not is_reused(r)]
     versions: dict[str, Counter[str]] = {}
     for record in runs:
         for name, version in (record.env.get("packages") or {}).items():
             versions.setdefault(name, Counter())[version] += 1
     pythons = Counter(str(r.env.get("python")) for r in runs)
-    lines = [f"# Package versions of the {len(runs)} `{profile}` runs under {runs_dir.as_posix()}/, from their",
+    lines = [f"# Package versions of the {len(runs)} `{profile}` runs under {runs_dir.as_posix()}/ and "
+             f"{archive.as_posix()}/, from their",
              "# records (`make report` writes this file; do not edit). To train with the same versions, install",
              "# torch first as the README says, then:",
              f"#   pip install -c {path.as_posix()} -e '.[test,launchers]'",
@@ -423,6 +495,8 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
     latest = max((r.created_at for r in records), default=None)
     template = Template(resources.files("peftrepro").joinpath("data/report_template.md").read_text(encoding="utf-8"))
     return template.substitute(
+        backbone=backbone_text(records), selected_lrs=selected_lr_text(results), baselines=baselines_text(results),
+        changes=changes_text(results, runs.parent / ARCHIVE),
         profile=profile, runs_dir=runs_dir.as_posix(), tables_dir=tables_dir.as_posix(),
         latest_record=latest.isoformat() if latest is not None else "none",
         status_table=status_table(results), pending=pending_text(results, records),

@@ -74,6 +74,7 @@ class Obs:
     problem: str | None = None
     sampling_se: float | None = None
     examples: ExampleScores | None = None
+    metric: str | None = None  # the metric behind the value (None: a parameter count)
 
 
 SCORE_LATER_HINT = ("predictions saved, not scored yet (scoring=later): run `python -m peftrepro.scoring "
@@ -92,7 +93,8 @@ def _metric_obs(record: Record, row: str, column: str, metric: str) -> Obs:
     examples = record.sample_size(metric)
     se = (float(raw) * (1 - float(raw)) / examples) ** 0.5 if examples else None  # binomial
     return Obs(row, column, to_paper_unit(metric, float(raw)),
-               sampling_se=None if se is None else to_paper_unit(metric, se), examples=record.example_scores(metric))
+               sampling_se=None if se is None else to_paper_unit(metric, se), examples=record.example_scores(metric),
+               metric=metric)
 
 
 def _params_obs(record: Record, row: str, column: str) -> Obs:
@@ -139,6 +141,8 @@ class TableSpec:
     # command-line overrides that pick that run out of the experiment's sweep: cells with the same
     # setting are filled by one run (Table 3: every metric of a row)
     run_of: Callable[[str, str], tuple[str, str]]
+    tasks: tuple[str, ...] = ("wikisql", "mnli")  # the tasks its runs train on
+    methods: tuple[str, ...] = ("lora",)  # the methods of its rows (each with its selected learning rate)
     static_rows: tuple[tuple[str, tuple[str, ...]], ...] = ()  # e.g. Table 5's "Rank r"
     choices: tuple[Choice, ...] = ()
     notes: tuple[str, ...] = ()
@@ -344,6 +348,8 @@ TABLE_E2E = TableSpec(
     observe=_e2e_observe,
     paper_ref=_arms_paper("table3", E2E_ARMS),
     run_of=lambda row, column: ("e2e", f"+experiment/e2e_arm={row}"),
+    tasks=("e2e",),
+    methods=tuple(dict.fromkeys(arm.method for arm in E2E_ARMS)),
     choices=COMMON_CHOICES + E2E_CHOICES + (LORA_ALPHA, PREFIX_INIT),
     notes=(
         "Paper numbers are GPT-2 M (the paper's GPT-2 L rows are in paper.csv). BLEU, METEOR and ROUGE-L "
@@ -404,6 +410,7 @@ TABLE_METHODS = TableSpec(
     observe=_methods_observe,
     paper_ref=_methods_paper,
     run_of=lambda row, column: (column, f"task={column} +experiment/methods_arm={row}"),
+    methods=tuple(dict.fromkeys(arm.method for arm in METHOD_ARMS)),
     choices=COMMON_CHOICES + TASK_CHOICES + (PREFIX_INIT,),
     notes=ACCURACY_NOTES + (
         "Table 4's LoRA rows are best-of several configurations (4.7M: 73.4 / 91.7, the MNLI from r_v=2; "

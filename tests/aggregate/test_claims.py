@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from peftrepro.aggregate import build_table, incomplete_lines, parse_record
 from peftrepro.tables import TABLES
-from peftrepro.claims import (HELD, INCONCLUSIVE, NOT_HELD, WHY_FEWER_MATRICES, WHY_FT, WHY_FT_E2E, Cell,
+from peftrepro.claims import (HELD, INCONCLUSIVE, NOT_HELD, WHY_FEWER_MATRICES, WHY_FT, WHY_FT_E2E, Cell, Pool,
                               beats, combine, evaluate, matches_or_beats, render)
 
 
@@ -22,33 +23,37 @@ def cell(mean: float, std: float = 0.1, n: int = 3, sampling_se: float = 0.0) ->
     (beats, cell(50.1, std=2.0), cell(50.0, std=2.0), INCONCLUSIVE),
     (beats, cell(60.0, n=1), cell(50.0), INCONCLUSIVE),
     (beats, cell(60.0), cell(float("nan"), n=0), INCONCLUSIVE),
-    (matches_or_beats, cell(50.0, std=2.0), cell(50.5, std=2.0), HELD),
+    # 'matches or beats' is non-inferiority within the equivalence margin (2 points of accuracy):
+    # a wide interval that reaches below -2 is "not shown worse", which is inconclusive, not held
+    (matches_or_beats, cell(50.0, std=2.0), cell(50.5, std=2.0), INCONCLUSIVE),
     (matches_or_beats, cell(50.0), cell(60.0), NOT_HELD),
     (matches_or_beats, cell(60.0), cell(50.0), HELD),
+    (matches_or_beats, cell(49.5), cell(50.0), HELD),  # a little worse, but surely within the margin
     (matches_or_beats, cell(60.0, n=1), cell(50.0, n=1), INCONCLUSIVE),
     # the same 4-point gap with no seed spread: the evaluation sample's error alone decides
     (beats, cell(54.0, std=0.0), cell(50.0, std=0.0), HELD),
     (beats, cell(54.0, std=0.0, sampling_se=3.5), cell(50.0, std=0.0, sampling_se=3.5), INCONCLUSIVE),
-    (matches_or_beats, cell(50.0, std=0.0, sampling_se=3.5), cell(54.0, std=0.0, sampling_se=3.5), HELD),
-    (matches_or_beats, cell(50.0, std=0.0, sampling_se=1.0), cell(54.0, std=0.0, sampling_se=1.0), NOT_HELD),
+    (matches_or_beats, cell(50.0, std=0.0, sampling_se=3.5), cell(54.0, std=0.0, sampling_se=3.5), INCONCLUSIVE),
+    (matches_or_beats, cell(50.0, std=0.0, sampling_se=0.5), cell(54.0, std=0.0, sampling_se=0.5), NOT_HELD),
+    (matches_or_beats, cell(52.0, std=0.0, sampling_se=0.5), cell(50.0, std=0.0, sampling_se=0.5), HELD),
 ])
 def test_comparisons(compare, a, b, verdict):
     assert compare(a, b).verdict == verdict
 
 
 def exact(mean: float) -> Cell:
-    """A cell whose only error is the evaluation set's: margin 2·hypot(1, 1) = 2.83 on a difference."""
+    """A cell whose only error is the evaluation set's: half-width 1.96·hypot(1, 1) = 2.77 on a difference."""
     return cell(mean, std=0.0, sampling_se=1.0)
 
 
 @pytest.mark.parametrize("compare,a,b,verdict,marginal", [
-    (beats, exact(52.9), exact(50.0), HELD, True),          # 0.07 past the line
+    (beats, exact(52.9), exact(50.0), HELD, True),          # 0.13 past the line
     (beats, exact(56.0), exact(50.0), HELD, False),
     (beats, exact(50.0), exact(52.9), NOT_HELD, True),
     (beats, exact(51.0), exact(50.0), INCONCLUSIVE, False),
-    (matches_or_beats, exact(50.0), exact(52.9), NOT_HELD, True),
-    (matches_or_beats, exact(50.0), exact(52.7), HELD, True),  # 0.13 short of the line
-    (matches_or_beats, exact(50.0), exact(50.0), HELD, False),
+    (matches_or_beats, exact(50.0), exact(54.9), NOT_HELD, True),  # the interval ends 0.13 below -2
+    (matches_or_beats, exact(51.0), exact(50.0), HELD, True),  # it starts 0.23 above -2
+    (matches_or_beats, exact(52.0), exact(50.0), HELD, False),
 ])
 def test_a_verdict_within_a_tenth_of_its_margin_is_marginal(compare, a, b, verdict, marginal):
     comparison = compare(a, b)
@@ -59,9 +64,27 @@ def test_a_verdict_within_a_tenth_of_its_margin_is_marginal(compare, a, b, verdi
 
 
 def test_a_claim_not_held_is_marginal_only_if_every_failing_comparison_is():
-    near, far = matches_or_beats(exact(50.0), exact(52.9)), matches_or_beats(exact(50.0), exact(60.0))
+    near, far = matches_or_beats(exact(50.0), exact(54.9)), matches_or_beats(exact(50.0), exact(60.0))
     assert combine("claim", "§0", [near]).marginal
     assert not combine("claim", "§0", [near, far]).marginal
+
+
+@pytest.mark.parametrize("n, df, quantile_", [(2, 2, 4.303), (3, 4, 2.776), (11, 20, 2.086)])
+def test_the_seed_term_uses_the_pooled_spread_and_its_degrees_of_freedom(n, df, quantile_):
+    """Two cells of n seeds each with sd 1: pooled df = 2(n-1), the interval a t quantile wide."""
+    a, b = cell(52.0, std=1.0, n=n), cell(50.0, std=1.0, n=n)
+    pool = Pool.of([a, b])
+    assert pool.df == df and pool.sd == pytest.approx(1.0)
+    comparison = beats(replace(a, pool=pool), replace(b, pool=pool))
+    assert comparison.margin == pytest.approx(quantile_ * (2 / n) ** 0.5, rel=1e-3)
+    assert f"t with {df} df" in comparison.evidence and "pooled over 2 cells" in comparison.evidence
+
+
+def test_a_cell_that_did_not_learn_is_left_out_of_the_pool_and_judges_nothing():
+    good, failed = cell(60.0, std=1.0, n=2), replace(cell(35.0, std=9.0, n=2), did_not_learn="seed 0: 35.0 vs 36.0")
+    assert Pool.of([good, failed]).df == 1
+    comparison = matches_or_beats(good, failed)
+    assert comparison.verdict == INCONCLUSIVE and "did not learn" in comparison.evidence
 
 
 def weight_type_records(make_record, qv: float, q: float):
@@ -137,13 +160,16 @@ def mnli_predictions(correct: int, premise: str = "p") -> str:
 
 
 @pytest.mark.parametrize("predictions,verdict,evidence", [
-    # no predictions saved: the binomial error of each cell, as if independent: 2 SE = 10 points
-    (None, INCONCLUSIVE, "Δ = +4.00 ± 9.98 (seeds ± 0.00, eval set ± 9.98 unpaired)"),
+    # no predictions saved: the binomial error of each cell, as if independent: ± 9.78 points
+    (None, INCONCLUSIVE, "Δ = +4.00 ± 9.78 (95 %, t with ∞ df; SE: seeds 0.00 pooled over 2 cells, "
+                         "eval set 4.99 unpaired)"),
     # the same examples, W_q,W_v right on 8 more of them and wrong on none that W_q gets right: a
-    # paired test sees 8 discordant examples, all one way (2 SE = 2.78 points)
-    ("paired", HELD, "Δ = +4.00 ± 2.78 (seeds ± 0.00, eval set ± 2.78 paired over 200 examples)"),
+    # paired test sees 8 discordant examples, all one way (± 2.72 points)
+    ("paired", HELD, "Δ = +4.00 ± 2.72 (95 %, t with ∞ df; SE: seeds 0.00 pooled over 2 cells, "
+                     "eval set 1.39 paired over 200 examples)"),
     # predictions of different examples cannot be paired: back to the unpaired bound
-    ("other examples", INCONCLUSIVE, "Δ = +4.00 ± 9.98 (seeds ± 0.00, eval set ± 9.98 unpaired)"),
+    ("other examples", INCONCLUSIVE, "Δ = +4.00 ± 9.78 (95 %, t with ∞ df; SE: seeds 0.00 pooled over 2 cells, "
+                                     "eval set 4.99 unpaired)"),
 ])
 def test_an_accuracy_gap_is_judged_against_the_evaluation_sets_error(runs_dir, write, make_record,
                                                                      predictions, verdict, evidence):
