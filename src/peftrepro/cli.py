@@ -3,10 +3,10 @@
     peftrepro score e2e PRED REFS   score a prediction file with the official E2E metrics
     peftrepro score runs DIR...     score the unscored runs below DIR (made with scoring=later|auto)
     peftrepro params [--out DIR]    write the trainable-parameter table (paper Tables 3 and 15)
-    peftrepro aggregate [...]       records -> paper tables (same as python -m peftrepro.aggregate)
+    peftrepro aggregate [...]       records -> paper tables (same as python -m peftrepro.report.aggregate)
     peftrepro fixtures DIR          write the tiny offline datasets the smoke profile uses
 
-Training runs go through Hydra: `python -m peftrepro.run` (or `peftrepro-run`).
+Training runs go through Hydra: `python -m peftrepro.runs` (or `peftrepro-run`).
 Errors the suite raises on purpose are printed as one line and exit with status 2.
 """
 
@@ -33,19 +33,19 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _score_runs(args: argparse.Namespace) -> int:
-    from peftrepro import scoring
+    from peftrepro.runs import scoring
 
     return scoring.main([str(folder) for folder in args.folders])
 
 
 def _params(args: argparse.Namespace) -> int:
-    from peftrepro.methods import params_table
+    from peftrepro.report import params as params_table
 
     return params_table.main(["--out", str(args.out)])
 
 
 def _aggregate(args: argparse.Namespace) -> int:
-    from peftrepro import aggregate
+    from peftrepro.report import aggregate
 
     return aggregate.main(args.rest)
 
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="official CSV (mr, ref; .csv or .csv.gz) or e2e-metrics text (blank-line separated)")
     e2e.add_argument("--json", action="store_true", help="print the scores as JSON")
     e2e.set_defaults(handler=_score)
-    runs = score_tasks.add_parser("runs", help="score the saved predictions of unscored runs (python -m peftrepro.scoring)")
+    runs = score_tasks.add_parser("runs", help="score the saved predictions of unscored runs (python -m peftrepro.runs.scoring)")
     runs.add_argument("folders", nargs="+", type=Path, help="runs dirs, experiment folders or run folders")
     runs.set_defaults(handler=_score_runs)
 
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("--out", type=Path, default=Path("results/tables"))
     params.set_defaults(handler=_params)
 
-    agg = commands.add_parser("aggregate", help="records -> tables (see python -m peftrepro.aggregate --help)")
+    agg = commands.add_parser("aggregate", help="records -> tables (see python -m peftrepro.report.aggregate --help)")
     agg.add_argument("rest", nargs=argparse.REMAINDER)
     agg.set_defaults(handler=_aggregate)
 

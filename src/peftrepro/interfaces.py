@@ -92,7 +92,7 @@ class Task(Protocol):
 
 class DeferredScoring(Protocol):
     """A task whose scorer needs a tool outside Python (E2E: Java, for METEOR and the PTB tokenizer),
-    so a machine without it (the lent GPU) can decode now and another score the predictions later."""
+    so a machine without it (a GPU node, say) can decode now and another score the predictions later."""
 
     def evaluate(self, model: Any, tokenizer: Any, examples: Sequence[dict[str, Any]],
                  prompt: PromptWrap, decoding: DecodingConfig, score: bool = True) -> EvalOutput:

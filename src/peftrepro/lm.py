@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from peftrepro.methods.prefix import index_after_prefix, rows_after_prefix, shared_prefix
+from peftrepro.methods.prefix import (
+    index_after_prefix,
+    rows_after_prefix,
+    shared_prefix,
+)
 
 HEAD_ON_ROWS_FAMILIES = ("gpt2", "llama")
 

@@ -8,8 +8,7 @@ Three sources, named by `source:` in the model config:
   GGUF takes ~25 s on every load while the cached copy loads in about a second;
 - `hub`: a Hugging Face hub id or a local directory (`name_or_path`).
 `load_gguf(path, cache)` reads any GGUF file the way `gguf_package` does, into the same kind of
-cache (experiments/bench.py --gguf, and the lent GPU of experiments/gpu_session.py, which has the
-file but not the package).
+cache (experiments/bench.py --gguf, or a machine that has the file but not the package).
 Every failure becomes one `ModelLoadError` that names the source(s) tried.
 """
 
@@ -22,10 +21,15 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from peftrepro.errors import ConfigError, ModelLoadError
-from peftrepro.records import project_root
+from peftrepro.paths import project_root
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +128,8 @@ def _random_model(model_cfg: Mapping[str, Any]) -> tuple[PreTrainedModel, PreTra
 def _gguf_package_model(model_cfg: Mapping[str, Any]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     package, file_name = str(model_cfg.get("package")), str(model_cfg.get("gguf_file"))
     cache = _resolve(str(model_cfg.get("cache_dir"))) / str(model_cfg.get("name"))
-    # the package is looked up only when there is no cache: a machine that has the cache (the lent
-    # GPU, experiments/gpu_session.py) needs neither the package nor its 98 MB file
+    # the package is looked up only when there is no cache: a machine that has the cache (a copied
+    # .cache/models folder) needs neither the package nor its 98 MB file
     return _cached_or_converted(cache, lambda: gguf_in_package(package, file_name), "gguf_package")
 
 

@@ -1,7 +1,7 @@
 """Correctness guard for the speed work (issue 6): the fast training path computes what the plain
 eager loop computes, step for step, and LoRA merges to the same weights.
 
-fast path  = peftrepro.methods + peftrepro.train.train_step (pre-shifted targets, foreach AdamW,
+fast path  = peftrepro.methods + peftrepro.runs.train.train_step (pre-shifted targets, foreach AdamW,
              no host sync; torch.compile when enabled)
 reference  = the same model and method under a textbook loop: HF's loss from `labels`, AdamW.
 fp32 on CPU, dropout off (compiled and eager dropout draw different masks), constant lr.
@@ -16,9 +16,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
-from peftrepro import train
 from peftrepro.interfaces import IGNORE_INDEX, EncodedExample
 from peftrepro.methods import apply_method, make_method_config
+from peftrepro.runs import train
 
 STEPS = 4
 LR = 1e-2  # large enough that LoRA's B leaves zero and the steps differ

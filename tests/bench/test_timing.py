@@ -1,4 +1,4 @@
-"""peftrepro.timing: statistics, round-robin order, peak memory, device choice."""
+"""peftrepro.runs.timing: statistics, round-robin order, peak memory, device choice."""
 
 from __future__ import annotations
 
@@ -8,8 +8,16 @@ import pytest
 import torch
 
 from peftrepro.errors import ConfigError
-from peftrepro.timing import PeakMemory, TimingStats, describe_environment, environment, resolve_device
-from peftrepro.timing import paired_ratio, time_interleaved, time_steps
+from peftrepro.runs.timing import (
+    PeakMemory,
+    TimingStats,
+    describe_environment,
+    environment,
+    paired_ratio,
+    resolve_device,
+    time_interleaved,
+    time_steps,
+)
 
 CPU = torch.device("cpu")
 

@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from peftrepro.errors import ConfigError
-from peftrepro.methods import (METHODS, apply_method, count_parameters, formula_params, load_adapter,
-                               make_method_config, save_adapter)
+from peftrepro.methods import (
+    METHODS,
+    apply_method,
+    count_parameters,
+    formula_params,
+    load_adapter,
+    make_method_config,
+    save_adapter,
+)
 
 FAMILIES = ["gpt2", "llama", "bert"]
 # small options so every method runs on the tiny models in milliseconds

@@ -11,9 +11,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def e2e_data_dir() -> Path:
-    """$PEFTREPRO_DATA_ROOT/e2e, else ../shared/data/e2e beside the repository."""
+    """$PEFTREPRO_DATA_ROOT/e2e (the tests that need it skip without it)."""
     root = os.environ.get("PEFTREPRO_DATA_ROOT")
-    return (Path(root) if root else REPO_ROOT.parent / "shared" / "data") / "e2e"
+    return Path(root or REPO_ROOT / "data") / "e2e"
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ def test_latency_table_is_regenerated_from_its_record(latency, tmp_path: Path) -
 
 @pytest.mark.skipif(not (TABLES / "params.md").exists(), reason="no committed parameter table")
 def test_parameter_table_is_regenerated_by_the_code(tmp_path: Path) -> None:
-    from peftrepro.methods import params_table
+    from peftrepro.report import params as params_table
 
     params_table.main(["--out", str(tmp_path)])
     for name in ("params.md", "params.csv"):
@@ -43,7 +43,7 @@ COMMITTED_RUN_TABLES = sorted(p.stem for p in TABLES.glob("table_*.md") if p.ste
 
 @pytest.mark.parametrize("table", COMMITTED_RUN_TABLES)
 def test_run_tables_are_reaggregated_from_the_committed_records(tmp_path: Path, monkeypatch, table: str) -> None:
-    from peftrepro import aggregate
+    from peftrepro.report import aggregate
 
     monkeypatch.chdir(REPO)  # as `make aggregate` runs it: the tables name records by relative path
     aggregate.main(["--table", table, "--runs", "results/runs", "--out", str(tmp_path),
@@ -54,7 +54,8 @@ def test_run_tables_are_reaggregated_from_the_committed_records(tmp_path: Path, 
 
 @pytest.mark.skipif(not (REPO / "results" / "REPORT.md").exists(), reason="no committed report")
 def test_report_is_regenerated_from_the_committed_files() -> None:
-    from peftrepro import aggregate, report
+    from peftrepro.report import aggregate
+    from peftrepro.report import page as report
 
     results = REPO / "results"
     text = report.render("mini", aggregate.parse_seeds(_profile_seeds("mini")), Path("results/runs"),
@@ -64,7 +65,7 @@ def test_report_is_regenerated_from_the_committed_files() -> None:
 
 @pytest.mark.skipif(not (REPO / "results" / "constraints.txt").exists(), reason="no committed constraints")
 def test_constraints_are_regenerated_from_the_committed_records(monkeypatch) -> None:
-    from peftrepro import report
+    from peftrepro.report import page as report
 
     monkeypatch.chdir(REPO)  # as `make report` writes it: the file names itself by relative path
     text = report.constraints("mini", Path("results/runs"), Path("results/constraints.txt"))

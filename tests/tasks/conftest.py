@@ -13,7 +13,7 @@ from peftrepro.interfaces import IGNORE_INDEX, EncodedExample
 from peftrepro.tasks import write_fixtures
 from peftrepro.tasks.testing import build_tiny_model, build_tiny_tokenizer
 
-REAL_DATA = Path(os.environ.get("PEFTREPRO_DATA_ROOT", "/work/shared/data"))
+REAL_DATA = Path(os.environ.get("PEFTREPRO_DATA_ROOT", "data"))
 
 
 @pytest.fixture(scope="session")

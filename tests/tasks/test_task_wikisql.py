@@ -8,8 +8,14 @@ import pytest
 
 from peftrepro.errors import ConfigError, DataError
 from peftrepro.interfaces import NO_PROMPT_WRAP, DecodingConfig
-from peftrepro.metrics.wikisql import (TableDatabase, logical_form, parse_sql, render_sql, same_logical_form,
-                                       score_wikisql)
+from peftrepro.metrics.wikisql import (
+    TableDatabase,
+    logical_form,
+    parse_sql,
+    render_sql,
+    same_logical_form,
+    score_wikisql,
+)
 from peftrepro.tasks import make_task
 
 HEADER = ["Player", "No.", "Years in Toronto", "Pick", "Pick #", "Viewers' selection"]

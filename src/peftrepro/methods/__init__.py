@@ -7,7 +7,7 @@
 
 Modules: targets (paper weight names -> modules per architecture), lora, adapters, prefix,
 selective (ft, ft_top, bitfit), accounting (counts and the paper's formulas), checkpoint
-(adapter save/load), params_table (`python -m peftrepro.methods.params_table`).
+(adapter save/load). The parameter table they feed is `peftrepro.report.params`.
 """
 
 from peftrepro.methods.accounting import count_parameters, formula_params

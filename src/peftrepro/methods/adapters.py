@@ -25,7 +25,12 @@ import torch
 from torch import nn
 
 from peftrepro.errors import ConfigError
-from peftrepro.methods.base import AppliedMethod, MethodConfig, freeze_all, require_positive
+from peftrepro.methods.base import (
+    AppliedMethod,
+    MethodConfig,
+    freeze_all,
+    require_positive,
+)
 from peftrepro.methods.targets import arch_spec, blocks
 
 NONLINEARITIES: dict[str, type[nn.Module]] = {"swish": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}

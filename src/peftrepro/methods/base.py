@@ -29,7 +29,7 @@ class MethodConfig:
 
     def canonical(self) -> dict[str, Any]:
         """The options in one normal form: two configs that train the same thing give equal
-        dicts however they were written (see `peftrepro.reuse`)."""
+        dicts however they were written (see `peftrepro.runs.reuse`)."""
         return {"name": self.name, **self.options()}
 
 

@@ -43,7 +43,10 @@ def save_adapter(model: nn.Module, config: MethodConfig, directory: str | Path) 
 
 def load_adapter(model: nn.Module, directory: str | Path) -> AppliedMethod:
     """Apply the saved method to base `model` (in place) and load its trained parameters."""
-    from peftrepro.methods.registry import apply_method, make_method_config  # registry imports us
+    from peftrepro.methods.registry import (  # registry imports us
+        apply_method,
+        make_method_config,
+    )
 
     directory = Path(directory)
     for file in (CONFIG_FILE, WEIGHTS_FILE):

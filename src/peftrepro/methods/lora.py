@@ -22,7 +22,12 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from peftrepro.errors import ConfigError
-from peftrepro.methods.base import AppliedMethod, MethodConfig, freeze_all, require_positive
+from peftrepro.methods.base import (
+    AppliedMethod,
+    MethodConfig,
+    freeze_all,
+    require_positive,
+)
 from peftrepro.methods.targets import PAPER_WEIGHTS, blocks, weight_target
 
 LORA_INITS = ("kaiming_uniform", "gaussian")

@@ -8,12 +8,30 @@ from typing import Any, Mapping
 from torch import nn
 
 from peftrepro.errors import ConfigError
-from peftrepro.methods.adapters import AdapterHConfig, AdapterLConfig, apply_adapter_h, apply_adapter_l
+from peftrepro.methods.adapters import (
+    AdapterHConfig,
+    AdapterLConfig,
+    apply_adapter_h,
+    apply_adapter_l,
+)
 from peftrepro.methods.base import AppliedMethod, MethodConfig, MethodSpec
 from peftrepro.methods.lora import LoRAConfig, apply_lora
-from peftrepro.methods.prefix import PrefixEmbedConfig, PrefixLayerConfig, apply_prefix_embed, apply_prefix_layer
-from peftrepro.methods.selective import (BitFitConfig, FTTopConfig, FullFTConfig, NoAdaptationConfig,
-                                         apply_bitfit, apply_ft_top, apply_full_ft, apply_no_adaptation)
+from peftrepro.methods.prefix import (
+    PrefixEmbedConfig,
+    PrefixLayerConfig,
+    apply_prefix_embed,
+    apply_prefix_layer,
+)
+from peftrepro.methods.selective import (
+    BitFitConfig,
+    FTTopConfig,
+    FullFTConfig,
+    NoAdaptationConfig,
+    apply_bitfit,
+    apply_ft_top,
+    apply_full_ft,
+    apply_no_adaptation,
+)
 
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("lora", LoRAConfig, apply_lora, "low-rank update (α/r)·BA on chosen weight matrices"),

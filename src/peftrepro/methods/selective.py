@@ -10,7 +10,12 @@ from typing import ClassVar
 from torch import nn
 
 from peftrepro.errors import ConfigError, NotApplicableError
-from peftrepro.methods.base import AppliedMethod, MethodConfig, freeze_all, require_positive
+from peftrepro.methods.base import (
+    AppliedMethod,
+    MethodConfig,
+    freeze_all,
+    require_positive,
+)
 from peftrepro.methods.targets import arch_spec, blocks
 
 

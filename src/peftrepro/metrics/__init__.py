@@ -4,8 +4,8 @@
 
 The E2E names (`score_e2e`, `score_e2e_files`, `E2E_METRICS`) load on first use: the E2E stack
 needs pycocoevalcap (and Java), which WikiSQL and MNLI runs do not, and importing
-`peftrepro.metrics.wikisql` runs this file. So a machine without pycocoevalcap (the lent GPU's
-image, experiments/gpu_session.py) can still run Tables 5 and 6.
+`peftrepro.metrics.wikisql` runs this file. So a machine without pycocoevalcap (or Java) can still
+run Tables 4, 5 and 6.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Tasks: datasets, prompts, encoding, decoding and scoring for E2E, WikiSQL and MultiNLI.
 
-    task = make_task("e2e", data_root="/work/shared/data", options={"max_eval_examples": 8})
+    task = make_task("e2e", data_root="/path/to/data", options={"max_eval_examples": 8})
     rows = task.load_split(task.options.train_split, task.options.max_train_examples)
     encoded = task.encode(rows[0], tokenizer, NO_PROMPT_WRAP, task.options.max_length)
     result = task.evaluate(model, tokenizer, task.load_split(task.options.eval_split), NO_PROMPT_WRAP, decoding)

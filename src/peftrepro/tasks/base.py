@@ -16,7 +16,12 @@ from typing import Any, Mapping, Sequence, TypeVar
 import torch
 
 from peftrepro.errors import ConfigError
-from peftrepro.interfaces import IGNORE_INDEX, DecodingConfig, EncodedExample, PromptWrap
+from peftrepro.interfaces import (
+    IGNORE_INDEX,
+    DecodingConfig,
+    EncodedExample,
+    PromptWrap,
+)
 from peftrepro.lm import logits_at
 
 

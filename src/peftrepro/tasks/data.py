@@ -1,6 +1,6 @@
 """Where the datasets come from: a local data root, or the Hugging Face hub when none is configured.
 
-A data root is a directory in the layout of `../shared/data` (see its README):
+A data root is a directory in this layout (the README's "Data and models" says where each file comes from):
 
     e2e/{train,dev,test}.csv.gz                         columns mr, ref
     wikisql/{dev,test}.jsonl.gz, wikisql/test.tables.jsonl.gz
@@ -29,7 +29,7 @@ from peftrepro.errors import DataError
 DATA_ROOT_ENV = "PEFTREPRO_DATA_ROOT"
 
 FIX_HINT = (
-    "Point the data root at a directory in the layout of ../shared/data (data_root=/path on the "
+    "Point the data root at a directory in the layout peftrepro.tasks.data describes (data_root=/path on the "
     f"command line, or export {DATA_ROOT_ENV}=/path), or unset both to download from the Hugging "
     "Face hub; `peftrepro.tasks.write_fixtures(dir)` writes a tiny valid copy for testing."
 )

@@ -26,8 +26,17 @@ from typing import Any, Sequence
 
 from peftrepro.interfaces import DecodingConfig, EncodedExample, EvalOutput, PromptWrap
 from peftrepro.tasks import data
-from peftrepro.tasks.base import (TaskOptions, check_split, encode_pair, eos_id, generate, parse_options, sample,
-                                  text_ids, wrapped_prompt)
+from peftrepro.tasks.base import (
+    TaskOptions,
+    check_split,
+    encode_pair,
+    eos_id,
+    generate,
+    parse_options,
+    sample,
+    text_ids,
+    wrapped_prompt,
+)
 
 EOS_SEPARATOR = "<eos>"  # separator value meaning "the tokenizer's EOS token" (the authors' choice)
 LOCAL_FILES = {"train": "train.csv.gz", "dev": "dev.csv.gz", "test": "test.csv.gz"}
@@ -108,7 +117,9 @@ class E2ETask:
               ) -> tuple[dict[str, float], dict[str, Any], list[dict[str, Any]]]:
         """The five official metrics of prediction rows {mr, prediction, references}, notes, and the
         rows with each MR's share of the scores added (`segment`, for the report's bootstrap)."""
-        from peftrepro.metrics import score_e2e_segments  # late: the metric stack (Java, pycocoevalcap) loads on use
+        from peftrepro.metrics import (
+            score_e2e_segments,  # late: the metric stack (Java, pycocoevalcap) loads on use
+        )
 
         metrics, segments = score_e2e_segments([row["prediction"] for row in predictions],
                                                [row["references"] for row in predictions])

@@ -1,4 +1,4 @@
-"""Tiny, deterministic datasets in exactly the layout and formats of ../shared/data.
+"""Tiny, deterministic datasets in exactly the layout and formats of a data root (peftrepro.tasks.data).
 
 `write_fixtures(directory)` lets the smoke profile and every test run the real loaders without
 the real data: a few dozen realistic examples per split, generated from templates with a fixed

@@ -31,9 +31,19 @@ from typing import Any, Sequence
 from peftrepro.errors import ConfigError
 from peftrepro.interfaces import DecodingConfig, EncodedExample, EvalOutput, PromptWrap
 from peftrepro.tasks import data
-from peftrepro.tasks.base import (TaskOptions, check_fraction, check_split, encode_pair, hold_out,
-                                  next_token_logprobs, parse_options, sample, sequence_logprobs, text_ids,
-                                  wrapped_prompt)
+from peftrepro.tasks.base import (
+    TaskOptions,
+    check_fraction,
+    check_split,
+    encode_pair,
+    hold_out,
+    next_token_logprobs,
+    parse_options,
+    sample,
+    sequence_logprobs,
+    text_ids,
+    wrapped_prompt,
+)
 
 LABELS = ("entailment", "neutral", "contradiction")  # HF glue/mnli label ids 0, 1, 2
 LOCAL_FILES = {"train": "train_subset.jsonl.gz", "validation_matched": "validation_matched.jsonl.gz",

@@ -30,8 +30,19 @@ from peftrepro.errors import ConfigError, DataError
 from peftrepro.interfaces import DecodingConfig, EncodedExample, EvalOutput, PromptWrap
 from peftrepro.metrics.wikisql import render_sql, score_wikisql
 from peftrepro.tasks import data
-from peftrepro.tasks.base import (TaskOptions, check_fraction, check_split, encode_pair, eos_id, generate,
-                                  hold_out, parse_options, sample, text_ids, wrapped_prompt)
+from peftrepro.tasks.base import (
+    TaskOptions,
+    check_fraction,
+    check_split,
+    encode_pair,
+    eos_id,
+    generate,
+    hold_out,
+    parse_options,
+    sample,
+    text_ids,
+    wrapped_prompt,
+)
 
 SPLIT_POLICIES = {"test_by_table": ("train", "dev", "validation"), "official": ("train", "dev", "validation", "test")}
 LOCAL_QUESTIONS = {"validation": "dev.jsonl.gz", "test": "test.jsonl.gz"}

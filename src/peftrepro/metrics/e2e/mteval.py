@@ -86,7 +86,7 @@ class _CorpusStats:
                 self.ref_words, self.nonempty_refs, self.segments]
 
     @classmethod
-    def from_vector(cls, vector: list[float]) -> "_CorpusStats":
+    def from_vector(cls, vector: list[float]) -> _CorpusStats:
         n = NIST_MAX_N
         return cls([0, *vector[:n]], [0, *vector[n:2 * n]], [0.0, *vector[2 * n:3 * n]], *vector[3 * n:])
 

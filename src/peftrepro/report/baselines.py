@@ -1,0 +1,84 @@
+"""Failed fits: a run against its task's trivial baseline on the same examples.
+
+MultiNLI's baseline is the majority class of the run's own evaluation set; E2E's and WikiSQL's is
+the zero-shot run (method `none`, experiment `baselines`) evaluated on the same examples. A run
+"did not learn" when its primary score does not beat the baseline by more than LEARNED_Z standard
+errors of the paired difference.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from dataclasses import dataclass
+from typing import Sequence
+
+from peftrepro.report.paper import to_paper_unit
+from peftrepro.report.records import CORPUS_METRICS, PROPORTION_METRICS, Record
+from peftrepro.report.specs import PRIMARY_METRIC
+
+# two-sided 95 %
+LEARNED_Z = 1.96
+
+
+@dataclass(frozen=True)
+class Learning:
+    """A run's primary score against its task's trivial baseline on the same examples (paper units)."""
+
+    learned: bool
+    score: float
+    baseline: float
+    baseline_name: str  # "majority class" (MultiNLI) | "zero-shot" (the backbone without training)
+    se: float  # standard error of the paired difference
+
+    def __str__(self) -> str:
+        return (f"{self.score:.1f} vs {self.baseline_name} {self.baseline:.1f} "
+                f"(Δ {self.score - self.baseline:+.1f} ± {LEARNED_Z * self.se:.1f})")
+
+def primary_metric(task: str) -> str | None:
+    return {**PRIMARY_METRIC, "e2e": "bleu"}.get(task)
+
+def learning_check(record: Record, baselines: Sequence[Record]) -> Learning | None:
+    """Whether `record` beats its task's trivial baseline on its primary metric by more than LEARNED_Z
+    standard errors of the paired difference: MultiNLI, the majority class of its own evaluation set;
+    E2E and WikiSQL, the zero-shot run (`baselines`) on the same examples. None where it cannot be
+    told (no predictions, or no baseline run on these examples yet)."""
+    metric = primary_metric(record.task)
+    if record.status != "ok" or metric is None or metric not in record.metrics:
+        return None
+    if record.task == "mnli":
+        return _against_majority(record, metric)
+    fingerprint = record.eval_fingerprint()
+    baseline = next((b for b in baselines if b.task == record.task and b.status == "ok" and fingerprint
+                     and b.eval_fingerprint() == fingerprint), None)
+    if baseline is None:
+        return None
+    score = to_paper_unit(metric, float(record.metrics[metric]))
+    base = to_paper_unit(metric, float(baseline.metrics[metric]))
+    if metric in CORPUS_METRICS:
+        ours, theirs = record.resampled(metric), baseline.resampled(metric)
+        if ours is None or theirs is None:
+            return None
+        se = float((ours - theirs).std(ddof=1))
+    else:
+        ours, theirs = record.example_scores(metric), baseline.example_scores(metric)
+        if ours is None or theirs is None:
+            return None
+        se = _paired_se([a - b for a, b in zip(ours.scores, theirs.scores)])
+    return Learning(score - base > LEARNED_Z * se, score, base, "zero-shot", se)
+
+def _against_majority(record: Record, metric: str) -> Learning | None:
+    subset = PROPORTION_METRICS[metric][1]
+    rows = [row for row in record.prediction_rows() or [] if row.get("subset") == subset and "label" in row]
+    if not rows:
+        return None
+    majority = Counter(row["label"] for row in rows).most_common(1)[0][0]
+    right = [100.0 * bool(row["correct"]) for row in rows]
+    base = [100.0 * (row["label"] == majority) for row in rows]
+    se = _paired_se([a - b for a, b in zip(right, base)])
+    score, baseline = statistics.mean(right), statistics.mean(base)
+    return Learning(score - baseline > LEARNED_Z * se, score, baseline, "majority class", se)
+
+def _paired_se(differences: Sequence[float]) -> float:
+    return statistics.stdev(differences) / math.sqrt(len(differences)) if len(differences) > 1 else math.inf

@@ -1,0 +1,197 @@
+"""Records -> cells: each table spec's cells (mean, spread, seeds, paper value, status) from the run
+records of one experiment and profile, and `build_table`, which reads the records and summarises.
+
+Per experiment and run key the latest record (`created_at`) wins; per cell and seed the latest run
+(a later config replaces an older one, never averages with it). A cell also carries what the claims
+need: its per-example scores (accuracies), its bootstrap resamples (E2E), and whether a run of it
+did not learn (`peftrepro.report.baselines`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from peftrepro.report.baselines import Learning, learning_check
+from peftrepro.report.paper import load_paper
+from peftrepro.report.records import (
+    BASELINES_EXPERIMENT,
+    CORPUS_METRICS,
+    LR_SEARCH_EXPERIMENT,
+    ExampleScores,
+    Problem,
+    Record,
+    load_records,
+)
+from peftrepro.report.specs import PARAMS, TableSpec
+from peftrepro.runs.records import NOT_APPLICABLE, UNSCORED
+
+SUMMARY_COLUMNS = ("row", "column", "mean", "std", "sampling_se", "examples", "n", "seeds", "values",
+                   "problems", "paper", "paper_printed", "paper_ref", "status", "hardware", "metric",
+                   "did_not_learn", "baseline", "resampled")
+
+@dataclass
+class TableResult:
+    spec: TableSpec
+    cells: pd.DataFrame        # SUMMARY_COLUMNS, indexed by (row, column)
+    records: list[Record]      # the records placed in this table
+    unplaced: list[Record]     # records of this experiment that match no cell
+    expected_seeds: list[int]
+    problems: list[Problem]    # unreadable record files under runs/<table>/
+    superseded: int            # records replaced by a later record of the same run key (this table)
+    replaced: int = 0          # runs replaced by a later run of the same cell and seed (other run key)
+    other_profiles: list[str] = field(default_factory=list)  # profiles with records, not tabulated here
+    # (row, column) -> run keys of the records that give the cell its value, one per seed
+    sources: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    baselines: list[Record] = field(default_factory=list)  # the zero-shot runs of the same profile
+    lr_search: list[Record] = field(default_factory=list)  # the learning-rate selection's runs (same profile)
+    learning: dict[str, Learning] = field(default_factory=dict)  # run key -> against its trivial baseline
+
+    def stats(self, row: str, column: str) -> pd.Series:
+        return self.cells.loc[(row, column)]
+
+    def cells_of(self, run_key: str) -> list[tuple[str, str]]:
+        """The metric cells a run gives its value to (parameter counts aside)."""
+        return [cell for cell, keys in self.sources.items() if run_key in keys and PARAMS not in cell]
+
+    def cell_records(self, row: str, column: str) -> list[Record]:
+        """The records that give this cell its value (one per seed)."""
+        keys = self.sources.get((row, column), [])
+        return [record for record in self.records if record.run_key in keys]
+
+    @property
+    def incomplete(self) -> pd.DataFrame:
+        return self.cells[self.cells["status"].isin(["missing", "failed", "partial", "unscored"])]
+
+def summarise(spec: TableSpec, records: Sequence[Record], expected_seeds: Sequence[int] | None,
+              problems: Sequence[Problem] = (), superseded: int = 0,
+              paper: pd.DataFrame | None = None, baselines: Sequence[Record] = ()) -> TableResult:
+    """Cells of `spec` from `records` (already filtered to one experiment/profile); `baselines`: the
+    zero-shot runs that tell a run that did not learn (`learning_check`)."""
+    paper = load_paper() if paper is None else paper
+    paper_index = paper.set_index(["table", "row", "column"])
+    placed, unplaced, rows, checked = [], [], [], {}
+    for record in records:
+        observations = spec.observe(record)
+        if observations is None:
+            unplaced.append(record)
+            continue
+        placed.append(record)
+        learning = checked[record.run_key] = learning_check(record, baselines)
+        rows += [dict(row=o.row, column=o.column, value=o.value, sampling_se=o.sampling_se,
+                      examples=o.examples, problem=o.problem, seed=record.seed, status=record.status,
+                      error_type=record.error_type, created_at=record.created_at, key=record.run_key,
+                      task=record.task, hardware=record.hardware, metric=o.metric,
+                      learning=learning if o.metric else None,
+                      resampled=_resampled(record, o.metric))
+                 for o in observations]
+    columns = ["row", "column", "value", "sampling_se", "examples", "problem", "seed", "status", "error_type",
+               "created_at", "key", "task", "hardware", "metric", "learning", "resampled"]
+    obs = pd.DataFrame(rows, columns=columns)
+    # One value per cell, seed and task (parameter cells gather both tasks): a run whose config
+    # changed since (a new run key for the same cell, e.g. after a code or profile change)
+    # replaces the older one, never averages with it.
+    latest = obs.sort_values("created_at", kind="stable").drop_duplicates(
+        ["row", "column", "seed", "task"], keep="last")
+    replaced_keys = set(obs["key"]) - set(latest["key"])
+    placed = [r for r in placed if r.run_key not in replaced_keys]
+    obs = latest
+    seeds = sorted(expected_seeds) if expected_seeds else sorted({r.seed for r in placed if r.seed is not None})
+    lines = [_cell(spec, axis_row.key, axis_col.key, obs, seeds, paper_index)
+             for axis_row in spec.rows for axis_col in spec.columns]
+    cells = pd.DataFrame(lines, columns=list(SUMMARY_COLUMNS)).set_index(["row", "column"], drop=False)
+    sources = {cell: list(keys) for cell, keys in obs[obs["value"].notna()].groupby(["row", "column"])["key"]}
+    return TableResult(spec, cells, placed, unplaced, seeds, list(problems), superseded, len(replaced_keys),
+                       sources=sources, baselines=list(baselines),
+                       learning={key: found for key, found in checked.items() if found and key not in replaced_keys})
+
+def _cell(spec: TableSpec, row: str, column: str, obs: pd.DataFrame, seeds: Sequence[int],
+          paper_index: pd.DataFrame) -> dict[str, Any]:
+    ref = spec.paper_ref(row, column)
+    paper_value, paper_printed = None, None
+    if ref is not None and ref in paper_index.index:
+        hit = paper_index.loc[ref]
+        paper_value, paper_printed = float(hit["value"]), str(hit["printed"])
+    mine = obs[(obs["row"] == row) & (obs["column"] == column)]
+    good = mine[mine["value"].notna()]
+    values = good["value"].astype(float)
+    got = sorted({int(s) for s in good["seed"].dropna()})
+    problems = sorted(set(mine.loc[mine["value"].isna(), "problem"].dropna()))
+    status = _status(row, column, mine, good, got, seeds)
+    std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+    # every seed is scored on the same examples, so their sampling error does not average out
+    sampling = good["sampling_se"].dropna().astype(float)
+    sampling_se = float((sampling ** 2).mean() ** 0.5) if len(sampling) == len(good) > 0 else math.nan
+    checks = [(int(seed), learning) for seed, learning in zip(good["seed"], good["learning"]) if learning]
+    return dict(row=row, column=column, mean=float(values.mean()) if len(values) else math.nan, std=std,
+                sampling_se=sampling_se, examples=_mean_example_scores(list(good["examples"])),
+                n=len(values), seeds=got, values=list(values), problems=problems, paper=paper_value,
+                paper_printed=paper_printed, paper_ref=" / ".join(ref) if ref else None, status=status,
+                hardware=sorted(set(good["hardware"])), metric=next(iter(good["metric"].dropna()), None),
+                did_not_learn=[f"seed {seed}: {learning}" for seed, learning in sorted(checks) if not learning.learned],
+                baseline=checks[0][1] if checks else None, resampled=_mean_resampled(list(good["resampled"])))
+
+@dataclass(frozen=True)
+class Resampled:
+    """A corpus metric on each bootstrap resample of the evaluated MRs (peftrepro.report.resampling), for a run
+    or (mean over seeds) a cell. `fingerprint` names the MRs: the resamples are drawn by position, so
+    only cells scored on the same MRs in the same order pair."""
+
+    fingerprint: str
+    values: Any  # numpy array, one value per resample
+
+def _resampled(record: Record, metric: str | None) -> Resampled | None:
+    values = record.resampled(metric) if metric in CORPUS_METRICS else None
+    return None if values is None else Resampled(str(record.eval_fingerprint()), values)
+
+def _mean_resampled(runs: Sequence[Resampled | None]) -> Resampled | None:
+    """Per resample, the mean over the cell's seeds; None unless every seed has them, on the same MRs."""
+    if not runs or any(run is None for run in runs) or len({run.fingerprint for run in runs}) > 1:
+        return None
+    return Resampled(runs[0].fingerprint, sum(run.values for run in runs) / len(runs))
+
+def _mean_example_scores(runs: Sequence[ExampleScores | None]) -> ExampleScores | None:
+    """Per example, the mean score over the cell's seeds; None unless every seed scored the same examples."""
+    if not runs or any(run is None for run in runs) or len({run.fingerprint for run in runs}) > 1:
+        return None
+    means = tuple(sum(column) / len(runs) for column in zip(*(run.scores for run in runs)))
+    return ExampleScores(runs[0].fingerprint, means)
+
+# a cell whose runs all have one of these record statuses shows it (rendered "n/a" / "—")
+FINAL_CELL_STATUS = {NOT_APPLICABLE: "n/a", UNSCORED: "unscored"}
+
+def _status(row: str, column: str, mine: pd.DataFrame, good: pd.DataFrame, got: list[int],
+            seeds: Sequence[int]) -> str:
+    if mine.empty:
+        return "missing"
+    if good.empty:  # every run of the cell is "not_applicable" (e.g. BitFit, no biases), "unscored" or failed
+        statuses = set(mine["status"])
+        return FINAL_CELL_STATUS.get(statuses.pop(), "failed") if len(statuses) == 1 else "failed"
+    if row == PARAMS or column == PARAMS:  # counts: one per run, the seed spread is irrelevant
+        return "ok"
+    return "partial" if set(seeds) - set(got) else "ok"
+
+def select_profile(records: Sequence[Record], profile: str | None) -> tuple[list[Record], str | None]:
+    """Records of one profile: the given one, else that of the latest record (never mixed)."""
+    if not records:
+        return [], profile
+    chosen = profile or max(records, key=lambda r: r.created_at).profile
+    return [r for r in records if r.profile == chosen], chosen
+
+def build_table(spec: TableSpec, runs_dir: Path, profile: str | None = None,
+                seeds: Sequence[int] | None = None) -> TableResult:
+    records, problems, superseded = load_records(runs_dir)
+    of_table = [r for r in records if r.experiment == spec.name]
+    mine, chosen = select_profile(of_table, profile)
+    # an unreadable record has no readable experiment: its folder (runs/<experiment>/...) says where it belongs
+    own_problems = [p for p in problems if p.path.relative_to(runs_dir).parts[0] == spec.name]
+    same_profile = [r for r in records if r.profile == chosen]
+    result = summarise(spec, mine, seeds, own_problems, superseded[spec.name],
+                       baselines=[r for r in same_profile if r.experiment == BASELINES_EXPERIMENT])
+    result.other_profiles = sorted({r.profile for r in of_table} - {chosen})
+    result.lr_search = [r for r in same_profile if r.experiment == LR_SEARCH_EXPERIMENT]
+    return result

@@ -1,0 +1,411 @@
+"""The paper's qualitative claims per table, checked on our numbers.
+
+Each claim is a comparison between cells of one of our tables, judged on the 95 % interval of the
+difference of their means, Δ = mean(A) − mean(B):
+- "A beats B": held when the interval lies above 0, not held when it lies below 0, otherwise
+  inconclusive.
+- "A matches or beats B" (non-inferiority): held when the interval lies above −m, where m is the
+  metric's stated equivalence margin (`EQUIVALENCE`: 2 points of accuracy, 1 of BLEU, METEOR or
+  ROUGE-L, 0.1 NIST, 0.05 CIDEr); not held when it lies below −m; otherwise inconclusive. So a tie is
+  "held" only where the data rule out a loss larger than m: "not shown worse" is not "matches".
+- Either is inconclusive when a cell is missing, has fewer than 2 seeds, or holds a run that did not
+  learn (it does not beat its task's trivial baseline, `aggregate.learning_check`) or barely lowered
+  its training loss: a failed fit says nothing of the method.
+The interval is Δ ± t·SE with SE² = SE_seeds² + SE_eval²:
+- SE_seeds: the seed spread, pooled over the table's cells of the same metric (s_p² = Σ(n_i−1)s_i² /
+  Σ(n_i−1); cells whose runs did not learn are left out), SE_seeds = s_p·sqrt(1/n_A + 1/n_B), with
+  Σ(n_i−1) degrees of freedom: two seeds per cell give one degree of freedom each, and pooling is what
+  makes the spread estimable at all. Without a pool (a cell outside any group), Welch's per-cell form.
+- SE_eval: the error from the finite evaluation set, which more seeds do not shrink (every seed is
+  scored on the same examples). Accuracies: paired over the examples, sd(d)/sqrt(N) of the
+  per-example differences of the two cells (each averaged over its seeds, from the saved
+  predictions); where those are missing, the unpaired binomial bound. E2E's corpus metrics: a paired
+  bootstrap over the MRs (`peftrepro.report.resampling`: 1,000 seeded resamples, both cells on the same ones).
+- t: Student's t quantile for a two-sided 95 % interval, its degrees of freedom from the
+  Welch–Satterthwaite rule (the evaluation-set term counts as known exactly); 1.96 with no seed term.
+A claim over several comparisons is not held if any is not held, else inconclusive if any is
+inconclusive, else held. Cells marked n/a (method not applicable to the model) are left out.
+A verdict decided by less than MARGINAL of its interval's half-width is marked marginal: one more
+seed may flip it, which the verdict word alone would not say.
+A claim that is not held also says why that may be at this scale, and how the compared cells
+trained (trainable parameters, learning rate, steps, final training loss, from their records).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from scipy import stats as scipy_stats
+
+from peftrepro.report.records import training_text
+
+if TYPE_CHECKING:
+    from peftrepro.report.cells import Resampled, TableResult
+    from peftrepro.report.records import ExampleScores
+
+CONFIDENCE = 0.95  # two-sided
+MARGINAL = 0.1  # a verdict this close to its line, as a fraction of the interval's half-width, is marginal
+MAX_SHOWN = 3  # comparisons quoted as evidence of a verdict (the rest are counted)
+HELD, NOT_HELD, INCONCLUSIVE = "held", "not held", "inconclusive"
+# The difference (in the paper's printed units) within which two cells "match": stated before the
+# runs, about the spread of the paper's own cells (Tables 3 and 4 differ by 1-3 points).
+EQUIVALENCE = {"accuracy": 2.0, "bleu": 1.0, "meteor": 1.0, "rouge_l": 1.0, "nist": 0.1, "cider": 0.05}
+
+
+def equivalence_margin(metric: str) -> float:
+    return EQUIVALENCE.get(metric, EQUIVALENCE["accuracy"])
+
+
+def quantile(df: float) -> float:
+    """The two-sided CONFIDENCE quantile of Student's t with `df` degrees of freedom (normal when infinite)."""
+    level = 0.5 + CONFIDENCE / 2
+    return float(scipy_stats.norm.ppf(level) if math.isinf(df) else scipy_stats.t.ppf(level, df))
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The seed spread pooled over a table's cells of one metric."""
+
+    sd: float
+    df: int
+    cells: int
+
+    @classmethod
+    def of(cls, cells: Sequence[Cell]) -> Pool | None:
+        spread = [c for c in cells if c.n > 1 and not math.isnan(c.std) and not c.failed_fit]
+        df = sum(c.n - 1 for c in spread)
+        if not df:
+            return None
+        return cls(math.sqrt(sum((c.n - 1) * c.std ** 2 for c in spread) / df), df, len(spread))
+
+
+@dataclass(frozen=True)
+class Cell:
+    label: str
+    mean: float
+    std: float
+    n: int
+    status: str
+    sampling_se: float = 0.0  # binomial error of the mean from the evaluation set (0: not estimated)
+    examples: ExampleScores | None = None  # per-example scores, mean over seeds (accuracies only)
+    training: str = ""  # how its runs trained (aggregate.training_text), quoted when a claim fails
+    barely_trained: str = ""  # runs whose training barely lowered the loss (aggregate.Record.barely_trained)
+    metric: str = ""
+    did_not_learn: str = ""  # runs that do not beat the task's trivial baseline (aggregate.learning_check)
+    resampled: Resampled | None = None  # E2E: the cell's score on each bootstrap resample of its MRs
+    pool: Pool | None = None  # the seed spread pooled over its table's cells of the same metric
+
+    @property
+    def failed_fit(self) -> str:
+        return self.did_not_learn or self.barely_trained
+
+    def __str__(self) -> str:
+        if self.n == 0:
+            return f"{self.label} —"
+        spread = f" ± {self.std:.2f}" if self.n > 1 else ""
+        return f"{self.label} {self.mean:.2f}{spread} (n={self.n})"
+
+
+def pooled(cells: dict[str, Cell]) -> dict[str, Cell]:
+    """The cells with their pooled seed spread attached (one pool for all of them)."""
+    pool = Pool.of(list(cells.values()))
+    return {key: replace(cell, pool=pool) for key, cell in cells.items()}
+
+
+@dataclass(frozen=True)
+class Difference:
+    delta: float    # mean(A) − mean(B)
+    seed_se: float  # SE from the seed spread alone
+    seed_df: float  # its degrees of freedom
+    eval_se: float  # SE from the evaluation set alone (0: not estimated)
+    seed_how: str = ""  # how each was estimated
+    eval_how: str = ""
+
+    @property
+    def se(self) -> float:
+        return math.hypot(self.seed_se, self.eval_se)
+
+    @property
+    def df(self) -> float:
+        """Welch–Satterthwaite, the evaluation-set term taken as known (infinite degrees of freedom)."""
+        if self.seed_se == 0 or math.isinf(self.seed_df):
+            return math.inf
+        return self.se ** 4 / (self.seed_se ** 4 / self.seed_df)
+
+    @property
+    def margin(self) -> float:
+        """Half-width of the 95 % interval of the difference."""
+        return quantile(self.df) * self.se
+
+    def __str__(self) -> str:
+        df = "∞" if math.isinf(self.df) else f"{self.df:.0f}"
+        return (f"Δ = {self.delta:+.2f} ± {self.margin:.2f} (95 %, t with {df} df; SE: seeds {self.seed_se:.2f}"
+                f"{self.seed_how}, eval set {self.eval_se:.2f}{self.eval_how})")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    verdict: str
+    evidence: str
+    slack: float = math.inf  # held or not held: how far the interval is from flipping the verdict
+    cells: tuple[Cell, ...] = ()
+    margin: float = math.inf  # half-width of the interval
+
+    @property
+    def marginal(self) -> bool:
+        """Held or not held, but within MARGINAL of the line."""
+        return self.slack < MARGINAL * self.margin
+
+
+@dataclass(frozen=True)
+class Claim:
+    text: str
+    source: str
+    verdict: str
+    evidence: str
+    why: str = ""  # not held: why that may be at this scale, with how the compared cells trained
+    marginal: bool = False  # every comparison deciding the verdict is marginal
+
+
+def _seed_error(a: Cell, b: Cell) -> tuple[float, float, str]:
+    """(SE, degrees of freedom, how) of mean(A) − mean(B) from the seed spread."""
+    if a.pool is not None and a.pool == b.pool:
+        pool = a.pool
+        return pool.sd * math.sqrt(1 / a.n + 1 / b.n), pool.df, f" pooled over {pool.cells} cells"
+    va, vb = a.std ** 2 / a.n, b.std ** 2 / b.n
+    if va + vb == 0:
+        return 0.0, math.inf, ""
+    return math.sqrt(va + vb), (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1)), " (Welch)"
+
+
+def _eval_error(a: Cell, b: Cell) -> tuple[float, str]:
+    """The SE of mean(A) − mean(B) from the finite evaluation set, and how it was estimated."""
+    if a.resampled is not None and b.resampled is not None and a.resampled.fingerprint == b.resampled.fingerprint:
+        differences = a.resampled.values - b.resampled.values
+        return float(differences.std(ddof=1)), f" paired bootstrap over MRs ({len(differences)} resamples)"
+    if a.examples and b.examples and a.examples.fingerprint == b.examples.fingerprint:
+        diffs = [x - y for x, y in zip(a.examples.scores, b.examples.scores)]
+        return statistics.stdev(diffs) / math.sqrt(len(diffs)), f" paired over {len(diffs)} examples"
+    if a.sampling_se or b.sampling_se:
+        return math.hypot(a.sampling_se, b.sampling_se), " unpaired"
+    return 0.0, " not estimated"
+
+
+def _difference(a: Cell, b: Cell) -> Difference | str:
+    """The difference of means with its errors, or why no judgement is possible."""
+    for cell in (a, b):
+        if cell.n == 0:
+            return f"{cell.label} has no result"
+        if cell.n < 2:
+            return f"{cell.label} has one seed, so no spread"
+        if cell.did_not_learn:
+            return f"{cell.label} did not learn ({cell.did_not_learn}), so its score says nothing of the method"
+        if cell.barely_trained:
+            return f"{cell.label} barely trained ({cell.barely_trained}), so its score says nothing of the method"
+    seed_se, seed_df, seed_how = _seed_error(a, b)
+    eval_se, eval_how = _eval_error(a, b)
+    return Difference(a.mean - b.mean, seed_se, seed_df, eval_se, seed_how, eval_how)
+
+
+def _evidence(a: Cell, b: Cell, diff: Difference | str) -> str:
+    return f"{a} vs {b}: {diff}"
+
+
+def beats(a: Cell, b: Cell) -> Comparison:
+    diff = _difference(a, b)
+    if isinstance(diff, str):
+        return Comparison(INCONCLUSIVE, _evidence(a, b, diff), cells=(a, b))
+    low, high = diff.delta - diff.margin, diff.delta + diff.margin
+    verdict = HELD if low > 0 else NOT_HELD if high < 0 else INCONCLUSIVE
+    slack = {HELD: low, NOT_HELD: -high}.get(verdict, math.inf)
+    return Comparison(verdict, _evidence(a, b, diff), slack, (a, b), diff.margin)
+
+
+def matches_or_beats(a: Cell, b: Cell) -> Comparison:
+    """Non-inferiority: A is at most the metric's equivalence margin below B."""
+    diff = _difference(a, b)
+    if isinstance(diff, str):
+        return Comparison(INCONCLUSIVE, _evidence(a, b, diff), cells=(a, b))
+    m = equivalence_margin(a.metric)
+    low, high = diff.delta - diff.margin, diff.delta + diff.margin
+    verdict = HELD if low > -m else NOT_HELD if high < -m else INCONCLUSIVE
+    slack = {HELD: low + m, NOT_HELD: -m - high}.get(verdict, math.inf)
+    return Comparison(verdict, f"{_evidence(a, b, diff)} (margin {m:g})", slack, (a, b), diff.margin)
+
+
+# Why a claim may fail at a small scale (quoted only under a claim that is not held, followed by
+# how the compared cells trained, read from their records). Specific reasons per claim are below.
+SCALE_WHY = ("The paper's claim is made on a far larger model (GPT-3 175B; GPT-2 M/L for E2E) trained "
+             "on the full data; here a small quantised model trains one short schedule on a subset, at a "
+             "learning rate per method chosen on a dev split from a small grid, so either side may still "
+             "be under- or over-fitted.")
+WHY_FEWER_MATRICES = ("The paper (§7.1) finds it better to spread a small budget over more weight "
+                      "matrices on GPT-3 175B; a small model may instead need a higher rank on fewer "
+                      "matrices.")
+WHY_LOW_RANK = ("The paper (§7.2) argues that the update has a very low intrinsic rank on GPT-3 175B; "
+                "a small model may need more directions. α is fixed across r, so the scale α/r also "
+                "changes with r.")
+_HIGHER_RANK = ("a small model on a short schedule may need an update of higher rank than LoRA's, "
+                "which full fine-tuning is free to make (compare the final training losses).")
+WHY_FT = ("The paper's parity with full fine-tuning is on GPT-3 175B (and RoBERTa/DeBERTa with tuned "
+          f"learning rates); {_HIGHER_RANK}")
+# Table 3 is GPT-2, not GPT-3, and its FT row is not the paper's own run.
+WHY_FT_E2E = ("On E2E the paper's LoRA edges out full fine-tuning on GPT-2 M/L trained on the full data, "
+              f"against an FT row it cites from Li & Liang (2021); {_HIGHER_RANK}")
+
+
+def combine(text: str, source: str, comparisons: Sequence[Comparison], why: str = SCALE_WHY) -> Claim:
+    """One verdict from several comparisons; the evidence shows the comparisons that decide it.
+    A claim that is not held also says why that may be (`why`) and how the deciding cells trained."""
+    if not comparisons:
+        return Claim(text, source, INCONCLUSIVE, "no comparable cells")
+    verdicts = {c.verdict for c in comparisons}
+    verdict = NOT_HELD if NOT_HELD in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts else HELD
+    deciding = [c for c in comparisons if c.verdict == verdict]
+    # held: the comparison closest to flipping; otherwise the deciding ones, at most MAX_SHOWN
+    shown = [min(deciding, key=lambda c: c.slack)] if verdict == HELD else deciding[:MAX_SHOWN]
+    evidence = "; ".join(c.evidence for c in shown)
+    if len(comparisons) > len(shown):
+        evidence += f" (shown: {len(shown)} of {len(comparisons)} comparisons, those that decide the verdict)"
+    # held rests on its weakest comparison (shown); not held on its strongest (any of the deciding)
+    marginal = shown[0].marginal if verdict == HELD else verdict == NOT_HELD and all(c.marginal for c in deciding)
+    if verdict != NOT_HELD:
+        return Claim(text, source, verdict, evidence, marginal=marginal)
+    cells = {cell.label: cell for c in shown for cell in c.cells}  # each cell once, in order
+    trained = "; ".join(f"{label}: {cell.training}" for label, cell in cells.items())
+    return Claim(text, source, verdict, evidence, f"{why} As trained here: {trained}.", marginal)
+
+
+def _cell(result: TableResult, row: str, column: str, label: str) -> Cell:
+    stats = result.stats(row, column)
+    sampling_se = float(stats["sampling_se"])
+    records = result.cell_records(row, column)
+    barely = "; ".join(f"seed {r.seed}: {r.barely_trained}" for r in records if r.barely_trained)
+    return Cell(label, float(stats["mean"]), float(stats["std"]) if stats["n"] > 1 else math.nan,
+                int(stats["n"]), str(stats["status"]), 0.0 if math.isnan(sampling_se) else sampling_se,
+                stats["examples"], training_text(records), barely, str(stats["metric"] or ""),
+                "; ".join(stats["did_not_learn"]), stats["resampled"])
+
+
+def _cells(result: TableResult, keys: Sequence[tuple[str, str, str]]) -> dict[str, Cell]:
+    """Cells (row, column, label) of one metric, keyed by label, sharing their pooled seed spread."""
+    return pooled({label: _cell(result, row, column, label) for row, column, label in keys})
+
+
+TASKS = (("wikisql", "WikiSQL"), ("mnli", "MultiNLI"))
+RANK_WEIGHTS = ("W_q", "W_q,W_v", "W_q,W_k,W_v,W_o")
+
+
+def _weight_type_claims(result: TableResult) -> list[Claim]:
+    columns = [axis.key for axis in result.spec.columns]
+    claims = []
+    for task, name in TASKS:
+        cells = _cells(result, [(task, column, column) for column in columns])
+        qv, q, k, four = cells["W_q,W_v"], cells["W_q"], cells["W_k"], cells["W_q,W_k,W_v,W_o"]
+        others = [cells[c] for c in columns if c != "W_q,W_k,W_v,W_o"]
+        claims += [
+            combine(f"{name}: adapting W_q,W_v (r=4) beats W_q alone (r=8) at an equal budget",
+                    "§7.1, Table 5", [beats(qv, q)], WHY_FEWER_MATRICES),
+            combine(f"{name}: adapting W_q,W_v (r=4) beats W_k alone (r=8) at an equal budget",
+                    "§7.1, Table 5", [beats(qv, k)], WHY_FEWER_MATRICES),
+            combine(f"{name}: all four (W_q,W_k,W_v,W_o at r=2) is best or tied",
+                    "Table 5", [matches_or_beats(four, other) for other in others if other.status != "n/a"]),
+        ]
+    return claims
+
+
+def _rank_claims(result: TableResult) -> list[Claim]:
+    ranks = [axis.key for axis in result.spec.columns]
+    claims = []
+    for task, name in TASKS:
+        cells = _cells(result, [(f"{task}|{weights}", r, f"{weights} {r}") for weights in RANK_WEIGHTS for r in ranks])
+        cell = lambda weights, r, cells=cells: cells[f"{weights} {r}"]  # noqa: E731
+        qv_r1 = cell("W_q,W_v", "r=1")
+        claims += [
+            combine(f"{name}: r=1 is already competitive for W_q,W_v (matches or beats every larger r)",
+                    "§7.2, Table 6", [matches_or_beats(qv_r1, cell("W_q,W_v", r)) for r in ranks if r != "r=1"],
+                    WHY_LOW_RANK),
+            combine(f"{name}: at r=1, W_q,W_v beats W_q alone (small r suffices more for W_q,W_v)",
+                    "§7.2, Table 6", [beats(qv_r1, cell("W_q", "r=1"))], WHY_LOW_RANK),
+            combine(f"{name}: a larger rank does not help: r=8 matches or beats r=64 for every weight type",
+                    "§7.2, Table 6", [matches_or_beats(cell(w, "r=8"), cell(w, "r=64"))
+                                      for w in RANK_WEIGHTS], WHY_LOW_RANK),
+        ]
+    return claims
+
+
+def _arm_cells(result: TableResult, column: str) -> dict[str, Cell]:
+    """The cells of one metric column (Tables 3 and 4), keyed by arm, sharing their pooled spread."""
+    labels = {axis.key: axis.labels[0] for axis in result.spec.rows}
+    cells = _cells(result, [(key, column, label) for key, label in labels.items()])
+    return {key: cells[label] for key, label in labels.items()}
+
+
+def _e2e_claims(result: TableResult) -> list[Claim]:
+    bleu = _arm_cells(result, "bleu")
+    peft = [cell for key, cell in bleu.items() if key not in ("lora", "ft") and cell.status != "n/a"]
+    all_metrics = [matches_or_beats(cells["lora"], cell)
+                   for metric in ("bleu", "nist", "meteor", "rouge_l", "cider")
+                   for cells in [_arm_cells(result, metric)]
+                   for key, cell in cells.items() if key != "lora" and cell.status != "n/a"]
+    return [
+        combine("LoRA matches or beats every other parameter-efficient method on BLEU",
+                "§5.4, Table 3", [matches_or_beats(bleu["lora"], cell) for cell in peft]),
+        combine("LoRA matches or beats full fine-tuning on BLEU", "§5.4, Table 3",
+                [matches_or_beats(bleu["lora"], bleu["ft"])], WHY_FT_E2E),
+        combine("LoRA matches or beats every other method on all five metrics", "Table 3", all_metrics),
+    ]
+
+
+def _methods_claims(result: TableResult) -> list[Claim]:
+    claims = []
+    for task, name in TASKS:
+        cells = _arm_cells(result, task)
+        lora = cells["lora_r8"]
+        others = [cell for key, cell in cells.items()
+                  if key not in ("ft", "lora_r1", "lora_r8") and cell.status != "n/a"]
+        claims += [
+            combine(f"{name}: LoRA (r_q=r_v=8) matches or beats full fine-tuning", "§5.5, Table 4",
+                    [matches_or_beats(lora, cells["ft"])], WHY_FT),
+            combine(f"{name}: LoRA (r_q=r_v=8) matches or beats every other adaptation method "
+                    "(BitFit, PreEmbed, PreLayer, Adapter^H)", "§5.5, Table 4",
+                    [matches_or_beats(lora, cell) for cell in others]),
+            combine(f"{name}: LoRA at r_q=r_v=1 matches or beats Adapter^H at r=1 (a similar budget)",
+                    "Table 15", [matches_or_beats(cells["lora_r1"], cells["adapter_h_r1"])]),
+        ]
+    return claims
+
+
+CLAIMS: dict[str, Callable[[TableResult], list[Claim]]] = {
+    "table_weight_type": _weight_type_claims,
+    "table_rank": _rank_claims,
+    "table_e2e": _e2e_claims,
+    "table_methods": _methods_claims,
+}
+
+
+def evaluate(result: TableResult) -> list[Claim]:
+    """The paper's claims for this table, each with a verdict on our numbers."""
+    return CLAIMS[result.spec.name](result)
+
+
+def render(claims: Sequence[Claim]) -> list[str]:
+    """Markdown lines: one table row per claim, then the decision rule."""
+    lines = ["| Paper's claim | Where | On our numbers | Evidence (mean ± std (n); Δ ± the 95 % interval's half-width) |",
+             "|---|---|---|---|"]
+    lines += [f"| {c.text} | {c.source} | **{c.verdict}**{' (marginal)' * c.marginal} | {c.evidence} |"
+              for c in claims]
+    if reasons := [f"- Not held: {c.text}. {c.why}" for c in claims if c.why]:
+        lines += ["", *reasons]
+    lines += ["", "Rule: each comparison is a 95 % interval on the difference of the two cells' means (Student's t; "
+              "SE² = the seed spread pooled over the table's cells of that metric, s_p²(1/n_A + 1/n_B), plus the "
+              "evaluation set's error, paired over the same examples: per example for accuracies, a bootstrap over "
+              "MRs for E2E). 'Beats': held when the interval lies above 0, not held below 0. 'Matches or beats': "
+              "held when the interval lies above minus the equivalence margin (accuracy 2 points, BLEU / METEOR / "
+              "ROUGE-L 1, NIST 0.1, CIDEr 0.05), not held below it; in between, inconclusive. A cell with fewer "
+              "than 2 seeds, or a run that did not learn or barely trained, judges nothing. (marginal): decided by "
+              f"less than {MARGINAL:.0%} of the interval's half-width."]
+    return lines

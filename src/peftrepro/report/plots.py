@@ -1,0 +1,147 @@
+"""Figures for the ablation tables: accuracy vs rank (Table 6) and per weight type (Table 5).
+
+Ours and the paper's are drawn in separate rows of panels, each with its own y-axis: our small
+model and GPT-3 175B live at different accuracy levels, and the question is whether the shapes
+agree. Error bars are ± one standard deviation over seeds; a cell with one seed has none (a hollow
+marker in Table 6, "n=1" over its bar in Table 5), so that it does not look like a cell of no spread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+if TYPE_CHECKING:
+    from peftrepro.report.cells import TableResult
+
+TASKS = (("wikisql", "WikiSQL", "logical-form accuracy (%)"), ("mnli", "MultiNLI-m", "accuracy (%)"))
+
+
+def _subtitle(result: TableResult) -> str:
+    profiles = sorted({r.profile for r in result.records}) or ["no records"]
+    models = sorted({str(r.model.get("name")) for r in result.records}) or ["—"]
+    return f"ours: {', '.join(models)}, profile {', '.join(profiles)}; paper: GPT-3 175B"
+
+
+def plot_rank(result: TableResult, path: Path) -> Path:
+    from peftrepro.report.specs import RANK_WEIGHTS, RANKS
+
+    figure, axes = plt.subplots(2, len(TASKS), figsize=(11, 7.5), squeeze=False)
+    for column, (task, name, unit) in enumerate(TASKS):
+        for weights in RANK_WEIGHTS:
+            cells = [result.stats(f"{task}|{weights}", f"r={r}") for r in RANKS]
+            means = [c["mean"] for c in cells]
+            line = axes[0][column].errorbar(RANKS, means, yerr=seed_error_bars(cells), marker="o", capsize=3,
+                                            label=weights)
+            one_seed = [(r, m) for r, m, c in zip(RANKS, means, cells) if c["n"] == 1]
+            if one_seed:
+                axes[0][column].scatter(*zip(*one_seed), marker="o", facecolors="white", zorder=3,
+                                        edgecolors=line.lines[0].get_color())
+            axes[1][column].plot(RANKS, [c["paper"] for c in cells], marker="s", linestyle="--", label=weights)
+        for row, who in enumerate(("ours (mean ± std over seeds; hollow: one seed)", "paper")):
+            axis = axes[row][column]
+            axis.set_xscale("log", base=2)
+            axis.set_xticks(RANKS, [str(r) for r in RANKS])
+            axis.set_xlabel("LoRA rank r")
+            axis.set_ylabel(f"{name} {unit}")
+            axis.set_title(f"{name}: {who}")
+            axis.grid(alpha=0.3)
+            axis.legend(title="adapted weights", fontsize=8)
+    figure.suptitle(f"Table 6: validation accuracy vs LoRA rank r\n{_subtitle(result)}")
+    return _save(figure, path)
+
+
+def plot_weight_type(result: TableResult, path: Path) -> Path:
+    from peftrepro.report.specs import WEIGHT_TYPE_COLUMNS
+
+    labels = [_wrap_weights(w) + f"\nr={r}" for w, r in WEIGHT_TYPE_COLUMNS]
+    positions = range(len(WEIGHT_TYPE_COLUMNS))
+    figure, axes = plt.subplots(2, len(TASKS), figsize=(13, 7.5), squeeze=False)
+    for column, (task, name, unit) in enumerate(TASKS):
+        cells = [result.stats(task, w) for w, _ in WEIGHT_TYPE_COLUMNS]
+        errors = seed_error_bars(cells)
+        axes[0][column].bar(positions, [c["mean"] for c in cells], yerr=errors, capsize=3, color="tab:blue")
+        axes[1][column].bar(positions, [c["paper"] for c in cells], color="tab:gray")
+        for row, who in enumerate(("ours (mean ± std over seeds)", "paper")):
+            axis = axes[row][column]
+            axis.set_xticks(list(positions), labels, fontsize=8)
+            axis.set_ylabel(f"{name} {unit}")
+            axis.set_title(f"{name}: {who}")
+            axis.grid(axis="y", alpha=0.3)
+            _zoom_to_bars(axis, errors if row == 0 else ())
+        _label_seeds(axes[0][column], cells, errors)
+    figure.suptitle("Table 5: adapted weight matrices at an equal budget (rank × #matrices constant)\n"
+                    f"{_subtitle(result)}")
+    return _save(figure, path)
+
+
+def seed_error_bars(cells: Sequence[Mapping[str, Any]]) -> list[float]:
+    """Error bars: the std over seeds, none (NaN) where fewer than two seeds ran."""
+    return [c["std"] if c["n"] >= 2 else float("nan") for c in cells]
+
+
+def _label_seeds(axis: plt.Axes, cells: Sequence[Mapping[str, Any]], errors: Sequence[float]) -> None:
+    """How many seeds each bar has ("n=2" above its error bar), and "no run" where there is no bar."""
+    bottom = axis.get_ylim()[0]
+    for x, (cell, error) in enumerate(zip(cells, errors)):
+        if cell["n"]:
+            top = cell["mean"] + (0.0 if math.isnan(error) else error)
+            axis.text(x, top, f"n={cell['n']}", ha="center", va="bottom", fontsize=7)
+        else:
+            axis.text(x, bottom, "no run", ha="center", va="bottom", fontsize=7, color="gray")
+
+
+def _wrap_weights(weights: str) -> str:
+    """Two weight names per line, so that neighbouring tick labels do not overlap."""
+    names = weights.split(",")
+    return ",\n".join(",".join(names[i:i + 2]) for i in range(0, len(names), 2))
+
+
+def _zoom_to_bars(axis: plt.Axes, errors: Sequence[float] = ()) -> None:
+    """Start the y-axis near the lowest bar or error bar, so that differences of a point stay visible.
+
+    Error bars count: a bar's spread must be seen whole, not cut off at the axis.
+    """
+    spans = []
+    for patch, error in itertools.zip_longest(axis.patches, errors, fillvalue=0.0):
+        height, error = patch.get_height(), (0.0 if math.isnan(error) else error)
+        if not math.isnan(height):
+            spans.append((height - error, height + error))
+    if spans:
+        low, high = min(s[0] for s in spans), max(s[1] for s in spans)
+        pad = max((high - low) * 0.5, 0.5)
+        bottom = max(0.0, low - pad)
+        axis.set_ylim(bottom, high + pad)
+        if bottom > 0:
+            axis.set_title(f"{axis.get_title()} (y-axis starts at {bottom:.3g})")
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+PLOTS: dict[str, Callable[[TableResult, Path], Path]] = {
+    "table_rank": plot_rank,
+    "table_weight_type": plot_weight_type,
+}
+
+
+def figure_name(table: str) -> str | None:
+    """The file name of the table's figure, written beside its page; None if it has none."""
+    return f"{table}.png" if table in PLOTS else None
+
+
+def plot(result: TableResult, out_dir: Path) -> list[Path]:
+    """The figure(s) for this table, if it has any: `<out_dir>/<table>.png`."""
+    figure = figure_name(result.spec.name)
+    return [] if figure is None else [PLOTS[result.spec.name](result, out_dir / figure)]

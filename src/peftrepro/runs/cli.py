@@ -1,0 +1,53 @@
+"""The Hydra entry of a run: `python -m peftrepro.runs` (console script `peftrepro-run`).
+
+One job composes conf/config.yaml with the command line's overrides and runs it
+(`peftrepro.runs.execute.run_one`); a multirun (`-m`) sweeps, each job a run of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from hydra.errors import CompactHydraException
+from omegaconf import DictConfig
+
+from peftrepro.errors import PeftReproError
+from peftrepro.runs.execute import run_one
+from peftrepro.runs.plan import CONFIG_DIR
+
+log = logging.getLogger("peftrepro.runs")
+
+
+class RunFailed(CompactHydraException):
+    """What the CLI prints for a failed job: one line, the traceback is in the record or the log."""
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
+def hydra_main(cfg: DictConfig) -> float | None:
+    """One Hydra job. Returns the primary metric (for Hydra sweepers that optimise it)."""
+    try:
+        record = run_one(cfg)
+    except PeftReproError as error:
+        if _in_multirun():  # Hydra reports only the first failed job of a sweep: log each one
+            log.error("%s: %s", type(error).__name__, error)
+        raise RunFailed(f"{type(error).__name__}: {error}") from None
+    except Exception as error:
+        raise RunFailed(f"run failed: {type(error).__name__}: {error} (traceback in the run's record.json "
+                        f"and in Hydra's log)") from error
+    value = (record.get("metrics") or {}).get(_primary_metric(str(record.get("task"))))
+    return float(value) if isinstance(value, (int, float)) else None
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+def _primary_metric(task_name: str) -> str:
+    from peftrepro.tasks import TASKS
+
+    return str(getattr(TASKS.get(task_name), "primary_metric", ""))
+
+def main() -> None:
+    """Console script `peftrepro-run` (same arguments as `python -m peftrepro.runs`)."""
+    hydra_main()

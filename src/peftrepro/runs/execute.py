@@ -1,0 +1,312 @@
+"""One run: a composed config in, one record out (`python -m peftrepro.runs`, `peftrepro-run`).
+
+    check    resolve the config, validate every name and number, build the task (cheap; a bad input
+             raises ConfigError/DataError here and NOTHING is written)
+    skip     results/runs/<experiment>/<run_key>/record.json says ok and force=false -> return it
+             (says "unscored", from a run with `scoring: later|auto`: score its saved predictions, no
+             training; peftrepro.runs.scoring)
+    set up   load data, model, apply the method, encode (an input error found here, e.g. a model that
+             cannot be found, still writes nothing)
+    train    peftrepro.runs.train.fit, evaluating after each epoch when the profile asks
+    record   predictions.jsonl.gz, adapter.safetensors + method.json, then record.json (last, atomic);
+             with `scoring: later` (or `auto` without Java) a task whose scorer needs Java (E2E)
+             leaves its metrics to peftrepro.runs.scoring and the record says "unscored"
+Any other exception from set-up on writes a `failed` record with the traceback and is re-raised,
+so the job exits non-zero; in a multirun Hydra's launcher goes on with the other jobs and the
+sweep exits non-zero at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import shutil
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+from omegaconf import DictConfig
+
+from peftrepro.errors import ConfigError, NotApplicableError, PeftReproError
+from peftrepro.interfaces import EvalOutput
+from peftrepro.runs import envinfo, records, reuse
+from peftrepro.runs.plan import RunPlan, plan_run
+from peftrepro.runs.tracking import Tracker, make_tracker
+from peftrepro.runs.train import (
+    TrainSettings,
+    TrainStats,
+    autocast_for,
+    fit,
+    make_train_state,
+    seed_everything,
+    total_steps,
+    warmup_steps,
+)
+
+log = logging.getLogger("peftrepro.runs")
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by `debug.fail_at` (tests of failure isolation)."""
+
+def run_one(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """Run `cfg` to a record (or return the finished record of an identical earlier run)."""
+    # The commit of the code this process runs: read before training (cached), since a commit made
+    # while a long run trains must not be credited with its numbers.
+    envinfo.git_state()
+    plan = plan_run(cfg)
+    if not plan.config.get("force") and records.is_finished(plan.directory):
+        log.info("skip %s: finished record at %s (force=true reruns it)", plan.key, plan.directory)
+        return records.read_record(plan.directory) or {}
+    if not plan.config.get("force") and records.status_of(plan.directory) == records.UNSCORED:
+        return _score_unscored(plan)
+    if not plan.config.get("force") and plan.config.get("reuse_equivalent_runs", True):
+        equivalent = reuse.find_equivalent(plan)
+        if equivalent is not None:
+            return reuse.copy_equivalent(equivalent, plan)
+    log.info("run %s -> %s", plan.key, plan.directory)
+    return _Run(plan).execute()
+
+def _score_unscored(plan: RunPlan) -> dict[str, Any]:
+    """A run trained and decoded earlier without scoring: score it now, or leave it for later."""
+    from peftrepro.runs.scoring import score_saved
+
+    if plan.defers_scoring:
+        log.info("skip %s: predictions saved, scoring deferred (scoring=%s) at %s", plan.key,
+                 plan.config.get("scoring"), plan.directory)
+        return records.read_record(plan.directory) or {}
+    log.info("score %s: saved predictions at %s (no training)", plan.key, plan.directory)
+    return score_saved(plan.directory, plan.task)
+
+@dataclass
+class _Run:
+    """The state of one run while it executes; becomes the record."""
+
+    plan: RunPlan
+    started: float = field(default_factory=time.perf_counter)
+    timings: dict[str, float] = field(default_factory=lambda: {"load_s": 0.0, "train_s": 0.0, "eval_s": 0.0})
+    partial: dict[str, Any] = field(default_factory=dict)  # record fields known so far
+
+    def execute(self) -> dict[str, Any]:
+        for stale in self.plan.directory.glob(".tmp-run-*"):  # left by a killed attempt
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = self.plan.directory / f".tmp-run-{datetime.now().strftime('%Y%m%d%H%M%S%f')}"
+        try:
+            setup = self._set_up()
+        except NotApplicableError as error:  # a legitimate table cell: "n/a" with the reason
+            return self._write_not_applicable(error)
+        except PeftReproError:
+            raise  # an input error found while loading: nothing written (see module doc)
+        except BaseException as error:
+            self._write_failed(error)
+            raise
+        tracker, exit_code = Tracker(), 1
+        try:
+            tracker = make_tracker(self.plan)
+            record = self._train_and_evaluate(setup, staging, tracker)
+            exit_code = 0
+            return record
+        except BaseException as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            self._write_failed(error)
+            raise
+        finally:
+            tracker.finish(exit_code)  # always: runs of a sweep must not merge (wandb #1314)
+
+    # -- phases
+
+    def _set_up(self) -> _Setup:
+        from peftrepro.methods import apply_method, count_parameters
+        from peftrepro.models import context_length, describe, load_model
+
+        plan, config = self.plan, self.plan.config
+        began = time.perf_counter()
+        seed_everything(int(config["seed"]), plan.settings.deterministic)
+        task = plan.task
+        train_rows = task.load_split(task.options.train_split, task.options.max_train_examples)
+        eval_rows = task.load_split(task.options.eval_split, task.options.max_eval_examples)
+        if not train_rows:
+            raise ConfigError(f"task {task.name}: split {task.options.train_split!r} has no examples; zero steps")
+        model, tokenizer = load_model(config["model"])
+        self.partial["model"] = describe(model, config["model"])
+        _fail_if(config, "setup")
+        applied = apply_method(model, plan.method_config)
+        settings = replace(plan.settings, max_length=_sequence_length(plan, applied.prompt.n_virtual,
+                                                                     context_length(model)))
+        trainable, total = count_parameters(model)
+        self.partial["params"] = {"trainable": int(trainable), "total": int(total)}
+        device = _device(config)
+        model.to(device)
+        encoded = [task.encode(row, tokenizer, applied.prompt, plan.settings.max_length) for row in train_rows]
+        self.partial["data"] = {"train_examples": len(encoded), "eval_examples": len(eval_rows),
+                                "train_split": task.options.train_split, "eval_split": task.options.eval_split,
+                                "source": plan.data_source,
+                                "train_tokens_per_epoch": sum(len(e.input_ids) for e in encoded)}
+        self.timings["load_s"] = time.perf_counter() - began
+        return _Setup(model, tokenizer, applied, encoded, eval_rows, device, settings)
+
+    def _train_and_evaluate(self, setup: _Setup, staging: Path, tracker: Tracker) -> dict[str, Any]:
+        from peftrepro.methods import save_adapter
+
+        plan, config, settings = self.plan, self.plan.config, setup.settings
+        if setup.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(setup.device)
+        per_epoch: list[dict[str, Any]] = []
+        best: dict[str, Any] = {}
+        primary = plan.task.primary_metric
+
+        def evaluate(epoch: int, step: int) -> None:
+            output = self._evaluate(setup)
+            row = {"epoch": epoch, **output.metrics}
+            per_epoch.append(row)
+            tracker.log({f"eval/{k}": v for k, v in output.metrics.items() if isinstance(v, (int, float))}, step)
+            if not best or _score(row, primary) > _score(best["row"], primary):
+                best.update(row=row, output=output, bytes=0)
+                if plan.method_config.trains:  # the zero-shot baseline has no weights of its own
+                    shutil.rmtree(staging / "adapter", ignore_errors=True)
+                    best["bytes"] = save_adapter(setup.model, plan.method_config, staging / "adapter")
+
+        _fail_if(config, "train")
+        if not plan.method_config.trains:  # method `none`: the zero-shot baseline, evaluated as loaded
+            evaluate(0, 0)
+            return self._finish(staging, TrainStats(), per_epoch, best, setup)
+        num_steps = total_steps(len(setup.encoded), settings)
+        state = make_train_state(setup.model, settings, num_steps, warmup_steps(setup.encoded, settings),
+                                 setup.device)
+        stats = fit(state, setup.encoded, setup.tokenizer.pad_token_id, int(config["seed"]), on_log=tracker.log,
+                    on_epoch_end=(lambda epoch: evaluate(epoch, state.step)) if settings.eval_every_epoch else None)
+        self.timings["train_s"] = stats.seconds
+        if not settings.eval_every_epoch:
+            evaluate(stats.epochs, state.step)
+        return self._finish(staging, stats, per_epoch, best, setup)
+
+    def _evaluate(self, setup: _Setup) -> EvalOutput:
+        plan = self.plan
+        began = time.perf_counter()
+        _fail_if(plan.config, "eval")
+        deferred = {"score": False} if plan.defers_scoring else {}
+        with _merged(setup.applied, plan.config.get("merge_for_eval", True)), \
+                autocast_for(setup.device, plan.settings.precision):
+            output = plan.task.evaluate(setup.model, setup.tokenizer, setup.eval_rows, setup.applied.prompt,
+                                        plan.decoding, **deferred)
+        self.timings["eval_s"] += time.perf_counter() - began
+        log.info("eval: %s", {k: v for k, v in output.metrics.items()})
+        return output
+
+    def _finish(self, staging: Path, stats: TrainStats, per_epoch: list[dict[str, Any]], best: dict[str, Any],
+                setup: _Setup) -> dict[str, Any]:
+        plan = self.plan
+        directory = plan.directory
+        (directory / records.RECORD_FILE).unlink(missing_ok=True)  # an old record never vouches for new files
+        records.write_predictions(staging, best["output"].predictions)
+        if (staging / "adapter").is_dir():
+            records.move_into(staging / "adapter", directory)
+        records.move_into(staging, directory)
+        record = self._record("ok" if best["output"].scored else records.UNSCORED, None, setup.device)
+        record.update(
+            metrics=best["row"] and {k: v for k, v in best["row"].items() if k != "epoch"},
+            metrics_per_epoch=per_epoch,
+            best_epoch=best["row"]["epoch"] if plan.settings.eval_every_epoch else None,
+            checkpoint_bytes=int(best["bytes"]),
+            eval_notes=best["output"].notes,
+            training={"steps": stats.steps, "epochs": stats.epochs, "tokens": stats.tokens,
+                      "padded_tokens": stats.padded_tokens, "final_loss": stats.last_loss,
+                      "loss_curve": [list(point) for point in stats.losses]},
+            throughput={"train_tokens_per_s": stats.tokens_per_s,
+                        "train_padded_tokens_per_s": stats.padded_tokens / stats.seconds if stats.seconds else 0.0},
+        )
+        records.write_record(directory, record)
+        log.info("%s %s: %s", record["status"], plan.key, record["metrics"])
+        return records.read_record(directory) or record  # as written: plain JSON types
+
+    # -- records
+
+    def _record(self, status: str, error: dict[str, str] | None, device: torch.device | None) -> dict[str, Any]:
+        plan, config = self.plan, self.plan.config
+        self.timings["total_s"] = time.perf_counter() - self.started
+        return {
+            "schema_version": records.SCHEMA_VERSION, "run_key": plan.key, "experiment": config["experiment"],
+            "status": status, "error": error, "config": config, "seed": config["seed"],
+            "profile": config.get("profile_name"), "model": self.partial.get("model"),
+            "task": plan.task.name, "method": {"name": plan.method_config.name, **plan.method_config.options()},
+            "metrics": {}, "metrics_per_epoch": [], "best_epoch": None,
+            "params": self.partial.get("params"), "checkpoint_bytes": None, "data": self.partial.get("data"),
+            "timings": dict(self.timings), "throughput": {"train_tokens_per_s": None},
+            "memory": _peak_memory(device), "env": envinfo.environment(),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def _write_not_applicable(self, error: NotApplicableError) -> dict[str, Any]:
+        record = self._record(records.NOT_APPLICABLE, {"type": type(error).__name__, "message": str(error),
+                                                       "traceback": ""}, None)
+        records.write_record(self.plan.directory, record)
+        log.warning("run %s is not applicable: %s", self.plan.key, error)
+        return record
+
+    def _write_failed(self, error: BaseException) -> None:
+        details = {"type": type(error).__name__, "message": str(error),
+                   "traceback": "".join(traceback.format_exception(error))}
+        try:
+            records.write_record(self.plan.directory, self._record("failed", details, None))
+            log.error("run %s failed (%s: %s); record at %s", self.plan.key, type(error).__name__, error,
+                      self.plan.directory / records.RECORD_FILE)
+        except Exception:  # never hide the original error behind a failure to record it
+            log.exception("could not write the failed record of %s", self.plan.key)
+
+@dataclass
+class _Setup:
+    model: torch.nn.Module
+    tokenizer: Any
+    applied: Any
+    encoded: list
+    eval_rows: list
+    device: torch.device
+    settings: TrainSettings  # the plan's, with the longest sequence this method makes
+
+def _sequence_length(plan: RunPlan, n_virtual: int, context: int | None) -> int:
+    """The longest training sequence: the example's own tokens (train.max_length) plus the method's
+    virtual tokens, which must fit the model's context (prefix tuning spends context, paper §3)."""
+    length = plan.settings.max_length + n_virtual
+    if context is not None and length > context:
+        raise ConfigError(
+            f"train.max_length={plan.settings.max_length} example tokens + {n_virtual} virtual tokens of "
+            f"method {plan.method_config.name!r} = {length} exceed the model's context of {context} "
+            f"positions; lower task.max_length or method.prefix_length / method.infix_length")
+    return length
+
+def _score(row: Mapping[str, Any], metric: str) -> float:
+    value = row.get(metric)
+    return float(value) if isinstance(value, (int, float)) and not math.isnan(value) else -math.inf
+
+@contextmanager
+def _merged(applied: Any, enabled: bool) -> Iterator[None]:
+    """LoRA folded into W for evaluation (no extra latency, paper §4.2), unfolded afterwards."""
+    if not (enabled and getattr(applied, "mergeable", None)):
+        yield
+        return
+    applied.merge()
+    try:
+        yield
+    finally:
+        applied.unmerge()
+
+def _fail_if(config: Mapping[str, Any], phase: str) -> None:
+    if config.get("debug", {}).get("fail_at") == phase:
+        raise InjectedFailure(f"injected failure in phase {phase!r} (debug.fail_at={phase})")
+
+def _device(config: Mapping[str, Any]) -> torch.device:
+    choice = config.get("device", "auto")
+    return torch.device("cuda" if choice == "cuda" or choice == "auto" and torch.cuda.is_available() else "cpu")
+
+def _peak_memory(device: torch.device | None) -> dict[str, Any]:
+    if device is not None and device.type == "cuda":
+        return {"peak_bytes": int(torch.cuda.max_memory_allocated(device)), "device": envinfo.device_name(device),
+                "kind": "torch.cuda.max_memory_allocated"}
+    return {"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "device": envinfo.device_name(torch.device("cpu")), "kind": "process max RSS"}

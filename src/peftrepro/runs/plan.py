@@ -1,0 +1,174 @@
+"""A run's plan: the composed config resolved and validated, its key and folder, nothing loaded.
+
+`plan_run` is the check stage of a run (`peftrepro.runs.execute`): every name and number is
+validated and the task is built (cheap); a bad input raises ConfigError / DataError here and
+nothing is written. It also registers the config resolvers a composed config needs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from peftrepro import selection
+from peftrepro.errors import ConfigError
+from peftrepro.interfaces import DecodingConfig
+from peftrepro.paths import project_root, resolve_path
+from peftrepro.runs import records
+from peftrepro.runs.train import TrainSettings
+
+LOGGERS = ("none", "wandb")
+FAIL_PHASES = (None, "setup", "train", "eval")
+DEVICES = ("auto", "cpu", "cuda")
+SCORING = ("now", "later", "auto")
+CONFIG_DIR = project_root() / "conf"
+
+# Hydra's own output dirs (conf/hydra/default.yaml) are placed under the project root, whatever the cwd.
+OmegaConf.register_new_resolver("project_path", lambda path: str(resolve_path(str(path))), replace=True)
+# Learning rates of the fair protocol (peftrepro.runs.lr_search): a rung of the search's ladder, and the
+# rate the search chose for (task, method), read from the choice file under the results folder.
+OmegaConf.register_new_resolver("lr_ladder", lambda start, step: selection.ladder(float(start), int(step)),
+                                replace=True)
+OmegaConf.register_new_resolver(
+    "selected_lr", lambda results_dir, profile, model, task, method: selection.selected_lr(
+        selection.choice_path(resolve_path(str(results_dir)), str(profile), str(model)), str(task), str(method)),
+    replace=True)
+
+
+@dataclass
+class RunPlan:
+    """A validated run: every input checked, nothing loaded yet."""
+
+    config: dict[str, Any]
+    key: str
+    directory: Path
+    settings: TrainSettings
+    decoding: DecodingConfig
+    method_config: Any
+    task: Any
+    data_source: str
+    defers_scoring: bool  # metrics left to peftrepro.runs.scoring (`defers_scoring`), decided once here
+
+def plan_run(cfg: DictConfig | Mapping[str, Any]) -> RunPlan:
+    """Resolve and validate `cfg`; raise one ConfigError/DataError naming what is wrong."""
+    from peftrepro.methods import make_method_config
+    from peftrepro.tasks import make_task
+
+    config = resolved_config(cfg)
+    settings = TrainSettings.from_config(config["train"])
+    decoding = _decoding(config["decoding"])
+    _check_choices(config)
+    method_node = dict(config["method"])
+    method_config = make_method_config(str(method_node.get("name")), method_node)
+    data_root, data_source = _data_root(config)
+    task = make_task(str(config["task"].get("name")), data_root, dict(config["task"]))
+    deferred = defers_scoring(config, task)
+    if deferred and settings.eval_every_epoch:
+        raise ConfigError(f"scoring={config.get('scoring')} defers E2E scoring here, so it cannot pick the best "
+                          "epoch (train.eval_every_epoch=true needs the scores of every epoch): score now (on a "
+                          "machine with Java), or set train.eval_every_epoch=false")
+    key = records.run_key(config)
+    directory = records.run_dir(config["results_dir"], str(config["experiment"]), key)
+    return RunPlan(config, key, directory, settings, decoding, method_config, task, data_source, deferred)
+
+def resolved_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The config as plain data with every interpolation resolved (Hydra's own node dropped)."""
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True) if isinstance(
+            cfg, DictConfig) else dict(cfg)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"config does not resolve: {error}".replace("\n", " ")) from error
+    container.pop("hydra", None)
+    for key in ("model", "task", "method", "train", "decoding", "logger", "seed", "experiment"):
+        if key not in container:
+            raise ConfigError(f"config has no `{key}`; compose it from conf/config.yaml")
+    return container
+
+def _decoding(node: Mapping[str, Any]) -> DecodingConfig:
+    try:
+        decoding = DecodingConfig(**node)
+    except TypeError as error:
+        raise ConfigError(f"decoding: {error}; valid keys: {list(DecodingConfig.__dataclass_fields__)}") from error
+    for name in ("num_beams", "max_new_tokens", "batch_size"):
+        if int(getattr(decoding, name)) < 1:
+            raise ConfigError(f"decoding.{name}={getattr(decoding, name)} must be >= 1")
+    return decoding
+
+def _check_choices(config: Mapping[str, Any]) -> None:
+    from peftrepro.models import SOURCES
+
+    seed = config["seed"]
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"seed={seed!r} must be an integer >= 0")
+    if config["model"].get("source") not in SOURCES:
+        raise ConfigError(f"model.source={config['model'].get('source')!r} must be one of {SOURCES}")
+    logger = config["logger"].get("name")
+    if logger not in LOGGERS:
+        raise ConfigError(f"logger.name={logger!r} must be one of {LOGGERS}")
+    if logger == "wandb":
+        import importlib.util
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError("logger=wandb needs the wandb package: pip install 'peft-repro[wandb]'")
+    fail_at = config.get("debug", {}).get("fail_at")
+    if fail_at not in FAIL_PHASES:
+        raise ConfigError(f"debug.fail_at={fail_at!r} must be one of {FAIL_PHASES}")
+    if config.get("device", "auto") not in DEVICES:
+        raise ConfigError(f"device={config.get('device')!r} must be one of {DEVICES}")
+    if config.get("device") == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but torch sees no CUDA device; use device=auto or device=cpu")
+    if config.get("scoring", "now") not in SCORING:
+        raise ConfigError(f"scoring={config.get('scoring')!r} must be one of {SCORING}")
+
+def defers_scoring(config: Mapping[str, Any], task: Any) -> bool:
+    """Whether this run leaves its metrics to peftrepro.runs.scoring: `scoring: later`, or `auto` on a machine
+    without the scorer's tools, and a task whose scorer can run later (E2E); others always score now."""
+    from peftrepro.runs.scoring import can_defer
+
+    mode = config.get("scoring", "now")
+    return mode != "now" and can_defer(task) and (mode == "later" or bool(task.missing_scoring_tools()))
+
+def _data_root(config: Mapping[str, Any]) -> tuple[str | None, str]:
+    """Where the data is read from, and how the record names it (fixtures | a path | hub)."""
+    if config.get("use_fixtures"):
+        return str(fixture_root(resolve_path(str(config.get("cache_dir", ".cache"))))), "fixtures"
+    data_root = config.get("data_root")
+    if data_root in (None, ""):
+        env = os.environ.get("PEFTREPRO_DATA_ROOT")
+        return None, env if env else "hub"
+    root = resolve_path(str(data_root))
+    if not root.is_dir():
+        raise ConfigError(f"data_root={data_root} is not a directory ({root}); point it at a copy of "
+                          "a data root (the layout of peftrepro.tasks.data; or export PEFTREPRO_DATA_ROOT), or use profile=smoke "
+                          "for fixtures")
+    return str(root), str(root)
+
+def fixture_root(cache_dir: Path) -> Path:
+    """The fixture data root, written once per version of the fixture code.
+
+    Written to a temporary folder and renamed into place, so parallel jobs of a sweep never read
+    a half-written file; the folder name carries a hash of `peftrepro/tasks/fixtures.py`, so a
+    change there gives fresh fixtures.
+    """
+    import hashlib
+    import tempfile
+
+    from peftrepro.tasks import fixtures
+
+    version = hashlib.sha256(Path(fixtures.__file__).read_bytes()).hexdigest()[:10]
+    target = cache_dir / "fixtures" / version
+    if not target.is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+        fixtures.write_fixtures(staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another job got there first: its copy is identical
+            shutil.rmtree(staging, ignore_errors=True)
+    return target

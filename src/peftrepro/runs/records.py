@@ -1,0 +1,178 @@
+"""Run records: the key of a run, where its files live, and writing them so that a killed run
+never leaves a record that looks finished.
+
+A run lives in `results/runs/<experiment>/<run_key>/`:
+  record.json        the self-describing record (schema below, `SCHEMA_VERSION`), written LAST
+  predictions.jsonl.gz  one row per evaluated example (from the task's `EvalOutput`), gzipped with
+                     no timestamp (the same rows give the same bytes); records written before the
+                     fair protocol keep a plain predictions.jsonl, which every reader still accepts
+  adapter.safetensors + method.json   the trained method's weights (gitignored)
+Every file is written to a temporary name in the same folder and renamed (`os.replace` is atomic
+on POSIX and Windows), and record.json only after the others, so `status: ok` in a readable
+record means every artefact beside it is complete.
+
+The run key is a hash of what the run *means* (`semantic_config`: model, task, method, training
+and decoding settings, seed, data selection), never of the clock or of where results go, so a sweep that is
+rerun finds its finished runs and skips them, and two jobs started in the same second cannot
+share a folder unless they are the same run (lightning-hydra-template #511).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from peftrepro.paths import resolve_path
+
+SCHEMA_VERSION = 1
+RECORD_FILE = "record.json"
+PREDICTIONS_FILE = "predictions.jsonl.gz"
+LEGACY_PREDICTIONS_FILE = "predictions.jsonl"  # plain text, in records of earlier versions
+
+# Only these train settings are left out of the key: they change what is printed, not what is computed.
+REPORTING_TRAIN_KEYS = ("progress", "log_every")
+
+
+def semantic_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config that defines what a run computes (the input of the run key).
+
+    In: model, task (with its splits and example limits), method, train and decoding settings,
+    seed, fixtures-or-real-data, LoRA merging for evaluation, and an injected failure (so a test's
+    failed record never shadows the real run). Out: experiment, results_dir, force, logger, hydra,
+    data_root (results move between machines), device, scoring (now or later, the same metrics),
+    and the profiles' lookup tables (already resolved into train/decoding).
+    """
+    missing = [key for key in ("model", "task", "method", "train", "decoding", "seed") if key not in config]
+    if missing:
+        raise KeyError(f"config lacks {missing}; cannot compute a run key")
+    train = {k: v for k, v in config["train"].items() if k not in REPORTING_TRAIN_KEYS}
+    debug = config.get("debug") or {}
+    return {"model": config["model"], "task": config["task"], "method": config["method"], "train": train,
+            "decoding": config["decoding"], "data": {"fixtures": bool(config.get("use_fixtures"))},
+            "seed": config["seed"], "merge_for_eval": config.get("merge_for_eval", True),
+            **({"debug": dict(debug)} if debug.get("fail_at") else {})}
+
+
+def run_key(config: Mapping[str, Any]) -> str:
+    """`<task>-<method>-<model>-s<seed>-<hash>`: readable, and unique per semantic config."""
+    semantic = semantic_config(config)
+    digest = hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()
+    readable = "-".join(str(part) for part in (semantic["task"]["name"], semantic["method"]["name"],
+                                               semantic["model"]["name"], f"s{semantic['seed']}"))
+    return f"{_slug(readable)}-{digest[:12]}"
+
+
+def run_dir(results_dir: str | os.PathLike[str], experiment: str, key: str) -> Path:
+    return run_folder(resolve_path(results_dir) / "runs", experiment, key)
+
+
+def run_folder(runs_root: Path, experiment: str, key: str) -> Path:
+    """Where a run's files live under a runs folder (`results/runs`, or one given as it is)."""
+    return runs_root / _slug(experiment) / key
+
+
+def read_record(directory: Path) -> dict[str, Any] | None:
+    """The record in `directory`, or None when there is none or it is unreadable."""
+    try:
+        return json.loads((directory / RECORD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+# A run that cannot apply to its model by definition (errors.NotApplicableError): final, like "ok".
+NOT_APPLICABLE = "not_applicable"
+FINISHED_STATUSES = ("ok", NOT_APPLICABLE)
+# Trained and decoded, predictions saved, metrics not computed yet (config `scoring: later`, or `auto`
+# without Java):
+# `peftrepro.runs.scoring` turns it into "ok" without training again.
+UNSCORED = "unscored"
+
+
+def status_of(directory: Path) -> str | None:
+    """The status of the record in `directory`; None when there is no readable record."""
+    record = read_record(directory)
+    return None if record is None else record.get("status")
+
+
+def is_finished(directory: Path) -> bool:
+    return status_of(directory) in FINISHED_STATUSES
+
+
+def write_record(directory: Path, record: Mapping[str, Any]) -> Path:
+    return atomic_write_text(directory / RECORD_FILE, json.dumps(record, indent=2, sort_keys=False,
+                                                                 default=_json_default) + "\n")
+
+
+def write_predictions(directory: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
+    lines = "".join(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n" for row in rows)
+    return atomic_write_bytes(directory / PREDICTIONS_FILE, gzip.compress(lines.encode("utf-8"), mtime=0))
+
+
+def predictions_path(directory: Path) -> Path:
+    """The predictions file of the run in `directory`: gzipped, or the plain file of an older record."""
+    legacy = directory / LEGACY_PREDICTIONS_FILE
+    return legacy if legacy.is_file() and not (directory / PREDICTIONS_FILE).is_file() else directory / PREDICTIONS_FILE
+
+
+def read_predictions(path: Path) -> list[dict[str, Any]]:
+    """The rows of a predictions file (gzipped or plain). OSError / ValueError when unreadable."""
+    raw = path.read_bytes()
+    text = (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode("utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write `text` to a temp file beside `path`, fsync, then rename over `path`."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write `data` to a temp file beside `path`, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    try:
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; records are meant to be shared
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def move_into(source_dir: Path, target_dir: Path) -> None:
+    """Move every file of `source_dir` into `target_dir` (atomic per file), then drop source_dir."""
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for item in source_dir.iterdir():
+        os.replace(item, target_dir / item.name)
+    source_dir.rmdir()
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_") or "_"
+
+
+def _json_default(value: Any) -> Any:
+    """JSON for the few non-JSON values that reach a record (paths, numpy / torch scalars)."""
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)

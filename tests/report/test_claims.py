@@ -1,0 +1,231 @@
+"""The claims check: held / not held / inconclusive from the seed spread and the evaluation sample."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from peftrepro.report.cells import build_table
+from peftrepro.report.claims import (
+    HELD,
+    INCONCLUSIVE,
+    NOT_HELD,
+    WHY_FEWER_MATRICES,
+    WHY_FT,
+    WHY_FT_E2E,
+    Cell,
+    Pool,
+    beats,
+    combine,
+    evaluate,
+    matches_or_beats,
+    render,
+)
+from peftrepro.report.records import parse_record
+from peftrepro.report.render import incomplete_lines
+from peftrepro.report.specs import TABLES
+
+
+def cell(mean: float, std: float = 0.1, n: int = 3, sampling_se: float = 0.0) -> Cell:
+    return Cell("x", mean, std, n, "ok", sampling_se)
+
+
+@pytest.mark.parametrize("compare,a,b,verdict", [
+    (beats, cell(60.0), cell(50.0), HELD),
+    (beats, cell(50.0), cell(60.0), NOT_HELD),
+    (beats, cell(50.1, std=2.0), cell(50.0, std=2.0), INCONCLUSIVE),
+    (beats, cell(60.0, n=1), cell(50.0), INCONCLUSIVE),
+    (beats, cell(60.0), cell(float("nan"), n=0), INCONCLUSIVE),
+    # 'matches or beats' is non-inferiority within the equivalence margin (2 points of accuracy):
+    # a wide interval that reaches below -2 is "not shown worse", which is inconclusive, not held
+    (matches_or_beats, cell(50.0, std=2.0), cell(50.5, std=2.0), INCONCLUSIVE),
+    (matches_or_beats, cell(50.0), cell(60.0), NOT_HELD),
+    (matches_or_beats, cell(60.0), cell(50.0), HELD),
+    (matches_or_beats, cell(49.5), cell(50.0), HELD),  # a little worse, but surely within the margin
+    (matches_or_beats, cell(60.0, n=1), cell(50.0, n=1), INCONCLUSIVE),
+    # the same 4-point gap with no seed spread: the evaluation sample's error alone decides
+    (beats, cell(54.0, std=0.0), cell(50.0, std=0.0), HELD),
+    (beats, cell(54.0, std=0.0, sampling_se=3.5), cell(50.0, std=0.0, sampling_se=3.5), INCONCLUSIVE),
+    (matches_or_beats, cell(50.0, std=0.0, sampling_se=3.5), cell(54.0, std=0.0, sampling_se=3.5), INCONCLUSIVE),
+    (matches_or_beats, cell(50.0, std=0.0, sampling_se=0.5), cell(54.0, std=0.0, sampling_se=0.5), NOT_HELD),
+    (matches_or_beats, cell(52.0, std=0.0, sampling_se=0.5), cell(50.0, std=0.0, sampling_se=0.5), HELD),
+])
+def test_comparisons(compare, a, b, verdict):
+    assert compare(a, b).verdict == verdict
+
+
+def exact(mean: float) -> Cell:
+    """A cell whose only error is the evaluation set's: half-width 1.96·hypot(1, 1) = 2.77 on a difference."""
+    return cell(mean, std=0.0, sampling_se=1.0)
+
+
+@pytest.mark.parametrize("compare,a,b,verdict,marginal", [
+    (beats, exact(52.9), exact(50.0), HELD, True),          # 0.13 past the line
+    (beats, exact(56.0), exact(50.0), HELD, False),
+    (beats, exact(50.0), exact(52.9), NOT_HELD, True),
+    (beats, exact(51.0), exact(50.0), INCONCLUSIVE, False),
+    (matches_or_beats, exact(50.0), exact(54.9), NOT_HELD, True),  # the interval ends 0.13 below -2
+    (matches_or_beats, exact(51.0), exact(50.0), HELD, True),  # it starts 0.23 above -2
+    (matches_or_beats, exact(52.0), exact(50.0), HELD, False),
+])
+def test_a_verdict_within_a_tenth_of_its_margin_is_marginal(compare, a, b, verdict, marginal):
+    comparison = compare(a, b)
+    assert (comparison.verdict, comparison.marginal) == (verdict, marginal)
+    claim = combine("claim", "§0", [comparison])
+    assert claim.marginal == marginal
+    assert (f"**{verdict}** (marginal) |" in render([claim])[2]) == marginal
+
+
+def test_a_claim_not_held_is_marginal_only_if_every_failing_comparison_is():
+    near, far = matches_or_beats(exact(50.0), exact(54.9)), matches_or_beats(exact(50.0), exact(60.0))
+    assert combine("claim", "§0", [near]).marginal
+    assert not combine("claim", "§0", [near, far]).marginal
+
+
+@pytest.mark.parametrize("n, df, quantile_", [(2, 2, 4.303), (3, 4, 2.776), (11, 20, 2.086)])
+def test_the_seed_term_uses_the_pooled_spread_and_its_degrees_of_freedom(n, df, quantile_):
+    """Two cells of n seeds each with sd 1: pooled df = 2(n-1), the interval a t quantile wide."""
+    a, b = cell(52.0, std=1.0, n=n), cell(50.0, std=1.0, n=n)
+    pool = Pool.of([a, b])
+    assert pool.df == df and pool.sd == pytest.approx(1.0)
+    comparison = beats(replace(a, pool=pool), replace(b, pool=pool))
+    assert comparison.margin == pytest.approx(quantile_ * (2 / n) ** 0.5, rel=1e-3)
+    assert f"t with {df} df" in comparison.evidence and "pooled over 2 cells" in comparison.evidence
+
+
+def test_a_cell_that_did_not_learn_is_left_out_of_the_pool_and_judges_nothing():
+    good, failed = cell(60.0, std=1.0, n=2), replace(cell(35.0, std=9.0, n=2), did_not_learn="seed 0: 35.0 vs 36.0")
+    assert Pool.of([good, failed]).df == 1
+    comparison = matches_or_beats(good, failed)
+    assert comparison.verdict == INCONCLUSIVE and "did not learn" in comparison.evidence
+
+
+def weight_type_records(make_record, qv: float, q: float):
+    for seed in range(3):
+        for ranks, accuracy in (({"W_q": 4, "W_v": 4}, qv), ({"W_q": 8}, q)):
+            yield make_record("table_weight_type", "wikisql", {"name": "lora", "ranks": ranks}, seed,
+                              {"lf_accuracy": accuracy + seed / 1000})
+
+
+@pytest.mark.parametrize("qv,q,verdict", [(0.6, 0.5, HELD), (0.5, 0.6, NOT_HELD)])
+def test_weight_type_claim_on_records(runs_dir, write, make_record, qv, q, verdict):
+    for record in weight_type_records(make_record, qv, q):
+        write(record)
+    claims = evaluate(build_table(TABLES["table_weight_type"], runs_dir))
+    claim = next(c for c in claims if c.text.startswith("WikiSQL: adapting W_q,W_v (r=4) beats W_q alone"))
+    assert claim.verdict == verdict
+    # the MultiNLI half of the table has no records: its claims cannot be judged
+    assert all(c.verdict == INCONCLUSIVE for c in claims if c.text.startswith("MultiNLI"))
+
+
+def test_a_claim_not_held_says_why_and_how_the_cells_trained(runs_dir, write, make_record):
+    for record in weight_type_records(make_record, qv=0.5, q=0.6):
+        record["training"] = {"steps": 250, "final_loss": 0.9 if "W_v" in record["method"]["ranks"] else 0.7}
+        write(record)
+    claims = evaluate(build_table(TABLES["table_weight_type"], runs_dir))
+    failed = next(c for c in claims if c.text.startswith("WikiSQL: adapting W_q,W_v (r=4) beats W_q alone"))
+    assert failed.verdict == NOT_HELD
+    assert failed.why == (f"{WHY_FEWER_MATRICES} As trained here: W_q,W_v: 1K trainable, lr 0.0002, "
+                          "250 steps, final training loss 0.90 (mean of 3); W_q: 1K trainable, lr 0.0002, "
+                          "250 steps, final training loss 0.70 (mean of 3).")
+    assert f"- Not held: {failed.text}. {failed.why}" in render(claims)
+    assert all(not c.why for c in claims if c.verdict != NOT_HELD)
+
+
+@pytest.mark.parametrize("experiment,task,lora,metric,why", [
+    ("table_e2e", "e2e", {"name": "lora", "weights": ["W_q", "W_v"], "r": 4, "ranks": None}, "bleu", WHY_FT_E2E),
+    ("table_methods", "wikisql", {"name": "lora", "weights": ["W_q", "W_v"], "r": 8, "ranks": None},
+     "lf_accuracy", WHY_FT),
+])
+def test_lora_below_full_fine_tuning_is_explained_by_its_own_tables_model(runs_dir, write, make_record,
+                                                                           experiment, task, lora, metric, why):
+    for seed in (0, 1):
+        write(make_record(experiment, task, lora, seed, {metric: 0.50 + seed / 100}))
+        write(make_record(experiment, task, {"name": "ft"}, seed, {metric: 0.70 + seed / 100}))
+    claim = next(c for c in evaluate(build_table(TABLES[experiment], runs_dir))
+                 if "matches or beats full fine-tuning" in c.text)
+    assert claim.verdict == NOT_HELD
+    assert claim.why.startswith(f"{why} As trained here: ")
+    assert ("GPT-2" in claim.why) == (experiment == "table_e2e")
+
+
+def test_a_cell_that_barely_trained_is_listed_and_judges_no_claim(runs_dir, write, make_record):
+    for record in weight_type_records(make_record, qv=0.6, q=0.3):
+        broken = record["method"]["ranks"] == {"W_q": 8} and record["seed"] == 1  # loss 12.4 → 12.3
+        record["training"] = {"steps": 250, "loss_curve": [[10, 12.4 if broken else 2.3]],
+                              "final_loss": 12.3 if broken else 0.9}
+        write(record)
+    result = build_table(TABLES["table_weight_type"], runs_dir)
+    claim = next(c for c in evaluate(result)
+                 if c.text.startswith("WikiSQL: adapting W_q,W_v (r=4) beats W_q alone"))
+    assert claim.verdict == INCONCLUSIVE  # 60 against 30 would be held, but W_q's fit failed at seed 1
+    assert "W_q barely trained (seed 1: loss 12.40 at step 10 → 12.30 at step 250)" in claim.evidence
+    listed = [line for line in incomplete_lines(result) if line.startswith("- BARELY TRAINED")]
+    assert len(listed) == 1 and "WikiSQL (±0.5%) × W_q, seed 1" in listed[0]
+
+
+def mnli_predictions(correct: int, premise: str = "p") -> str:
+    """200 matched rows (then 200 mismatched), the first `correct` matched ones right."""
+    rows = [{"premise": f"{premise}{i}", "hypothesis": "h", "subset": "matched", "correct": i < correct}
+            for i in range(200)]
+    rows += [{"premise": f"m{i}", "hypothesis": "h", "subset": "mismatched", "correct": True} for i in range(200)]
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+@pytest.mark.parametrize("predictions,verdict,evidence", [
+    # no predictions saved: the binomial error of each cell, as if independent: ± 9.78 points
+    (None, INCONCLUSIVE, "Δ = +4.00 ± 9.78 (95 %, t with ∞ df; SE: seeds 0.00 pooled over 2 cells, "
+                         "eval set 4.99 unpaired)"),
+    # the same examples, W_q,W_v right on 8 more of them and wrong on none that W_q gets right: a
+    # paired test sees 8 discordant examples, all one way (± 2.72 points)
+    ("paired", HELD, "Δ = +4.00 ± 2.72 (95 %, t with ∞ df; SE: seeds 0.00 pooled over 2 cells, "
+                     "eval set 1.39 paired over 200 examples)"),
+    # predictions of different examples cannot be paired: back to the unpaired bound
+    ("other examples", INCONCLUSIVE, "Δ = +4.00 ± 9.78 (95 %, t with ∞ df; SE: seeds 0.00 pooled over 2 cells, "
+                                     "eval set 4.99 unpaired)"),
+])
+def test_an_accuracy_gap_is_judged_against_the_evaluation_sets_error(runs_dir, write, make_record,
+                                                                     predictions, verdict, evidence):
+    # seeds agree exactly, so the seed spread alone would call any gap a win
+    for seed in range(2):
+        for ranks, correct, premise in (({"W_q": 4, "W_v": 4}, 108, "p"),
+                                        ({"W_q": 8}, 100, "q" if predictions == "other examples" else "p")):
+            record = make_record("table_weight_type", "mnli", {"name": "lora", "ranks": ranks}, seed,
+                                 {"accuracy_m": correct / 200})
+            path = write(record | {"eval_notes": {"examples": {"matched": 200, "mismatched": 200}}})
+            if predictions:
+                (path.parent / "predictions.jsonl").write_text(mnli_predictions(correct, premise))
+    claims = evaluate(build_table(TABLES["table_weight_type"], runs_dir))
+    claim = next(c for c in claims if c.text.startswith("MultiNLI: adapting W_q,W_v (r=4) beats W_q alone"))
+    assert (claim.verdict, claim.evidence.split(": ", 1)[1]) == (verdict, evidence)
+
+
+@pytest.mark.parametrize("metric,notes,size", [
+    ("accuracy_m", {"examples": {"matched": 200, "mismatched": 150}}, 200),
+    ("accuracy_mm", {"examples": {"matched": 200, "mismatched": 150}}, 150),
+    ("lf_accuracy", {"examples": 200, "unparseable": 17}, 200),
+    ("bleu", {"mrs": 200, "references": 1666}, None),  # a corpus metric: no binomial error
+    ("accuracy_m", {}, None),  # a record that did not keep the count
+])
+def test_sample_size_of_a_metric(make_record, tmp_path, metric, notes, size):
+    record = make_record("table_methods", "mnli", {"name": "lora"}, 0, {metric: 0.5}) | {"eval_notes": notes}
+    assert parse_record(tmp_path / "record.json", record).sample_size(metric) == size
+
+
+@pytest.mark.parametrize("name", list(TABLES))
+def test_every_table_has_claims_even_when_empty(runs_dir, name):
+    claims = evaluate(build_table(TABLES[name], runs_dir))
+    assert claims and all(c.verdict == INCONCLUSIVE for c in claims)
+
+
+@pytest.mark.parametrize("second_premise,expected", [("p", (100.0, 50.0, 0.0)), ("q", None)])
+def test_a_cells_example_scores_are_the_mean_over_its_seeds(runs_dir, write, make_record, second_premise, expected):
+    # seed 0 gets examples 0 and 1 right, seed 1 only example 0; seeds scored on other examples do not mix
+    for seed, correct, premise in ((0, 2, "p"), (1, 1, second_premise)):
+        record = make_record("table_weight_type", "mnli", {"name": "lora", "ranks": {"W_q": 8}}, seed,
+                             {"accuracy_m": correct / 200})
+        (write(record).parent / "predictions.jsonl").write_text(mnli_predictions(correct, premise))
+    examples = build_table(TABLES["table_weight_type"], runs_dir).stats("mnli", "W_q")["examples"]
+    assert (examples.scores[:3] if examples else None) == expected

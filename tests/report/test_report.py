@@ -1,0 +1,206 @@
+"""results/REPORT.md from records: counts, claims, where it ran, what is left, and nothing else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from peftrepro.report import page as report
+
+WQ, QV = {"name": "lora", "ranks": {"W_q": 8}}, {"name": "lora", "ranks": {"W_q": 4, "W_v": 4}}
+CPU = {"cpu": "Test CPU", "cpu_count": 2, "torch_threads": 2}
+GPU = {"cpu": "Host CPU", "cpu_count": 16, "gpu": "NVIDIA H100 80GB HBM3"}
+
+
+@pytest.fixture
+def weight_type_runs(write, make_record):
+    """MNLI W_q and W_q,W_v, two seeds each: W_q,W_v is clearly better; one run on a GPU."""
+    for seed in (0, 1):
+        for method, accuracy in ((WQ, 0.50 + seed * 0.01), (QV, 0.60 + seed * 0.01)):
+            record = make_record("table_weight_type", "mnli", method, seed, {"accuracy_m": accuracy},
+                                 profile="mini", minutes=seed)
+            on_gpu = method is QV and seed == 1
+            record["env"]["hardware"] = GPU if on_gpu else CPU
+            record["timings"] = {"total_s": 60.0 if on_gpu else 1200.0}
+            record["training"] = {"steps": 250}
+            write(record)
+
+
+def page(runs_dir: Path, tmp_path: Path, seeds=(0, 1)) -> str:
+    return report.render("mini", list(seeds), runs_dir, tmp_path / "tables", tmp_path / "bench")
+
+
+def test_counts_devices_time_and_claims_come_from_the_records(weight_type_runs, runs_dir, tmp_path) -> None:
+    text = page(runs_dir, tmp_path)
+    table5 = next(line for line in text.splitlines() if line.startswith("| [Table 5]"))
+    cells = [cell.strip() for cell in table5.split("|")[1:-1]]
+    assert cells[1] == "2 / 14" and cells[2] == "0, 1" and cells[3] == "4 / 0 / 0 / 0" and cells[5] == "24"
+    assert "CPU: Test CPU, 2 cores (fp32)" in cells[6] and "GPU: NVIDIA H100 80GB HBM3 (bf16 autocast)" in cells[6]
+    assert cells[7] == "1 h 01 min"  # 3 x 20 min on the CPU + 1 min on the GPU
+    assert "MultiNLI: adapting W_q,W_v (r=4) beats W_q alone (r=8) at an equal budget | §7.1, Table 5 | **held**" in text
+    assert "On CPU: Test CPU, 2 cores (fp32), a run of this profile took a median of" in text
+    assert "20 min on mnli (n = 3)" in text
+    assert "- CPU: Test CPU, 2 cores (fp32): 3 runs, 1 h 00 min in all (torch threads per run: 2 (3 runs))." in text
+
+
+def test_the_time_left_is_estimated_from_each_task_own_runs(weight_type_runs, runs_dir, tmp_path, write,
+                                                            make_record) -> None:
+    wikisql = make_record("table_weight_type", "wikisql", WQ, 0, {"lf_accuracy": 0.3}, profile="mini", minutes=5)
+    wikisql["env"]["hardware"], wikisql["timings"], wikisql["training"] = CPU, {"total_s": 3600.0}, {"steps": 250}
+    write(wikisql)
+    text = page(runs_dir, tmp_path)
+    # Empty: Table 5 23 runs' cells (5 of 28 ran), Table 6 60, Table 4 32, Table 3 14 rows of 5 metrics each
+    assert ("**185 (cell, seed) pairs are still empty**, which 129 runs would fill (e2e 14, mnli 56, wikisql 59;"
+            in text)
+    # CPU runs: mnli 3 x 20 min, wikisql 1 x 60 min, so 20 min over all of them (for e2e, which never ran)
+    assert ("a run of this profile took a median of 20 min on e2e (none ran there: the median of all 4), "
+            "20 min on mnli (n = 3), 1 h 00 min on wikisql (n = 1), so the rest would take up to "
+            f"{report.hours(60 * (20 * 14 + 20 * 56 + 60 * 59))} there" in text)
+
+
+@pytest.mark.parametrize(("todo", "text"), [
+    ({"mnli": 2, "e2e": 1}, "e2e 1, mnli 2; a Table 3 run fills its row's five metrics"),
+    ({"wikisql": 9, "mnli": 2}, "mnli 2, wikisql 9"),  # no Table 3 run left: nothing to explain
+])
+def test_the_runs_left_name_their_tasks(todo, text) -> None:
+    assert report.runs_split(todo) == text
+
+
+@pytest.mark.parametrize(("n", "text"), [(0, "0 runs"), (1, "1 run"), (2, "2 runs")])
+def test_counts_agree_with_their_noun(n, text) -> None:
+    assert report.plural(n, "run") == text  # the page once said "1 (cell, seed) pairs ..., which 1 runs"
+
+
+def test_every_table_with_a_figure_links_it(weight_type_runs, runs_dir, tmp_path) -> None:
+    text = page(runs_dir, tmp_path)
+    for name in ("table_weight_type", "table_rank"):
+        assert f"plot: [`tables/{name}.png`](tables/{name}.png)" in text
+    assert "tables/table_e2e.png" not in text and "tables/table_methods.png" not in text
+
+
+def test_no_clock_and_no_machine_in_the_page(weight_type_runs, runs_dir, tmp_path) -> None:
+    assert page(runs_dir, tmp_path) == page(runs_dir, tmp_path)
+    assert "Latest record: 2025-01-01T00:01:00+00:00" in page(runs_dir, tmp_path)
+
+
+def test_a_seed_beyond_the_expected_ones_is_named_among_the_commands(weight_type_runs, runs_dir, tmp_path, write,
+                                                                   make_record) -> None:
+    assert "seeds beyond SEEDS" not in page(runs_dir, tmp_path)
+    write(make_record("table_weight_type", "mnli", QV, 2, {"accuracy_m": 0.6}, profile="mini", key="third"))
+    text = page(runs_dir, tmp_path)
+    assert "make report PROFILE=mini\n# seeds beyond SEEDS, one setting at a time:\n" in text
+    assert ("# Table 5, MultiNLI (±0.1%) × W_q,W_v, seed 2\n"
+            "python -m peftrepro.runs -m experiment=table_weight_type profile=mini seed=2 task=mnli "
+            "'method.ranks={W_q:4,W_v:4}'\n") in text
+    assert "seed=0" not in text and "seed=1" not in text  # the expected seeds come from the make commands
+    table5 = next(line for line in text.splitlines() if line.startswith("| [Table 5]"))
+    assert table5.split("|")[3].strip() == "0, 1 (+ seed 2 on 1 setting)"
+    assert "seeds beyond SEEDS" not in page(runs_dir, tmp_path, seeds=(0, 1, 2))
+
+
+def test_reused_runs_count_once(weight_type_runs, runs_dir, tmp_path, write, make_record) -> None:
+    copy = make_record("table_rank", "mnli", {"name": "lora", "weights": ["W_q"], "r": 8}, 0, {"accuracy_m": 0.5},
+                       profile="mini", key="copied")
+    copy["reused_from"] = {"experiment": "table_weight_type", "run_key": "x"}
+    copy["env"]["hardware"], copy["timings"] = CPU, {"total_s": 1200.0}
+    write(copy)
+    table6 = next(line for line in page(runs_dir, tmp_path).splitlines() if line.startswith("| [Table 6]"))
+    cells = [cell.strip() for cell in table6.split("|")[1:-1]]
+    assert cells[4] == "1" and cells[7] == "—"  # one reused run, no run time of its own
+    assert cells[6] == "CPU: Test CPU, 2 cores (fp32)"  # where the original ran
+
+
+def test_runs_scored_later_and_unscored_runs_are_counted(runs_dir, tmp_path, write, make_record) -> None:
+    lora = {"name": "lora", "ranks": {"W_q": 4, "W_v": 4}}
+    scored = make_record("table_e2e", "e2e", lora, 0, {"bleu": 0.6}, profile="mini", key="scored-later")
+    scored["scoring"] = {"scored_at": "2025-01-02T00:00:00+00:00", "env": {"hardware": CPU}}
+    write(scored)
+    write(make_record("table_e2e", "e2e", lora, 1, profile="mini", key="waiting") | {"status": "unscored"})
+    text = page(runs_dir, tmp_path)
+    table3 = next(line for line in text.splitlines() if line.startswith("| [Table 3]"))
+    assert [cell.strip() for cell in table3.split("|")[1:-1]][3] == "1 / 0 / 0 / 1"
+    assert "from its saved predictions (`scoring=auto`, no Java where it ran): 1 run(s)." in text
+
+
+def test_the_page_says_how_large_a_difference_the_runs_can_resolve(runs_dir, tmp_path, write, make_record) -> None:
+    for seed, accuracy in ((0, 0.50), (1, 0.58)):
+        record = make_record("table_weight_type", "mnli", WQ, seed, {"accuracy_m": accuracy}, profile="mini")
+        record["data"]["eval_examples"] = 400
+        write(record | {"eval_notes": {"examples": {"matched": 200, "mismatched": 200}}})
+    text = page(runs_dir, tmp_path)
+    assert "mnli: 32 training examples, 400 evaluated, 200 matched and 200 mismatched (validation split)." in text
+    assert ("MultiNLI: one accuracy is computed on 200 examples, so near 54% it has a binomial standard error of "
+            "3.5 points against the whole evaluation split, while the paper's Table 5 cells span 0.9 points "
+            "(90.8–91.7); two seeds of one setting differ by up to 8.0 points here.") in text
+    assert "Scale of the differences.** No accuracy run yet." in page(tmp_path / "none", tmp_path)
+
+
+def test_the_page_says_where_wikisql_questions_come_from(runs_dir, tmp_path, write, make_record) -> None:
+    record = make_record("table_weight_type", "wikisql", QV, 0, {"lf_accuracy": 0.4}, profile="mini")
+    record["config"]["task"] |= {"split_policy": "test_by_table", "eval_fraction": 0.2}
+    write(record)
+    text = page(runs_dir, tmp_path)
+    assert "wikisql: 32 training examples, 4 evaluated (validation split)." in text
+    assert "from the official test split, cut by table (`task.split_policy=test_by_table`): a seeded 20 %" in text
+    record["config"]["task"]["split_policy"] = "official"  # the hub's own train/dev split: nothing to explain
+    write(record)
+    assert "cut by table" not in page(runs_dir, tmp_path)
+
+
+def test_a_run_that_loaded_no_data_adds_nothing_to_the_data_line(runs_dir, tmp_path, write, make_record) -> None:
+    write(make_record("table_methods", "mnli", {"name": "adapter_h", "r": 1}, 0, {"accuracy_m": 0.5}, profile="mini"))
+    bitfit = make_record("table_methods", "mnli", {"name": "bitfit"}, 0, status="not_applicable", profile="mini")
+    write(bitfit | {"data": None})  # not applicable: stopped before loading any data
+    text = page(runs_dir, tmp_path)
+    assert "Per run, mnli: 32 training examples, 4 evaluated (validation split)." in text
+    assert "None training examples" not in text
+
+
+def test_the_page_names_the_starting_weights_of_the_runs(runs_dir, tmp_path, write, make_record) -> None:
+    for seed in (0, 1):
+        record = make_record("table_weight_type", "mnli", WQ, seed, {"accuracy_m": 0.5}, profile="mini")
+        write(record | {"model": record["model"] | {"weights_sha256": "ab" * 32}})
+    older = make_record("table_weight_type", "mnli", QV, 0, {"accuracy_m": 0.5}, profile="mini")
+    write(older)  # written before records carried the digest
+    copy = make_record("table_rank", "mnli", QV, 0, {"accuracy_m": 0.5}, profile="mini", key="copied")
+    write(copy | {"reused_from": {"experiment": "table_weight_type", "run_key": older["run_key"]}})
+    assert ("Starting weights (sha256 of the state dict as loaded): tiny-llama `abababababab` (2 runs), "
+            "tiny-llama unrecorded (1 run).") in page(runs_dir, tmp_path)
+
+
+def test_an_empty_results_folder_still_renders(runs_dir, tmp_path) -> None:
+    text = page(runs_dir, tmp_path)
+    assert "No records yet." in text and "No benchmark file yet" in text and "$" not in text.replace("$(", "")
+
+
+def test_a_cell_whose_seeds_ran_on_different_hardware_is_flagged(weight_type_runs, runs_dir) -> None:
+    from peftrepro.report.cells import build_table
+    from peftrepro.report.render import header_lines, incomplete_lines
+    from peftrepro.report.specs import TABLES
+
+    result = build_table(TABLES["table_weight_type"], runs_dir, "mini", [0, 1])
+    assert incomplete_lines(result).count(
+        "- MIXED HARDWARE MultiNLI (±0.1%) × W_q,W_v: its seeds ran on CPU: Test CPU, 2 cores (fp32) and "
+        "GPU: NVIDIA H100 80GB HBM3 (bf16 autocast); the spread includes the difference") == 1
+    assert not [line for line in incomplete_lines(result) if "MIXED" in line and "× W_q:" in line]
+    assert "- Ran on: CPU: Test CPU, 2 cores (fp32) (3 runs); GPU: NVIDIA H100 80GB HBM3 (bf16 autocast) (1 runs)" \
+        in header_lines(result)
+
+
+def test_the_constraints_pin_the_versions_the_runs_agree_on(runs_dir, write, make_record) -> None:
+    packages = ({"torch": "2.13.0+cpu", "numpy": "2.4.6", "peft": "0.21.2", "peft-repro": "0.1.0"},
+                {"torch": "2.13.0+cu128", "numpy": "2.5.0", "peft": "0.21.2", "peft-repro": "0.2.0"})
+    for seed, versions in enumerate(packages):
+        record = make_record("table_weight_type", "mnli", WQ, seed, {"accuracy_m": 0.5}, profile="mini")
+        record["env"].update(packages=versions, python="3.11.7")
+        write(record)
+    copy = make_record("table_rank", "mnli", WQ, 0, {"accuracy_m": 0.5}, profile="mini", key="copied")
+    copy.update(reused_from="elsewhere", env={"packages": {"peft": "0.1.0"}})  # a copy ran where its original did
+    write(copy)
+    text = report.constraints("mini", runs_dir, Path("results/constraints.txt"))
+    pins = [line for line in text.splitlines() if not line.startswith("#")]
+    assert pins == ["peft==0.21.2", "torch==2.13.0"]  # the project itself is installed from the checkout
+    assert "# numpy: not pinned, the runs disagree: 2.4.6 (1 run), 2.5.0 (1 run)." in text
+    assert "# torch: the runs used the build(s) 2.13.0+cpu, 2.13.0+cu128; pinned without the label." in text
+    assert "pip install -c results/constraints.txt" in text and "# Python: 3.11.7 (2 runs)." in text

@@ -1,0 +1,86 @@
+"""The learning-rate selection: the ladder, the search rule (window, edge extension, ties), the
+choice file, and the driver end to end on the smoke profile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from peftrepro import selection
+from peftrepro.errors import ConfigError
+from peftrepro.runs import lr_search
+
+
+@pytest.mark.parametrize("start, step, lr", [(1e-3, 0, 1e-3), (1e-3, 1, 3e-3), (1e-3, -1, 3e-4), (1e-3, 2, 1e-2),
+                                             (3e-4, 1, 1e-3), (1e-1, -3, 3e-3), (5e-5, None, None)])
+def test_the_ladder_steps_by_a_factor_of_about_three(start, step, lr):
+    if lr is None:
+        with pytest.raises(ConfigError, match="not on the ladder"):
+            selection.ladder(start, 0)
+    else:
+        assert selection.ladder(start, step) == lr
+
+
+@pytest.mark.parametrize("scores, pending, best", [
+    ({}, [-1, 0, 1], None),                                          # nothing run: the first window
+    ({-1: 0.5, 0: None, 1: 0.4}, [0], None),                         # a point not run yet (or failed)
+    ({-1: 0.5, 0: 0.7, 1: 0.6}, [], 0),                              # interior winner: decided
+    ({-1: 0.8, 0: 0.7, 1: 0.6}, [-2], -1),                           # winner on the low edge: extend down
+    ({-1: 0.5, 0: 0.7, 1: 0.9}, [2], 1),                             # ... on the high edge: extend up
+    ({-2: 0.6, -1: 0.8, 0: 0.7, 1: 0.6}, [], -1),                    # extended, now interior
+    ({-1: 0.7, 0: 0.7, 1: 0.6}, [-2], -1),                           # a tie goes to the smaller rate
+    ({s: 0.1 * (s + 10) for s in range(-1, 5)}, [], 4),              # max_points reached: stop at the edge
+])
+def test_the_search_runs_a_window_and_extends_past_a_winning_edge(scores, pending, best):
+    search = selection.Search(scores, width=3, max_points=6)
+    assert search.pending() == pending
+    if best is not None:
+        assert search.best_step() == best
+    assert search.decided == (best is not None and not pending)
+    assert search.at_edge == (best == 4)
+
+
+def test_a_choice_file_entry_names_the_rate_the_grid_and_the_dev_scores(tmp_path: Path):
+    entry = selection.summarise({-1: 0.5, 0: 0.7, 1: 0.6}, 1e-3, 3, 6)
+    assert entry == {"lr": 1e-3, "at_edge": False, "grid": [{"lr": 3e-4, "dev": 0.5}, {"lr": 1e-3, "dev": 0.7},
+                                                             {"lr": 3e-3, "dev": 0.6}]}
+    path = selection.choice_path(tmp_path, "mini", "hub/some model")
+    lr_search.write_choices(path, "mini", "hub/some model", {("e2e", "lora"): entry})
+    lr_search.write_choices(path, "mini", "hub/some model", {("mnli", "ft"): {**entry, "lr": 1e-4}})
+    assert selection.selected_lr(path, "e2e", "lora") == 1e-3 and selection.selected_lr(path, "mnli", "ft") == 1e-4
+    assert json.loads(path.read_text())["split"] == "dev"
+    with pytest.raises(ConfigError, match="no learning rate has been selected for method 'ft' on task 'e2e'"):
+        selection.selected_lr(path, "e2e", "ft")
+
+
+def test_the_driver_selects_on_dev_records_the_grid_and_resumes(tmp_path: Path, capsys):
+    """Smoke profile with the selection switched on: three points (plus at most one extension) run
+    as Hydra multiruns, the choice file gets the winner; a second call runs nothing."""
+    args = ["--profile", "smoke", "--tasks", "mnli", "--methods", "lora", "--", "lr_selection=true",
+            "lr_search.max_points=4", f"results_dir={tmp_path}", "train.progress=false"]
+    assert lr_search.main(args) == 0
+    [path] = (tmp_path / "learning_rates").glob("*.json")
+    entry = json.loads(path.read_text())["choices"]["mnli"]["lora"]
+    dev_scores = {point["lr"]: point["dev"] for point in entry["grid"]}
+    assert len(dev_scores) >= 3 and entry["lr"] == selection.choose(dev_scores)
+    runs = sorted((tmp_path / "runs" / "lr_search").glob("*/record.json"))
+    assert len(runs) == len(dev_scores)
+    for run in runs:
+        record = json.loads(run.read_text())
+        assert record["config"]["task"]["eval_split"] == "dev" and record["seed"] == 0
+        assert "accuracy_dev" in record["metrics"] and record["config"]["train"]["lr"] in dev_scores
+    before = {run: run.stat().st_mtime_ns for run in runs}
+    assert lr_search.main(args) == 0  # resumes: every point is finished, nothing trains again
+    assert {run: run.stat().st_mtime_ns for run in runs} == before
+
+
+def test_a_profile_without_selection_selects_nothing(tmp_path: Path, capsys):
+    assert lr_search.main(["--profile", "smoke", "--tasks", "e2e", "--", f"results_dir={tmp_path}"]) == 0
+    assert "nothing to select" in capsys.readouterr().out and not (tmp_path / "learning_rates").exists()
+
+
+def test_an_unknown_task_is_one_clear_error(tmp_path: Path, capsys):
+    assert lr_search.main(["--profile", "mini", "--tasks", "samsum", "--", f"results_dir={tmp_path}"]) == 2
+    assert "no representatives for task 'samsum'" in capsys.readouterr().err

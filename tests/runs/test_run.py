@@ -1,0 +1,215 @@
+"""End-to-end smoke runs on CPU: records, skipping, determinism, failure isolation, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import HydraException
+
+from peftrepro.errors import PeftReproError
+from peftrepro.paths import project_root
+from peftrepro.runs import records
+from peftrepro.runs.execute import InjectedFailure, run_one
+
+RECORD_KEYS = {"schema_version", "run_key", "experiment", "status", "error", "config", "seed", "profile", "model",
+               "task", "method", "metrics", "metrics_per_epoch", "best_epoch", "params", "checkpoint_bytes",
+               "data", "timings", "throughput", "memory", "env", "created_at"}
+PRIMARY = {"e2e": "bleu", "wikisql": "lf_accuracy", "mnli": "accuracy_m"}
+
+
+def files_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def assert_complete(record: dict, directory: Path) -> None:
+    assert RECORD_KEYS <= set(record) and record["status"] == "ok" and record["error"] is None
+    assert PRIMARY[record["task"]] in record["metrics"]
+    assert [row["epoch"] for row in record["metrics_per_epoch"]] == [1, 2]  # smoke evaluates every epoch
+    assert record["best_epoch"] in (1, 2)
+    assert 0 < record["params"]["trainable"] <= record["params"]["total"]
+    assert record["checkpoint_bytes"] == (directory / "adapter.safetensors").stat().st_size
+    assert (directory / "method.json").is_file()
+    assert len(records.read_predictions(directory / records.PREDICTIONS_FILE)) >= 1
+    assert all(record["timings"][k] >= 0 for k in ("load_s", "train_s", "eval_s", "total_s"))
+    assert record["throughput"]["train_tokens_per_s"] > 0
+    assert record["memory"]["peak_bytes"] > 0 and record["env"]["packages"]["torch"]
+    assert set(record["env"]["git"]) == {"commit", "dirty"}
+    assert not [p for p in directory.iterdir() if p.name.startswith(".tmp")]
+    assert json.loads((directory / "record.json").read_text()) == json.loads(json.dumps(record))
+
+
+@pytest.mark.parametrize("method", ["lora", "adapter_h", "prefix_layer", "ft"])
+@pytest.mark.parametrize("task", ["e2e", "wikisql", "mnli"])
+def test_smoke_run_writes_a_complete_record(smoke, tmp_path: Path, task: str, method: str) -> None:
+    record = run_one(smoke(f"task={task}", f"method={method}"))
+    directory = tmp_path / "results" / "runs" / "adhoc" / record["run_key"]
+    assert_complete(record, directory)
+    assert record["method"]["name"] == method and record["profile"] == "smoke"
+    if method == "ft":
+        assert record["params"]["trainable"] == record["params"]["total"]
+
+
+def test_prefix_longer_than_max_length_trains_on_the_whole_example(smoke, tmp_path: Path) -> None:
+    # 24 + 8 virtual tokens on top of 16 tokens of each example (PreEmbed at mini: 264 on top of 256)
+    record = run_one(smoke("task=mnli", "method=prefix_embed", "task.max_length=16", "method.prefix_length=24"))
+    assert record["status"] == "ok"
+    assert record["data"]["train_tokens_per_epoch"] == record["data"]["train_examples"] * (16 + 24 + 8)
+
+
+def test_rerun_is_skipped_unless_forced_and_same_seed_repeats(smoke, tmp_path: Path) -> None:
+    cfg = smoke("task=mnli", "method=ft")
+    first = run_one(cfg)
+    record_file = tmp_path / "results" / "runs" / "adhoc" / first["run_key"] / "record.json"
+    written = record_file.stat().st_mtime_ns
+    assert run_one(cfg) == first and record_file.stat().st_mtime_ns == written  # skipped
+    forced = run_one(smoke("task=mnli", "method=ft", "force=true"))
+    assert forced["run_key"] == first["run_key"] and record_file.stat().st_mtime_ns > written
+    assert forced["metrics_per_epoch"] == first["metrics_per_epoch"]
+    assert forced["training"]["loss_curve"] == first["training"]["loss_curve"]
+    other_seed = run_one(smoke("task=mnli", "method=ft", "seed=1"))
+    assert other_seed["run_key"] != first["run_key"]
+    assert other_seed["training"]["loss_curve"] != first["training"]["loss_curve"]
+
+
+def test_the_record_fingerprints_the_starting_weights_whatever_the_run_seed(smoke) -> None:
+    first, other_seed = (run_one(smoke("task=mnli", "method=lora", f"seed={seed}")) for seed in (0, 1))
+    digest = first["model"]["weights_sha256"]
+    assert len(digest) == 64 and other_seed["model"]["weights_sha256"] == digest
+    assert run_one(smoke("model=tiny-llama", "task=mnli", "method=lora"))["model"]["weights_sha256"] != digest
+
+
+@pytest.mark.parametrize("change", ["one value", "dtype"])
+def test_the_weights_digest_sees_any_change_to_the_weights(tiny_model, change: str) -> None:
+    from peftrepro.models import weights_sha256
+
+    model = tiny_model("llama")
+    before = weights_sha256(model)
+    assert weights_sha256(tiny_model("llama")) == before  # same init, same digest
+    if change == "one value":
+        with torch.no_grad():
+            model.lm_head.weight.view(-1)[-1] += 1e-3
+    else:
+        model.to(torch.bfloat16)
+    assert weights_sha256(model) != before
+
+
+def test_method_not_applicable_to_the_model_is_a_final_na_record(smoke, tmp_path: Path) -> None:
+    record = run_one(smoke("model=tiny-llama", "task=mnli", "method=bitfit"))
+    assert record["status"] == "not_applicable" and record["error"]["type"] == "NotApplicableError"
+    assert "no bias parameters" in record["error"]["message"]
+    assert run_one(smoke("model=tiny-llama", "task=mnli", "method=bitfit"))["created_at"] == record["created_at"]
+
+
+@pytest.mark.parametrize("phase", ["setup", "train", "eval"])
+def test_failure_leaves_a_failed_record_with_traceback(smoke, tmp_path: Path, phase: str) -> None:
+    with pytest.raises(InjectedFailure):
+        run_one(smoke("task=mnli", "method=lora", f"debug.fail_at={phase}"))
+    (directory,) = (tmp_path / "results" / "runs" / "adhoc").iterdir()
+    record = json.loads((directory / "record.json").read_text())
+    assert record["status"] == "failed" and record["error"]["type"] == "InjectedFailure"
+    assert "Traceback" in record["error"]["traceback"] and f"fail_at={phase}" in record["error"]["message"]
+    assert [p.name for p in directory.iterdir()] == ["record.json"]  # no half-made artefacts
+
+
+def test_wandb_runs_are_finished_one_by_one_even_when_a_run_fails(smoke, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # the config's mode (offline) must decide
+    logger = ["logger=wandb", "logger.mode=offline", f"logger.dir={tmp_path / 'wandb'}"]
+    run_one(smoke("task=mnli", "method=lora", *logger))
+    with pytest.raises(InjectedFailure):
+        run_one(smoke("task=mnli", "method=lora", "seed=1", "debug.fail_at=train", *logger))
+    assert wandb.run is None  # finished in a `finally`, so the next run of a sweep starts afresh (wandb #1314)
+    assert len(list((tmp_path / "wandb").glob("wandb/offline-run-*"))) == 2
+
+
+@pytest.mark.parametrize(("overrides", "error", "message"), [
+    (["model=hub", "model.name_or_path=/nonexistent/model"], PeftReproError, "local directory /nonexistent/model"),
+    (["method.name=nope"], PeftReproError, "unknown method 'nope'"),
+    (["task.name=nope"], PeftReproError, "unknown task 'nope'"),
+    (["train.lr=-1e-4"], PeftReproError, r"train\.lr=-0\.0001 must be > 0"),
+    (["train.epochs=0"], PeftReproError, "zero training steps"),
+    (["use_fixtures=false", "data_root=/nonexistent/data"], PeftReproError, "data_root=/nonexistent/data"),
+    (["method.r=0"], PeftReproError, "r"),
+    (["method=prefix_embed", "method.prefix_length=900"], PeftReproError,
+     r"train\.max_length=512 example tokens \+ 908 virtual tokens .* exceed the model's context of 1024"),
+    (["model=nope"], HydraException, "model/nope"),
+    (["method=nope"], HydraException, "method/nope"),
+    (["task=nope"], HydraException, "task/nope"),
+])
+def test_bad_input_is_one_clear_error_and_nothing_is_written(smoke, tmp_path: Path, overrides, error,
+                                                             message) -> None:
+    with pytest.raises(error, match=message):
+        run_one(smoke(*overrides))
+    assert files_under(tmp_path / "results") == []
+
+
+# ---- the command line, in subprocesses (slow to start: two processes cover it)
+
+def cli(*arguments: str, results: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + "/usr/bin:/bin"}
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not (Path(p) / "java").exists())
+    flags = [a for a in arguments if a.startswith("-")]  # Hydra's flags (-m) come before the overrides
+    overrides = [a for a in arguments if not a.startswith("-")]
+    return subprocess.run([sys.executable, "-m", "peftrepro.runs", *flags, "profile=smoke", f"results_dir={results}",
+                           "train.progress=false", *overrides], cwd=results.parent, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_bad_input_exits_nonzero_with_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    result = cli("train.lr=-1", results=tmp_path / "results")
+    assert result.returncode != 0
+    assert "ConfigError: train.lr=-1 must be > 0" in result.stderr
+    assert result.stdout.count("must be > 0") + result.stderr.count("must be > 0") == 1
+    assert "Traceback" not in result.stderr
+    assert files_under(tmp_path / "results") == []
+
+
+def test_cli_multirun_goes_on_after_a_failure_and_exits_nonzero(tmp_path: Path) -> None:
+    result = cli("-m", "task=mnli", "method=lora", "debug.fail_at=train,null", results=tmp_path / "results")
+    assert result.returncode != 0, result.stderr
+    assert "InjectedFailure" in result.stderr
+    statuses = sorted(json.loads(p.read_text())["status"] for p in (tmp_path / "results").rglob("record.json"))
+    assert statuses == ["failed", "ok"]
+    assert not list((project_root() / "results").glob(f"runs/**/{tmp_path.name}"))
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_mini_profile_on_real_data_with_smollm2(compose_config, tmp_path: Path) -> None:
+    data_root = os.environ.get("PEFTREPRO_DATA_ROOT", "")
+    if not data_root or not Path(data_root, "mnli").is_dir():
+        pytest.skip("real data not found (set PEFTREPRO_DATA_ROOT)")
+    record = run_one(compose_config("profile=mini", "task=mnli", "method=lora", f"data_root={data_root}", "train.lr=1e-3",
+                                    "task.max_train_examples=32", "task.max_eval_examples=8",
+                                    f"results_dir={tmp_path}", "train.progress=false"))
+    assert record["status"] == "ok" and record["model"]["model_type"] == "llama"
+    assert record["params"]["total"] > 100_000_000 and record["data"]["source"] == data_root
+
+
+def test_record_names_the_commit_of_the_code_at_the_start_of_the_run(smoke, monkeypatch) -> None:
+    import peftrepro.runs.execute as run_module
+    from peftrepro.runs import envinfo
+
+    head = {"commit": "a" * 40}
+    monkeypatch.setattr(envinfo.subprocess, "run", lambda argv, **kw: subprocess.CompletedProcess(
+        argv, 0, stdout=head["commit"] if "rev-parse" in argv else "", stderr=""))
+    real_fit = run_module.fit
+
+    def fit_during_a_commit(*args, **kwargs):
+        head["commit"] = "b" * 40  # someone commits while the run trains
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "fit", fit_during_a_commit)
+    envinfo.git_state.cache_clear()
+    try:
+        record = run_one(smoke("task=mnli", "method=lora"))
+    finally:
+        envinfo.git_state.cache_clear()
+    assert record["env"]["git"] == {"commit": "a" * 40, "dirty": False}

@@ -1,0 +1,179 @@
+"""The training loop on a tiny model with hand-made examples (no task, no method package)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from peftrepro.errors import ConfigError
+from peftrepro.interfaces import IGNORE_INDEX, EncodedExample
+from peftrepro.models import load_model
+from peftrepro.runs.train import (
+    TrainSettings,
+    collate,
+    epoch_batches,
+    fit,
+    make_train_state,
+    pad_lengths,
+    seed_everything,
+    token_loss,
+    train_step,
+    warmup_steps,
+)
+
+TINY_LLAMA = {"name": "tiny-llama", "source": "random", "architecture": "llama", "init_seed": 0,
+              "config": {"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64,
+                         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128}}
+
+
+def examples(count: int = 16, length: int = 12) -> list[EncodedExample]:
+    """Prompt of 4 tokens, then a target that repeats a per-example pattern (learnable)."""
+    rows = []
+    for index in range(count):
+        ids = [10 + index % 4] * 4 + [20 + (index + j) % 5 for j in range(length - 4)]
+        rows.append(EncodedExample(ids, [IGNORE_INDEX] * 4 + ids[4:]))
+    return rows
+
+
+def settings(**changes) -> TrainSettings:
+    base = dict(lr=1e-2, batch_size=4, epochs=3, max_length=32, pad_multiple=16, progress=False, log_every=1)
+    return TrainSettings(**(base | changes))
+
+
+def train_tiny(seed: int = 0, **changes) -> tuple[list[tuple[int, float]], torch.nn.Module]:
+    seed_everything(seed)
+    model, _ = load_model(TINY_LLAMA)
+    state = make_train_state(model, settings(**changes), num_steps=12)
+    stats = fit(state, examples(), pad_id=0, seed=seed)
+    return stats.losses, model
+
+
+def test_pad_lengths_are_few_and_end_at_max_length() -> None:
+    assert pad_lengths(512, 64) == [64, 128, 192, 256, 320, 384, 448, 512]
+    assert pad_lengths(100, 64) == [64, 100]
+
+
+def test_collate_shifts_labels_and_pads_to_a_fixed_shape() -> None:
+    rows = [EncodedExample([1, 2, 3, 4], [IGNORE_INDEX, IGNORE_INDEX, 3, 4]), EncodedExample([5, 6], [IGNORE_INDEX, 6])]
+    batch = collate(rows, pad_id=0, batch_size=3, lengths=[8, 16])
+    assert batch.shape == (3, 8)
+    assert batch.targets[0].tolist() == [IGNORE_INDEX, 3, 4] + [IGNORE_INDEX] * 5  # logits[t] predicts token t+1
+    assert batch.targets[1].tolist() == [6] + [IGNORE_INDEX] * 7
+    assert batch.targets[2].tolist() == [IGNORE_INDEX] * 8  # dummy row: no loss
+    assert batch.attention_mask.sum(1).tolist() == [4, 2, 1]
+    assert (batch.tokens, batch.target_tokens) == (6, 3)
+
+
+def test_epoch_batches_cover_every_example_once_in_a_seeded_order() -> None:
+    rows = [EncodedExample(list(range(1, n + 2)), list(range(1, n + 2))) for n in range(30)]
+    first = epoch_batches(rows, settings(batch_size=4, bucket_size=2), 0, random.Random(0))
+    again = epoch_batches(rows, settings(batch_size=4, bucket_size=2), 0, random.Random(0))
+    other = epoch_batches(rows, settings(batch_size=4, bucket_size=2), 0, random.Random(1))
+    lengths = sorted(int(m) for batch in first for m in batch.attention_mask.sum(1) if batch.tokens)
+    assert sum(batch.tokens for batch in first) == sum(len(r.input_ids) for r in rows)
+    assert [b.input_ids.tolist() for b in first] == [b.input_ids.tolist() for b in again]
+    assert [b.input_ids.tolist() for b in first] != [b.input_ids.tolist() for b in other]
+    assert {batch.shape[1] for batch in first} <= {16, 32}
+    assert len(lengths) >= 30
+
+
+def test_token_loss_is_the_repo_label_smoothed_loss() -> None:
+    logits, targets = torch.randn(2, 3, 7), torch.tensor([[1, 2, IGNORE_INDEX], [IGNORE_INDEX, 4, 5]])
+    eps, logp = 0.1, torch.log_softmax(logits, -1)
+    mask = targets != IGNORE_INDEX
+    nll = -logp[mask].gather(1, targets[mask][:, None]).squeeze(1)
+    expected = ((1 - eps) * nll + eps * -logp[mask].mean(-1)).mean()
+    torch.testing.assert_close(token_loss(logits, targets, eps), expected)
+
+
+def test_loss_goes_down_and_the_same_seed_repeats_exactly() -> None:
+    losses, _ = train_tiny(seed=3)
+    again, _ = train_tiny(seed=3)
+    other, _ = train_tiny(seed=4)
+    assert losses[-1][1] < 0.5 * losses[0][1]
+    assert losses == again
+    assert losses != other
+
+
+def test_gradient_accumulation_matches_the_large_batch() -> None:
+    rows = examples(8)
+    results = []
+    for batch_size, grad_accum in ((8, 1), (4, 2)):
+        seed_everything(0)
+        model, _ = load_model(TINY_LLAMA)
+        s = settings(batch_size=batch_size, grad_accum=grad_accum, bucket_size=1)
+        state = make_train_state(model, s, num_steps=1)
+        batches = [collate(rows[i:i + batch_size], 0, batch_size, [16, 32]) for i in range(0, 8, batch_size)]
+        loss = train_step(state, batches)
+        results.append((float(loss), torch.cat([p.detach().flatten() for p in model.parameters()])))
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=0)
+
+
+def test_optimizer_holds_only_trainable_parameters_and_frozen_ones_get_no_grad() -> None:
+    model, _ = load_model(TINY_LLAMA)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_("layers.1." in name)
+    state = make_train_state(model, settings(), num_steps=1)
+    held = {id(p) for group in state.optimizer.param_groups for p in group["params"]}
+    assert held == {id(p) for p in model.parameters() if p.requires_grad}
+    train_step(state, [collate(examples(4), 0, 4, [16])])
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+
+
+def test_warmup_tokens_convert_to_steps_with_the_mean_length() -> None:
+    assert warmup_steps(examples(4, length=10), settings(batch_size=5, warmup_tokens=1000)) == 20
+    assert warmup_steps(examples(4), settings(warmup_steps=7)) == 7
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"lr": -1e-4}, "train.lr=-0.0001 must be > 0"),
+    ({"epochs": 0}, "zero training steps"),
+    ({"max_steps": 0}, "zero training steps"),
+    ({"batch_size": 0}, "train.batch_size=0 must be >= 1"),
+    ({"precision": "fp8"}, "train.precision='fp8'"),
+    ({"label_smoothing": 1.0}, "label_smoothing"),
+])
+def test_bad_settings_raise_one_config_error(changes, message) -> None:
+    node = {"lr": 1e-3, "batch_size": 2} | changes
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        TrainSettings.from_config(node)
+
+
+def test_unknown_train_option_is_named() -> None:
+    with pytest.raises(ConfigError, match="unknown train option.*'lr_typo'"):
+        TrainSettings.from_config({"lr": 1e-3, "batch_size": 2, "lr_typo": 1})
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager() -> None:
+    eager, _ = train_tiny(seed=0, compile=False)
+    compiled, _ = train_tiny(seed=0, compile=True)
+    for (step_a, loss_a), (step_b, loss_b) in zip(eager[:4], compiled[:4]):
+        assert step_a == step_b and loss_a == pytest.approx(loss_b, abs=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_head_on_target_rows_gives_the_full_logits_loss_and_grads(family: str, label_smoothing: float) -> None:
+    from peftrepro.runs.train import make_loss_fn
+
+    config = dict(TINY_LLAMA, architecture=family, name=f"tiny-{family}")
+    if family == "gpt2":
+        config["config"] = {"n_layer": 2, "n_embd": 32, "n_head": 4, "n_positions": 128,
+                            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}  # same mask twice
+    model, _ = load_model(config)
+    batch = collate(examples(3), 0, 4, [16])
+    assert batch.target_index.tolist() == (batch.targets.flatten() != IGNORE_INDEX).nonzero().flatten().tolist()
+    loss_fn = make_loss_fn(model, label_smoothing)
+    results = []
+    for index in (batch.target_index, None):  # None: the reference, LM head on every position
+        model.zero_grad()
+        loss = loss_fn(batch.input_ids, batch.attention_mask, batch.targets, index)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-6, rtol=1e-6)
+    for fast, full in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(fast, full, atol=1e-6, rtol=1e-5)
