@@ -31,6 +31,19 @@ LATENCY_ARGS ?=
 RESULTS ?= $(if $(filter smoke,$(PROFILE)),results/smoke,results)
 TORCH_VERSION ?= 2.13.0
 
+# PROFILE and SEEDS are checked before anything runs: one line and exit 2 (make's $(error)), not a
+# traceback per sweep job. Only targets that use them check them (`make help` never fails).
+PROFILES := $(sort $(basename $(notdir $(wildcard conf/profile/*.yaml))))
+USES_PROFILE := $(filter table-% tables aggregate report select-lr baselines,$(MAKECMDGOALS))
+ifneq ($(USES_PROFILE),)
+ifeq ($(filter $(PROFILE),$(PROFILES)),)
+$(error PROFILE=$(PROFILE) is not a profile; choose one of: $(PROFILES) (conf/profile/<name>.yaml))
+endif
+ifeq ($(shell echo '$(SEEDS)' | grep -Ex '[0-9]+(,[0-9]+)*'),)
+$(error SEEDS=$(SEEDS) must be comma-separated integers >= 0, e.g. SEEDS=0,1,2)
+endif
+endif
+
 ifneq ($(strip $(DATA_ROOT)),)
 export PEFTREPRO_DATA_ROOT := $(abspath $(DATA_ROOT))
 endif

@@ -30,6 +30,8 @@ import copy
 import datetime as dt
 import gc
 import json
+import re
+import statistics
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +44,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from peftrepro.errors import ConfigError, DataError
 from peftrepro.methods import apply_method, count_parameters, make_method_config
+from peftrepro.runs.envinfo import device_name
 from peftrepro.runs.records import atomic_write_text, run_dir, write_record
 from peftrepro.runs.timing import (
     DTYPES,
@@ -169,11 +172,14 @@ def study_config(args: argparse.Namespace, device: torch.device) -> dict[str, An
     profile = PROFILES[args.profile]
     return {"profile": args.profile, "model": args.model, "dtype": args.dtype,
             "trials": args.trials or profile.trials, "warmup": profile.warmup if args.warmup is None else args.warmup,
-            "seed": args.seed, "device": device.type}
+            "seed": args.seed, "device": device.type, "device_name": device_name(device)}
 
 
 def run_key(study: dict[str, Any]) -> str:
-    return f"{study['device']}-{study['model']}-{study['profile']}-{study['dtype']}"
+    """The measurement's key: the study and the very device (a CPU or GPU model, not just "cpu"), so a
+    measurement is reused on the same hardware only."""
+    device = re.sub(r"[^A-Za-z0-9]+", "_", str(study.get("device_name", ""))).strip("_")
+    return "-".join(part for part in (study["device"], device, study["model"], study["profile"], study["dtype"]) if part)
 
 
 def finished_record(args: argparse.Namespace) -> Path | None:
@@ -252,21 +258,49 @@ def table_from_record(record: dict[str, Any]) -> pd.DataFrame:
                         "pass the record.json written by experiments/latency.py")
     rows = []
     for column_cells in _group_by_column(record["latency"]):
-        base_mean = next(c["mean_ms"] for c in column_cells if c["variant"] == "none")
+        base = next(c for c in column_cells if c["variant"] == "none")
         paper_base, _ = _paper_cell(PAPER_ROWS["none"], column_cells[0]["column"]["paper_column"])
         for cell in column_cells:
             column = cell["column"]
             paper_mean, paper_std = _paper_cell(PAPER_ROWS.get(cell["variant"]), column["paper_column"])
+            q1, q3 = _quartiles(cell["samples_ms"])
+            overhead = _round_overheads(cell["samples_ms"], base["samples_ms"])
+            o1, o3 = median_interval(overhead)
             rows.append({
                 "batch": column["batch"], "seq": column["seq"], "paper_budget": column["adapter_params"],
                 "variant": cell["variant"], "r": cell["r"], "adapter_params": cell["adapter_params"],
                 "mean_ms": cell["mean_ms"], "std_ms": cell["std_ms"], "median_ms": cell["median_ms"],
-                "trials": cell["n"], "overhead_pct": 100 * (cell["mean_ms"] / base_mean - 1),
+                "q1_ms": q1, "q3_ms": q3, "trials": cell["n"], "overhead_pct": statistics.median(overhead),
+                "overhead_low_pct": o1, "overhead_high_pct": o3, "resolved": not o1 <= 0 <= o3,
                 "paper_mean_ms": paper_mean, "paper_std_ms": paper_std,
                 "paper_overhead_pct": (100 * (paper_mean / paper_base - 1)
                                        if paper_mean is not None and paper_base else None),
             })
     return pd.DataFrame(rows)
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    """The first and third quartiles (the interquartile range: the spread shown beside a median)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q3
+
+
+def median_interval(values: list[float]) -> tuple[float, float]:
+    """A distribution-free ~95 % confidence interval for the median: the order statistics whose ranks a
+    binomial(n, 1/2) puts at the 2.5 % tails (with 5 or fewer values, their whole range, ~94 %)."""
+    from scipy.stats import binom
+
+    ordered = sorted(values)
+    k = max(int(binom.ppf(0.025, len(ordered), 0.5)) - 1, 0)
+    return ordered[k], ordered[len(ordered) - 1 - k]
+
+
+def _round_overheads(samples: list[float], base: list[float]) -> list[float]:
+    """The overhead over the no-adapter pass of each round (%): variants are timed round-robin, one
+    pass each per round, so a round's pair shares the machine's state at that moment."""
+    return [100 * (ours / theirs - 1) for ours, theirs in zip(samples, base)]
 
 
 def _group_by_column(cells: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -278,10 +312,23 @@ def _group_by_column(cells: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 
 def _ms(mean: float | None, std: float | None, overhead: float | None) -> str:
+    """A paper cell: mean ± std (and its overhead), as the paper prints it."""
     if mean is None:
         return "–"
     text = f"{mean:.1f} ± {std:.1f}" if std is not None else f"{mean:.1f}"
     return text + (f" ({overhead:+.1f}%)" if overhead is not None and abs(overhead) > 0.05 else "")
+
+
+def _ours(cell: pd.Series) -> str:
+    """Our cell: median (interquartile range) ms, and the overhead's median over rounds with its 95 %
+    interval, or "no difference resolvable" where that interval covers 0."""
+    text = f"{cell['median_ms']:.1f} ({cell['q1_ms']:.1f}–{cell['q3_ms']:.1f})"
+    if cell["variant"] == "none":
+        return text
+    spread = f"95 %: {cell['overhead_low_pct']:+.1f} … {cell['overhead_high_pct']:+.1f} %"
+    if not cell["resolved"]:
+        return f"{text}, no difference resolvable ({spread})"
+    return f"{text}, {cell['overhead_pct']:+.1f} % ({spread})"
 
 
 def render_markdown(table: pd.DataFrame, record: dict[str, Any], record_path: str) -> str:
@@ -293,7 +340,7 @@ def render_markdown(table: pd.DataFrame, record: dict[str, Any], record_path: st
     if with_paper:
         header += [f"B{b}×S{s}: paper" for b, s, p in shapes]
     lines = [
-        "# Table 1: inference latency of one forward pass, GPT-2 M shape (ms, mean ± std)",
+        "# Table 1: inference latency of one forward pass, GPT-2 M shape (ms)",
         "",
         f"Generated by `python experiments/latency.py --profile {config['profile']}` from `{record_path}`.",
         "",
@@ -301,7 +348,10 @@ def render_markdown(table: pd.DataFrame, record: dict[str, Any], record_path: st
         f"- model: {record['model']['name']} {config['model_config']} (random weights), dtype {config['dtype']}, "
         f"inference mode, no KV cache, logits included",
         f"- trials: {config['trials']} per cell after {config['warmup']} warm-up passes, variants timed "
-        "round-robin; std is the sample std over trials",
+        "round-robin. Ours: the median (interquartile range) over trials; the overhead is the median over rounds "
+        "of each round's pass against that round's no-adapter pass, with a distribution-free 95 % interval of "
+        "that median, and \"no difference resolvable\" where the interval covers 0 (noise is not reported as an "
+        "overhead). The paper's: mean ± std, as it prints them",
         f"- LoRA: {config['lora']}; adapter r chosen per column so that |Θ| is closest to the paper's budget "
         "(values in the CSV)",
         "- paper: NVIDIA Quadro RTX8000 (Table 1; its 'Fine-Tune/LoRA' row is shown for both our 'no adapter' "
@@ -316,7 +366,7 @@ def render_markdown(table: pd.DataFrame, record: dict[str, Any], record_path: st
             cell = table[(table["batch"] == batch) & (table["seq"] == seq)
                          & (table["paper_budget"] == budget) & (table["variant"] == variant)].iloc[0]
             r = f" r={int(cell['r'])}" if pd.notna(cell["r"]) and variant.startswith("adapter") else ""
-            ours.append(_ms(cell["mean_ms"], cell["std_ms"], cell["overhead_pct"]) + r)
+            ours.append(_ours(cell) + r)
             paper.append(_ms(_none(cell["paper_mean_ms"]), _none(cell["paper_std_ms"]),
                              _none(cell["paper_overhead_pct"])))
         lines.append("| " + " | ".join([VARIANT_LABELS[variant], *ours, *(paper if with_paper else [])]) + " |")

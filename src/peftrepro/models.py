@@ -214,7 +214,12 @@ def _hub_model(name_or_path: str, revision: str | None) -> tuple[PreTrainedModel
     if not name_or_path or name_or_path in ("None", "???"):
         raise ConfigError("model=hub needs model.name_or_path=<hub id or local directory>")
     local = _resolve(name_or_path)
-    looks_local = local.exists() or name_or_path.startswith((".", "/", "~"))
+    # a hub id is "name" or "owner/name"; anything else (a path, ./x, a/b/c) can only be a folder
+    looks_local = local.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_local and not local.is_dir():
+        raise ModelLoadError(f"model.name_or_path={name_or_path}: no such local directory ({local}); give a folder "
+                             "that holds a model's config.json and weights (save_pretrained), or a hub id such as "
+                             "HuggingFaceTB/SmolLM2-360M")
     tried = f"local directory {local}" if looks_local else f"Hugging Face hub id {name_or_path!r}"
     try:
         return _from_pretrained(str(local) if looks_local else name_or_path, revision=revision)

@@ -93,14 +93,32 @@ def test_latency_table_sets_our_numbers_beside_the_papers(latency) -> None:
     """A record at the paper's shapes gets the paper's Table 1 cells (from peftrepro/data/paper.csv)."""
     column = {"batch": 1, "seq": 128, "adapter_params": 11_000_000, "paper_column": "bs1_seq128"}
     cells = [{"variant": v, "column": column, "r": None, "adapter_params": 0, "mean_ms": 10.0 + i,
-              "std_ms": 0.1, "median_ms": 10.0 + i, "n": 3} for i, v in enumerate(latency.VARIANTS)]
+              "std_ms": 0.1, "median_ms": 10.0 + i, "n": 3, "samples_ms": [9.9 + i, 10.0 + i, 10.1 + i]}
+             for i, v in enumerate(latency.VARIANTS)]
     table = latency.table_from_record({"experiment": "table_latency", "latency": cells})
     adapter_h = table[table["variant"] == "adapter_h"].iloc[0]
     assert adapter_h["paper_mean_ms"] == pytest.approx(25.8)
     assert adapter_h["paper_std_ms"] == pytest.approx(2.2)
     assert adapter_h["paper_overhead_pct"] == pytest.approx(30.3, abs=0.05)  # the paper's printed +30.3%
-    assert adapter_h["overhead_pct"] == pytest.approx(40.0)
+    assert adapter_h["overhead_pct"] == pytest.approx(40.0, abs=0.5) and adapter_h["resolved"]
     assert table[table["variant"] == "lora_unmerged"]["paper_mean_ms"].isna().all()
+
+
+def test_a_latency_difference_inside_the_noise_is_not_reported_as_an_overhead(latency) -> None:
+    """Rounds that disagree on the sign: the median overhead's interval covers 0, so the table says so."""
+    column = {"batch": 2, "seq": 64, "adapter_params": 500_000, "paper_column": None}
+    noisy = {"none": [100.0, 100.0, 100.0, 100.0, 100.0], "lora_merged": [90.0, 95.0, 104.0, 92.0, 108.0]}
+    cells = [{"variant": v, "column": column, "r": None, "adapter_params": 0, "mean_ms": 100.0, "std_ms": 1.0,
+              "median_ms": 100.0, "n": 5, "samples_ms": noisy.get(v, noisy["none"])} for v in latency.VARIANTS]
+    table = latency.table_from_record({"experiment": "table_latency", "latency": cells})
+    merged = table[table["variant"] == "lora_merged"].iloc[0]
+    assert not merged["resolved"] and merged["overhead_pct"] == pytest.approx(-5.0)
+    assert "no difference resolvable (95 %: -10.0 … +8.0 %)" in latency._ours(merged)
+
+
+@pytest.mark.parametrize("values, interval", [([1, 2, 3, 4, 5], (1, 5)), (list(range(100)), (39, 60))])
+def test_the_median_interval_is_distribution_free(latency, values, interval) -> None:
+    assert latency.median_interval(values) == interval
 
 
 def test_latency_refuses_a_record_of_another_experiment(latency) -> None:

@@ -107,3 +107,32 @@ def test_every_lr_search_representative_composes(compose_config, tmp_path: Path)
             cfg = compose_config("experiment=lr_search", "profile=mini", f"task={task}", override,
                                  f"results_dir={tmp_path}")
             assert cfg.method.name == method and plan_run(cfg).settings.lr == search.start[method]
+
+
+@pytest.mark.parametrize("config, env, jobs, expected", [
+    ({"threads": 3}, None, 1, (3, "threads=3")),
+    ({"threads": "auto"}, "1", 1, (1, "OMP_NUM_THREADS")),
+    ({"threads": "auto", "model": {"source": "random"}}, None, 1, (1, "a tiny random model: one thread")),
+    ({"threads": "auto", "model": {"source": "gguf_package"}}, None, 1, (4, "4 cores / 1 run(s) at once")),
+    ({"threads": "auto", "model": {"source": "hub"}}, None, 2, (2, "4 cores / 2 run(s) at once")),
+    ({"threads": "auto", "model": {"source": "hub"}}, None, 8, (1, "4 cores / 8 run(s) at once")),
+])
+def test_the_cpu_thread_policy(monkeypatch, config, env, jobs, expected) -> None:
+    import os
+
+    from peftrepro.runs.plan import cpu_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    if env:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert cpu_threads(config, jobs) == expected
+
+
+@pytest.mark.parametrize("threads", [0, "two", True])
+def test_a_bad_thread_count_is_one_clear_error(threads) -> None:
+    from peftrepro.errors import ConfigError
+    from peftrepro.runs.plan import cpu_threads
+
+    with pytest.raises(ConfigError, match="threads=.* must be auto or an integer >= 1"):
+        cpu_threads({"threads": threads})

@@ -24,7 +24,8 @@ PRIMARY = {"e2e": "bleu", "wikisql": "lf_accuracy", "mnli": "accuracy_m"}
 
 
 def files_under(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    """The files a run left under `root`, its claim's lock file aside (an empty bookkeeping file)."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and ".locks" not in p.parts) if root.exists() else []
 
 
 def assert_complete(record: dict, directory: Path) -> None:
@@ -39,6 +40,7 @@ def assert_complete(record: dict, directory: Path) -> None:
     assert all(record["timings"][k] >= 0 for k in ("load_s", "train_s", "eval_s", "total_s"))
     assert record["throughput"]["train_tokens_per_s"] > 0
     assert record["memory"]["peak_bytes"] > 0 and record["env"]["packages"]["torch"]
+    assert record["threads"]["torch"] == record["env"]["hardware"]["torch_threads"] >= 1
     assert set(record["env"]["git"]) == {"commit", "dirty"}
     assert not [p for p in directory.iterdir() if p.name.startswith(".tmp")]
     assert json.loads((directory / "record.json").read_text()) == json.loads(json.dumps(record))
@@ -117,6 +119,40 @@ def test_failure_leaves_a_failed_record_with_traceback(smoke, tmp_path: Path, ph
     assert [p.name for p in directory.iterdir()] == ["record.json"]  # no half-made artefacts
 
 
+def test_a_forced_rerun_that_fails_keeps_the_finished_record(smoke, tmp_path: Path, monkeypatch) -> None:
+    import peftrepro.runs.execute as execute
+
+    first = run_one(smoke("task=mnli", "method=ft"))
+    record_file = tmp_path / "results" / "runs" / "adhoc" / first["run_key"] / "record.json"
+
+    def broken_fit(*args, **kwargs):
+        raise RuntimeError("a crash while retraining")
+
+    monkeypatch.setattr(execute, "fit", broken_fit)
+    with pytest.raises(RuntimeError, match="a crash while retraining"):
+        run_one(smoke("task=mnli", "method=ft", "force=true"))
+    assert json.loads(record_file.read_text()) == first  # a failed record never replaces an ok one
+
+
+def test_an_interrupted_run_is_recorded_as_interrupted_without_a_traceback(smoke, tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        run_one(smoke("task=mnli", "method=lora", "debug.fail_at=interrupt"))
+    (directory,) = (tmp_path / "results" / "runs" / "adhoc").iterdir()
+    record = json.loads((directory / "record.json").read_text())
+    assert record["status"] == "interrupted" and record["error"]["traceback"] == ""
+    assert record["error"]["message"] == "interrupted (Ctrl-C or SIGTERM)"
+
+
+def test_an_unreadable_record_is_named_and_its_run_made_again(smoke, tmp_path: Path, caplog) -> None:
+    first = run_one(smoke("task=mnli", "method=ft"))
+    record_file = tmp_path / "results" / "runs" / "adhoc" / first["run_key"] / "record.json"
+    record_file.write_text('{"status": "ok", "metri')  # a truncated file, e.g. a disk that filled up
+    with caplog.at_level("WARNING", logger="peftrepro.runs"):
+        again = run_one(smoke("task=mnli", "method=ft"))
+    assert again["status"] == "ok" and again["metrics"] == first["metrics"]
+    assert f"{record_file} is unreadable (JSONDecodeError" in caplog.text and "running" in caplog.text
+
+
 def test_wandb_runs_are_finished_one_by_one_even_when_a_run_fails(smoke, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     wandb = pytest.importorskip("wandb")
@@ -130,7 +166,10 @@ def test_wandb_runs_are_finished_one_by_one_even_when_a_run_fails(smoke, tmp_pat
 
 
 @pytest.mark.parametrize(("overrides", "error", "message"), [
-    (["model=hub", "model.name_or_path=/nonexistent/model"], PeftReproError, "local directory /nonexistent/model"),
+    (["model=hub", "model.name_or_path=/nonexistent/model"], PeftReproError,
+     "model.name_or_path=/nonexistent/model: no such local directory"),
+    (["model=hub", "model.name_or_path=models/mine/gpt"], PeftReproError,  # a relative path, not an owner/name id
+     "model.name_or_path=models/mine/gpt: no such local directory"),
     (["method.name=nope"], PeftReproError, "unknown method 'nope'"),
     (["task.name=nope"], PeftReproError, "unknown task 'nope'"),
     (["train.lr=-1e-4"], PeftReproError, r"train\.lr=-0\.0001 must be > 0"),
@@ -169,6 +208,13 @@ def test_cli_bad_input_exits_nonzero_with_one_line_and_writes_nothing(tmp_path: 
     assert result.stdout.count("must be > 0") + result.stderr.count("must be > 0") == 1
     assert "Traceback" not in result.stderr
     assert files_under(tmp_path / "results") == []
+
+
+def test_cli_interrupted_run_is_one_line_and_stops_the_sweep(tmp_path: Path) -> None:
+    result = cli("-m", "task=mnli", "method=lora", "debug.fail_at=interrupt,null", results=tmp_path / "results")
+    assert result.returncode == 130 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("interrupted: the run's record says status 'interrupted'")
+    assert len(list((tmp_path / "results" / "runs" / "adhoc").iterdir())) == 1  # the second job never started
 
 
 def test_cli_multirun_goes_on_after_a_failure_and_exits_nonzero(tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ def parse_seeds(text: str | None) -> list[int] | None:
     except ValueError:
         raise SystemExit(f"--seeds must be a comma-separated list of integers, e.g. 0,1,2 (got {text!r})") from None
 
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m peftrepro.report.aggregate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -36,8 +36,10 @@ class Learning:
         return (f"{self.score:.1f} vs {self.baseline_name} {self.baseline:.1f} "
                 f"(Δ {self.score - self.baseline:+.1f} ± {LEARNED_Z * self.se:.1f})")
 
+
 def primary_metric(task: str) -> str | None:
     return {**PRIMARY_METRIC, "e2e": "bleu"}.get(task)
+
 
 def learning_check(record: Record, baselines: Sequence[Record]) -> Learning | None:
     """Whether `record` beats its task's trivial baseline on its primary metric by more than LEARNED_Z
@@ -68,6 +70,7 @@ def learning_check(record: Record, baselines: Sequence[Record]) -> Learning | No
         se = _paired_se([a - b for a, b in zip(ours.scores, theirs.scores)])
     return Learning(score - base > LEARNED_Z * se, score, base, "zero-shot", se)
 
+
 def _against_majority(record: Record, metric: str) -> Learning | None:
     subset = PROPORTION_METRICS[metric][1]
     rows = [row for row in record.prediction_rows() or [] if row.get("subset") == subset and "label" in row]
@@ -79,6 +82,7 @@ def _against_majority(record: Record, metric: str) -> Learning | None:
     se = _paired_se([a - b for a, b in zip(right, base)])
     score, baseline = statistics.mean(right), statistics.mean(base)
     return Learning(score - baseline > LEARNED_Z * se, score, baseline, "majority class", se)
+
 
 def _paired_se(differences: Sequence[float]) -> float:
     return statistics.stdev(differences) / math.sqrt(len(differences)) if len(differences) > 1 else math.inf

@@ -34,6 +34,7 @@ SUMMARY_COLUMNS = ("row", "column", "mean", "std", "sampling_se", "examples", "n
                    "problems", "paper", "paper_printed", "paper_ref", "status", "hardware", "metric",
                    "did_not_learn", "baseline", "resampled")
 
+
 @dataclass
 class TableResult:
     spec: TableSpec
@@ -66,6 +67,7 @@ class TableResult:
     @property
     def incomplete(self) -> pd.DataFrame:
         return self.cells[self.cells["status"].isin(["missing", "failed", "partial", "unscored"])]
+
 
 def summarise(spec: TableSpec, records: Sequence[Record], expected_seeds: Sequence[int] | None,
               problems: Sequence[Problem] = (), superseded: int = 0,
@@ -109,6 +111,7 @@ def summarise(spec: TableSpec, records: Sequence[Record], expected_seeds: Sequen
                        sources=sources, baselines=list(baselines),
                        learning={key: found for key, found in checked.items() if found and key not in replaced_keys})
 
+
 def _cell(spec: TableSpec, row: str, column: str, obs: pd.DataFrame, seeds: Sequence[int],
           paper_index: pd.DataFrame) -> dict[str, Any]:
     ref = spec.paper_ref(row, column)
@@ -135,6 +138,7 @@ def _cell(spec: TableSpec, row: str, column: str, obs: pd.DataFrame, seeds: Sequ
                 did_not_learn=[f"seed {seed}: {learning}" for seed, learning in sorted(checks) if not learning.learned],
                 baseline=checks[0][1] if checks else None, resampled=_mean_resampled(list(good["resampled"])))
 
+
 @dataclass(frozen=True)
 class Resampled:
     """A corpus metric on each bootstrap resample of the evaluated MRs (peftrepro.report.resampling), for a run
@@ -144,15 +148,18 @@ class Resampled:
     fingerprint: str
     values: Any  # numpy array, one value per resample
 
+
 def _resampled(record: Record, metric: str | None) -> Resampled | None:
     values = record.resampled(metric) if metric in CORPUS_METRICS else None
     return None if values is None else Resampled(str(record.eval_fingerprint()), values)
+
 
 def _mean_resampled(runs: Sequence[Resampled | None]) -> Resampled | None:
     """Per resample, the mean over the cell's seeds; None unless every seed has them, on the same MRs."""
     if not runs or any(run is None for run in runs) or len({run.fingerprint for run in runs}) > 1:
         return None
     return Resampled(runs[0].fingerprint, sum(run.values for run in runs) / len(runs))
+
 
 def _mean_example_scores(runs: Sequence[ExampleScores | None]) -> ExampleScores | None:
     """Per example, the mean score over the cell's seeds; None unless every seed scored the same examples."""
@@ -161,8 +168,10 @@ def _mean_example_scores(runs: Sequence[ExampleScores | None]) -> ExampleScores 
     means = tuple(sum(column) / len(runs) for column in zip(*(run.scores for run in runs)))
     return ExampleScores(runs[0].fingerprint, means)
 
+
 # a cell whose runs all have one of these record statuses shows it (rendered "n/a" / "—")
 FINAL_CELL_STATUS = {NOT_APPLICABLE: "n/a", UNSCORED: "unscored"}
+
 
 def _status(row: str, column: str, mine: pd.DataFrame, good: pd.DataFrame, got: list[int],
             seeds: Sequence[int]) -> str:
@@ -175,12 +184,14 @@ def _status(row: str, column: str, mine: pd.DataFrame, good: pd.DataFrame, got: 
         return "ok"
     return "partial" if set(seeds) - set(got) else "ok"
 
+
 def select_profile(records: Sequence[Record], profile: str | None) -> tuple[list[Record], str | None]:
     """Records of one profile: the given one, else that of the latest record (never mixed)."""
     if not records:
         return [], profile
     chosen = profile or max(records, key=lambda r: r.created_at).profile
     return [r for r in records if r.profile == chosen], chosen
+
 
 def build_table(spec: TableSpec, runs_dir: Path, profile: str | None = None,
                 seeds: Sequence[int] | None = None) -> TableResult:

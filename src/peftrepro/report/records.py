@@ -42,7 +42,9 @@ PROPORTION_METRICS: dict[str, tuple[str, str | None]] = {
 # E2E's corpus metrics: their evaluation-set error comes from a bootstrap over MRs (peftrepro.report.resampling)
 CORPUS_METRICS = ("bleu", "nist", "meteor", "rouge_l", "cider")
 
+
 BASELINES_EXPERIMENT = "baselines"  # conf/experiment/baselines.yaml: the backbone without training
+
 
 LR_SEARCH_EXPERIMENT = "lr_search"  # conf/experiment/lr_search.yaml: the learning-rate selection
 
@@ -54,6 +56,7 @@ BARELY_TRAINED_RATIO = 0.9
 # row has no `id` of its own (MultiNLI rows of records written before the fair protocol)
 EXAMPLE_ID_FIELDS = {"mnli": ("premise", "hypothesis"), "wikisql": ("table_id", "question")}
 
+
 @dataclass(frozen=True)
 class ExampleScores:
     """Per-example scores of one metric in evaluation order (paper units: 0 or 100 for one run, the
@@ -62,6 +65,7 @@ class ExampleScores:
 
     fingerprint: str
     scores: tuple[float, ...]
+
 
 @dataclass(frozen=True)
 class Record:
@@ -210,12 +214,14 @@ class Record:
             node = node[part]
         return node
 
+
 def _prediction_rows(path: Path) -> list[dict[str, Any]] | None:
     try:
         stat = path.stat()
     except OSError:
         return None
     return _rows_of_file(path, stat.st_mtime_ns, stat.st_size)
+
 
 @lru_cache(maxsize=512)
 def _rows_of_file(path: Path, mtime_ns: int, size: int) -> list[dict[str, Any]] | None:
@@ -225,10 +231,12 @@ def _rows_of_file(path: Path, mtime_ns: int, size: int) -> list[dict[str, Any]] 
     except (OSError, ValueError):
         return None
 
+
 @dataclass(frozen=True)
 class Problem:
     path: Path
     reason: str
+
 
 def parse_record(path: Path, data: Any) -> Record:
     """A Record from a decoded record.json; ValueError names what is wrong."""
@@ -247,6 +255,7 @@ def parse_record(path: Path, data: Any) -> Record:
                   profile=str(data.get("profile") or "unknown"), task=str(task or "unknown"),
                   method=method, metrics=data.get("metrics") or {}, raw=data)
 
+
 def load_records(runs_dir: Path) -> tuple[list[Record], list[Problem], Counter[str]]:
     """Every readable record under runs_dir, the latest per experiment and run key; plus the problems
     and, per experiment, how many older records of the same run key were left out."""
@@ -260,6 +269,7 @@ def load_records(runs_dir: Path) -> tuple[list[Record], list[Problem], Counter[s
     latest = latest_per_run_key(records)
     return latest, problems, Counter(r.experiment for r in records) - Counter(r.experiment for r in latest)
 
+
 def latest_per_run_key(records: Sequence[Record]) -> list[Record]:
     """One record per experiment and run key: the one created last (ties: the later path in sort
     order). Two experiments can hold the same run key: a run reused by copy (peftrepro.runs.reuse) whose
@@ -272,6 +282,7 @@ def latest_per_run_key(records: Sequence[Record]) -> list[Record]:
     kept = frame.sort_values(["created_at", "index"], kind="stable").drop_duplicates("key", keep="last")
     return [records[i] for i in sorted(kept["index"])]
 
+
 def format_count(millions: float) -> str:
     count = millions * 1e6
     if count >= 1e6:
@@ -279,6 +290,7 @@ def format_count(millions: float) -> str:
     if count >= 1e3:
         return f"{count / 1e3:.3g}K"
     return f"{count:.0f}"
+
 
 def training_text(records: Sequence[Record]) -> str:
     """How a cell's runs trained, e.g. "0.92M trainable, lr 0.0005, 250 steps, final training loss
@@ -295,14 +307,17 @@ def training_text(records: Sequence[Record]) -> str:
                      + (f" (mean of {len(losses)})" if len(losses) > 1 else ""))
     return ", ".join(parts)
 
+
 def distinct(values: Iterable[Any]) -> list[str]:
     """The distinct non-empty values as sorted strings."""
     return sorted({str(v) for v in values if v not in (None, "")})
+
 
 def commit_labels(records: Iterable[Record]) -> list[str]:
     """The commits the records name, `abcdef1234 (dirty)` when the tree had uncommitted changes."""
     return distinct(f"{g.get('commit', '?')[:10]}{' (dirty)' if g.get('dirty') else ''}"
                     for r in records for g in [r.env.get("git") or {}])
+
 
 def e2e_eval_counts(record: Record) -> tuple[Any, Any] | None:
     """(MRs, references) an E2E run evaluated: its evaluated rows are references, several per MR.
@@ -310,13 +325,16 @@ def e2e_eval_counts(record: Record) -> tuple[Any, Any] | None:
     notes = record.raw.get("eval_notes") or {}
     return (notes["mrs"], notes.get("references")) if record.task == "e2e" and "mrs" in notes else None
 
+
 def eval_size(record: Record) -> str:
     """How much a run evaluated, for a table header."""
     if counts := e2e_eval_counts(record):
         return f"{counts[0]} eval MRs with {counts[1]} references"
     return f"{(record.raw.get('data') or {}).get('eval_examples')} eval"
 
+
 RECORD_STATUSES = ("ok", "failed", NOT_APPLICABLE, UNSCORED)
+
 
 def status_counts(records: Iterable[Record]) -> dict[str, int]:
     """Records per status, in RECORD_STATUSES order; any other status counts as failed (as in _status)."""

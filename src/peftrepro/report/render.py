@@ -48,6 +48,7 @@ def format_cell(spec: TableSpec, cell: pd.Series, n_expected: int) -> str:
         text = f"did not learn{which}: {text}, {base.baseline_name} {base.baseline:.1f}"
     return text + paper
 
+
 def layout(result: TableResult) -> pd.DataFrame:
     """The table as the paper lays it out: one string per cell."""
     spec = result.spec
@@ -61,8 +62,10 @@ def layout(result: TableResult) -> pd.DataFrame:
         lines.append(line)
     return pd.DataFrame(lines, columns=list(spec.corner) + [c.labels[0] for c in spec.columns])
 
+
 def _pad(label: str, width: int) -> tuple[str, ...]:
     return (label,) + ("",) * (width - 1)
+
 
 def wide_csv(result: TableResult) -> pd.DataFrame:
     """Numeric wide form: the paper's rows; per paper column its mean, std, n, paper value, status."""
@@ -77,6 +80,7 @@ def wide_csv(result: TableResult) -> pd.DataFrame:
                      f"{name} paper": cell["paper"], f"{name} status": cell["status"]}
         lines.append(line)
     return pd.DataFrame(lines)
+
 
 def header_lines(result: TableResult) -> list[str]:
     records = result.records
@@ -103,8 +107,10 @@ def header_lines(result: TableResult) -> list[str]:
         "- Each cell: our mean ± std over seeds (n = number of seeds) · the paper's printed value.",
     ]
 
+
 def _count(values: Iterable[str]) -> list[tuple[str, int]]:
     return sorted(Counter(values).items())
+
 
 def incomplete_lines(result: TableResult) -> list[str]:
     spec = result.spec
@@ -143,6 +149,7 @@ def incomplete_lines(result: TableResult) -> list[str]:
         lines.append(f"- UNREADABLE {problem.path}: {problem.reason}")
     return lines
 
+
 def choice_lines(result: TableResult) -> list[str]:
     """Each choice as recorded in the runs' resolved configs, per task where tasks differ and with
     the methods of each value where methods differ (e.g. one learning rate per method)."""
@@ -165,10 +172,12 @@ def choice_lines(result: TableResult) -> list[str]:
         lines.append(f"- {choice.what} (`{choice.path}`): {shown}")
     return lines + [f"- {note}" for note in result.spec.notes]
 
+
 def _values_text(methods_by_value: Mapping[str, set[str]]) -> str:
     if len(methods_by_value) == 1:
         return next(iter(methods_by_value))
     return ", ".join(f"{value} ({', '.join(sorted(methods))})" for value, methods in sorted(methods_by_value.items()))
+
 
 def baseline_lines(result: TableResult) -> list[str]:
     """Each task's trivial baseline on the table's evaluation set, as the runs were checked against it."""
@@ -184,6 +193,7 @@ def baseline_lines(result: TableResult) -> list[str]:
     lines += [f"- {task}: not known yet (no zero-shot run on these examples: `make baselines`), so no run of "
               "it is checked" for task in missing]
     return lines
+
 
 def lr_lines(result: TableResult) -> list[str]:
     """Per (task, method) of the table: the selection's grid with its dev scores and choice, and the
@@ -205,6 +215,7 @@ def lr_lines(result: TableResult) -> list[str]:
             lines.append(_search_line(task, method, metric, points, used))
     return lines
 
+
 def _search_line(task: str, method: str, metric: str, points: Sequence[Record], used: list[str]) -> str:
     scores = {float(r.get("train.lr")): to_paper_unit(metric, float(r.metrics[metric]))
               for r in points if r.status == "ok" and metric in r.metrics}
@@ -222,6 +233,7 @@ def _search_line(task: str, method: str, metric: str, points: Sequence[Record], 
         line += f"; **the table's runs used {', '.join(used)}**, not the choice"
     return line
 
+
 def _options_text(record: Record) -> str:
     """The configuration a search ran on, in the paper's terms (e.g. "W_q,W_v r=8")."""
     method = record.method
@@ -230,6 +242,7 @@ def _options_text(record: Record) -> str:
         return f"{weights_label(ranks)} r={'/'.join(map(str, sorted(set(ranks.values()))))}"
     shown = {k: v for k, v in method.items() if k in ("r", "k", "prefix_length", "infix_length")}
     return ", ".join(f"{k}={v}" for k, v in shown.items()) or "its defaults"
+
 
 def render_markdown(result: TableResult, claim_lines: Sequence[str]) -> str:
     from peftrepro.report.plots import (
@@ -257,6 +270,7 @@ def render_markdown(result: TableResult, claim_lines: Sequence[str]) -> str:
     parts += ["", "## Paper's claims on our numbers", "", *claim_lines, ""]
     parts += ["## Choices and ambiguities", "", *choice_lines(result), ""]
     return "\n".join(parts)
+
 
 def write_table(result: TableResult, out_dir: Path, plots: bool = True) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,9 @@ One job composes conf/config.yaml with the command line's overrides and runs it
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import sys
 
 import hydra
 from hydra.errors import CompactHydraException
@@ -22,11 +25,17 @@ log = logging.getLogger("peftrepro.runs")
 class RunFailed(CompactHydraException):
     """What the CLI prints for a failed job: one line, the traceback is in the record or the log."""
 
+
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float | None:
     """One Hydra job. Returns the primary metric (for Hydra sweepers that optimise it)."""
+    signal.signal(signal.SIGTERM, _interrupt)  # a cancelled SLURM job ends like Ctrl-C: recorded, one line
     try:
-        record = run_one(cfg)
+        record = run_one(cfg, jobs_at_once=_jobs_at_once())
+    except KeyboardInterrupt:
+        print("interrupted: the run's record says status 'interrupted'; the same command resumes the sweep "
+              "(finished runs are skipped)", file=sys.stderr)
+        sys.exit(130)  # SystemExit passes Hydra's job wrapper: the sweep stops here, as Ctrl-C asks
     except PeftReproError as error:
         if _in_multirun():  # Hydra reports only the first failed job of a sweep: log each one
             log.error("%s: %s", type(error).__name__, error)
@@ -37,16 +46,36 @@ def hydra_main(cfg: DictConfig) -> float | None:
     value = (record.get("metrics") or {}).get(_primary_metric(str(record.get("task"))))
     return float(value) if isinstance(value, (int, float)) else None
 
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _jobs_at_once() -> int:
+    """Runs the launcher runs side by side on this machine: joblib's n_jobs (-1: one per core), else 1
+    (the basic launcher runs one at a time; a SLURM job is one run on its own allocation)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not _in_multirun():
+        return 1
+    n_jobs = HydraConfig.get().launcher.get("n_jobs")
+    if not isinstance(n_jobs, int) or n_jobs == 0:
+        return 1
+    return (os.cpu_count() or 1) if n_jobs < 0 else n_jobs
+
+
 def _in_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
+
 def _primary_metric(task_name: str) -> str:
     from peftrepro.tasks import TASKS
 
     return str(getattr(TASKS.get(task_name), "primary_metric", ""))
+
 
 def main() -> None:
     """Console script `peftrepro-run` (same arguments as `python -m peftrepro.runs`)."""

@@ -36,7 +36,7 @@ from omegaconf import DictConfig
 from peftrepro.errors import ConfigError, NotApplicableError, PeftReproError
 from peftrepro.interfaces import EvalOutput
 from peftrepro.runs import envinfo, records, reuse
-from peftrepro.runs.plan import RunPlan, plan_run
+from peftrepro.runs.plan import RunPlan, cpu_threads, plan_run
 from peftrepro.runs.tracking import Tracker, make_tracker
 from peftrepro.runs.train import (
     TrainSettings,
@@ -55,23 +55,39 @@ log = logging.getLogger("peftrepro.runs")
 class InjectedFailure(RuntimeError):
     """Raised by `debug.fail_at` (tests of failure isolation)."""
 
-def run_one(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """Run `cfg` to a record (or return the finished record of an identical earlier run)."""
+
+def run_one(cfg: DictConfig | Mapping[str, Any], jobs_at_once: int = 1) -> dict[str, Any]:
+    """Run `cfg` to a record (or return the finished record of an identical earlier run). `jobs_at_once`:
+    how many runs the launcher runs side by side on this machine (the CPU thread policy divides by it)."""
     # The commit of the code this process runs: read before training (cached), since a commit made
     # while a long run trains must not be credited with its numbers.
     envinfo.git_state()
     plan = plan_run(cfg)
-    if not plan.config.get("force") and records.is_finished(plan.directory):
+    with records.claimed(plan.config["results_dir"], str(plan.config["experiment"]), plan.key) as mine:
+        if not mine:  # another live process (a second sweep, a retry) is making this run now
+            log.warning("skip %s: another process is running it now (%s); rerun the sweep after it ends",
+                        plan.key, plan.directory)
+            return {"run_key": plan.key, "status": "running elsewhere"}
+        return _claimed_run(plan, jobs_at_once)
+
+
+def _claimed_run(plan: RunPlan, jobs_at_once: int = 1) -> dict[str, Any]:
+    """Skip, score, reuse or run `plan`, holding its claim (nothing else writes in its folder)."""
+    force = plan.config.get("force")
+    if not force and records.is_finished(plan.directory):
         log.info("skip %s: finished record at %s (force=true reruns it)", plan.key, plan.directory)
         return records.read_record(plan.directory) or {}
-    if not plan.config.get("force") and records.status_of(plan.directory) == records.UNSCORED:
+    if not force and records.status_of(plan.directory) == records.UNSCORED:
         return _score_unscored(plan)
-    if not plan.config.get("force") and plan.config.get("reuse_equivalent_runs", True):
+    if problem := records.record_problem(plan.directory):
+        log.warning("%s is unreadable (%s): running %s again", plan.directory / records.RECORD_FILE, problem, plan.key)
+    if not force and plan.config.get("reuse_equivalent_runs", True):
         equivalent = reuse.find_equivalent(plan)
         if equivalent is not None:
             return reuse.copy_equivalent(equivalent, plan)
     log.info("run %s -> %s", plan.key, plan.directory)
-    return _Run(plan).execute()
+    return _Run(plan, jobs_at_once=jobs_at_once).execute()
+
 
 def _score_unscored(plan: RunPlan) -> dict[str, Any]:
     """A run trained and decoded earlier without scoring: score it now, or leave it for later."""
@@ -84,17 +100,20 @@ def _score_unscored(plan: RunPlan) -> dict[str, Any]:
     log.info("score %s: saved predictions at %s (no training)", plan.key, plan.directory)
     return score_saved(plan.directory, plan.task)
 
+
 @dataclass
 class _Run:
     """The state of one run while it executes; becomes the record."""
 
     plan: RunPlan
+    jobs_at_once: int = 1
     started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=lambda: {"load_s": 0.0, "train_s": 0.0, "eval_s": 0.0})
     partial: dict[str, Any] = field(default_factory=dict)  # record fields known so far
 
     def execute(self) -> dict[str, Any]:
-        for stale in self.plan.directory.glob(".tmp-run-*"):  # left by a killed attempt
+        # the caller holds this run's claim, so a temporary folder here was left by a killed attempt
+        for stale in self.plan.directory.glob(".tmp-run-*"):
             shutil.rmtree(stale, ignore_errors=True)
         staging = self.plan.directory / f".tmp-run-{datetime.now().strftime('%Y%m%d%H%M%S%f')}"
         try:
@@ -128,6 +147,9 @@ class _Run:
         plan, config = self.plan, self.plan.config
         began = time.perf_counter()
         seed_everything(int(config["seed"]), plan.settings.deterministic)
+        threads, why = cpu_threads(config, self.jobs_at_once)
+        torch.set_num_threads(threads)
+        self.partial["threads"] = {"torch": threads, "why": why}
         task = plan.task
         train_rows = task.load_split(task.options.train_split, task.options.max_train_examples)
         eval_rows = task.load_split(task.options.eval_split, task.options.max_eval_examples)
@@ -238,7 +260,7 @@ class _Run:
             "metrics": {}, "metrics_per_epoch": [], "best_epoch": None,
             "params": self.partial.get("params"), "checkpoint_bytes": None, "data": self.partial.get("data"),
             "timings": dict(self.timings), "throughput": {"train_tokens_per_s": None},
-            "memory": _peak_memory(device), "env": envinfo.environment(),
+            "memory": _peak_memory(device), "threads": self.partial.get("threads"), "env": envinfo.environment(),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
 
@@ -250,14 +272,22 @@ class _Run:
         return record
 
     def _write_failed(self, error: BaseException) -> None:
-        details = {"type": type(error).__name__, "message": str(error),
-                   "traceback": "".join(traceback.format_exception(error))}
+        if records.is_finished(self.plan.directory):  # a forced rerun that broke: the finished record stays
+            log.error("run %s (force=true) stopped (%s: %s); its earlier finished record is kept", self.plan.key,
+                      type(error).__name__, error)
+            return
+        interrupted = isinstance(error, KeyboardInterrupt)
+        details = {"type": type(error).__name__,
+                   "message": "interrupted (Ctrl-C or SIGTERM)" if interrupted else str(error),
+                   "traceback": "" if interrupted else "".join(traceback.format_exception(error))}
+        status = records.INTERRUPTED if interrupted else "failed"
         try:
-            records.write_record(self.plan.directory, self._record("failed", details, None))
-            log.error("run %s failed (%s: %s); record at %s", self.plan.key, type(error).__name__, error,
+            records.write_record(self.plan.directory, self._record(status, details, None))
+            log.error("run %s %s (%s); record at %s", self.plan.key, status, details["message"] or type(error).__name__,
                       self.plan.directory / records.RECORD_FILE)
         except Exception:  # never hide the original error behind a failure to record it
-            log.exception("could not write the failed record of %s", self.plan.key)
+            log.exception("could not write the %s record of %s", status, self.plan.key)
+
 
 @dataclass
 class _Setup:
@@ -268,6 +298,7 @@ class _Setup:
     eval_rows: list
     device: torch.device
     settings: TrainSettings  # the plan's, with the longest sequence this method makes
+
 
 def _sequence_length(plan: RunPlan, n_virtual: int, context: int | None) -> int:
     """The longest training sequence: the example's own tokens (train.max_length) plus the method's
@@ -280,9 +311,11 @@ def _sequence_length(plan: RunPlan, n_virtual: int, context: int | None) -> int:
             f"positions; lower task.max_length or method.prefix_length / method.infix_length")
     return length
 
+
 def _score(row: Mapping[str, Any], metric: str) -> float:
     value = row.get(metric)
     return float(value) if isinstance(value, (int, float)) and not math.isnan(value) else -math.inf
+
 
 @contextmanager
 def _merged(applied: Any, enabled: bool) -> Iterator[None]:
@@ -296,13 +329,19 @@ def _merged(applied: Any, enabled: bool) -> Iterator[None]:
     finally:
         applied.unmerge()
 
+
 def _fail_if(config: Mapping[str, Any], phase: str) -> None:
-    if config.get("debug", {}).get("fail_at") == phase:
+    fail_at = config.get("debug", {}).get("fail_at")
+    if fail_at == "interrupt" and phase == "train":
+        raise KeyboardInterrupt
+    if fail_at == phase:
         raise InjectedFailure(f"injected failure in phase {phase!r} (debug.fail_at={phase})")
+
 
 def _device(config: Mapping[str, Any]) -> torch.device:
     choice = config.get("device", "auto")
     return torch.device("cuda" if choice == "cuda" or choice == "auto" and torch.cuda.is_available() else "cpu")
+
 
 def _peak_memory(device: torch.device | None) -> dict[str, Any]:
     if device is not None and device.type == "cuda":

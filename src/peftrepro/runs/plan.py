@@ -25,7 +25,7 @@ from peftrepro.runs import records
 from peftrepro.runs.train import TrainSettings
 
 LOGGERS = ("none", "wandb")
-FAIL_PHASES = (None, "setup", "train", "eval")
+FAIL_PHASES = (None, "setup", "train", "eval", "interrupt")  # interrupt: as Ctrl-C at the start of training
 DEVICES = ("auto", "cpu", "cuda")
 SCORING = ("now", "later", "auto")
 CONFIG_DIR = project_root() / "conf"
@@ -56,6 +56,7 @@ class RunPlan:
     data_source: str
     defers_scoring: bool  # metrics left to peftrepro.runs.scoring (`defers_scoring`), decided once here
 
+
 def plan_run(cfg: DictConfig | Mapping[str, Any]) -> RunPlan:
     """Resolve and validate `cfg`; raise one ConfigError/DataError naming what is wrong."""
     from peftrepro.methods import make_method_config
@@ -78,6 +79,7 @@ def plan_run(cfg: DictConfig | Mapping[str, Any]) -> RunPlan:
     directory = records.run_dir(config["results_dir"], str(config["experiment"]), key)
     return RunPlan(config, key, directory, settings, decoding, method_config, task, data_source, deferred)
 
+
 def resolved_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """The config as plain data with every interpolation resolved (Hydra's own node dropped)."""
     try:
@@ -91,6 +93,7 @@ def resolved_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"config has no `{key}`; compose it from conf/config.yaml")
     return container
 
+
 def _decoding(node: Mapping[str, Any]) -> DecodingConfig:
     try:
         decoding = DecodingConfig(**node)
@@ -100,6 +103,7 @@ def _decoding(node: Mapping[str, Any]) -> DecodingConfig:
         if int(getattr(decoding, name)) < 1:
             raise ConfigError(f"decoding.{name}={getattr(decoding, name)} must be >= 1")
     return decoding
+
 
 def _check_choices(config: Mapping[str, Any]) -> None:
     from peftrepro.models import SOURCES
@@ -123,8 +127,10 @@ def _check_choices(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"device={config.get('device')!r} must be one of {DEVICES}")
     if config.get("device") == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but torch sees no CUDA device; use device=auto or device=cpu")
+    cpu_threads(config)  # a bad `threads` value is an input error like the others
     if config.get("scoring", "now") not in SCORING:
         raise ConfigError(f"scoring={config.get('scoring')!r} must be one of {SCORING}")
+
 
 def defers_scoring(config: Mapping[str, Any], task: Any) -> bool:
     """Whether this run leaves its metrics to peftrepro.runs.scoring: `scoring: later`, or `auto` on a machine
@@ -133,6 +139,7 @@ def defers_scoring(config: Mapping[str, Any], task: Any) -> bool:
 
     mode = config.get("scoring", "now")
     return mode != "now" and can_defer(task) and (mode == "later" or bool(task.missing_scoring_tools()))
+
 
 def _data_root(config: Mapping[str, Any]) -> tuple[str | None, str]:
     """Where the data is read from, and how the record names it (fixtures | a path | hub)."""
@@ -148,6 +155,7 @@ def _data_root(config: Mapping[str, Any]) -> tuple[str | None, str]:
                           "a data root (the layout of peftrepro.tasks.data; or export PEFTREPRO_DATA_ROOT), or use profile=smoke "
                           "for fixtures")
     return str(root), str(root)
+
 
 def fixture_root(cache_dir: Path) -> Path:
     """The fixture data root, written once per version of the fixture code.
@@ -172,3 +180,18 @@ def fixture_root(cache_dir: Path) -> Path:
         except OSError:  # another job got there first: its copy is identical
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def cpu_threads(config: Mapping[str, Any], jobs_at_once: int = 1) -> tuple[int, str]:
+    """The torch intra-op threads of one run on the CPU, and why (the `threads` option)."""
+    choice = config.get("threads", "auto")
+    if choice != "auto":
+        if not isinstance(choice, int) or isinstance(choice, bool) or choice < 1:
+            raise ConfigError(f"threads={choice!r} must be auto or an integer >= 1")
+        return choice, "threads=" + str(choice)
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
+    if (config.get("model") or {}).get("source") == "random":
+        return 1, "a tiny random model: one thread"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, jobs_at_once)), f"{cores} cores / {jobs_at_once} run(s) at once"

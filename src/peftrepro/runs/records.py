@@ -19,18 +19,21 @@ share a folder unless they are the same run (lightning-hydra-template #511).
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import json
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from peftrepro.paths import resolve_path
 
 SCHEMA_VERSION = 1
+LOCKS_DIR = ".locks"  # under the results folder: one lock file per run being made (gitignored)
 RECORD_FILE = "record.json"
 PREDICTIONS_FILE = "predictions.jsonl.gz"
 LEGACY_PREDICTIONS_FILE = "predictions.jsonl"  # plain text, in records of earlier versions
@@ -45,8 +48,8 @@ def semantic_config(config: Mapping[str, Any]) -> dict[str, Any]:
     In: model, task (with its splits and example limits), method, train and decoding settings,
     seed, fixtures-or-real-data, LoRA merging for evaluation, and an injected failure (so a test's
     failed record never shadows the real run). Out: experiment, results_dir, force, logger, hydra,
-    data_root (results move between machines), device, scoring (now or later, the same metrics),
-    and the profiles' lookup tables (already resolved into train/decoding).
+    data_root (results move between machines), device, threads, scoring (now or later, the same
+    metrics), and the profiles' lookup tables (already resolved into train/decoding).
     """
     missing = [key for key in ("model", "task", "method", "train", "decoding", "seed") if key not in config]
     if missing:
@@ -77,6 +80,42 @@ def run_folder(runs_root: Path, experiment: str, key: str) -> Path:
     return runs_root / _slug(experiment) / key
 
 
+def record_problem(directory: Path) -> str | None:
+    """Why the record in `directory` cannot be read, when there is a file that cannot; else None."""
+    path = directory / RECORD_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        return f"{type(error).__name__}: {error}"
+    return None if isinstance(data, dict) else "not a JSON object"
+
+
+@contextmanager
+def claimed(results_dir: str | os.PathLike[str], experiment: str, key: str) -> Iterator[bool]:
+    """Claim a run for as long as the block lasts: yields True when this process holds it, False when
+    another live process does. An OS lock (flock) on `<results>/.locks/<experiment>/<key>.lock`: the
+    kernel releases it when its process ends however it ends (kill -9 included), so a claim never
+    outlives its run and no stale lock needs cleaning. Only the holder writes in the run's folder."""
+    path = resolve_path(results_dir) / LOCKS_DIR / _slug(experiment) / f"{key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def read_record(directory: Path) -> dict[str, Any] | None:
     """The record in `directory`, or None when there is none or it is unreadable."""
     try:
@@ -88,6 +127,9 @@ def read_record(directory: Path) -> dict[str, Any] | None:
 # A run that cannot apply to its model by definition (errors.NotApplicableError): final, like "ok".
 NOT_APPLICABLE = "not_applicable"
 FINISHED_STATUSES = ("ok", NOT_APPLICABLE)
+# Stopped by Ctrl-C or SIGTERM (a cancelled SLURM job): not a failure of the run's code; retried
+# like a failed run by the next sweep.
+INTERRUPTED = "interrupted"
 # Trained and decoded, predictions saved, metrics not computed yet (config `scoring: later`, or `auto`
 # without Java):
 # `peftrepro.runs.scoring` turns it into "ok" without training again.

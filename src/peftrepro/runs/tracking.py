@@ -16,6 +16,7 @@ class Tracker:
     def finish(self, exit_code: int) -> None:
         pass
 
+
 class WandbTracker(Tracker):
     def __init__(self, plan: RunPlan) -> None:
         import wandb
@@ -32,6 +33,7 @@ class WandbTracker(Tracker):
 
     def finish(self, exit_code: int) -> None:
         self._run.finish(exit_code=exit_code)
+
 
 def make_tracker(plan: RunPlan) -> Tracker:
     return WandbTracker(plan) if plan.config["logger"].get("name") == "wandb" else Tracker()

@@ -1,0 +1,28 @@
+"""The Makefile checks PROFILE and SEEDS before anything runs: one line, exit 2, nothing started."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+
+
+@pytest.mark.parametrize("variables, message", [
+    (["PROFILE=mimi"], "PROFILE=mimi is not a profile; choose one of: mini paper smoke"),
+    (["PROFILE=smoke", "SEEDS=abc"], "SEEDS=abc must be comma-separated integers >= 0"),
+    (["PROFILE=smoke", "SEEDS=0,,1"], "SEEDS=0,,1 must be comma-separated integers >= 0"),
+])
+def test_a_bad_profile_or_seed_list_stops_make_with_one_line(variables, message) -> None:
+    done = subprocess.run(["make", "-n", "table-rank", *variables], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr
+
+
+def test_help_needs_no_valid_profile() -> None:
+    done = subprocess.run(["make", "help", "PROFILE=mimi"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "table-rank" in done.stdout
