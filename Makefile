@@ -157,5 +157,6 @@ report: aggregate ## $(RESULTS)/REPORT.md: every table, the paper's claims on it
 	    --tables $(RESULTS)/tables --bench $(RESULTS)/bench --out $(RESULTS)/REPORT.md \
 	    --constraints $(RESULTS)/constraints.txt
 
-bench: ## training/inference speed of our methods vs HF peft / plain PyTorch (results/bench/)
+bench: ## training/inference speed of our methods vs HF peft / plain PyTorch, and MNLI label scoring (results/bench/)
 	$(PYTHON) experiments/bench.py $(ARGS)
+	$(PYTHON) experiments/bench_scoring.py

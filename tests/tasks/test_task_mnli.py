@@ -62,3 +62,25 @@ def test_memorised_model_predicts_the_trained_labels(fixture_root, tokenizer, me
 def test_bad_prompt_options(fixture_root, options, message):
     with pytest.raises(ConfigError, match=message):
         make_task("mnli", fixture_root, options)
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_one_forward_pass_per_example_scores_the_labels_as_one_pass_per_label(fixture_root, tokenizer, architecture):
+    """Single-token label words: the next-token distribution after the prompt gives every label's
+    log-likelihood at once; the same numbers and the same predictions as scoring each pair."""
+    from peftrepro.tasks.base import text_ids, wrapped_prompt
+    from peftrepro.tasks.mnli import LABELS, label_logprobs
+
+    words = {"entailment": "T", "neutral": "N", "contradiction": "F"}  # one byte-level token each
+    task = make_task("mnli", fixture_root, {"label_words": words})
+    model = build_tiny_model(tokenizer, architecture).eval()
+    rows = task.load_split("validation_matched", limit=7)
+    contexts = [wrapped_prompt(text_ids(tokenizer, task.prompt_text(r)), NO_PROMPT_WRAP, 500) for r in rows]
+    label_ids = [text_ids(tokenizer, words[label]) for label in LABELS]
+    assert all(len(ids) == 1 for ids in label_ids)
+    fast = label_logprobs(model, tokenizer, contexts, label_ids, batch_size=3)
+    pairs = [(context, ids) for context in contexts for ids in label_ids]
+    slow = sequence_logprobs(model, tokenizer, pairs, batch_size=4)
+    assert [score for row in fast for score in row] == pytest.approx(slow, abs=1e-5)
+    argmax = lambda scores: max(range(3), key=scores.__getitem__)  # noqa: E731
+    assert [argmax(row) for row in fast] == [argmax(slow[3 * i:3 * i + 3]) for i in range(len(rows))]

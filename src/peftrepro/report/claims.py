@@ -400,12 +400,10 @@ def render(claims: Sequence[Claim]) -> list[str]:
               for c in claims]
     if reasons := [f"- Not held: {c.text}. {c.why}" for c in claims if c.why]:
         lines += ["", *reasons]
-    lines += ["", "Rule: each comparison is a 95 % interval on the difference of the two cells' means (Student's t; "
-              "SE² = the seed spread pooled over the table's cells of that metric, s_p²(1/n_A + 1/n_B), plus the "
-              "evaluation set's error, paired over the same examples: per example for accuracies, a bootstrap over "
-              "MRs for E2E). 'Beats': held when the interval lies above 0, not held below 0. 'Matches or beats': "
-              "held when the interval lies above minus the equivalence margin (accuracy 2 points, BLEU / METEOR / "
-              "ROUGE-L 1, NIST 0.1, CIDEr 0.05), not held below it; in between, inconclusive. A cell with fewer "
-              "than 2 seeds, or a run that did not learn or barely trained, judges nothing. (marginal): decided by "
-              f"less than {MARGINAL:.0%} of the interval's half-width."]
+    lines += ["", "Interval: 95 % on the difference of two cells' means, Student's t; SE² = the seed spread pooled over "
+              "the table's cells of that metric × (1/n_A + 1/n_B) + the evaluation set's error, paired (per example for "
+              "accuracies, a bootstrap over MRs for E2E).",
+              "", "Verdict: 'beats' held above 0, not held below 0; 'matches or beats' held above −m, not held below −m "
+              "(m: accuracy 2, BLEU / METEOR / ROUGE-L 1, NIST 0.1, CIDEr 0.05); otherwise, or with one seed or a run "
+              f"that did not learn, inconclusive; (marginal): within {MARGINAL:.0%} of the interval's half-width."]
     return lines

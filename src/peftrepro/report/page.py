@@ -439,8 +439,15 @@ def bench_text(bench_dir: Path) -> str:
         bench = json.loads(path.read_text(encoding="utf-8"))
         setup = bench.get("setup") or {}
         hardware = (bench.get("env") or {}).get("hardware") or {}
-        ratios = ", ".join(f"{row['method']} {row['speedup']:.2f}×" for row in bench.get("training") or [])
         device = hardware.get("gpu") or hardware.get("cpu", "?")
+        if "training" not in bench:  # experiments/bench_scoring.py: MultiNLI label scoring
+            lines.append(f"- [`bench/{path.stem}.md`](bench/{path.stem}.md): {device}, SmolLM2 shape "
+                         f"({setup.get('layers')} layers, {setup.get('weights')} weights), {setup.get('examples')} "
+                         f"MultiNLI prompts: one forward pass per example scores the three labels "
+                         f"{bench['speedup']:.2f}× faster than one pass per label, with the same log-likelihoods "
+                         f"(largest difference {bench['max_abs_logprob_difference']:.0e}).")
+            continue
+        ratios = ", ".join(f"{row['method']} {row['speedup']:.2f}×" for row in bench.get("training") or [])
         lines.append(f"- [`bench/{path.stem}.md`](bench/{path.stem}.md): {device}, "
                      f"{setup.get('model')} ({(setup.get('model_config') or {}).get('num_hidden_layers')} layers), "
                      f"batch {setup.get('batch')} × {setup.get('seq')}, {setup.get('dtype')}: training step "
