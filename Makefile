@@ -34,7 +34,7 @@ TORCH_VERSION ?= 2.13.0
 # PROFILE and SEEDS are checked before anything runs: one line and exit 2 (make's $(error)), not a
 # traceback per sweep job. Only targets that use them check them (`make help` never fails).
 PROFILES := $(sort $(basename $(notdir $(wildcard conf/profile/*.yaml))))
-USES_PROFILE := $(filter table-% tables aggregate report select-lr baselines,$(MAKECMDGOALS))
+USES_PROFILE := $(filter table-% tables aggregate report select-lr baselines peft-budget,$(MAKECMDGOALS))
 ifneq ($(USES_PROFILE),)
 ifeq ($(filter $(PROFILE),$(PROFILES)),)
 $(error PROFILE=$(PROFILE) is not a profile; choose one of: $(PROFILES) (conf/profile/<name>.yaml))
@@ -58,7 +58,7 @@ LR_METHODS ?=
 LATENCY_PROFILE := $(if $(filter paper,$(PROFILE)),paper,smoke)
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint test test-full tables bench aggregate report select-lr baselines $(TABLE_TARGETS)
+.PHONY: help install lint test test-full tables bench aggregate report select-lr baselines peft-budget $(TABLE_TARGETS)
 
 help: ## list the targets and the variables they take
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -113,6 +113,9 @@ endef
 
 select-lr: ## the learning-rate selection on the dev split for every table (LR_TASKS=e2e LR_METHODS=lora for part)
 	$(call select_lr,$(LR_TASKS),$(LR_METHODS))
+
+peft-budget: ## LoRA on E2E at a plain HF-peft loop's budget (beside Table 3's LoRA in the REPORT; not a paper table)
+	@$(PYTHON) -m peftrepro.runs experiment=peft_budget profile=$(PROFILE) $(ARGS)
 
 baselines: ## each task's zero-shot baseline (the backbone without training), on the tables' evaluation sets
 	$(call baselines,e2e$(COMMA)wikisql$(COMMA)mnli)

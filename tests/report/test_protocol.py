@@ -120,3 +120,18 @@ def test_the_report_names_the_backbone_exactly(make_record, tmp_path, config, ex
     record = make_record("table_e2e", "e2e", FT, 0, {"bleu": 0.5})
     record["config"]["model"] = config
     assert report.backbone_text([parse_record(tmp_path / "record.json", record)]) == expected
+
+
+def test_lora_is_scored_on_the_first_test_mrs_from_its_saved_statistics(runs_dir, write, make_record):
+    from peftrepro.metrics.e2e.mteval import scores_from_sums
+
+    record = make_record("peft_budget", "e2e", {"name": "lora"}, 0, {"bleu": 0.5}, profile="mini")
+    record["config"]["task"] = {"name": "e2e", "eval_split": "test", "max_eval_examples": None}
+    rows = e2e_rows(120, 0.6)
+    rows[100:] = e2e_rows(20, 0.1)  # MRs past the first 100 must not count
+    write_predictions(write(record), rows)
+    expected = 100 * scores_from_sums([sum(c) for c in zip(*(row["segment"]["mteval"] for row in rows[:100]))])[0]
+    (parsed,) = [r for r in report.load_records(runs_dir)[0] if r.experiment == "peft_budget"]
+    assert report.first_mrs_bleu(parsed) == pytest.approx(expected)
+    text = report.budget_text({}, runs_dir, "mini")
+    assert f"BLEU {expected:.1f}." in text and "Table 3's LoRA: no run of the fair protocol yet." in text

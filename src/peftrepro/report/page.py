@@ -172,6 +172,47 @@ def archived_verdicts(tables_dir: Path) -> dict[str, str]:
     return verdicts
 
 
+BUDGET_EXPERIMENT = "peft_budget"  # conf/experiment/peft_budget.yaml
+FIRST_MRS = 100  # the first distinct test MRs in file order, on which a plain peft loop was compared
+
+
+def first_mrs_bleu(record: Record, n: int = FIRST_MRS) -> float | None:
+    """BLEU (×100) of a run's predictions on the first `n` distinct E2E test MRs, from the BLEU statistics
+    each prediction row keeps (exact: BLEU sums them over MRs); None for runs that did not evaluate the
+    whole test set in file order or kept no statistics."""
+    from peftrepro.metrics.e2e.mteval import scores_from_sums
+
+    rows = record.prediction_rows() or []
+    if record.task != "e2e" or record.get("task.eval_split") != "test" or record.get("task.max_eval_examples") \
+            or len(rows) < n or any("segment" not in row for row in rows[:n]):
+        return None
+    sums = [sum(column) for column in zip(*(row["segment"]["mteval"] for row in rows[:n]))]
+    return 100 * scores_from_sums(sums)[0]
+
+
+def budget_text(results: Mapping[str, TableResult], runs_dir: Path, profile: str) -> str:
+    """Table 3's LoRA and LoRA at a plain peft loop's budget, on the first FIRST_MRS distinct test MRs."""
+    table3 = results.get("table_e2e")
+    ours = [(r.seed, bleu) for r in (table3.cell_records("lora", "bleu") if table3 else [])
+            if (bleu := first_mrs_bleu(r)) is not None]
+    loop = [(r.run_key, bleu) for r in load_records(runs_dir)[0]
+            if r.experiment == BUDGET_EXPERIMENT and r.profile == profile and (bleu := first_mrs_bleu(r)) is not None]
+    lines = [f"On the first {FIRST_MRS} distinct E2E test MRs (file order), from the saved predictions:"]
+    if ours:
+        seeds = ", ".join(f"seed {seed}: {bleu:.1f}" for seed, bleu in sorted(ours))
+        lines.append(f"- Table 3's LoRA (r_q=r_v=4): BLEU {statistics.mean(b for _, b in ours):.1f} (mean of "
+                     f"{plural(len(ours), 'seed')}; {seeds}).")
+    else:
+        lines.append("- Table 3's LoRA: no run of the fair protocol yet.")
+    if loop:
+        lines += [f"- The suite's LoRA at a plain HF-peft loop's budget (`make peft-budget`: 3,200 shuffled examples "
+                  f"once, 400 steps of batch 8, lr 1e-3, linear decay, no warmup; `{key}`): BLEU {bleu:.1f}."
+                  for key, bleu in loop]
+    else:
+        lines.append("- LoRA at a plain HF-peft loop's budget (`make peft-budget`): not run yet.")
+    return "\n".join(lines)
+
+
 def changes_text(results: Mapping[str, TableResult], archive: Path) -> str:
     """Each claim's verdict under the untuned protocol (as its archived table printed it) and now."""
     before = archived_verdicts(archive / "tables")
@@ -513,7 +554,7 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
     template = Template(resources.files("peftrepro").joinpath("data/report_template.md").read_text(encoding="utf-8"))
     return template.substitute(
         backbone=backbone_text(records), selected_lrs=selected_lr_text(results), baselines=baselines_text(results),
-        changes=changes_text(results, runs.parent / ARCHIVE),
+        changes=changes_text(results, runs.parent / ARCHIVE), budget=budget_text(results, runs, profile),
         profile=profile, runs_dir=runs_dir.as_posix(), tables_dir=tables_dir.as_posix(),
         latest_record=latest.isoformat() if latest is not None else "none",
         status_table=status_table(results), pending=pending_text(results, records),
