@@ -216,19 +216,23 @@ def lr_lines(result: TableResult) -> list[str]:
     return lines
 
 
+MIN_GRID = 3  # conf/lr_search: the first window's width
+
+
 def _search_line(task: str, method: str, metric: str, points: Sequence[Record], used: list[str]) -> str:
     scores = {float(r.get("train.lr")): to_paper_unit(metric, float(r.metrics[metric]))
               for r in points if r.status == "ok" and metric in r.metrics}
+    # the selection runs at least a three-rung window before it chooses
+    chosen = selection.choose(scores) if len(scores) >= MIN_GRID else None
     shown = []
-    chosen = selection.choose(scores) if scores else None
     for r in sorted(points, key=lambda r: float(r.get("train.lr"))):
         lr = float(r.get("train.lr"))
         text = f"{lr:g}: {scores[lr]:.1f}" if lr in scores else f"{lr:g}: {r.status}"
         shown.append(f"**{text}**" if lr == chosen else text)
     line = f"- {task} / {method} ({_options_text(points[0])}): dev {metric} {' · '.join(shown)}"
     if chosen is None:
-        return line + "; nothing chosen yet"
-    line += f" → {chosen:g}" + (" (on the grid's edge)" if chosen in (min(scores), max(scores)) and len(scores) > 1 else "")
+        return line + f"; not decided yet ({len(scores)} of at least {MIN_GRID} rates run)"
+    line += f" → {chosen:g}" + (" (on the grid's edge)" if chosen in (min(scores), max(scores)) else "")
     if used and used != [str(chosen)]:
         line += f"; **the table's runs used {', '.join(used)}**, not the choice"
     return line
