@@ -24,11 +24,17 @@ OPTIONS = {
     "adapter_l": {"r": 3},
     "prefix_layer": {"prefix_length": 2, "infix_length": 1},
     "prefix_embed": {"prefix_length": 2, "infix_length": 1},
+    "prompt_tuning": {"prefix_length": 3},
     "ft": {},
     "ft_top": {"k": 2},
     "bitfit": {},
+    "magnitude_pruning": {"remaining": 0.5},
+    "movement_pruning": {"remaining": 0.5},
 }
-IDENTITY_AT_INIT = ["lora", "adapter_h", "adapter_l", "ft", "ft_top", "bitfit"]
+# methods that change no weight of the base: only new parameters train
+ADDS_PARAMETERS = ["lora", "adapter_h", "adapter_l", "prefix_layer", "prefix_embed", "prompt_tuning"]
+IDENTITY_AT_INIT = ["lora", "adapter_h", "adapter_l", "ft", "ft_top", "bitfit", "magnitude_pruning",
+                    "movement_pruning"]
 BIAS_FREE = {"llama"}
 
 
@@ -80,7 +86,7 @@ def test_trainable_count_equals_formula_and_only_method_params_train(method, fam
         expected = sum(p.numel() for n, p in tiny_model(family).named_parameters() if n.endswith(".bias"))
     assert expected is not None, f"no formula to check {method} on {family}"
     assert trainable == expected
-    if method not in ("ft", "ft_top", "bitfit"):  # new parameters only; the base is frozen
+    if method in ADDS_PARAMETERS:  # new parameters only; the base is frozen
         assert not any(p.requires_grad for n, p in model.named_parameters() if _is_base(n, base_names))
 
 
@@ -164,6 +170,14 @@ BAD_CONFIGS = [
     ("adapter_l", {"nonlinearity": "tanh"}, "nonlinearity must be one of"),
     ("prefix_layer", {"prefix_length": 0, "infix_length": 0}, "prefix_length \\+ infix_length must be >= 1"),
     ("prefix_embed", {"prefix_length": -1}, "prefix_length must be an integer >= 0"),
+    ("prompt_tuning", {"infix_length": 2}, "infix_length must be 0"),
+    ("prompt_tuning", {"prefix_length": 0}, "prefix_length \\+ infix_length must be >= 1"),
+    ("magnitude_pruning", {"remaining": 1.0}, "method.remaining .* strictly between 0 and 1"),
+    ("movement_pruning", {"remaining": 0}, "method.remaining .* strictly between 0 and 1"),
+    ("movement_pruning", {"warmup": 0.5, "cooldown": 0.5}, "leaves no step to prune in"),
+    ("magnitude_pruning", {"update_every": 0}, "update_every must be an integer >= 1"),
+    ("lora", {"quantize": {"quant_type": "int4"}}, "quantize.quant_type must be one of"),
+    ("lora", {"quantize": {"bits": 4}}, r"unknown quantize option\(s\) \['bits'\]"),
     ("ft_top", {"k": 0}, "k must be an integer >= 1"),
 ]
 

@@ -1,30 +1,75 @@
 """Trainable-parameter counts: what the modules hold, and the paper's formulas (§5.1, App. F.2).
 
 `count_parameters` sums `numel` over the model's parameters (shared ones, e.g. GPT-2's tied
-embedding / LM head, once). The formulas below are written from the paper, from the model's
-config and the method's options only, so tests can hold the modules to them.
+embedding / LM head, once; a 4-bit weight as the weights it stands for). The formulas below are
+written from the paper, from the model's config and the method's options only, so tests can hold
+the modules to them. `weight_report` is what a run record says of the weights as stored and used.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from torch import nn
 
 from peftrepro.methods.adapters import AdapterHConfig, AdapterLConfig
 from peftrepro.methods.base import MethodConfig
 from peftrepro.methods.lora import LoRAConfig
-from peftrepro.methods.prefix import PrefixEmbedConfig, PrefixLayerConfig
+from peftrepro.methods.prefix import PrefixEmbedConfig, PrefixLayerConfig, PromptTuningConfig
+from peftrepro.methods.pruning import PruningConfig, masked_weight
+from peftrepro.methods.quantize import constants_bytes, dequantized_weight, is_4bit, logical_numel
 from peftrepro.methods.selective import BitFitConfig, FTTopConfig, FullFTConfig
-from peftrepro.methods.targets import arch_spec, model_dims, weight_shape
+from peftrepro.methods.targets import arch_spec, block_linear_paths, blocks, model_dims, weight_shape
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts; a parameter shared by two modules counts once."""
     trainable = total = 0
     for parameter in model.parameters():
-        total += parameter.numel()
+        count = logical_numel(parameter)
+        total += count
         if parameter.requires_grad:
-            trainable += parameter.numel()
+            trainable += count
     return trainable, total
+
+
+def weight_report(model: nn.Module) -> dict[str, Any]:
+    """The weights as a run leaves them: bytes as stored (a 4-bit weight packed, with its
+    quantisation constants), frozen and trainable apart, and the share of nonzero weights in the
+    blocks' linear layers as the forward uses them (after a pruning mask; a 4-bit weight dequantised)."""
+    stored = {True: 0, False: 0}
+    for parameter in model.parameters():
+        stored[parameter.requires_grad] += parameter.numel() * parameter.element_size() + constants_bytes(parameter)
+    return {"frozen_bytes": stored[False], "trainable_bytes": stored[True],
+            "block_linear_density": block_linear_density(model)}
+
+
+@torch.no_grad()
+def block_linear_density(model: nn.Module) -> float:
+    """The share of nonzero weights in the blocks' linear layers, as the forward computes with them."""
+    nonzero = total = 0
+    for block in blocks(model):
+        for path in block_linear_paths(model):
+            weight = _effective_weight(_unwrapped(block.get_submodule(path)))
+            nonzero += int(torch.count_nonzero(weight))
+            total += weight.numel()
+    return nonzero / total if total else 1.0
+
+
+def _unwrapped(module: nn.Module) -> nn.Module:
+    """The layer under a method's wrapper (LoRA's LoRAModule and the adapters' WithAdapter keep it as `base`)."""
+    while isinstance(getattr(module, "base", None), nn.Module):
+        module = module.base
+    return module
+
+
+def _effective_weight(layer: nn.Module) -> torch.Tensor:
+    if hasattr(layer, "weight_mask"):  # pruned through torch.nn.utils.prune
+        return masked_weight(layer)
+    if is_4bit(layer):
+        return dequantized_weight(layer)
+    return layer.weight
 
 
 def lora_params(n_matrices: int, d_model: int, r: int) -> int:
@@ -40,6 +85,11 @@ def adapter_params(n_adapters: int, d_model: int, r: int, n_layernorms: int) -> 
 def prefix_embed_params(d_model: int, prefix_length: int, infix_length: int) -> int:
     """|Θ| = d_model × (l_p + l_i)."""
     return d_model * (prefix_length + infix_length)
+
+
+def prompt_tuning_params(d_model: int, prefix_length: int) -> int:
+    """|Θ| = d_model × l_p (Lester et al.: the soft prompt's embeddings only)."""
+    return d_model * prefix_length
 
 
 def prefix_layer_params(n_layers: int, d_model: int, prefix_length: int, infix_length: int) -> int:
@@ -92,8 +142,12 @@ def formula_params(model: nn.Module, config: MethodConfig) -> int | None:
         return prefix_layer_params(dims.n_layers, dims.d, config.prefix_length, config.infix_length)
     if isinstance(config, PrefixEmbedConfig):
         return prefix_embed_params(dims.d, config.prefix_length, config.infix_length)
+    if isinstance(config, PromptTuningConfig):
+        return prompt_tuning_params(dims.d, config.prefix_length)
     if isinstance(config, FTTopConfig):
         return config.k * block_params(arch_spec(model).family, dims.d, dims.d_kv, dims.d_ff)
+    if isinstance(config, PruningConfig):  # every block trains; pruning masks weights, not parameters
+        return dims.n_layers * block_params(arch_spec(model).family, dims.d, dims.d_kv, dims.d_ff)
     if isinstance(config, BitFitConfig) and arch_spec(model).family == "gpt2":
         return gpt2_bitfit_params(dims.d, dims.d_ff, dims.n_layers, config.layernorm_bias)
     if isinstance(config, FullFTConfig) and arch_spec(model).family == "gpt2":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 from torch import nn
 
@@ -24,6 +24,10 @@ class MethodConfig:
     def validate(self) -> None:
         """Raise ConfigError on an out-of-range option (called on construction)."""
 
+    def check_run(self, run_config: Mapping[str, Any]) -> None:
+        """Raise ConfigError where the method cannot run under this run's config or environment
+        (e.g. a missing optional package); called when a run is planned, before anything is written."""
+
     def options(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
@@ -42,6 +46,15 @@ class AppliedMethod:
     prompt: PromptWrap = NO_PROMPT_WRAP
     # set by LoRA only: the wrappers that can fold their update into the base weight
     mergeable: list[Any] = field(default_factory=list)
+    # called by the training loop after each optimizer step with (steps done, total steps): a
+    # method that changes the model on a schedule (pruning's sparsity ramp) does it here
+    after_step: Callable[[int, int], None] | None = None
+    # False while that schedule has not reached its end: an evaluation then sees an intermediate
+    # model (e.g. a pruned model short of its sparsity), which a run never reports as its result
+    is_final: Callable[[], bool] = lambda: True
+    # what the run record says of the applied method beyond its options, measured on the model
+    # (pruning: its target and measured remaining weights; QLoRA: the base's 4-bit storage)
+    facts: Callable[[], dict[str, Any]] = dict
 
     def _require_mergeable(self, action: str) -> None:
         if not self.mergeable:

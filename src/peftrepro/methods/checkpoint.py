@@ -1,4 +1,6 @@
-"""Adapter checkpoints: only the trainable parameters (safetensors) plus the method config (json).
+"""Adapter checkpoints: only the trainable parameters (safetensors) plus the method config (json);
+for a model pruned through torch.nn.utils.prune also its masks (stored as bool: a byte per weight),
+since a pruned model is its weights and its masks.
 
 `load_adapter` re-applies the method from method.json to a base model and then requires the
 file's tensors to match the model's trainable parameters exactly: same names, same shapes, no
@@ -23,15 +25,35 @@ CONFIG_FILE = "method.json"
 FORMAT_VERSION = 1
 
 
+MASK_SUFFIX = "_mask"  # torch.nn.utils.prune keeps a pruned `weight`'s mask in the buffer `weight_mask`
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def pruning_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The masks of weights pruned through torch.nn.utils.prune (beside each, its `<name>_orig`)."""
+    return {f"{prefix}.{name}" if prefix else name: buffer for prefix, module in model.named_modules()
+            for name, buffer in module.named_buffers(recurse=False)
+            if name.endswith(MASK_SUFFIX) and hasattr(module, name[:-len(MASK_SUFFIX)] + "_orig")}
+
+
+def checkpoint_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Name -> the live tensor a checkpoint saves and restores."""
+    return {**trainable_state(model), **pruning_masks(model)}
+
+
+def _as_saved(name: str, tensor: torch.Tensor, masks: dict[str, torch.Tensor]) -> torch.Tensor:
+    return (tensor.bool() if name in masks else tensor.detach()).contiguous().cpu()
 
 
 def save_adapter(model: nn.Module, config: MethodConfig, directory: str | Path) -> int:
     """Write adapter.safetensors + method.json into `directory`; return the safetensors size in bytes."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {name: p.detach().contiguous().cpu() for name, p in trainable_state(model).items()}
+    masks = pruning_masks(model)
+    tensors = {name: _as_saved(name, t, masks) for name, t in checkpoint_state(model).items()}
     if not tensors:
         raise ConfigError(f"save_adapter: the model has no trainable parameters; apply method {config.name!r} first")
     save_file(tensors, str(directory / WEIGHTS_FILE))
@@ -56,14 +78,18 @@ def load_adapter(model: nn.Module, directory: str | Path) -> AppliedMethod:
     meta = json.loads((directory / CONFIG_FILE).read_text())
     applied = apply_method(model, make_method_config(meta["method"], meta["options"]))
     saved = load_file(str(directory / WEIGHTS_FILE))
-    _check_matches(trainable_state(model), saved, directory)
+    masks, live = pruning_masks(model), checkpoint_state(model)
+    expected = {name: (tuple(t.shape), torch.bool if name in masks else t.dtype) for name, t in live.items()}
+    _check_matches(expected, saved, directory)
     with torch.no_grad():
-        for name, parameter in trainable_state(model).items():
-            parameter.copy_(saved[name])
+        for name, tensor in live.items():
+            tensor.copy_(saved[name])  # a bool mask back into its float buffer
     return applied
 
 
-def _check_matches(expected: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], where: Path) -> None:
+def _check_matches(expected: dict[str, tuple[tuple[int, ...], torch.dtype]], saved: dict[str, torch.Tensor],
+                   where: Path) -> None:
+    """`expected`: name -> (shape, dtype) as the file must hold it."""
     missing = sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))
     if missing or unexpected:
@@ -71,10 +97,10 @@ def _check_matches(expected: dict[str, torch.Tensor], saved: dict[str, torch.Ten
                           f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''} ({len(missing)}), "
                           f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)}); "
                           "was it saved from another architecture or size?")
-    for name, parameter in expected.items():
-        if tuple(saved[name].shape) != tuple(parameter.shape):
+    for name, (shape, dtype) in expected.items():
+        if tuple(saved[name].shape) != shape:
             raise ConfigError(f"load_adapter: {name} has shape {tuple(saved[name].shape)} in {where / WEIGHTS_FILE} "
-                              f"but {tuple(parameter.shape)} in the model; the base model differs from the one saved")
-        if saved[name].dtype != parameter.dtype:
-            raise ConfigError(f"load_adapter: {name} is {saved[name].dtype} in the file but {parameter.dtype} "
+                              f"but {shape} in the model; the base model differs from the one saved")
+        if saved[name].dtype != dtype:
+            raise ConfigError(f"load_adapter: {name} is {saved[name].dtype} in the file but {dtype} "
                               "in the model; load the base model in the dtype it was trained in")

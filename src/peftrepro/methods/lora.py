@@ -7,6 +7,9 @@ weight is stored transposed, d_in×3d) the matrices of W_q / W_k / W_v are the o
 All adapted slices of one module are computed in ONE pair of skinny products: the A's are
 stacked (Σr × d_in) and the B's placed in a zero-padded (d_out × Σr) matrix, so the fused
 q/v update costs two matmuls, not one per projection. The base path is the untouched module.
+
+QLoRA (Dettmers et al. 2023) is this method with `quantize` set: the blocks' linear layers are first
+stored in 4 bits (methods/quantize.py), then wrapped as usual; such a base cannot be merged.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from peftrepro.methods.base import (
     freeze_all,
     require_positive,
 )
+from peftrepro.methods.quantize import QuantizeConfig, is_4bit, quantize_block_linears, require_bitsandbytes
 from peftrepro.methods.targets import PAPER_WEIGHTS, blocks, weight_target
 
 LORA_INITS = ("kaiming_uniform", "gaussian")
@@ -45,6 +49,14 @@ class LoRAConfig(MethodConfig):
     # kaiming_uniform(a=√5) (nn.Linear's default) and says so in a comment. Default follows the
     # code; "gaussian" draws N(0, 1/r²) like peft's init_lora_weights="gaussian".
     init: str = "kaiming_uniform"
+    # QLoRA: store the blocks' linear layers in 4 bits first, e.g. {quant_type: nf4, double_quant: true}
+    # (methods/quantize.QuantizeConfig; null: the base as loaded)
+    quantize: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.quantize is not None:  # every default spelled out, so equal storage reads equal
+            self.quantize = QuantizeConfig.from_options(self.quantize).options()
+        super().__post_init__()
 
     def validate(self) -> None:
         for weight, rank in self.rank_per_weight().items():
@@ -59,6 +71,15 @@ class LoRAConfig(MethodConfig):
             raise ConfigError(f"lora: alpha must be > 0, got {self.alpha!r}")
         if self.init not in LORA_INITS:
             raise ConfigError(f"lora: init must be one of {list(LORA_INITS)}, got {self.init!r}")
+
+    def check_run(self, run_config: Mapping[str, Any]) -> None:
+        if self.quantize is None:
+            return
+        require_bitsandbytes()
+        if run_config.get("merge_for_eval", True):
+            raise ConfigError("lora with method.quantize keeps W0 in 4 bits, which cannot hold W0 + s·BA, so the "
+                              "update cannot be merged for evaluation: set merge_for_eval=false (the LoRA branch "
+                              "then runs beside the 4-bit base, as in QLoRA)")
 
     def rank_per_weight(self) -> dict[str, int]:
         if self.ranks:
@@ -87,8 +108,10 @@ class LoRAModule(nn.Module):
         super().__init__()
         self.base = base
         self.fan_in_fan_out = isinstance(base, Conv1D)  # Conv1D stores W as d_in×d_out
-        weight = base.weight
-        self.in_features, self.out_features = (weight.shape if self.fan_in_fan_out else weight.shape[::-1])
+        self.in_features, self.out_features = (base.weight.shape if self.fan_in_fan_out
+                                               else (base.in_features, base.out_features))
+        # a 4-bit base (QLoRA) packs its weight in bytes: LoRA's factors are fp32 on its device
+        weight = torch.empty(0, device=base.weight.device) if is_4bit(base) else base.weight
         self.slices = slices
         self.lora_A = nn.ParameterDict(
             {s.weight: nn.Parameter(weight.new_empty(s.rank, self.in_features)) for s in slices})
@@ -132,6 +155,9 @@ class LoRAModule(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
+        if is_4bit(self.base):
+            raise ConfigError("merge(): this LoRA sits on a 4-bit base (QLoRA), which cannot hold W0 + s·BA without "
+                              "re-quantising W0 and changing the model; keep the update unmerged")
         if not self.merged:
             self.base.weight += self.delta_weight().to(self.base.weight.dtype)
             self.merged = True
@@ -157,7 +183,7 @@ def _init_A(A: nn.Parameter, init: str, rank: int) -> None:
 def _output_rows(base: nn.Module, part: int, n_parts: int, where: str) -> slice:
     if not isinstance(base, (nn.Linear, Conv1D)):
         raise ConfigError(f"lora: {where} is a {type(base).__name__}; LoRA wraps nn.Linear or Conv1D only")
-    out_features = base.weight.shape[1] if isinstance(base, Conv1D) else base.weight.shape[0]
+    out_features = base.weight.shape[1] if isinstance(base, Conv1D) else base.out_features
     width = out_features // n_parts
     return slice(part * width, (part + 1) * width)
 
@@ -168,6 +194,8 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> AppliedMethod:
     for weight in ranks:
         by_module[weight_target(model, weight).module].append(weight)
     freeze_all(model)
+    if config.quantize is not None:
+        quantize_block_linears(model, QuantizeConfig.from_options(config.quantize))
     wrappers = []
     for index, block in enumerate(blocks(model)):
         for module_path, weights in by_module.items():

@@ -1,4 +1,5 @@
-"""Prefix-embedding (PreEmbed) and prefix-layer (PreLayer) tuning through virtual tokens (§5.1).
+"""Prefix-embedding (PreEmbed) and prefix-layer (PreLayer) tuning through virtual tokens (§5.1), and
+prompt tuning (Lester et al. 2021): PreEmbed with virtual tokens before the input only, no infix.
 
 The method owns l_p + l_i virtual token ids just past the real vocabulary (`AppliedMethod.prompt`:
 prefix ids go before the prompt, infix ids after it). The input embedding is wrapped so that:
@@ -75,6 +76,22 @@ class PrefixEmbedConfig(PrefixConfig):
     name: ClassVar[str] = "prefix_embed"
     prefix_length: int = 256  # GPT-3 best in Table 15 / D.4
     infix_length: int = 8
+
+
+@dataclass
+class PromptTuningConfig(PrefixConfig):
+    """Prompt tuning (Lester et al. 2021, arXiv 2104.08691): a soft prompt of l_p trainable embeddings
+    prepended to the embedded input, nothing else; PreEmbed's machinery with no infix, |Θ| = d·l_p."""
+
+    name: ClassVar[str] = "prompt_tuning"
+    prefix_length: int = 100  # Lester et al.'s default prompt length (§3; §3.2 sweeps 1 to 150)
+    infix_length: int = 0  # none, by definition
+
+    def validate(self) -> None:
+        super().validate()
+        if self.infix_length != 0:
+            raise ConfigError(f"prompt_tuning: infix_length must be 0 (a soft prompt goes before the input only), "
+                              f"got {self.infix_length!r}; for virtual tokens after the input use prefix_embed")
 
 
 @dataclass
@@ -205,7 +222,7 @@ def _prompt(wrapper: VirtualTokenEmbedding, config: PrefixConfig) -> PromptWrap:
     return PromptWrap(prefix_ids=tuple(ids[:config.prefix_length]), infix_ids=tuple(ids[config.prefix_length:]))
 
 
-def apply_prefix_embed(model: nn.Module, config: PrefixEmbedConfig) -> AppliedMethod:
+def apply_prefix_embed(model: nn.Module, config: PrefixEmbedConfig | PromptTuningConfig) -> AppliedMethod:
     freeze_all(model)
     wrapper = _wrap_embedding(model, config, _init_sample(model, config))
     return AppliedMethod(model=model, config=config, prompt=_prompt(wrapper, config))

@@ -19,8 +19,15 @@ from peftrepro.methods.lora import LoRAConfig, apply_lora
 from peftrepro.methods.prefix import (
     PrefixEmbedConfig,
     PrefixLayerConfig,
+    PromptTuningConfig,
     apply_prefix_embed,
     apply_prefix_layer,
+)
+from peftrepro.methods.pruning import (
+    MagnitudePruningConfig,
+    MovementPruningConfig,
+    apply_magnitude_pruning,
+    apply_movement_pruning,
 )
 from peftrepro.methods.selective import (
     BitFitConfig,
@@ -39,9 +46,15 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("adapter_l", AdapterLConfig, apply_adapter_l, "Lin et al.: one adapter + LayerNorm after the MLP"),
     MethodSpec("prefix_layer", PrefixLayerConfig, apply_prefix_layer, "trainable activations at every layer"),
     MethodSpec("prefix_embed", PrefixEmbedConfig, apply_prefix_embed, "trainable virtual-token embeddings"),
+    MethodSpec("prompt_tuning", PromptTuningConfig, apply_prefix_embed,
+               "Lester et al.: a soft prompt of trainable embeddings before the input, no infix"),
     MethodSpec("ft", FullFTConfig, apply_full_ft, "full fine-tuning"),
     MethodSpec("ft_top", FTTopConfig, apply_ft_top, "fine-tune only the last k blocks"),
     MethodSpec("bitfit", BitFitConfig, apply_bitfit, "train only the bias vectors"),
+    MethodSpec("magnitude_pruning", MagnitudePruningConfig, apply_magnitude_pruning,
+               "fine-tune the blocks while pruning their linear layers to the largest |W| (cubic schedule)"),
+    MethodSpec("movement_pruning", MovementPruningConfig, apply_movement_pruning,
+               "fine-tune the blocks while pruning their linear layers to the weights moving away from 0"),
     MethodSpec("none", NoAdaptationConfig, apply_no_adaptation, "no adaptation, no training (zero-shot baseline)"),
 )}
 

@@ -152,3 +152,9 @@ def weight_shape(config, weight: str, spec: ArchSpec) -> tuple[int, int]:
     target = spec.weights[weight]
     return getattr(dims, target.in_dim), getattr(dims, target.out_dim)
 
+
+
+def block_linear_paths(model: nn.Module) -> list[str]:
+    """The blocks' linear layers: the module path of every paper weight inside a block, a fused
+    module (GPT-2's c_attn) once. What QLoRA quantises and pruning prunes."""
+    return sorted({target.module for target in arch_spec(model).weights.values()})

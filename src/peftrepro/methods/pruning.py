@@ -1,0 +1,182 @@
+"""Pruning while fine-tuning (Sanh, Wolf & Rush 2020, arXiv 2005.07683): magnitude and movement pruning
+of the blocks' linear layers, the rest of the blocks fine-tuned (`magnitude_pruning`, `movement_pruning`).
+
+Both keep, in every linear layer of every block (W_q ... W_down; GPT-2's fused c_attn as one matrix),
+the share v of its weights with the highest importance score S, and fine-tune every parameter of the
+blocks, masked weights included (Zhu & Gupta's gradual pruning lets them recover). The embeddings,
+and the LM head tied to them, stay frozen, as Sanh et al. freeze the embedding modules (§5).
+- Magnitude pruning (MaP, zeroth order): S = |W|, the weights farthest from 0.
+- Movement pruning (MvP, first order): S = −Σ_t (∂L/∂W')⁽ᵗ⁾ ⊙ W⁽ᵗ⁾, accumulated over every training
+  step (Eq. 3), where W' = W ⊙ M is the weight the forward uses. ∂L/∂W' reaches every entry, masked
+  or not: the straight-through estimator of Eq. 2 (∂L/∂S = ∂L/∂W' ⊙ W) that lets masked weights
+  score their way back. S is Eq. 3's sum itself, its learning rate taken as 1 (Top_v is blind to
+  the scale); the authors' code trains S with Adam instead, which reshapes each score's steps.
+- Schedule (§5, Eq. 5; the cubic schedule of Zhu & Gupta 2018, used for both): v = 1 for the
+  first `warmup` share of the steps, then v_f + (1 − v_f)(1 − (t − t_i)/(T − t_i − t_f))³, and v_f
+  for the last `cooldown` share ("a few steps of cool-down ... improves the performance"). Masks are
+  recomputed every `update_every` steps, on the step v reaches v_f and on the last step, each matrix
+  ranked on its own ("local" Top_v: §7 finds local and global alike).
+The masking is torch.nn.utils.prune's reparametrisation (weight = weight_orig ⊙ weight_mask, computed in
+a forward pre-hook before every forward); the schedule rewrites `weight_mask` in place. torch's own
+pruning methods rank by |·| (L1Unstructured), which suits MaP but not MvP's signed scores (App. A.1:
+ranking |S| loses the guarantee that a swap lowers the loss), so both rank with `top_k_mask` here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from peftrepro.errors import ConfigError
+from peftrepro.methods.base import AppliedMethod, MethodConfig, freeze_all, require_positive
+from peftrepro.methods.targets import block_linear_paths, blocks
+
+
+@dataclass
+class PruningConfig(MethodConfig):
+    remaining: float = 0.1  # v_f: the share of each pruned matrix's weights kept at the end
+    warmup: float = 0.1  # t_i / T: steps before pruning starts (the authors' command: 1 of 10 epochs)
+    cooldown: float = 0.2  # t_f / T: steps at v_f at the end (the authors' command: 2 of 10 epochs)
+    update_every: int = 10  # steps between mask updates while v falls (Zhu & Gupta's Δt)
+
+    def validate(self) -> None:
+        if isinstance(self.remaining, bool) or not isinstance(self.remaining, (int, float)) \
+                or not 0 < self.remaining < 1:
+            raise ConfigError(f"{self.name}: method.remaining (the share of weights kept) must lie strictly between "
+                              f"0 and 1, e.g. 0.1 for 10 % of the weights, got {self.remaining!r}")
+        for option in ("warmup", "cooldown"):
+            value = getattr(self, option)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ConfigError(f"{self.name}: method.{option} (a share of the training steps) must be in [0, 1), "
+                                  f"got {value!r}")
+        if self.warmup + self.cooldown >= 1:
+            raise ConfigError(f"{self.name}: method.warmup + method.cooldown = {self.warmup + self.cooldown:g} leaves "
+                              "no step to prune in; keep their sum below 1")
+        require_positive(self, "update_every", self.update_every)
+
+
+@dataclass
+class MagnitudePruningConfig(PruningConfig):
+    name: ClassVar[str] = "magnitude_pruning"
+
+
+@dataclass
+class MovementPruningConfig(PruningConfig):
+    name: ClassVar[str] = "movement_pruning"
+
+
+def scheduled_remaining(step: int, total: int, config: PruningConfig) -> float:
+    """The share of weights kept after `step` of `total` optimizer steps (Sanh et al. Eq. 5)."""
+    start, end = round(config.warmup * total), total - round(config.cooldown * total)
+    if step <= start:
+        return 1.0
+    if step >= end:
+        return float(config.remaining)
+    progress = (step - start) / (end - start)
+    return config.remaining + (1 - config.remaining) * (1 - progress) ** 3
+
+
+def top_k_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """1 at the `keep` highest scores, 0 elsewhere; exactly `keep` ones, ties broken by position."""
+    flat = scores.flatten()
+    mask = torch.zeros_like(flat)
+    if keep >= flat.numel():
+        return mask.fill_(1).view_as(scores)
+    if keep <= 0:
+        return mask.view_as(scores)
+    # the largest dropped score: a selection in O(n), where a sort of every matrix each update is not
+    threshold = flat.kthvalue(flat.numel() - keep).values
+    above = flat > threshold
+    mask[above] = 1
+    missing = keep - int(above.sum())
+    if missing > 0:  # scores equal to the threshold (e.g. weights dequantised from a GGUF grid)
+        mask[(flat == threshold).nonzero().squeeze(1)[:missing]] = 1
+    return mask.view_as(scores)
+
+
+def masked_weight(module: nn.Module) -> torch.Tensor:
+    """The weight the forward uses: weight_orig ⊙ weight_mask (torch.nn.utils.prune's names)."""
+    return module.weight_orig * module.weight_mask
+
+
+class AccumulateMovement:
+    """Forward pre-hook after prune's: hook the weight it just computed (W' = W ⊙ M) so that the
+    backward adds −∂L/∂W' ⊙ W to the scores. A plain object, so the model deep-copies and pickles."""
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        weight = module.weight
+        if weight.requires_grad:  # training; under no_grad (evaluation) nothing is scored
+            weight.register_hook(_ScoreUpdate(module))
+
+
+class _ScoreUpdate:
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __call__(self, grad: torch.Tensor) -> None:
+        self.module.weight_scores.sub_(grad * self.module.weight_orig.detach())
+
+
+class Pruner:
+    """The pruned layers and their schedule: what `after_step`, `is_final` and `facts` report on."""
+
+    def __init__(self, model: nn.Module, config: PruningConfig):
+        self.config = config
+        self.layers = [block.get_submodule(path) for block in blocks(model) for path in block_linear_paths(model)]
+        self.current = 1.0
+        self.updates = 0
+        for layer in self.layers:
+            prune.custom_from_mask(layer, "weight", torch.ones_like(layer.weight))
+            if isinstance(config, MovementPruningConfig):
+                layer.register_buffer("weight_scores", torch.zeros_like(layer.weight_orig), persistent=False)
+                layer.register_forward_pre_hook(AccumulateMovement())
+
+    def scores(self, layer: nn.Module) -> torch.Tensor:
+        if isinstance(self.config, MovementPruningConfig):
+            return layer.weight_scores
+        return layer.weight_orig.detach().abs()
+
+    def after_step(self, step: int, total: int) -> None:
+        remaining = scheduled_remaining(step, total, self.config)
+        reaches_final = remaining == self.config.remaining != self.current
+        if remaining < 1 and (step % self.config.update_every == 0 or step == total or reaches_final):
+            self.update_masks(remaining)
+
+    @torch.no_grad()
+    def update_masks(self, remaining: float) -> None:
+        for layer in self.layers:
+            scores = self.scores(layer)
+            layer.weight_mask.copy_(top_k_mask(scores, round(remaining * scores.numel())))
+        self.current = remaining
+        self.updates += 1
+
+    def is_final(self) -> bool:
+        return self.current == self.config.remaining
+
+    @torch.no_grad()
+    def facts(self) -> dict[str, Any]:
+        kept = sum(int(torch.count_nonzero(masked_weight(layer))) for layer in self.layers)
+        total = sum(layer.weight_orig.numel() for layer in self.layers)
+        return {"pruning": {"target_remaining": float(self.config.remaining), "measured_remaining": kept / total,
+                            "pruned_layers": len(self.layers), "weights": total, "mask_updates": self.updates}}
+
+
+def _apply_pruning(model: nn.Module, config: PruningConfig) -> AppliedMethod:
+    freeze_all(model)
+    for block in blocks(model):
+        block.requires_grad_(True)
+    pruner = Pruner(model, config)
+    return AppliedMethod(model=model, config=config, after_step=pruner.after_step, is_final=pruner.is_final,
+                         facts=pruner.facts)
+
+
+def apply_magnitude_pruning(model: nn.Module, config: MagnitudePruningConfig) -> AppliedMethod:
+    return _apply_pruning(model, config)
+
+
+def apply_movement_pruning(model: nn.Module, config: MovementPruningConfig) -> AppliedMethod:
+    return _apply_pruning(model, config)
