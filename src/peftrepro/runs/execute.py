@@ -37,6 +37,7 @@ from peftrepro.errors import ConfigError, NotApplicableError, PeftReproError
 from peftrepro.interfaces import EvalOutput
 from peftrepro.runs import envinfo, records, reuse
 from peftrepro.runs.plan import RunPlan, cpu_threads, plan_run
+from peftrepro.runs.timing import PeakMemory
 from peftrepro.runs.tracking import Tracker, make_tracker
 from peftrepro.runs.train import (
     TrainSettings,
@@ -141,7 +142,7 @@ class _Run:
     # -- phases
 
     def _set_up(self) -> _Setup:
-        from peftrepro.methods import apply_method, count_parameters
+        from peftrepro.methods import apply_method, count_parameters, weight_report
         from peftrepro.models import context_length, describe, load_model
 
         plan, config = self.plan, self.plan.config
@@ -165,6 +166,7 @@ class _Run:
         self.partial["params"] = {"trainable": int(trainable), "total": int(total)}
         device = _device(config)
         model.to(device)
+        self.partial["weights"] = weight_report(model)
         encoded = [task.encode(row, tokenizer, applied.prompt, plan.settings.max_length) for row in train_rows]
         self.partial["data"] = {"train_examples": len(encoded), "eval_examples": len(eval_rows),
                                 "train_split": task.options.train_split, "eval_split": task.options.eval_split,
@@ -174,7 +176,7 @@ class _Run:
         return _Setup(model, tokenizer, applied, encoded, eval_rows, device, settings)
 
     def _train_and_evaluate(self, setup: _Setup, staging: Path, tracker: Tracker) -> dict[str, Any]:
-        from peftrepro.methods import save_adapter
+        from peftrepro.methods import save_adapter, weight_report
 
         plan, config, settings = self.plan, self.plan.config, setup.settings
         if setup.device.type == "cuda":
@@ -188,8 +190,12 @@ class _Run:
             row = {"epoch": epoch, **output.metrics}
             per_epoch.append(row)
             tracker.log({f"eval/{k}": v for k, v in output.metrics.items() if isinstance(v, (int, float))}, step)
+            if not setup.applied.is_final():  # mid-schedule (e.g. short of the pruning target): not a result
+                log.info("epoch %d is not reported: the method's schedule has not reached its end", epoch)
+                return
             if not best or _score(row, primary) > _score(best["row"], primary):
-                best.update(row=row, output=output, bytes=0)
+                best.update(row=row, output=output, bytes=0, facts=setup.applied.facts())
+                self.partial["weights"] = weight_report(setup.model)  # as the reported model left them
                 if plan.method_config.trains:  # the zero-shot baseline has no weights of its own
                     shutil.rmtree(staging / "adapter", ignore_errors=True)
                     best["bytes"] = save_adapter(setup.model, plan.method_config, staging / "adapter")
@@ -201,8 +207,13 @@ class _Run:
         num_steps = total_steps(len(setup.encoded), settings)
         state = make_train_state(setup.model, settings, num_steps, warmup_steps(setup.encoded, settings),
                                  setup.device)
-        stats = fit(state, setup.encoded, setup.tokenizer.pad_token_id, int(config["seed"]), on_log=tracker.log,
-                    on_epoch_end=(lambda epoch: evaluate(epoch, state.step)) if settings.eval_every_epoch else None)
+        # the training phase's peak alone (CPU: its resident set; the process's lifetime peak is kept apart)
+        self.partial["process_peak_bytes"] = _process_peak_bytes()
+        with PeakMemory(setup.device) as peak:
+            stats = fit(state, setup.encoded, setup.tokenizer.pad_token_id, int(config["seed"]), on_log=tracker.log,
+                        on_epoch_end=(lambda epoch: evaluate(epoch, state.step)) if settings.eval_every_epoch else None,
+                        after_step=setup.applied.after_step)
+        self.partial["train_memory"] = {"train_peak_bytes": peak.peak_bytes, "train_kind": peak.kind}
         self.timings["train_s"] = stats.seconds
         if not settings.eval_every_epoch:
             evaluate(stats.epochs, state.step)
@@ -231,6 +242,7 @@ class _Run:
             records.move_into(staging / "adapter", directory)
         records.move_into(staging, directory)
         record = self._record("ok" if best["output"].scored else records.UNSCORED, None, setup.device)
+        record.update(best.get("facts") or {})  # e.g. pruning: target and measured remaining weights
         record.update(
             metrics=best["row"] and {k: v for k, v in best["row"].items() if k != "epoch"},
             metrics_per_epoch=per_epoch,
@@ -260,7 +272,10 @@ class _Run:
             "metrics": {}, "metrics_per_epoch": [], "best_epoch": None,
             "params": self.partial.get("params"), "checkpoint_bytes": None, "data": self.partial.get("data"),
             "timings": dict(self.timings), "throughput": {"train_tokens_per_s": None},
-            "memory": _peak_memory(device), "threads": self.partial.get("threads"), "env": envinfo.environment(),
+            "memory": {**_peak_memory(device, self.partial.get("process_peak_bytes", 0)),
+                       **self.partial.get("train_memory", {})},
+            "weights": self.partial.get("weights"), "threads": self.partial.get("threads"),
+            "env": envinfo.environment(),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
 
@@ -343,9 +358,15 @@ def _device(config: Mapping[str, Any]) -> torch.device:
     return torch.device("cuda" if choice == "cuda" or choice == "auto" and torch.cuda.is_available() else "cpu")
 
 
-def _peak_memory(device: torch.device | None) -> dict[str, Any]:
+def _peak_memory(device: torch.device | None, process_peak_before: int = 0) -> dict[str, Any]:
+    """The run's peak memory; on CPU the process's, at least `process_peak_before` (read before the
+    training phase's own measurement reset the high-water mark)."""
     if device is not None and device.type == "cuda":
         return {"peak_bytes": int(torch.cuda.max_memory_allocated(device)), "device": envinfo.device_name(device),
                 "kind": "torch.cuda.max_memory_allocated"}
-    return {"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    return {"peak_bytes": max(_process_peak_bytes(), process_peak_before),
             "device": envinfo.device_name(torch.device("cpu")), "kind": "process max RSS"}
+
+
+def _process_peak_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -68,6 +68,7 @@ def plan_run(cfg: DictConfig | Mapping[str, Any]) -> RunPlan:
     _check_choices(config)
     method_node = dict(config["method"])
     method_config = make_method_config(str(method_node.get("name")), method_node)
+    method_config.check_run(config)
     data_root, data_source = _data_root(config)
     task = make_task(str(config["task"].get("name")), data_root, dict(config["task"]))
     deferred = defers_scoring(config, task)

@@ -334,9 +334,12 @@ class TrainStats:
 
 def fit(state: TrainState, examples: Sequence[EncodedExample], pad_id: int, seed: int, *,
         on_epoch_end: Callable[[int], None] | None = None,
-        on_log: Callable[[dict[str, float], int], None] | None = None) -> TrainStats:
+        on_log: Callable[[dict[str, float], int], None] | None = None,
+        after_step: Callable[[int, int], None] | None = None) -> TrainStats:
     """Train for `total_steps`; call `on_epoch_end(epoch)` (1-based) after each epoch (its time is
-    not counted as training time) and `on_log(metrics, step)` every `log_every` steps."""
+    not counted as training time), `on_log(metrics, step)` every `log_every` steps, and
+    `after_step(steps done, total steps)` after every optimizer step (the method's own schedule,
+    `AppliedMethod.after_step`, e.g. pruning's)."""
     settings = state.settings
     num_steps = total_steps(len(examples), settings)
     rng = random.Random(seed)  # data order has its own RNG: unaffected by dropout or init draws
@@ -354,6 +357,8 @@ def fit(state: TrainState, examples: Sequence[EncodedExample], pad_id: int, seed
                 pending += train_step(state, on_device)
                 pending_steps += 1
                 stats.steps += 1
+                if after_step:
+                    after_step(stats.steps, num_steps)
                 stats.tokens += sum(batch.tokens for batch in micro_batches)
                 stats.padded_tokens += sum(batch.input_ids.numel() for batch in micro_batches)
                 progress.update(1)
