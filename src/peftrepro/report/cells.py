@@ -27,7 +27,7 @@ from peftrepro.report.records import (
     Record,
     load_records,
 )
-from peftrepro.report.specs import PARAMS, TableSpec
+from peftrepro.report.specs import COUNT_KEYS, TableSpec
 from peftrepro.runs.records import NOT_APPLICABLE, UNSCORED
 
 SUMMARY_COLUMNS = ("row", "column", "mean", "std", "sampling_se", "examples", "n", "seeds", "values",
@@ -56,8 +56,9 @@ class TableResult:
         return self.cells.loc[(row, column)]
 
     def cells_of(self, run_key: str) -> list[tuple[str, str]]:
-        """The metric cells a run gives its value to (parameter counts aside)."""
-        return [cell for cell, keys in self.sources.items() if run_key in keys and PARAMS not in cell]
+        """The metric cells a run gives its value to (parameter counts and measurements aside)."""
+        return [cell for cell, keys in self.sources.items()
+                if run_key in keys and isinstance(self.cells.loc[cell, "metric"], str)]
 
     def cell_records(self, row: str, column: str) -> list[Record]:
         """The records that give this cell its value (one per seed)."""
@@ -180,7 +181,7 @@ def _status(row: str, column: str, mine: pd.DataFrame, good: pd.DataFrame, got: 
     if good.empty:  # every run of the cell is "not_applicable" (e.g. BitFit, no biases), "unscored" or failed
         statuses = set(mine["status"])
         return FINAL_CELL_STATUS.get(statuses.pop(), "failed") if len(statuses) == 1 else "failed"
-    if row == PARAMS or column == PARAMS:  # counts: one per run, the seed spread is irrelevant
+    if row in COUNT_KEYS or column in COUNT_KEYS:  # counts and sizes: one per run, the seed spread is irrelevant
         return "ok"
     return "partial" if set(seeds) - set(got) else "ok"
 

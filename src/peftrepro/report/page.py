@@ -38,11 +38,12 @@ from peftrepro.report.records import (
     status_counts,
 )
 from peftrepro.report.render import baseline_lines, layout, lr_lines
-from peftrepro.report.specs import PARAMS, TABLES
+from peftrepro.report.specs import COUNT_KEYS, TABLES
 from peftrepro.runs.records import atomic_write_text
 
 MAKE_TARGETS = {"table_weight_type": "table-weight-type", "table_rank": "table-rank",
-                "table_e2e": "table-e2e", "table_methods": "table-methods"}
+                "table_e2e": "table-e2e", "table_methods": "table-methods", "table_qlora": "table-qlora",
+                "table_pruning": "table-pruning"}
 
 
 # ---------------------------------------------------------------- reading
@@ -50,6 +51,13 @@ MAKE_TARGETS = {"table_weight_type": "table-weight-type", "table_rank": "table-r
 def profile_records(runs_dir: Path, profile: str) -> list[Record]:
     records, _, _ = load_records(runs_dir)
     return [r for r in records if r.profile == profile and r.experiment in TABLES]
+
+
+def report_tables(runs_dir: Path, profile: str, seeds: Sequence[int] | None) -> dict[str, TableResult]:
+    """The tables the page shows: the LoRA paper's always, the other papers' once a run of theirs exists."""
+    results = {name: build_table(spec, runs_dir, profile, seeds) for name, spec in TABLES.items()}
+    return {name: result for name, result in results.items()
+            if result.spec.in_report_without_runs or result.records}
 
 
 def run_seconds(record: Record) -> float:
@@ -63,7 +71,7 @@ def is_reused(record: Record) -> bool:
 def metric_cells(result: TableResult) -> pd.DataFrame:
     """The cells holding a task metric (parameter counts come with every run of the row)."""
     cells = result.cells
-    return cells[(cells["row"] != PARAMS) & (cells["column"] != PARAMS) & (cells["status"] != "n/a")]
+    return cells[~cells["row"].isin(COUNT_KEYS) & ~cells["column"].isin(COUNT_KEYS) & (cells["status"] != "n/a")]
 
 
 def empty_cell_seeds(result: TableResult) -> int:
@@ -310,7 +318,7 @@ def threads_text(records: Sequence[Record]) -> str:
 
 def commands_text(profile: str, seeds: Sequence[int] | None, results: Mapping[str, TableResult]) -> str:
     seed_arg = f" SEEDS={','.join(map(str, seeds))}" if seeds else ""
-    targets = [f"make {MAKE_TARGETS[name]} PROFILE={profile}{seed_arg}" for name in TABLES]
+    targets = [f"make {MAKE_TARGETS[name]} PROFILE={profile}{seed_arg}" for name in results]
     lines = ["make table-params", "make table-latency", *targets, f"make report PROFILE={profile}"]
     return "\n".join(lines + extra_seed_lines(profile, results))
 
@@ -548,7 +556,7 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
            root: Path = Path(".")) -> str:
     """The page. Files are read under `root`; the page names them as given (relative: portable)."""
     runs, tables, bench = root / runs_dir, root / tables_dir, root / bench_dir
-    results = {name: build_table(spec, runs, profile, seeds) for name, spec in TABLES.items()}
+    results = report_tables(runs, profile, seeds)
     records = profile_records(runs, profile)
     latest = max((r.created_at for r in records), default=None)
     template = Template(resources.files("peftrepro").joinpath("data/report_template.md").read_text(encoding="utf-8"))

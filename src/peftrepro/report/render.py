@@ -24,7 +24,7 @@ from peftrepro.report.records import (
     format_count,
     status_counts,
 )
-from peftrepro.report.specs import PARAMS, TableSpec, lora_ranks, weights_label
+from peftrepro.report.specs import BASE_MB, COUNT_KEYS, PARAMS, TableSpec, lora_ranks, weights_label
 from peftrepro.runs.records import NOT_APPLICABLE, UNSCORED
 from peftrepro.tasks import TASKS
 
@@ -33,9 +33,11 @@ def format_cell(spec: TableSpec, cell: pd.Series, n_expected: int) -> str:
     paper = f" · paper {cell['paper_printed']}" if cell["paper_printed"] is not None else ""
     if cell["status"] in ("missing", "failed", "n/a", "unscored"):
         return ("n/a" if cell["status"] == "n/a" else "—") + paper
+    digits = spec.digits.get(cell["column"], spec.digits.get(cell["row"], 1))
     if PARAMS in (cell["row"], cell["column"]):
         return " / ".join(format_count(v) for v in sorted(set(cell["values"]))) + paper
-    digits = spec.digits.get(cell["column"], spec.digits.get(cell["row"], 1))
+    if BASE_MB in (cell["row"], cell["column"]):
+        return " / ".join(sorted({f"{v:.{digits}f}" for v in cell["values"]})) + paper
     text = f"{cell['mean']:.{digits}f}"
     if cell["n"] > 1:
         text += f" ± {cell['std']:.{digits}f}"
@@ -125,7 +127,7 @@ def incomplete_lines(result: TableResult) -> list[str]:
         else:
             why = "; ".join(cell["problems"]) or cell["status"]
         lines.append(f"- {cell['status'].upper()} {where}: {why}")
-    metric_cells = result.cells[(result.cells["row"] != PARAMS) & (result.cells["column"] != PARAMS)]
+    metric_cells = result.cells[~result.cells["row"].isin(COUNT_KEYS) & ~result.cells["column"].isin(COUNT_KEYS)]
     for _, cell in metric_cells[metric_cells["hardware"].map(len) > 1].iterrows():
         lines.append(f"- MIXED HARDWARE {spec.cell_label(cell['row'], cell['column'])}: its seeds ran on "
                      f"{' and '.join(cell['hardware'])}; the spread includes the difference")

@@ -1,5 +1,6 @@
 """The paper's tables as data: their rows and columns, where a run record goes in them, and where the
-paper's own value of each cell comes from.
+paper's own value of each cell comes from. Besides the LoRA paper's Tables 3-6, two tables of other
+papers of the PEFT family: QLoRA (Dettmers et al. 2023) and pruning (Sanh et al. 2020).
 
 One `TableSpec` per paper table, named after its experiment (`conf/experiment/<name>.yaml`, whose sweep
 it mirrors; tests check that the two agree). `peftrepro.report.cells` turns records into these tables;
@@ -8,7 +9,7 @@ adding a table means adding a spec here and an experiment file, not touching the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from peftrepro.report.paper import to_paper_unit
@@ -21,6 +22,9 @@ PRIMARY_METRIC = {"wikisql": "lf_accuracy", "mnli": "accuracy_m"}
 E2E_METRICS = ("bleu", "nist", "meteor", "rouge_l", "cider")
 WEIGHT_ORDER = ("W_q", "W_k", "W_v", "W_o", "W_gate", "W_up", "W_down")
 PARAMS = "trainable_params"  # row/column key of parameter counts (ours in millions, like the paper)
+BASE_MB = "base_weights_mb"  # column key of the frozen base's weights as stored, in MB (10^6 bytes)
+# keys of values the configuration fixes (a count, a size): one per run, never a seed spread
+COUNT_KEYS = (PARAMS, BASE_MB)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -56,6 +60,10 @@ class Arm:
         for option, wanted in self.options.items():
             if option == "ranks":
                 if lora_ranks(method) != dict(wanted):
+                    return False
+            elif isinstance(wanted, Mapping):  # a nested option (LoRA's quantize): the keys named agree
+                given = method.get(option)
+                if not isinstance(given, Mapping) or any(given.get(k) != v for k, v in wanted.items()):
                     return False
             elif method.get(option) != wanted:
                 return False
@@ -106,6 +114,19 @@ def _params_obs(record: Record, row: str, column: str) -> Obs:
     return Obs(row, column, count / 1e6)
 
 
+def _measured_obs(record: Record, row: str, column: str, dotted: str, what: str, scale: float = 1.0) -> Obs:
+    """A value the run measured on itself (memory, weights), read from the record by dotted path."""
+    if record.status not in ("ok", UNSCORED):  # unscored: trained and measured, only its metrics wait
+        why = "not applicable" if record.status == NOT_APPLICABLE else "run failed"
+        return Obs(row, column, None, f"{why} ({record.error})")
+    node: Any = record.raw
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    if not isinstance(node, (int, float)):
+        return Obs(row, column, None, f"no {what} in the record (`{dotted}`: a record written before it was measured)")
+    return Obs(row, column, float(node) * scale)
+
+
 # ----------------------------------------------------------------------------------------------
 # Table specifications (mirror conf/experiment/<name>.yaml; tests check the two agree)
 # ----------------------------------------------------------------------------------------------
@@ -147,6 +168,9 @@ class TableSpec:
     choices: tuple[Choice, ...] = ()
     notes: tuple[str, ...] = ()
     digits: Mapping[str, int] = field(default_factory=dict)  # decimals per column key (default 1)
+    # REPORT.md shows the table before any run of its profile exists (the LoRA paper's tables, which the
+    # report is about); False: from its first run on (the tables of the other papers of the family)
+    in_report_without_runs: bool = True
 
     @property
     def short_title(self) -> str:
@@ -431,6 +455,170 @@ TABLE_METHODS = TableSpec(
     digits={PARAMS: 3},
 )
 
+# ----------------------------------------------------------------------------------------------
+# The rest of the PEFT family: QLoRA (Dettmers et al. 2023) and pruning (Sanh et al. 2020)
+# ----------------------------------------------------------------------------------------------
+
+MB = 1e-6  # bytes -> MB (10^6 bytes)
+QLORA_RANKS = {"W_q": 8, "W_v": 8}  # Table 4's LoRA r_q=r_v=8 on every row: only the base's storage changes
+
+
+def _stored(quant_type: str, double_quant: bool) -> dict[str, Any]:
+    return {"quant_type": quant_type, "double_quant": double_quant}
+
+
+QLORA_ARMS = (
+    Arm("lora", "LoRA, full-precision base", "LoRA BF16", "lora", {"ranks": QLORA_RANKS, "quantize": None}),
+    Arm("nf4_dq", "QLoRA NF4 + DQ", "QLoRA NF4 + DQ", "lora", {"ranks": QLORA_RANKS, "quantize": _stored("nf4", True)}),
+    Arm("nf4", "QLoRA NF4", None, "lora", {"ranks": QLORA_RANKS, "quantize": _stored("nf4", False)}),
+    Arm("fp4", "QLoRA FP4", "QLoRA FP4", "lora", {"ranks": QLORA_RANKS, "quantize": _stored("fp4", False)}),
+)
+QLORA_METRIC = {"e2e": "bleu", "mnli": "accuracy_m"}
+# our column -> QLoRA Table 3's: MNLI beside GLUE (RoBERTa-large); E2E, a generation task, beside
+# Super-NaturalInstructions RougeL of its smallest model (T5-80M)
+QLORA_PAPER_COLUMN = {"mnli": "glue_roberta_large", "e2e": "sni_t5_80m"}
+
+
+def _qlora_observe(record: Record) -> list[Obs] | None:
+    arm = _arm_of(record, QLORA_ARMS)
+    if arm is None or record.task not in QLORA_METRIC:
+        return None
+    return [_measured_obs(record, arm.key, BASE_MB, "weights.frozen_bytes", "weight bytes", MB),
+            _metric_obs(record, arm.key, record.task, QLORA_METRIC[record.task]),
+            _measured_obs(record, arm.key, f"peak_{record.task}", "memory.train_peak_bytes",
+                          "training peak memory", MB)]
+
+
+def _qlora_paper(row: str, column: str) -> tuple[str, str, str] | None:
+    paper_row = next(arm.paper_row for arm in QLORA_ARMS if arm.key == row)
+    if paper_row is None or column not in QLORA_PAPER_COLUMN:
+        return None
+    return ("qlora_table3", paper_row, QLORA_PAPER_COLUMN[column])
+
+
+TABLE_QLORA = TableSpec(
+    name="table_qlora",
+    title="QLoRA: LoRA on a full-precision vs a 4-bit base (NF4 + DQ, NF4, FP4)",
+    paper_source="Dettmers et al. 2023 (QLoRA, arXiv 2305.14314) Table 3 (paper-reference.md §12)",
+    corner=("Base storage",),
+    rows=tuple(Axis(arm.key, (arm.label,)) for arm in QLORA_ARMS),
+    columns=(Axis(BASE_MB, ("Base weights (MB)",)), Axis("e2e", ("E2E BLEU",)), Axis("mnli", ("MNLI-m Acc. (%)",)),
+             Axis("peak_e2e", ("E2E training peak (MB)",)), Axis("peak_mnli", ("MNLI training peak (MB)",))),
+    observe=_qlora_observe,
+    paper_ref=_qlora_paper,
+    run_of=lambda row, column: (column.removeprefix("peak_"),
+                                f"task={column.removeprefix('peak_')} +experiment/qlora_arm={row}"),
+    tasks=("e2e", "mnli"),
+    methods=("lora",),
+    in_report_without_runs=False,
+    choices=COMMON_CHOICES + (
+        LORA_ALPHA,
+        Choice("LoRA dropout", "method.dropout", ("lora",)),
+        Choice("4-bit storage of the blocks' linear layers (`null`: as loaded)", "method.quantize", ("lora",)),
+        Choice("LoRA merged into W0 for evaluation", "merge_for_eval"),
+        Choice("MNLI prompt", "task.prompt_template"),
+        Choice("beam size", "decoding.num_beams"),
+        Choice("label smoothing", "train.label_smoothing"),
+    ),
+    notes=(
+        "Paper values: QLoRA's Table 3. MNLI stands beside its GLUE accuracy on RoBERTa-large, E2E BLEU beside "
+        "its Super-NaturalInstructions RougeL of T5-80M (its smallest model; another task and another metric): "
+        "compare the ordering of the rows, not their level. The paper has no NF4 row without double quantisation "
+        "and prints \"–\" for NF4 + DQ on GLUE, so those cells have no paper value. Its Table 4 (5-shot MMLU, "
+        "LLaMA 7B–65B; mean BFloat16 53.0, Float4 52.2, NFloat4 + DQ 53.1) is in paper.csv as well.",
+        "Every row is LoRA r_q=r_v=8, α 32 (Table 4's configuration) at the LoRA learning rate selected for the "
+        "task: only the base's storage changes. QLoRA adapts every linear layer of the blocks, which its §4 "
+        "finds necessary to match 16-bit performance on LLaMA; here W_q and W_v, as in the LoRA paper.",
+        "Quantised: every linear layer of the blocks (bitsandbytes Linear4bit, 64 weights per constant; DQ: "
+        "those constants in 8 bits, 256 per fp32 constant); the embedding and the LM head tied to it stay in "
+        "full precision. The mini backbone's weights come from a 4-bit GGUF (Q4_1) dequantised to fp32, so the "
+        "4-bit rows re-quantise weights that were already on a 4-bit grid. The 4-bit rows evaluate unmerged (a "
+        "4-bit W0 cannot hold W0 + s·BA); the full-precision row merges, which computes the same function.",
+        "Base weights: the frozen parameters as stored (a 4-bit weight packed two to a byte, plus its "
+        "quantisation constants), in MB (10^6 bytes). Training peak: on a GPU, torch's peak allocated memory "
+        "while training; on a CPU, the process's peak resident set while training (indicative: the "
+        "allocator may keep memory it freed).",
+        "The runs of this table never copy an equivalent run of another table (reuse_equivalent_runs: false), "
+        "so every row's memory was measured by the same code.",
+    ),
+    digits={BASE_MB: 1, "peak_e2e": 0, "peak_mnli": 0},
+)
+
+# Pruning (Sanh et al. 2020, Table 2 and Figure 2): magnitude vs movement at four remaining shares
+PRUNING_METHODS = {"magnitude_pruning": ("magnitude", "Magnitude (MaP)", "MaP"),
+                   "movement_pruning": ("movement", "Movement (MvP)", "MvP")}
+REMAINING_PERCENT = (80, 50, 10, 3)  # the paper prints 10 and 3 (Table 2); 80 and 50 are in its Figure 2 only
+SPARSITY_TOLERANCE = 0.001  # measured vs target share of remaining weights (0.1 percentage point)
+
+PRUNING_ARMS = (Arm("ft", "Fine-tuned, dense (100 % remaining)", "BERT base fine-tuned", "ft"),) + tuple(
+    Arm(f"{key}_{percent}", f"{label}, {percent} % remaining", f"{short} {percent}%" if percent in (10, 3) else None,
+        method, {"remaining": percent / 100})
+    for percent in REMAINING_PERCENT for method, (key, label, short) in PRUNING_METHODS.items())
+
+
+def sparsity_problem(record: Record) -> str | None:
+    """Why a pruning run's result cannot stand for its target sparsity (None: it reached it)."""
+    if record.method.get("name") not in PRUNING_METHODS or record.status != "ok":
+        return None
+    pruning = record.raw.get("pruning") or {}
+    target, measured = pruning.get("target_remaining"), pruning.get("measured_remaining")
+    if not isinstance(target, (int, float)) or not isinstance(measured, (int, float)):
+        return "no measured sparsity in the record (`pruning.measured_remaining`)"
+    if abs(measured - target) > SPARSITY_TOLERANCE:
+        return (f"measured remaining weights {100 * measured:.2f} % vs the target {100 * target:g} % "
+                f"(tolerance {100 * SPARSITY_TOLERANCE:g} point): the run is not at its sparsity")
+    return None
+
+
+def _pruning_observe(record: Record) -> list[Obs] | None:
+    arm = _arm_of(record, PRUNING_ARMS)
+    if arm is None or record.task != "mnli":
+        return None
+    accuracy = _metric_obs(record, arm.key, "mnli", PRIMARY_METRIC["mnli"])
+    if (problem := sparsity_problem(record)) is not None:
+        accuracy = replace(accuracy, value=None, problem=problem, sampling_se=None, examples=None)
+    return [_measured_obs(record, arm.key, "remaining", "weights.block_linear_density",
+                          "share of remaining weights", 100.0), accuracy]
+
+
+TABLE_PRUNING = TableSpec(
+    name="table_pruning",
+    title="Pruning: magnitude vs movement pruning at 80, 50, 10 and 3 % remaining weights (MultiNLI)",
+    paper_source="Sanh, Wolf & Rush 2020 (movement pruning, arXiv 2005.07683 v2) Table 2, BERT-base, no distillation "
+                 "(paper-reference.md §13)",
+    corner=("Method & remaining weights",),
+    rows=tuple(Axis(arm.key, (arm.label,)) for arm in PRUNING_ARMS),
+    columns=(Axis("remaining", ("Remaining weights (%, measured)",)), Axis("mnli", ("MNLI-m Acc. (%)",))),
+    observe=_pruning_observe,
+    paper_ref=lambda row, column: (None if column != "mnli" else _arms_paper("sanh_table2", PRUNING_ARMS)(row, column)),
+    run_of=lambda row, column: ("mnli", f"+experiment/pruning_arm={row}"),
+    tasks=("mnli",),
+    methods=("ft", *PRUNING_METHODS),
+    in_report_without_runs=False,
+    choices=COMMON_CHOICES + (
+        Choice("share of steps before pruning starts (t_i / T)", "method.warmup", tuple(PRUNING_METHODS)),
+        Choice("share of steps at the final sparsity (cool-down, t_f / T)", "method.cooldown", tuple(PRUNING_METHODS)),
+        Choice("steps between mask updates", "method.update_every", tuple(PRUNING_METHODS)),
+        Choice("MNLI prompt", "task.prompt_template"),
+    ),
+    notes=(
+        "Paper values: Sanh et al.'s Table 2 (BERT-base on MNLI, matched accuracy, no distillation). It prints "
+        "10 % and 3 % only; 80 % and 50 % appear in its Figure 2 as a plot, so those cells have no paper value. "
+        "Its dense row is BERT-base fine-tuned; ours fine-tunes every weight of the backbone (method ft).",
+        "Pruned: every linear layer of every block (W_q ... W_down), each matrix ranked on its own; the rest of "
+        "the blocks fine-tunes, the embeddings and the LM head tied to them stay frozen, as Sanh et al. freeze "
+        "the embeddings. Magnitude: the largest |W|; movement: the largest S = −Σ_t ∂L/∂W'·W accumulated over "
+        "every step (Eq. 3, the straight-through gradient through the mask); both on the cubic schedule "
+        "(Eq. 5) with the warm-up and cool-down above.",
+        "Remaining weights (measured): the share of nonzero weights in the blocks' linear layers as the "
+        "evaluated model used them. A pruning run whose measured share is more than "
+        f"{100 * SPARSITY_TOLERANCE:g} point off its target shows no accuracy (the reason is listed above).",
+        "The runs of this table never copy an equivalent run of another table (reuse_equivalent_runs: false), "
+        "so the dense row's share was measured by the same code.",
+    ),
+    digits={"remaining": 2},
+)
+
 TABLES: dict[str, TableSpec] = {spec.name: spec for spec in
-                                (TABLE_WEIGHT_TYPE, TABLE_RANK, TABLE_E2E, TABLE_METHODS)}
+                                (TABLE_WEIGHT_TYPE, TABLE_RANK, TABLE_E2E, TABLE_METHODS, TABLE_QLORA, TABLE_PRUNING)}
 
