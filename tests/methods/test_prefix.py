@@ -200,3 +200,22 @@ def test_a_row_without_the_prefix_is_an_error(tiny_llama):
     ids[1] = ids[1].roll(2)  # left padding would move the prefix like this
     with pytest.raises(RuntimeError, match="does not start with the method's prefix ids"):
         logits_at(tiny_llama, ids, mask, _after_prefix_positions(ids, mask, l_p=4))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_prompt_tuning_is_preembed_with_a_prefix_only(family, tiny_model):
+    """Lester et al.'s soft prompt: l_p virtual tokens before the input, no infix, d·l_p parameters; the
+    same machinery and numbers as PreEmbed with l_i = 0."""
+    models = []
+    for method, options in (("prompt_tuning", {"prefix_length": 4}), ("prefix_embed", {"prefix_length": 4,
+                                                                                         "infix_length": 0})):
+        torch.manual_seed(3)
+        model = tiny_model(family)
+        applied = apply_method(model, make_method_config(method, options))
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        assert [tuple(p.shape) for p in trainable] == [(4, model.config.hidden_size)]
+        assert len(applied.prompt.prefix_ids) == 4 and applied.prompt.infix_ids == ()
+        models.append((model, applied))
+    (prompt, prompt_applied), (embed, _) = models
+    ids = _prompt_ids(prompt_applied)
+    torch.testing.assert_close(prompt(input_ids=ids).logits, embed(input_ids=ids).logits, rtol=0, atol=0)

@@ -19,7 +19,7 @@ from peftrepro.runs.execute import InjectedFailure, run_one
 
 RECORD_KEYS = {"schema_version", "run_key", "experiment", "status", "error", "config", "seed", "profile", "model",
                "task", "method", "metrics", "metrics_per_epoch", "best_epoch", "params", "checkpoint_bytes",
-               "data", "timings", "throughput", "memory", "env", "created_at"}
+               "data", "timings", "throughput", "memory", "weights", "env", "created_at"}
 PRIMARY = {"e2e": "bleu", "wikisql": "lf_accuracy", "mnli": "accuracy_m"}
 
 
@@ -39,7 +39,8 @@ def assert_complete(record: dict, directory: Path) -> None:
     assert len(records.read_predictions(directory / records.PREDICTIONS_FILE)) >= 1
     assert all(record["timings"][k] >= 0 for k in ("load_s", "train_s", "eval_s", "total_s"))
     assert record["throughput"]["train_tokens_per_s"] > 0
-    assert record["memory"]["peak_bytes"] > 0 and record["env"]["packages"]["torch"]
+    assert record["memory"]["peak_bytes"] >= record["memory"]["train_peak_bytes"] > 0
+    assert record["env"]["packages"]["torch"] and record["weights"]["frozen_bytes"] + record["weights"]["trainable_bytes"] > 0
     assert record["threads"]["torch"] == record["env"]["hardware"]["torch_threads"] >= 1
     assert set(record["env"]["git"]) == {"commit", "dirty"}
     assert not [p for p in directory.iterdir() if p.name.startswith(".tmp")]
@@ -55,6 +56,25 @@ def test_smoke_run_writes_a_complete_record(smoke, tmp_path: Path, task: str, me
     assert record["method"]["name"] == method and record["profile"] == "smoke"
     if method == "ft":
         assert record["params"]["trainable"] == record["params"]["total"]
+
+
+def test_a_pruning_run_reports_only_the_model_at_its_target_sparsity(smoke, tmp_path: Path) -> None:
+    record = run_one(smoke("task=mnli", "method=movement_pruning", "method.remaining=0.2"))
+    assert_complete(record, tmp_path / "results" / "runs" / "adhoc" / record["run_key"])
+    assert record["best_epoch"] == 2  # epoch 1 ends mid-schedule: evaluated, logged, never the result
+    assert [row["epoch"] for row in record["metrics_per_epoch"]] == [1, 2]
+    pruning = record["pruning"]
+    assert pruning["target_remaining"] == 0.2 and pruning["measured_remaining"] == pytest.approx(0.2, abs=1e-3)
+    assert record["weights"]["block_linear_density"] == pruning["measured_remaining"]
+
+
+def test_a_qlora_run_records_its_4bit_base(smoke, tmp_path: Path) -> None:
+    pytest.importorskip("bitsandbytes")
+    full, quantized = (run_one(smoke("task=mnli", *method)) for method in (["method=lora"], ["method=qlora"]))
+    assert_complete(quantized, tmp_path / "results" / "runs" / "adhoc" / quantized["run_key"])
+    assert quantized["method"]["quantize"]["quant_type"] == "nf4" and quantized["config"]["merge_for_eval"] is False
+    assert quantized["params"] == full["params"]  # the same weights, stored in fewer bytes
+    assert quantized["weights"]["frozen_bytes"] < full["weights"]["frozen_bytes"]
 
 
 def test_prefix_longer_than_max_length_trains_on_the_whole_example(smoke, tmp_path: Path) -> None:
@@ -178,6 +198,10 @@ def test_wandb_runs_are_finished_one_by_one_even_when_a_run_fails(smoke, tmp_pat
     (["method.r=0"], PeftReproError, "r"),
     (["method=prefix_embed", "method.prefix_length=900"], PeftReproError,
      r"train\.max_length=512 example tokens \+ 908 virtual tokens .* exceed the model's context of 1024"),
+    (["method=magnitude_pruning", "method.remaining=1.5"], PeftReproError,
+     r"magnitude_pruning: method\.remaining .* strictly between 0 and 1"),
+    (["method=qlora", "merge_for_eval=true"], PeftReproError, "set merge_for_eval=false"),
+    (["method=prompt_tuning", "method.infix_length=4"], PeftReproError, "infix_length must be 0"),
     (["model=nope"], HydraException, "model/nope"),
     (["method=nope"], HydraException, "method/nope"),
     (["task=nope"], HydraException, "task/nope"),

@@ -112,6 +112,19 @@ def test_gradient_accumulation_matches_the_large_batch() -> None:
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=0)
 
 
+def test_the_method_hook_runs_after_every_optimizer_step() -> None:
+    seed_everything(0)
+    model, _ = load_model(TINY_LLAMA)
+    state = make_train_state(model, settings(epochs=2, grad_accum=2), num_steps=4)
+    seen = []
+
+    def after_step(step: int, total: int) -> None:  # the weights of this step are updated already
+        seen.append((step, total, state.step, state.optimizer.state_dict()["state"][0]["step"].item()))
+
+    fit(state, examples(16), pad_id=0, seed=0, after_step=after_step)
+    assert seen == [(step, 4, step, step) for step in range(1, 5)]
+
+
 def test_optimizer_holds_only_trainable_parameters_and_frozen_ones_get_no_grad() -> None:
     model, _ = load_model(TINY_LLAMA)
     for name, parameter in model.named_parameters():

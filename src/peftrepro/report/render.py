@@ -30,14 +30,15 @@ from peftrepro.tasks import TASKS
 
 
 def format_cell(spec: TableSpec, cell: pd.Series, n_expected: int) -> str:
-    paper = f" · paper {cell['paper_printed']}" if cell["paper_printed"] is not None else ""
+    # a cell without a paper value holds None, or NaN where other cells of the table have one (pandas)
+    paper = f" · paper {cell['paper_printed']}" if isinstance(cell["paper_printed"], str) else ""
     if cell["status"] in ("missing", "failed", "n/a", "unscored"):
         return ("n/a" if cell["status"] == "n/a" else "—") + paper
     digits = spec.digits.get(cell["column"], spec.digits.get(cell["row"], 1))
     if PARAMS in (cell["row"], cell["column"]):
         return " / ".join(format_count(v) for v in sorted(set(cell["values"]))) + paper
     if BASE_MB in (cell["row"], cell["column"]):
-        return " / ".join(sorted({f"{v:.{digits}f}" for v in cell["values"]})) + paper
+        return " / ".join(sorted({f"{v:.{digits}f} MB" for v in cell["values"]})) + paper
     text = f"{cell['mean']:.{digits}f}"
     if cell["n"] > 1:
         text += f" ± {cell['std']:.{digits}f}"

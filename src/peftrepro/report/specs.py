@@ -502,7 +502,7 @@ TABLE_QLORA = TableSpec(
     paper_source="Dettmers et al. 2023 (QLoRA, arXiv 2305.14314) Table 3 (paper-reference.md §12)",
     corner=("Base storage",),
     rows=tuple(Axis(arm.key, (arm.label,)) for arm in QLORA_ARMS),
-    columns=(Axis(BASE_MB, ("Base weights (MB)",)), Axis("e2e", ("E2E BLEU",)), Axis("mnli", ("MNLI-m Acc. (%)",)),
+    columns=(Axis(BASE_MB, ("Base weights",)), Axis("e2e", ("E2E BLEU",)), Axis("mnli", ("MNLI-m Acc. (%)",)),
              Axis("peak_e2e", ("E2E training peak (MB)",)), Axis("peak_mnli", ("MNLI training peak (MB)",))),
     observe=_qlora_observe,
     paper_ref=_qlora_paper,
