@@ -20,8 +20,9 @@ def options(group: str) -> list[str]:
 def test_every_group_has_options() -> None:
     assert {"tiny-gpt2", "tiny-llama", "smollm2-135m", "gpt2-medium", "gpt2-large", "hub"} <= set(options("model"))
     assert set(options("task")) == {"e2e", "wikisql", "mnli"}
-    assert set(options("method")) == {"lora", "adapter_h", "adapter_l", "prefix_layer", "prefix_embed",
-                                      "ft", "ft_top2", "bitfit", "none"}
+    assert set(options("method")) == {"lora", "qlora", "adapter_h", "adapter_l", "prefix_layer", "prefix_embed",
+                                      "prompt_tuning", "ft", "ft_top2", "bitfit", "magnitude_pruning",
+                                      "movement_pruning", "none"}
     assert set(options("profile")) == {"smoke", "mini", "paper"}
     assert set(options("logger")) == {"none", "wandb"}
 

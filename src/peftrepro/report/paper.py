@@ -1,4 +1,4 @@
-"""The LoRA paper's own numbers (arXiv 2106.09685 v2), loaded from ``data/paper.csv``.
+"""The papers' own numbers, the LoRA paper's (arXiv 2106.09685 v2) first, loaded from ``data/paper.csv``.
 
 Every number the suite compares against lives in that one file, one cell per line:
 ``table,row,column,value,printed,source,note``. ``value`` is in the paper's printed unit
@@ -14,6 +14,12 @@ table3 "GPT-2 M (LoRA)", "GPT-2 M (Adapter^L, 0.37M)", "GPT-2 M (FT^Top2)";
 table4 "GPT-3 (LoRA, 4.7M)"; table5/table6 "W_q,W_v r=4"; table15 "LoRA r_q=r_v=8",
 "PrefixLayer l_p=8,l_i=8", "Adapter^H r=1". Columns: trainable_params, wikisql, mnli,
 bleu, nist, meteor, rouge_l, cider, table1's bs32_seq512 / bs16_seq256 / bs1_seq128.
+
+The companion papers of the QLoRA and pruning tables are in the same file, their tables prefixed
+by paper: qlora_table3 / qlora_table4 (Dettmers et al. 2023, arXiv 2305.14314; rows as printed,
+e.g. "LoRA BF16", "QLoRA NF4 + DQ"; columns glue_roberta_large, sni_t5_80m ...) and sanh_table2
+(Sanh et al. 2020, arXiv 2005.07683; rows "MaP 10%", "MvP 3%" ...; columns mnli, mnli_mm). A cell
+a paper prints as "–" has no line.
 """
 
 from __future__ import annotations

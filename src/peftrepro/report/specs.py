@@ -515,7 +515,7 @@ TABLE_QLORA = TableSpec(
         LORA_ALPHA,
         Choice("LoRA dropout", "method.dropout", ("lora",)),
         Choice("4-bit storage of the blocks' linear layers (`null`: as loaded)", "method.quantize", ("lora",)),
-        Choice("LoRA merged into W0 for evaluation", "merge_for_eval"),
+        Choice("LoRA merged into W0 for evaluation (a 4-bit W0 cannot be: false on those rows)", "merge_for_eval"),
         Choice("MNLI prompt", "task.prompt_template"),
         Choice("beam size", "decoding.num_beams"),
         Choice("label smoothing", "train.label_smoothing"),

@@ -272,12 +272,17 @@ class _Run:
             "metrics": {}, "metrics_per_epoch": [], "best_epoch": None,
             "params": self.partial.get("params"), "checkpoint_bytes": None, "data": self.partial.get("data"),
             "timings": dict(self.timings), "throughput": {"train_tokens_per_s": None},
-            "memory": {**_peak_memory(device, self.partial.get("process_peak_bytes", 0)),
-                       **self.partial.get("train_memory", {})},
+            "memory": {**_peak_memory(device, self._process_peak_at_least()), **self.partial.get("train_memory", {})},
             "weights": self.partial.get("weights"), "threads": self.partial.get("threads"),
             "env": envinfo.environment(),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+
+    def _process_peak_at_least(self) -> int:
+        """What the process's peak cannot be below: its peak before training (the training phase's
+        measurement resets the high-water mark) and the training phase's own peak."""
+        train = (self.partial.get("train_memory") or {}).get("train_peak_bytes") or 0
+        return max(self.partial.get("process_peak_bytes", 0), train)
 
     def _write_not_applicable(self, error: NotApplicableError) -> dict[str, Any]:
         record = self._record(records.NOT_APPLICABLE, {"type": type(error).__name__, "message": str(error),
@@ -358,13 +363,13 @@ def _device(config: Mapping[str, Any]) -> torch.device:
     return torch.device("cuda" if choice == "cuda" or choice == "auto" and torch.cuda.is_available() else "cpu")
 
 
-def _peak_memory(device: torch.device | None, process_peak_before: int = 0) -> dict[str, Any]:
-    """The run's peak memory; on CPU the process's, at least `process_peak_before` (read before the
-    training phase's own measurement reset the high-water mark)."""
+def _peak_memory(device: torch.device | None, at_least: int = 0) -> dict[str, Any]:
+    """The run's peak memory; on CPU the process's, and never below `at_least` (what was measured
+    before the training phase reset the high-water mark, and in that phase)."""
     if device is not None and device.type == "cuda":
         return {"peak_bytes": int(torch.cuda.max_memory_allocated(device)), "device": envinfo.device_name(device),
                 "kind": "torch.cuda.max_memory_allocated"}
-    return {"peak_bytes": max(_process_peak_bytes(), process_peak_before),
+    return {"peak_bytes": max(_process_peak_bytes(), at_least),
             "device": envinfo.device_name(torch.device("cpu")), "kind": "process max RSS"}
 
 
