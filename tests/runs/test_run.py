@@ -70,11 +70,12 @@ def test_a_pruning_run_reports_only_the_model_at_its_target_sparsity(smoke, tmp_
 
 def test_a_qlora_run_records_its_4bit_base(smoke, tmp_path: Path) -> None:
     pytest.importorskip("bitsandbytes")
-    full, quantized = (run_one(smoke("task=mnli", *method)) for method in (["method=lora"], ["method=qlora"]))
-    assert_complete(quantized, tmp_path / "results" / "runs" / "adhoc" / quantized["run_key"])
-    assert quantized["method"]["quantize"]["quant_type"] == "nf4" and quantized["config"]["merge_for_eval"] is False
-    assert quantized["params"] == full["params"]  # the same weights, stored in fewer bytes
-    assert quantized["weights"]["frozen_bytes"] < full["weights"]["frozen_bytes"]
+    record = run_one(smoke("task=mnli", "method=qlora"))
+    assert_complete(record, tmp_path / "results" / "runs" / "adhoc" / record["run_key"])
+    assert record["method"]["quantize"]["quant_type"] == "nf4" and record["config"]["merge_for_eval"] is False
+    base_weights = record["params"]["total"] - record["params"]["trainable"]  # counted as the weights they stand for
+    # tiny GPT-2: the blocks' linear layers are about half of its weights, now half a byte each instead of 4
+    assert record["weights"]["frozen_bytes"] < 0.6 * 4 * base_weights
 
 
 def test_prefix_longer_than_max_length_trains_on_the_whole_example(smoke, tmp_path: Path) -> None:
