@@ -6,6 +6,7 @@
     reuse       a finished equivalent run of another table, copied instead of trained
     scoring     deferred scoring of saved predictions (E2E without Java)
     train       the training loop
+    devices     the device of a run; on a machine with several GPUs, one GPU per job of a sweep
     lr_search   the learning-rate selection on dev splits
     tracking    none | wandb
     envinfo     versions, commit, hardware for every record

@@ -5,6 +5,8 @@
     skip     results/runs/<experiment>/<run_key>/record.json says ok and force=false -> return it
              (says "unscored", from a run with `scoring: later|auto`: score its saved predictions, no
              training; peftrepro.runs.scoring)
+    device   the run's device; on a machine with several GPUs each job of a sweep claims a GPU of its
+             own for the whole run (peftrepro.runs.devices)
     set up   load data, model, apply the method, encode (an input error found here, e.g. a model that
              cannot be found, still writes nothing)
     train    peftrepro.runs.train.fit, evaluating after each epoch when the profile asks
@@ -35,7 +37,9 @@ from omegaconf import DictConfig
 
 from peftrepro.errors import ConfigError, NotApplicableError, PeftReproError
 from peftrepro.interfaces import EvalOutput
+from peftrepro.paths import resolve_path
 from peftrepro.runs import envinfo, records, reuse
+from peftrepro.runs.devices import claimed_device
 from peftrepro.runs.plan import RunPlan, cpu_threads, plan_run
 from peftrepro.runs.tracking import Tracker, make_tracker
 from peftrepro.runs.train import (
@@ -56,9 +60,11 @@ class InjectedFailure(RuntimeError):
     """Raised by `debug.fail_at` (tests of failure isolation)."""
 
 
-def run_one(cfg: DictConfig | Mapping[str, Any], jobs_at_once: int = 1) -> dict[str, Any]:
+def run_one(cfg: DictConfig | Mapping[str, Any], jobs_at_once: int = 1, job: int | None = None) -> dict[str, Any]:
     """Run `cfg` to a record (or return the finished record of an identical earlier run). `jobs_at_once`:
-    how many runs the launcher runs side by side on this machine (the CPU thread policy divides by it)."""
+    how many runs the launcher runs side by side on this machine (the CPU thread policy divides by it);
+    `job`: the job number within a multirun, which picks the job's GPU on a machine with several
+    (peftrepro.runs.devices); None for a single run."""
     # The commit of the code this process runs: read before training (cached), since a commit made
     # while a long run trains must not be credited with its numbers.
     envinfo.git_state()
@@ -68,10 +74,10 @@ def run_one(cfg: DictConfig | Mapping[str, Any], jobs_at_once: int = 1) -> dict[
             log.warning("skip %s: another process is running it now (%s); rerun the sweep after it ends",
                         plan.key, plan.directory)
             return {"run_key": plan.key, "status": "running elsewhere"}
-        return _claimed_run(plan, jobs_at_once)
+        return _claimed_run(plan, jobs_at_once, job)
 
 
-def _claimed_run(plan: RunPlan, jobs_at_once: int = 1) -> dict[str, Any]:
+def _claimed_run(plan: RunPlan, jobs_at_once: int = 1, job: int | None = None) -> dict[str, Any]:
     """Skip, score, reuse or run `plan`, holding its claim (nothing else writes in its folder)."""
     force = plan.config.get("force")
     if not force and records.is_finished(plan.directory):
@@ -86,7 +92,7 @@ def _claimed_run(plan: RunPlan, jobs_at_once: int = 1) -> dict[str, Any]:
         if equivalent is not None:
             return reuse.copy_equivalent(equivalent, plan)
     log.info("run %s -> %s", plan.key, plan.directory)
-    return _Run(plan, jobs_at_once=jobs_at_once).execute()
+    return _Run(plan, jobs_at_once=jobs_at_once, job=job).execute()
 
 
 def _score_unscored(plan: RunPlan) -> dict[str, Any]:
@@ -107,17 +113,25 @@ class _Run:
 
     plan: RunPlan
     jobs_at_once: int = 1
+    job: int | None = None  # the job number within a multirun
     started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=lambda: {"load_s": 0.0, "train_s": 0.0, "eval_s": 0.0})
     partial: dict[str, Any] = field(default_factory=dict)  # record fields known so far
 
     def execute(self) -> dict[str, Any]:
+        config = self.plan.config
+        slots = resolve_path(str(config.get("cache_dir", ".cache"))) / "gpu-slots"
+        with claimed_device(str(config.get("device", "auto")), self.job, int(config.get("jobs_per_gpu", 1)),
+                            slots) as device:
+            return self._execute_on(device)
+
+    def _execute_on(self, device: torch.device) -> dict[str, Any]:
         # the caller holds this run's claim, so a temporary folder here was left by a killed attempt
         for stale in self.plan.directory.glob(".tmp-run-*"):
             shutil.rmtree(stale, ignore_errors=True)
         staging = self.plan.directory / f".tmp-run-{datetime.now().strftime('%Y%m%d%H%M%S%f')}"
         try:
-            setup = self._set_up()
+            setup = self._set_up(device)
         except NotApplicableError as error:  # a legitimate table cell: "n/a" with the reason
             return self._write_not_applicable(error)
         except PeftReproError:
@@ -140,7 +154,7 @@ class _Run:
 
     # -- phases
 
-    def _set_up(self) -> _Setup:
+    def _set_up(self, device: torch.device) -> _Setup:
         from peftrepro.methods import apply_method, count_parameters
         from peftrepro.models import context_length, describe, load_model
 
@@ -163,7 +177,6 @@ class _Run:
                                                                      context_length(model)))
         trainable, total = count_parameters(model)
         self.partial["params"] = {"trainable": int(trainable), "total": int(total)}
-        device = _device(config)
         model.to(device)
         encoded = [task.encode(row, tokenizer, applied.prompt, plan.settings.max_length) for row in train_rows]
         self.partial["data"] = {"train_examples": len(encoded), "eval_examples": len(eval_rows),
@@ -336,11 +349,6 @@ def _fail_if(config: Mapping[str, Any], phase: str) -> None:
         raise KeyboardInterrupt
     if fail_at == phase:
         raise InjectedFailure(f"injected failure in phase {phase!r} (debug.fail_at={phase})")
-
-
-def _device(config: Mapping[str, Any]) -> torch.device:
-    choice = config.get("device", "auto")
-    return torch.device("cuda" if choice == "cuda" or choice == "auto" and torch.cuda.is_available() else "cpu")
 
 
 def _peak_memory(device: torch.device | None) -> dict[str, Any]:

@@ -48,18 +48,24 @@ def semantic_config(config: Mapping[str, Any]) -> dict[str, Any]:
     In: model, task (with its splits and example limits), method, train and decoding settings,
     seed, fixtures-or-real-data, LoRA merging for evaluation, and an injected failure (so a test's
     failed record never shadows the real run). Out: experiment, results_dir, force, logger, hydra,
-    data_root (results move between machines), device, threads, scoring (now or later, the same
-    metrics), and the profiles' lookup tables (already resolved into train/decoding).
+    data_root (results move between machines), device, jobs_per_gpu, threads, scoring (now or later,
+    the same metrics), and the profiles' lookup tables (already resolved into train/decoding). A model
+    in the default dtype leaves `dtype` out, so the keys of runs made before it could be chosen stay.
     """
     missing = [key for key in ("model", "task", "method", "train", "decoding", "seed") if key not in config]
     if missing:
         raise KeyError(f"config lacks {missing}; cannot compute a run key")
     train = {k: v for k, v in config["train"].items() if k not in REPORTING_TRAIN_KEYS}
     debug = config.get("debug") or {}
-    return {"model": config["model"], "task": config["task"], "method": config["method"], "train": train,
+    return {"model": _model_for_key(config["model"]), "task": config["task"], "method": config["method"], "train": train,
             "decoding": config["decoding"], "data": {"fixtures": bool(config.get("use_fixtures"))},
             "seed": config["seed"], "merge_for_eval": config.get("merge_for_eval", True),
             **({"debug": dict(debug)} if debug.get("fail_at") else {})}
+
+
+def _model_for_key(model: Mapping[str, Any]) -> dict[str, Any]:
+    # fp32: models.DEFAULT_DTYPE (not imported: the records layer sits below the model loading)
+    return {key: value for key, value in model.items() if not (key == "dtype" and value in (None, "fp32"))}
 
 
 def run_key(config: Mapping[str, Any]) -> str:
