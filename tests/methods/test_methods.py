@@ -32,7 +32,8 @@ OPTIONS = {
 
 
 def test_registry_names_the_papers_methods():
-    assert set(METHODS) == set(OPTIONS) | {"none"}  # `none`: the zero-shot baseline, tested below
+    # `none`: the zero-shot baseline, tested below; `peft_adapter`: a peft LoRA evaluated (test_interop.py)
+    assert set(METHODS) == set(OPTIONS) | {"none", "peft_adapter"}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

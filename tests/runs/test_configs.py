@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from peftrepro.errors import ConfigError
 from peftrepro.runs.plan import CONFIG_DIR, plan_run
 
 GROUPS = ("model", "task", "method", "profile", "logger")
@@ -21,7 +22,7 @@ def test_every_group_has_options() -> None:
     assert {"tiny-gpt2", "tiny-llama", "smollm2-135m", "gpt2-medium", "gpt2-large", "hub"} <= set(options("model"))
     assert set(options("task")) == {"e2e", "wikisql", "mnli"}
     assert set(options("method")) == {"lora", "adapter_h", "adapter_l", "prefix_layer", "prefix_embed",
-                                      "ft", "ft_top2", "bitfit", "none"}
+                                      "ft", "ft_top2", "bitfit", "none", "peft_adapter"}
     assert set(options("profile")) == {"smoke", "mini", "paper"}
     assert set(options("logger")) == {"none", "wandb"}
 
@@ -51,6 +52,10 @@ def test_every_profile_task_method_is_a_valid_plan(compose_config, selected_lrs,
     for method in options("method"):
         cfg = compose_config(f"profile={profile}", f"task={task}", f"method={method}", "data_root=null",
                              f"results_dir={selected_lrs}")
+        if method == "peft_adapter":  # names the user's adapter directory: no default
+            with pytest.raises(ConfigError, match="method peft_adapter needs method.path="):
+                plan_run(cfg)
+            continue
         plan = plan_run(cfg)
         assert plan.settings.lr > 0 and plan.key.startswith(f"{task}-")
 

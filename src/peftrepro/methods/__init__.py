@@ -7,7 +7,8 @@
 
 Modules: targets (paper weight names -> modules per architecture), lora, adapters, prefix,
 selective (ft, ft_top, bitfit), accounting (counts and the paper's formulas), checkpoint
-(adapter save/load). The parameter table they feed is `peftrepro.report.params`.
+(adapter save/load), interop (to and from Hugging Face peft, merged checkpoints; method
+peft_adapter). The parameter table they feed is `peftrepro.report.params`.
 """
 
 from peftrepro.methods.accounting import count_parameters, formula_params

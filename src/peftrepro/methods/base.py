@@ -42,6 +42,8 @@ class AppliedMethod:
     prompt: PromptWrap = NO_PROMPT_WRAP
     # set by LoRA only: the wrappers that can fold their update into the base weight
     mergeable: list[Any] = field(default_factory=list)
+    # where the method's weights came from, when it loads them rather than trains them (peft_adapter)
+    provenance: dict[str, Any] | None = None
 
     def _require_mergeable(self, action: str) -> None:
         if not self.mergeable:

@@ -15,6 +15,7 @@ from peftrepro.methods.adapters import (
     apply_adapter_l,
 )
 from peftrepro.methods.base import AppliedMethod, MethodConfig, MethodSpec
+from peftrepro.methods.interop import PeftAdapterConfig, apply_peft_adapter
 from peftrepro.methods.lora import LoRAConfig, apply_lora
 from peftrepro.methods.prefix import (
     PrefixEmbedConfig,
@@ -43,6 +44,7 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("ft_top", FTTopConfig, apply_ft_top, "fine-tune only the last k blocks"),
     MethodSpec("bitfit", BitFitConfig, apply_bitfit, "train only the bias vectors"),
     MethodSpec("none", NoAdaptationConfig, apply_no_adaptation, "no adaptation, no training (zero-shot baseline)"),
+    MethodSpec("peft_adapter", PeftAdapterConfig, apply_peft_adapter, "a peft LoRA adapter, evaluated as it is"),
 )}
 
 
