@@ -140,9 +140,14 @@ def _random_model(model_cfg: Mapping[str, Any]) -> tuple[PreTrainedModel, PreTra
 
 # ---------------------------------------------------------------- GGUF shipped in a package
 
+def gguf_cache(model_cfg: Mapping[str, Any]) -> Path:
+    """Where a `gguf_package` model's dequantised Hugging Face copy is cached."""
+    return _resolve(str(model_cfg.get("cache_dir"))) / str(model_cfg.get("name"))
+
+
 def _gguf_package_model(model_cfg: Mapping[str, Any]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     package, file_name = str(model_cfg.get("package")), str(model_cfg.get("gguf_file"))
-    cache = _resolve(str(model_cfg.get("cache_dir"))) / str(model_cfg.get("name"))
+    cache = gguf_cache(model_cfg)
     # the package is looked up only when there is no cache: a machine that has the cache (a copied
     # .cache/models folder) needs neither the package nor its 98 MB file
     return _cached_or_converted(cache, lambda: gguf_in_package(package, file_name), "gguf_package")
@@ -199,28 +204,37 @@ def gguf_in_package(package: str, file_name: str) -> Path:
 
 
 def _save_cache(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cache: Path) -> None:
-    """Write the dequantised model as a plain Hugging Face directory, atomically (a half-written
-    cache would be loaded next time). transformers refuses `save_pretrained` on a model read from
-    GGUF, although its weights are plain fp32 tensors by now, so the weights are written with
-    safetensors' `save_model` (handles the tied embedding / LM head) beside a clean config."""
+    """The dequantised model as a Hugging Face directory; a failure only means converting again next time."""
+    try:
+        save_hf_directory(model, tokenizer, cache)
+    except Exception as error:  # the run goes on; the next load just converts again
+        log.warning("could not cache the converted model at %s: %s", cache, error)
+
+
+def save_hf_directory(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
+    """Write `model` and `tokenizer` as a plain Hugging Face directory, atomically (a half-written one
+    would load). transformers refuses `save_pretrained` on a model read from GGUF, although its
+    weights are plain tensors by now, so the weights are written with safetensors' `save_model`
+    (handles the tied embedding / LM head) beside a clean config."""
     import os
     import shutil
     import tempfile
 
     from safetensors.torch import save_model
 
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{directory.name}-", dir=directory.parent))
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{cache.name}-", dir=cache.parent))
         config = model.config.to_dict()
         config.pop("quantization_config", None)
         type(model.config).from_dict(config).save_pretrained(staging)
         save_model(model, str(staging / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(staging)
-        shutil.rmtree(cache, ignore_errors=True)
-        os.replace(staging, cache)
-    except Exception as error:  # the run goes on; the next load just converts again
-        log.warning("could not cache the converted model at %s: %s", cache, error)
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 # ---------------------------------------------------------------- hub id or local directory

@@ -10,7 +10,8 @@
     set up   load data, model, apply the method, encode (an input error found here, e.g. a model that
              cannot be found, still writes nothing)
     train    peftrepro.runs.train.fit, evaluating after each epoch when the profile asks
-    record   predictions.jsonl.gz, adapter.safetensors + method.json, then record.json (last, atomic);
+    record   predictions.jsonl.gz, adapter.safetensors + method.json (unless keep_weights=false; the
+             checkpoint is still measured), then record.json (last, atomic);
              with `scoring: later` (or `auto` without Java) a task whose scorer needs Java (E2E)
              leaves its metrics to peftrepro.runs.scoring and the record says "unscored"
 Any other exception from set-up on writes a `failed` record with the traceback and is re-raised,
@@ -173,6 +174,8 @@ class _Run:
         self.partial["model"] = describe(model, config["model"])
         _fail_if(config, "setup")
         applied = apply_method(model, plan.method_config)
+        if applied.provenance:  # weights loaded rather than trained (peft_adapter): which ones
+            self.partial["method_source"] = applied.provenance
         settings = replace(plan.settings, max_length=_sequence_length(plan, applied.prompt.n_virtual,
                                                                      context_length(model)))
         trainable, total = count_parameters(model)
@@ -240,8 +243,16 @@ class _Run:
         directory = plan.directory
         (directory / records.RECORD_FILE).unlink(missing_ok=True)  # an old record never vouches for new files
         records.write_predictions(staging, best["output"].predictions)
+        from peftrepro.methods.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+
+        keep_weights = bool(plan.config.get("keep_weights", True))
+        for name in (WEIGHTS_FILE, CONFIG_FILE):  # an earlier run's weights never pass for this run's
+            (directory / name).unlink(missing_ok=True)
         if (staging / "adapter").is_dir():
-            records.move_into(staging / "adapter", directory)
+            if keep_weights:
+                records.move_into(staging / "adapter", directory)
+            else:
+                shutil.rmtree(staging / "adapter")
         records.move_into(staging, directory)
         record = self._record("ok" if best["output"].scored else records.UNSCORED, None, setup.device)
         record.update(
@@ -249,6 +260,7 @@ class _Run:
             metrics_per_epoch=per_epoch,
             best_epoch=best["row"]["epoch"] if plan.settings.eval_every_epoch else None,
             checkpoint_bytes=int(best["bytes"]),
+            weights_kept=keep_weights and bool(best["bytes"]),
             eval_notes=best["output"].notes,
             training={"steps": stats.steps, "epochs": stats.epochs, "tokens": stats.tokens,
                       "padded_tokens": stats.padded_tokens, "final_loss": stats.last_loss,
@@ -269,7 +281,9 @@ class _Run:
             "schema_version": records.SCHEMA_VERSION, "run_key": plan.key, "experiment": config["experiment"],
             "status": status, "error": error, "config": config, "seed": config["seed"],
             "profile": config.get("profile_name"), "model": self.partial.get("model"),
-            "task": plan.task.name, "method": {"name": plan.method_config.name, **plan.method_config.options()},
+            "task": plan.task.name, "method": {"name": plan.method_config.name, **plan.method_config.options(),
+                                               **({"loaded": self.partial["method_source"]}
+                                                  if "method_source" in self.partial else {})},
             "metrics": {}, "metrics_per_epoch": [], "best_epoch": None,
             "params": self.partial.get("params"), "checkpoint_bytes": None, "data": self.partial.get("data"),
             "timings": dict(self.timings), "throughput": {"train_tokens_per_s": None},

@@ -6,7 +6,8 @@ A run lives in `results/runs/<experiment>/<run_key>/`:
   predictions.jsonl.gz  one row per evaluated example (from the task's `EvalOutput`), gzipped with
                      no timestamp (the same rows give the same bytes); records written before the
                      fair protocol keep a plain predictions.jsonl, which every reader still accepts
-  adapter.safetensors + method.json   the trained method's weights (gitignored)
+  adapter.safetensors + method.json   the trained method's weights (gitignored, so they stay on the
+                     machine that trained the run; none with keep_weights=false)
 Every file is written to a temporary name in the same folder and renamed (`os.replace` is atomic
 on POSIX and Windows), and record.json only after the others, so `status: ok` in a readable
 record means every artefact beside it is complete.
