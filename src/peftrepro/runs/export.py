@@ -89,13 +89,13 @@ def _finished_record(run_dir: Path) -> dict[str, Any]:
 
 
 def _why_no_weights(record: Mapping[str, Any]) -> str:
+    method = (record.get("method") or {}).get("name")
     if record.get("reused_from"):
         return f"the run reuses the record of {record['reused_from']}, whose folder holds the weights"
-    if not record.get("weights_kept", True):
-        return "it ran with keep_weights=false"
-    method = (record.get("method") or {}).get("name")
     if method in ("none", "peft_adapter"):
         return f"method {method!r} trains nothing, so there is nothing to export"
+    if not record.get("weights_kept", True):
+        return "it ran with keep_weights=false"
     return ("weights are not committed with the results: they stay on the machine that trained the run; rerun it "
             "there (force=true) or export it where it ran")
 
