@@ -2,7 +2,7 @@
 
     find_runs(runs_dir, profile, tasks, ranks, seeds)  one AdaptedRun per (task, rank, seed), or one
                                                        DataError naming every run that is missing and how to make it
-    pretrained_weights(runs, layers, weights)          the frozen W of those layers, from the backbone the runs
+    pretrained_weights(runs, layers, weights)          the frozen W of those layers, from the one backbone the runs
                                                        trained (checked against its weights digest in the records)
     verdict(outcomes)                                  a statement judged over seeds: held / not held / inconclusive
 
@@ -97,24 +97,24 @@ def find_runs(runs_dir: Path, profile: str, tasks: Sequence[str], ranks: Sequenc
         raise DataError(f"{len(missing)} of the {len(tasks) * len(ranks) * len(seeds)} runs this needs "
                         "are not there:\n  " + "\n  ".join(missing) + "\n"
                         + MAKE_THEM.format(profile=profile, seeds=",".join(map(str, seeds))))
+    backbones = {run.record.model.get("weights_sha256"): run.record.model_label for run in runs.values()}
+    if len(backbones) != 1:
+        raise DataError(f"the runs trained {len(backbones)} different backbones ({sorted(backbones.values())}, told "
+                        "apart by their weights digests); §7 compares runs of one backbone")
     return runs
 
 
 def pretrained_weights(runs: Iterable[AdaptedRun], layers: Iterable[int], weights: Sequence[str] = WEIGHTS
                        ) -> dict[tuple[int, str], np.ndarray]:
-    """The frozen W (d_out × d_in) of each layer and weight, from the backbone every run trained (loaded
-    as its record describes it; DataError when the runs disagree or the loaded weights differ)."""
+    """The frozen W (d_out × d_in) of each layer and weight, from the backbone the runs trained (loaded
+    as their records describe it; DataError when the loaded weights differ from those it trained)."""
     from peftrepro.methods.factors import frozen_weight
     from peftrepro.models import load_model, weights_sha256
 
-    runs = list(runs)
-    digests = {run.record.model.get("weights_sha256") for run in runs}
-    if len(digests) != 1:
-        raise DataError(f"the runs trained {len(digests)} different backbones (weights digests {sorted(map(str, digests))}); "
-                        "§7 compares runs of one backbone")
-    model, _ = load_model(runs[0].record.raw["config"]["model"])
-    if weights_sha256(model) != digests.pop():
-        raise DataError(f"the backbone loaded for W ({runs[0].record.model_label}) is not bit-identical to the one "
+    first = next(iter(runs)).record  # find_runs checked that every run trained the same backbone
+    model, _ = load_model(first.raw["config"]["model"])
+    if weights_sha256(model) != first.model.get("weights_sha256"):
+        raise DataError(f"the backbone loaded for W ({first.model_label}) is not bit-identical to the one "
                         "the runs trained (weights digest differs from their records)")
     return {(layer, w): frozen_weight(model, layer, w).double().numpy() for layer in layers for w in weights}
 
