@@ -49,8 +49,8 @@ def runs(make_record) -> dict[tuple[str, int, int], AdaptedRun]:
 def test_figure_statements_on_planted_factors(runs) -> None:
     found = subspace.statements(runs, ["mnli"], [0, 1], (LOW, HIGH))
     assert {(s.statement.split(":")[0], s.weight): s.verdict for s in found} == {
-        (f"The top directions of A_{{r={LOW}}} and A_{{r={HIGH}}} overlap", "W_q"): "held",
-        (f"The top directions of A_{{r={LOW}}} and A_{{r={HIGH}}} overlap", "W_v"): "not held",
+        (f"The top direction of A_{{r={LOW}}} is shared with A_{{r={HIGH}}}", "W_q"): "held",
+        (f"The top direction of A_{{r={LOW}}} is shared with A_{{r={HIGH}}}", "W_v"): "not held",
         (f"Two seeds at r={HIGH} share more directions than two random Gaussian matrices (those share 0)", "W_q"):
             "held",
         (f"Two seeds at r={HIGH} share more directions than two random Gaussian matrices (those share 0)", "W_v"):
@@ -65,7 +65,7 @@ def test_a_run_that_did_not_learn_judges_nothing(runs) -> None:
     failed = runs[("mnli", HIGH, 1)]
     runs[("mnli", HIGH, 1)] = AdaptedRun(failed.record, HIGH, failed.factors, "did not learn (33.0 vs 35.0)")
     found = subspace.statements(runs, ["mnli"], [0, 1], (LOW, HIGH))
-    assert [s.verdict for s in found if "overlap" in s.statement] == ["held", "not held"]  # seed 0 alone
+    assert [s.verdict for s in found if "Figure 3" in s.source] == ["held", "not held"]  # seed 0 alone
     assert {s.verdict for s in found if "Figure 4" in s.source} == {"inconclusive (no run that learned)"}
 
 

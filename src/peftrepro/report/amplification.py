@@ -82,9 +82,9 @@ def ours_rows(table: pd.DataFrame) -> list[str]:
     for (task, layer, weight, rank), group in table.groupby(["task", "layer", "weight", "r"], sort=True):
         means = [f"{group[c].mean():.2f}" for c in COLUMNS[:-1]]
         amp = group["amplification"]
-        spread = f" ({amp.min():.1f}–{amp.max():.1f}, {len(amp)} seeds)" if len(amp) > 1 else ""
+        spread = f" ({amp.min():.3g}–{amp.max():.3g}, {len(amp)} seeds)" if len(amp) > 1 else ""
         lines.append(f"| ours | {task} | {layer_label(layer, int(group['n_layers'].iloc[0]))} | {weight} | {rank} | "
-                     + " | ".join(means) + f" | {amp.mean():.1f}{spread} |")
+                     + " | ".join(means) + f" | {amp.mean():.3g}{spread} |")
     return lines
 
 
@@ -121,7 +121,7 @@ def checks(low: int, high: int) -> list[Check]:
                                   f[["r", "seed", "delta_directions", "w_directions"]].itertuples(index=False)),
               lambda f: per_seed(f, lambda row: row["delta_directions"] < NOT_EMPHASISED * row["w_directions"])),
         Check(f"The amplification is much larger at low rank: r={low} above r={high} (paper: 21.5 vs about 2, App. H.4)",
-              lambda f: ", ".join(f"seed {s}: {row[low]:.1f} vs {row[high]:.1f}"
+              lambda f: ", ".join(f"seed {s}: {row[low]:.3g} vs {row[high]:.3g}"
                                   for s, row in amplification_by_rank(f).iterrows()),
               low_beats_high),
     ]

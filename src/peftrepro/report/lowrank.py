@@ -14,6 +14,7 @@ R^d give about max(i, j)/d (`random_similarity`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -83,11 +84,18 @@ class Projections:
         return self.delta_norm / self.delta_directions
 
 
+@lru_cache(maxsize=16)
+def random_directions(shape: tuple[int, int], r: int, seed: int = 0) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """The top-r directions of RANDOM_DRAWS seeded Gaussian matrices of `shape` (drawn once per shape and r:
+    every run and layer of a table is projected on the same ones)."""
+    rng = np.random.default_rng(seed)
+    return tuple(top_directions(rng.standard_normal(shape), r) for _ in range(RANDOM_DRAWS))
+
+
 def projection_norms(W: np.ndarray, delta: np.ndarray, r: int, seed: int = 0) -> Projections:
     """Table 7's quantities for one pre-trained W and its update ΔW of rank r (both d_out × d_in)."""
     W, delta = np.asarray(W, dtype=np.float64), np.asarray(delta, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    random = [projection_norm(W, *top_directions(rng.standard_normal(W.shape), r)) for _ in range(RANDOM_DRAWS)]
+    random = [projection_norm(W, U, Vt) for U, Vt in random_directions(W.shape, r, seed)]
     return Projections(rank=r, delta_directions=projection_norm(W, *top_directions(delta, r)),
                        w_directions=projection_norm(W, *top_directions(W, r)), random_directions=float(np.mean(random)),
                        w_norm=float(np.linalg.norm(W)), delta_norm=float(np.linalg.norm(delta)))

@@ -7,8 +7,8 @@ Figure 3: φ(A_{r=8}, A_{r=64}, i, j) (report.lowrank) of the same seed, for ΔW
 φ between A_{r=64} of two seeds, beside two random Gaussian matrices of the same shape. Both at the
 middle layer, as the paper shows its 48th of 96; the page also gives the other kept layer's numbers.
 Writes figure_subspace.md (the paper's statements judged on ours, the runs read),
-figure_subspace_statements.csv (those verdicts) and the two PNGs; when a run it needs is missing it says which, exits 1 and writes
-nothing.
+figure_subspace_statements.csv (those verdicts) and the two PNGs; when a run it needs is missing it
+says which, exits 1 and writes nothing.
 """
 
 from __future__ import annotations
@@ -89,20 +89,19 @@ def statements(runs: Runs, tasks: Sequence[str], seeds: Sequence[int],
         d_in = runs[(task, high, seeds[0])].A(layer, WEIGHTS[0]).shape[1]
         random_shared = shared_directions(*random_gaussian_pair(high, d_in))
         shared = {(w, pair): _shared_seeds(runs, task, pair, high, layer, w) for w in WEIGHTS for pair in pairs}
+        judged = [s for s in seeds if _judged(runs, [(task, low, s), (task, high, s)])]
+        judged_pairs = [p for p in pairs if _judged(runs, [(task, high, s) for s in p])]
         for weight in WEIGHTS:
             top = {seed: _phi_ranks(runs, task, seed, ranks, layer, weight)[0, 0] for seed in seeds}
-            judged = [s for s in seeds if _judged(runs, [(task, low, s), (task, high, s)])]
             out.append(Statement(
-                f"The top directions of A_{{r={low}}} and A_{{r={high}}} overlap: φ(1, 1) > {SHARED} "
+                f"The top direction of A_{{r={low}}} is shared with A_{{r={high}}}: φ(1, 1) > {SHARED} "
                 f"(random subspaces: {1 / d_in:.4f})", f"{SOURCE}, Figure 3", task, weight,
                 ", ".join(f"seed {s}: {v:.2f}" for s, v in top.items()), verdict([top[s] > SHARED for s in judged])))
-            judged_pairs = [p for p in pairs if _judged(runs, [(task, high, s) for s in p])]
             out.append(Statement(
                 f"Two seeds at r={high} share more directions than two random Gaussian matrices "
                 f"(those share {random_shared})", f"{SOURCE}, Figure 4", task, weight,
                 ", ".join(f"seeds {a}/{b}: {shared[(weight, (a, b))]}" for a, b in pairs),
                 verdict([shared[(weight, p)] > random_shared for p in judged_pairs])))
-        judged_pairs = [p for p in pairs if _judged(runs, [(task, high, s) for s in p])]
         out.append(Statement(
             "ΔW_q has a higher intrinsic rank than ΔW_v: the two seeds share more directions of ΔW_q",
             f"{SOURCE}, Figure 4", task, "W_q vs W_v",
@@ -196,7 +195,8 @@ def page(runs: Runs, found: Sequence[Statement], tasks: Sequence[str],
         "",
         *layer_lines(runs, tasks, seeds, ranks),
         "",
-        ("**Caution, layer 1:**" if first_block_kept else "Layer 1 is not kept, on purpose:") + " there, W_q of two "
+        ("**Caution, layer 1:**" if first_block_kept else "Layer 1 is not among the kept layers, which is as well:")
+        + " there, W_q of two "
         "runs of one seed starts from the same A (one seeded random stream fills both, so the top rows of "
         f"A_r={high} are A_r={low} as initialised) and Figure 3 overlaps by construction. Every later matrix draws "
         "from a point of the stream that the ranks have moved by different amounts: their starts are independent.",
