@@ -17,6 +17,7 @@ from peftrepro.methods.factors import (
     export_factors,
     frozen_weight,
     initial_A,
+    keeps_factors,
     load_factors,
     resolve_layers,
 )
@@ -92,11 +93,24 @@ def test_the_paper_middle_layer() -> None:
     ({"layers": ["centre"], "weights": ["W_q"]}, "neither an index nor one of"),
     ({"layers": ["middle"], "weights": ["q_proj"]}, "name paper weights"),
     ({"layers": ["middle"]}, "must be null or"),
+    ({"layers": ["middle"], "weights": ["W_q"], "ranks": [0]}, "a list of ranks >= 1"),
+    ({"layers": ["middle"], "weights": ["W_q"], "rank": [4]}, "must be null or"),
     ([1, 2], "must be null or"),
 ])
 def test_a_bad_option_is_one_clear_error(option, message) -> None:
     with pytest.raises(ConfigError, match=message):
         check_option(option)
+
+
+@pytest.mark.parametrize(("ranks", "kept"), [
+    ({"W_q": 8, "W_v": 8}, True), ({"W_q": 2, "W_v": 2}, False), ({"W_q": 8}, False),
+    ({"W_q": 8, "W_k": 8, "W_v": 8, "W_o": 8}, False),
+])
+def test_only_runs_of_exactly_the_weights_at_a_listed_rank_keep_factors(ranks, kept) -> None:
+    option = {"layers": ["middle"], "weights": ["W_q", "W_v"], "ranks": [4, 8, 64]}
+    assert keeps_factors(option, ranks) is kept
+    assert keeps_factors({**option, "ranks": None}, ranks) is (set(ranks) == {"W_q", "W_v"})
+    assert keeps_factors(None, ranks) is False
 
 
 def test_a_layer_the_model_lacks_is_an_error() -> None:

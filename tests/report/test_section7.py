@@ -92,18 +92,19 @@ def test_table7_statements_on_planted_rows() -> None:
 # ---- end to end: tiny smoke runs as Table 6 makes them, then both analyses
 
 RUN = ("profile=smoke", "model=tiny-llama", "task=mnli", "train.progress=false")
+SMOKE_RANKS = (4, 8)  # ranks table_rank.yaml keeps factors of (4, 8 and 64) that a 64-wide model can take apart
 
 
 def make_runs(results: Path) -> None:
-    """W_q,W_v at r=2 and r=8, seeds 0 and 1, as conf/experiment/table_rank.yaml keeps them; the r=2
+    """W_q,W_v at r=4 and r=8, seeds 0 and 1, as conf/experiment/table_rank.yaml keeps them; the r=4
     seed-0 run is first made by Table 5, so Table 6's is a reused copy that keeps no factors of its own."""
     from peftrepro.runs import plan
     from peftrepro.runs.execute import run_one
 
     with initialize_config_dir(config_dir=str(plan.CONFIG_DIR), version_base="1.3"):
-        run_one(compose("config", [*RUN, "experiment=table_weight_type", "method.ranks={W_q:2,W_v:2}",
+        run_one(compose("config", [*RUN, "experiment=table_weight_type", "method.ranks={W_q:4,W_v:4}",
                                    f"results_dir={results}"]))
-        for rank in (LOW, HIGH):
+        for rank in SMOKE_RANKS:
             for seed in (0, 1):
                 run_one(compose("config", [*RUN, "experiment=table_rank", "method.weights=[W_q,W_v]",
                                            f"method.r={rank}", f"seed={seed}", f"results_dir={results}"]))
@@ -115,10 +116,10 @@ def test_both_analyses_end_to_end_on_smoke_runs(tmp_path: Path, capsys) -> None:
     reused = [p for p in (results / "runs" / "table_rank").iterdir() if not (p / "lora_factors.safetensors").exists()]
     assert len(reused) == 1  # Table 6's copy of Table 5's run: its factors are the original's
     common = ["--runs", str(results / "runs"), "--out", str(tmp_path / "tables"), "--profile", "smoke",
-              "--seeds", "0,1", "--tasks", "mnli", "--ranks", f"{LOW},{HIGH}"]
+              "--seeds", "0,1", "--tasks", "mnli", "--ranks", ",".join(map(str, SMOKE_RANKS))]
     assert subspace.main(common) == 0 and amplification.main(common) == 0
     out = capsys.readouterr().out
-    assert f"read {reused[0].name}" in out and "reads the smoke runs of LoRA on W_q,W_v at r=2 and r=8" in out
+    assert f"read {reused[0].name}" in out and "reads the smoke runs of LoRA on W_q,W_v at r=4 and r=8" in out
     written = {p.name for p in (tmp_path / "tables").iterdir()}
     assert written == {"figure_subspace.md", "figure_subspace_statements.csv", "figure_subspace_ranks.png",
                        "figure_subspace_seeds.png", "table_amplification.md", "table_amplification.csv",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from peftrepro.methods.factors import FACTORS_FILE, load_factors
 from peftrepro.runs import factors as factors_cli
 from peftrepro.runs.execute import run_one
@@ -22,19 +24,26 @@ def test_a_run_keeps_the_factors_it_was_asked_for_under_the_same_key(smoke, tmp_
     assert set(saved.a_drift) == {"0.W_q", "0.W_v", "1.W_q", "1.W_v"} and all(v > 0 for v in saved.a_drift.values())
 
 
-def test_other_methods_and_the_default_keep_no_factors(smoke, tmp_path: Path) -> None:
-    for overrides in ((*RUN,), ("task=mnli", "method=adapter_h", KEEP)):
-        record = run_one(smoke(*overrides))
-        assert not (tmp_path / "results" / "runs" / "adhoc" / record["run_key"] / FACTORS_FILE).exists()
+@pytest.mark.parametrize("overrides", [
+    RUN,  # the option off (the default)
+    ("model=tiny-llama", "task=mnli", "method=adapter_h", KEEP),  # not LoRA
+    ("model=tiny-llama", "task=mnli", "method=lora", "method.weights=[W_q]", "method.r=4", KEEP),  # other matrices
+    (*RUN, "lora_factors={layers:[last],weights:[W_q,W_v],ranks:[8,64]}"),  # another rank
+], ids=["off", "adapter", "W_q-alone", "rank-4"])
+def test_runs_the_option_does_not_select_keep_no_factors(smoke, tmp_path: Path, overrides) -> None:
+    record = run_one(smoke(*overrides))
+    assert not (tmp_path / "results" / "runs" / "adhoc" / record["run_key"] / FACTORS_FILE).exists()
 
 
 def test_factors_are_exported_after_the_fact_from_the_adapter(smoke, tmp_path: Path, capsys) -> None:
     runs = tmp_path / "results" / "runs"
     record = run_one(smoke(*RUN))
     folder = runs / "adhoc" / record["run_key"]
-    assert factors_cli.main([str(runs), "--layers", "last", "--weights", "W_q"]) == 0
+    assert factors_cli.main([str(runs), "--weights", "W_q"]) == 0  # adapts W_q and W_v: not selected
+    assert "exported: 0" in capsys.readouterr().out and not (folder / FACTORS_FILE).exists()
+    assert factors_cli.main([str(runs), "--layers", "last", "--ranks", ""]) == 0
     saved = load_factors(folder / FACTORS_FILE)
-    assert list(saved.factors) == [(1, "W_q")] and saved.a_drift == {}  # A's start is known only while training
+    assert list(saved.factors) == [(1, "W_q"), (1, "W_v")] and saved.a_drift == {}  # A's start: only while training
     assert factors_cli.main([str(runs)]) == 0 and "had them: 1" in capsys.readouterr().out
     (folder / FACTORS_FILE).unlink()
     (folder / "adapter.safetensors").unlink()  # weights stay on the machine that trained them

@@ -54,17 +54,32 @@ def resolve_layers(spec: Sequence[str | int], n_layers: int) -> list[int]:
 
 
 def check_option(option: Mapping[str, Any] | None) -> None:
-    """Validate the run option `lora_factors: {layers: [...], weights: [...]}` before anything is loaded."""
+    """Validate the run option `lora_factors: {layers: [...], weights: [...], ranks: [...] | null}` before
+    anything is loaded."""
     if option is None:
         return
-    if not isinstance(option, Mapping) or set(option) != {"layers", "weights"}:
-        raise ConfigError(f"lora_factors={option!r} must be null or {{layers: [middle, last], weights: [W_q, W_v]}}")
+    if not isinstance(option, Mapping) or not {"layers", "weights"} <= set(option) <= {"layers", "weights", "ranks"}:
+        raise ConfigError(f"lora_factors={option!r} must be null or "
+                          "{layers: [middle, last], weights: [W_q, W_v], ranks: [4, 8, 64]} (ranks: optional)")
     for layer in option["layers"] or ():
         if not (isinstance(layer, int) or layer in LAYER_NAMES):
             raise ConfigError(f"lora_factors.layers: {layer!r} is neither an index nor one of {list(LAYER_NAMES)}")
     unknown = [w for w in option["weights"] or () if w not in PAPER_WEIGHTS]
     if unknown or not option["weights"]:
         raise ConfigError(f"lora_factors.weights={option['weights']!r}: name paper weights from {list(PAPER_WEIGHTS)}")
+    ranks = option.get("ranks")
+    if ranks is not None and not (ranks and all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in ranks)):
+        raise ConfigError(f"lora_factors.ranks={ranks!r} must be null or a list of ranks >= 1, e.g. [4, 8, 64]")
+
+
+def keeps_factors(option: Mapping[str, Any] | None, ranks: Mapping[str, int]) -> bool:
+    """Whether a LoRA run adapting {weight: rank} keeps its factors: it adapts exactly the option's
+    weights, at one of its ranks (any rank when it names none). Runs of other matrices keep none, so a
+    table keeps only the factors its analyses read (Table 6: W_q,W_v at r=4, 8 and 64, not W_q alone
+    or all four matrices)."""
+    if not option or set(ranks) != set(option["weights"]):
+        return False
+    return option.get("ranks") is None or all(rank in option["ranks"] for rank in ranks.values())
 
 
 @dataclass(frozen=True)

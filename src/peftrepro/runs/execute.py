@@ -334,14 +334,14 @@ class _Setup:
 
 
 def _initial_factors(config: Mapping[str, Any], applied: Any) -> dict[str, torch.Tensor] | None:
-    """Where the run keeps LoRA factors (`lora_factors`): A of the chosen layers as initialised, to
-    record how far training moved it. Checks the layers against the model (an input error, found
-    before training). None for other methods and when the option is off."""
-    from peftrepro.methods.factors import initial_A, resolve_layers
+    """Where the run keeps LoRA factors (`lora_factors`, methods.factors.keeps_factors): A of the chosen
+    layers as initialised, to record how far training moved it. Checks the layers against the model
+    (an input error, found before training). None where the run keeps none."""
+    from peftrepro.methods.factors import initial_A, keeps_factors, resolve_layers
     from peftrepro.methods.targets import blocks
 
     option = config.get("lora_factors")
-    if not option or applied.config.name != "lora":
+    if applied.config.name != "lora" or not keeps_factors(option, applied.config.rank_per_weight()):
         return None
     layers = resolve_layers(option["layers"], len(blocks(applied.model)))
     return initial_A(applied.model, layers, option["weights"])
