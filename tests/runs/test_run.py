@@ -182,7 +182,7 @@ def test_wandb_runs_are_finished_one_by_one_even_when_a_run_fails(smoke, tmp_pat
     (["device=cuda:x"], PeftReproError, r"device='cuda:x' must be one of"),
     (["jobs_per_gpu=0"], PeftReproError, "jobs_per_gpu=0 must be an integer >= 1"),
     (["lora_factors={layers:[centre],weights:[W_q]}"], PeftReproError, "neither an index nor one of"),
-    (["lora_factors={layers:[7],weights:[W_q]}"], PeftReproError, "not a layer of a 2-layer model"),
+    (["lora_factors={layers:[7],weights:[W_q,W_v]}"], PeftReproError, "not a layer of a 2-layer model"),
     (["model=nope"], HydraException, "model/nope"),
     (["method=nope"], HydraException, "method/nope"),
     (["task=nope"], HydraException, "task/nope"),
