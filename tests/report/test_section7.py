@@ -30,7 +30,7 @@ def adapted(make_record, task: str, rank: int, seed: int, A: dict[str, np.ndarra
     record = parse_record(Path(f"runs/table_rank/{task}-r{rank}-s{seed}/record.json"), make_record(
         "table_rank", task, {"name": "lora", "weights": ["W_q", "W_v"], "r": rank}, seed))
     factors = {(MIDDLE, w): Factors(MIDDLE, w, torch.tensor(a), torch.zeros(D, rank), 8.0) for w, a in A.items()}
-    return AdaptedRun(record, rank, FactorsFile(Path("f"), factors, 4, "llama", {}), failed)
+    return AdaptedRun(record, rank, FactorsFile(Path("f"), factors, 4, "layers", {}), failed)
 
 
 @pytest.fixture
