@@ -181,6 +181,8 @@ def test_wandb_runs_are_finished_one_by_one_even_when_a_run_fails(smoke, tmp_pat
     (["model.dtype=fp8"], PeftReproError, r"model\.dtype='fp8' must be one of \['fp32', 'bf16', 'fp16'\]"),
     (["device=cuda:x"], PeftReproError, r"device='cuda:x' must be one of"),
     (["jobs_per_gpu=0"], PeftReproError, "jobs_per_gpu=0 must be an integer >= 1"),
+    (["lora_factors={layers:[centre],weights:[W_q]}"], PeftReproError, "neither an index nor one of"),
+    (["lora_factors={layers:[7],weights:[W_q,W_v]}"], PeftReproError, "not a layer of a 2-layer model"),
     (["model=nope"], HydraException, "model/nope"),
     (["method=nope"], HydraException, "method/nope"),
     (["task=nope"], HydraException, "task/nope"),

@@ -11,7 +11,8 @@
              cannot be found, still writes nothing)
     train    peftrepro.runs.train.fit, evaluating after each epoch when the profile asks
     record   predictions.jsonl.gz, adapter.safetensors + method.json (unless keep_weights=false; the
-             checkpoint is still measured), then record.json (last, atomic);
+             checkpoint is still measured), lora_factors.safetensors (A and B of a few layers, when
+             `lora_factors` selects the run), then record.json (last, atomic);
              with `scoring: later` (or `auto` without Java) a task whose scorer needs Java (E2E)
              leaves its metrics to peftrepro.runs.scoring and the record says "unscored"
 Any other exception from set-up on writes a `failed` record with the traceback and is re-raised,
@@ -176,6 +177,7 @@ class _Run:
         applied = apply_method(model, plan.method_config)
         if applied.provenance:  # weights loaded rather than trained (peft_adapter): which ones
             self.partial["method_source"] = applied.provenance
+        initial_A = _initial_factors(config, applied)
         settings = replace(plan.settings, max_length=_sequence_length(plan, applied.prompt.n_virtual,
                                                                      context_length(model)))
         trainable, total = count_parameters(model)
@@ -187,7 +189,7 @@ class _Run:
                                 "source": plan.data_source,
                                 "train_tokens_per_epoch": sum(len(e.input_ids) for e in encoded)}
         self.timings["load_s"] = time.perf_counter() - began
-        return _Setup(model, tokenizer, applied, encoded, eval_rows, device, settings)
+        return _Setup(model, tokenizer, applied, encoded, eval_rows, device, settings, initial_A)
 
     def _train_and_evaluate(self, setup: _Setup, staging: Path, tracker: Tracker) -> dict[str, Any]:
         from peftrepro.methods import save_adapter
@@ -244,10 +246,13 @@ class _Run:
         (directory / records.RECORD_FILE).unlink(missing_ok=True)  # an old record never vouches for new files
         records.write_predictions(staging, best["output"].predictions)
         from peftrepro.methods.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+        from peftrepro.methods.factors import FACTORS_FILE
 
         keep_weights = bool(plan.config.get("keep_weights", True))
-        for name in (WEIGHTS_FILE, CONFIG_FILE):  # an earlier run's weights never pass for this run's
+        for name in (WEIGHTS_FILE, CONFIG_FILE, FACTORS_FILE):  # an earlier run's weights never pass for this run's
             (directory / name).unlink(missing_ok=True)
+        if (staging / "adapter").is_dir() and setup.initial_A is not None:  # kept with keep_weights=false too
+            _export_factors(plan.config["lora_factors"], staging, setup)
         if (staging / "adapter").is_dir():
             if keep_weights:
                 records.move_into(staging / "adapter", directory)
@@ -325,6 +330,30 @@ class _Setup:
     eval_rows: list
     device: torch.device
     settings: TrainSettings  # the plan's, with the longest sequence this method makes
+    initial_A: dict[str, torch.Tensor] | None = None  # LoRA's A as initialised, where lora_factors asks
+
+
+def _initial_factors(config: Mapping[str, Any], applied: Any) -> dict[str, torch.Tensor] | None:
+    """Where the run keeps LoRA factors (`lora_factors`, methods.factors.keeps_factors): A of the chosen
+    layers as initialised, to record how far training moved it. Checks the layers against the model
+    (an input error, found before training). None where the run keeps none."""
+    from peftrepro.methods.factors import initial_A, keeps_factors, resolve_layers
+    from peftrepro.methods.targets import blocks
+
+    option = config.get("lora_factors")
+    if applied.config.name != "lora" or not keeps_factors(option, applied.config.rank_per_weight()):
+        return None
+    layers = resolve_layers(option["layers"], len(blocks(applied.model)))
+    return initial_A(applied.model, layers, option["weights"])
+
+
+def _export_factors(option: Mapping[str, Any], staging: Path, setup: _Setup) -> None:
+    """lora_factors.safetensors from the best epoch's adapter (the evaluated model), beside it."""
+    from peftrepro.methods.factors import FACTORS_FILE, export_factors
+    from peftrepro.methods.targets import layout
+
+    export_factors(staging / "adapter", staging / FACTORS_FILE, option["layers"], option["weights"],
+                   layout(setup.model).blocks, setup.initial_A)
 
 
 def _sequence_length(plan: RunPlan, n_virtual: int, context: int | None) -> int:

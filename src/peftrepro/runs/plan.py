@@ -106,6 +106,7 @@ def _decoding(node: Mapping[str, Any]) -> DecodingConfig:
 
 
 def _check_choices(config: Mapping[str, Any]) -> None:
+    from peftrepro.methods.factors import check_option as check_factors_option
     from peftrepro.models import SOURCES, model_dtype
 
     seed = config["seed"]
@@ -126,6 +127,7 @@ def _check_choices(config: Mapping[str, Any]) -> None:
     _check_device(str(config.get("device", "auto")), config.get("jobs_per_gpu", 1))
     model_dtype(config["model"])
     cpu_threads(config)  # a bad `threads` value is an input error like the others
+    check_factors_option(config.get("lora_factors"))  # which trained LoRA factors to keep (an output)
     if config.get("scoring", "now") not in SCORING:
         raise ConfigError(f"scoring={config.get('scoring')!r} must be one of {SCORING}")
 

@@ -8,6 +8,8 @@ A run lives in `results/runs/<experiment>/<run_key>/`:
                      fair protocol keep a plain predictions.jsonl, which every reader still accepts
   adapter.safetensors + method.json   the trained method's weights (gitignored, so they stay on the
                      machine that trained the run; none with keep_weights=false)
+  lora_factors.safetensors   LoRA's A and B of a few layers, fp16, when the run's `lora_factors`
+                     option selects it (committed: the input of the paper's §7 analyses; methods.factors)
 Every file is written to a temporary name in the same folder and renamed (`os.replace` is atomic
 on POSIX and Windows), and record.json only after the others, so `status: ok` in a readable
 record means every artefact beside it is complete.
@@ -50,8 +52,9 @@ def semantic_config(config: Mapping[str, Any]) -> dict[str, Any]:
     seed, fixtures-or-real-data, LoRA merging for evaluation, and an injected failure (so a test's
     failed record never shadows the real run). Out: experiment, results_dir, force, logger, hydra,
     data_root (results move between machines), device, jobs_per_gpu, threads, scoring (now or later,
-    the same metrics), and the profiles' lookup tables (already resolved into train/decoding). A model
-    in the default dtype leaves `dtype` out, so the keys of runs made before it could be chosen stay.
+    the same metrics), lora_factors (which trained factors are kept), and the profiles' lookup tables
+    (already resolved into train/decoding). A model in the default dtype leaves `dtype` out, so the
+    keys of runs made before it could be chosen stay.
     """
     missing = [key for key in ("model", "task", "method", "train", "decoding", "seed") if key not in config]
     if missing:
