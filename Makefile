@@ -34,7 +34,7 @@ TORCH_VERSION ?= 2.13.0
 # PROFILE and SEEDS are checked before anything runs: one line and exit 2 (make's $(error)), not a
 # traceback per sweep job. Only targets that use them check them (`make help` never fails).
 PROFILES := $(sort $(basename $(notdir $(wildcard conf/profile/*.yaml))))
-USES_PROFILE := $(filter table-% tables aggregate report select-lr baselines peft-budget,$(MAKECMDGOALS))
+USES_PROFILE := $(filter table-% figure-% tables aggregate report select-lr baselines peft-budget lora-factors,$(MAKECMDGOALS))
 ifneq ($(USES_PROFILE),)
 ifeq ($(filter $(PROFILE),$(PROFILES)),)
 $(error PROFILE=$(PROFILE) is not a profile; choose one of: $(PROFILES) (conf/profile/<name>.yaml))
@@ -58,10 +58,11 @@ LR_METHODS ?=
 LATENCY_PROFILE := $(if $(filter paper,$(PROFILE)),paper,smoke)
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint test test-full tables bench aggregate report select-lr baselines peft-budget $(TABLE_TARGETS)
+.PHONY: help install lint test test-full tables bench aggregate report select-lr baselines peft-budget $(TABLE_TARGETS) \
+	figure-subspace table-amplification lora-factors
 
 help: ## list the targets and the variables they take
-	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables: PROFILE=smoke|mini|paper (default mini)  SEEDS=0,1,2 (default: the profile's)"
 	@echo "           DATA_ROOT=dir (default \$$PEFTREPRO_DATA_ROOT, else the hub)  ARGS='hydra overrides'"
@@ -159,6 +160,21 @@ table-params: ## Tables 3/4/15 trainable-parameter counts of our methods vs the 
 
 table-latency: ## Table 1: forward latency with/without adapters (smoke shapes; PROFILE=paper: the paper's)
 	$(PYTHON) experiments/latency.py --profile $(LATENCY_PROFILE) --results-dir $(RESULTS) $(LATENCY_ARGS)
+
+# The paper's §7 analyses read the Table 6 runs' kept LoRA factors (W_q,W_v at r=8, 64 and 4, 64; the
+# profile's seeds) and, for Table 7, the backbone's frozen weights; they train nothing. When a run they
+# need is missing they name it and exit 1, writing nothing.
+SECTION7_ARGS = --runs $(RESULTS)/runs --out $(RESULTS)/tables --profile $(PROFILE) --seeds $(SEEDS)
+
+figure-subspace: ## §7 Figures 3 and 4: subspace similarity of A (r=8 vs 64, seed vs seed) from Table 6's runs
+	$(PYTHON) -m peftrepro.report.subspace $(SECTION7_ARGS)
+
+table-amplification: ## §7 Table 7: how W_q's update ΔW compares to W_q (r=4 and 64) from Table 6's runs
+	$(PYTHON) -m peftrepro.report.amplification $(SECTION7_ARGS)
+
+lora-factors: ## keep LoRA's A, B (middle and last layer) of finished runs made without them, from their adapters
+	$(PYTHON) -m peftrepro.runs.factors $(RESULTS)/runs/table_rank $(RESULTS)/runs/table_weight_type \
+	    $(RESULTS)/runs/table_methods
 
 tables: ## every table above; goes on after a failure and exits non-zero if any failed
 	@failed=""; for target in $(TABLE_TARGETS); do \

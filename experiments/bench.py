@@ -43,7 +43,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Pretrain
 
 from peftrepro.errors import ConfigError
 from peftrepro.methods import apply_method, count_parameters, make_method_config
-from peftrepro.methods.targets import arch_spec
+from peftrepro.methods.targets import blocks, weight_target
 from peftrepro.runs.records import atomic_write_text
 from peftrepro.runs.timing import (
     DTYPES,
@@ -218,13 +218,13 @@ class _AdapterAfter(nn.Module):
 def plain_adapter_h(model: nn.Module, options: dict[str, Any]) -> tuple[nn.Module, str]:
     """What a user writes without an adapter library: forward hooks adding an adapter after the
     attention output and MLP output projections of every block (peft has no Houlsby adapter)."""
-    spec = arch_spec(model)
+    points = [weight_target(model, weight).module for weight in ("W_o", "W_down")]
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     d = model.config.hidden_size
     adapters = nn.ModuleList()
-    for block in model.base_model.get_submodule(spec.blocks):
-        for path in (spec.attn_output, spec.mlp_output):
+    for block in blocks(model):
+        for path in points:
             adapter = _AdapterAfter(d, options["r"]).to(next(block.parameters()).device)
             block.get_submodule(path).register_forward_hook(lambda _m, _i, out, a=adapter: a(out))
             adapters.append(adapter)

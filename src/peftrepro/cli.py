@@ -5,6 +5,8 @@
     peftrepro params [--out DIR]    write the trainable-parameter table (paper Tables 3 and 15)
     peftrepro aggregate [...]       records -> paper tables (same as python -m peftrepro.report.aggregate)
     peftrepro fixtures DIR          write the tiny offline datasets the smoke profile uses
+    peftrepro export RUN_DIR OUT --format peft|merged
+                                    a run's weights as a peft adapter, or merged into the base model
 
 Training runs go through Hydra: `python -m peftrepro.runs` (or `peftrepro-run`).
 Errors the suite raises on purpose are printed as one line and exit with status 2.
@@ -57,6 +59,13 @@ def _fixtures(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from peftrepro.runs.export import export_run
+
+    print(export_run(args.run_dir, args.out, args.format))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftrepro", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     agg = commands.add_parser("aggregate", help="records -> tables (see python -m peftrepro.report.aggregate --help)")
     agg.add_argument("rest", nargs=argparse.REMAINDER)
     agg.set_defaults(handler=_aggregate)
+
+    export = commands.add_parser(
+        "export", help="a run's weights for the tools people serve with: a peft adapter, or a merged model",
+        description="peft: adapter_config.json + adapter_model.safetensors for PeftModel.from_pretrained(base, OUT) "
+                    "(lora; prefix_embed without infix, as prompt tuning). merged: the base model with the update "
+                    "folded in, for AutoModelForCausalLM.from_pretrained(OUT) (lora, ft, ft_top, bitfit).")
+    export.add_argument("run_dir", type=Path, help="a run folder, results/runs/<experiment>/<run_key>")
+    export.add_argument("out", type=Path, help="a new (or empty) folder for the exported files")
+    export.add_argument("--format", choices=["peft", "merged"], default="peft", help="default: peft")
+    export.set_defaults(handler=_export)
 
     fixtures = commands.add_parser("fixtures", help="write the tiny offline datasets")
     fixtures.add_argument("directory")

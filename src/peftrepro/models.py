@@ -9,7 +9,9 @@ Three sources, named by `source:` in the model config:
 - `hub`: a Hugging Face hub id or a local directory (`name_or_path`).
 `load_gguf(path, cache)` reads any GGUF file the way `gguf_package` does, into the same kind of
 cache (experiments/bench.py --gguf, or a machine that has the file but not the package).
-Every failure becomes one `ModelLoadError` that names the source(s) tried.
+`dtype:` (fp32, the default | bf16 | fp16) is the dtype of the weights as loaded; the method's own
+parameters are made in the same dtype. Every failure becomes one `ModelLoadError` that names the
+source(s) tried.
 """
 
 from __future__ import annotations
@@ -29,30 +31,42 @@ from transformers import (
 )
 
 from peftrepro.errors import ConfigError, ModelLoadError
+from peftrepro.methods.targets import layout_summary
 from peftrepro.paths import project_root
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("random", "gguf_package", "hub")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_DTYPE = "fp32"  # what every run computed before `dtype` could be chosen (records.semantic_config)
 ATTENTION = "sdpa"  # PyTorch scaled-dot-product attention: fused kernels, no extra dependency
 END_OF_TEXT = "<|endoftext|>"
 
 
 def load_model(model_cfg: Mapping[str, Any]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The backbone (fp32, eval mode off: ready to train) and its tokenizer, with a pad token set."""
+    """The backbone (in `model.dtype`, eval mode off: ready to train) and its tokenizer, with a pad token set."""
     source = model_cfg.get("source")
+    dtype = model_dtype(model_cfg)
     if source == "random":
         model, tokenizer = _random_model(model_cfg)
     elif source == "gguf_package":
         model, tokenizer = _gguf_package_model(model_cfg)
     elif source == "hub":
-        model, tokenizer = _hub_model(str(model_cfg.get("name_or_path")), model_cfg.get("revision"))
+        model, tokenizer = _hub_model(str(model_cfg.get("name_or_path")), model_cfg.get("revision"), dtype)
     else:
         raise ConfigError(f"model.source={source!r} is not one of {SOURCES} (conf/model/*.yaml)")
+    model.to(dtype)  # random and GGUF weights are made in fp32
     if tokenizer.pad_token is None:  # GPT-2 has none; padding positions are masked out anyway
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def model_dtype(model_cfg: Mapping[str, Any]) -> torch.dtype:
+    name = model_cfg.get("dtype") or DEFAULT_DTYPE
+    if name not in DTYPES:
+        raise ConfigError(f"model.dtype={name!r} must be one of {list(DTYPES)}")
+    return DTYPES[name]
 
 
 def context_length(model: PreTrainedModel) -> int | None:
@@ -60,14 +74,15 @@ def context_length(model: PreTrainedModel) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
 
 
-def describe(model: PreTrainedModel, model_cfg: Mapping[str, Any]) -> dict[str, str]:
+def describe(model: PreTrainedModel, model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The `model` block of a run record."""
     source = str(model_cfg.get("source"))
     where = {"random": "random init from config", "gguf_package":
              f"{model_cfg.get('package')}/{model_cfg.get('gguf_file')}",
              "hub": str(model_cfg.get("name_or_path"))}.get(source, source)
     return {"name": str(model_cfg.get("name")), "model_type": model.config.model_type,
-            "source": f"{source}: {where}", "weights_sha256": weights_sha256(model)}
+            "source": f"{source}: {where}", "dtype": str(model.dtype).removeprefix("torch."),
+            "layout": layout_summary(model), "weights_sha256": weights_sha256(model)}
 
 
 def weights_sha256(model: PreTrainedModel) -> str:
@@ -125,9 +140,14 @@ def _random_model(model_cfg: Mapping[str, Any]) -> tuple[PreTrainedModel, PreTra
 
 # ---------------------------------------------------------------- GGUF shipped in a package
 
+def gguf_cache(model_cfg: Mapping[str, Any]) -> Path:
+    """Where a `gguf_package` model's dequantised Hugging Face copy is cached."""
+    return _resolve(str(model_cfg.get("cache_dir"))) / str(model_cfg.get("name"))
+
+
 def _gguf_package_model(model_cfg: Mapping[str, Any]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     package, file_name = str(model_cfg.get("package")), str(model_cfg.get("gguf_file"))
-    cache = _resolve(str(model_cfg.get("cache_dir"))) / str(model_cfg.get("name"))
+    cache = gguf_cache(model_cfg)
     # the package is looked up only when there is no cache: a machine that has the cache (a copied
     # .cache/models folder) needs neither the package nor its 98 MB file
     return _cached_or_converted(cache, lambda: gguf_in_package(package, file_name), "gguf_package")
@@ -184,33 +204,43 @@ def gguf_in_package(package: str, file_name: str) -> Path:
 
 
 def _save_cache(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cache: Path) -> None:
-    """Write the dequantised model as a plain Hugging Face directory, atomically (a half-written
-    cache would be loaded next time). transformers refuses `save_pretrained` on a model read from
-    GGUF, although its weights are plain fp32 tensors by now, so the weights are written with
-    safetensors' `save_model` (handles the tied embedding / LM head) beside a clean config."""
+    """The dequantised model as a Hugging Face directory; a failure only means converting again next time."""
+    try:
+        save_hf_directory(model, tokenizer, cache)
+    except Exception as error:  # the run goes on; the next load just converts again
+        log.warning("could not cache the converted model at %s: %s", cache, error)
+
+
+def save_hf_directory(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
+    """Write `model` and `tokenizer` as a plain Hugging Face directory, atomically (a half-written one
+    would load). transformers refuses `save_pretrained` on a model read from GGUF, although its
+    weights are plain tensors by now, so the weights are written with safetensors' `save_model`
+    (handles the tied embedding / LM head) beside a clean config."""
     import os
     import shutil
     import tempfile
 
     from safetensors.torch import save_model
 
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{directory.name}-", dir=directory.parent))
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{cache.name}-", dir=cache.parent))
         config = model.config.to_dict()
         config.pop("quantization_config", None)
         type(model.config).from_dict(config).save_pretrained(staging)
         save_model(model, str(staging / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(staging)
-        shutil.rmtree(cache, ignore_errors=True)
-        os.replace(staging, cache)
-    except Exception as error:  # the run goes on; the next load just converts again
-        log.warning("could not cache the converted model at %s: %s", cache, error)
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 # ---------------------------------------------------------------- hub id or local directory
 
-def _hub_model(name_or_path: str, revision: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _hub_model(name_or_path: str, revision: str | None,
+               dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if not name_or_path or name_or_path in ("None", "???"):
         raise ConfigError("model=hub needs model.name_or_path=<hub id or local directory>")
     local = _resolve(name_or_path)
@@ -222,7 +252,7 @@ def _hub_model(name_or_path: str, revision: str | None) -> tuple[PreTrainedModel
                              "HuggingFaceTB/SmolLM2-360M")
     tried = f"local directory {local}" if looks_local else f"Hugging Face hub id {name_or_path!r}"
     try:
-        return _from_pretrained(str(local) if looks_local else name_or_path, revision=revision)
+        return _from_pretrained(str(local) if looks_local else name_or_path, revision=revision, dtype=dtype)
     except Exception as error:
         hint = ("" if looks_local else "; offline? download it once with network access, or point "
                 "model.name_or_path at a local directory")
@@ -230,11 +260,11 @@ def _hub_model(name_or_path: str, revision: str | None) -> tuple[PreTrainedModel
                              f"{str(error).splitlines()[0] if str(error) else ''}{hint}") from error
 
 
-def _from_pretrained(where: str, **kwargs: Any) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _from_pretrained(where: str, dtype: torch.dtype = torch.float32,
+                     **kwargs: Any) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
     tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(where, attn_implementation=ATTENTION,
-                                                 dtype=torch.float32, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(where, attn_implementation=ATTENTION, dtype=dtype, **kwargs)
     return model, tokenizer
 
 

@@ -12,7 +12,7 @@ from peftrepro.errors import ConfigError
 from peftrepro.methods import apply_method, count_parameters, load_adapter, make_method_config, save_adapter
 from peftrepro.methods.accounting import weight_report
 from peftrepro.methods.quantize import INSTALL_HINT, constants_bytes, is_4bit
-from peftrepro.methods.targets import block_linear_paths, blocks
+from peftrepro.methods.targets import block_linears, unwrapped
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -27,11 +27,7 @@ def qlora(quant_type: str = "nf4", double_quant: bool = True, compute_dtype: str
 
 
 def layers(model):
-    return [block.get_submodule(path) for block in blocks(model) for path in block_linear_paths(model)]
-
-
-def unwrapped(layer):
-    return getattr(layer, "base", layer)
+    return [block.get_submodule(path) for block, path in block_linears(model)]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -204,3 +204,15 @@ def test_the_constraints_pin_the_versions_the_runs_agree_on(runs_dir, write, mak
     assert "# numpy: not pinned, the runs disagree: 2.4.6 (1 run), 2.5.0 (1 run)." in text
     assert "# torch: the runs used the build(s) 2.13.0+cpu, 2.13.0+cu128; pinned without the label." in text
     assert "pip install -c results/constraints.txt" in text and "# Python: 3.11.7 (2 runs)." in text
+
+
+def test_the_section7_pages_are_linked_with_their_verdicts_once_generated(tmp_path) -> None:
+    assert report.section7_text(tmp_path).splitlines() == [
+        "- Figures 3 and 4, subspace similarity of A (r=8 vs r=64, seed vs seed): not yet generated: `make figure-subspace`.",
+        "- Table 7, how ΔW_q compares to W_q (r=4 and r=64): not yet generated: `make table-amplification`."]
+    (tmp_path / "table_amplification.md").write_text("# Table 7\n")
+    verdicts = ["held", "not held", "inconclusive (held in 1 of 2)", "inconclusive (no run that learned)", "held"]
+    (tmp_path / "table_amplification_statements.csv").write_text("verdict\n" + "\n".join(f'"{v}"' for v in verdicts))
+    assert report.section7_text(tmp_path).splitlines()[1] == (
+        "- Table 7, how ΔW_q compares to W_q (r=4 and r=64): [`tables/table_amplification.md`](tables/table_amplification.md); "
+        "the paper's statements: 2 held, 1 not held, 2 inconclusive.")

@@ -38,7 +38,8 @@ def _profile_seeds(profile: str) -> str:
     return ",".join(map(str, OmegaConf.load(REPO / "conf" / "profile" / f"{profile}.yaml").seeds))
 
 
-COMMITTED_RUN_TABLES = sorted(p.stem for p in TABLES.glob("table_*.md") if p.stem != "table_latency")
+SECTION7_PAGES = ("figure_subspace", "table_amplification")  # report.subspace / report.amplification, below
+COMMITTED_RUN_TABLES = sorted(p.stem for p in TABLES.glob("table_*.md") if p.stem not in ("table_latency", *SECTION7_PAGES))
 
 
 @pytest.mark.parametrize("table", COMMITTED_RUN_TABLES)
@@ -50,6 +51,26 @@ def test_run_tables_are_reaggregated_from_the_committed_records(tmp_path: Path, 
                     "--profile", "mini", "--seeds", _profile_seeds("mini"), "--no-plots"])
     for name in (f"{table}.md", f"{table}.csv"):
         assert (tmp_path / name).read_bytes() == (TABLES / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("name", SECTION7_PAGES)
+def test_the_section7_pages_are_regenerated_from_the_committed_factors(tmp_path: Path, monkeypatch, name: str) -> None:
+    """Their pages and verdicts byte for byte; Table 7's per-run numbers (SVDs of the backbone's W) to 1e-4."""
+    import pandas as pd
+
+    from peftrepro.report import amplification, subspace
+
+    if not (TABLES / f"{name}.md").exists():
+        pytest.skip(f"no committed {name}.md")
+    module = {"figure_subspace": subspace, "table_amplification": amplification}[name]
+    monkeypatch.chdir(REPO)  # as `make` runs it: the pages name the runs by relative path
+    assert module.main(["--runs", "results/runs", "--out", str(tmp_path), "--profile", "mini",
+                        "--seeds", _profile_seeds("mini")]) == 0
+    for file in (f"{name}.md", f"{name}_statements.csv"):
+        assert (tmp_path / file).read_bytes() == (TABLES / file).read_bytes(), file
+    if name == "table_amplification":
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / f"{name}.csv"), pd.read_csv(TABLES / f"{name}.csv"),
+                                      rtol=1e-4)
 
 
 @pytest.mark.skipif(not (REPO / "results" / "REPORT.md").exists(), reason="no committed report")

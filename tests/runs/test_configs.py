@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from peftrepro.errors import ConfigError
 from peftrepro.runs.plan import CONFIG_DIR, plan_run
 
 GROUPS = ("model", "task", "method", "profile", "logger")
@@ -22,7 +23,7 @@ def test_every_group_has_options() -> None:
     assert set(options("task")) == {"e2e", "wikisql", "mnli"}
     assert set(options("method")) == {"lora", "qlora", "adapter_h", "adapter_l", "prefix_layer", "prefix_embed",
                                       "prompt_tuning", "ft", "ft_top2", "bitfit", "magnitude_pruning",
-                                      "movement_pruning", "none"}
+                                      "movement_pruning", "none", "peft_adapter"}
     assert set(options("profile")) == {"smoke", "mini", "paper"}
     assert set(options("logger")) == {"none", "wandb"}
 
@@ -52,6 +53,10 @@ def test_every_profile_task_method_is_a_valid_plan(compose_config, selected_lrs,
     for method in options("method"):
         cfg = compose_config(f"profile={profile}", f"task={task}", f"method={method}", "data_root=null",
                              f"results_dir={selected_lrs}")
+        if method == "peft_adapter":  # names the user's adapter directory: no default
+            with pytest.raises(ConfigError, match="method peft_adapter needs method.path="):
+                plan_run(cfg)
+            continue
         plan = plan_run(cfg)
         assert plan.settings.lr > 0 and plan.key.startswith(f"{task}-")
 

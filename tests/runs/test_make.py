@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,6 +11,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+# Under `make test` the child make would inherit MAKELEVEL and print "Entering directory" lines.
+ENV = {k: v for k, v in os.environ.items() if k not in {"MAKELEVEL", "MAKEFLAGS", "MFLAGS"}}
+
+
+def make(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.parametrize("variables, message", [
@@ -18,11 +25,11 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make
     (["PROFILE=smoke", "SEEDS=0,,1"], "SEEDS=0,,1 must be comma-separated integers >= 0"),
 ])
 def test_a_bad_profile_or_seed_list_stops_make_with_one_line(variables, message) -> None:
-    done = subprocess.run(["make", "-n", "table-rank", *variables], cwd=REPO, capture_output=True, text=True, timeout=60)
+    done = make("-n", "table-rank", *variables)
     assert done.returncode == 2 and done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr
 
 
 def test_help_needs_no_valid_profile() -> None:
-    done = subprocess.run(["make", "help", "PROFILE=mimi"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    done = make("help", "PROFILE=mimi")
     assert done.returncode == 0 and "table-rank" in done.stdout

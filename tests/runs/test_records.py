@@ -37,16 +37,27 @@ def test_key_is_readable_and_stable() -> None:
 @pytest.mark.parametrize("change", [{"seed": 1}, {"method__r": 8}, {"train__lr": 1e-4}, {"task__max_length": 256},
                                     {"model__name": "tiny-llama"}, {"decoding__num_beams": 10},
                                     {"use_fixtures": False}, {"merge_for_eval": False},
-                                    {"debug": {"fail_at": "train"}}])
+                                    {"debug": {"fail_at": "train"}}, {"model__dtype": "bf16"}])
 def test_key_changes_with_what_the_run_computes(change) -> None:
     assert key_with(**change) != key_with()
 
 
 @pytest.mark.parametrize("change", [{"experiment": "table5"}, {"results_dir": "/elsewhere"}, {"force": True},
                                     {"logger__name": "wandb"}, {"data_root": "/other/copy"},
-                                    {"train__progress": False}, {"train__log_every": 1}])
+                                    {"train__progress": False}, {"train__log_every": 1}, {"device": "cuda:1"},
+                                    {"jobs_per_gpu": 2}, {"model__dtype": "fp32"}])
 def test_key_ignores_where_and_how_results_are_reported(change) -> None:
     assert key_with(**change) == key_with()
+
+
+def test_the_committed_runs_keep_their_keys_now_that_configs_name_the_dtype() -> None:
+    """Records made before `model.dtype` existed: a config composed today (dtype: fp32) has their key."""
+    runs = [(path, json.loads(path.read_text())) for path in (project_root() / "results" / "runs").glob("*/*/record.json")]
+    runs = [(path, record) for path, record in runs if isinstance(record["config"].get("model"), dict)]  # not latency
+    assert runs
+    for path, record in runs:
+        config = {**record["config"], "model": {**record["config"]["model"], "dtype": "fp32"}}
+        assert records.run_key(config) == record["run_key"] == path.parent.name, path
 
 
 def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ compares, QLoRA (a LoRA option), prompt tuning, and magnitude / movement pruning
 Modules: targets (paper weight names -> modules per architecture), lora, quantize (QLoRA's 4-bit
 base), adapters, prefix (PreEmbed, PreLayer, prompt tuning), selective (ft, ft_top, bitfit), pruning
 (magnitude, movement), accounting (counts, the paper's formulas, stored bytes), checkpoint
-(adapter save/load). The parameter table they feed is `peftrepro.report.params`.
+(adapter save/load), interop (to and from Hugging Face peft, merged checkpoints; method
+peft_adapter). The parameter table they feed is `peftrepro.report.params`.
 """
 
 from peftrepro.methods.accounting import count_parameters, formula_params, weight_report

@@ -1,26 +1,43 @@
 """Trainable-parameter counts: what the modules hold, and the paper's formulas (§5.1, App. F.2).
 
 `count_parameters` sums `numel` over the model's parameters (shared ones, e.g. GPT-2's tied
-embedding / LM head, once; a 4-bit weight as the weights it stands for). The formulas below are
-written from the paper, from the model's config and the method's options only, so tests can hold
-the modules to them. `weight_report` is what a run record says of the weights as stored and used.
+`count_parameters` sums `numel` over the model's parameters (shared ones, e.g. GPT-2's tied
+embedding / LM head, once; a 4-bit weight as the weights it stands for). The paper's closed formulas
+(2·L̂·d·r, ...) serve the parameter table (`peftrepro.report.params`); `formula_params` applies each
+method's definition to the real module shapes of any family, so tests can hold the parameters a
+method creates to it. `weight_report` is what a run record says of the weights as stored and used.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
-from peftrepro.methods.adapters import AdapterHConfig, AdapterLConfig
+from peftrepro.methods.adapters import (
+    ADAPTER_H_POINTS,
+    ADAPTER_L_POINTS,
+    AdapterConfig,
+    AdapterHConfig,
+    AdapterLConfig,
+)
 from peftrepro.methods.base import MethodConfig
 from peftrepro.methods.lora import LoRAConfig
-from peftrepro.methods.prefix import PrefixEmbedConfig, PrefixLayerConfig, PromptTuningConfig
+from peftrepro.methods.prefix import PrefixConfig, PrefixLayerConfig
 from peftrepro.methods.pruning import PruningConfig, masked_weight
 from peftrepro.methods.quantize import constants_bytes, dequantized_weight, is_4bit, logical_numel
-from peftrepro.methods.selective import BitFitConfig, FTTopConfig, FullFTConfig
-from peftrepro.methods.targets import arch_spec, block_linear_paths, blocks, model_dims, weight_shape
+from peftrepro.methods.selective import BitFitConfig, FTTopConfig, FullFTConfig, bitfit_biases
+from peftrepro.methods.targets import (
+    backbone,
+    block_linears,
+    blocks,
+    hidden_width,
+    layout,
+    module_shape,
+    unwrapped,
+    weight_target,
+)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -49,19 +66,11 @@ def weight_report(model: nn.Module) -> dict[str, Any]:
 def block_linear_density(model: nn.Module) -> float:
     """The share of nonzero weights in the blocks' linear layers, as the forward computes with them."""
     nonzero = total = 0
-    for block in blocks(model):
-        for path in block_linear_paths(model):
-            weight = _effective_weight(_unwrapped(block.get_submodule(path)))
-            nonzero += int(torch.count_nonzero(weight))
-            total += weight.numel()
+    for block, path in block_linears(model):
+        weight = _effective_weight(unwrapped(block.get_submodule(path)))
+        nonzero += int(torch.count_nonzero(weight))
+        total += weight.numel()
     return nonzero / total if total else 1.0
-
-
-def _unwrapped(module: nn.Module) -> nn.Module:
-    """The layer under a method's wrapper (LoRA's LoRAModule and the adapters' WithAdapter keep it as `base`)."""
-    while isinstance(getattr(module, "base", None), nn.Module):
-        module = module.base
-    return module
 
 
 def _effective_weight(layer: nn.Module) -> torch.Tensor:
@@ -87,11 +96,6 @@ def prefix_embed_params(d_model: int, prefix_length: int, infix_length: int) -> 
     return d_model * (prefix_length + infix_length)
 
 
-def prompt_tuning_params(d_model: int, prefix_length: int) -> int:
-    """|Θ| = d_model × l_p (Lester et al.: the soft prompt's embeddings only)."""
-    return d_model * prefix_length
-
-
 def prefix_layer_params(n_layers: int, d_model: int, prefix_length: int, infix_length: int) -> int:
     """|Θ| = L × d_model × (l_p + l_i)."""
     return n_layers * d_model * (prefix_length + infix_length)
@@ -107,50 +111,61 @@ def gpt2_total_params(d_model: int, n_layers: int, vocab_size: int, n_positions:
     return (vocab_size + n_positions) * d_model + n_layers * gpt2_block_params(d_model) + 2 * d_model
 
 
-def block_params(family: str, d: int, d_kv: int, d_ff: int) -> int:
-    """One Transformer block of `family`: attention, MLP and norms with the family's biases."""
-    if family == "gpt2":  # fused W_qkv, W_o, W_up, W_down all with bias; 2 LayerNorms
-        return (3 * d * d + 3 * d) + (d * d + d) + (d * d_ff + d_ff) + (d_ff * d + d) + 4 * d
-    if family == "llama":  # no biases; gated MLP (W_gate, W_up, W_down); 2 RMSNorms (weight only)
-        return 2 * d * d + 2 * d * d_kv + 3 * d * d_ff + 2 * d
-    # bert / roberta: q, k, v, o and both MLP matrices with bias; 2 LayerNorms
-    return 4 * (d * d + d) + (d * d_ff + d_ff) + (d_ff * d + d) + 4 * d
-
-
-def gpt2_bitfit_params(d: int, d_ff: int, n_layers: int, layernorm_bias: bool = True) -> int:
-    """GPT-2 bias vectors: per block W_qkv (3d), W_o (d), W_up (d_ff), W_down (d) [+ 2 LN β], + final LN β."""
-    per_block = 3 * d + d + d_ff + d + (2 * d if layernorm_bias else 0)
-    return n_layers * per_block + (d if layernorm_bias else 0)
-
-
 def formula_params(model: nn.Module, config: MethodConfig) -> int | None:
-    """The count for `config` on `model` from config sizes alone (None: no closed formula written).
+    """The count `config` should train on `model`, by each method's definition, from the base model's
+    module shapes (read through the wrappers a method adds), never from the parameters the method made.
 
-    LoRA uses r·(d_in + d_out) per matrix, which is the paper's 2·d·r for square matrices and
-    stays right for grouped-query W_k / W_v and for the MLP matrices.
+    LoRA: r·(d_in + d_out) per adapted matrix and block, d_out the rows the matrix owns in a fused
+    module (the paper's 2·d·r for square matrices, right for grouped-query W_k / W_v, OPT's ffn_dim
+    and GPT-BigCode's multi-query k/v). Adapters: 2·d·r + r + d per adapter with d the width of the
+    projection it follows, + 2·d per Adapter-L LayerNorm. PreEmbed: the embedding width per virtual
+    token (prompt tuning: PreEmbed without infix); PreLayer adds the hidden width per virtual token and
+    layer after the first. FT-Top-k: the parameters of the last k blocks; pruning: those of every block;
+    BitFit: the bias vectors; FT: every parameter. None: no formula.
     """
-    dims = model_dims(model.config)
     if isinstance(config, LoRAConfig):
-        spec = arch_spec(model)
-        return dims.n_layers * sum(rank * sum(weight_shape(model.config, weight, spec))
-                                   for weight, rank in config.rank_per_weight().items())
-    if isinstance(config, AdapterHConfig):
-        return adapter_params(2 * dims.n_layers, dims.d, config.r, n_layernorms=0)
-    if isinstance(config, AdapterLConfig):
-        return adapter_params(dims.n_layers, dims.d, config.r, n_layernorms=dims.n_layers)
-    if isinstance(config, PrefixLayerConfig):
-        return prefix_layer_params(dims.n_layers, dims.d, config.prefix_length, config.infix_length)
-    if isinstance(config, PrefixEmbedConfig):
-        return prefix_embed_params(dims.d, config.prefix_length, config.infix_length)
-    if isinstance(config, PromptTuningConfig):
-        return prompt_tuning_params(dims.d, config.prefix_length)
+        return _lora_formula(model, config)
+    if isinstance(config, (AdapterHConfig, AdapterLConfig)):
+        return _adapter_formula(model, config)
+    if isinstance(config, PrefixConfig):
+        return _prefix_formula(model, config)
     if isinstance(config, FTTopConfig):
-        return config.k * block_params(arch_spec(model).family, dims.d, dims.d_kv, dims.d_ff)
+        return _unique_numel(p for block in blocks(model)[-config.k:] for p in block.parameters())
     if isinstance(config, PruningConfig):  # every block trains; pruning masks weights, not parameters
-        return dims.n_layers * block_params(arch_spec(model).family, dims.d, dims.d_kv, dims.d_ff)
-    if isinstance(config, BitFitConfig) and arch_spec(model).family == "gpt2":
-        return gpt2_bitfit_params(dims.d, dims.d_ff, dims.n_layers, config.layernorm_bias)
-    if isinstance(config, FullFTConfig) and arch_spec(model).family == "gpt2":
-        config_ = model.config
-        return gpt2_total_params(dims.d, dims.n_layers, config_.vocab_size, config_.n_positions)
+        return _unique_numel(p for block in blocks(model) for p in block.parameters())
+    if isinstance(config, BitFitConfig):
+        return _unique_numel(bitfit_biases(model, config.layernorm_bias))
+    if isinstance(config, FullFTConfig):
+        return count_parameters(model)[1]
     return None
+
+
+def _lora_formula(model: nn.Module, config: LoRAConfig) -> int:
+    total = 0
+    for block in blocks(model):
+        for weight, rank in config.rank_per_weight().items():
+            target = weight_target(model, weight)
+            d_in, d_out = module_shape(block.get_submodule(target.module))
+            total += rank * (d_in + (d_out if target.rows is None else len(target.rows)))
+    return total
+
+
+def _adapter_formula(model: nn.Module, config: AdapterConfig) -> int:
+    layer_norm = isinstance(config, AdapterLConfig)
+    points = ADAPTER_L_POINTS if layer_norm else ADAPTER_H_POINTS
+    paths = [weight_target(model, weight).module for weight in points]
+    widths = [module_shape(block.get_submodule(path))[1] for block in blocks(model) for path in paths]
+    return sum(adapter_params(1, d, config.r, n_layernorms=int(layer_norm)) for d in widths)
+
+
+def _prefix_formula(model: nn.Module, config: PrefixConfig) -> int:
+    embedding = unwrapped(backbone(model).get_submodule(layout(model).embedding))
+    total = prefix_embed_params(embedding.embedding_dim, config.prefix_length, config.infix_length)
+    if isinstance(config, PrefixLayerConfig):
+        total += prefix_layer_params(len(blocks(model)) - 1, hidden_width(model), config.prefix_length,
+                                     config.infix_length)
+    return total
+
+
+def _unique_numel(parameters: Iterable[nn.Parameter]) -> int:
+    return sum({id(p): p.numel() for p in parameters}.values())

@@ -1,8 +1,10 @@
 """Bottleneck adapters: Adapter-H (Houlsby et al. 2019) and Adapter-L (Lin et al. 2020).
 
 An adapter maps a sublayer output h to h + W_up·f(W_down·h + b_down) + b_up (2·d·r + r + d
-parameters). It is injected by wrapping the module that produces a sublayer's output, so it runs
-after that projection and before the block's residual add (no transformers fork):
+parameters). It is injected by wrapping the module that produces a sublayer's output (the paper's
+W_o and the MLP's W_down, wherever `methods.targets` finds them), so it runs after that projection
+and before the block's residual add (no transformers fork), also in parallel-residual blocks
+(GPT-J, GPT-NeoX, Phi, Falcon), where both sublayers read the same input:
 
 - Adapter-H: two per block, after the attention output projection (W_o) and after the MLP's
   W_down. Only the adapters train (the paper's GPT-3 counts, e.g. 7,078,080 for r = 1, include
@@ -31,7 +33,7 @@ from peftrepro.methods.base import (
     freeze_all,
     require_positive,
 )
-from peftrepro.methods.targets import arch_spec, blocks
+from peftrepro.methods.targets import blocks, module_shape, weight_target
 
 NONLINEARITIES: dict[str, type[nn.Module]] = {"swish": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -96,22 +98,35 @@ class WithAdapter(nn.Module):
         return self.adapter(self.base(*args, **kwargs))
 
 
-def _insert_adapters(model: nn.Module, config: AdapterConfig, points: list[str], layer_norm: bool) -> None:
+def sublayer_outputs(model: nn.Module, config: AdapterConfig, weights: tuple[str, ...]) -> list[str]:
+    """The module paths (inside a block) whose outputs the adapters follow; ConfigError if one is not mapped."""
+    try:
+        return [weight_target(model, weight).module for weight in weights]
+    except ConfigError as error:
+        raise ConfigError(f"{config.name} goes after the output projection(s) {list(weights)} of every block: "
+                          f"{error}") from None
+
+
+def _insert_adapters(model: nn.Module, config: AdapterConfig, weights: tuple[str, ...], layer_norm: bool) -> None:
+    points = sublayer_outputs(model, config, weights)
     freeze_all(model)
-    d = model.config.hidden_size
     for block in blocks(model):
         for path in points:
             base = block.get_submodule(path)
+            d = module_shape(base)[1]  # the sublayer's output width (the residual stream's)
             adapter = Adapter(d, config.r, config.nonlinearity, config.init_std, layer_norm, base.weight)
             block.set_submodule(path, WithAdapter(base, adapter))
 
 
+ADAPTER_H_POINTS = ("W_o", "W_down")
+ADAPTER_L_POINTS = ("W_down",)
+
+
 def apply_adapter_h(model: nn.Module, config: AdapterHConfig) -> AppliedMethod:
-    spec = arch_spec(model)
-    _insert_adapters(model, config, [spec.attn_output, spec.mlp_output], layer_norm=False)
+    _insert_adapters(model, config, ADAPTER_H_POINTS, layer_norm=False)
     return AppliedMethod(model=model, config=config)
 
 
 def apply_adapter_l(model: nn.Module, config: AdapterLConfig) -> AppliedMethod:
-    _insert_adapters(model, config, [arch_spec(model).mlp_output], layer_norm=True)
+    _insert_adapters(model, config, ADAPTER_L_POINTS, layer_norm=True)
     return AppliedMethod(model=model, config=config)

@@ -53,8 +53,10 @@ class AppliedMethod:
     # model (e.g. a pruned model short of its sparsity), which a run never reports as its result
     is_final: Callable[[], bool] = lambda: True
     # what the run record says of the applied method beyond its options, measured on the model
-    # (pruning: its target and measured remaining weights; QLoRA: the base's 4-bit storage)
+    # (pruning: its target and measured remaining weights)
     facts: Callable[[], dict[str, Any]] = dict
+    # where the method's weights came from, when it loads them rather than trains them (peft_adapter)
+    provenance: dict[str, Any] | None = None
 
     def _require_mergeable(self, action: str) -> None:
         if not self.mergeable:

@@ -1,12 +1,13 @@
 """LoRA (Hu et al. 2021, §4.1): h = W0·x + (α/r)·B·A·x with W0 frozen, B zero-initialised.
 
 Each adapted weight matrix gets its own A (r×d_in) and B (d_out×r) and its own rank (Table 15
-uses r_q = r_v = 8 or r_q = r_k = r_v = r_o = 2). On GPT-2's fused `c_attn` (a Conv1D whose
-weight is stored transposed, d_in×3d) the matrices of W_q / W_k / W_v are the output slices
-[0:d], [d:2d], [2d:3d]; adapting W_q and W_v touches only those slices (peft #706 shares one A).
-All adapted slices of one module are computed in ONE pair of skinny products: the A's are
-stacked (Σr × d_in) and the B's placed in a zero-padded (d_out × Σr) matrix, so the fused
-q/v update costs two matmuls, not one per projection. The base path is the untouched module.
+uses r_q = r_v = 8 or r_q = r_k = r_v = r_o = 2). In a fused projection (GPT-2's `c_attn`, a
+Conv1D stored transposed; GPT-NeoX's per-head `query_key_value`; ...) a matrix owns the output
+rows `methods.targets` assigns it, so adapting W_q and W_v touches exactly the query and value
+rows of every head (peft #706 shares one A over the whole fused module instead). All adapted
+matrices of one module are computed in ONE pair of skinny products: the A's are stacked
+(Σr × d_in) and the B's placed on their rows of a zero (d_out × Σr) matrix, so the fused q/v
+update costs two matmuls, not one per projection. The base path is the untouched module.
 
 QLoRA (Dettmers et al. 2023) is this method with `quantize` set: the blocks' linear layers are first
 stored in 4 bits (methods/quantize.py), then wrapped as usual; such a base cannot be merged.
@@ -32,7 +33,13 @@ from peftrepro.methods.base import (
     require_positive,
 )
 from peftrepro.methods.quantize import QuantizeConfig, is_4bit, quantize_block_linears, require_bitsandbytes
-from peftrepro.methods.targets import PAPER_WEIGHTS, blocks, weight_target
+from peftrepro.methods.targets import (
+    PAPER_WEIGHTS,
+    Rows,
+    blocks,
+    module_shape,
+    weight_target,
+)
 
 LORA_INITS = ("kaiming_uniform", "gaussian")
 
@@ -97,49 +104,52 @@ class LoRASlice:
     """One adapted weight matrix inside a (possibly fused) module."""
 
     weight: str  # paper name, also the key of lora_A / lora_B
-    rows: slice  # its output features in the module
+    rows: Rows  # its output features in the module (in a fused module, the rows `targets` assigns it)
     rank: int
 
 
 class LoRAModule(nn.Module):
-    """A frozen nn.Linear or Conv1D plus low-rank updates on some of its output slices."""
+    """A frozen nn.Linear or Conv1D plus low-rank updates on some of its output rows."""
 
     def __init__(self, base: nn.Module, slices: list[LoRASlice], alpha: float, dropout: float, init: str):
         super().__init__()
         self.base = base
         self.fan_in_fan_out = isinstance(base, Conv1D)  # Conv1D stores W as d_in×d_out
-        self.in_features, self.out_features = (base.weight.shape if self.fan_in_fan_out
-                                               else (base.in_features, base.out_features))
-        # a 4-bit base (QLoRA) packs its weight in bytes: LoRA's factors are fp32 on its device
-        weight = torch.empty(0, device=base.weight.device) if is_4bit(base) else base.weight
+        # a 4-bit base (QLoRA) packs its weight in bytes: LoRA's factors take the dtype it was loaded in
+        weight = base.weight if not is_4bit(base) else torch.empty(0, dtype=base.weight.quant_state.dtype,
+                                                                   device=base.weight.device)
+        self.in_features, self.out_features = module_shape(base)
         self.slices = slices
         self.lora_A = nn.ParameterDict(
             {s.weight: nn.Parameter(weight.new_empty(s.rank, self.in_features)) for s in slices})
         self.lora_B = nn.ParameterDict(
-            {s.weight: nn.Parameter(weight.new_zeros(s.rows.stop - s.rows.start, s.rank)) for s in slices})
+            {s.weight: nn.Parameter(weight.new_zeros(len(s.rows), s.rank)) for s in slices})
         for s in slices:
             _init_A(self.lora_A[s.weight], init, s.rank)
         scaling = torch.cat([torch.full((s.rank,), alpha / s.rank) for s in slices])
         self.register_buffer("scaling", scaling.to(device=weight.device, dtype=weight.dtype), persistent=False)
-        self.covers_all_outputs = len(slices) == 1 and slices[0].rows == slice(0, self.out_features)
+        # the module's rows that the stacked B's rows land on, in slice order (buffers follow .to(device))
+        rows = torch.cat([s.rows.index() for s in slices])
+        self.register_buffer("rows", rows.to(weight.device), persistent=False)
+        self.rows_in_order = bool(torch.equal(rows, torch.arange(self.out_features)))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.merged = False
+        self.unmerged_rows: torch.Tensor | None = None  # the frozen rows while merged, restored by unmerge
+
+    @property
+    def merged(self) -> bool:
+        return self.unmerged_rows is not None
 
     def _stacked_A(self) -> torch.Tensor:
         return torch.cat([self.lora_A[s.weight] for s in self.slices]) if len(self.slices) > 1 \
             else self.lora_A[self.slices[0].weight]
 
     def _padded_B(self) -> torch.Tensor:
-        """(d_out × Σr): each slice's B in its rows and rank columns, zeros elsewhere (e.g. W_k's rows)."""
-        if self.covers_all_outputs:
-            return self.lora_B[self.slices[0].weight]
-        first = self.lora_B[self.slices[0].weight]
-        padded = first.new_zeros(self.out_features, int(self.scaling.numel()))
-        column = 0
-        for s in self.slices:
-            padded[s.rows, column:column + s.rank] = self.lora_B[s.weight]
-            column += s.rank
-        return padded
+        """(d_out × Σr): each slice's B on its rows and rank columns, zeros elsewhere (e.g. W_k's rows)."""
+        stacked = torch.block_diag(*(self.lora_B[s.weight] for s in self.slices)) if len(self.slices) > 1 \
+            else self.lora_B[self.slices[0].weight]
+        if self.rows_in_order:
+            return stacked
+        return stacked.new_zeros(self.out_features, stacked.shape[1]).index_copy(0, self.rows, stacked)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
@@ -153,23 +163,33 @@ class LoRAModule(nn.Module):
         delta = (self._padded_B() * self.scaling) @ self._stacked_A()
         return delta.T if self.fan_in_fan_out else delta
 
+    def _rows_view(self) -> torch.Tensor:
+        """The base weight as d_out × d_in (a view: writing to it writes the weight)."""
+        return self.base.weight.T if self.fan_in_fan_out else self.base.weight
+
     @torch.no_grad()
     def merge(self) -> None:
+        """W[rows] += ΔW[rows], summed in fp32 and rounded once to W's dtype; the frozen rows are kept,
+        so that `unmerge` restores them bit for bit (W + Δ - Δ is not W in floating point)."""
         if is_4bit(self.base):
             raise ConfigError("merge(): this LoRA sits on a 4-bit base (QLoRA), which cannot hold W0 + s·BA without "
                               "re-quantising W0 and changing the model; keep the update unmerged")
-        if not self.merged:
-            self.base.weight += self.delta_weight().to(self.base.weight.dtype)
-            self.merged = True
+        if self.merged:
+            return
+        weight = self._rows_view()
+        delta = (self._padded_B() * self.scaling).float() @ self._stacked_A().float()
+        frozen = weight[self.rows]
+        weight[self.rows] = (frozen.float() + delta[self.rows]).to(weight.dtype)
+        self.unmerged_rows = frozen
 
     @torch.no_grad()
     def unmerge(self) -> None:
         if self.merged:
-            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
-            self.merged = False
+            self._rows_view()[self.rows] = self.unmerged_rows
+            self.unmerged_rows = None
 
     def extra_repr(self) -> str:
-        ranks = ", ".join(f"{s.weight}: r={s.rank} rows {s.rows.start}:{s.rows.stop}" for s in self.slices)
+        ranks = ", ".join(f"{s.weight}: r={s.rank} rows {s.rows.describe()}" for s in self.slices)
         return f"{ranks}, merged={self.merged}"
 
 
@@ -180,19 +200,12 @@ def _init_A(A: nn.Parameter, init: str, rank: int) -> None:
         nn.init.normal_(A, std=1.0 / rank)
 
 
-def _output_rows(base: nn.Module, part: int, n_parts: int, where: str) -> slice:
-    if not isinstance(base, (nn.Linear, Conv1D)):
-        raise ConfigError(f"lora: {where} is a {type(base).__name__}; LoRA wraps nn.Linear or Conv1D only")
-    out_features = base.weight.shape[1] if isinstance(base, Conv1D) else base.out_features
-    width = out_features // n_parts
-    return slice(part * width, (part + 1) * width)
-
-
 def apply_lora(model: nn.Module, config: LoRAConfig) -> AppliedMethod:
     ranks = config.rank_per_weight()
+    targets = {weight: weight_target(model, weight) for weight in ranks}  # ConfigError if one is not mapped
     by_module: Mapping[str, list[str]] = defaultdict(list)
-    for weight in ranks:
-        by_module[weight_target(model, weight).module].append(weight)
+    for weight, target in targets.items():
+        by_module[target.module].append(weight)
     freeze_all(model)
     if config.quantize is not None:
         quantize_block_linears(model, QuantizeConfig.from_options(config.quantize))
@@ -200,11 +213,12 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> AppliedMethod:
     for index, block in enumerate(blocks(model)):
         for module_path, weights in by_module.items():
             base = block.get_submodule(module_path)
-            slices = []
-            for weight in sorted(weights, key=lambda w: weight_target(model, w).part):
-                target = weight_target(model, weight)
-                rows = _output_rows(base, target.part, target.n_parts, f"block {index} {module_path}")
-                slices.append(LoRASlice(weight, rows, ranks[weight]))
+            if not isinstance(base, (nn.Linear, Conv1D)):
+                raise ConfigError(f"lora: block {index} {module_path} is a {type(base).__name__}; "
+                                  "LoRA wraps nn.Linear or Conv1D only")
+            out_features = module_shape(base)[1]
+            slices = sorted((LoRASlice(w, targets[w].rows or Rows.all(out_features), ranks[w]) for w in weights),
+                            key=lambda s: s.rows.first)
             wrapper = LoRAModule(base, slices, config.alpha, config.dropout, config.init)
             block.set_submodule(module_path, wrapper)
             wrappers.append(wrapper)

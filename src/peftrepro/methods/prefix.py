@@ -43,7 +43,7 @@ from transformers import DynamicCache
 from peftrepro.errors import ConfigError
 from peftrepro.interfaces import PromptWrap
 from peftrepro.methods.base import AppliedMethod, MethodConfig, freeze_all
-from peftrepro.methods.targets import arch_spec, backbone, blocks
+from peftrepro.methods.targets import backbone, blocks, hidden_width, layout
 
 PREFIX_INITS = ("real_tokens", "normal")
 
@@ -147,9 +147,9 @@ class VirtualTokenEmbedding(nn.Module):
 class LayerActivations(nn.Module):
     """PreLayer's trainable hidden states entering layers 1..L-1 (layer 0's are the embedding rows)."""
 
-    def __init__(self, n_layers: int, n_virtual: int, like: torch.Tensor):
+    def __init__(self, n_layers: int, n_virtual: int, width: int, like: torch.Tensor):
         super().__init__()
-        self.activations = nn.Parameter(like.new_empty(n_layers - 1, n_virtual, like.shape[-1]))
+        self.activations = nn.Parameter(like.new_empty(n_layers - 1, n_virtual, width))
 
 
 class ReplaceVirtualHiddenStates:
@@ -186,12 +186,12 @@ def _real_token_sample(embedding: nn.Embedding, n: int) -> torch.Tensor:
 
 def _wrap_embedding(model: nn.Module, config: PrefixConfig, sample: torch.Tensor | None) -> VirtualTokenEmbedding:
     body = backbone(model)
-    path = arch_spec(model).embedding
+    path = layout(model).embedding
     base = body.get_submodule(path)
     wrapper = VirtualTokenEmbedding(base, config.n_virtual, config.prefix_length)
     with torch.no_grad():
-        if sample is not None:
-            wrapper.virtual.copy_(base.weight[sample[0]])
+        if sample is not None:  # through the module: some families scale their embedding (Gemma)
+            wrapper.virtual.copy_(base(sample[0]))
         else:
             nn.init.normal_(wrapper.virtual, std=_std(base.weight))
     body.set_submodule(path, wrapper)
@@ -211,7 +211,7 @@ def _hidden_states_of(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor
 
 
 def _init_sample(model: nn.Module, config: PrefixConfig) -> torch.Tensor | None:
-    embedding = backbone(model).get_submodule(arch_spec(model).embedding)
+    embedding = backbone(model).get_submodule(layout(model).embedding)
     if config.init != "real_tokens" or embedding.weight.is_meta:
         return None
     return _real_token_sample(embedding, config.n_virtual)
@@ -234,7 +234,8 @@ def apply_prefix_layer(model: nn.Module, config: PrefixLayerConfig) -> AppliedMe
     sample = _init_sample(model, config)
     initial = _hidden_states_of(model, sample) if sample is not None else None
     wrapper = _wrap_embedding(model, config, sample)
-    owner = LayerActivations(len(layers), config.n_virtual, wrapper.virtual)
+    # the hidden states' width, which can differ from the embedding's (OPT's word_embed_proj_dim)
+    owner = LayerActivations(len(layers), config.n_virtual, hidden_width(model), wrapper.virtual)
     with torch.no_grad():
         if initial is not None and len(layers) > 1:
             owner.activations.copy_(torch.stack([initial[i][0] for i in range(1, len(layers))]))
@@ -295,7 +296,7 @@ def index_after_prefix(flat_index: torch.Tensor, width: int, prefix_length: int)
 
 
 def _virtual_embedding(model: nn.Module) -> VirtualTokenEmbedding | None:
-    embedding = backbone(model).get_submodule(arch_spec(model).embedding)
+    embedding = backbone(model).get_submodule(layout(model).embedding)
     return embedding if isinstance(embedding, VirtualTokenEmbedding) else None
 
 

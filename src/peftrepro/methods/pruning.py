@@ -1,9 +1,10 @@
 """Pruning while fine-tuning (Sanh, Wolf & Rush 2020, arXiv 2005.07683): magnitude and movement pruning
 of the blocks' linear layers, the rest of the blocks fine-tuned (`magnitude_pruning`, `movement_pruning`).
 
-Both keep, in every linear layer of every block (W_q ... W_down; GPT-2's fused c_attn as one matrix),
-the share v of its weights with the highest importance score S, and fine-tune every parameter of the
-blocks, masked weights included (Zhu & Gupta's gradual pruning lets them recover). The embeddings,
+Both keep, in every linear layer of every block (`targets.block_linears`: the modules of W_q ... W_down
+in the model's layout, a fused projection such as GPT-2's c_attn as one matrix), the share v of its
+weights with the highest importance score S, and fine-tune every parameter of the blocks, masked
+weights included (Zhu & Gupta's gradual pruning lets them recover). The embeddings,
 and the LM head tied to them, stay frozen, as Sanh et al. freeze the embedding modules (§5).
 - Magnitude pruning (MaP, zeroth order): S = |W|, the weights farthest from 0.
 - Movement pruning (MvP, first order): S = −Σ_t (∂L/∂W')⁽ᵗ⁾ ⊙ W⁽ᵗ⁾, accumulated over every training
@@ -33,7 +34,7 @@ from torch.nn.utils import prune
 
 from peftrepro.errors import ConfigError
 from peftrepro.methods.base import AppliedMethod, MethodConfig, freeze_all, require_positive
-from peftrepro.methods.targets import block_linear_paths, blocks
+from peftrepro.methods.targets import block_linears, blocks
 
 
 @dataclass
@@ -126,7 +127,7 @@ class Pruner:
 
     def __init__(self, model: nn.Module, config: PruningConfig):
         self.config = config
-        self.layers = [block.get_submodule(path) for block in blocks(model) for path in block_linear_paths(model)]
+        self.layers = [block.get_submodule(path) for block, path in block_linears(model)]
         self.current = 1.0
         self.updates = 0
         for layer in self.layers:

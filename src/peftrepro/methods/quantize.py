@@ -6,8 +6,9 @@
   constant per 256 of them (bitsandbytes' `compress_statistics`).
 - Computation: every forward dequantises the weight to `compute_dtype` (fp32 or bf16) for its matmul;
   gradients flow through to the input and to LoRA's factors, never to the 4-bit weight.
-- What is quantised: every linear layer of every block (W_q ... W_down, GPT-2's fused c_attn once),
-  as QLoRA does for all of the base's linear layers, whichever of them LoRA adapts. The embedding
+- What is quantised: every linear layer of every block that holds a paper matrix in the model's
+  layout (methods/targets.py: W_q ... W_down, a fused projection such as GPT-2's c_attn once), as
+  QLoRA does for all of the base's linear layers, whichever of them LoRA adapts. The embedding
   and the LM head tied to it stay in full precision, as bitsandbytes' own 4-bit loading keeps the
   output layer.
 - A 4-bit W0 cannot hold W0 + s·BA: merging would re-quantise it and change the model, so LoRA
@@ -27,7 +28,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from peftrepro.errors import ConfigError
-from peftrepro.methods.targets import block_linear_paths, blocks
+from peftrepro.methods.targets import block_linears
 
 QUANT_TYPES = ("nf4", "fp4")
 COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -87,14 +88,13 @@ def require_bitsandbytes() -> Any:
 
 
 def quantize_block_linears(model: nn.Module, config: QuantizeConfig) -> int:
-    """Replace every linear layer of every block by a frozen 4-bit copy (in place); how many."""
+    """Replace every linear layer of every block (`targets.block_linears`) by a frozen 4-bit copy
+    (in place); how many."""
     bnb = require_bitsandbytes()
-    count = 0
-    for block in blocks(model):
-        for path in block_linear_paths(model):
-            block.set_submodule(path, _to_4bit(block.get_submodule(path), config, bnb))
-            count += 1
-    return count
+    layers = block_linears(model)
+    for block, path in layers:
+        block.set_submodule(path, _to_4bit(block.get_submodule(path), config, bnb))
+    return len(layers)
 
 
 def _to_4bit(layer: nn.Module, config: QuantizeConfig, bnb: Any) -> nn.Module:

@@ -15,6 +15,7 @@ from peftrepro.methods.adapters import (
     apply_adapter_l,
 )
 from peftrepro.methods.base import AppliedMethod, MethodConfig, MethodSpec
+from peftrepro.methods.interop import PeftAdapterConfig, apply_peft_adapter
 from peftrepro.methods.lora import LoRAConfig, apply_lora
 from peftrepro.methods.prefix import (
     PrefixEmbedConfig,
@@ -56,6 +57,7 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("movement_pruning", MovementPruningConfig, apply_movement_pruning,
                "fine-tune the blocks while pruning their linear layers to the weights moving away from 0"),
     MethodSpec("none", NoAdaptationConfig, apply_no_adaptation, "no adaptation, no training (zero-shot baseline)"),
+    MethodSpec("peft_adapter", PeftAdapterConfig, apply_peft_adapter, "a peft LoRA adapter, evaluated as it is"),
 )}
 
 

@@ -16,7 +16,7 @@ from peftrepro.methods.base import (
     freeze_all,
     require_positive,
 )
-from peftrepro.methods.targets import arch_spec, blocks
+from peftrepro.methods.targets import blocks, layout
 
 
 @dataclass
@@ -73,7 +73,7 @@ def apply_full_ft(model: nn.Module, config: FullFTConfig) -> AppliedMethod:
 def apply_ft_top(model: nn.Module, config: FTTopConfig) -> AppliedMethod:
     layers = blocks(model)
     if config.k > len(layers):
-        raise ConfigError(f"ft_top: k={config.k} but the {arch_spec(model).family} model has only "
+        raise ConfigError(f"ft_top: k={config.k} but the {layout(model).family} model has only "
                           f"{len(layers)} blocks; choose 1 <= k <= {len(layers)}")
     freeze_all(model)
     for block in layers[len(layers) - config.k:]:
@@ -82,18 +82,25 @@ def apply_ft_top(model: nn.Module, config: FTTopConfig) -> AppliedMethod:
     return AppliedMethod(model=model, config=config)
 
 
-def _is_trainable_bias(module: nn.Module, name: str, config: BitFitConfig) -> bool:
-    if name != "bias":
-        return False
-    return config.layernorm_bias or not isinstance(module, nn.LayerNorm)
+def is_norm(module: nn.Module) -> bool:
+    """A normalisation layer: torch's, or a family's own class (OlmoLayerNorm, CohereLayerNorm, ...)."""
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or type(module).__name__.endswith("Norm")
+
+
+def bitfit_biases(model: nn.Module, layernorm_bias: bool) -> list[nn.Parameter]:
+    """Every bias vector of the model (a shared one once), those of normalisation layers if asked."""
+    found: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        bias = module._parameters.get("bias")
+        if bias is not None and (layernorm_bias or not is_norm(module)):
+            found.setdefault(id(bias), bias)
+    return list(found.values())
 
 
 def apply_bitfit(model: nn.Module, config: BitFitConfig) -> AppliedMethod:
-    arch_spec(model)  # supported family check, same as every other method
+    # no layout needed: BitFit applies to any model that has biases
     freeze_all(model)
-    biases = [parameter for module in model.modules()
-              for name, parameter in module.named_parameters(recurse=False)
-              if parameter is not None and _is_trainable_bias(module, name, config)]
+    biases = bitfit_biases(model, config.layernorm_bias)
     if not biases:
         raise NotApplicableError(f"bitfit: this {model.config.model_type} model has no bias parameters "
                           "(e.g. Llama's linear layers and RMSNorm are bias-free), so BitFit would train "

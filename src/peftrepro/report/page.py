@@ -26,7 +26,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from peftrepro.report import claims, plots
+from peftrepro.report import amplification, claims, plots, subspace
 from peftrepro.report.aggregate import parse_seeds
 from peftrepro.report.cells import TableResult, build_table
 from peftrepro.report.records import (
@@ -458,6 +458,25 @@ def table_section(result: TableResult) -> str:
     return "\n".join(parts) + "\n"
 
 
+SECTION7 = ((subspace.NAME, "figure-subspace", "Figures 3 and 4, subspace similarity of A (r=8 vs r=64, seed vs seed)"),
+            (amplification.NAME, "table-amplification", "Table 7, how ΔW_q compares to W_q (r=4 and r=64)"))
+
+
+def section7_text(tables_dir: Path) -> str:
+    """The §7 pages with their verdicts where generated, else the command that generates them."""
+    lines = []
+    for name, target, what in SECTION7:
+        statements = tables_dir / f"{name}_statements.csv"
+        if not (tables_dir / f"{name}.md").is_file() or not statements.is_file():
+            lines.append(f"- {what}: not yet generated: `make {target}`.")
+            continue
+        verdicts = Counter(next(v for v in (claims.HELD, claims.NOT_HELD, claims.INCONCLUSIVE) if verdict.startswith(v))
+                           for verdict in pd.read_csv(statements)["verdict"])
+        counted_verdicts = ", ".join(f"{verdicts[v]} {v}" for v in (claims.HELD, claims.NOT_HELD, claims.INCONCLUSIVE))
+        lines.append(f"- {what}: [`tables/{name}.md`](tables/{name}.md); the paper's statements: {counted_verdicts}.")
+    return "\n".join(lines)
+
+
 def params_text(tables_dir: Path) -> str:
     path = tables_dir / "params.csv"
     if not path.is_file():
@@ -569,7 +588,7 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
         where=where_text(records), commands=commands_text(profile, seeds, results),
         models=models_text(records), data_lines=data_text(records), schedule=schedule_text(records),
         decoding=decoding_text(records), scale=scale_text(records),
-        sections="".join(table_section(r) for r in results.values()),
+        sections="".join(table_section(r) for r in results.values()), section7=section7_text(tables),
         speed="\n".join([params_text(tables), latency_text(tables, runs), bench_text(bench)]),
     )
 

@@ -1,4 +1,5 @@
-"""Figures for the ablation tables: accuracy vs rank (Table 6) and per weight type (Table 5).
+"""Figures for the ablation tables: accuracy vs rank (Table 6) and per weight type (Table 5); and the
+heatmaps of the §7 analyses (Figures 3 and 4, `plot_heatmaps`).
 
 Ours and the paper's are drawn in separate rows of panels, each with its own y-axis: our small
 model and GPT-3 175B live at different accuracy levels, and the question is whether the shapes
@@ -17,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 if TYPE_CHECKING:
     from peftrepro.report.cells import TableResult
@@ -121,6 +123,26 @@ def _zoom_to_bars(axis: plt.Axes, errors: Sequence[float] = ()) -> None:
         axis.set_ylim(bottom, high + pad)
         if bottom > 0:
             axis.set_title(f"{axis.get_title()} (y-axis starts at {bottom:.3g})")
+
+
+def plot_heatmaps(panels: Sequence[Sequence[tuple[str, Any]]], path: Path) -> Path:
+    """The §7 figures (Figures 3 and 4): a grid of φ(i, j) heatmaps, one (title, matrix) per panel, i
+    down and j across counted from 1, on one colour scale from 0 (orthogonal) to 1 (contained)."""
+    columns = max(len(row) for row in panels)
+    figure, axes = plt.subplots(len(panels), columns, figsize=(4.2 * columns, 3.4 * len(panels)), squeeze=False)
+    for row_axes, row in zip(axes, panels):
+        for axis, (title, phi) in zip(row_axes, row):
+            image = axis.imshow(phi, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto", interpolation="nearest",
+                                extent=(0.5, phi.shape[1] + 0.5, phi.shape[0] + 0.5, 0.5))
+            axis.set_title(title, fontsize=9)
+            axis.set_xlabel("j")
+            axis.set_ylabel("i")
+            for ticks in (axis.xaxis, axis.yaxis):
+                ticks.set_major_locator(MaxNLocator(integer=True))
+        for axis in row_axes[len(row):]:
+            axis.set_visible(False)
+        figure.colorbar(image, ax=row_axes[len(row) - 1], label="φ")
+    return _save(figure, path)
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:

@@ -153,10 +153,17 @@ class Record:
     def predictions_path(self) -> Path:
         """The run's predictions file: beside the record, or for a reused run, which keeps no copy
         of them (`reuse.NOT_COPIED`), the original's in its experiment's folder."""
-        here, original = predictions_path(self.path.parent), self.raw.get("reused_from") or {}
-        if here.is_file() or not original.get("experiment") or not original.get("run_key"):
-            return here
-        return predictions_path(run_folder(self.path.parents[2], original["experiment"], original["run_key"]))
+        here = predictions_path(self.path.parent)
+        return here if here.is_file() else predictions_path(self.original_folder)
+
+    @property
+    def original_folder(self) -> Path:
+        """The folder of the run that made this record's files: its own, or for a reused run (which
+        keeps neither predictions nor weights, `reuse.NOT_COPIED`) the original's."""
+        original = self.raw.get("reused_from") or {}
+        if not original.get("experiment") or not original.get("run_key"):
+            return self.path.parent
+        return run_folder(self.path.parents[2], original["experiment"], original["run_key"])
 
     def prediction_rows(self) -> list[dict[str, Any]] | None:
         """The saved prediction rows (None where missing or unreadable); read once per file."""

@@ -31,7 +31,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     """One Hydra job. Returns the primary metric (for Hydra sweepers that optimise it)."""
     signal.signal(signal.SIGTERM, _interrupt)  # a cancelled SLURM job ends like Ctrl-C: recorded, one line
     try:
-        record = run_one(cfg, jobs_at_once=_jobs_at_once())
+        record = run_one(cfg, jobs_at_once=_jobs_at_once(), job=_job_number())
     except KeyboardInterrupt:
         print("interrupted: the run's record says status 'interrupted'; the same command resumes the sweep "
               "(finished runs are skipped)", file=sys.stderr)
@@ -69,6 +69,13 @@ def _in_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _job_number() -> int | None:
+    """This job's number in a multirun (which GPU it takes first: peftrepro.runs.devices), else None."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return int(HydraConfig.get().job.num) if _in_multirun() else None
 
 
 def _primary_metric(task_name: str) -> str:

@@ -5,10 +5,14 @@
     skip     results/runs/<experiment>/<run_key>/record.json says ok and force=false -> return it
              (says "unscored", from a run with `scoring: later|auto`: score its saved predictions, no
              training; peftrepro.runs.scoring)
+    device   the run's device; on a machine with several GPUs each job of a sweep claims a GPU of its
+             own for the whole run (peftrepro.runs.devices)
     set up   load data, model, apply the method, encode (an input error found here, e.g. a model that
              cannot be found, still writes nothing)
     train    peftrepro.runs.train.fit, evaluating after each epoch when the profile asks
-    record   predictions.jsonl.gz, adapter.safetensors + method.json, then record.json (last, atomic);
+    record   predictions.jsonl.gz, adapter.safetensors + method.json (unless keep_weights=false; the
+             checkpoint is still measured), lora_factors.safetensors (A and B of a few layers, when
+             `lora_factors` selects the run), then record.json (last, atomic);
              with `scoring: later` (or `auto` without Java) a task whose scorer needs Java (E2E)
              leaves its metrics to peftrepro.runs.scoring and the record says "unscored"
 Any other exception from set-up on writes a `failed` record with the traceback and is re-raised,
@@ -35,7 +39,9 @@ from omegaconf import DictConfig
 
 from peftrepro.errors import ConfigError, NotApplicableError, PeftReproError
 from peftrepro.interfaces import EvalOutput
+from peftrepro.paths import resolve_path
 from peftrepro.runs import envinfo, records, reuse
+from peftrepro.runs.devices import claimed_device
 from peftrepro.runs.plan import RunPlan, cpu_threads, plan_run
 from peftrepro.runs.timing import PeakMemory
 from peftrepro.runs.tracking import Tracker, make_tracker
@@ -57,9 +63,11 @@ class InjectedFailure(RuntimeError):
     """Raised by `debug.fail_at` (tests of failure isolation)."""
 
 
-def run_one(cfg: DictConfig | Mapping[str, Any], jobs_at_once: int = 1) -> dict[str, Any]:
+def run_one(cfg: DictConfig | Mapping[str, Any], jobs_at_once: int = 1, job: int | None = None) -> dict[str, Any]:
     """Run `cfg` to a record (or return the finished record of an identical earlier run). `jobs_at_once`:
-    how many runs the launcher runs side by side on this machine (the CPU thread policy divides by it)."""
+    how many runs the launcher runs side by side on this machine (the CPU thread policy divides by it);
+    `job`: the job number within a multirun, which picks the job's GPU on a machine with several
+    (peftrepro.runs.devices); None for a single run."""
     # The commit of the code this process runs: read before training (cached), since a commit made
     # while a long run trains must not be credited with its numbers.
     envinfo.git_state()
@@ -69,10 +77,10 @@ def run_one(cfg: DictConfig | Mapping[str, Any], jobs_at_once: int = 1) -> dict[
             log.warning("skip %s: another process is running it now (%s); rerun the sweep after it ends",
                         plan.key, plan.directory)
             return {"run_key": plan.key, "status": "running elsewhere"}
-        return _claimed_run(plan, jobs_at_once)
+        return _claimed_run(plan, jobs_at_once, job)
 
 
-def _claimed_run(plan: RunPlan, jobs_at_once: int = 1) -> dict[str, Any]:
+def _claimed_run(plan: RunPlan, jobs_at_once: int = 1, job: int | None = None) -> dict[str, Any]:
     """Skip, score, reuse or run `plan`, holding its claim (nothing else writes in its folder)."""
     force = plan.config.get("force")
     if not force and records.is_finished(plan.directory):
@@ -87,7 +95,7 @@ def _claimed_run(plan: RunPlan, jobs_at_once: int = 1) -> dict[str, Any]:
         if equivalent is not None:
             return reuse.copy_equivalent(equivalent, plan)
     log.info("run %s -> %s", plan.key, plan.directory)
-    return _Run(plan, jobs_at_once=jobs_at_once).execute()
+    return _Run(plan, jobs_at_once=jobs_at_once, job=job).execute()
 
 
 def _score_unscored(plan: RunPlan) -> dict[str, Any]:
@@ -108,17 +116,25 @@ class _Run:
 
     plan: RunPlan
     jobs_at_once: int = 1
+    job: int | None = None  # the job number within a multirun
     started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=lambda: {"load_s": 0.0, "train_s": 0.0, "eval_s": 0.0})
     partial: dict[str, Any] = field(default_factory=dict)  # record fields known so far
 
     def execute(self) -> dict[str, Any]:
+        config = self.plan.config
+        slots = resolve_path(str(config.get("cache_dir", ".cache"))) / "gpu-slots"
+        with claimed_device(str(config.get("device", "auto")), self.job, int(config.get("jobs_per_gpu", 1)),
+                            slots) as device:
+            return self._execute_on(device)
+
+    def _execute_on(self, device: torch.device) -> dict[str, Any]:
         # the caller holds this run's claim, so a temporary folder here was left by a killed attempt
         for stale in self.plan.directory.glob(".tmp-run-*"):
             shutil.rmtree(stale, ignore_errors=True)
         staging = self.plan.directory / f".tmp-run-{datetime.now().strftime('%Y%m%d%H%M%S%f')}"
         try:
-            setup = self._set_up()
+            setup = self._set_up(device)
         except NotApplicableError as error:  # a legitimate table cell: "n/a" with the reason
             return self._write_not_applicable(error)
         except PeftReproError:
@@ -141,7 +157,7 @@ class _Run:
 
     # -- phases
 
-    def _set_up(self) -> _Setup:
+    def _set_up(self, device: torch.device) -> _Setup:
         from peftrepro.methods import apply_method, count_parameters, weight_report
         from peftrepro.models import context_length, describe, load_model
 
@@ -160,11 +176,13 @@ class _Run:
         self.partial["model"] = describe(model, config["model"])
         _fail_if(config, "setup")
         applied = apply_method(model, plan.method_config)
+        if applied.provenance:  # weights loaded rather than trained (peft_adapter): which ones
+            self.partial["method_source"] = applied.provenance
+        initial_A = _initial_factors(config, applied)
         settings = replace(plan.settings, max_length=_sequence_length(plan, applied.prompt.n_virtual,
                                                                      context_length(model)))
         trainable, total = count_parameters(model)
         self.partial["params"] = {"trainable": int(trainable), "total": int(total)}
-        device = _device(config)
         model.to(device)
         self.partial["weights"] = weight_report(model)
         encoded = [task.encode(row, tokenizer, applied.prompt, plan.settings.max_length) for row in train_rows]
@@ -173,7 +191,7 @@ class _Run:
                                 "source": plan.data_source,
                                 "train_tokens_per_epoch": sum(len(e.input_ids) for e in encoded)}
         self.timings["load_s"] = time.perf_counter() - began
-        return _Setup(model, tokenizer, applied, encoded, eval_rows, device, settings)
+        return _Setup(model, tokenizer, applied, encoded, eval_rows, device, settings, initial_A)
 
     def _train_and_evaluate(self, setup: _Setup, staging: Path, tracker: Tracker) -> dict[str, Any]:
         from peftrepro.methods import save_adapter, weight_report
@@ -238,8 +256,19 @@ class _Run:
         directory = plan.directory
         (directory / records.RECORD_FILE).unlink(missing_ok=True)  # an old record never vouches for new files
         records.write_predictions(staging, best["output"].predictions)
+        from peftrepro.methods.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+        from peftrepro.methods.factors import FACTORS_FILE
+
+        keep_weights = bool(plan.config.get("keep_weights", True))
+        for name in (WEIGHTS_FILE, CONFIG_FILE, FACTORS_FILE):  # an earlier run's weights never pass for this run's
+            (directory / name).unlink(missing_ok=True)
+        if (staging / "adapter").is_dir() and setup.initial_A is not None:  # kept with keep_weights=false too
+            _export_factors(plan.config["lora_factors"], staging, setup)
         if (staging / "adapter").is_dir():
-            records.move_into(staging / "adapter", directory)
+            if keep_weights:
+                records.move_into(staging / "adapter", directory)
+            else:
+                shutil.rmtree(staging / "adapter")
         records.move_into(staging, directory)
         record = self._record("ok" if best["output"].scored else records.UNSCORED, None, setup.device)
         record.update(best.get("facts") or {})  # e.g. pruning: target and measured remaining weights
@@ -248,6 +277,7 @@ class _Run:
             metrics_per_epoch=per_epoch,
             best_epoch=best["row"]["epoch"] if plan.settings.eval_every_epoch else None,
             checkpoint_bytes=int(best["bytes"]),
+            weights_kept=keep_weights and bool(best["bytes"]),
             eval_notes=best["output"].notes,
             training={"steps": stats.steps, "epochs": stats.epochs, "tokens": stats.tokens,
                       "padded_tokens": stats.padded_tokens, "final_loss": stats.last_loss,
@@ -268,7 +298,9 @@ class _Run:
             "schema_version": records.SCHEMA_VERSION, "run_key": plan.key, "experiment": config["experiment"],
             "status": status, "error": error, "config": config, "seed": config["seed"],
             "profile": config.get("profile_name"), "model": self.partial.get("model"),
-            "task": plan.task.name, "method": {"name": plan.method_config.name, **plan.method_config.options()},
+            "task": plan.task.name, "method": {"name": plan.method_config.name, **plan.method_config.options(),
+                                               **({"loaded": self.partial["method_source"]}
+                                                  if "method_source" in self.partial else {})},
             "metrics": {}, "metrics_per_epoch": [], "best_epoch": None,
             "params": self.partial.get("params"), "checkpoint_bytes": None, "data": self.partial.get("data"),
             "timings": dict(self.timings), "throughput": {"train_tokens_per_s": None},
@@ -318,6 +350,30 @@ class _Setup:
     eval_rows: list
     device: torch.device
     settings: TrainSettings  # the plan's, with the longest sequence this method makes
+    initial_A: dict[str, torch.Tensor] | None = None  # LoRA's A as initialised, where lora_factors asks
+
+
+def _initial_factors(config: Mapping[str, Any], applied: Any) -> dict[str, torch.Tensor] | None:
+    """Where the run keeps LoRA factors (`lora_factors`, methods.factors.keeps_factors): A of the chosen
+    layers as initialised, to record how far training moved it. Checks the layers against the model
+    (an input error, found before training). None where the run keeps none."""
+    from peftrepro.methods.factors import initial_A, keeps_factors, resolve_layers
+    from peftrepro.methods.targets import blocks
+
+    option = config.get("lora_factors")
+    if applied.config.name != "lora" or not keeps_factors(option, applied.config.rank_per_weight()):
+        return None
+    layers = resolve_layers(option["layers"], len(blocks(applied.model)))
+    return initial_A(applied.model, layers, option["weights"])
+
+
+def _export_factors(option: Mapping[str, Any], staging: Path, setup: _Setup) -> None:
+    """lora_factors.safetensors from the best epoch's adapter (the evaluated model), beside it."""
+    from peftrepro.methods.factors import FACTORS_FILE, export_factors
+    from peftrepro.methods.targets import layout
+
+    export_factors(staging / "adapter", staging / FACTORS_FILE, option["layers"], option["weights"],
+                   layout(setup.model).blocks, setup.initial_A)
 
 
 def _sequence_length(plan: RunPlan, n_virtual: int, context: int | None) -> int:
@@ -356,11 +412,6 @@ def _fail_if(config: Mapping[str, Any], phase: str) -> None:
         raise KeyboardInterrupt
     if fail_at == phase:
         raise InjectedFailure(f"injected failure in phase {phase!r} (debug.fail_at={phase})")
-
-
-def _device(config: Mapping[str, Any]) -> torch.device:
-    choice = config.get("device", "auto")
-    return torch.device("cuda" if choice == "cuda" or choice == "auto" and torch.cuda.is_available() else "cpu")
 
 
 def _peak_memory(device: torch.device | None, at_least: int = 0) -> dict[str, Any]:

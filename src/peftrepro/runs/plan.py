@@ -107,7 +107,8 @@ def _decoding(node: Mapping[str, Any]) -> DecodingConfig:
 
 
 def _check_choices(config: Mapping[str, Any]) -> None:
-    from peftrepro.models import SOURCES
+    from peftrepro.methods.factors import check_option as check_factors_option
+    from peftrepro.models import SOURCES, model_dtype
 
     seed = config["seed"]
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -124,13 +125,24 @@ def _check_choices(config: Mapping[str, Any]) -> None:
     fail_at = config.get("debug", {}).get("fail_at")
     if fail_at not in FAIL_PHASES:
         raise ConfigError(f"debug.fail_at={fail_at!r} must be one of {FAIL_PHASES}")
-    if config.get("device", "auto") not in DEVICES:
-        raise ConfigError(f"device={config.get('device')!r} must be one of {DEVICES}")
-    if config.get("device") == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but torch sees no CUDA device; use device=auto or device=cpu")
+    _check_device(str(config.get("device", "auto")), config.get("jobs_per_gpu", 1))
+    model_dtype(config["model"])
     cpu_threads(config)  # a bad `threads` value is an input error like the others
+    check_factors_option(config.get("lora_factors"))  # which trained LoRA factors to keep (an output)
     if config.get("scoring", "now") not in SCORING:
         raise ConfigError(f"scoring={config.get('scoring')!r} must be one of {SCORING}")
+
+
+def _check_device(device: str, jobs_per_gpu: Any) -> None:
+    index = device.removeprefix("cuda:")
+    if device not in DEVICES and not (device.startswith("cuda:") and index.isdigit()):
+        raise ConfigError(f"device={device!r} must be one of {DEVICES} or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device} but torch sees no CUDA device; use device=auto or device=cpu")
+    if index.isdigit() and int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"device={device} but torch sees {torch.cuda.device_count()} CUDA device(s) (numbered from 0)")
+    if not isinstance(jobs_per_gpu, int) or isinstance(jobs_per_gpu, bool) or jobs_per_gpu < 1:
+        raise ConfigError(f"jobs_per_gpu={jobs_per_gpu!r} must be an integer >= 1")
 
 
 def defers_scoring(config: Mapping[str, Any], task: Any) -> bool:

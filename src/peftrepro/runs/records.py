@@ -6,7 +6,10 @@ A run lives in `results/runs/<experiment>/<run_key>/`:
   predictions.jsonl.gz  one row per evaluated example (from the task's `EvalOutput`), gzipped with
                      no timestamp (the same rows give the same bytes); records written before the
                      fair protocol keep a plain predictions.jsonl, which every reader still accepts
-  adapter.safetensors + method.json   the trained method's weights (gitignored)
+  adapter.safetensors + method.json   the trained method's weights (gitignored, so they stay on the
+                     machine that trained the run; none with keep_weights=false)
+  lora_factors.safetensors   LoRA's A and B of a few layers, fp16, when the run's `lora_factors`
+                     option selects it (committed: the input of the paper's §7 analyses; methods.factors)
 Every file is written to a temporary name in the same folder and renamed (`os.replace` is atomic
 on POSIX and Windows), and record.json only after the others, so `status: ok` in a readable
 record means every artefact beside it is complete.
@@ -48,18 +51,25 @@ def semantic_config(config: Mapping[str, Any]) -> dict[str, Any]:
     In: model, task (with its splits and example limits), method, train and decoding settings,
     seed, fixtures-or-real-data, LoRA merging for evaluation, and an injected failure (so a test's
     failed record never shadows the real run). Out: experiment, results_dir, force, logger, hydra,
-    data_root (results move between machines), device, threads, scoring (now or later, the same
-    metrics), and the profiles' lookup tables (already resolved into train/decoding).
+    data_root (results move between machines), device, jobs_per_gpu, threads, scoring (now or later,
+    the same metrics), lora_factors (which trained factors are kept), and the profiles' lookup tables
+    (already resolved into train/decoding). A model in the default dtype leaves `dtype` out, so the
+    keys of runs made before it could be chosen stay.
     """
     missing = [key for key in ("model", "task", "method", "train", "decoding", "seed") if key not in config]
     if missing:
         raise KeyError(f"config lacks {missing}; cannot compute a run key")
     train = {k: v for k, v in config["train"].items() if k not in REPORTING_TRAIN_KEYS}
     debug = config.get("debug") or {}
-    return {"model": config["model"], "task": config["task"], "method": config["method"], "train": train,
+    return {"model": _model_for_key(config["model"]), "task": config["task"], "method": config["method"], "train": train,
             "decoding": config["decoding"], "data": {"fixtures": bool(config.get("use_fixtures"))},
             "seed": config["seed"], "merge_for_eval": config.get("merge_for_eval", True),
             **({"debug": dict(debug)} if debug.get("fail_at") else {})}
+
+
+def _model_for_key(model: Mapping[str, Any]) -> dict[str, Any]:
+    # fp32: models.DEFAULT_DTYPE (not imported: the records layer sits below the model loading)
+    return {key: value for key, value in model.items() if not (key == "dtype" and value in (None, "fp32"))}
 
 
 def run_key(config: Mapping[str, Any]) -> str:

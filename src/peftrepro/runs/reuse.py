@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # weights are machine-local (git-ignored) and can be large: a reused run is a record, not a model;
-# its predictions stay with the original (aggregate.Record.predictions_path), a second copy would
-# only grow the committed results
+# its predictions and its kept LoRA factors (lora_factors.safetensors) stay with the original
+# (report.records.Record.original_folder), a second copy would only grow the committed results
 NOT_COPIED = ("*.safetensors", records.PREDICTIONS_FILE, records.LEGACY_PREDICTIONS_FILE)
 
 

@@ -1,0 +1,212 @@
+"""`make table-amplification`: the paper's Table 7 (§7.3) from our own Table 6 runs.
+
+    python -m peftrepro.report.amplification [--runs results/runs] [--out results/tables] [--profile mini]
+                                             [--seeds 0,1] [--tasks wikisql,mnli] [--ranks 4,64]
+
+For ΔW = (α/r)·B·A (the update LoRA's merge() adds) of W_q and W_v at each kept layer, and the frozen
+W of the backbone the runs trained: ‖UᵀWVᵀ‖_F with U, V the top-r singular vectors of ΔW, of W, and of
+random Gaussian matrices (report.lowrank), ‖W‖_F, ‖ΔW‖_F and the amplification factor ‖ΔW‖_F /
+‖UᵀWVᵀ‖_F (ΔW's U, V; App. H.4), at r=4 and r=64, beside the paper's values (data/paper.csv). Writes
+table_amplification.md (ours beside the paper's, its statements judged, the runs read) and
+table_amplification.csv (one row per run, layer and weight) and table_amplification_statements.csv
+(the verdicts); when a run it needs is missing it says
+which, exits 1 and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+
+from peftrepro.errors import PeftReproError
+from peftrepro.report.aggregate import parse_seeds
+from peftrepro.report.factors import (
+    TASKS,
+    WEIGHTS,
+    AdaptedRun,
+    find_runs,
+    layer_label,
+    pretrained_weights,
+    runs_table,
+    verdict,
+)
+from peftrepro.report.lowrank import projection_norms
+from peftrepro.report.paper import load_paper
+from peftrepro.runs.records import atomic_write_text
+
+NAME = "table_amplification"
+PAPER_RANKS = (4, 64)
+SOURCE = "arXiv v2 §7.3"
+NOT_EMPHASISED = 0.1  # "not the top directions of W": ΔW's directions carry under a tenth of W's top ones
+COLUMNS = ("delta_directions", "w_directions", "random_directions", "w_norm", "delta_norm", "amplification")
+HEADERS = ("‖UᵀWVᵀ‖_F, ΔW's directions", "W's top directions", "random directions", "‖W‖_F", "‖ΔW‖_F",
+           "amplification ‖ΔW‖_F / ‖UᵀWVᵀ‖_F")
+
+
+def measure(runs: dict[tuple[str, int, int], AdaptedRun], weights_of: dict) -> pd.DataFrame:
+    """One row per run, kept layer and weight: Table 7's quantities."""
+    rows = []
+    for (task, rank, seed), run in sorted(runs.items()):
+        for layer, weight in itertools.product(run.factors.layers, WEIGHTS):
+            found = projection_norms(weights_of[(layer, weight)], run.delta(layer, weight), rank)
+            rows.append({"task": task, "layer": layer, "n_layers": run.factors.n_layers, "weight": weight, "r": rank,
+                         "seed": seed, **{c: getattr(found, c) for c in COLUMNS},
+                         "middle_layer": layer == run.middle_layer, "judges": run.failed_fit is None,
+                         "run": run.record.run_key})
+    return pd.DataFrame(rows)
+
+
+def paper_rows() -> list[str]:
+    """Markdown rows of the paper's Table 7 (GPT-3 175B, W_q of layer 48 of 96)."""
+    paper = load_paper()
+    lines = []
+    for rank in PAPER_RANKS:
+        cells = paper[(paper["table"] == "table7") & (paper["row"] == f"W_q r={rank}")].set_index("column")
+        amplification = cells.loc["amplification"]
+        shown = [f"{cells.loc[c, 'value']:.2f}" for c in COLUMNS[:-1]] + [
+            amplification["printed"] if amplification["printed"][0].isdigit()
+            else f"{amplification['value']:.2f} (computed; {amplification['printed']})"]
+        lines.append(f"| **paper** (GPT-3 175B) | | 48 of 96 | W_q | {rank} | " + " | ".join(shown) + " |")
+    return lines
+
+
+def ours_rows(table: pd.DataFrame) -> list[str]:
+    """Markdown rows of ours: the mean over seeds, the amplification with its seeds' range."""
+    lines = []
+    for (task, layer, weight, rank), group in table.groupby(["task", "layer", "weight", "r"], sort=True):
+        means = [f"{group[c].mean():.2f}" for c in COLUMNS[:-1]]
+        amp = group["amplification"]
+        spread = f" ({amp.min():.3g}–{amp.max():.3g}, {len(amp)} seeds)" if len(amp) > 1 else ""
+        lines.append(f"| ours | {task} | {layer_label(layer, int(group['n_layers'].iloc[0]))} | {weight} | {rank} | "
+                     + " | ".join(means) + f" | {amp.mean():.3g}{spread} |")
+    return lines
+
+
+@dataclass(frozen=True)
+class Check:
+    """One of the paper's statements about Table 7 as a test on our rows."""
+
+    text: str
+    ours: Callable[[pd.DataFrame], str]  # our values, as the verdict sees them
+    holds: Callable[[pd.DataFrame], list[bool]]  # one outcome per judged seed
+
+
+def checks(low: int, high: int) -> list[Check]:
+    def per_seed(frame: pd.DataFrame, test: Callable[[pd.Series], bool]) -> list[bool]:
+        return [bool(test(row)) for _, row in frame[frame["judges"]].iterrows()]
+
+    def amplification_by_rank(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.pivot_table(index="seed", columns="r", values="amplification")
+
+    def low_beats_high(frame: pd.DataFrame) -> list[bool]:
+        judged = frame[frame["judges"]].groupby("seed").filter(lambda g: g["r"].nunique() == 2)
+        by_rank = amplification_by_rank(judged)
+        return [bool(row[low] > row[high]) for _, row in by_rank.iterrows()]
+
+    return [
+        Check("ΔW has a stronger correlation with W than a random matrix: ‖UᵀWVᵀ‖_F is larger in ΔW's directions "
+              "than in random ones (paper: 0.32 vs 0.02 at r=4, 1.90 vs 0.33 at r=64)",
+              lambda f: ", ".join(f"r={r} seed {s}: {d:.2f} vs {x:.2f}" for r, s, d, x in
+                                  f[["r", "seed", "delta_directions", "random_directions"]].itertuples(index=False)),
+              lambda f: per_seed(f, lambda row: row["delta_directions"] > row["random_directions"])),
+        Check(f"ΔW amplifies directions W does not emphasise, not W's top directions: ΔW's directions carry under "
+              f"{NOT_EMPHASISED:.0%} of what W's top-r carry (paper: 0.32/21.67 = 1.5 % at r=4, 1.90/37.71 = 5.0 % at r=64)",
+              lambda f: ", ".join(f"r={r} seed {s}: {100 * d / w:.1f} %" for r, s, d, w in
+                                  f[["r", "seed", "delta_directions", "w_directions"]].itertuples(index=False)),
+              lambda f: per_seed(f, lambda row: row["delta_directions"] < NOT_EMPHASISED * row["w_directions"])),
+        Check(f"The amplification is much larger at low rank: r={low} above r={high} (paper: 21.5 vs about 2, App. H.4)",
+              lambda f: ", ".join(f"seed {s}: {row[low]:.3g} vs {row[high]:.3g}"
+                                  for s, row in amplification_by_rank(f).iterrows()),
+              low_beats_high),
+    ]
+
+
+def statement_rows(table: pd.DataFrame, low: int, high: int) -> pd.DataFrame:
+    """The paper's statements judged per task and weight at the middle layer (the paper's one layer)."""
+    rows = []
+    middle = table[table["middle_layer"]]
+    for check, ((task, weight), frame) in itertools.product(checks(low, high), middle.groupby(["task", "weight"])):
+        rows.append({"statement": check.text, "source": f"{SOURCE}, Table 7", "task": task, "weight": weight,
+                     "ours": check.ours(frame), "verdict": verdict(check.holds(frame))})
+    return pd.DataFrame(rows)
+
+
+def page(table: pd.DataFrame, judged: pd.DataFrame, runs: dict, ranks: tuple[int, int], profile: str) -> str:
+    header = "| | Task | Layer | Weight | r | " + " | ".join(HEADERS) + " |"
+    statement_lines = [f"| {row.statement} ({row.source}) | {row.task} | {row.weight} | {row.ours} | **{row.verdict}** |"
+                       for row in judged.itertuples(index=False)]
+    return "\n".join([
+        f"# Table 7 of the paper (§7.3): how ΔW compares to W, from our Table 6 runs ({profile})",
+        "",
+        f"Generated by `make table-amplification PROFILE={profile}` (`python -m peftrepro.report.amplification`) from "
+        f"the `lora_factors.safetensors` of the runs listed at the end and the frozen weights of the backbone they "
+        f"trained; do not edit. Per run: [`{NAME}.csv`]({NAME}.csv).",
+        "",
+        "W projected on r directions: ‖UᵀWVᵀ‖_F with U, V the top-r left/right singular vectors of (1) ΔW, "
+        "(2) W, (3) a random Gaussian matrix (ours: the mean of 10 seeded draws; the paper: one). ΔW = (α/r)·B·A, "
+        "the update LoRA's merge() adds. The amplification factor ‖ΔW‖_F / ‖UᵀWVᵀ‖_F (ΔW's own U, V; App. H.4) "
+        "says how strongly ΔW scales up the part of W that already lies in its directions. The paper reports "
+        "W_q of GPT-3's layer 48 of 96; we add W_v and a second layer. The paper's numbers: Table 7 and §7.3 "
+        "(docs/paper-reference.md §11); its r=64 factor is computed from Table 7 (3.57/1.90), App. H.4 says "
+        "\"only around 2\".",
+        "",
+        header, "|" + "---|" * (5 + len(HEADERS)), *paper_rows(), *ours_rows(table),
+        "",
+        "## The paper's statements, judged on ours",
+        "",
+        "At the middle layer, per seed; held where every run that learned says so, not held where none does.",
+        "",
+        "| Statement (source) | Task | Weight | Ours | Verdict |", "|---|---|---|---|---|", *statement_lines,
+        "",
+        "## Runs read",
+        "",
+        *runs_table(runs),
+        "",
+    ])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m peftrepro.report.amplification", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=Path, default=Path("results/runs"))
+    parser.add_argument("--out", type=Path, default=Path("results/tables"))
+    parser.add_argument("--profile", default="mini")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--ranks", default=",".join(map(str, PAPER_RANKS)), help="the low and the high rank")
+    args = parser.parse_args(argv)
+    seeds, tasks = parse_seeds(args.seeds) or [], args.tasks.split(",")
+    ranks = tuple(int(r) for r in args.ranks.split(","))
+    if not seeds or len(ranks) != 2 or ranks[0] >= ranks[1]:
+        print(f"table-amplification: needs a seed or more and a low with a high rank; got seeds {seeds} and ranks "
+              f"{list(ranks)} (e.g. --ranks 4,64)", file=sys.stderr)
+        return 2
+    print(f"table-amplification: reads the {args.profile} runs of LoRA on W_q,W_v at r={ranks[0]} and r={ranks[1]}, "
+          f"seeds {','.join(map(str, seeds))}, tasks {','.join(tasks)}, under {args.runs}/table_rank")
+    try:
+        runs = find_runs(args.runs, args.profile, tasks, ranks, seeds)
+        layers = sorted({layer for run in runs.values() for layer in run.factors.layers})
+        table = measure(runs, pretrained_weights(runs.values(), layers))
+        judged = statement_rows(table, *ranks)
+        text = page(table, judged, runs, ranks, args.profile)
+    except PeftReproError as error:
+        print(f"table-amplification: {type(error).__name__}: {error}\nnothing written", file=sys.stderr)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / f"{NAME}.csv", table.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(args.out / f"{NAME}_statements.csv", judged.to_csv(index=False))
+    atomic_write_text(args.out / f"{NAME}.md", text)
+    for run in sorted({run.record.run_key for run in runs.values()}):
+        print(f"  read {run}")
+    print(f"wrote {args.out / NAME}.md, .csv, _statements.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The runs the paper's §7 analyses read: Table 6's LoRA runs on W_q,W_v with their kept factors.
+
+    find_runs(runs_dir, profile, tasks, ranks, seeds)  one AdaptedRun per (task, rank, seed), or one
+                                                       DataError naming every run that is missing and how to make it
+    pretrained_weights(runs, layers, weights)          the frozen W of those layers, from the one backbone the runs
+                                                       trained (checked against its weights digest in the records)
+    verdict(outcomes)                                  a statement judged over seeds: held / not held / inconclusive
+
+A run's factors are its `lora_factors.safetensors` (peftrepro.methods.factors) or, for a run that
+reused another table's (peftrepro.runs.reuse), the original's. A run that did not learn (it does not
+beat its task's trivial baseline) or barely lowered its training loss is shown but judges nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from peftrepro.errors import ConfigError, DataError
+from peftrepro.methods.factors import FACTORS_FILE, FactorsFile, load_factors, resolve_layers
+from peftrepro.report.baselines import learning_check
+from peftrepro.report.claims import HELD, INCONCLUSIVE, NOT_HELD
+from peftrepro.report.records import BASELINES_EXPERIMENT, Record, load_records
+
+EXPERIMENT = "table_rank"  # Table 6: LoRA at r in {1, 2, 4, 8, 64}, the W_q,W_v row among others
+WEIGHTS = ("W_q", "W_v")
+TASKS = ("wikisql", "mnli")
+MAKE_THEM = ("The Table 6 runs keep their factors (conf/experiment/table_rank.yaml: lora_factors): make them with "
+             "`make table-rank PROFILE={profile} SEEDS={seeds}`. Runs made without them: `make lora-factors "
+             "PROFILE={profile}` exports them from the runs' adapters, on the machine that trained them.")
+
+
+@dataclass(frozen=True)
+class AdaptedRun:
+    """A finished LoRA run on W_q,W_v at one rank, with its kept factors."""
+
+    record: Record
+    rank: int
+    factors: FactorsFile
+    failed_fit: str | None  # why it judges nothing (did not learn, barely trained); None when it trained
+
+    @property
+    def task(self) -> str:
+        return self.record.task
+
+    @property
+    def seed(self) -> int:
+        return int(self.record.seed)
+
+    @property
+    def middle_layer(self) -> int:
+        """The paper's layer: the middle block (its 48th of 96), or the first kept one when that is not kept."""
+        middle = resolve_layers(["middle"], self.factors.n_layers)[0]
+        return middle if middle in self.factors.layers else self.factors.layers[0]
+
+    def A(self, layer: int, weight: str) -> np.ndarray:
+        return self.factors.get(layer, weight).A.double().numpy()
+
+    def delta(self, layer: int, weight: str) -> np.ndarray:
+        return self.factors.get(layer, weight).delta().numpy()
+
+
+def qv_rank(record: Record) -> int | None:
+    """r when the record is LoRA on exactly W_q and W_v at one rank r; else None."""
+    from peftrepro.methods import make_method_config
+
+    method = dict(record.method)
+    try:
+        ranks = make_method_config(str(method.pop("name", None)), method).canonical().get("ranks") or {}
+    except (ConfigError, TypeError):
+        return None
+    return ranks["W_q"] if set(ranks) == set(WEIGHTS) and ranks["W_q"] == ranks["W_v"] else None
+
+
+def find_runs(runs_dir: Path, profile: str, tasks: Sequence[str], ranks: Sequence[int],
+              seeds: Sequence[int]) -> dict[tuple[str, int, int], AdaptedRun]:
+    """The finished run (the latest, where a cell has several) of every (task, rank, seed) asked for."""
+    table = [r for r in _records(runs_dir / EXPERIMENT) if r.profile == profile and r.status == "ok"]
+    latest = {(r.task, qv_rank(r), r.seed): r for r in sorted(table, key=lambda r: r.created_at)}
+    baselines = [r for r in _records(runs_dir / BASELINES_EXPERIMENT) if r.profile == profile]
+    runs, missing = {}, []
+    for task, rank, seed in itertools.product(tasks, ranks, seeds):
+        record = latest.get((task, rank, seed))
+        where = f"{task}, W_q,W_v r={rank}, seed {seed}"
+        if record is None:
+            missing.append(f"{where}: no finished `{profile}` run under {runs_dir / EXPERIMENT}")
+        elif not (record.original_folder / FACTORS_FILE).is_file():
+            missing.append(f"{where}: run {record.run_key} kept no {FACTORS_FILE} (in {record.original_folder})")
+        else:
+            factors = load_factors(record.original_folder / FACTORS_FILE)
+            runs[(task, rank, seed)] = AdaptedRun(record, rank, factors, _failed_fit(record, baselines))
+    if missing:
+        raise DataError(f"{len(missing)} of the {len(tasks) * len(ranks) * len(seeds)} runs this needs "
+                        "are not there:\n  " + "\n  ".join(missing) + "\n"
+                        + MAKE_THEM.format(profile=profile, seeds=",".join(map(str, seeds))))
+    backbones = {run.record.model.get("weights_sha256"): run.record.model_label for run in runs.values()}
+    if len(backbones) != 1:
+        raise DataError(f"the runs trained {len(backbones)} different backbones ({sorted(backbones.values())}, told "
+                        "apart by their weights digests); §7 compares runs of one backbone")
+    return runs
+
+
+def pretrained_weights(runs: Iterable[AdaptedRun], layers: Iterable[int], weights: Sequence[str] = WEIGHTS
+                       ) -> dict[tuple[int, str], np.ndarray]:
+    """The frozen W (d_out × d_in) of each layer and weight, from the backbone the runs trained (loaded
+    as their records describe it; DataError when the loaded weights differ from those it trained)."""
+    from peftrepro.methods.factors import frozen_weight
+    from peftrepro.models import load_model, weights_sha256
+
+    first = next(iter(runs)).record  # find_runs checked that every run trained the same backbone
+    model, _ = load_model(first.raw["config"]["model"])
+    if weights_sha256(model) != first.model.get("weights_sha256"):
+        raise DataError(f"the backbone loaded for W ({first.model_label}) is not bit-identical to the one "
+                        "the runs trained (weights digest differs from their records)")
+    return {(layer, w): frozen_weight(model, layer, w).double().numpy() for layer in layers for w in weights}
+
+
+def verdict(outcomes: Sequence[bool]) -> str:
+    """A statement over seeds: held where every run says so, not held where none does, else inconclusive."""
+    held = sum(outcomes)
+    if not outcomes:
+        return f"{INCONCLUSIVE} (no run that learned)"
+    if held == len(outcomes):
+        return HELD
+    return NOT_HELD if held == 0 else f"{INCONCLUSIVE} (held in {held} of {len(outcomes)})"
+
+
+def runs_table(runs: Mapping[tuple[str, int, int], AdaptedRun]) -> list[str]:
+    """Markdown: the runs read, with how far training moved A and whether each run learned."""
+    lines = ["| Task | r | Seed | Run (folder of its factors) | A moved from its init, W_q / W_v (middle layer) | Judges |",
+             "|---|---|---|---|---|---|"]
+    for (task, rank, seed), run in sorted(runs.items()):
+        drift = [run.factors.a_drift.get(f"{run.middle_layer}.{w}") for w in WEIGHTS]
+        moved = " / ".join("not recorded" if d is None else f"{100 * d:.1f} %" for d in drift)
+        judges = f"no: {run.failed_fit}" if run.failed_fit else "yes"
+        lines.append(f"| {task} | {rank} | {seed} | `{run.record.original_folder.as_posix()}` | {moved} | {judges} |")
+    return lines
+
+
+def layer_label(layer: int, n_layers: int) -> str:
+    """1-based, as the paper counts ("48th of 96"): block 14 of SmolLM2 is "15 of 30"."""
+    return f"{layer + 1} of {n_layers}"
+
+
+def _records(folder: Path) -> list[Record]:
+    return load_records(folder)[0] if folder.is_dir() else []
+
+
+def _failed_fit(record: Record, baselines: Sequence[Record]) -> str | None:
+    learning = learning_check(record, baselines)
+    if learning is not None and not learning.learned:
+        return f"did not learn ({learning})"
+    return f"barely trained ({record.barely_trained})" if record.barely_trained else None
