@@ -37,7 +37,8 @@ def test_key_is_readable_and_stable() -> None:
 @pytest.mark.parametrize("change", [{"seed": 1}, {"method__r": 8}, {"train__lr": 1e-4}, {"task__max_length": 256},
                                     {"model__name": "tiny-llama"}, {"decoding__num_beams": 10},
                                     {"use_fixtures": False}, {"merge_for_eval": False},
-                                    {"debug": {"fail_at": "train"}}, {"model__dtype": "bf16"}])
+                                    {"debug": {"fail_at": "train"}}, {"model__dtype": "bf16"},
+                                    {"method__quantize": {"quant_type": "nf4"}}])
 def test_key_changes_with_what_the_run_computes(change) -> None:
     assert key_with(**change) != key_with()
 
@@ -45,7 +46,7 @@ def test_key_changes_with_what_the_run_computes(change) -> None:
 @pytest.mark.parametrize("change", [{"experiment": "table5"}, {"results_dir": "/elsewhere"}, {"force": True},
                                     {"logger__name": "wandb"}, {"data_root": "/other/copy"},
                                     {"train__progress": False}, {"train__log_every": 1}, {"device": "cuda:1"},
-                                    {"jobs_per_gpu": 2}, {"model__dtype": "fp32"}])
+                                    {"jobs_per_gpu": 2}, {"model__dtype": "fp32"}, {"method__quantize": None}])
 def test_key_ignores_where_and_how_results_are_reported(change) -> None:
     assert key_with(**change) == key_with()
 

@@ -53,16 +53,18 @@ def semantic_config(config: Mapping[str, Any]) -> dict[str, Any]:
     failed record never shadows the real run). Out: experiment, results_dir, force, logger, hydra,
     data_root (results move between machines), device, jobs_per_gpu, threads, scoring (now or later,
     the same metrics), lora_factors (which trained factors are kept), and the profiles' lookup tables
-    (already resolved into train/decoding). A model in the default dtype leaves `dtype` out, so the
-    keys of runs made before it could be chosen stay.
+    (already resolved into train/decoding). A model in the default dtype leaves `dtype` out, and LoRA
+    on the base as loaded leaves `quantize: null` out, so the keys of runs made before either could be
+    chosen stay.
     """
     missing = [key for key in ("model", "task", "method", "train", "decoding", "seed") if key not in config]
     if missing:
         raise KeyError(f"config lacks {missing}; cannot compute a run key")
     train = {k: v for k, v in config["train"].items() if k not in REPORTING_TRAIN_KEYS}
     debug = config.get("debug") or {}
-    return {"model": _model_for_key(config["model"]), "task": config["task"], "method": config["method"], "train": train,
-            "decoding": config["decoding"], "data": {"fixtures": bool(config.get("use_fixtures"))},
+    return {"model": _model_for_key(config["model"]), "task": config["task"],
+            "method": _method_for_key(config["method"]), "train": train, "decoding": config["decoding"],
+            "data": {"fixtures": bool(config.get("use_fixtures"))},
             "seed": config["seed"], "merge_for_eval": config.get("merge_for_eval", True),
             **({"debug": dict(debug)} if debug.get("fail_at") else {})}
 
@@ -70,6 +72,15 @@ def semantic_config(config: Mapping[str, Any]) -> dict[str, Any]:
 def _model_for_key(model: Mapping[str, Any]) -> dict[str, Any]:
     # fp32: models.DEFAULT_DTYPE (not imported: the records layer sits below the model loading)
     return {key: value for key, value in model.items() if not (key == "dtype" and value in (None, "fp32"))}
+
+
+# method options added after runs were recorded, at the value that computes what those runs did
+_METHOD_DEFAULTS_OUT_OF_KEY = {"quantize": None}  # LoRA's base as loaded (methods/quantize.py: QLoRA's 4 bits)
+
+
+def _method_for_key(method: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in method.items()
+            if not (key in _METHOD_DEFAULTS_OUT_OF_KEY and value == _METHOD_DEFAULTS_OUT_OF_KEY[key])}
 
 
 def run_key(config: Mapping[str, Any]) -> str:
