@@ -159,21 +159,21 @@ METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "prefix_embed": {"prefix_length": 256, "infix_length": 0},  # the paper's GPT-3 l_p; peft: no infix
 }
 
-# paper weight name -> module name peft targets, per family (GPT-2's q/k/v are one fused c_attn)
-PEFT_TARGETS = {"llama": {"W_q": "q_proj", "W_k": "k_proj", "W_v": "v_proj", "W_o": "o_proj"},
-                "gpt2": {"W_q": "c_attn", "W_k": "c_attn", "W_v": "c_attn", "W_o": "c_proj"}}
-
 
 def peft_lora(model: nn.Module, options: dict[str, Any]) -> tuple[nn.Module, str]:
+    """peft's LoRA on the modules that hold the paper's matrices (methods.targets), for any family."""
     import peft
+    from transformers.pytorch_utils import Conv1D
 
-    family = model.config.model_type
-    targets = sorted({PEFT_TARGETS[family][w] for w in options["weights"]})
+    located = [weight_target(model, w) for w in options["weights"]]
+    targets = sorted({target.module for target in located})
+    fused = sorted({target.module for target in located if target.rows is not None})
     config = peft.LoraConfig(r=options["r"], lora_alpha=options["alpha"], lora_dropout=options["dropout"],
-                             target_modules=targets, fan_in_fan_out=family == "gpt2")
+                             target_modules=targets,
+                             fan_in_fan_out=isinstance(blocks(model)[0].get_submodule(targets[0]), Conv1D))
     note = f"HF peft LoRA on {targets}"
-    if family == "gpt2":
-        note += " (peft adapts the whole fused c_attn, q, k and v, with one A: a little more work than ours)"
+    if fused:  # peft adapts a module as a whole
+        note += f" (peft adapts all the rows of the fused {fused} with one A: a little more work than ours)"
     return peft.get_peft_model(model, config), note
 
 

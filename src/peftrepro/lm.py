@@ -18,7 +18,10 @@ from peftrepro.methods.prefix import (
     shared_prefix,
 )
 
-HEAD_ON_ROWS_FAMILIES = ("gpt2", "llama")
+# Families whose LM head is a plain projection of the backbone's last hidden state (no soft-capping,
+# logit scaling or multiplier), each checked against the full forward in tests/test_lm.py.
+HEAD_ON_ROWS_FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "phi", "phi3", "opt", "gptj",
+                         "gpt_neox", "bloom", "falcon", "gpt_bigcode")
 
 
 def logits_at(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -54,7 +54,7 @@ def test_a_planted_top_direction_is_shared_and_nothing_else() -> None:
     assert shared_directions(low, high) == 1
 
 
-@pytest.mark.parametrize("d", [500, 2000])
+@pytest.mark.parametrize("d", [500, pytest.param(2000, marks=pytest.mark.slow)])  # d=2000: ~35 s of SVDs
 def test_random_subspaces_overlap_by_about_max_i_j_over_d(d: int) -> None:
     r = 16
     phi = np.mean([random_similarity(r, d, seed) for seed in range(100)], axis=0)

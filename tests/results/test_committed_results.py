@@ -75,11 +75,11 @@ def test_the_section7_pages_are_regenerated_from_the_committed_factors(tmp_path:
 
 @pytest.mark.skipif(not (REPO / "results" / "REPORT.md").exists(), reason="no committed report")
 def test_report_is_regenerated_from_the_committed_files() -> None:
-    from peftrepro.report import aggregate
     from peftrepro.report import page as report
+    from peftrepro.report import records
 
     results = REPO / "results"
-    text = report.render("mini", aggregate.parse_seeds(_profile_seeds("mini")), Path("results/runs"),
+    text = report.render("mini", records.parse_seeds(_profile_seeds("mini")), Path("results/runs"),
                          Path("results/tables"), Path("results/bench"), root=REPO)
     assert text == (results / "REPORT.md").read_text(encoding="utf-8")
 

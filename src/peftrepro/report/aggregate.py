@@ -27,17 +27,9 @@ from pathlib import Path
 from typing import Sequence
 
 from peftrepro.report.cells import build_table
+from peftrepro.report.records import parse_seeds
 from peftrepro.report.render import incomplete_lines, write_table
 from peftrepro.report.specs import TABLES
-
-
-def parse_seeds(text: str | None) -> list[int] | None:
-    if not text:
-        return None
-    try:
-        return [int(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise SystemExit(f"--seeds must be a comma-separated list of integers, e.g. 0,1,2 (got {text!r})") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

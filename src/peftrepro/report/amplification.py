@@ -15,21 +15,18 @@ which, exits 1 and writes nothing.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import pandas as pd
 
 from peftrepro.errors import PeftReproError
-from peftrepro.report.aggregate import parse_seeds
 from peftrepro.report.factors import (
-    TASKS,
     WEIGHTS,
     AdaptedRun,
+    analysis_args,
     find_runs,
     layer_label,
     pretrained_weights,
@@ -172,17 +169,8 @@ def page(table: pd.DataFrame, judged: pd.DataFrame, runs: dict, ranks: tuple[int
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m peftrepro.report.amplification", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=Path, default=Path("results/runs"))
-    parser.add_argument("--out", type=Path, default=Path("results/tables"))
-    parser.add_argument("--profile", default="mini")
-    parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--tasks", default=",".join(TASKS))
-    parser.add_argument("--ranks", default=",".join(map(str, PAPER_RANKS)), help="the low and the high rank")
-    args = parser.parse_args(argv)
-    seeds, tasks = parse_seeds(args.seeds) or [], args.tasks.split(",")
-    ranks = tuple(int(r) for r in args.ranks.split(","))
+    args = analysis_args("python -m peftrepro.report.amplification", __doc__, PAPER_RANKS, argv)
+    seeds, tasks, ranks = args.seeds, args.tasks, args.ranks
     if not seeds or len(ranks) != 2 or ranks[0] >= ranks[1]:
         print(f"table-amplification: needs a seed or more and a low with a high rank; got seeds {seeds} and ranks "
               f"{list(ranks)} (e.g. --ranks 4,64)", file=sys.stderr)

@@ -13,6 +13,7 @@ beat its task's trivial baseline) or barely lowered its training loss is shown b
 
 from __future__ import annotations
 
+import argparse
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from peftrepro.errors import ConfigError, DataError
 from peftrepro.methods.factors import FACTORS_FILE, FactorsFile, load_factors, resolve_layers
 from peftrepro.report.baselines import learning_check
 from peftrepro.report.claims import HELD, INCONCLUSIVE, NOT_HELD
-from peftrepro.report.records import BASELINES_EXPERIMENT, Record, load_records
+from peftrepro.report.records import BASELINES_EXPERIMENT, Record, load_records, parse_seeds
 
 EXPERIMENT = "table_rank"  # Table 6: LoRA at r in {1, 2, 4, 8, 64}, the W_q,W_v row among others
 WEIGHTS = ("W_q", "W_v")
@@ -155,3 +156,30 @@ def _failed_fit(record: Record, baselines: Sequence[Record]) -> str | None:
     if learning is not None and not learning.learned:
         return f"did not learn ({learning})"
     return f"barely trained ({record.barely_trained})" if record.barely_trained else None
+
+
+@dataclass(frozen=True)
+class AnalysisArgs:
+    """What a §7 analysis reads (python -m peftrepro.report.subspace / .amplification)."""
+
+    runs: Path
+    out: Path
+    profile: str
+    seeds: list[int]
+    tasks: list[str]
+    ranks: tuple[int, ...]
+
+
+def analysis_args(prog: str, description: str | None, paper_ranks: tuple[int, int], argv: Sequence[str] | None,
+                  seeds_help: str | None = None) -> AnalysisArgs:
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=Path, default=Path("results/runs"))
+    parser.add_argument("--out", type=Path, default=Path("results/tables"))
+    parser.add_argument("--profile", default="mini")
+    parser.add_argument("--seeds", default="0,1", help=seeds_help)
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--ranks", default=",".join(map(str, paper_ranks)), help="the low and the high rank")
+    args = parser.parse_args(argv)
+    return AnalysisArgs(args.runs, args.out, args.profile, parse_seeds(args.seeds) or [], args.tasks.split(","),
+                        tuple(int(r) for r in args.ranks.split(",")))

@@ -27,7 +27,6 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from peftrepro.report import amplification, claims, plots, subspace
-from peftrepro.report.aggregate import parse_seeds
 from peftrepro.report.cells import TableResult, build_table
 from peftrepro.report.records import (
     Record,
@@ -35,6 +34,7 @@ from peftrepro.report.records import (
     distinct,
     e2e_eval_counts,
     load_records,
+    parse_seeds,
     status_counts,
 )
 from peftrepro.report.render import baseline_lines, layout, lr_lines

@@ -290,6 +290,15 @@ def latest_per_run_key(records: Sequence[Record]) -> list[Record]:
     return [records[i] for i in sorted(kept["index"])]
 
 
+def parse_seeds(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise SystemExit(f"--seeds must be a comma-separated list of integers, e.g. 0,1,2 (got {text!r})") from None
+
+
 def format_count(millions: float) -> str:
     count = millions * 1e6
     if count >= 1e6:

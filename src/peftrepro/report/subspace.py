@@ -13,19 +13,16 @@ says which, exits 1 and writes nothing.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from peftrepro.errors import PeftReproError
-from peftrepro.report.aggregate import parse_seeds
-from peftrepro.report.factors import TASKS, WEIGHTS, AdaptedRun, find_runs, layer_label, runs_table, verdict
+from peftrepro.report.factors import WEIGHTS, AdaptedRun, analysis_args, find_runs, layer_label, runs_table, verdict
 from peftrepro.report.lowrank import (
     SHARED,
     random_gaussian_pair,
@@ -212,17 +209,9 @@ def page(runs: Runs, found: Sequence[Statement], tasks: Sequence[str],
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m peftrepro.report.subspace", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=Path, default=Path("results/runs"))
-    parser.add_argument("--out", type=Path, default=Path("results/tables"))
-    parser.add_argument("--profile", default="mini")
-    parser.add_argument("--seeds", default="0,1", help="seeds to compare (Figure 4 needs two)")
-    parser.add_argument("--tasks", default=",".join(TASKS))
-    parser.add_argument("--ranks", default=",".join(map(str, PAPER_RANKS)), help="the low and the high rank")
-    args = parser.parse_args(argv)
-    seeds, tasks = parse_seeds(args.seeds) or [], args.tasks.split(",")
-    ranks = tuple(int(r) for r in args.ranks.split(","))
+    args = analysis_args("python -m peftrepro.report.subspace", __doc__, PAPER_RANKS, argv,
+                         seeds_help="seeds to compare (Figure 4 needs two)")
+    seeds, tasks, ranks = args.seeds, args.tasks, args.ranks
     if len(seeds) < 2 or len(ranks) != 2 or ranks[0] >= ranks[1]:
         print(f"figure-subspace: Figure 4 compares two seeds and Figure 3 a low with a high rank; got seeds {seeds} "
               f"(e.g. SEEDS=0,1) and ranks {list(ranks)} (e.g. --ranks 8,64)", file=sys.stderr)
