@@ -1,4 +1,5 @@
-"""Adapters the ecosystem loads: the suite's LoRA (and PreEmbed) to peft and back, with equal logits.
+"""Adapters the ecosystem loads: the suite's LoRA (and PreEmbed, prompt tuning, QLoRA) to peft and back,
+with equal logits; merged checkpoints of LoRA and of pruned models.
 
 suite -> peft: `PeftModel.from_pretrained(base, OUT)` gives the suite's logits (fp32, 1e-5) on every
 causal family, fused projections included (one peft LoRA per module, each matrix's B on its rows).
@@ -11,8 +12,9 @@ import pytest
 import torch
 
 from peftrepro.errors import ConfigError
-from peftrepro.methods import apply_method, count_parameters, make_method_config
-from peftrepro.methods.interop import PEFT_WEIGHTS_FILE, check_exportable, export_peft
+from peftrepro.methods import apply_method, count_parameters, make_method_config, weight_report
+from peftrepro.methods.interop import PEFT_WEIGHTS_FILE, check_exportable, export_peft, merged_model
+from peftrepro.methods.quantize import QuantizeConfig, quantize_block_linears
 from peftrepro.methods.targets import layout
 from tiny_models import CAUSAL_FAMILIES, FUSED_QKV
 
@@ -52,10 +54,12 @@ def test_lora_exported_to_peft_loads_with_the_suites_logits(family, equal_ranks,
     torch.testing.assert_close(loaded(input_ids=IDS).logits, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("method,options", [("prefix_embed", {"prefix_length": 3, "infix_length": 0}),
+                                            ("prompt_tuning", {"prefix_length": 3})], ids=["prefix_embed", "prompt_tuning"])
 @pytest.mark.parametrize("family", ["gpt2", "llama", "gpt_neox", "opt"])
-def test_prefix_embed_without_infix_exports_as_prompt_tuning(family, tiny_model, tmp_path):
+def test_prefix_embed_without_infix_exports_as_prompt_tuning(family, method, options, tiny_model, tmp_path):
     model = tiny_model(family)
-    applied = apply_method(model, make_method_config("prefix_embed", {"prefix_length": 3, "infix_length": 0}))
+    applied = apply_method(model, make_method_config(method, options))
     _randomise([model.get_input_embeddings().virtual])
     with_prefix = torch.cat([torch.tensor([applied.prompt.prefix_ids]), IDS], dim=1)
     expected = model(input_ids=with_prefix).logits[:, 3:]
@@ -79,6 +83,37 @@ def test_a_method_peft_cannot_express_is_one_clear_error(method, options, messag
 def test_merged_is_refused_where_the_update_does_not_fold():
     with pytest.raises(ConfigError, match=r"'adapter_l' .* no merged checkpoint"):
         check_exportable(make_method_config("adapter_l"), "merged")
+    with pytest.raises(ConfigError, match=r"QLoRA\) keeps W0 in 4 bits.*--format peft expresses it"):
+        check_exportable(make_method_config("lora", {"quantize": {"quant_type": "nf4"}}), "merged")
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_qlora_exports_to_peft_for_its_4bit_base(family, tiny_model, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    model = tiny_model(family)
+    options = {"ranks": {"W_q": 2, "W_v": 1}, "alpha": 6, "dropout": 0.0, "quantize": {"quant_type": "nf4"}}
+    applied = apply_method(model, make_method_config("lora", options))
+    _randomise(p for p in model.parameters() if p.requires_grad)
+    expected = model(input_ids=IDS).logits
+    export_peft(applied, tmp_path, base_model=None)
+    base = tiny_model(family)
+    quantize_block_linears(base, QuantizeConfig(quant_type="nf4"))  # as bitsandbytes' 4-bit loading stores it
+    loaded = peft.PeftModel.from_pretrained(base, str(tmp_path)).eval()
+    torch.testing.assert_close(loaded(input_ids=IDS).logits, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_pruned_model_merges_into_plain_weights_with_its_zeros(family, tiny_model):
+    model = tiny_model(family)
+    applied = apply_method(model, make_method_config("movement_pruning", {"remaining": 0.5}))
+    _randomise(p for p in model.parameters() if p.requires_grad)
+    applied.after_step(10, 10)  # the final masks
+    expected = model(input_ids=IDS).logits
+    merged = merged_model(applied)
+    assert merged.state_dict().keys() == tiny_model(family).state_dict().keys()  # what from_pretrained reads
+    assert not any(hasattr(module, "weight_scores") or module._forward_pre_hooks for module in merged.modules())
+    torch.testing.assert_close(merged(input_ids=IDS).logits, expected, rtol=0, atol=0)
+    assert weight_report(merged)["block_linear_density"] == 0.5
 
 
 # ----------------------------------------------------------------------------- peft -> suite

@@ -10,10 +10,14 @@ Export (`peftrepro export RUN_DIR --format peft|merged OUT`, orchestrated by `pe
   With equal ranks the scaling stays lora_alpha / r (lora_alpha = α·Σr/r); with unequal ranks each
   matrix's α/r is folded into its B and lora_alpha = Σr (scaling 1). Ranks and alphas per module go
   in peft's rank_pattern / alpha_pattern.
-- PreEmbed without infix tokens -> peft prompt tuning (the same virtual embeddings before the
-  input). With infix tokens it has no peft equivalent.
+  QLoRA (LoRA with `quantize`) exports the same way, for its base stored in 4 bits (peft wraps the
+  4-bit layers as it does under bitsandbytes loading).
+- PreEmbed without infix tokens, and prompt tuning -> peft prompt tuning (the same virtual
+  embeddings before the input). With infix tokens PreEmbed has no peft equivalent.
 - Merged (`merged_model`): the base model with the update folded into its weights, for LoRA, FT,
-  FT-Top-k and BitFit, which then loads with `AutoModelForCausalLM.from_pretrained` alone.
+  FT-Top-k, BitFit and the pruning methods (each pruned weight with its mask applied: the zeros are
+  the model's), which then loads with `AutoModelForCausalLM.from_pretrained` alone. QLoRA has no
+  merged form: a 4-bit W0 cannot hold W0 + s·BA.
 Adapter-H/-L and PreLayer have neither form: their checkpoint is the suite's own.
 
 Import: method `peft_adapter` (`method=peft_adapter method.path=DIR`) loads a peft LoRA adapter into
@@ -42,7 +46,8 @@ from transformers.pytorch_utils import Conv1D
 from peftrepro.errors import ConfigError
 from peftrepro.methods.base import AppliedMethod, MethodConfig, freeze_all
 from peftrepro.methods.lora import LoRAConfig, LoRAModule, apply_lora
-from peftrepro.methods.prefix import PrefixEmbedConfig, VirtualTokenEmbedding
+from peftrepro.methods.prefix import PrefixEmbedConfig, PromptTuningConfig, VirtualTokenEmbedding
+from peftrepro.methods.pruning import PruningConfig, remove_masks
 from peftrepro.methods.selective import BitFitConfig, FTTopConfig, FullFTConfig
 from peftrepro.methods.targets import backbone, blocks, layout, module_shape
 from peftrepro.paths import resolve_path
@@ -50,7 +55,7 @@ from peftrepro.paths import resolve_path
 FORMATS = ("peft", "merged")
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
-MERGEABLE = (LoRAConfig, FullFTConfig, FTTopConfig, BitFitConfig)
+MERGEABLE = (LoRAConfig, FullFTConfig, FTTopConfig, BitFitConfig, PruningConfig)
 _PEFT_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
 
 
@@ -72,8 +77,11 @@ def check_exportable(config: MethodConfig, format: str) -> None:
         raise ConfigError(f"export format {format!r} is not one of {list(FORMATS)}")
     if format == "merged" and not isinstance(config, MERGEABLE):
         raise ConfigError(f"method {config.name!r} adds computation that does not fold into the weights, so it has no "
-                          f"merged checkpoint (--format merged: lora, ft, ft_top, bitfit); "
+                          f"merged checkpoint (--format merged: lora, ft, ft_top, bitfit, the pruning methods); "
                           f"{_peft_alternative(config)}")
+    if format == "merged" and isinstance(config, LoRAConfig) and config.quantize is not None:
+        raise ConfigError("lora with method.quantize (QLoRA) keeps W0 in 4 bits, which cannot hold W0 + s·BA, so it "
+                          "has no merged checkpoint; --format peft expresses it (a peft LoRA for the 4-bit base)")
     if format == "peft" and not _peft_expresses(config):
         merged = ("use --format merged: a checkpoint with the update folded into the weights" if isinstance(
             config, MERGEABLE) else "nor can --format merged (its computation does not fold into the weights): the "
@@ -82,7 +90,8 @@ def check_exportable(config: MethodConfig, format: str) -> None:
 
 
 def _peft_expresses(config: MethodConfig) -> bool:
-    return isinstance(config, LoRAConfig) or (isinstance(config, PrefixEmbedConfig) and config.infix_length == 0)
+    return isinstance(config, (LoRAConfig, PromptTuningConfig)) or (
+        isinstance(config, PrefixEmbedConfig) and config.infix_length == 0)
 
 
 def _why_not_peft(config: MethodConfig) -> str:
@@ -98,7 +107,7 @@ def _peft_alternative(config: MethodConfig) -> str:
 
 
 def export_peft(applied: AppliedMethod, directory: Path, base_model: str | None) -> None:
-    """Write `applied` (LoRA, or PreEmbed without infix) as a peft adapter; peft writes the files.
+    """Write `applied` (LoRA, or PreEmbed without infix and prompt tuning) as a peft adapter; peft writes the files.
     `base_model`: the hub id or directory the adapter's base loads from (None: none can).
 
     The model is changed in place: the suite's modules are taken out and peft's put in."""
@@ -178,7 +187,9 @@ def merged_model(applied: AppliedMethod) -> nn.Module:
     check_exportable(applied.config, "merged")
     if isinstance(applied.config, LoRAConfig):
         return applied.merge_and_unload()
-    return applied.model  # FT, FT-Top-k, BitFit trained the model's own parameters
+    if isinstance(applied.config, PruningConfig):
+        remove_masks(applied.model)
+    return applied.model  # FT, FT-Top-k, BitFit and pruning trained the model's own parameters
 
 
 # ----------------------------------------------------------------------------- import: method `peft_adapter`

@@ -166,6 +166,17 @@ class Pruner:
                             "pruned_layers": len(self.layers), "weights": total, "mask_updates": self.updates}}
 
 
+def remove_masks(model: nn.Module) -> None:
+    """Make each pruned weight a plain parameter again, its mask applied (W = W_orig ⊙ M; in place):
+    what a merged checkpoint holds."""
+    for module in model.modules():
+        if hasattr(module, "weight_mask"):  # torch.nn.utils.prune's reparametrisation
+            prune.remove(module, "weight")
+        for key in [key for key, hook in module._forward_pre_hooks.items() if isinstance(hook, AccumulateMovement)]:
+            del module._forward_pre_hooks[key]  # movement's scoring, and its scores
+            del module.weight_scores
+
+
 def _apply_pruning(model: nn.Module, config: PruningConfig) -> AppliedMethod:
     freeze_all(model)
     for block in blocks(model):

@@ -2,9 +2,9 @@
 ecosystem loads (peftrepro.methods.interop says which method has which form).
 
     peft     adapter_config.json + adapter_model.safetensors (+ peft's README.md): `PeftModel.from_pretrained(base,
-             OUT)` (LoRA; PreEmbed without infix as prompt tuning)
+             OUT)` (LoRA and QLoRA; PreEmbed without infix and prompt tuning as peft prompt tuning)
     merged   the base model with the update folded in, with its tokenizer: `AutoModelForCausalLM.from_pretrained(OUT)`
-             (LoRA, FT, FT-Top-k, BitFit)
+             (LoRA, FT, FT-Top-k, BitFit, magnitude and movement pruning)
 
 Both also write `peftrepro-export.json`: which run, record and method the files come from. Every input
 is checked before anything is loaded (the run's record and weights, the format against the method,
