@@ -7,6 +7,11 @@ parameters and nothing else; greedy generation with the KV cache equals generati
 checkpoint reloads bit for bit. LoRA: merged = unmerged logits, and unmerge restores every frozen
 weight bit for bit. Fused projections: the rows each paper matrix owns, checked against the model's
 own split of q, k and v (the keys and values it caches) and of Phi-3's gate and up.
+
+The methods beyond the LoRA paper's (QLoRA, prompt tuning, magnitude and movement pruning) run the
+same checks, and: QLoRA stores every linear layer of the blocks in 4 bits; pruning keeps its share of
+every one of them. Their own tests (test_quantize.py, test_pruning.py, test_prefix.py) cover them in
+depth on GPT-2, Llama and BERT, so here only a few layouts are in the default suite, the rest slow.
 """
 
 from __future__ import annotations
@@ -23,23 +28,37 @@ from peftrepro.methods import (
     load_adapter,
     make_method_config,
     save_adapter,
+    weight_report,
 )
-from peftrepro.methods.targets import blocks, layout, module_shape
+from peftrepro.methods.targets import block_linears, blocks, layout, module_shape, unwrapped
 from tiny_models import BIAS_FREE, CAUSAL_FAMILIES, FAMILIES, FUSED_GATE_UP, FUSED_QKV, UNNAMED
 
-METHODS = ["lora", "adapter_h", "adapter_l", "prefix_layer", "prefix_embed", "ft", "ft_top", "bitfit"]
-IDENTITY_AT_INIT = ["lora", "adapter_h", "adapter_l", "ft", "ft_top", "bitfit"]
-ADDS_PARAMETERS = ["lora", "adapter_h", "adapter_l", "prefix_layer", "prefix_embed"]  # the base stays frozen
+PRUNING = ["magnitude_pruning", "movement_pruning"]
+# beyond the LoRA paper's methods; "qlora" is LoRA with `quantize` (needs bitsandbytes)
+OTHERS = ["qlora", "prompt_tuning", *PRUNING]
+METHODS = ["lora", "adapter_h", "adapter_l", "prefix_layer", "prefix_embed", "ft", "ft_top", "bitfit", *OTHERS]
+IDENTITY_AT_INIT = ["lora", "adapter_h", "adapter_l", "ft", "ft_top", "bitfit", *PRUNING]
+ADDS_PARAMETERS = ["lora", "adapter_h", "adapter_l", "prefix_layer", "prefix_embed", "qlora",
+                   "prompt_tuning"]  # the base stays frozen
 SMALL = {"adapter_h": {"r": 3}, "adapter_l": {"r": 3}, "prefix_layer": {"prefix_length": 2, "infix_length": 1},
-         "prefix_embed": {"prefix_length": 2, "infix_length": 1}, "ft_top": {"k": 2}}
+         "prefix_embed": {"prefix_length": 2, "infix_length": 1}, "ft_top": {"k": 2},
+         "prompt_tuning": {"prefix_length": 2}, **{method: {"remaining": 0.5} for method in PRUNING}}
+# the layouts on which OTHERS run in the default suite: a fused Conv1D [q|k|v], grouped-query attention
+# with a gated MLP, and fused [q|k|v] and [gate|up] under grouped-query attention
+OTHERS_BY_DEFAULT = ["gpt2", "llama", "phi3"]
 
 
 def _cases(methods: list[str], families: list[str]) -> list:
     """(method, family) for the named families, then the unnamed ones (slow: `make test-full`)."""
-    named = [pytest.param(method, family, id=f"{method}-{family}") for method in methods for family in families
-             if not (method == "bitfit" and family in BIAS_FREE)]
+    named = [pytest.param(method, family, id=f"{method}-{family}", marks=_slow_unless(
+                 method not in OTHERS or family in OTHERS_BY_DEFAULT))
+             for method in methods for family in families if not (method == "bitfit" and family in BIAS_FREE)]
     return named + [pytest.param(method, family, id=f"{method}-{family}", marks=pytest.mark.slow)
                     for method in methods for family in UNNAMED]
+
+
+def _slow_unless(by_default: bool) -> tuple:
+    return () if by_default else (pytest.mark.slow,)
 
 
 def _families(families: list[str]) -> list:
@@ -53,9 +72,12 @@ def _apply(model, method: str, family: str):
     W_down for an adapter, a bias-free model nothing for BitFit): there the method must be refused
     with one clear error, and the checks have nothing to check."""
     options = SMALL.get(method, {})
-    if method == "lora":
+    if method in ("lora", "qlora"):
         ranks = {weight: 1 + index % 3 for index, weight in enumerate(_mapped(model))}
         options = {"ranks": ranks, "dropout": 0.0}
+    if method == "qlora":
+        pytest.importorskip("bitsandbytes")
+        method, options = "lora", {**options, "quantize": {"quant_type": "nf4", "double_quant": True}}
     try:
         return apply_method(model, make_method_config(method, options))
     except ConfigError as error:
@@ -154,6 +176,8 @@ def test_checkpoint_round_trip_is_bit_exact(method, family, tiny_model, tmp_path
     model = tiny_model(family)
     applied = _apply(model, method, family)
     _perturb_trainable(model)
+    if applied.after_step:  # pruning: to its final masks, which the checkpoint holds too
+        applied.after_step(1, 1)
     ids = _ids(applied)
     expected = model(input_ids=ids).logits
     assert save_adapter(model, applied.config, tmp_path) == (tmp_path / "adapter.safetensors").stat().st_size
@@ -166,6 +190,35 @@ def test_checkpoint_round_trip_is_bit_exact(method, family, tiny_model, tmp_path
     assert saved.keys() == loaded.keys()
     assert all(torch.equal(saved[name], loaded[name]) for name in saved)
     assert torch.equal(fresh(input_ids=ids).logits, expected)
+
+
+# ----------------------------------------------------------------------------- QLoRA and pruning
+
+
+@pytest.mark.parametrize("method,family", _cases(["qlora"], FAMILIES))
+def test_qlora_stores_every_linear_layer_of_the_blocks_in_4_bits(method, family, tiny_model):
+    ids = torch.randint(3, 90, (2, 7))
+    full_precision = tiny_model(family)(input_ids=ids).logits
+    model = tiny_model(family)
+    _apply(model, method, family)
+    layers = [unwrapped(block.get_submodule(path)) for block, path in block_linears(model)]
+    assert len(layers) == len(blocks(model)) * len(layout(model).linear_modules)
+    assert all(layer.weight.quant_state is not None for layer in layers)
+    logits = model(input_ids=ids).logits  # B = 0: the 4-bit base, near the full-precision one
+    assert 0 < (logits - full_precision).abs().max() < 0.5 * full_precision.abs().max()
+
+
+@pytest.mark.parametrize("method,family", _cases(PRUNING, FAMILIES))
+def test_pruning_keeps_its_share_of_every_linear_layer_of_the_blocks(method, family, tiny_model):
+    model = tiny_model(family)
+    applied = _apply(model, method, family)
+    _perturb_trainable(model)
+    applied.after_step(1, 1)  # the last step: the final share
+    layers = [block.get_submodule(path) for block, path in block_linears(model)]
+    assert applied.is_final() and applied.facts()["pruning"]["pruned_layers"] == len(layers) > 0
+    for layer in layers:
+        assert int(layer.weight_mask.sum()) == round(0.5 * layer.weight_mask.numel())
+    assert weight_report(model)["block_linear_density"] == pytest.approx(0.5, abs=0.01)
 
 
 # ----------------------------------------------------------------------------- LoRA merging
