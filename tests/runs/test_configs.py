@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 from pathlib import Path
 
@@ -16,6 +17,14 @@ GROUPS = ("model", "task", "method", "profile", "logger")
 
 def options(group: str) -> list[str]:
     return sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def _installed(package: str) -> bool:
+    try:
+        importlib.import_module(package)
+    except ImportError:
+        return False
+    return True
 
 
 def test_every_group_has_options() -> None:
@@ -55,6 +64,10 @@ def test_every_profile_task_method_is_a_valid_plan(compose_config, selected_lrs,
                              f"results_dir={selected_lrs}")
         if method == "peft_adapter":  # names the user's adapter directory: no default
             with pytest.raises(ConfigError, match="method peft_adapter needs method.path="):
+                plan_run(cfg)
+            continue
+        if method == "qlora" and not _installed("bitsandbytes"):  # the qlora extra: one line naming it
+            with pytest.raises(ConfigError, match=r"pip install 'peft-repro\[qlora\]'"):
                 plan_run(cfg)
             continue
         plan = plan_run(cfg)

@@ -82,11 +82,11 @@ class LoRAConfig(MethodConfig):
     def check_run(self, run_config: Mapping[str, Any]) -> None:
         if self.quantize is None:
             return
-        require_bitsandbytes()
-        if run_config.get("merge_for_eval", True):
+        if run_config.get("merge_for_eval", True):  # a config error first: it is one wherever the run goes
             raise ConfigError("lora with method.quantize keeps W0 in 4 bits, which cannot hold W0 + s·BA, so the "
                               "update cannot be merged for evaluation: set merge_for_eval=false (the LoRA branch "
                               "then runs beside the 4-bit base, as in QLoRA)")
+        require_bitsandbytes()
 
     def rank_per_weight(self) -> dict[str, int]:
         if self.ranks:
