@@ -48,9 +48,11 @@ MAKE_TARGETS = {"table_weight_type": "table-weight-type", "table_rank": "table-r
 
 # ---------------------------------------------------------------- reading
 
-def profile_records(runs_dir: Path, profile: str) -> list[Record]:
+def profile_records(runs_dir: Path, profile: str, tables_only: bool = True) -> list[Record]:
+    """The profile's table runs, or (tables_only=False) all its runs: learning-rate selection,
+    baselines and the other studies too."""
     records, _, _ = load_records(runs_dir)
-    return [r for r in records if r.profile == profile and r.experiment in TABLES]
+    return [r for r in records if r.profile == profile and (r.experiment in TABLES or not tables_only)]
 
 
 def report_tables(runs_dir: Path, profile: str, seeds: Sequence[int] | None) -> dict[str, TableResult]:
@@ -304,9 +306,12 @@ def where_text(records: Sequence[Record]) -> str:
                      f"{len(scored_later)} run(s).")
     commits = commit_labels(records)
     lines.append(f"- Code: commit(s) {', '.join(commits) or '—'} (each record names its own).")
-    sources = distinct((r.raw.get("data") or {}).get("source") for r in records)
-    lines.append("- Data: " + ("; ".join(f"`{s}`" for s in sources) or "—")
-                 + " (a data root in the layout the README's \"Data and models\" section describes).")
+    # a data root is a path on the machine that ran (the records keep it); the page names its kind only
+    sources = distinct("a local data root" if Path(str(source)).is_absolute() else f"`{source}`"
+                       for r in records if (source := (r.raw.get("data") or {}).get("source")))
+    lines.append("- Data: " + ("; ".join(sources) or "—")
+                 + " (`PEFTREPRO_DATA_ROOT` or `data_root=`, in the layout the README's \"Data and models\" "
+                 "section describes; each record names the path it read).")
     return "\n".join(lines)
 
 
@@ -577,16 +582,17 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
     runs, tables, bench = root / runs_dir, root / tables_dir, root / bench_dir
     results = report_tables(runs, profile, seeds)
     records = profile_records(runs, profile)
-    latest = max((r.created_at for r in records), default=None)
+    study = profile_records(runs, profile, tables_only=False)  # where, on what and when anything ran
+    latest = max((r.created_at for r in study), default=None)
     template = Template(resources.files("peftrepro").joinpath("data/report_template.md").read_text(encoding="utf-8"))
     return template.substitute(
-        backbone=backbone_text(records), selected_lrs=selected_lr_text(results), baselines=baselines_text(results),
+        backbone=backbone_text(study), selected_lrs=selected_lr_text(results), baselines=baselines_text(results),
         changes=changes_text(results, runs.parent / ARCHIVE), budget=budget_text(results, runs, profile),
         profile=profile, runs_dir=runs_dir.as_posix(), tables_dir=tables_dir.as_posix(),
         latest_record=latest.isoformat() if latest is not None else "none",
         status_table=status_table(results), pending=pending_text(results, records),
-        where=where_text(records), commands=commands_text(profile, seeds, results),
-        models=models_text(records), data_lines=data_text(records), schedule=schedule_text(records),
+        where=where_text(study), commands=commands_text(profile, seeds, results),
+        models=models_text(study), data_lines=data_text(records), schedule=schedule_text(records),
         decoding=decoding_text(records), scale=scale_text(records),
         sections="".join(table_section(r) for r in results.values()), section7=section7_text(tables),
         speed="\n".join([params_text(tables), latency_text(tables, runs), bench_text(bench)]),
