@@ -1,7 +1,6 @@
 """Trainable-parameter counts: what the modules hold, and the paper's formulas (§5.1, App. F.2).
 
 `count_parameters` sums `numel` over the model's parameters (shared ones, e.g. GPT-2's tied
-`count_parameters` sums `numel` over the model's parameters (shared ones, e.g. GPT-2's tied
 embedding / LM head, once; a 4-bit weight as the weights it stands for). The paper's closed formulas
 (2·L̂·d·r, ...) serve the parameter table (`peftrepro.report.params`); `formula_params` applies each
 method's definition to the real module shapes of any family, so tests can hold the parameters a
