@@ -55,7 +55,7 @@ def test_a_choice_file_entry_names_the_rate_the_grid_and_the_dev_scores(tmp_path
         selection.selected_lr(path, "e2e", "ft")
 
 
-def test_the_driver_selects_on_dev_records_the_grid_and_resumes(tmp_path: Path, capsys):
+def test_the_driver_selects_on_dev_records_the_grid_and_resumes(tmp_path: Path, capsys, monkeypatch):
     """Smoke profile with the selection switched on: three points (plus at most one extension) run
     as Hydra multiruns, the choice file gets the winner; a second call runs nothing."""
     args = ["--profile", "smoke", "--tasks", "mnli", "--methods", "lora", "--", "lr_selection=true",
@@ -72,7 +72,8 @@ def test_the_driver_selects_on_dev_records_the_grid_and_resumes(tmp_path: Path, 
         assert record["config"]["task"]["eval_split"] == "dev" and record["seed"] == 0
         assert "accuracy_dev" in record["metrics"] and record["config"]["train"]["lr"] in dev_scores
     before = {run: run.stat().st_mtime_ns for run in runs}
-    assert lr_search.main(args) == 0  # resumes: every point is finished, nothing trains again
+    monkeypatch.setattr(lr_search, "launch", lambda *a: pytest.fail(f"relaunched finished points: {a[2]}"))
+    assert lr_search.main(args) == 0  # resumes: every point is finished (extensions too), nothing launches
     assert {run: run.stat().st_mtime_ns for run in runs} == before
 
 

@@ -147,6 +147,9 @@ def search(profile: str, rep: Representative, settings: Mapping[str, Any], extra
         pending = state.pending()
         if not pending:
             return selection.summarise(scores, start, width, max_points)
+        if unread := [step for step in pending if step not in scores]:  # a resumed search may have run them
+            steps = sorted({*steps, *unread})
+            continue
         if any(statuses.get(step) == "failed" for step in pending):
             log.error("lr_search %s/%s: a point failed (see its record under runs/%s); fix it, then rerun "
                       "(force=true in the overrides retrains it)", rep.task, rep.method, EXPERIMENT)
