@@ -179,7 +179,7 @@ lora-factors: ## keep LoRA's A, B (middle and last layer) of finished runs made 
 tables: ## every table above; goes on after a failure and exits non-zero if any failed
 	@failed=""; for target in $(TABLE_TARGETS); do \
 	    $(MAKE) --no-print-directory $$target || failed="$$failed $$target"; done; \
-	$(MAKE) --no-print-directory report; \
+	$(MAKE) --no-print-directory report || failed="$$failed report"; \
 	if [ -n "$$failed" ]; then echo "!! incomplete:$$failed"; exit 1; fi
 
 aggregate: ## rebuild every table from the records only (no training)

@@ -147,7 +147,11 @@ def build_variant(base: nn.Module, variant: str, adapter_rank: dict[str, int]) -
     options = dict(options)
     if method in adapter_rank:
         options["r"] = adapter_rank[method]
-    model = copy.deepcopy(base)
+    # The frozen weights stay shared with the base (deepcopy's memo): a variant costs only what its method
+    # adds, not another copy of the model (five copies of GPT-2 M took 10+ GB). Merging writes into W,
+    # so the merged variant gets weights of its own.
+    memo = {} if variant == "lora_merged" else {id(p): p for p in base.parameters()}
+    model = copy.deepcopy(base, memo)
     applied = apply_method(model, make_method_config(method, options))
     if variant == "lora_merged":
         applied.merge()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -216,3 +217,15 @@ def test_the_section7_pages_are_linked_with_their_verdicts_once_generated(tmp_pa
     assert report.section7_text(tmp_path).splitlines()[1] == (
         "- Table 7, how ΔW_q compares to W_q (r=4 and r=64): [`tables/table_amplification.md`](tables/table_amplification.md); "
         "the paper's statements: 2 held, 1 not held, 2 inconclusive.")
+
+
+def test_where_counts_the_study_s_training_runs_but_not_the_latency_study(weight_type_runs, runs_dir, tmp_path, write,
+                                                                          make_record) -> None:
+    search = make_record("lr_search", "mnli", QV, 0, {"accuracy_dev": 0.6}, profile="mini")
+    search["env"]["hardware"], search["timings"] = CPU, {"total_s": 1200.0}
+    write(search)
+    latency_records = Path(__file__).resolve().parents[2] / "results" / "runs" / "table_latency"
+    latency = json.loads(next(latency_records.glob("*/record.json")).read_text(encoding="utf-8"))
+    write({**latency, "profile": "mini"}, name="latency")  # its config names the model by a string
+    text = page(runs_dir, tmp_path)
+    assert "- CPU: Test CPU, 2 cores (fp32): 4 runs, 1 h 20 min in all" in text

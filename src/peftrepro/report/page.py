@@ -48,11 +48,15 @@ MAKE_TARGETS = {"table_weight_type": "table-weight-type", "table_rank": "table-r
 
 # ---------------------------------------------------------------- reading
 
+LATENCY_EXPERIMENT = "table_latency"  # experiments/latency.py: a timing study, not a training run
+
+
 def profile_records(runs_dir: Path, profile: str, tables_only: bool = True) -> list[Record]:
-    """The profile's table runs, or (tables_only=False) all its runs: learning-rate selection,
-    baselines and the other studies too."""
+    """The profile's table runs, or (tables_only=False) all its training runs: learning-rate selection,
+    baselines and the other studies too (Table 1's latency measurement has a section of its own)."""
     records, _, _ = load_records(runs_dir)
-    return [r for r in records if r.profile == profile and (r.experiment in TABLES or not tables_only)]
+    return [r for r in records if r.profile == profile
+            and (r.experiment in TABLES or not tables_only and r.experiment != LATENCY_EXPERIMENT)]
 
 
 def report_tables(runs_dir: Path, profile: str, seeds: Sequence[int] | None) -> dict[str, TableResult]:
@@ -496,7 +500,7 @@ def latency_text(tables_dir: Path, runs_dir: Path) -> str:
     path = tables_dir / "table_latency.md"
     if not path.is_file():
         return "- Table 1 (latency): not generated (`make table-latency`)."
-    runs = sorted((runs_dir / "table_latency").glob("*/record.json"))
+    runs = sorted((runs_dir / LATENCY_EXPERIMENT).glob("*/record.json"))
     where = []
     for run in runs:
         record = json.loads(run.read_text(encoding="utf-8"))
