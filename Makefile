@@ -173,8 +173,7 @@ table-amplification: ## §7 Table 7: how W_q's update ΔW compares to W_q (r=4 a
 	$(PYTHON) -m peftrepro.report.amplification $(SECTION7_ARGS)
 
 lora-factors: ## keep LoRA's A, B (middle and last layer) of finished runs made without them, from their adapters
-	$(PYTHON) -m peftrepro.runs.factors $(RESULTS)/runs/table_rank $(RESULTS)/runs/table_weight_type \
-	    $(RESULTS)/runs/table_methods
+	$(PYTHON) -m peftrepro.runs.factors $(RESULTS)/runs/table_*  # every table: Table 6 may copy another's run
 
 tables: ## every table above; goes on after a failure and exits non-zero if any failed
 	@failed=""; for target in $(TABLE_TARGETS); do \

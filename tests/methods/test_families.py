@@ -314,3 +314,12 @@ def test_neox_packing_is_per_head_not_three_equal_slices(tiny_model):
     head = 8  # hidden 32 / 4 heads
     assert targets["W_q"].rows.runs == tuple((3 * head * h, 3 * head * h + head) for h in range(4))
     assert targets["W_v"].rows.runs == tuple((3 * head * h + 2 * head, 3 * head * (h + 1)) for h in range(4))
+
+
+@pytest.mark.parametrize("family", ["ctrl", "mamba"])
+def test_weights_of_a_family_with_no_mapped_matrix_are_reported_without_a_density(family: str, tiny_model) -> None:
+    """ft and bitfit run where no paper matrix maps: the record's weights say so instead of failing."""
+    model = tiny_model(family)
+    apply_method(model, make_method_config("ft", {}))
+    report = weight_report(model)
+    assert report["block_linear_density"] is None and report["trainable_bytes"] > 0

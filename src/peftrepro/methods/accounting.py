@@ -14,6 +14,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from peftrepro.errors import ConfigError
 from peftrepro.methods.adapters import (
     ADAPTER_H_POINTS,
     ADAPTER_L_POINTS,
@@ -62,10 +63,15 @@ def weight_report(model: nn.Module) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def block_linear_density(model: nn.Module) -> float:
-    """The share of nonzero weights in the blocks' linear layers, as the forward computes with them."""
+def block_linear_density(model: nn.Module) -> float | None:
+    """The share of nonzero weights in the blocks' linear layers, as the forward computes with them
+    (None where the layout maps no linear layer)."""
+    try:
+        linears = block_linears(model)
+    except ConfigError:  # a family whose blocks map no paper matrix (e.g. Mamba): ft and bitfit still run
+        return None
     nonzero = total = 0
-    for block, path in block_linears(model):
+    for block, path in linears:
         weight = _effective_weight(unwrapped(block.get_submodule(path)))
         nonzero += int(torch.count_nonzero(weight))
         total += weight.numel()

@@ -3,8 +3,9 @@ of the blocks' linear layers, the rest of the blocks fine-tuned (`magnitude_prun
 
 Both keep, in every linear layer of every block (`targets.block_linears`: the modules of W_q ... W_down
 in the model's layout, a fused projection such as GPT-2's c_attn as one matrix), the share v of its
-weights with the highest importance score S, and fine-tune every parameter of the blocks, masked
-weights included (Zhu & Gupta's gradual pruning lets them recover). The embeddings,
+weights with the highest importance score S, and fine-tune every parameter of the blocks. A masked
+weight gets no loss gradient (W' = W ⊙ M); only weight decay and Adam's remaining momentum move it, and
+it comes back only when the scores re-rank it above a kept one (Zhu & Gupta's gradual pruning). The embeddings,
 and the LM head tied to them, stay frozen, as Sanh et al. freeze the embedding modules (§5).
 - Magnitude pruning (MaP, zeroth order): S = |W|, the weights farthest from 0.
 - Movement pruning (MvP, first order): S = −Σ_t (∂L/∂W')⁽ᵗ⁾ ⊙ W⁽ᵗ⁾, accumulated over every training
