@@ -51,12 +51,15 @@ MAKE_TARGETS = {"table_weight_type": "table-weight-type", "table_rank": "table-r
 LATENCY_EXPERIMENT = "table_latency"  # experiments/latency.py: a timing study, not a training run
 
 
-def profile_records(runs_dir: Path, profile: str, tables_only: bool = True) -> list[Record]:
-    """The profile's table runs, or (tables_only=False) all its training runs: learning-rate selection,
-    baselines and the other studies too (Table 1's latency measurement has a section of its own)."""
+def study_records(runs_dir: Path, profile: str) -> list[Record]:
+    """The profile's training runs: the tables', the learning-rate selection's, the baselines' and the
+    other studies' (Table 1's latency measurement has a section of its own)."""
     records, _, _ = load_records(runs_dir)
-    return [r for r in records if r.profile == profile
-            and (r.experiment in TABLES or not tables_only and r.experiment != LATENCY_EXPERIMENT)]
+    return [r for r in records if r.profile == profile and r.experiment != LATENCY_EXPERIMENT]
+
+
+def table_records(records: Sequence[Record]) -> list[Record]:
+    return [r for r in records if r.experiment in TABLES]
 
 
 def report_tables(runs_dir: Path, profile: str, seeds: Sequence[int] | None) -> dict[str, TableResult]:
@@ -547,7 +550,7 @@ def constraints(profile: str, runs_dir: Path, path: Path) -> str:
     # the archived runs of an earlier protocol count too: same profile name, same machine set-up
     archive = runs_dir.parent / ARCHIVE / "runs"
     runs = [r for folder in (runs_dir, archive) if folder.is_dir()
-            for r in profile_records(folder, profile) if not is_reused(r)]
+            for r in table_records(study_records(folder, profile)) if not is_reused(r)]
     versions: dict[str, Counter[str]] = {}
     for record in runs:
         for name, version in (record.env.get("packages") or {}).items():
@@ -585,8 +588,8 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
     """The page. Files are read under `root`; the page names them as given (relative: portable)."""
     runs, tables, bench = root / runs_dir, root / tables_dir, root / bench_dir
     results = report_tables(runs, profile, seeds)
-    records = profile_records(runs, profile)
-    study = profile_records(runs, profile, tables_only=False)  # where, on what and when anything ran
+    study = study_records(runs, profile)  # where, on what and when anything ran
+    records = table_records(study)
     latest = max((r.created_at for r in study), default=None)
     template = Template(resources.files("peftrepro").joinpath("data/report_template.md").read_text(encoding="utf-8"))
     return template.substitute(
