@@ -212,8 +212,9 @@ def budget_text(results: Mapping[str, TableResult], runs_dir: Path, profile: str
     table3 = results.get("table_e2e")
     ours = [(r.seed, bleu) for r in (table3.cell_records("lora", "bleu") if table3 else [])
             if (bleu := first_mrs_bleu(r)) is not None]
-    loop = [(r.run_key, bleu) for r in load_records(runs_dir)[0]
-            if r.experiment == BUDGET_EXPERIMENT and r.profile == profile and (bleu := first_mrs_bleu(r)) is not None]
+    loop = sorted(((r.get("method.dropout"), r.run_key, bleu) for r in load_records(runs_dir)[0]
+                   if r.experiment == BUDGET_EXPERIMENT and r.profile == profile
+                   and (bleu := first_mrs_bleu(r)) is not None), key=lambda run: -(run[0] or 0))
     lines = [f"On the first {FIRST_MRS} distinct E2E test MRs (file order), from the saved predictions:"]
     if ours:
         seeds = ", ".join(f"seed {seed}: {bleu:.1f}" for seed, bleu in sorted(ours))
@@ -223,8 +224,8 @@ def budget_text(results: Mapping[str, TableResult], runs_dir: Path, profile: str
         lines.append("- Table 3's LoRA: no run of the fair protocol yet.")
     if loop:
         lines += [f"- The suite's LoRA at a plain HF-peft loop's budget (`make peft-budget`: 3,200 shuffled examples "
-                  f"once, 400 steps of batch 8, lr 1e-3, linear decay, no warmup; `{key}`): BLEU {bleu:.1f}."
-                  for key, bleu in loop]
+                  f"once, 400 steps of batch 8, lr 1e-3, linear decay, no warmup, LoRA dropout {dropout}; `{key}`): "
+                  f"BLEU {bleu:.1f}." for dropout, key, bleu in loop]
     else:
         lines.append("- LoRA at a plain HF-peft loop's budget (`make peft-budget`): not run yet.")
     return "\n".join(lines)
