@@ -266,7 +266,7 @@ def test_mini_profile_on_real_data_with_smollm2(compose_config, tmp_path: Path) 
                                     "task.max_train_examples=32", "task.max_eval_examples=8",
                                     f"results_dir={tmp_path}", "train.progress=false"))
     assert record["status"] == "ok" and record["model"]["model_type"] == "llama"
-    assert record["params"]["total"] > 100_000_000 and record["data"]["source"] == data_root
+    assert record["params"]["total"] > 100_000_000 and record["data"]["source"] == "$PEFTREPRO_DATA_ROOT"
 
 
 def test_record_names_the_commit_of_the_code_at_the_start_of_the_run(smoke, monkeypatch) -> None:
@@ -289,3 +289,16 @@ def test_record_names_the_commit_of_the_code_at_the_start_of_the_run(smoke, monk
     finally:
         envinfo.git_state.cache_clear()
     assert record["env"]["git"] == {"commit": "a" * 40, "dirty": False}
+
+
+@pytest.mark.parametrize("from_variable", [True, False])
+def test_record_names_the_data_root_by_its_variable_not_this_machines_path(smoke, monkeypatch, tmp_path,
+                                                                          from_variable) -> None:
+    from peftrepro.tasks import write_fixtures
+
+    root = write_fixtures(tmp_path / "data")
+    monkeypatch.setenv("PEFTREPRO_DATA_ROOT", str(root) if from_variable else str(tmp_path / "elsewhere"))
+    record = run_one(smoke("task=mnli", "method=lora", "use_fixtures=false", f"data_root={root}"))
+    named = "$PEFTREPRO_DATA_ROOT" if from_variable else str(root)
+    assert record["status"] == "ok"
+    assert record["config"]["data_root"] == record["data"]["source"] == named

@@ -314,12 +314,12 @@ def where_text(records: Sequence[Record]) -> str:
                      f"{len(scored_later)} run(s).")
     commits = commit_labels(records)
     lines.append(f"- Code: commit(s) {', '.join(commits) or '—'} (each record names its own).")
-    # a data root is a path on the machine that ran (the records keep it); the page names its kind only
+    # records name a root read through $PEFTREPRO_DATA_ROOT by that variable; another path only by its kind
     sources = distinct("a local data root" if Path(str(source)).is_absolute() else f"`{source}`"
                        for r in records if (source := (r.raw.get("data") or {}).get("source")))
     lines.append("- Data: " + ("; ".join(sources) or "—")
-                 + " (`PEFTREPRO_DATA_ROOT` or `data_root=`, in the layout the README's \"Data and models\" "
-                 "section describes; each record names the path it read).")
+                 + " (a folder in the layout of the README's \"Data and models\" section; `data_root=` names "
+                 "another).")
     return "\n".join(lines)
 
 

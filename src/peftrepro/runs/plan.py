@@ -23,6 +23,7 @@ from peftrepro.interfaces import DecodingConfig
 from peftrepro.paths import project_root, resolve_path
 from peftrepro.runs import records
 from peftrepro.runs.train import TrainSettings
+from peftrepro.tasks.data import DATA_ROOT_ENV
 
 LOGGERS = ("none", "wandb")
 FAIL_PHASES = (None, "setup", "train", "eval", "interrupt")  # interrupt: as Ctrl-C at the start of training
@@ -159,15 +160,23 @@ def _data_root(config: Mapping[str, Any]) -> tuple[str | None, str]:
     if config.get("use_fixtures"):
         return str(fixture_root(resolve_path(str(config.get("cache_dir", ".cache"))))), "fixtures"
     data_root = config.get("data_root")
-    if data_root in (None, ""):
-        env = os.environ.get("PEFTREPRO_DATA_ROOT")
-        return None, env if env else "hub"
+    if data_root in (None, ""):  # the task reads $PEFTREPRO_DATA_ROOT, else the hub
+        return None, recorded_data_root(os.environ.get(DATA_ROOT_ENV)) or "hub"
     root = resolve_path(str(data_root))
     if not root.is_dir():
         raise ConfigError(f"data_root={data_root} is not a directory ({root}); point it at a copy of "
-                          "a data root (the layout of peftrepro.tasks.data; or export PEFTREPRO_DATA_ROOT), or use profile=smoke "
-                          "for fixtures")
-    return str(root), str(root)
+                          f"a data root (the layout of peftrepro.tasks.data; or export {DATA_ROOT_ENV}), or use "
+                          "profile=smoke for fixtures")
+    return str(root), recorded_data_root(str(root))
+
+
+def recorded_data_root(path: str | None) -> str | None:
+    """How a record names a data root: `$PEFTREPRO_DATA_ROOT` where it is that variable's folder, since
+    records move between machines and the folder's path is only this machine's; else the path."""
+    variable = os.environ.get(DATA_ROOT_ENV)
+    if path and variable and resolve_path(path) == resolve_path(variable):
+        return f"${DATA_ROOT_ENV}"
+    return path
 
 
 def fixture_root(cache_dir: Path) -> Path:
