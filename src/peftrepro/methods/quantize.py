@@ -115,6 +115,10 @@ def _to_4bit(layer: nn.Module, config: QuantizeConfig, bnb: Any) -> nn.Module:
                                          quant_type=config.quant_type, module=quantized)
     if layer.bias is not None:
         quantized.bias = nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
+    # On a CPU with AVX512-BF16, bitsandbytes (0.50) repacks a weight for inference at the first eval
+    # forward and never packs it back, so training after an evaluation (eval_every_epoch) fails in its
+    # kernel: keep the one layout that trains and evaluates alike.
+    quantized.support_avx512bf16_for_cpu = False
     return quantized.to(weight.device)  # bitsandbytes quantises a weight when it is moved to its device
 
 
