@@ -51,6 +51,11 @@ def test_key_ignores_where_and_how_results_are_reported(change) -> None:
     assert key_with(**change) == key_with()
 
 
+def test_key_holds_a_speed_setting_at_one_value() -> None:
+    """Padding batches wider computes the same losses (test_train.py), so it finds the same run."""
+    assert key_with(train__pad_multiple=8) == key_with(train__pad_multiple=64) != key_with()
+
+
 def test_the_committed_runs_keep_their_keys_now_that_configs_name_the_dtype() -> None:
     """Records made before `model.dtype` existed: a config composed today (dtype: fp32) has their key."""
     runs = [(path, json.loads(path.read_text())) for path in (project_root() / "results" / "runs").glob("*/*/record.json")]

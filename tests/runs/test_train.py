@@ -97,6 +97,17 @@ def test_loss_goes_down_and_the_same_seed_repeats_exactly() -> None:
     assert losses != other
 
 
+def test_padding_batches_wider_changes_no_loss() -> None:
+    """Why the run key ignores pad_multiple (runs/records.py): padded positions are after every real
+    token (causal attention never reads them) and carry no target."""
+    narrow, narrow_model = train_tiny(seed=1, pad_multiple=16)  # the 12-token examples in 16 columns
+    wide, wide_model = train_tiny(seed=1, pad_multiple=32)  # in 32
+    assert [step for step, _ in narrow] == [step for step, _ in wide]
+    torch.testing.assert_close([loss for _, loss in wide], [loss for _, loss in narrow], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dict(wide_model.named_parameters()), dict(narrow_model.named_parameters()),
+                               atol=1e-5, rtol=1e-4)
+
+
 def test_gradient_accumulation_matches_the_large_batch() -> None:
     rows = examples(8)
     results = []
