@@ -51,6 +51,12 @@ def test_key_ignores_where_and_how_results_are_reported(change) -> None:
     assert key_with(**change) == key_with()
 
 
+def test_a_partial_quantize_node_has_the_key_of_its_spelled_out_form() -> None:
+    spelled_out = {"quant_type": "nf4", "double_quant": True, "compute_dtype": "fp32", "blocksize": 64}
+    assert key_with(method__quantize={"quant_type": "nf4"}) == key_with(method__quantize=spelled_out)
+    assert key_with(method__quantize={"quant_type": "fp4"}) != key_with(method__quantize=spelled_out)
+
+
 def test_key_holds_a_speed_setting_at_one_value() -> None:
     """Padding batches wider computes the same losses (test_train.py), so it finds the same run."""
     assert key_with(train__pad_multiple=8) == key_with(train__pad_multiple=64) != key_with()

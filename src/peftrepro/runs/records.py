@@ -85,8 +85,13 @@ _METHOD_DEFAULTS_OUT_OF_KEY = {"quantize": None}  # LoRA's base as loaded (metho
 
 
 def _method_for_key(method: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in method.items()
-            if not (key in _METHOD_DEFAULTS_OUT_OF_KEY and value == _METHOD_DEFAULTS_OUT_OF_KEY[key])}
+    keyed = {key: value for key, value in method.items()
+             if not (key in _METHOD_DEFAULTS_OUT_OF_KEY and value == _METHOD_DEFAULTS_OUT_OF_KEY[key])}
+    if keyed.get("quantize") is not None:  # `{quant_type: nf4}` stores the base as its spelled-out form does
+        from peftrepro.methods.quantize import QuantizeConfig  # here: torch stays out of reading records
+
+        keyed["quantize"] = QuantizeConfig.from_options(keyed["quantize"]).options()
+    return keyed
 
 
 def run_key(config: Mapping[str, Any]) -> str:
