@@ -55,6 +55,12 @@ class TableResult:
     def stats(self, row: str, column: str) -> pd.Series:
         return self.cells.loc[(row, column)]
 
+    @property
+    def metric_cells(self) -> pd.DataFrame:
+        """The cells holding a task metric (parameter counts and sizes come with every run of a row)."""
+        cells = self.cells
+        return cells[~cells["row"].isin(COUNT_KEYS) & ~cells["column"].isin(COUNT_KEYS)]
+
     def cells_of(self, run_key: str) -> list[tuple[str, str]]:
         """The metric cells a run gives its value to (parameter counts and measurements aside)."""
         return [cell for cell, keys in self.sources.items()

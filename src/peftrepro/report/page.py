@@ -38,7 +38,7 @@ from peftrepro.report.records import (
     status_counts,
 )
 from peftrepro.report.render import baseline_lines, layout, lr_lines
-from peftrepro.report.specs import COUNT_KEYS, TABLES
+from peftrepro.report.specs import TABLES
 from peftrepro.runs.records import atomic_write_text
 
 MAKE_TARGETS = {"table_weight_type": "table-weight-type", "table_rank": "table-rank",
@@ -78,9 +78,9 @@ def is_reused(record: Record) -> bool:
 
 
 def metric_cells(result: TableResult) -> pd.DataFrame:
-    """The cells holding a task metric (parameter counts come with every run of the row)."""
-    cells = result.cells
-    return cells[~cells["row"].isin(COUNT_KEYS) & ~cells["column"].isin(COUNT_KEYS) & (cells["status"] != "n/a")]
+    """The metric cells a run can fill (not those of a method the model cannot run)."""
+    cells = result.metric_cells
+    return cells[cells["status"] != "n/a"]
 
 
 def empty_cell_seeds(result: TableResult) -> int:

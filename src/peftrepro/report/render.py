@@ -24,7 +24,7 @@ from peftrepro.report.records import (
     format_count,
     status_counts,
 )
-from peftrepro.report.specs import BASE_MB, COUNT_KEYS, PARAMS, TableSpec, lora_ranks, weights_label
+from peftrepro.report.specs import BASE_MB, PARAMS, TableSpec, lora_ranks, weights_label
 from peftrepro.runs.records import NOT_APPLICABLE, UNSCORED
 from peftrepro.tasks import TASKS
 
@@ -128,7 +128,7 @@ def incomplete_lines(result: TableResult) -> list[str]:
         else:
             why = "; ".join(cell["problems"]) or cell["status"]
         lines.append(f"- {cell['status'].upper()} {where}: {why}")
-    metric_cells = result.cells[~result.cells["row"].isin(COUNT_KEYS) & ~result.cells["column"].isin(COUNT_KEYS)]
+    metric_cells = result.metric_cells
     for _, cell in metric_cells[metric_cells["hardware"].map(len) > 1].iterrows():
         lines.append(f"- MIXED HARDWARE {spec.cell_label(cell['row'], cell['column'])}: its seeds ran on "
                      f"{' and '.join(cell['hardware'])}; the spread includes the difference")
