@@ -135,5 +135,5 @@ def test_lora_is_scored_on_the_first_test_mrs_from_its_saved_statistics(runs_dir
     (parsed,) = [r for r in report.load_records(runs_dir)[0] if r.experiment == "peft_budget"]
     assert report.first_mrs_bleu(parsed) == pytest.approx(expected)
     text = report.budget_text({}, runs_dir, "mini")
-    assert f"LoRA dropout 0.0; `{parsed.run_key}`): BLEU {expected:.1f}." in text
+    assert f"LoRA dropout 0.0: BLEU {expected:.1f} (mean of 1 seed; seed 0: {expected:.1f})." in text
     assert "Table 3's LoRA: no run of the fair protocol yet." in text
