@@ -52,7 +52,7 @@ def test_an_mnli_run_at_its_majority_class_did_not_learn_and_judges_no_claim(run
     assert len(listed) == 2 and all("FT × MNLI-m Acc. (%)" in line for line in listed)
     claim = next(c for c in evaluate(result) if c.text == "MultiNLI: LoRA (r_q=r_v=8) matches or beats full fine-tuning")
     assert claim.verdict == INCONCLUSIVE and "FT did not learn (seed 0: 40.0 vs majority class 40.0" in claim.evidence
-    assert "- mnli: majority class 40.0 (the share of its most frequent label)" in render_markdown(result, [])
+    assert "- mnli (`accuracy_m`): majority class 40.0 (the share of its most frequent label)" in render_markdown(result, [])
 
 
 def e2e_rows(mrs: int, quality: float) -> list[dict]:
@@ -120,6 +120,20 @@ def test_the_report_names_the_backbone_exactly(make_record, tmp_path, config, ex
     record = make_record("table_e2e", "e2e", FT, 0, {"bleu": 0.5})
     record["config"]["model"] = config
     assert report.backbone_text([parse_record(tmp_path / "record.json", record)]) == expected
+
+
+def test_each_tasks_trivial_baseline_is_stated_before_any_table_run(runs_dir, write, make_record):
+    from peftrepro.report.render import baseline_lines
+
+    mnli = make_record("baselines", "mnli", {"name": "none"}, 0, {"accuracy_m": 0.35})
+    write_predictions(write(mnli | {"eval_notes": {"examples": {"matched": 300}}}), mnli_rows(105))
+    write(make_record("baselines", "wikisql", {"name": "none"}, 0, {"lf_accuracy": 0.05}))
+    result = build_table(TABLES["table_methods"], runs_dir, profile="smoke")
+    assert not result.records
+    assert baseline_lines(result) == [
+        "- mnli (`accuracy_m`): majority class 40.0 (the share of its most frequent label)",
+        "- wikisql (`lf_accuracy`): zero-shot 5.0 (the backbone as loaded, evaluated on the same examples: "
+        "`make baselines`)"]
 
 
 def test_lora_is_scored_on_the_first_test_mrs_from_its_saved_statistics(runs_dir, write, make_record):

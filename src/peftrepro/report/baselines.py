@@ -71,6 +71,19 @@ def learning_check(record: Record, baselines: Sequence[Record]) -> Learning | No
     return Learning(score - base > LEARNED_Z * se, score, base, "zero-shot", se)
 
 
+def trivial_baseline(task: str, baselines: Sequence[Record]) -> tuple[str, float] | None:
+    """A task's trivial baseline from its zero-shot run alone (before any table run to check):
+    MultiNLI, the majority class's share of that run's evaluation set; E2E and WikiSQL, its score."""
+    metric = primary_metric(task)
+    run = next((b for b in reversed(baselines) if b.task == task and b.status == "ok" and metric in b.metrics), None)
+    if run is None or metric is None:
+        return None
+    if task == "mnli":
+        checked = _against_majority(run, metric)
+        return (checked.baseline_name, checked.baseline) if checked else None
+    return "zero-shot", to_paper_unit(metric, float(run.metrics[metric]))
+
+
 def _against_majority(record: Record, metric: str) -> Learning | None:
     subset = PROPORTION_METRICS[metric][1]
     rows = [row for row in record.prediction_rows() or [] if row.get("subset") == subset and "label" in row]

@@ -13,7 +13,7 @@ import pandas as pd
 
 from peftrepro import selection
 from peftrepro.report import claims
-from peftrepro.report.baselines import LEARNED_Z, Learning
+from peftrepro.report.baselines import LEARNED_Z, Learning, primary_metric, trivial_baseline
 from peftrepro.report.cells import TableResult
 from peftrepro.report.paper import to_paper_unit
 from peftrepro.report.records import (
@@ -188,11 +188,15 @@ def baseline_lines(result: TableResult) -> list[str]:
     for record in result.records:
         if (learning := result.learning.get(record.run_key)) is not None:
             seen.setdefault(record.task, learning)
-    missing = sorted({r.task for r in result.records if r.status == "ok"} - set(seen))
-    lines = [f"- {task}: {learning.baseline_name} {learning.baseline:.1f}"
+    known = {task: (learning.baseline_name, learning.baseline) for task, learning in seen.items()}
+    for task in set(result.spec.tasks) - set(seen):  # no table run checked yet: the zero-shot run alone
+        if (baseline := trivial_baseline(task, result.baselines)) is not None:
+            known[task] = baseline
+    missing = sorted({r.task for r in result.records if r.status == "ok"} - set(known))
+    lines = [f"- {task} (`{primary_metric(task)}`): {name} {value:.1f}"
              + (" (the backbone as loaded, evaluated on the same examples: `make baselines`)"
-                if learning.baseline_name == "zero-shot" else " (the share of its most frequent label)")
-             for task, learning in sorted(seen.items())]
+                if name == "zero-shot" else " (the share of its most frequent label)")
+             for task, (name, value) in sorted(known.items())]
     lines += [f"- {task}: not known yet (no zero-shot run on these examples: `make baselines`), so no run of "
               "it is checked" for task in missing]
     return lines
