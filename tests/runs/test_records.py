@@ -57,9 +57,12 @@ def test_a_partial_quantize_node_has_the_key_of_its_spelled_out_form() -> None:
     assert key_with(method__quantize={"quant_type": "fp4"}) != key_with(method__quantize=spelled_out)
 
 
-def test_key_holds_a_speed_setting_at_one_value() -> None:
-    """Padding batches wider computes the same losses (test_train.py), so it finds the same run."""
-    assert key_with(train__pad_multiple=8) == key_with(train__pad_multiple=64) != key_with()
+@pytest.mark.parametrize(("setting", "values"), [("train__pad_multiple", (8, 64)),
+                                                 ("model__cache_dir", ("/scratch/models", ".cache/models"))])
+def test_key_holds_a_where_or_how_fast_setting_at_one_value(setting, values) -> None:
+    """Padding batches wider computes the same losses (test_train.py), a converted model cached
+    elsewhere is the same model: either finds the same run."""
+    assert key_with(**{setting: values[0]}) == key_with(**{setting: values[1]}) != key_with()
 
 
 def test_the_committed_runs_keep_their_keys_now_that_configs_name_the_dtype() -> None:
