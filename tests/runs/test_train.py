@@ -97,9 +97,9 @@ def test_loss_goes_down_and_the_same_seed_repeats_exactly() -> None:
     assert losses != other
 
 
-def test_padding_batches_wider_changes_no_loss() -> None:
-    """Why the run key ignores pad_multiple (runs/records.py): padded positions are after every real
-    token (causal attention never reads them) and carry no target."""
+def test_padding_is_invisible_to_the_loss_without_dropout() -> None:
+    """Padded positions come after every real token (causal attention never reads them) and carry no
+    target. (With dropout the masks are drawn over the padded batch: pad_multiple is in the run key.)"""
     narrow, narrow_model = train_tiny(seed=1, pad_multiple=16)  # the 12-token examples in 16 columns
     wide, wide_model = train_tiny(seed=1, pad_multiple=32)  # in 32
     assert [step for step, _ in narrow] == [step for step, _ in wide]

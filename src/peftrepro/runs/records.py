@@ -43,12 +43,11 @@ LEGACY_PREDICTIONS_FILE = "predictions.jsonl"  # plain text, in records of earli
 
 # Only these train settings are left out of the key: they change what is printed, not what is computed.
 REPORTING_TRAIN_KEYS = ("progress", "log_every")
-# Settings that change where a run keeps things or how fast it computes, not what it computes: the
-# converted model's cache folder, and how wide a batch is padded (positions no real token attends to
-# and no loss reads: losses agree to float rounding, as across thread counts; tests/runs/test_train.py).
+# Settings that say where a run keeps things, not what it computes: the converted model's cache folder.
 # The key holds each at the one value every run was keyed at before, so a run made with another value
-# (PEFTREPRO_CACHE elsewhere, a faster padding) finds the same record.
-HELD_IN_KEY = {"train": {"pad_multiple": 64}, "model": {"cache_dir": ".cache/models"}}
+# (PEFTREPRO_CACHE elsewhere) finds the same record. (Batch padding is not one: dropout draws its masks
+# over the padded batch, so another padding is another draw.)
+HELD_IN_KEY = {"model": {"cache_dir": ".cache/models"}}
 
 
 def semantic_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -59,15 +58,15 @@ def semantic_config(config: Mapping[str, Any]) -> dict[str, Any]:
     failed record never shadows the real run). Out: experiment, results_dir, force, logger, hydra,
     data_root (results move between machines), device, jobs_per_gpu, threads, scoring (now or later,
     the same metrics), lora_factors (which trained factors are kept), and the profiles' lookup tables
-    (already resolved into train/decoding); train.pad_multiple and model.cache_dir enter at one value
-    (HELD_IN_KEY). A model in the default dtype leaves `dtype` out, and LoRA
+    (already resolved into train/decoding); model.cache_dir enters at one value (HELD_IN_KEY). A model
+    in the default dtype leaves `dtype` out, and LoRA
     on the base as loaded leaves `quantize: null` out, so the keys of runs made before either could be
     chosen stay.
     """
     missing = [key for key in ("model", "task", "method", "train", "decoding", "seed") if key not in config]
     if missing:
         raise KeyError(f"config lacks {missing}; cannot compute a run key")
-    train = {k: HELD_IN_KEY["train"].get(k, v) for k, v in config["train"].items() if k not in REPORTING_TRAIN_KEYS}
+    train = {k: v for k, v in config["train"].items() if k not in REPORTING_TRAIN_KEYS}
     debug = config.get("debug") or {}
     return {"model": _model_for_key(config["model"]), "task": config["task"],
             "method": _method_for_key(config["method"]), "train": train, "decoding": config["decoding"],
