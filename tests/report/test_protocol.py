@@ -141,13 +141,13 @@ def test_lora_is_scored_on_the_first_test_mrs_from_its_saved_statistics(runs_dir
 
     record = make_record("peft_budget", "e2e", {"name": "lora"}, 0, {"bleu": 0.5}, profile="mini")
     record["config"]["task"] = {"name": "e2e", "eval_split": "test", "max_eval_examples": None}
-    record["config"]["method"] = {"name": "lora", "dropout": 0.0}
+    record["method"] = record["config"]["method"] = {"name": "lora", "dropout": 0.0}
     rows = e2e_rows(120, 0.6)
     rows[100:] = e2e_rows(20, 0.1)  # MRs past the first 100 must not count
     write_predictions(write(record), rows)
     expected = 100 * scores_from_sums([sum(c) for c in zip(*(row["segment"]["mteval"] for row in rows[:100]))])[0]
     (parsed,) = [r for r in report.load_records(runs_dir)[0] if r.experiment == "peft_budget"]
     assert report.first_mrs_bleu(parsed) == pytest.approx(expected)
-    text = report.budget_text({}, runs_dir, "mini")
-    assert f"LoRA dropout 0.0: BLEU {expected:.1f} (mean of 1 seed; seed 0: {expected:.1f})." in text
+    text = report.budget_text({}, report.study_records(runs_dir, "mini"))
+    assert f"  - LoRA dropout 0.0: BLEU {expected:.1f} (seed 0)." in text
     assert "Table 3's LoRA: no run of the fair protocol yet." in text

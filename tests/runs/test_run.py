@@ -68,8 +68,12 @@ def test_a_pruning_run_reports_only_the_model_at_its_target_sparsity(smoke, tmp_
     assert record["weights"]["block_linear_density"] == pruning["measured_remaining"]
 
 
-def test_a_qlora_run_records_its_4bit_base(smoke, tmp_path: Path) -> None:
-    pytest.importorskip("bitsandbytes")
+@pytest.mark.parametrize("cpu_repacks_for_inference", [False, True])
+def test_a_qlora_run_records_its_4bit_base(smoke, tmp_path: Path, monkeypatch, cpu_repacks_for_inference) -> None:
+    """Also where bitsandbytes would repack 4-bit weights for CPU inference (AVX512-BF16): the smoke run
+    evaluates after its first epoch and trains on."""
+    bnb_modules = pytest.importorskip("bitsandbytes.nn.modules")
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: cpu_repacks_for_inference)
     record = run_one(smoke("task=mnli", "method=qlora"))
     assert_complete(record, tmp_path / "results" / "runs" / "adhoc" / record["run_key"])
     assert record["method"]["quantize"]["quant_type"] == "nf4" and record["config"]["merge_for_eval"] is False

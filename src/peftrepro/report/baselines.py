@@ -75,9 +75,10 @@ def trivial_baseline(task: str, baselines: Sequence[Record]) -> tuple[str, float
     """A task's trivial baseline from its zero-shot run alone (before any table run to check):
     MultiNLI, the majority class's share of that run's evaluation set; E2E and WikiSQL, its score."""
     metric = primary_metric(task)
-    run = next((b for b in reversed(baselines) if b.task == task and b.status == "ok" and metric in b.metrics), None)
-    if run is None or metric is None:
+    runs = [b for b in baselines if b.task == task and b.status == "ok" and metric in b.metrics]
+    if metric is None or not runs:
         return None
+    run = max(runs, key=lambda b: b.created_at)
     if task == "mnli":
         checked = _against_majority(run, metric)
         return (checked.baseline_name, checked.baseline) if checked else None

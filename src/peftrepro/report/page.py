@@ -77,7 +77,7 @@ def is_reused(record: Record) -> bool:
     return bool(record.raw.get("reused_from"))
 
 
-def metric_cells(result: TableResult) -> pd.DataFrame:
+def fillable_cells(result: TableResult) -> pd.DataFrame:
     """The metric cells a run can fill (not those of a method the model cannot run)."""
     cells = result.metric_cells
     return cells[cells["status"] != "n/a"]
@@ -85,7 +85,7 @@ def metric_cells(result: TableResult) -> pd.DataFrame:
 
 def empty_cell_seeds(result: TableResult) -> int:
     """(cell, seed) pairs with no value yet (some will be filled by copies of equivalent runs)."""
-    cells = metric_cells(result)
+    cells = fillable_cells(result)
     return int(sum(len(set(result.expected_seeds) - set(seeds)) for seeds in cells["seeds"]))
 
 
@@ -93,7 +93,7 @@ def runs_to_make(result: TableResult) -> Counter[str]:
     """Runs that would fill the empty (cell, seed) pairs, per task: one run fills every cell of its
     setting (Table 3: a row's five metrics); copies of equivalent runs may fill some of them."""
     todo = set()
-    for (row, column), seeds in metric_cells(result)["seeds"].items():
+    for (row, column), seeds in fillable_cells(result)["seeds"].items():
         task, setting = result.spec.run_of(row, column)
         todo |= {(task, setting, seed) for seed in set(result.expected_seeds) - set(seeds)}
     return Counter(task for task, _, _ in todo)
@@ -117,7 +117,7 @@ def devices_text(records: Sequence[Record]) -> str:
 def status_table(results: Mapping[str, TableResult]) -> str:
     rows = []
     for name, result in results.items():
-        cells, records = metric_cells(result), result.records
+        cells, records = fillable_cells(result), result.records
         own = [r for r in records if not is_reused(r)]
         rows.append({
             "Table": f"[{result.spec.short_title}](tables/{name}.md)",
@@ -208,27 +208,32 @@ def first_mrs_bleu(record: Record, n: int = FIRST_MRS) -> float | None:
 
 
 def seeds_bleu(runs: Sequence[tuple[int | None, float]]) -> str:
-    """`BLEU 66.1 (mean of 2 seeds; seed 0: 65.7, seed 1: 66.5)` from (seed, BLEU) pairs."""
+    """`BLEU 66.1 (mean of 2 seeds; seed 0: 65.7, seed 1: 66.5)`, or `BLEU 65.7 (seed 0)`."""
+    if len(runs) == 1:
+        return f"BLEU {runs[0][1]:.1f} (seed {runs[0][0]})"
     seeds = ", ".join(f"seed {seed}: {bleu:.1f}" for seed, bleu in sorted(runs, key=lambda run: run[0] or 0))
     return f"BLEU {statistics.mean(b for _, b in runs):.1f} (mean of {plural(len(runs), 'seed')}; {seeds})"
 
 
-def budget_text(results: Mapping[str, TableResult], runs_dir: Path, profile: str) -> str:
+def budget_text(results: Mapping[str, TableResult], study: Sequence[Record]) -> str:
     """Table 3's LoRA and LoRA at a plain peft loop's budget, on the first FIRST_MRS distinct test MRs."""
     table3 = results.get("table_e2e")
     ours = [(r.seed, bleu) for r in (table3.cell_records("lora", "bleu") if table3 else [])
             if (bleu := first_mrs_bleu(r)) is not None]
-    loop: dict[Any, list[tuple[int | None, float]]] = {}
-    for r in load_records(runs_dir)[0]:
-        if r.experiment == BUDGET_EXPERIMENT and r.profile == profile and (bleu := first_mrs_bleu(r)) is not None:
-            loop.setdefault(r.get("method.dropout"), []).append((r.seed, bleu))
+    loop: dict[Any, list[tuple[int | None, float]]] = {}  # LoRA dropout -> (seed, BLEU) of each run
+    for r in study:
+        if r.experiment == BUDGET_EXPERIMENT and (bleu := first_mrs_bleu(r)) is not None:
+            loop.setdefault(r.method.get("dropout"), []).append((r.seed, bleu))
     lines = [f"On the first {FIRST_MRS} distinct E2E test MRs (file order), from the saved predictions:",
              f"- Table 3's LoRA (r_q=r_v=4): {seeds_bleu(ours)}." if ours
              else "- Table 3's LoRA: no run of the fair protocol yet."]
-    lines += [f"- The suite's LoRA at a plain HF-peft loop's budget (`make peft-budget`: 3,200 shuffled examples "
-              f"once, 400 steps of batch 8, lr 1e-3, linear decay, no warmup), LoRA dropout {dropout}: "
-              f"{seeds_bleu(runs)}." for dropout, runs in sorted(loop.items(), key=lambda item: -(item[0] or 0))]
-    if not loop:
+    if loop:
+        lines.append("- The suite's LoRA at a plain HF-peft loop's budget (`make peft-budget`: 3,200 shuffled "
+                     "examples once, 400 steps of batch 8, lr 1e-3, linear decay, no warmup; "
+                     "records under `runs/peft_budget/`):")
+        lines += [f"  - LoRA dropout {dropout}: {seeds_bleu(runs)}."
+                  for dropout, runs in sorted(loop.items(), key=lambda item: -(item[0] or 0))]
+    else:
         lines.append("- LoRA at a plain HF-peft loop's budget (`make peft-budget`): not run yet.")
     return "\n".join(lines)
 
@@ -597,7 +602,7 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
     template = Template(resources.files("peftrepro").joinpath("data/report_template.md").read_text(encoding="utf-8"))
     return template.substitute(
         backbone=backbone_text(study), selected_lrs=selected_lr_text(results), baselines=baselines_text(results),
-        changes=changes_text(results, runs.parent / ARCHIVE), budget=budget_text(results, runs, profile),
+        changes=changes_text(results, runs.parent / ARCHIVE), budget=budget_text(results, study),
         profile=profile, runs_dir=runs_dir.as_posix(), tables_dir=tables_dir.as_posix(),
         latest_record=latest.isoformat() if latest is not None else "none",
         status_table=status_table(results), pending=pending_text(results, records),

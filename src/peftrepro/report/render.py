@@ -188,17 +188,18 @@ def baseline_lines(result: TableResult) -> list[str]:
     for record in result.records:
         if (learning := result.learning.get(record.run_key)) is not None:
             seen.setdefault(record.task, learning)
+    finished = {r.task for r in result.records if r.status == "ok"}
     known = {task: (learning.baseline_name, learning.baseline) for task, learning in seen.items()}
-    for task in set(result.spec.tasks) - set(seen):  # no table run checked yet: the zero-shot run alone
+    for task in set(result.spec.tasks) - finished:  # no table run to check yet: the zero-shot run alone
         if (baseline := trivial_baseline(task, result.baselines)) is not None:
             known[task] = baseline
-    missing = sorted({r.task for r in result.records if r.status == "ok"} - set(known))
+    missing = sorted(finished - set(known))
     lines = [f"- {task} (`{primary_metric(task)}`): {name} {value:.1f}"
              + (" (the backbone as loaded, evaluated on the same examples: `make baselines`)"
                 if name == "zero-shot" else " (the share of its most frequent label)")
              for task, (name, value) in sorted(known.items())]
-    lines += [f"- {task}: not known yet (no zero-shot run on these examples: `make baselines`), so no run of "
-              "it is checked" for task in missing]
+    lines += [f"- {task} (`{primary_metric(task)}`): not known yet (no zero-shot run on these examples: "
+              "`make baselines`), so no run of it is checked" for task in missing]
     return lines
 
 

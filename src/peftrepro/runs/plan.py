@@ -162,7 +162,7 @@ def _data_root(config: Mapping[str, Any]) -> tuple[str | None, str]:
     data_root = config.get("data_root")
     if data_root in (None, ""):  # the task reads $PEFTREPRO_DATA_ROOT, else the hub
         return None, recorded_data_root(os.environ.get(DATA_ROOT_ENV)) or "hub"
-    root = resolve_path(str(data_root))
+    root = resolve_path(os.path.expandvars(str(data_root)))  # a record names it `$PEFTREPRO_DATA_ROOT`
     if not root.is_dir():
         raise ConfigError(f"data_root={data_root} is not a directory ({root}); point it at a copy of "
                           f"a data root (the layout of peftrepro.tasks.data; or export {DATA_ROOT_ENV}), or use "

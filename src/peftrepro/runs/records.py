@@ -89,7 +89,7 @@ def _method_for_key(method: Mapping[str, Any]) -> dict[str, Any]:
     keyed = {key: value for key, value in method.items()
              if not (key in _METHOD_DEFAULTS_OUT_OF_KEY and value == _METHOD_DEFAULTS_OUT_OF_KEY[key])}
     if keyed.get("quantize") is not None:  # `{quant_type: nf4}` stores the base as its spelled-out form does
-        from peftrepro.methods.quantize import QuantizeConfig  # here: torch stays out of reading records
+        from peftrepro.methods.quantize import QuantizeConfig  # here: only a 4-bit base's key needs torch
 
         keyed["quantize"] = QuantizeConfig.from_options(keyed["quantize"]).options()
     return keyed
