@@ -324,9 +324,10 @@ def where_text(records: Sequence[Record]) -> str:
     # records name a root read through $PEFTREPRO_DATA_ROOT by that variable; another path only by its kind
     sources = distinct("a local data root" if Path(str(source)).is_absolute() else f"`{source}`"
                        for r in records if (source := (r.raw.get("data") or {}).get("source")))
+    local = any(source not in ("`hub`", "`fixtures`") for source in sources)
     lines.append("- Data: " + ("; ".join(sources) or "—")
-                 + " (a folder in the layout of the README's \"Data and models\" section; `data_root=` names "
-                 "another).")
+                 + (" (a folder in the layout of the README's \"Data and models\" section; `data_root=` names "
+                    "another)" if local else "") + ".")
     return "\n".join(lines)
 
 
