@@ -38,7 +38,7 @@ def test_a_gguf_file_is_converted_once_then_read_from_the_cache(conversions, tmp
 
 def test_the_package_source_needs_no_package_once_the_cache_exists(conversions, tmp_path: Path) -> None:
     cache = tmp_path / "models" / "smollm2-135m"
-    models.load_gguf(_a_gguf(tmp_path), cache)  # as the GPU session's model stage makes it
+    models.load_gguf(_a_gguf(tmp_path), cache)  # a converted copy, e.g. carried to a machine without the package
     model_cfg = {"name": "smollm2-135m", "source": "gguf_package", "package": "no_such_package",
                  "gguf_file": "x.gguf", "cache_dir": str(tmp_path / "models")}
     models.load_model(model_cfg)
