@@ -30,9 +30,11 @@ def test_a_change_in_what_is_computed_is_another_run(smoke, change: str) -> None
     assert key(smoke, *TABLE6_WQ, change) != key(smoke, *TABLE6_WQ)
 
 
-def test_an_equivalent_finished_run_is_copied_not_retrained(smoke, tmp_path: Path) -> None:
-    original = run_one(smoke(*TABLE5_WQ))
-    reused = run_one(smoke(*TABLE6_WQ))
+def test_an_equivalent_finished_run_is_copied_not_retrained(smoke, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PEFTREPRO_DATA_ROOT", str(tmp_path))  # the root a fresh run's record names by its variable
+    original = run_one(smoke(*TABLE5_WQ, f"data_root={tmp_path}"))
+    reused = run_one(smoke(*TABLE6_WQ, f"data_root={tmp_path}"))
+    assert original["config"]["data_root"] == reused["config"]["data_root"] == "$PEFTREPRO_DATA_ROOT"
     assert reused["reused_from"]["experiment"] == "table_weight_type"
     assert reused["reused_from"]["run_key"] == original["run_key"]
     assert reused["experiment"] == "table_rank" and reused["run_key"] != original["run_key"]

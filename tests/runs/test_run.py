@@ -306,3 +306,10 @@ def test_record_names_the_data_root_by_its_variable_not_this_machines_path(smoke
     named = "$PEFTREPRO_DATA_ROOT" if from_variable else str(root)
     assert record["status"] == "ok"
     assert record["config"]["data_root"] == record["data"]["source"] == named
+
+
+def test_a_data_root_naming_an_unset_variable_is_one_clear_error(smoke, monkeypatch) -> None:
+    """A record's config fed back names `$PEFTREPRO_DATA_ROOT`: expanded when set, named when not."""
+    monkeypatch.delenv("PEFTREPRO_DATA_ROOT", raising=False)
+    with pytest.raises(PeftReproError, match="not set"):
+        run_one(smoke("task=mnli", "method=lora", "use_fixtures=false", "data_root=$PEFTREPRO_DATA_ROOT"))

@@ -209,7 +209,7 @@ def first_mrs_bleu(record: Record, n: int = FIRST_MRS) -> float | None:
 
 def seeds_bleu(runs: Sequence[tuple[int | None, float]]) -> str:
     """`BLEU 66.1 (mean of 2 seeds; seed 0: 65.7, seed 1: 66.5)`, or `BLEU 65.7 (seed 0)`."""
-    if len(runs) == 1:
+    if len(runs) == 1 and runs[0][0] is not None:
         return f"BLEU {runs[0][1]:.1f} (seed {runs[0][0]})"
     seeds = ", ".join(f"seed {seed}: {bleu:.1f}" for seed, bleu in sorted(runs, key=lambda run: run[0] or 0))
     return f"BLEU {statistics.mean(b for _, b in runs):.1f} (mean of {plural(len(runs), 'seed')}; {seeds})"

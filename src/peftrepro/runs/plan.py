@@ -162,7 +162,11 @@ def _data_root(config: Mapping[str, Any]) -> tuple[str | None, str]:
     data_root = config.get("data_root")
     if data_root in (None, ""):  # the task reads $PEFTREPRO_DATA_ROOT, else the hub
         return None, recorded_data_root(os.environ.get(DATA_ROOT_ENV)) or "hub"
-    root = resolve_path(os.path.expandvars(str(data_root)))  # a record names it `$PEFTREPRO_DATA_ROOT`
+    expanded = os.path.expandvars(str(data_root)).strip()  # a record names it `$PEFTREPRO_DATA_ROOT`
+    if not expanded or "$" in expanded:
+        raise ConfigError(f"data_root={data_root} names an environment variable that is not set (or empty); "
+                          f"export {DATA_ROOT_ENV}=/path/to/data, or pass data_root=/path/to/data")
+    root = resolve_path(expanded)
     if not root.is_dir():
         raise ConfigError(f"data_root={data_root} is not a directory ({root}); point it at a copy of "
                           f"a data root (the layout of peftrepro.tasks.data; or export {DATA_ROOT_ENV}), or use "

@@ -18,14 +18,11 @@ import logging
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from peftrepro.errors import ConfigError
 from peftrepro.runs import records
-from peftrepro.runs.plan import recorded_data_root
-
-if TYPE_CHECKING:
-    from peftrepro.runs.plan import RunPlan
+from peftrepro.runs.plan import RunPlan, recorded_data_root
 
 log = logging.getLogger(__name__)
 
