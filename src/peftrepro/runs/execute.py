@@ -42,7 +42,7 @@ from peftrepro.interfaces import EvalOutput
 from peftrepro.paths import resolve_path
 from peftrepro.runs import envinfo, records, reuse
 from peftrepro.runs.devices import claimed_device
-from peftrepro.runs.plan import RunPlan, cpu_threads, plan_run, recorded_data_root
+from peftrepro.runs.plan import RunPlan, cpu_threads, plan_run
 from peftrepro.runs.timing import PeakMemory
 from peftrepro.runs.tracking import Tracker, make_tracker
 from peftrepro.runs.train import (
@@ -297,7 +297,7 @@ class _Run:
         return {
             "schema_version": records.SCHEMA_VERSION, "run_key": plan.key, "experiment": config["experiment"],
             "status": status, "error": error, "seed": config["seed"],
-            "config": {**config, "data_root": recorded_data_root(config.get("data_root"))},
+            "config": plan.recorded_config,
             "profile": config.get("profile_name"), "model": self.partial.get("model"),
             "task": plan.task.name, "method": {"name": plan.method_config.name, **plan.method_config.options(),
                                                **({"loaded": self.partial["method_source"]}

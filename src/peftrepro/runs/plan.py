@@ -57,6 +57,11 @@ class RunPlan:
     data_source: str
     defers_scoring: bool  # metrics left to peftrepro.runs.scoring (`defers_scoring`), decided once here
 
+    @property
+    def recorded_config(self) -> dict[str, Any]:
+        """The config as a record keeps it: the data root named as `recorded_data_root` names it."""
+        return {**self.config, "data_root": recorded_data_root(self.config.get("data_root"))}
+
 
 def plan_run(cfg: DictConfig | Mapping[str, Any]) -> RunPlan:
     """Resolve and validate `cfg`; raise one ConfigError/DataError naming what is wrong."""

@@ -18,11 +18,13 @@ import logging
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from peftrepro.errors import ConfigError
 from peftrepro.runs import records
-from peftrepro.runs.plan import RunPlan, recorded_data_root
+
+if TYPE_CHECKING:
+    from peftrepro.runs.plan import RunPlan
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ def copy_equivalent(source: Path, plan: RunPlan) -> dict[str, Any]:
             if item.is_file() and not item.name.startswith(".") and not any(item.match(p) for p in NOT_COPIED):
                 shutil.copy2(item, staging / item.name)
         record = {**original, "run_key": plan.key, "experiment": plan.config["experiment"],
-                  "config": {**plan.config, "data_root": recorded_data_root(plan.config.get("data_root"))},
+                  "config": plan.recorded_config,
                   "method": {"name": plan.method_config.name, **plan.method_config.options()},
                   "reused_from": {"experiment": original.get("experiment"), "run_key": original.get("run_key"),
                                   "reused_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}}
