@@ -79,6 +79,20 @@ def test_training_ends_at_the_target_share_in_every_block_linear(method, family,
     assert weight_report(applied.model)["block_linear_density"] == facts["measured_remaining"]
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_a_mixture_of_experts_says_which_matrices_stay_dense(method, tiny_model, caplog):
+    dense = apply_method(tiny_model("llama"), make_method_config(method, {"remaining": 0.5}))
+    assert dense.facts()["pruning"]["not_pruned"] == {}
+    model = tiny_model("mixtral")  # its experts' MLPs are 3-D parameters, not linear layers
+    experts = sum(p.numel() for name, p in model.named_parameters() if ".experts." in name)
+    applied = apply_method(model, make_method_config(method, {"remaining": 0.5}))
+    applied.after_step(10, 10)
+    not_pruned = applied.facts()["pruning"]["not_pruned"]
+    assert sum(count for path, count in not_pruned.items() if ".experts." in path) == experts
+    assert {"mlp.experts.gate_up_proj", "mlp.experts.down_proj"} <= set(not_pruned)
+    assert "left dense: mlp.gate.weight" in caplog.text
+
+
 def test_magnitude_keeps_the_largest_weights(tiny_model):
     applied = apply_method(tiny_model("llama"), make_method_config("magnitude_pruning", {"remaining": 0.5}))
     applied.after_step(10, 10)

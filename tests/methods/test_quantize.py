@@ -52,6 +52,15 @@ def test_every_block_linear_is_4bit_and_only_lora_trains(family, quant_type, dou
     assert all((p.grad is not None) == p.requires_grad for p in model.parameters())
 
 
+def test_the_record_names_the_matrices_left_in_full_precision(tiny_model):
+    assert apply_method(tiny_model("llama"), qlora()).facts()["quantized"]["not_quantized"] == {}
+    model = tiny_model("mixtral")  # its experts' MLPs are 3-D parameters, not linear layers
+    experts = {name.split(".", 3)[-1] for name, _ in model.named_parameters() if ".experts." in name}
+    facts = apply_method(model, qlora()).facts()["quantized"]
+    assert facts["quantized_layers"] == 4 * model.config.num_hidden_layers  # W_q, W_k, W_v, W_o
+    assert experts and experts <= set(facts["not_quantized"])
+
+
 @pytest.mark.parametrize("compute_dtype", ["fp32", "bf16"])
 def test_forward_and_backward_in_either_compute_dtype(compute_dtype, tiny_model):
     model = tiny_model("llama")

@@ -98,6 +98,15 @@ def test_a_pruning_run_off_its_target_sparsity_shows_no_accuracy_and_says_why(ru
     assert pd.isna(result.stats("magnitude_50", "mnli")["paper"])  # Figure 2 only: no printed number
 
 
+def test_a_pruning_run_that_left_matrices_dense_shows_no_accuracy(runs_dir, write, pruning_record):
+    record = pruning_record("magnitude_pruning", 0.1, 0, 0.55)
+    record["pruning"]["not_pruned"] = {"mlp.experts.gate_up_proj": 98304, "mlp.experts.down_proj": 49152}
+    write(record)
+    left = build_table(TABLES["table_pruning"], runs_dir, "mini", [0]).stats("magnitude_10", "mnli")
+    assert left["status"] == "failed"
+    assert "147,456 weights of the blocks' matrices were left dense (mlp.experts.gate_up_proj, " in left["problems"][0]
+
+
 def test_pruning_claims_on_high_and_low_sparsity(runs_dir, write, pruning_record):
     accuracy = {("magnitude_pruning", 0.1): 0.50, ("movement_pruning", 0.1): 0.60,
                 ("magnitude_pruning", 0.8): 0.70, ("movement_pruning", 0.8): 0.60}

@@ -10,7 +10,8 @@ matrices of one module are computed in ONE pair of skinny products: the A's are 
 update costs two matmuls, not one per projection. The base path is the untouched module.
 
 QLoRA (Dettmers et al. 2023) is this method with `quantize` set: the blocks' linear layers are first
-stored in 4 bits (methods/quantize.py), then wrapped as usual; such a base cannot be merged.
+stored in 4 bits (methods/quantize.py), then wrapped as usual; such a base cannot be merged. The record
+names the blocks' matrices that stay in full precision (`quantized.not_quantized`: a mixture of experts' MLPs).
 """
 
 from __future__ import annotations
@@ -207,8 +208,9 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> AppliedMethod:
     for weight, target in targets.items():
         by_module[target.module].append(weight)
     freeze_all(model)
+    quantized = None
     if config.quantize is not None:
-        quantize_block_linears(model, QuantizeConfig.from_options(config.quantize))
+        quantized = quantize_block_linears(model, QuantizeConfig.from_options(config.quantize))
     wrappers = []
     for index, block in enumerate(blocks(model)):
         for module_path, weights in by_module.items():
@@ -222,4 +224,5 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> AppliedMethod:
             wrapper = LoRAModule(base, slices, config.alpha, config.dropout, config.init)
             block.set_submodule(module_path, wrapper)
             wrappers.append(wrapper)
-    return AppliedMethod(model=model, config=config, mergeable=wrappers)
+    return AppliedMethod(model=model, config=config, mergeable=wrappers,
+                         facts=lambda: {"quantized": quantized} if quantized else {})

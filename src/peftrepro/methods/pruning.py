@@ -6,7 +6,9 @@ in the model's layout, a fused projection such as GPT-2's c_attn as one matrix),
 weights with the highest importance score S, and fine-tune every parameter of the blocks. A masked
 weight gets no loss gradient (W' = W ⊙ M); only weight decay and Adam's remaining momentum move it, and
 it comes back only when the scores re-rank it above a kept one (Zhu & Gupta's gradual pruning). The embeddings,
-and the LM head tied to them, stay frozen, as Sanh et al. freeze the embedding modules (§5).
+and the LM head tied to them, stay frozen, as Sanh et al. freeze the embedding modules (§5). A block matrix
+that is no linear layer of the layout (a mixture of experts' MLPs) stays dense: the facts name it
+(`not_pruned`), and the pruning table shows no accuracy for such a run.
 - Magnitude pruning (MaP, zeroth order): S = |W|, the weights farthest from 0.
 - Movement pruning (MvP, first order): S = −Σ_t (∂L/∂W')⁽ᵗ⁾ ⊙ W⁽ᵗ⁾, accumulated over every training
   step (Eq. 3), where W' = W ⊙ M is the weight the forward uses. ∂L/∂W' reaches every entry, masked
@@ -26,6 +28,7 @@ ranking |S| loses the guarantee that a swap lowers the loss), so both rank with 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -35,7 +38,9 @@ from torch.nn.utils import prune
 
 from peftrepro.errors import ConfigError
 from peftrepro.methods.base import AppliedMethod, MethodConfig, freeze_all, require_positive
-from peftrepro.methods.targets import block_linears, blocks
+from peftrepro.methods.targets import block_linears, blocks, uncovered_block_matrices
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -129,6 +134,10 @@ class Pruner:
     def __init__(self, model: nn.Module, config: PruningConfig):
         self.config = config
         self.layers = [block.get_submodule(path) for block, path in block_linears(model)]
+        self.not_pruned = uncovered_block_matrices(model)
+        if self.not_pruned:
+            log.warning("%s prunes the blocks' linear layers only; left dense: %s", config.name,
+                        ", ".join(f"{path} ({count:,} weights)" for path, count in self.not_pruned.items()))
         self.current = 1.0
         self.updates = 0
         for layer in self.layers:
@@ -164,7 +173,8 @@ class Pruner:
         kept = sum(int(torch.count_nonzero(masked_weight(layer))) for layer in self.layers)
         total = sum(layer.weight_orig.numel() for layer in self.layers)
         return {"pruning": {"target_remaining": float(self.config.remaining), "measured_remaining": kept / total,
-                            "pruned_layers": len(self.layers), "weights": total, "mask_updates": self.updates}}
+                            "pruned_layers": len(self.layers), "weights": total, "mask_updates": self.updates,
+                            "not_pruned": dict(self.not_pruned)}}
 
 
 def remove_masks(model: nn.Module) -> None:

@@ -20,6 +20,7 @@ it, and only when a quantised base is asked for. Version 0.50 runs 4-bit layers 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
@@ -28,7 +29,9 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from peftrepro.errors import ConfigError
-from peftrepro.methods.targets import block_linears
+from peftrepro.methods.targets import block_linears, uncovered_block_matrices
+
+log = logging.getLogger(__name__)
 
 QUANT_TYPES = ("nf4", "fp4")
 COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -87,14 +90,18 @@ def require_bitsandbytes() -> Any:
     return bitsandbytes
 
 
-def quantize_block_linears(model: nn.Module, config: QuantizeConfig) -> int:
+def quantize_block_linears(model: nn.Module, config: QuantizeConfig) -> dict[str, Any]:
     """Replace every linear layer of every block (`targets.block_linears`) by a frozen 4-bit copy
-    (in place); how many."""
+    (in place); what the run record says of it: how many, and the blocks' matrices left as loaded."""
     bnb = require_bitsandbytes()
     layers = block_linears(model)
+    not_quantized = uncovered_block_matrices(model)
+    if not_quantized:
+        log.warning("4-bit storage applies to the blocks' linear layers only; left as loaded: %s",
+                    ", ".join(f"{path} ({count:,} weights)" for path, count in not_quantized.items()))
     for block, path in layers:
         block.set_submodule(path, _to_4bit(block.get_submodule(path), config, bnb))
-    return len(layers)
+    return {"quantized_layers": len(layers), "not_quantized": not_quantized}
 
 
 def _to_4bit(layer: nn.Module, config: QuantizeConfig, bnb: Any) -> nn.Module:

@@ -420,6 +420,20 @@ def block_linears(model: nn.Module) -> list[tuple[nn.Module, str]]:
     return [(block, path) for block in blocks(model) for path in paths]
 
 
+def uncovered_block_matrices(model: nn.Module) -> dict[str, int]:
+    """The blocks' weight matrices that `block_linears` does not reach (path within a block -> weights
+    over all blocks): on a mixture of experts, the experts' MLPs. What pruning and 4-bit storage leave
+    as they were, so a record can say its sparsity or its 4-bit share covers only part of the blocks."""
+    covered = set(layout(model).linear_modules)
+    counts: dict[str, int] = {}
+    for block in blocks(model):
+        for name, parameter in block.named_parameters():
+            owner = name.rpartition(".")[0]
+            if parameter.ndim >= 2 and owner not in covered:
+                counts[name] = counts.get(name, 0) + parameter.numel()
+    return counts
+
+
 def weight_target(model: nn.Module, weight: str) -> WeightTarget:
     """The module (and fused rows) holding paper weight `weight`, or a ConfigError saying why not."""
     return layout(model).target(weight)

@@ -567,6 +567,9 @@ def sparsity_problem(record: Record) -> str | None:
     if abs(measured - target) > SPARSITY_TOLERANCE:
         return (f"measured remaining weights {100 * measured:.2f} % vs the target {100 * target:g} % "
                 f"(tolerance {100 * SPARSITY_TOLERANCE:g} point): the run is not at its sparsity")
+    if not_pruned := pruning.get("not_pruned"):  # e.g. a mixture of experts' MLPs: no linear layer to prune
+        return (f"{sum(not_pruned.values()):,} weights of the blocks' matrices were left dense "
+                f"({', '.join(not_pruned)}): the run is at its sparsity on the linear layers only")
     return None
 
 
