@@ -17,7 +17,7 @@ SHELL := /bin/bash
 
 PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python)
 PROFILE ?= mini
-# seeds to sweep: default = the `seeds:` list of conf/profile/$(PROFILE).yaml (smoke/mini: 0; paper: 0,1,2)
+# seeds to sweep: default = the `seeds:` list of conf/profile/$(PROFILE).yaml (smoke: 0; mini: 0,1; paper: 0,1,2)
 SEEDS ?= $(shell $(PYTHON) -c "from omegaconf import OmegaConf as C; print(','.join(map(str, C.load('conf/profile/$(PROFILE).yaml').seeds)))")
 # real data (a folder in the layout of peftrepro.tasks.data); default: $$PEFTREPRO_DATA_ROOT, else the hub
 DATA_ROOT ?= $(PEFTREPRO_DATA_ROOT)

@@ -200,6 +200,15 @@ def test_choices_are_read_per_method_and_name_the_methods_where_values_differ(ru
     assert any(line.startswith("- epochs (`train.epochs`): 2") for line in lines)  # one value: no method list
     init = [line for line in lines if "(`method.init`)" in line]
     assert len(init) == 2 and init[0].endswith(': "kaiming_uniform"') and init[1].endswith(': "real_tokens"')
+    assert "- eval examples (limit) (`task.max_eval_examples`): not recorded" in lines  # no such key
+
+
+def test_a_recorded_null_limit_reads_all_not_unrecorded(runs_dir, write, make_record):
+    record = make_record("table_methods", "mnli", {"name": "ft"}, 0, {"accuracy_m": 50})
+    record["config"]["task"]["max_eval_examples"] = None
+    write(record)
+    lines = aggregate.choice_lines(build_table(TABLES["table_methods"], runs_dir))
+    assert "- eval examples (limit) (`task.max_eval_examples`): all" in lines
 
 
 def test_config_error_failure_is_a_failed_cell(runs_dir, write, make_record):

@@ -151,3 +151,32 @@ def test_lora_is_scored_on_the_first_test_mrs_from_its_saved_statistics(runs_dir
     text = report.budget_text({}, report.study_records(runs_dir, "mini"))
     assert f"  - LoRA dropout 0.0: BLEU {expected:.1f} (seed 0)." in text
     assert "Table 3's LoRA: no run of the fair protocol yet." in text
+
+
+@pytest.mark.parametrize("baseline_model, checked", [("tiny-llama", True), ("tiny-gpt2", False)])
+def test_a_run_is_checked_against_its_own_backbones_zero_shot_run(runs_dir, write, make_record, baseline_model,
+                                                                   checked):
+    """GPT-2 M and L score the same examples: a zero-shot run is a baseline for its own weights only."""
+    from peftrepro.report.baselines import learning_check
+
+    rows = [{"id": i, "lf_correct": i < 30} for i in range(100)]
+    run = make_record("table_methods", "wikisql", LORA8, 0, {"lf_accuracy": 0.3})
+    zero_shot = make_record("baselines", "wikisql", {"name": "none"}, 0, {"lf_accuracy": 0.0})
+    zero_shot["model"] = {**zero_shot["model"], "name": baseline_model}
+    write_predictions(write(run), rows)
+    write_predictions(write(zero_shot), [{**row, "lf_correct": False} for row in rows])
+    parsed = {r.experiment: r for r in report.load_records(runs_dir)[0]}
+    learning = learning_check(parsed["table_methods"], [parsed["baselines"]])
+    assert (learning is not None and learning.learned) if checked else learning is None
+
+
+@pytest.mark.parametrize("selection, expected", [
+    (True, "ours are selected per (task, method) from a small grid on a dev split"),
+    (False, "ours are the profile's fixed rates (0.0002; `lr_selection: false`), not tuned per method"),
+])
+def test_the_report_says_how_the_learning_rates_were_set(make_record, tmp_path, selection, expected):
+    from peftrepro.report.records import parse_record
+
+    record = make_record("table_e2e", "e2e", FT, 0, {"bleu": 0.5})
+    record["config"]["lr_selection"] = selection
+    assert report.lr_protocol_text([parse_record(tmp_path / "record.json", record)]).startswith(expected)

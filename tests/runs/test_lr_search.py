@@ -85,3 +85,24 @@ def test_a_profile_without_selection_selects_nothing(tmp_path: Path, capsys):
 def test_an_unknown_task_is_one_clear_error(tmp_path: Path, capsys):
     assert lr_search.main(["--profile", "mini", "--tasks", "samsum", "--", f"results_dir={tmp_path}"]) == 2
     assert "no representatives for task 'samsum'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--profile", "minii", "--tasks", "e2e"], "Could not find 'profile/minii'"),
+    (["--profile", "mini", "--tasks", "e2e", "--", "model=nosuch"], "Could not find 'model/nosuch'"),
+])
+def test_a_bad_profile_or_override_is_one_clear_error(args, message, capsys):
+    assert lr_search.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: lr_search: the overrides ") and message in err and "Traceback" not in err
+
+
+def test_unscored_points_stop_the_search_with_how_to_score_them(tmp_path: Path, capsys, monkeypatch):
+    """Points made with scoring=later|auto have no dev score yet: relaunching them would only skip them."""
+    monkeypatch.setattr(lr_search, "search_state", lambda *a: ({-1: None, 0: None, 1: None},
+                                                               {-1: "unscored", 0: "unscored", 1: "unscored"}))
+    monkeypatch.setattr(lr_search, "launch", lambda *a: pytest.fail("relaunched unscored points"))
+    assert lr_search.main(["--profile", "mini", "--tasks", "e2e", "--methods", "lora", "--",
+                           f"results_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "e2e/lora: points are trained but unscored" in err and f"peftrepro score runs {tmp_path}" in err

@@ -53,7 +53,7 @@ def learning_check(record: Record, baselines: Sequence[Record]) -> Learning | No
         return _against_majority(record, metric)
     fingerprint = record.eval_fingerprint()
     baseline = next((b for b in baselines if b.task == record.task and b.status == "ok" and fingerprint
-                     and b.eval_fingerprint() == fingerprint), None)
+                     and b.eval_fingerprint() == fingerprint and same_backbone(b, record)), None)
     if baseline is None:
         return None
     score = to_paper_unit(metric, float(record.metrics[metric]))
@@ -69,6 +69,13 @@ def learning_check(record: Record, baselines: Sequence[Record]) -> Learning | No
             return None
         se = _paired_se([a - b for a, b in zip(ours.scores, theirs.scores)])
     return Learning(score - base > LEARNED_Z * se, score, base, "zero-shot", se)
+
+
+def same_backbone(a: Record, b: Record) -> bool:
+    """Whether two runs start from the same weights (a zero-shot run is another backbone's baseline
+    on the same examples too: GPT-2 M and L score the same E2E MRs)."""
+    sha_a, sha_b = a.model.get("weights_sha256"), b.model.get("weights_sha256")
+    return a.model.get("name") == b.model.get("name") and (sha_a is None or sha_b is None or sha_a == sha_b)
 
 
 def trivial_baseline(task: str, baselines: Sequence[Record]) -> tuple[str, float] | None:

@@ -165,6 +165,16 @@ def backbone_text(records: Sequence[Record]) -> str:
     return "; ".join(distinct(names)) or "— (no records yet)"
 
 
+def lr_protocol_text(records: Sequence[Record]) -> str:
+    """How the runs' learning rates were set: selected on a dev split, or fixed by the profile."""
+    if not records or any(r.get("lr_selection") for r in records):
+        return ("ours are selected per (task, method) from a small grid on a dev split carved from the "
+                "training data, never on evaluation data (next section).")
+    rates = ", ".join(distinct(f"{r.get('train.lr'):g}" for r in records if r.get("train.lr") is not None))
+    return (f"ours are the profile's fixed rates ({rates}; `lr_selection: false`), not tuned per method, so a gap "
+            "between two methods may be one method's rate.")
+
+
 def selected_lr_text(results: Mapping[str, TableResult]) -> str:
     """Every (task, method)'s learning-rate selection once, from the selection's own records."""
     lines: dict[str, str] = {}
@@ -406,7 +416,7 @@ def evaluated_text(record: Record) -> str:
 def schedule_text(records: Sequence[Record]) -> str:
     runs = [(r.get("train.epochs"), r.get("train.batch_size"), (r.raw.get("training") or {}).get("steps"))
             for r in records if r.status == "ok"]
-    shown = distinct(f"{e} epochs at batch {b} ({s} optimizer steps)" for e, b, s in runs)
+    shown = distinct(f"{plural(e, 'epoch')} at batch {b} ({s} optimizer steps)" for e, b, s in runs)
     return " or ".join(shown) if shown else "— (no finished run yet)"
 
 
@@ -609,7 +619,7 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
         status_table=status_table(results), pending=pending_text(results, records),
         where=where_text(study), commands=commands_text(profile, seeds, results),
         models=models_text(study), data_lines=data_text(records), schedule=schedule_text(records),
-        decoding=decoding_text(records), scale=scale_text(records),
+        decoding=decoding_text(records), scale=scale_text(records), lr_protocol=lr_protocol_text(records),
         sections="".join(table_section(r) for r in results.values()), section7=section7_text(tables),
         speed="\n".join([params_text(tables), latency_text(tables, runs), bench_text(bench)]),
     )

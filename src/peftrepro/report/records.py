@@ -212,12 +212,13 @@ class Record:
             return None
         return ExampleScores(hashlib.sha1(json.dumps(ids).encode()).hexdigest(), scores)
 
-    def get(self, dotted: str) -> Any:
-        """A value of the resolved config by dotted path (`method.alpha`), or None."""
+    def get(self, dotted: str, default: Any = None) -> Any:
+        """A value of the resolved config by dotted path (`method.alpha`), or `default` where the
+        config has no such key (a recorded null stays None)."""
         node: Any = self.raw.get("config") or {}
         for part in dotted.split("."):
             if not isinstance(node, Mapping) or part not in node:
-                return None
+                return default
             node = node[part]
         return node
 

@@ -153,6 +153,9 @@ def incomplete_lines(result: TableResult) -> list[str]:
     return lines
 
 
+_UNRECORDED = object()  # a choice the config does not name (older records, or another method's key)
+
+
 def choice_lines(result: TableResult) -> list[str]:
     """Each choice as recorded in the runs' resolved configs, per task where tasks differ and with
     the methods of each value where methods differ (e.g. one learning rate per method)."""
@@ -161,9 +164,9 @@ def choice_lines(result: TableResult) -> list[str]:
         per_task: dict[str, dict[str, set[str]]] = {}  # task -> value -> methods
         for record in result.records:
             method = str(record.method.get("name"))
-            value = record.get(choice.path)
-            if value is not None and (not choice.methods or method in choice.methods):
-                value_text = json.dumps(value, default=str, ensure_ascii=False)
+            value = record.get(choice.path, default=_UNRECORDED)
+            if value is not _UNRECORDED and (not choice.methods or method in choice.methods):
+                value_text = choice.null if value is None else json.dumps(value, default=str, ensure_ascii=False)
                 per_task.setdefault(record.task, {}).setdefault(value_text, set()).add(method)
         shown_per_task = {task: _values_text(values) for task, values in sorted(per_task.items())}
         if not shown_per_task:
@@ -183,21 +186,23 @@ def _values_text(methods_by_value: Mapping[str, set[str]]) -> str:
 
 
 def baseline_lines(result: TableResult) -> list[str]:
-    """Each task's trivial baseline on the table's evaluation set, as the runs were checked against it."""
-    seen: dict[str, Learning] = {}
+    """Each task's trivial baseline on the table's evaluation set, as the runs were checked against it
+    (one per backbone where the table has several, e.g. GPT-2 M and L)."""
+    several = len({r.model.get("name") for r in result.records}) > 1
+    known: dict[tuple[str, str], tuple[str, float]] = {}  # (task, " on <backbone>" or "") -> (name, value)
     for record in result.records:
         if (learning := result.learning.get(record.run_key)) is not None:
-            seen.setdefault(record.task, learning)
+            on = f" on {record.model.get('name')}" if several else ""
+            known.setdefault((record.task, on), (learning.baseline_name, learning.baseline))
     finished = {r.task for r in result.records if r.status == "ok"}
-    known = {task: (learning.baseline_name, learning.baseline) for task, learning in seen.items()}
     for task in set(result.spec.tasks) - finished:  # no table run to check yet: the zero-shot run alone
         if (baseline := trivial_baseline(task, result.baselines)) is not None:
-            known[task] = baseline
-    missing = sorted(finished - set(known))
-    lines = [f"- {task} (`{primary_metric(task)}`): {name} {value:.1f}"
+            known[(task, "")] = baseline
+    missing = sorted(finished - {task for task, _ in known})
+    lines = [f"- {task}{on} (`{primary_metric(task)}`): {name} {value:.1f}"
              + (" (the backbone as loaded, evaluated on the same examples: `make baselines`)"
                 if name == "zero-shot" else " (the share of its most frequent label)")
-             for task, (name, value) in sorted(known.items())]
+             for (task, on), (name, value) in sorted(known.items())]
     lines += [f"- {task} (`{primary_metric(task)}`): not known yet ("
               + ("no run kept its predictions to count the labels" if task == "mnli"
                  else "no zero-shot run on these examples: `make baselines`") + "), so no run of it is checked"

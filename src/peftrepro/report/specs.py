@@ -140,6 +140,7 @@ class Choice:
     what: str
     path: str  # dotted config path
     methods: tuple[str, ...] = ()
+    null: str = "null"  # what a recorded null means here (a limit's null: no limit)
 
 
 @dataclass(frozen=True)
@@ -188,8 +189,8 @@ COMMON_CHOICES = (
     Choice("epochs", "train.epochs"),
     Choice("learning rate", "train.lr"),
     Choice("batch size", "train.batch_size"),
-    Choice("train examples (limit)", "task.max_train_examples"),
-    Choice("eval examples (limit)", "task.max_eval_examples"),
+    Choice("train examples (limit)", "task.max_train_examples", null="all"),
+    Choice("eval examples (limit)", "task.max_eval_examples", null="all"),
     Choice("evaluate every epoch, report the best", "train.eval_every_epoch"),
 )
 LORA_ALPHA = Choice("LoRA α", "method.alpha", ("lora",))

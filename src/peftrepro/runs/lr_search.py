@@ -55,11 +55,17 @@ class Representative:
 def compose(overrides: Sequence[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     from peftrepro.runs.plan import CONFIG_DIR  # registers the config resolvers
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
+        try:
+            return hydra_compose(config_name="config", overrides=list(overrides))
+        except (HydraException, OmegaConfBaseException) as error:  # e.g. a typo in ARGS or --profile
+            raise PeftReproError(f"lr_search: the overrides {' '.join(overrides)} do not compose: "
+                                 f"{str(error).split('Config search path')[0].strip()}") from None
 
 
 def search_settings(profile: str, extra: Sequence[str]) -> dict[str, Any]:
@@ -154,6 +160,11 @@ def search(profile: str, rep: Representative, settings: Mapping[str, Any], extra
             log.error("lr_search %s/%s: a point failed (see its record under runs/%s); fix it, then rerun "
                       "(force=true in the overrides retrains it)", rep.task, rep.method, EXPERIMENT)
             return None
+        if any(statuses.get(step) == records.UNSCORED for step in pending):  # made with scoring=later|auto
+            directory = point_directory(profile, rep, steps[0], extra).parent
+            raise PeftReproError(f"lr_search {rep.task}/{rep.method}: points are trained but unscored (scoring was "
+                                 f"deferred); score them with `peftrepro score runs {directory}` on a machine with "
+                                 "Java, then rerun the selection")
         if not launch(profile, rep, pending, extra, launcher):
             return None
         steps = sorted(set(steps) | set(pending))
