@@ -13,7 +13,7 @@ import pandas as pd
 
 from peftrepro import selection
 from peftrepro.report import claims
-from peftrepro.report.baselines import LEARNED_Z, Learning, primary_metric, trivial_baseline
+from peftrepro.report.baselines import LEARNED_Z, primary_metric, trivial_baseline
 from peftrepro.report.cells import TableResult
 from peftrepro.report.paper import to_paper_unit
 from peftrepro.report.records import (
