@@ -239,7 +239,7 @@ def budget_text(results: Mapping[str, TableResult], study: Sequence[Record]) -> 
              else "- Table 3's LoRA: no run of the fair protocol yet."]
     if loop:
         lines.append("- The suite's LoRA at a plain HF-peft loop's budget (`make peft-budget`: 3,200 shuffled "
-                     "examples once, 400 steps of batch 8, lr 1e-3, linear decay, no warmup; "
+                     "examples once (each seed its own sample), 400 steps of batch 8, lr 1e-3, linear decay, no warmup; "
                      "records under `runs/peft_budget/`):")
         lines += [f"  - LoRA dropout {dropout}: {seeds_bleu(runs)}."
                   for dropout, runs in sorted(loop.items(), key=lambda item: -(item[0] or 0))]
