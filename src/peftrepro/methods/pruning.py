@@ -38,7 +38,7 @@ from torch.nn.utils import prune
 
 from peftrepro.errors import ConfigError
 from peftrepro.methods.base import AppliedMethod, MethodConfig, freeze_all, require_positive
-from peftrepro.methods.targets import block_linears, blocks, uncovered_block_matrices
+from peftrepro.methods.targets import block_linears, blocks, matrices_text, uncovered_block_matrices
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class Pruner:
         self.not_pruned = uncovered_block_matrices(model)
         if self.not_pruned:
             log.warning("%s prunes the blocks' linear layers only; left dense: %s", config.name,
-                        ", ".join(f"{path} ({count:,} weights)" for path, count in self.not_pruned.items()))
+                        matrices_text(self.not_pruned))
         self.current = 1.0
         self.updates = 0
         for layer in self.layers:

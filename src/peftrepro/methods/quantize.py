@@ -29,7 +29,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from peftrepro.errors import ConfigError
-from peftrepro.methods.targets import block_linears, uncovered_block_matrices
+from peftrepro.methods.targets import block_linears, matrices_text, uncovered_block_matrices
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def quantize_block_linears(model: nn.Module, config: QuantizeConfig) -> dict[str
     not_quantized = uncovered_block_matrices(model)
     if not_quantized:
         log.warning("4-bit storage applies to the blocks' linear layers only; left as loaded: %s",
-                    ", ".join(f"{path} ({count:,} weights)" for path, count in not_quantized.items()))
+                    matrices_text(not_quantized))
     for block, path in layers:
         block.set_submodule(path, _to_4bit(block.get_submodule(path), config, bnb))
     return {"quantized_layers": len(layers), "not_quantized": not_quantized}

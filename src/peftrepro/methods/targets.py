@@ -434,6 +434,11 @@ def uncovered_block_matrices(model: nn.Module) -> dict[str, int]:
     return counts
 
 
+def matrices_text(counts: Mapping[str, int]) -> str:
+    """`uncovered_block_matrices` as a log line names them: "mlp.experts.down_proj (49,152 weights), ..."."""
+    return ", ".join(f"{path} ({count:,} weights)" for path, count in counts.items())
+
+
 def weight_target(model: nn.Module, weight: str) -> WeightTarget:
     """The module (and fused rows) holding paper weight `weight`, or a ConfigError saying why not."""
     return layout(model).target(weight)
