@@ -136,6 +136,19 @@ def test_each_tasks_trivial_baseline_is_stated_before_any_table_run(runs_dir, wr
         "`make baselines`)"]
 
 
+def test_before_any_table_run_each_backbones_zero_shot_run_is_its_own_baseline(runs_dir, write, make_record):
+    """Two backbones' zero-shot runs of one task (GPT-2 M and L): one line each, not the latest of both."""
+    from peftrepro.report.render import baseline_lines
+
+    for minutes, (name, score) in enumerate((("tiny-gpt2", 0.05), ("tiny-llama", 0.02))):
+        zero_shot = make_record("baselines", "wikisql", {"name": "none"}, 0, {"lf_accuracy": score},
+                                minutes=minutes, key=f"zero-shot-{name}")
+        write(zero_shot | {"model": {**zero_shot["model"], "name": name}})
+    result = build_table(TABLES["table_methods"], runs_dir, profile="smoke")
+    assert [line.split(" (the backbone")[0] for line in baseline_lines(result)] == [
+        "- wikisql on tiny-gpt2 (`lf_accuracy`): zero-shot 5.0", "- wikisql on tiny-llama (`lf_accuracy`): zero-shot 2.0"]
+
+
 def test_lora_is_scored_on_the_first_test_mrs_from_its_saved_statistics(runs_dir, write, make_record):
     from peftrepro.metrics.e2e.mteval import scores_from_sums
 

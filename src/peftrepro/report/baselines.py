@@ -78,18 +78,22 @@ def same_backbone(a: Record, b: Record) -> bool:
     return a.model.get("name") == b.model.get("name") and (sha_a is None or sha_b is None or sha_a == sha_b)
 
 
-def trivial_baseline(task: str, baselines: Sequence[Record]) -> tuple[str, float] | None:
-    """A task's trivial baseline from its zero-shot run alone (before any table run to check):
-    MultiNLI, the majority class's share of that run's evaluation set; E2E and WikiSQL, its score."""
+def trivial_baselines(task: str, baselines: Sequence[Record]) -> dict[str, tuple[str, float]]:
+    """A task's trivial baseline per backbone from its zero-shot runs alone (before any table run to
+    check), backbone name -> (baseline name, value): MultiNLI, the majority class's share of the
+    latest zero-shot run's evaluation set; E2E and WikiSQL, that run's score."""
     metric = primary_metric(task)
     runs = [b for b in baselines if b.task == task and b.status == "ok" and metric in b.metrics]
-    if metric is None or not runs:
-        return None
-    run = max(runs, key=lambda b: b.created_at)
-    if task == "mnli":
-        checked = _against_majority(run, metric)
-        return (checked.baseline_name, checked.baseline) if checked else None
-    return "zero-shot", to_paper_unit(metric, float(run.metrics[metric]))
+    known: dict[str, tuple[str, float]] = {}
+    for run in sorted(runs, key=lambda b: b.created_at, reverse=True):
+        backbone = str(run.model.get("name"))
+        if backbone in known:
+            continue
+        if task != "mnli":
+            known[backbone] = "zero-shot", to_paper_unit(metric, float(run.metrics[metric]))
+        elif (checked := _against_majority(run, metric)) is not None:
+            known[backbone] = checked.baseline_name, checked.baseline
+    return known
 
 
 def _against_majority(record: Record, metric: str) -> Learning | None:

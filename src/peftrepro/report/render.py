@@ -13,7 +13,7 @@ import pandas as pd
 
 from peftrepro import selection
 from peftrepro.report import claims
-from peftrepro.report.baselines import LEARNED_Z, primary_metric, trivial_baseline
+from peftrepro.report.baselines import LEARNED_Z, primary_metric, trivial_baselines
 from peftrepro.report.cells import TableResult
 from peftrepro.report.paper import to_paper_unit
 from peftrepro.report.records import (
@@ -195,9 +195,10 @@ def baseline_lines(result: TableResult) -> list[str]:
             on = f" on {record.model.get('name')}" if several else ""
             known.setdefault((record.task, on), (learning.baseline_name, learning.baseline))
     finished = {r.task for r in result.records if r.status == "ok"}
-    for task in set(result.spec.tasks) - finished:  # no table run to check yet: the zero-shot run alone
-        if (baseline := trivial_baseline(task, result.baselines)) is not None:
-            known[(task, "")] = baseline
+    for task in set(result.spec.tasks) - finished:  # no table run to check yet: the zero-shot runs alone
+        per_backbone = trivial_baselines(task, result.baselines)
+        for backbone, baseline in per_backbone.items():
+            known[(task, f" on {backbone}" if len(per_backbone) > 1 else "")] = baseline
     missing = sorted(finished - {task for task, _ in known})
     lines = [f"- {task}{on} (`{primary_metric(task)}`): {name} {value:.1f}"
              + (" (the backbone as loaded, evaluated on the same examples: `make baselines`)"
