@@ -73,7 +73,7 @@ class Search:
         scored = {step: score for step, score in self.scores.items() if score is not None}
         if not scored:
             raise ValueError("no dev score yet")
-        return max(sorted(scored), key=lambda step: (scored[step], -step))
+        return max(sorted(scored), key=lambda step: (ranked(scored[step]), -step))
 
     @property
     def decided(self) -> bool:
@@ -88,7 +88,12 @@ class Search:
 
 def choose(scores: Mapping[float, float]) -> float:
     """The winning learning rate of dev scores {lr: score}: the highest, ties to the smaller lr."""
-    return max(sorted(scores), key=lambda lr: (scores[lr], -lr))
+    return max(sorted(scores), key=lambda lr: (ranked(scores[lr]), -lr))
+
+
+def ranked(score: float) -> float:
+    """A dev score as the selection ranks it: a non-finite one (a diverged run's NaN) ranks last."""
+    return score if math.isfinite(score) else -math.inf
 
 
 # ---------------------------------------------------------------- the choice file

@@ -29,7 +29,7 @@ from peftrepro.report.specs import TABLES
 
 
 def cell(mean: float, std: float = 0.1, n: int = 3, sampling_se: float = 0.0) -> Cell:
-    return Cell("x", mean, std, n, "ok", sampling_se)
+    return Cell("x", mean, std, n, "ok", sampling_se, metric="accuracy_m")
 
 
 @pytest.mark.parametrize("compare,a,b,verdict", [
@@ -229,3 +229,15 @@ def test_a_cells_example_scores_are_the_mean_over_its_seeds(runs_dir, write, mak
         (write(record).parent / "predictions.jsonl").write_text(mnli_predictions(correct, premise))
     examples = build_table(TABLES["table_weight_type"], runs_dir).stats("mnli", "W_q")["examples"]
     assert (examples.scores[:3] if examples else None) == expected
+
+
+@pytest.mark.parametrize("metric, margin", [("accuracy_m", 2.0), ("lf_accuracy", 2.0), ("bleu", 1.0), ("nist", 0.1),
+                                            ("exact_match", None)])
+def test_each_metric_has_a_stated_equivalence_margin_or_none_is_assumed(metric, margin):
+    from peftrepro.report.claims import equivalence_margin
+
+    if margin is None:
+        with pytest.raises(ValueError, match="no equivalence margin is stated for metric 'exact_match'"):
+            equivalence_margin(metric)
+    else:
+        assert equivalence_margin(metric) == margin

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -79,20 +80,42 @@ def test_e2e_claims_carry_a_paired_bootstrap_error_over_mrs(runs_dir, write, mak
     assert "paired bootstrap over MRs (1000 resamples)" in claim.evidence and "margin 1" in claim.evidence
 
 
-def test_each_table_shows_its_learning_rate_grid_dev_scores_and_choice(runs_dir, write, make_record):
-    for lr, score in ((3e-4, 0.50), (1e-3, 0.62), (3e-3, 0.58)):
-        record = make_record("lr_search", "mnli", LORA8, 0, {"accuracy_dev": score}, key=f"search-{lr}")
-        record["config"]["train"]["lr"] = lr
-        record["config"]["lr_selection"] = True
-        write(record)
+def search_record(make_record, lr: float, score: float, minutes: int = 0) -> dict:
+    record = make_record("lr_search", "mnli", LORA8, 0, {"accuracy_dev": score}, key=f"search-{lr}-{minutes}",
+                         minutes=minutes)
+    record["config"].update(lr_selection=True, lr_step=round(2 * math.log10(lr / 1e-3)))  # a window centred on 1e-3
+    record["config"]["train"]["lr"] = lr
+    return record
+
+
+@pytest.mark.parametrize("grid, expected", [
+    ({3e-4: 0.50, 1e-3: 0.62, 3e-3: 0.58},
+     "0.0003: 50.0 · **0.001: 62.0** · 0.003: 58.0 → 0.001; **the table's runs used 0.003**, not the choice"),
+    # the winner on a growing edge: the selection runs the next rung before it chooses
+    ({3e-4: 0.50, 1e-3: 0.58, 3e-3: 0.62},
+     "0.0003: 50.0 · 0.001: 58.0 · 0.003: 62.0; not decided yet (3 of its rates scored, the selection has more to run)"),
+], ids=["decided", "edge-winner-pending"])
+def test_each_table_shows_its_learning_rate_grid_dev_scores_and_choice(runs_dir, write, make_record, grid, expected):
+    for lr, score in grid.items():
+        write(search_record(make_record, lr, score))
     run = make_record("table_rank", "mnli", {"name": "lora", "weights": ["W_q"], "r": 1, "ranks": None}, 0,
                       {"accuracy_m": 0.6})
     run["config"]["train"]["lr"], run["config"]["lr_selection"] = 3e-3, True
     write(run)
     lines = lr_lines(build_table(TABLES["table_rank"], runs_dir))
     assert lines[0] == "- wikisql / lora: no selection run yet (`make select-lr`)"
-    assert lines[1] == ("- mnli / lora (W_q,W_v r=8): dev accuracy_dev 0.0003: 50.0 · **0.001: 62.0** · 0.003: 58.0 "
-                        "→ 0.001; **the table's runs used 0.003**, not the choice")
+    assert lines[1] == "- mnli / lora (W_q,W_v r=8): dev accuracy_dev " + expected
+
+
+def test_the_grid_shows_the_latest_run_of_each_rate_and_flags_one_that_barely_trained(runs_dir, write, make_record):
+    for lr, score in {3e-4: 0.50, 1e-3: 0.62}.items():
+        write(search_record(make_record, lr, score))
+    diverged = search_record(make_record, 3e-3, 0.30)
+    diverged["training"] = {"loss_curve": [[10, 4.5], [100, 18.6]], "final_loss": 4.7, "steps": 250}
+    write(diverged)
+    write(search_record(make_record, 3e-3, 0.10, minutes=-5))  # an older run of the same rate
+    (line,) = lr_lines(build_table(TABLES["table_methods"], runs_dir, profile="smoke"))[-1:]
+    assert "· 0.003: 30.0 (barely trained: loss 4.50 at step 10 → 4.70 at step 250) → 0.001" in line
 
 
 def test_the_report_compares_each_verdict_with_the_untuned_protocols(runs_dir, tmp_path):
@@ -162,8 +185,22 @@ def test_lora_is_scored_on_the_first_test_mrs_from_its_saved_statistics(runs_dir
     (parsed,) = [r for r in report.load_records(runs_dir)[0] if r.experiment == "peft_budget"]
     assert report.first_mrs_bleu(parsed) == pytest.approx(expected)
     text = report.budget_text({}, report.study_records(runs_dir, "mini"))
-    assert f"  - LoRA dropout 0.0: BLEU {expected:.1f} (seed 0)." in text
+    assert f"  - LoRA dropout 0.0: BLEU {expected:.1f} (seed 0); on all test MRs, BLEU 50.0 (seed 0)." in text
     assert "Table 3's LoRA: no run of the fair protocol yet." in text
+
+
+def test_the_budget_comparison_lists_every_setting_the_two_setups_differ_in(runs_dir, write, make_record):
+    for experiment, train in (("table_e2e", {"lr": 3e-3, "batch_size": 16, "progress": True}),
+                              ("peft_budget", {"lr": 1e-3, "batch_size": 8, "progress": False})):
+        record = make_record(experiment, "e2e", {"name": "lora"}, 0, {"bleu": 0.5}, profile="mini")
+        record["config"]["task"] = {"name": "e2e", "eval_split": "test", "max_eval_examples": None}
+        record["config"]["train"] = train
+        record["method"] = record["config"]["method"] = {"name": "lora", "dropout": 0.1, "r": 4,
+                                                         "weights": ["W_q", "W_v"], "ranks": None}
+        write_predictions(write(record), e2e_rows(120, 0.6))
+    study = report.study_records(runs_dir, "mini")
+    text = report.budget_text({"table_e2e": build_table(TABLES["table_e2e"], runs_dir)}, study)
+    assert "(Table 3's vs the loop's, from the records): `train.batch_size` 16 vs 8, `train.lr` 0.003 vs 0.001." in text
 
 
 @pytest.mark.parametrize("baseline_model, checked", [("tiny-llama", True), ("tiny-gpt2", False)])
@@ -193,3 +230,15 @@ def test_the_report_says_how_the_learning_rates_were_set(make_record, tmp_path, 
     record = make_record("table_e2e", "e2e", FT, 0, {"bleu": 0.5})
     record["config"]["lr_selection"] = selection
     assert report.lr_protocol_text([parse_record(tmp_path / "record.json", record)]).startswith(expected)
+
+
+def test_the_scale_of_e2e_differences_is_its_bootstrap_error_and_seed_spread(runs_dir, write, make_record):
+    for seed, bleu in ((0, 0.60), (1, 0.62)):
+        record = make_record("table_e2e", "e2e", {"name": "lora"}, seed, {"bleu": bleu}, profile="mini")
+        write_predictions(write(record | {"eval_notes": {"mrs": 50, "references": 200}}), e2e_rows(50, bleu))
+    text = report.scale_text(report.study_records(runs_dir, "mini"))
+    assert text.startswith("E2E: one BLEU is computed on 50 test MRs, and a bootstrap over them gives it a standard "
+                           "error of about ")
+    assert "the paper's GPT-2 M cells of Table 3 span 4.1 BLEU (66.3–70.4); two seeds of one setting differ by up " \
+           "to 2.0 BLEU here." in text
+    assert "Accuracy differences" not in text

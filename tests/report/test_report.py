@@ -56,7 +56,7 @@ def test_the_time_left_is_estimated_from_each_task_own_runs(weight_type_runs, ru
             in text)
     # CPU runs: mnli 3 x 20 min, wikisql 1 x 60 min, so 20 min over all of them (for e2e, which never ran)
     assert ("a run of this profile took a median of 20 min on e2e (none ran there: the median of all 4), "
-            "20 min on mnli (n = 3), 1 h 00 min on wikisql (n = 1), so the rest would take up to "
+            "20 min on mnli (n = 3), 1 h 00 min on wikisql (n = 1), so the rest would take about "
             f"{report.hours(60 * (20 * 14 + 20 * 56 + 60 * 59))} there" in text)
 
 
@@ -134,7 +134,7 @@ def test_the_page_says_how_large_a_difference_the_runs_can_resolve(runs_dir, tmp
     assert ("MultiNLI: one accuracy is computed on 200 examples, so near 54% it has a binomial standard error of "
             "3.5 points against the whole evaluation split, while the paper's Table 5 cells span 0.9 points "
             "(90.8–91.7); two seeds of one setting differ by up to 8.0 points here.") in text
-    assert "Scale of the differences.** No accuracy run yet." in page(tmp_path / "none", tmp_path)
+    assert "Scale of the differences.** No evaluated run yet." in page(tmp_path / "none", tmp_path)
 
 
 def test_the_page_says_where_wikisql_questions_come_from(runs_dir, tmp_path, write, make_record) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from peftrepro import selection
-from peftrepro.errors import ConfigError
+from peftrepro.errors import ConfigError, PeftReproError
 from peftrepro.runs import lr_search
 
 
@@ -32,6 +32,7 @@ def test_the_ladder_steps_by_a_factor_of_about_three(start, step, lr):
     ({-2: 0.6, -1: 0.8, 0: 0.7, 1: 0.6}, [], -1),                    # extended, now interior
     ({-1: 0.7, 0: 0.7, 1: 0.6}, [-2], -1),                           # a tie goes to the smaller rate
     ({s: 0.1 * (s + 10) for s in range(-1, 5)}, [], 4),              # max_points reached: stop at the edge
+    ({-1: float("nan"), 0: 0.5, 1: 0.4}, [], 0),                     # a diverged (NaN) score ranks last
 ])
 def test_the_search_runs_a_window_and_extends_past_a_winning_edge(scores, pending, best):
     search = selection.Search(scores, width=3, max_points=6)
@@ -106,3 +107,16 @@ def test_unscored_points_stop_the_search_with_how_to_score_them(tmp_path: Path, 
                            f"results_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err
     assert "e2e/lora: points are trained but unscored" in err and f"peftrepro score runs {tmp_path}" in err
+
+
+@pytest.mark.parametrize("split", ["dev", "test"])
+def test_a_point_scored_on_another_split_than_dev_stops_the_selection(tmp_path: Path, split):
+    """The user's overrides come after the selection's own: task.eval_split=test among them must not
+    silently select on the evaluation set."""
+    (tmp_path / "record.json").write_text(json.dumps({"status": "ok", "data": {"eval_split": split},
+                                                      "metrics": {"bleu": 0.5}}))
+    if split == "dev":
+        assert lr_search.point_score(tmp_path, "bleu") == (0.5, "ok")
+    else:
+        with pytest.raises(PeftReproError, match="evaluated on the 'test' split, not 'dev'"):
+            lr_search.point_score(tmp_path, "bleu")

@@ -52,10 +52,11 @@ def learning_check(record: Record, baselines: Sequence[Record]) -> Learning | No
     if record.task == "mnli":
         return _against_majority(record, metric)
     fingerprint = record.eval_fingerprint()
-    baseline = next((b for b in baselines if b.task == record.task and b.status == "ok" and fingerprint
-                     and b.eval_fingerprint() == fingerprint and same_backbone(b, record)), None)
-    if baseline is None:
+    matching = [b for b in baselines if b.task == record.task and b.status == "ok" and fingerprint
+                and b.eval_fingerprint() == fingerprint and same_backbone(b, record)]
+    if not matching:
         return None
+    baseline = max(matching, key=lambda b: b.created_at)  # the latest, as trivial_baselines takes
     score = to_paper_unit(metric, float(record.metrics[metric]))
     base = to_paper_unit(metric, float(baseline.metrics[metric]))
     if metric in CORPUS_METRICS:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from scipy import stats as scipy_stats
 
-from peftrepro.report.records import training_text
+from peftrepro.report.records import PROPORTION_METRICS, training_text
 
 if TYPE_CHECKING:
     from peftrepro.report.cells import Resampled, TableResult
@@ -56,7 +56,13 @@ EQUIVALENCE = {"accuracy": 2.0, "bleu": 1.0, "meteor": 1.0, "rouge_l": 1.0, "nis
 
 
 def equivalence_margin(metric: str) -> float:
-    return EQUIVALENCE.get(metric, EQUIVALENCE["accuracy"])
+    """The metric's stated margin; every accuracy (MultiNLI's, WikiSQL's) shares one."""
+    if metric in EQUIVALENCE:
+        return EQUIVALENCE[metric]
+    if metric in PROPORTION_METRICS:
+        return EQUIVALENCE["accuracy"]
+    raise ValueError(f"no equivalence margin is stated for metric {metric!r}: add one to "
+                     "peftrepro.report.claims.EQUIVALENCE before judging a claim on it")
 
 
 def quantile(df: float) -> float:

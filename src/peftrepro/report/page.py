@@ -37,9 +37,10 @@ from peftrepro.report.records import (
     parse_seeds,
     status_counts,
 )
-from peftrepro.report.render import baseline_lines, layout, lr_lines
+from peftrepro.report.render import baseline_lines, dev_splits_text, layout, lr_lines
 from peftrepro.report.specs import TABLES
 from peftrepro.runs.records import atomic_write_text
+from peftrepro.tasks import TASKS
 
 MAKE_TARGETS = {"table_weight_type": "table-weight-type", "table_rank": "table-rank",
                 "table_e2e": "table-e2e", "table_methods": "table-methods", "table_qlora": "table-qlora",
@@ -168,8 +169,8 @@ def backbone_text(records: Sequence[Record]) -> str:
 def lr_protocol_text(records: Sequence[Record]) -> str:
     """How the runs' learning rates were set: selected on a dev split, or fixed by the profile."""
     if not records or any(r.get("lr_selection") for r in records):
-        return ("ours are selected per (task, method) from a small grid on a dev split carved from the "
-                "training data, never on evaluation data (next section).")
+        return ("ours are selected per (task, method) from a small grid on a dev split that shares no example "
+                f"with the evaluation data ({dev_splits_text(TASKS)}; next section).")
     rates = ", ".join(distinct(f"{r.get('train.lr'):g}" for r in records if r.get("train.lr") is not None))
     return (f"ours are the profile's fixed rates ({rates}; `lr_selection: false`), not tuned per method, so a gap "
             "between two methods may be one method's rate.")
@@ -225,24 +226,51 @@ def seeds_bleu(runs: Sequence[tuple[int | None, float]]) -> str:
     return f"BLEU {statistics.mean(b for _, b in runs):.1f} (mean of {plural(len(runs), 'seed')}; {seeds})"
 
 
+def both_bleus(runs: Sequence[Record]) -> str:
+    """A group of runs' BLEU on the first FIRST_MRS test MRs, then on every test MR."""
+    first = seeds_bleu([(r.seed, first_mrs_bleu(r)) for r in runs])
+    every = seeds_bleu([(r.seed, 100 * float(r.metrics["bleu"])) for r in runs])
+    return f"{first}; on all test MRs, {every}"
+
+
+# what the two setups of the budget comparison may differ in (threads, progress bars and seeds aside)
+SETUP_PREFIXES = ("train.", "task.", "method.", "decoding.")
+NOT_SETUP = {"train.progress"}
+
+
+def setup_differences(ours: Record, theirs: Record) -> str:
+    """The resolved-config values two runs differ in (SETUP_PREFIXES), `key ours vs theirs`."""
+    a, b = (pd.json_normalize(r.raw.get("config") or {}).iloc[0].to_dict() for r in (ours, theirs))
+    keys = sorted(k for k in set(a) | set(b) if k.startswith(SETUP_PREFIXES) and k not in NOT_SETUP
+                  and a.get(k) != b.get(k))
+    return ", ".join(f"`{k}` {a.get(k)} vs {b.get(k)}" for k in keys) or "nothing"
+
+
 def budget_text(results: Mapping[str, TableResult], study: Sequence[Record]) -> str:
-    """Table 3's LoRA and LoRA at a plain peft loop's budget, on the first FIRST_MRS distinct test MRs."""
+    """Table 3's LoRA and LoRA at a plain peft loop's budget, on the first FIRST_MRS distinct test MRs and
+    on all of them, with what the two setups differ in."""
     table3 = results.get("table_e2e")
-    ours = [(r.seed, bleu) for r in (table3.cell_records("lora", "bleu") if table3 else [])
-            if (bleu := first_mrs_bleu(r)) is not None]
-    loop: dict[Any, list[tuple[int | None, float]]] = {}  # LoRA dropout -> (seed, BLEU) of each run
+    ours = [r for r in (table3.cell_records("lora", "bleu") if table3 else []) if first_mrs_bleu(r) is not None]
+    loop: dict[Any, list[Record]] = {}  # LoRA dropout -> its runs
     for r in study:
-        if r.experiment == BUDGET_EXPERIMENT and (bleu := first_mrs_bleu(r)) is not None:
-            loop.setdefault(r.method.get("dropout"), []).append((r.seed, bleu))
-    lines = [f"On the first {FIRST_MRS} distinct E2E test MRs (file order), from the saved predictions:",
-             f"- Table 3's LoRA (r_q=r_v=4): {seeds_bleu(ours)}." if ours
+        if r.experiment == BUDGET_EXPERIMENT and first_mrs_bleu(r) is not None:
+            loop.setdefault(r.method.get("dropout"), []).append(r)
+    lines = [f"On the first {FIRST_MRS} distinct E2E test MRs (file order), from the saved predictions, then "
+             "on all of them (the table's number):",
+             f"- Table 3's LoRA (r_q=r_v=4): {both_bleus(ours)}." if ours
              else "- Table 3's LoRA: no run of the fair protocol yet."]
     if loop:
         lines.append("- The suite's LoRA at a plain HF-peft loop's budget (`make peft-budget`: 3,200 shuffled "
                      "examples once (each seed its own sample), 400 steps of batch 8, lr 1e-3, linear decay, no warmup; "
                      "records under `runs/peft_budget/`):")
-        lines += [f"  - LoRA dropout {dropout}: {seeds_bleu(runs)}."
+        lines += [f"  - LoRA dropout {dropout}: {both_bleus(runs)}."
                   for dropout, runs in sorted(loop.items(), key=lambda item: -(item[0] or 0))]
+        if ours:
+            same_dropout = loop.get(ours[0].method.get("dropout")) or next(iter(loop.values()))
+            lines.append(f"- The two setups differ in more than the budget (Table 3's vs the loop's, from the "
+                         f"records): {setup_differences(ours[0], same_dropout[0])}. The first {FIRST_MRS} MRs "
+                         "are a slice in file order, not a sample: an ordering of the two setups there need not "
+                         "hold on all MRs.")
     else:
         lines.append("- LoRA at a plain HF-peft loop's budget (`make peft-budget`): not run yet.")
     return "\n".join(lines)
@@ -310,7 +338,7 @@ def device_estimate(device: str, runs: Sequence[Record], todo: Mapping[str, int]
                      f"{hours(overall)} on {task} (none ran there: the median of all {len(runs)})")
     total = sum(count * medians[task] for task, count in todo.items())
     return (f"On {device}, a run of this profile took a median of {', '.join(parts)}, so the rest would "
-            f"take up to {hours(total)} there.")
+            f"take about {hours(total)} there.")
 
 
 def where_text(records: Sequence[Record]) -> str:
@@ -442,6 +470,24 @@ def seed_spreads(records: Sequence[Record], metric: str) -> list[tuple[float, st
     return [(max(v) - min(v), key) for key, v in by_setting.items() if len(v) > 1]
 
 
+def e2e_scale_text(records: Sequence[Record], paper: pd.DataFrame) -> str | None:
+    """E2E's counterpart of the binomial error: the bootstrap standard error of one run's BLEU over its
+    test MRs (median over the table runs), beside the span of the paper's GPT-2 M BLEU cells."""
+    runs = [r for r in records if r.task == "e2e" and r.experiment == "table_e2e" and r.status == "ok"
+            and not is_reused(r) and "bleu" in r.metrics]
+    errors = [float(values.std(ddof=1)) for r in runs if (values := r.resampled("bleu")) is not None]
+    if not errors:
+        return None
+    cells = paper[(paper["table"] == "table3") & (paper["column"] == "bleu")
+                  & paper["row"].str.startswith("GPT-2 M")]["value"]
+    text = (f"E2E: one BLEU is computed on {(e2e_eval_counts(runs[0]) or ('its',))[0]} test MRs, and a bootstrap over them gives "
+            f"it a standard error of about {statistics.median(errors):.1f} points, while the paper's GPT-2 M cells "
+            f"of Table 3 span {cells.max() - cells.min():.1f} BLEU ({cells.min():.1f}–{cells.max():.1f})")
+    if spreads := seed_spreads(runs, "bleu"):
+        text += f"; two seeds of one setting differ by up to {100 * max(spreads)[0]:.1f} BLEU here"
+    return text + "."
+
+
 def scale_text(records: Sequence[Record]) -> str:
     """How large a difference our runs can resolve, beside the differences the paper reports."""
     from peftrepro.report.paper import load_paper
@@ -464,12 +510,15 @@ def scale_text(records: Sequence[Record]) -> str:
         if spreads:
             text += f"; two seeds of one setting differ by up to {100 * max(spreads)[0]:.1f} points here"
         lines.append(text + ".")
+    if lines:
+        lines.append("Accuracy differences of the size the paper reports cannot be resolved at this scale; such "
+                     "a claim can only be held or not held here where cells differ by several points.")
+    if (e2e := e2e_scale_text(records, paper)) is not None:
+        lines.insert(0, e2e)
     if not lines:
-        return "No accuracy run yet."
-    return (" ".join(lines) + " Differences of the size the paper reports cannot be resolved at this scale; "
-            "a claim can only be held or not held here where cells differ by several points. The claims "
-            "compare two cells example by example (both are scored on the same examples), which "
-            "resolves smaller gaps than the two binomial errors would: each claim quotes its margin.")
+        return "No evaluated run yet."
+    return (" ".join(lines) + " The claims compare two cells example by example (both are scored on the same "
+            "examples), which resolves smaller gaps than two separate errors would: each claim quotes its margin.")
 
 
 # ---------------------------------------------------------------- sections

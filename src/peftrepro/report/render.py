@@ -212,46 +212,63 @@ def baseline_lines(result: TableResult) -> list[str]:
 
 
 def lr_lines(result: TableResult) -> list[str]:
-    """Per (task, method) of the table: the selection's grid with its dev scores and choice, and the
-    rate the table's runs used (read from the lr_search records and the table's own)."""
+    """Per (task, method) of the table, and per backbone where it has several: the selection's grid with
+    its dev scores and choice, and the rate the table's runs used (read from the lr_search records and
+    the table's own)."""
     if result.records and not any(r.get("lr_selection") for r in result.records):
         return [f"- None: profile {', '.join(distinct(r.profile for r in result.records))} sets its learning rates "
                 f"itself (`lr_selection: false`): {', '.join(distinct(r.get('train.lr') for r in result.records))}."]
+    table_backbones = set(distinct(r.model.get("name") for r in result.records))
     lines = []
     for task in result.spec.tasks:
         metric = str(TASKS[task].selection_metric)
         for method in result.spec.methods:
-            points = [r for r in result.lr_search if r.task == task and r.method.get("name") == method]
-            used = distinct(r.get("train.lr") for r in result.records
-                            if r.task == task and r.method.get("name") == method and r.status == "ok")
-            if not points:
-                lines.append(f"- {task} / {method}: no selection run yet (`make select-lr`)"
-                             + (f"; the table's runs used {', '.join(used)}" if used else ""))
-                continue
-            lines.append(_search_line(task, method, metric, points, used))
+            points = [r for r in result.lr_search if r.task == task and r.method.get("name") == method
+                      and (not table_backbones or r.model.get("name") in table_backbones)]
+            backbones = distinct(r.model.get("name") for r in points)
+            for backbone in backbones or [None]:
+                runs = [r for r in result.records if r.task == task and r.method.get("name") == method
+                        and r.status == "ok" and backbone in (None, r.model.get("name"))]
+                used = distinct(r.get("train.lr") for r in runs)
+                label = f"{task} / {method}" + (f" on {backbone}" if len(backbones) > 1 else "")
+                ours = [r for r in points if r.model.get("name") == backbone]
+                if not ours:
+                    lines.append(f"- {label}: no selection run yet (`make select-lr`)"
+                                 + (f"; the table's runs used {', '.join(used)}" if used else ""))
+                    continue
+                lines.append(_search_line(label, metric, ours, used))
     return lines
 
 
-MIN_GRID = 3  # conf/lr_search: the first window's width
-
-
-def _search_line(task: str, method: str, metric: str, points: Sequence[Record], used: list[str]) -> str:
-    scores = {float(r.get("train.lr")): to_paper_unit(metric, float(r.metrics[metric]))
-              for r in points if r.status == "ok" and metric in r.metrics}
-    # the selection runs at least a three-rung window before it chooses
-    chosen = selection.choose(scores) if len(scores) >= MIN_GRID else None
+def _search_line(label: str, metric: str, points: Sequence[Record], used: list[str]) -> str:
+    """One search's grid as the selection sees it: the latest record per rung, the winner only once the
+    search has decided (selection.Search: the first window run and no winner left on a growing edge)."""
+    latest = {float(r.get("train.lr")): r for r in sorted(points, key=lambda r: r.created_at)}
+    scores = {lr: to_paper_unit(metric, float(r.metrics[metric]))
+              for lr, r in latest.items() if r.status == "ok" and metric in r.metrics}
+    first = latest[min(latest)]
+    steps = {lr: r.get("lr_step") for lr, r in latest.items()}  # rungs from the first window's centre
+    state = selection.Search({steps[lr]: scores.get(lr) for lr in latest},
+                             int(first.get("lr_search.width", 3)), int(first.get("lr_search.max_points", 6)))
+    chosen = selection.choose(scores) if None not in steps.values() and state.decided else None
     shown = []
-    for r in sorted(points, key=lambda r: float(r.get("train.lr"))):
-        lr = float(r.get("train.lr"))
+    for lr, r in sorted(latest.items()):
         text = f"{lr:g}: {scores[lr]:.1f}" if lr in scores else f"{lr:g}: {r.status}"
+        if lr in scores and (why := r.barely_trained):
+            text += f" (barely trained: {why})"
         shown.append(f"**{text}**" if lr == chosen else text)
-    line = f"- {task} / {method} ({_options_text(points[0])}): dev {metric} {' · '.join(shown)}"
+    line = f"- {label} ({_options_text(first)}): dev {metric} {' · '.join(shown)}"
     if chosen is None:
-        return line + f"; not decided yet ({len(scores)} of at least {MIN_GRID} rates run)"
-    line += f" → {chosen:g}" + (" (on the grid's edge)" if chosen in (min(scores), max(scores)) else "")
+        return line + f"; not decided yet ({len(scores)} of its rates scored, the selection has more to run)"
+    line += f" → {chosen:g}" + (" (on the grid's edge)" if state.at_edge else "")
     if used and used != [str(chosen)]:
         line += f"; **the table's runs used {', '.join(used)}**, not the choice"
     return line
+
+
+def dev_splits_text(tasks: Iterable[str]) -> str:
+    """Where each task's dev split comes from, e.g. "MultiNLI, held-out pairs of its training subset"."""
+    return "; ".join(TASKS[task].dev_split_text for task in tasks)
 
 
 def _options_text(record: Record) -> str:
@@ -279,10 +296,10 @@ def render_markdown(result: TableResult, claim_lines: Sequence[str]) -> str:
     parts += ["## Missing, failed or partial cells", ""]
     parts += incomplete or ["None: every cell has every expected seed."]
     parts += ["", "## Learning rates, selected on the dev split", "",
-              "One rate per (task, method), chosen by `make select-lr` on a dev split carved from the training "
-              "data (never the evaluation set), seed 0, on the configuration named; the dev score of each rate "
-              "of its grid, the choice in bold. Table runs read the choice; a rate they used that is not the "
-              "choice is flagged.", "", *lr_lines(result)]
+              "One rate per (task, method), chosen by `make select-lr` on a dev split that shares no example "
+              f"with the evaluation set ({dev_splits_text(spec.tasks)}), seed 0, on the configuration named; "
+              "the dev score of each rate of its grid, the choice in bold. Table runs read the choice; a rate "
+              "they used that is not the choice is flagged.", "", *lr_lines(result)]
     parts += ["", "## Trivial baselines", "",
               "A run \"did not learn\" when its score does not beat its task's trivial baseline on the same "
               f"examples by {LEARNED_Z} standard errors of the paired difference; its cell says so and judges no claim.",

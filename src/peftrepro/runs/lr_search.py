@@ -7,7 +7,7 @@ all datasets after tuning learning rate"). Here every (task, method) of a table 
     its learning rate is chosen on, e.g. Adapter^H r=8 for both Adapter^H rows, LoRA r_q=r_v=8 for
     every LoRA cell of Tables 4, 5 and 6, as the paper uses one rate for its GPT-3 LoRA cells):
       run the ladder window around the method's start value (`peftrepro.selection`), seed 0,
-      evaluating on the task's DEV split (carved from training data only; never the evaluation set)
+      evaluating on the task's DEV split (never the evaluation set; E2E: the official validation set)
       while the winner sits on the window's edge, run one rung further
       write the winner, the grid and every dev score to <results>/learning_rates/<profile>-<model>.json
 
@@ -109,6 +109,11 @@ def point_score(directory: Path, metric: str) -> tuple[float | None, str | None]
     record = records.read_record(directory)
     if record is None:
         return None, None
+    split = (record.get("data") or {}).get("eval_split")
+    if record.get("status") == "ok" and split != "dev":  # e.g. task.eval_split=test among the user's overrides
+        raise PeftReproError(f"lr_search: the point {directory} was evaluated on the {split!r} split, not 'dev': "
+                             "a learning rate is chosen on the dev split only; remove task.eval_split from "
+                             "the overrides")
     value = (record.get("metrics") or {}).get(metric)
     return (float(value) if record.get("status") == "ok" and isinstance(value, (int, float)) else None,
             record.get("status"))

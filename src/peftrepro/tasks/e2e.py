@@ -56,6 +56,7 @@ class E2ETask:
     name = "e2e"
     primary_metric = "bleu"
     selection_metric = "bleu"  # on the dev split (learning-rate selection)
+    dev_split_text = "E2E, its official validation set, none of whose MRs is a test MR"
     splits = tuple(LOCAL_FILES)
 
     def __init__(self, data_root: str | Path | None, options: dict[str, Any] | None = None):

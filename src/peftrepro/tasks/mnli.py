@@ -72,6 +72,7 @@ class MNLITask:
     name = "mnli"
     primary_metric = "accuracy_m"
     selection_metric = "accuracy_dev"  # the learning-rate selection's metric, on the dev split
+    dev_split_text = "MultiNLI, held-out pairs of its training subset"
     splits = (*LOCAL_FILES, BOTH_VALIDATION, DEV)
 
     def __init__(self, data_root: str | Path | None, options: dict[str, Any] | None = None):

@@ -65,6 +65,7 @@ class WikiSQLTask:
     name = "wikisql"
     primary_metric = "lf_accuracy"
     selection_metric = "lf_accuracy"  # on the dev split (learning-rate selection)
+    dev_split_text = "WikiSQL, held-out tables of its training data"
 
     def __init__(self, data_root: str | Path | None, options: dict[str, Any] | None = None):
         self.options = parse_options(WikiSQLOptions, self.name, options)
