@@ -118,7 +118,13 @@ def test_the_grid_shows_the_latest_run_of_each_rate_and_flags_one_that_barely_tr
     assert "· 0.003: 30.0 (barely trained: loss 4.50 at step 10 → 4.70 at step 250) → 0.001" in line
 
 
-def test_the_report_compares_each_verdict_with_the_untuned_protocols(runs_dir, tmp_path):
+@pytest.mark.parametrize("seeds, now", [((), "— (not run yet)"), ((0,), "— (one seed so far)")])
+def test_the_report_compares_each_verdict_with_the_untuned_protocols(runs_dir, tmp_path, write, make_record, seeds,
+                                                                      now):
+    lora = {"name": "lora", "weights": ["W_q", "W_v"], "r": 4, "ranks": None}
+    for seed in seeds:
+        for method in (lora, FT):
+            write(make_record("table_e2e", "e2e", method, seed, {"bleu": 0.6}))
     archive = runs_dir.parent / report.ARCHIVE / "tables"
     archive.mkdir(parents=True)
     (archive / "table_e2e.md").write_text(
@@ -127,7 +133,7 @@ def test_the_report_compares_each_verdict_with_the_untuned_protocols(runs_dir, t
     text = report.changes_text({"table_e2e": build_table(TABLES["table_e2e"], runs_dir)}, runs_dir.parent / report.ARCHIVE)
     row = next(line for line in text.splitlines() if "LoRA matches or beats full fine-tuning on BLEU" in line)
     assert [cell.strip() for cell in row.strip("|").split("|")] == [
-        "Table 3", "LoRA matches or beats full fine-tuning on BLEU", "not held", "— (not run yet)"]
+        "Table 3", "LoRA matches or beats full fine-tuning on BLEU", "not held", now]
     assert text.endswith("Of the 0 claims judged under both protocols so far, 0 changed verdict.")
 
 

@@ -287,6 +287,8 @@ def changes_text(results: Mapping[str, TableResult], archive: Path) -> str:
             now = claim.verdict + (" (marginal)" if claim.marginal else "")
             if "has no result" in claim.evidence:  # a compared cell has no run under this protocol yet
                 now = "— (not run yet)"
+            elif "has one seed" in claim.evidence:  # ... or one seed of its expected ones: no verdict yet
+                now = "— (one seed so far)"
             if claim.text in before:
                 rows.append({"Table": result.spec.short_title, "Paper's claim": claim.text,
                              "Untuned protocol": before[claim.text], "Fair protocol": now})
