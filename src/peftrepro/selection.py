@@ -22,13 +22,16 @@ from peftrepro.errors import ConfigError
 CHOICE_DIR = "learning_rates"  # under the results folder: <results>/learning_rates/<profile>-<model>.json
 
 
+def on_ladder(lr: float) -> bool:
+    return float(lr) > 0 and math.isclose(rung_value(round(2 * math.log10(float(lr)))), float(lr), rel_tol=1e-9)
+
+
 def rung_of(lr: float) -> int:
     """The ladder rung of a learning rate that lies on it (1 or 3 times a power of ten)."""
-    rung = round(2 * math.log10(float(lr)))
-    if not math.isclose(rung_value(rung), float(lr), rel_tol=1e-9):
+    if not on_ladder(lr):
         raise ConfigError(f"learning rate {lr!r} is not on the ladder (1 or 3 times a power of ten, e.g. 3e-4, "
                           "1e-3): lr_search.start takes such values")
-    return rung
+    return round(2 * math.log10(float(lr)))
 
 
 def rung_value(rung: int) -> float:
@@ -84,6 +87,19 @@ class Search:
         """The winner is still on the edge of the grid (the grid hit max_points)."""
         steps = sorted(s for s, v in self.scores.items() if v is not None)
         return self.decided and self.best_step() in (steps[0], steps[-1])
+
+
+def replay(scores: Mapping[int, float | None], width: int, max_points: int) -> Search:
+    """The search the selection would see given the points run so far ({step: score, None if it
+    failed}): its first window, grown one rung at a time past a winning edge while that rung was run.
+    Points run outside it (under an earlier start value) are not part of it."""
+    steps = set(Search({}, width, max_points).initial_steps())
+    while True:
+        state = Search({step: scores.get(step) for step in steps}, width, max_points)
+        grown = [step for step in state.pending() if step not in steps and step in scores]
+        if not grown:
+            return state
+        steps.update(grown)
 
 
 def choose(scores: Mapping[float, float]) -> float:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -80,11 +79,12 @@ def test_e2e_claims_carry_a_paired_bootstrap_error_over_mrs(runs_dir, write, mak
     assert "paired bootstrap over MRs (1000 resamples)" in claim.evidence and "margin 1" in claim.evidence
 
 
-def search_record(make_record, lr: float, score: float, minutes: int = 0) -> dict:
+def search_record(make_record, lr: float, score: float, minutes: int = 0, start: float = 1e-3) -> dict:
     record = make_record("lr_search", "mnli", LORA8, 0, {"accuracy_dev": score}, key=f"search-{lr}-{minutes}",
                          minutes=minutes)
-    record["config"].update(lr_selection=True, lr_step=round(2 * math.log10(lr / 1e-3)))  # a window centred on 1e-3
+    record["config"].update(lr_selection=True, lr_search={"start": {"lora": start}, "width": 3, "max_points": 6})
     record["config"]["train"]["lr"] = lr
+    record["config"]["task"]["eval_split"] = "dev"
     return record
 
 
@@ -107,6 +107,32 @@ def test_each_table_shows_its_learning_rate_grid_dev_scores_and_choice(runs_dir,
     assert lines[1] == "- mnli / lora (W_q,W_v r=8): dev accuracy_dev " + expected
 
 
+@pytest.mark.parametrize("grid, start, expected", [
+    # the start moved from 1e-3 to 3e-3 after 3e-4 ran: 3e-4 is no point of the new grid, 3e-3 wins inside it
+    ({3e-4: 0.70, 1e-3: 0.60, 3e-3: 0.62, 1e-2: 0.50}, 3e-3,
+     "0.0003: 70.0 (outside the current grid) · 0.001: 60.0 · **0.003: 62.0** · 0.01: 50.0 → 0.003"),
+    ({3e-4: 0.50, 1e-3: None, 3e-3: 0.58}, 1e-3,
+     "0.0003: 50.0 · 0.001: failed · 0.003: 58.0; not decided: a point failed, and the selection waits for it to "
+     "be rerun"),
+], ids=["moved-start", "failed-point"])
+def test_the_grid_is_the_one_the_selection_replays(runs_dir, write, make_record, grid, start, expected):
+    for minutes, (lr, score) in enumerate(grid.items()):
+        record = search_record(make_record, lr, score or 0.0, minutes=minutes, start=start)
+        write(record | ({"status": "failed", "metrics": {}} if score is None else {}))
+    (line,) = lr_lines(build_table(TABLES["table_methods"], runs_dir, profile="smoke"))[-1:]
+    assert line == "- mnli / lora (W_q,W_v r=8): dev accuracy_dev " + expected
+
+
+def test_a_run_on_another_split_than_dev_is_no_point_of_the_grid(runs_dir, write, make_record):
+    for lr, score in {3e-4: 0.50, 1e-3: 0.62, 3e-3: 0.58}.items():
+        write(search_record(make_record, lr, score))
+    on_test = search_record(make_record, 3e-3, 0.90, minutes=5)
+    on_test["config"]["task"]["eval_split"] = "test"
+    write(on_test)
+    (line,) = lr_lines(build_table(TABLES["table_methods"], runs_dir, profile="smoke"))[-1:]
+    assert line.endswith("0.0003: 50.0 · **0.001: 62.0** · 0.003: 58.0 → 0.001")
+
+
 def test_the_grid_shows_the_latest_run_of_each_rate_and_flags_one_that_barely_trained(runs_dir, write, make_record):
     for lr, score in {3e-4: 0.50, 1e-3: 0.62}.items():
         write(search_record(make_record, lr, score))
@@ -118,7 +144,7 @@ def test_the_grid_shows_the_latest_run_of_each_rate_and_flags_one_that_barely_tr
     assert "· 0.003: 30.0 (barely trained: loss 4.50 at step 10 → 4.70 at step 250) → 0.001" in line
 
 
-@pytest.mark.parametrize("seeds, now", [((), "— (not run yet)"), ((0,), "— (one seed so far)")])
+@pytest.mark.parametrize("seeds, now", [((), "— (not run yet)"), ((0,), "— (one seed: no spread)")])
 def test_the_report_compares_each_verdict_with_the_untuned_protocols(runs_dir, tmp_path, write, make_record, seeds,
                                                                       now):
     lora = {"name": "lora", "weights": ["W_q", "W_v"], "r": 4, "ranks": None}
@@ -196,9 +222,12 @@ def test_lora_is_scored_on_the_first_test_mrs_from_its_saved_statistics(runs_dir
 
 
 def test_the_budget_comparison_lists_every_setting_the_two_setups_differ_in(runs_dir, write, make_record):
-    for experiment, train in (("table_e2e", {"lr": 3e-3, "batch_size": 16, "progress": True}),
-                              ("peft_budget", {"lr": 1e-3, "batch_size": 8, "progress": False})):
-        record = make_record(experiment, "e2e", {"name": "lora"}, 0, {"bleu": 0.5}, profile="mini")
+    # a null and a missing key are the same setting; the pair compared is of one seed (seed 1's sample differs)
+    for experiment, seed, train in (("table_e2e", 0, {"lr": 3e-3, "batch_size": 16, "progress": True,
+                                                      "warmup_steps": None}),
+                                    ("peft_budget", 1, {"lr": 1e-3, "batch_size": 8, "sample": 1}),
+                                    ("peft_budget", 0, {"lr": 1e-3, "batch_size": 8, "progress": False})):
+        record = make_record(experiment, "e2e", {"name": "lora"}, seed, {"bleu": 0.5}, profile="mini")
         record["config"]["task"] = {"name": "e2e", "eval_split": "test", "max_eval_examples": None}
         record["config"]["train"] = train
         record["method"] = record["config"]["method"] = {"name": "lora", "dropout": 0.1, "r": 4,
@@ -206,7 +235,8 @@ def test_the_budget_comparison_lists_every_setting_the_two_setups_differ_in(runs
         write_predictions(write(record), e2e_rows(120, 0.6))
     study = report.study_records(runs_dir, "mini")
     text = report.budget_text({"table_e2e": build_table(TABLES["table_e2e"], runs_dir)}, study)
-    assert "(Table 3's vs the loop's, from the records): `train.batch_size` 16 vs 8, `train.lr` 0.003 vs 0.001." in text
+    assert ("(Table 3's vs the loop's, from the records of seed 0): `train.batch_size` 16 vs 8, `train.lr` 0.003 vs "
+            "0.001." in text)
 
 
 @pytest.mark.parametrize("baseline_model, checked", [("tiny-llama", True), ("tiny-gpt2", False)])

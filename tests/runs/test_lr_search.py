@@ -43,6 +43,16 @@ def test_the_search_runs_a_window_and_extends_past_a_winning_edge(scores, pendin
     assert search.at_edge == (best == 4)
 
 
+@pytest.mark.parametrize("scores, steps, best, decided", [
+    ({-1: 0.5, 0: 0.7, 1: 0.6, 3: 0.9}, [-1, 0, 1], 0, True),            # a point off the window is not part of it
+    ({-2: 0.7, -1: 0.8, 0: 0.6, 1: 0.5}, [-2, -1, 0, 1], -1, True),      # the window grew down, then the winner
+    ({-2: 0.9, -1: 0.8, 0: 0.7, 1: 0.6}, [-2, -1, 0, 1], -2, False),     # ... still on the edge: waits for -3
+])
+def test_the_report_replays_the_search_the_selection_ran(scores, steps, best, decided):
+    state = selection.replay(scores, width=3, max_points=6)
+    assert sorted(state.scores) == steps and state.best_step() == best and state.decided == decided
+
+
 def test_a_choice_file_entry_names_the_rate_the_grid_and_the_dev_scores(tmp_path: Path):
     entry = selection.summarise({-1: 0.5, 0: 0.7, 1: 0.6}, 1e-3, 3, 6)
     assert entry == {"lr": 1e-3, "at_edge": False, "grid": [{"lr": 3e-4, "dev": 0.5}, {"lr": 1e-3, "dev": 0.7},

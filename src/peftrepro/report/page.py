@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import statistics
 import sys
@@ -35,6 +36,7 @@ from peftrepro.report.records import (
     e2e_eval_counts,
     load_records,
     parse_seeds,
+    plural,
     status_counts,
 )
 from peftrepro.report.render import baseline_lines, dev_splits_text, layout, lr_lines
@@ -105,10 +107,6 @@ def runs_to_make(result: TableResult) -> Counter[str]:
 def hours(seconds: float) -> str:
     minutes = round(seconds / 60)
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
-
-
-def plural(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def devices_text(records: Sequence[Record]) -> str:
@@ -242,18 +240,30 @@ def setup_differences(ours: Record, theirs: Record) -> str:
     """The resolved-config values two runs differ in (SETUP_PREFIXES), `key ours vs theirs`."""
     a, b = (pd.json_normalize(r.raw.get("config") or {}).iloc[0].to_dict() for r in (ours, theirs))
     keys = sorted(k for k in set(a) | set(b) if k.startswith(SETUP_PREFIXES) and k not in NOT_SETUP
-                  and a.get(k) != b.get(k))
+                  and not same_value(a.get(k), b.get(k)))
     return ", ".join(f"`{k}` {a.get(k)} vs {b.get(k)}" for k in keys) or "nothing"
+
+
+def pair_text(a: Record, b: Record) -> str:
+    return f"seed {a.seed}" if a.seed == b.seed else f"seeds {a.seed} and {b.seed}"
+
+
+def same_value(x: Any, y: Any) -> bool:
+    """Config values compared as the records wrote them: a null and a missing key are the same."""
+    missing = [v is None or (isinstance(v, float) and math.isnan(v)) for v in (x, y)]
+    return all(missing) or (not any(missing) and x == y)
 
 
 def budget_text(results: Mapping[str, TableResult], study: Sequence[Record]) -> str:
     """Table 3's LoRA and LoRA at a plain peft loop's budget, on the first FIRST_MRS distinct test MRs and
     on all of them, with what the two setups differ in."""
     table3 = results.get("table_e2e")
-    ours = [r for r in (table3.cell_records("lora", "bleu") if table3 else []) if first_mrs_bleu(r) is not None]
+    ours = [r for r in (table3.cell_records("lora", "bleu") if table3 else [])
+            if first_mrs_bleu(r) is not None and "bleu" in r.metrics]
     loop: dict[Any, list[Record]] = {}  # LoRA dropout -> its runs
     for r in study:
-        if r.experiment == BUDGET_EXPERIMENT and first_mrs_bleu(r) is not None:
+        if r.experiment == BUDGET_EXPERIMENT and r.status == "ok" and "bleu" in r.metrics \
+                and first_mrs_bleu(r) is not None:
             loop.setdefault(r.method.get("dropout"), []).append(r)
     lines = [f"On the first {FIRST_MRS} distinct E2E test MRs (file order), from the saved predictions, then "
              "on all of them (the table's number):",
@@ -265,10 +275,11 @@ def budget_text(results: Mapping[str, TableResult], study: Sequence[Record]) -> 
                      "records under `runs/peft_budget/`):")
         lines += [f"  - LoRA dropout {dropout}: {both_bleus(runs)}."
                   for dropout, runs in sorted(loop.items(), key=lambda item: -(item[0] or 0))]
-        if ours:
-            same_dropout = loop.get(ours[0].method.get("dropout")) or next(iter(loop.values()))
-            lines.append(f"- The two setups differ in more than the budget (Table 3's vs the loop's, from the "
-                         f"records): {setup_differences(ours[0], same_dropout[0])}. The first {FIRST_MRS} MRs "
+        if ours:  # a pair of runs of the same dropout and seed where there is one: only the setups differ
+            theirs = loop.get(ours[0].method.get("dropout")) or next(iter(loop.values()))
+            pair = next(((a, b) for a in ours for b in theirs if a.seed == b.seed), (ours[0], theirs[0]))
+            lines.append(f"- What the two setups differ in (Table 3's vs the loop's, from the records of "
+                         f"{pair_text(*pair)}): {setup_differences(*pair)}. The first {FIRST_MRS} MRs "
                          "are a slice in file order, not a sample: an ordering of the two setups there need not "
                          "hold on all MRs.")
     else:
@@ -288,7 +299,7 @@ def changes_text(results: Mapping[str, TableResult], archive: Path) -> str:
             if "has no result" in claim.evidence:  # a compared cell has no run under this protocol yet
                 now = "— (not run yet)"
             elif "has one seed" in claim.evidence:  # ... or one seed of its expected ones: no verdict yet
-                now = "— (one seed so far)"
+                now = "— (one seed: no spread)"
             if claim.text in before:
                 rows.append({"Table": result.spec.short_title, "Paper's claim": claim.text,
                              "Untuned protocol": before[claim.text], "Fair protocol": now})

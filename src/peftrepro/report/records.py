@@ -325,6 +325,10 @@ def training_text(records: Sequence[Record]) -> str:
     return ", ".join(parts)
 
 
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def distinct(values: Iterable[Any]) -> list[str]:
     """The distinct non-empty values as sorted strings."""
     return sorted({str(v) for v in values if v not in (None, "")})

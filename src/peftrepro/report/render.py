@@ -22,6 +22,7 @@ from peftrepro.report.records import (
     distinct,
     eval_size,
     format_count,
+    plural,
     status_counts,
 )
 from peftrepro.report.specs import BASE_MB, PARAMS, TableSpec, lora_ranks, weights_label
@@ -241,25 +242,37 @@ def lr_lines(result: TableResult) -> list[str]:
 
 
 def _search_line(label: str, metric: str, points: Sequence[Record], used: list[str]) -> str:
-    """One search's grid as the selection sees it: the latest record per rung, the winner only once the
-    search has decided (selection.Search: the first window run and no winner left on a growing edge)."""
-    latest = {float(r.get("train.lr")): r for r in sorted(points, key=lambda r: r.created_at)}
+    """One search's grid as the selection sees it (selection.replay over the latest record per rate of
+    its latest configuration), its choice once it has decided, and the points that barely trained."""
+    last = max(points, key=lambda r: r.created_at)
+    ours = [r for r in sorted(points, key=lambda r: r.created_at)
+            if r.method == last.method and r.get("task.eval_split") == "dev" and r.get("train.lr") is not None]
+    latest = {float(r.get("train.lr")): r for r in ours}
     scores = {lr: to_paper_unit(metric, float(r.metrics[metric]))
               for lr, r in latest.items() if r.status == "ok" and metric in r.metrics}
-    first = latest[min(latest)]
-    steps = {lr: r.get("lr_step") for lr, r in latest.items()}  # rungs from the first window's centre
-    state = selection.Search({steps[lr]: scores.get(lr) for lr in latest},
-                             int(first.get("lr_search.width", 3)), int(first.get("lr_search.max_points", 6)))
-    chosen = selection.choose(scores) if None not in steps.values() and state.decided else None
+    if not latest:
+        return f"- {label}: no selection point evaluated on the dev split yet (`make select-lr`)"
+    start = last.get(f"lr_search.start.{last.method.get('name')}")
+    if start is None or not all(map(selection.on_ladder, [start, *latest])):
+        return (f"- {label}: {plural(len(latest), 'dev-split run')} that the selection did not make "
+                "(no `lr_search.start`, or rates off its ladder), so no choice is shown")
+    step_of = {lr: selection.rung_of(lr) - selection.rung_of(start) for lr in latest}
+    state = selection.replay({step_of[lr]: scores.get(lr) for lr in latest},
+                             int(last.get("lr_search.width") or 3), int(last.get("lr_search.max_points") or 6))
+    chosen = selection.ladder(start, state.best_step()) if state.decided else None
     shown = []
     for lr, r in sorted(latest.items()):
         text = f"{lr:g}: {scores[lr]:.1f}" if lr in scores else f"{lr:g}: {r.status}"
         if lr in scores and (why := r.barely_trained):
             text += f" (barely trained: {why})"
+        if step_of[lr] not in state.scores:
+            text += " (outside the current grid)"
         shown.append(f"**{text}**" if lr == chosen else text)
-    line = f"- {label} ({_options_text(first)}): dev {metric} {' · '.join(shown)}"
+    line = f"- {label} ({_options_text(last)}): dev {metric} {' · '.join(shown)}"
     if chosen is None:
-        return line + f"; not decided yet ({len(scores)} of its rates scored, the selection has more to run)"
+        failed = [step for step, score in state.scores.items() if score is None and step in step_of.values()]
+        return line + ("; not decided: a point failed, and the selection waits for it to be rerun" if failed
+                       else f"; not decided yet ({len(scores)} of its rates scored, the selection has more to run)")
     line += f" → {chosen:g}" + (" (on the grid's edge)" if state.at_edge else "")
     if used and used != [str(chosen)]:
         line += f"; **the table's runs used {', '.join(used)}**, not the choice"
