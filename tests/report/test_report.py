@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 from peftrepro.report import page as report
+from peftrepro.report.cells import build_table
+from peftrepro.report.render import header_lines
+from peftrepro.report.specs import TABLES
 
 WQ, QV = {"name": "lora", "ranks": {"W_q": 8}}, {"name": "lora", "ranks": {"W_q": 4, "W_v": 4}}
 CPU = {"cpu": "Test CPU", "cpu_count": 2, "torch_threads": 2}
@@ -58,6 +61,22 @@ def test_the_time_left_is_estimated_from_each_task_own_runs(weight_type_runs, ru
     assert ("a run of this profile took a median of 20 min on e2e (none ran there: the median of all 4), "
             "20 min on mnli (n = 3), 1 h 00 min on wikisql (n = 1), so the rest would take about "
             f"{report.hours(60 * (20 * 14 + 20 * 56 + 60 * 59))} there" in text)
+
+
+def test_a_run_trained_by_another_is_named_and_not_timed_as_a_whole_run(weight_type_runs, runs_dir, tmp_path,
+                                                                        write, make_record) -> None:
+    evaluated = make_record("table_weight_type", "wikisql", WQ, 0, {"lf_accuracy": 0.3}, profile="mini",
+                            minutes=5, key="wikisql-wq-s0-evaluated")
+    evaluated["env"]["hardware"], evaluated["timings"] = CPU, {"train_s": 0.0, "total_s": 60.0}
+    evaluated["training"] = {"steps": 250}
+    evaluated["trained_in"] = {"experiment": "lr_search", "run_key": "wikisql-lora-s0-0123456789abcdef"}
+    write(evaluated)
+    text = page(runs_dir, tmp_path)
+    assert "wikisql 1, mnli 3" not in text and "on wikisql (none ran there: the median of all 3)" in text
+    table = "\n".join(header_lines(build_table(TABLES["table_weight_type"], runs_dir, profile="mini")))
+    assert ("- Trained by another run: 1 run evaluates the kept weights of a run that trained with the same "
+            "config, seed and data and was evaluated on another split (`trained_in` in the record): "
+            "lora seed 0 ← lr_search/wikisql-lora") in table
 
 
 @pytest.mark.parametrize(("todo", "text"), [

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from peftrepro.errors import ConfigError
 from peftrepro.report.records import parse_record
 from peftrepro.runs import records
 from peftrepro.runs.execute import run_one
 from peftrepro.runs.plan import resolved_config
-from peftrepro.runs.reuse import equivalence_key
+from peftrepro.runs.reuse import equivalence_key, training_key
 
 TABLE5_WQ = ("experiment=table_weight_type", "task=mnli", "method.ranks={W_q:8}")
 TABLE6_WQ = ("experiment=table_rank", "task=mnli", "method.weights=[W_q]", "method.r=8")
@@ -64,3 +65,88 @@ def test_only_an_ok_run_is_reused(smoke, tmp_path: Path, status: str) -> None:
     record_file = tmp_path / "results" / "runs" / "table_weight_type" / original["run_key"] / "record.json"
     record_file.write_text(json.dumps({**original, "status": status}))
     assert "reused_from" not in run_one(smoke(*TABLE6_WQ))
+
+
+# ---- a run that trains as another did, evaluated on another split, evaluates that run's weights
+
+# smoke evaluates every epoch and reports the best, which a run must do itself; mini does not
+ONE_EVALUATION = "train.eval_every_epoch=false"
+SELECTION_POINT = ("experiment=lr_search", "task=mnli", "method=lora", "method.weights=[W_q]", "method.r=8",
+                   ONE_EVALUATION)
+TABLE_RUN = (*TABLE6_WQ, "train.lr=1e-3", ONE_EVALUATION)  # lora's rate at lr_step 0 (lr_search.start)
+
+
+def training(smoke, *overrides: str) -> str:
+    return training_key(resolved_config(smoke(*overrides)))
+
+
+def test_the_selection_point_and_the_table_run_train_alike(smoke) -> None:
+    assert training(smoke, *SELECTION_POINT) == training(smoke, *TABLE_RUN)
+    assert equivalence_key(resolved_config(smoke(*SELECTION_POINT))) != key(smoke, *TABLE_RUN)
+
+
+@pytest.mark.parametrize("change", ["seed=1", "train.lr=3e-3", "task.max_train_examples=16", "method.r=4"])
+def test_a_change_in_training_is_another_training(smoke, change: str) -> None:
+    assert training(smoke, *TABLE_RUN, change) != training(smoke, *TABLE_RUN)
+
+
+@pytest.mark.parametrize("change", ["task.eval_split=validation_mismatched", "task.max_eval_examples=2",
+                                    "decoding.batch_size=3"])
+def test_what_a_run_is_evaluated_on_is_not_its_training(smoke, change: str) -> None:
+    assert training(smoke, *TABLE_RUN, change) == training(smoke, *TABLE_RUN)
+
+
+def test_a_run_trained_elsewhere_is_evaluated_not_retrained(smoke, monkeypatch) -> None:
+    from peftrepro.runs import execute
+
+    point = run_one(smoke(*SELECTION_POINT))
+    assert point["weights_kept"] and point["data"]["eval_split"] == "dev"
+    with monkeypatch.context() as patched:
+        patched.setattr(execute, "fit", lambda *args, **kwargs: pytest.fail("trained again"))
+        evaluated = run_one(smoke(*TABLE_RUN))
+    assert evaluated["trained_in"]["experiment"] == "lr_search"
+    assert evaluated["trained_in"]["run_key"] == point["run_key"]
+    assert evaluated["status"] == "ok" and "reused_from" not in evaluated
+    assert evaluated["data"]["eval_split"] == "validation_matched" and "accuracy_m" in evaluated["metrics"]
+    assert evaluated["training"] == point["training"] and evaluated["timings"]["train_s"] == 0.0
+    retrained = run_one(smoke(*TABLE_RUN, "force=true"))  # the same training, here: the same weights
+    assert "trained_in" not in retrained
+    assert retrained["metrics"] == evaluated["metrics"]
+    assert retrained["training"]["final_loss"] == pytest.approx(point["training"]["final_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("changes", [("reuse_equivalent_runs=false",), ("train.eval_every_epoch=true",)])
+def test_a_run_that_must_train_itself_trains(smoke, changes: tuple[str, ...]) -> None:
+    run_one(smoke(*SELECTION_POINT, *(c for c in changes if "epoch" in c)))
+    trained = run_one(smoke(*TABLE_RUN, *changes))
+    assert "trained_in" not in trained and trained["status"] == "ok"
+
+
+def test_weights_not_kept_cannot_be_evaluated(smoke) -> None:
+    run_one(smoke(*SELECTION_POINT, "keep_weights=false"))
+    assert "trained_in" not in run_one(smoke(*TABLE_RUN))
+
+
+def test_a_scheduled_method_trains_itself(smoke) -> None:
+    pruning = ("task=mnli", "method=magnitude_pruning", "train.lr=1e-3", ONE_EVALUATION)
+    run_one(smoke("experiment=lr_search", *pruning))
+    assert "trained_in" not in run_one(smoke("experiment=table_pruning", *pruning, "reuse_equivalent_runs=true"))
+
+
+def test_weights_trained_on_other_data_are_one_clear_error_and_nothing_written(smoke) -> None:
+    point = run_one(smoke(*SELECTION_POINT))
+    folder = next(Path(smoke(*SELECTION_POINT).results_dir).glob(f"runs/lr_search/{point['run_key']}"))
+    (folder / "record.json").write_text(json.dumps({**point, "data": {**point["data"], "train_tokens_per_epoch": 1}}))
+    table_run = smoke(*TABLE_RUN)
+    with pytest.raises(ConfigError, match="same config but on other data.*reuse_equivalent_runs=false"):
+        run_one(table_run)
+    assert not list(Path(table_run.results_dir).glob("runs/table_rank/*/record.json"))
+
+
+def test_a_copy_of_an_evaluated_run_names_both_origins(smoke) -> None:
+    point = run_one(smoke(*SELECTION_POINT))
+    evaluated = run_one(smoke(*TABLE_RUN))
+    copied = run_one(smoke("experiment=table_weight_type", "task=mnli", "method.ranks={W_q:8}", "train.lr=1e-3",
+                           ONE_EVALUATION))
+    assert copied["reused_from"]["run_key"] == evaluated["run_key"]
+    assert copied["trained_in"]["run_key"] == point["run_key"] and copied["metrics"] == evaluated["metrics"]

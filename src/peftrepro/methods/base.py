@@ -17,6 +17,9 @@ class MethodConfig:
 
     name: ClassVar[str] = ""
     trains: ClassVar[bool] = True  # False: a run evaluates the model as the method leaves it, no training
+    # True: training changes the model on a schedule (AppliedMethod.after_step) whose state a checkpoint
+    # does not restore, so the saved weights cannot be evaluated as the run that trained them did
+    scheduled: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self.validate()

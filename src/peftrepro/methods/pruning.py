@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PruningConfig(MethodConfig):
+    scheduled: ClassVar[bool] = True  # the sparsity ramp (Pruner)
     remaining: float = 0.1  # v_f: the share of each pruned matrix's weights kept at the end
     warmup: float = 0.1  # t_i / T: steps before pruning starts (the authors' command: 1 of 10 epochs)
     cooldown: float = 0.2  # t_f / T: steps at v_f at the end (the authors' command: 2 of 10 epochs)

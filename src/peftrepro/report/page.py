@@ -316,7 +316,8 @@ def pending_text(results: Mapping[str, TableResult], records: Sequence[Record]) 
         return ("Every cell has every expected seed; a cell \"n/a\" is a method the model cannot run, and its "
                 "table's page says why.")
     todo: Counter[str] = sum((runs_to_make(result) for result in results.values()), Counter())
-    own = [r for r in records if not is_reused(r) and r.status == "ok"]
+    # the time of a whole run: not a copy, nor an evaluation of weights another run trained
+    own = [r for r in records if not is_reused(r) and not r.raw.get("trained_in") and r.status == "ok"]
     lines = ["A cell \"—\" has no finished run yet; each table's page lists every such cell.",
              f"**{plural(pairs, '(cell, seed) pair')} {'is' if pairs == 1 else 'are'} still empty**, which "
              f"{plural(sum(todo.values()), 'run')} would fill "
@@ -328,7 +329,9 @@ def pending_text(results: Mapping[str, TableResult], records: Sequence[Record]) 
     points = {r.run_key for result in results.values() for r in result.lr_search if r.status == "ok"}
     lines.append(f"Before a table's runs, its learning rates are selected (`make select-lr`: about three "
                  f"dev-split runs per task and method; {plural(len(points), 'point')} finished so far) and each "
-                 "task's zero-shot baseline is run once (`make baselines`).")
+                 "task's zero-shot baseline is run once (`make baselines`). A seed-0 table run trains as its "
+                 "method's chosen selection point did, so where that point kept its weights the run only "
+                 "evaluates them (`trained_in`), in minutes: the estimate above counts it as a whole run.")
     return " ".join(lines)
 
 

@@ -107,9 +107,23 @@ def header_lines(result: TableResult) -> list[str]:
         f"{statuses[UNSCORED]} unscored; left out: {result.superseded} older record(s) of "
         f"the same run key, {result.replaced} older run(s) of the same cell and seed under another run key "
         f"(config or code changed since), {len(result.problems)} unreadable file(s)",
+        *_trained_elsewhere_lines(records),
         f"- Paper values: {result.spec.paper_source}",
         "- Each cell: our mean ± std over seeds (n = number of seeds) · the paper's printed value.",
     ]
+
+
+def _trained_elsewhere_lines(records: Sequence[Record]) -> list[str]:
+    """Runs that evaluated the weights of another experiment's run of the same training (usually the
+    learning-rate selection's chosen point, seed 0), named with the run that trained them."""
+    runs = [f"{r.method.get('name')} seed {r.seed} ← {r.raw['trained_in'].get('experiment')}/"
+            f"{str(r.raw['trained_in'].get('run_key'))[:12]}" for r in records if r.raw.get("trained_in")]
+    if not runs:
+        return []
+    verb = "evaluates" if len(runs) == 1 else "evaluate"
+    return [f"- Trained by another run: {plural(len(runs), 'run')} {verb} the kept weights of a run that trained "
+            f"with the same config, seed and data and was evaluated on another split (`trained_in` in the record): "
+            f"{', '.join(runs)}"]
 
 
 def _count(values: Iterable[str]) -> list[tuple[str, int]]:

@@ -5,6 +5,9 @@
     skip     results/runs/<experiment>/<run_key>/record.json says ok and force=false -> return it
              (says "unscored", from a run with `scoring: later|auto`: score its saved predictions, no
              training; peftrepro.runs.scoring)
+    reuse    an equivalent finished run of another experiment -> copy its record; one that trained
+             the same way but was evaluated on something else, weights kept -> load those weights
+             and only evaluate (peftrepro.runs.reuse; reuse_equivalent_runs=false turns both off)
     device   the run's device; on a machine with several GPUs each job of a sweep claims a GPU of its
              own for the whole run (peftrepro.runs.devices)
     set up   load data, model, apply the method, encode (an input error found here, e.g. a model that
@@ -94,6 +97,11 @@ def _claimed_run(plan: RunPlan, jobs_at_once: int = 1, job: int | None = None) -
         equivalent = reuse.find_equivalent(plan)
         if equivalent is not None:
             return reuse.copy_equivalent(equivalent, plan)
+        trained = reuse.find_trained(plan)
+        if trained is not None:
+            log.info("run %s -> %s: evaluating the weights trained by %s (same training, seed and data)",
+                     plan.key, plan.directory, trained)
+            return _Run(plan, jobs_at_once=jobs_at_once, job=job, trained_in=trained).execute()
     log.info("run %s -> %s", plan.key, plan.directory)
     return _Run(plan, jobs_at_once=jobs_at_once, job=job).execute()
 
@@ -117,6 +125,7 @@ class _Run:
     plan: RunPlan
     jobs_at_once: int = 1
     job: int | None = None  # the job number within a multirun
+    trained_in: Path | None = None  # the folder of a finished run whose trained weights this run evaluates
     started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=lambda: {"load_s": 0.0, "train_s": 0.0, "eval_s": 0.0})
     partial: dict[str, Any] = field(default_factory=dict)  # record fields known so far
@@ -158,7 +167,7 @@ class _Run:
     # -- phases
 
     def _set_up(self, device: torch.device) -> _Setup:
-        from peftrepro.methods import apply_method, count_parameters, weight_report
+        from peftrepro.methods import apply_method, count_parameters, load_adapter, weight_report
         from peftrepro.models import context_length, describe, load_model
 
         plan, config = self.plan, self.plan.config
@@ -175,7 +184,7 @@ class _Run:
         model, tokenizer = load_model(config["model"])
         self.partial["model"] = describe(model, config["model"])
         _fail_if(config, "setup")
-        applied = apply_method(model, plan.method_config)
+        applied = load_adapter(model, self.trained_in) if self.trained_in else apply_method(model, plan.method_config)
         if applied.provenance:  # weights loaded rather than trained (peft_adapter): which ones
             self.partial["method_source"] = applied.provenance
         initial_A = _initial_factors(config, applied)
@@ -190,6 +199,8 @@ class _Run:
                                 "train_split": task.options.train_split, "eval_split": task.options.eval_split,
                                 "source": plan.data_source,
                                 "train_tokens_per_epoch": sum(len(e.input_ids) for e in encoded)}
+        if self.trained_in:
+            _check_same_training_data(self.partial["data"], self.trained_in)
         self.timings["load_s"] = time.perf_counter() - began
         return _Setup(model, tokenizer, applied, encoded, eval_rows, device, settings, initial_A)
 
@@ -219,6 +230,14 @@ class _Run:
                     best["bytes"] = save_adapter(setup.model, plan.method_config, staging / "adapter")
 
         _fail_if(config, "train")
+        if self.trained_in:  # trained by another run of the same training: its weights are loaded
+            stats, original = _training_of(self.trained_in)
+            self.partial["trained_in"] = {"experiment": original.get("experiment"), "run_key": original.get("run_key"),
+                                          "git": (original.get("env") or {}).get("git")}
+            self.partial["train_memory"] = {key: (original.get("memory") or {}).get(key)
+                                            for key in ("train_peak_bytes", "train_kind")}
+            evaluate(stats.epochs, stats.steps)
+            return self._finish(staging, stats, per_epoch, best, setup)
         if not plan.method_config.trains:  # method `none`: the zero-shot baseline, evaluated as loaded
             evaluate(0, 0)
             return self._finish(staging, TrainStats(), per_epoch, best, setup)
@@ -307,6 +326,7 @@ class _Run:
             "timings": dict(self.timings), "throughput": {"train_tokens_per_s": None},
             "memory": {**_peak_memory(device, self._process_peak_at_least()), **self.partial.get("train_memory", {})},
             "weights": self.partial.get("weights"), "threads": self.partial.get("threads"),
+            **({"trained_in": self.partial["trained_in"]} if "trained_in" in self.partial else {}),
             "env": envinfo.environment(),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -352,6 +372,30 @@ class _Setup:
     device: torch.device
     settings: TrainSettings  # the plan's, with the longest sequence this method makes
     initial_A: dict[str, torch.Tensor] | None = None  # LoRA's A as initialised, where lora_factors asks
+
+
+def _training_of(folder: Path) -> tuple[TrainStats, dict[str, Any]]:
+    """The training statistics of the finished run in `folder`, and its record."""
+    original = records.read_record(folder) or {}
+    training = original.get("training") or {}
+    stats = TrainStats(steps=int(training.get("steps", 0)), epochs=int(training.get("epochs", 0)),
+                       tokens=int(training.get("tokens", 0)), padded_tokens=int(training.get("padded_tokens", 0)),
+                       seconds=float((original.get("timings") or {}).get("train_s", 0.0)),
+                       last_loss=training.get("final_loss"),
+                       losses=[tuple(point) for point in training.get("loss_curve", [])])
+    return stats, original
+
+
+def _check_same_training_data(data: Mapping[str, Any], folder: Path) -> None:
+    """The weights in `folder` were trained on the data this run would train on (same config; a
+    changed data file or tokenizer would break that)."""
+    theirs = (records.read_record(folder) or {}).get("data") or {}
+    fields = ("train_examples", "train_split", "train_tokens_per_epoch")
+    if any(theirs.get(name) != data.get(name) for name in fields):
+        raise ConfigError(
+            f"the finished run in {folder} trained with the same config but on other data "
+            f"({', '.join(f'{name} {theirs.get(name)} vs {data.get(name)} here' for name in fields)}), so its "
+            "weights cannot stand for this run's training; rerun with reuse_equivalent_runs=false to train here")
 
 
 def _initial_factors(config: Mapping[str, Any], applied: Any) -> dict[str, torch.Tensor] | None:

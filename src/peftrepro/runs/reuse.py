@@ -8,6 +8,13 @@ record of its own but an equivalent "ok" run exists in another experiment, that 
 copied into this experiment's folder, its record naming the original under `reused_from`: every
 table still reads its own folder's records, and the copy says where its numbers came from. Its
 per-example predictions are read from the original's folder, not kept twice.
+
+A run can also share only its training with another: the learning-rate selection's chosen point
+(seed 0, evaluated on the dev split) trains exactly as the table's seed-0 run of the same
+configuration, which is evaluated on the test split. Two configs that agree in everything but what
+they are evaluated on (`training_key`) train the same weights, so when a finished run of another
+experiment kept its weights, the run loads them and only evaluates (`find_trained`); its record
+names that run under `trained_in` and carries its training statistics.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import logging
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from peftrepro.errors import ConfigError
 from peftrepro.runs import records
@@ -34,32 +41,83 @@ log = logging.getLogger(__name__)
 NOT_COPIED = ("*.safetensors", records.PREDICTIONS_FILE, records.LEGACY_PREDICTIONS_FILE)
 
 
-def equivalence_key(config: Mapping[str, Any]) -> str:
-    """A hash of what the run computes, with the method in canonical form."""
+# What a run is evaluated on, not how it trains (`training_key` leaves them out); merging LoRA into W
+# for evaluation changes nothing the training saw either
+EVALUATION_TASK_KEYS = ("eval_split", "max_eval_examples")
+EVALUATION_KEYS = ("decoding", "merge_for_eval")
+
+
+def _canonical(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The semantic config (records.semantic_config) with the method in canonical form."""
     from peftrepro.methods import make_method_config
 
     semantic = records.semantic_config(config)
     method = dict(semantic["method"])
     semantic["method"] = make_method_config(str(method.get("name")), method).canonical()
-    return hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()
+    return semantic
 
 
-def find_equivalent(plan: RunPlan) -> Path | None:
-    """The folder of an "ok" run, in another experiment, equivalent to `plan`; None if none."""
-    wanted = equivalence_key(plan.config)
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def equivalence_key(config: Mapping[str, Any]) -> str:
+    """A hash of what the run computes, with the method in canonical form."""
+    return _digest(_canonical(config))
+
+
+def training_key(config: Mapping[str, Any]) -> str:
+    """A hash of how the run trains: `equivalence_key` without what it is evaluated on."""
+    semantic = _canonical(config)
+    semantic["task"] = {k: v for k, v in semantic["task"].items() if k not in EVALUATION_TASK_KEYS}
+    return _digest({k: v for k, v in semantic.items() if k not in EVALUATION_KEYS})
+
+
+def _originals(plan: RunPlan) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """(folder, record) of each "ok" run of another experiment that is not itself a copy, so that a
+    copy never hides where its numbers came from."""
     runs_root = plan.directory.parent.parent
     for path in sorted(runs_root.glob(f"*/*/{records.RECORD_FILE}")):
         if path.parent.parent == plan.directory.parent:
             continue  # this experiment: its own records are found by run key
         record = records.read_record(path.parent)
-        if not record or record.get("status") != "ok" or record.get("reused_from") or "config" not in record:
-            continue  # reuse originals only, so a copy never hides where the numbers came from
+        if not record or record.get("status") != "ok" or "config" not in record \
+                or record.get("reused_from"):
+            continue
+        yield path.parent, record
+
+
+def _matching(plan: RunPlan, key: Callable[[Mapping[str, Any]], str]) -> Iterator[tuple[Path, dict[str, Any]]]:
+    wanted = key(plan.config)
+    for folder, record in _originals(plan):
         try:
-            if equivalence_key(record["config"]) == wanted:
-                return path.parent
+            if key(record["config"]) == wanted:
+                yield folder, record
         except (ConfigError, KeyError, TypeError):
             continue  # a record of an older schema or a method that no longer exists
-    return None
+
+
+def find_equivalent(plan: RunPlan) -> Path | None:
+    """The folder of an "ok" run, in another experiment, equivalent to `plan`; None if none."""
+    return next((folder for folder, _ in _matching(plan, equivalence_key)), None)
+
+
+def find_trained(plan: RunPlan) -> Path | None:
+    """The folder of an "ok" run, in another experiment, that trained as `plan` would and kept its
+    weights; None if none, or where `plan` must train itself: it reports the best of several
+    evaluations (train.eval_every_epoch), keeps LoRA's factors as initialised (lora_factors), or
+    its method changes the model on a schedule that a checkpoint does not restore (pruning)."""
+    from peftrepro.methods.checkpoint import WEIGHTS_FILE
+    from peftrepro.methods.factors import keeps_factors
+
+    method = plan.method_config
+    if not method.trains or method.scheduled or plan.settings.eval_every_epoch:
+        return None
+    if method.name == "lora" and keeps_factors(plan.config.get("lora_factors"), method.rank_per_weight()):
+        return None
+    return next((folder for folder, record in _matching(plan, training_key)  # the run that trained them: one hop
+                 if record.get("weights_kept") and not record.get("trained_in")
+                 and (folder / WEIGHTS_FILE).is_file()), None)
 
 
 def copy_equivalent(source: Path, plan: RunPlan) -> dict[str, Any]:
