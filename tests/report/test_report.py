@@ -69,14 +69,18 @@ def test_a_run_trained_by_another_is_named_and_not_timed_as_a_whole_run(weight_t
                             minutes=5, key="wikisql-wq-s0-evaluated")
     evaluated["env"]["hardware"], evaluated["timings"] = CPU, {"train_s": 0.0, "total_s": 60.0}
     evaluated["training"] = {"steps": 250}
-    evaluated["trained_in"] = {"experiment": "lr_search", "run_key": "wikisql-lora-s0-0123456789abcdef"}
+    evaluated["trained_in"] = {"experiment": "lr_search", "run_key": "wikisql-lora-s0-0123456789abcdef",
+                               "git": {"commit": "fedcba9876543210", "dirty": False}}
     write(evaluated)
+    failed = make_record("table_weight_type", "wikisql", QV, 0, profile="mini", status="failed", minutes=6)
+    write({**failed, "trained_in": {"experiment": "lr_search", "run_key": "wikisql-lora-s0-failed"}})
     text = page(runs_dir, tmp_path)
     assert "wikisql 1, mnli 3" not in text and "on wikisql (none ran there: the median of all 3)" in text
     table = "\n".join(header_lines(build_table(TABLES["table_weight_type"], runs_dir, profile="mini")))
     assert ("- Trained by another run: 1 run evaluates the kept weights of a run that trained with the same "
             "config, seed and data and was evaluated on another split (`trained_in` in the record): "
-            "lora seed 0 ← lr_search/wikisql-lora") in table
+            "lora seed 0 ← lr_search/wikisql-lora-s0-0123456789abcdef\n") in table + "\n"
+    assert "- Commit(s): 0123456789, fedcba9876" in table  # the commit that evaluated, and the one that trained
 
 
 @pytest.mark.parametrize(("todo", "text"), [

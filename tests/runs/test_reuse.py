@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from peftrepro.errors import ConfigError
 from peftrepro.report.records import parse_record
 from peftrepro.runs import records
 from peftrepro.runs.execute import run_one
@@ -91,7 +90,7 @@ def test_a_change_in_training_is_another_training(smoke, change: str) -> None:
 
 
 @pytest.mark.parametrize("change", ["task.eval_split=validation_mismatched", "task.max_eval_examples=2",
-                                    "decoding.batch_size=3"])
+                                    "decoding.batch_size=3", "merge_for_eval=false"])
 def test_what_a_run_is_evaluated_on_is_not_its_training(smoke, change: str) -> None:
     assert training(smoke, *TABLE_RUN, change) == training(smoke, *TABLE_RUN)
 
@@ -109,6 +108,11 @@ def test_a_run_trained_elsewhere_is_evaluated_not_retrained(smoke, monkeypatch) 
     assert evaluated["status"] == "ok" and "reused_from" not in evaluated
     assert evaluated["data"]["eval_split"] == "validation_matched" and "accuracy_m" in evaluated["metrics"]
     assert evaluated["training"] == point["training"] and evaluated["timings"]["train_s"] == 0.0
+    trainer = evaluated["trained_in"]  # what the training cost, apart from this run's own time and memory
+    assert trainer["train_s"] == point["timings"]["train_s"] and trainer["throughput"] == point["throughput"]
+    assert trainer["memory"]["train_peak_bytes"] == point["memory"]["train_peak_bytes"]
+    assert "train_peak_bytes" not in evaluated["memory"] and evaluated["throughput"]["train_tokens_per_s"] is None
+    assert trainer["git"] == point["env"]["git"] and trainer["created_at"] == point["created_at"]
     retrained = run_one(smoke(*TABLE_RUN, "force=true"))  # the same training, here: the same weights
     assert "trained_in" not in retrained
     assert retrained["metrics"] == evaluated["metrics"]
@@ -133,14 +137,59 @@ def test_a_scheduled_method_trains_itself(smoke) -> None:
     assert "trained_in" not in run_one(smoke("experiment=table_pruning", *pruning, "reuse_equivalent_runs=true"))
 
 
-def test_weights_trained_on_other_data_are_one_clear_error_and_nothing_written(smoke) -> None:
+def point_folder(smoke, point: dict) -> Path:
+    return Path(smoke(*SELECTION_POINT).results_dir) / "runs" / "lr_search" / point["run_key"]
+
+
+@pytest.mark.parametrize("tamper", [
+    {"data": {"train_tokens_per_epoch": 1}},  # e.g. a tokenizer that changed since
+    {"model": {"weights_sha256": "0" * 64}},  # another base: a re-converted GGUF, another hub revision
+    {"memory": {"device": "cuda:NVIDIA H100"}},  # another device type, so another precision under "auto"
+])
+def test_weights_trained_from_another_start_are_not_evaluated(smoke, tamper, caplog) -> None:
     point = run_one(smoke(*SELECTION_POINT))
-    folder = next(Path(smoke(*SELECTION_POINT).results_dir).glob(f"runs/lr_search/{point['run_key']}"))
-    (folder / "record.json").write_text(json.dumps({**point, "data": {**point["data"], "train_tokens_per_epoch": 1}}))
-    table_run = smoke(*TABLE_RUN)
-    with pytest.raises(ConfigError, match="same config but on other data.*reuse_equivalent_runs=false"):
-        run_one(table_run)
-    assert not list(Path(table_run.results_dir).glob("runs/table_rank/*/record.json"))
+    changed = {**point, **{part: {**point[part], **values} for part, values in tamper.items()}}
+    (point_folder(smoke, point) / "record.json").write_text(json.dumps(changed))
+    trained = run_one(smoke(*TABLE_RUN))
+    assert "trained_in" not in trained and trained["status"] == "ok" and trained["timings"]["train_s"] > 0
+    assert "trains itself: the weights of" in caplog.text and "another start" in caplog.text
+
+
+def test_an_original_rewritten_while_its_weights_load_is_not_evaluated(smoke, monkeypatch, caplog) -> None:
+    from peftrepro import methods
+
+    point = run_one(smoke(*SELECTION_POINT))
+    load = methods.load_adapter
+
+    def load_then_rerun_original(model, folder):
+        applied = load(model, folder)
+        (point_folder(smoke, point) / "record.json").write_text(json.dumps({**point, "created_at": "later"}))
+        return applied
+
+    monkeypatch.setattr(methods, "load_adapter", load_then_rerun_original)
+    assert "trained_in" not in run_one(smoke(*TABLE_RUN))
+    assert "changed or vanished while its weights were loaded" in caplog.text
+
+
+@pytest.mark.parametrize("missing", ["adapter.safetensors", "method.json"])
+def test_an_original_without_its_weights_is_not_evaluated(smoke, missing: str) -> None:
+    point = run_one(smoke(*SELECTION_POINT))
+    (point_folder(smoke, point) / missing).unlink()
+    assert "trained_in" not in run_one(smoke(*TABLE_RUN))
+
+
+def test_a_run_keeping_lora_factors_as_initialised_trains_itself(smoke) -> None:
+    run_one(smoke(*SELECTION_POINT))
+    keeps = run_one(smoke(*TABLE_RUN, "lora_factors={layers:[last],weights:[W_q],ranks:[8]}"))
+    assert "trained_in" not in keeps and keeps["status"] == "ok"
+
+
+def test_the_run_that_trained_the_weights_is_named_never_one_that_evaluated_them(smoke) -> None:
+    point = run_one(smoke(*SELECTION_POINT))
+    run_one(smoke(*TABLE_RUN))
+    again = run_one(smoke("experiment=table_methods", "task=mnli", "method=lora", "method.ranks={W_q:8}",
+                          "train.lr=1e-3", "task.eval_split=validation_mismatched", ONE_EVALUATION))
+    assert again["trained_in"]["run_key"] == point["run_key"]
 
 
 def test_a_copy_of_an_evaluated_run_names_both_origins(smoke) -> None:

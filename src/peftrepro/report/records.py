@@ -335,9 +335,16 @@ def distinct(values: Iterable[Any]) -> list[str]:
 
 
 def commit_labels(records: Iterable[Record]) -> list[str]:
-    """The commits the records name, `abcdef1234 (dirty)` when the tree had uncommitted changes."""
+    """The commits the records name, `abcdef1234 (dirty)` when the tree had uncommitted changes; for a
+    run that evaluated another's weights, also the commit that trained them (`trained_in`)."""
     return distinct(f"{g.get('commit', '?')[:10]}{' (dirty)' if g.get('dirty') else ''}"
-                    for r in records for g in [r.env.get("git") or {}])
+                    for r in records for g in [r.env.get("git") or {}, *_trainer_git(r)])
+
+
+def _trainer_git(record: Record) -> list[dict[str, Any]]:
+    """The git state of the run whose weights `record` evaluated, where it names one."""
+    git = (record.raw.get("trained_in") or {}).get("git")
+    return [git] if git else []
 
 
 def e2e_eval_counts(record: Record) -> tuple[Any, Any] | None:

@@ -100,7 +100,7 @@ def _claimed_run(plan: RunPlan, jobs_at_once: int = 1, job: int | None = None) -
         trained = reuse.find_trained(plan)
         if trained is not None:
             log.info("run %s -> %s: evaluating the weights trained by %s (same training, seed and data)",
-                     plan.key, plan.directory, trained)
+                     plan.key, plan.directory, trained.folder)
             return _Run(plan, jobs_at_once=jobs_at_once, job=job, trained_in=trained).execute()
     log.info("run %s -> %s", plan.key, plan.directory)
     return _Run(plan, jobs_at_once=jobs_at_once, job=job).execute()
@@ -125,7 +125,7 @@ class _Run:
     plan: RunPlan
     jobs_at_once: int = 1
     job: int | None = None  # the job number within a multirun
-    trained_in: Path | None = None  # the folder of a finished run whose trained weights this run evaluates
+    trained_in: reuse.Trained | None = None  # a finished run whose trained weights this run evaluates
     started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=lambda: {"load_s": 0.0, "train_s": 0.0, "eval_s": 0.0})
     partial: dict[str, Any] = field(default_factory=dict)  # record fields known so far
@@ -184,7 +184,8 @@ class _Run:
         model, tokenizer = load_model(config["model"])
         self.partial["model"] = describe(model, config["model"])
         _fail_if(config, "setup")
-        applied = load_adapter(model, self.trained_in) if self.trained_in else apply_method(model, plan.method_config)
+        applied = (load_adapter(model, self.trained_in.folder) if self.trained_in
+                   else apply_method(model, plan.method_config))
         if applied.provenance:  # weights loaded rather than trained (peft_adapter): which ones
             self.partial["method_source"] = applied.provenance
         initial_A = _initial_factors(config, applied)
@@ -199,8 +200,13 @@ class _Run:
                                 "train_split": task.options.train_split, "eval_split": task.options.eval_split,
                                 "source": plan.data_source,
                                 "train_tokens_per_epoch": sum(len(e.input_ids) for e in encoded)}
-        if self.trained_in:
-            _check_same_training_data(self.partial["data"], self.trained_in)
+        if self.trained_in and (why := reuse.why_not_evaluate(self.trained_in, self.partial["model"],
+                                                              self.partial["data"], device.type, applied)):
+            log.warning("run %s trains itself: the weights of %s cannot stand for its training (%s)",
+                        plan.key, self.trained_in.folder, why)
+            self.trained_in = None
+            del model, applied, encoded  # the loaded weights go before a fresh base model comes
+            return self._set_up(device)  # from the start, the method applied untrained
         self.timings["load_s"] = time.perf_counter() - began
         return _Setup(model, tokenizer, applied, encoded, eval_rows, device, settings, initial_A)
 
@@ -231,11 +237,8 @@ class _Run:
 
         _fail_if(config, "train")
         if self.trained_in:  # trained by another run of the same training: its weights are loaded
-            stats, original = _training_of(self.trained_in)
-            self.partial["trained_in"] = {"experiment": original.get("experiment"), "run_key": original.get("run_key"),
-                                          "git": (original.get("env") or {}).get("git")}
-            self.partial["train_memory"] = {key: (original.get("memory") or {}).get(key)
-                                            for key in ("train_peak_bytes", "train_kind")}
+            self.partial["trained_in"] = reuse.provenance(self.trained_in)
+            stats = _training_of(self.trained_in.record)
             evaluate(stats.epochs, stats.steps)
             return self._finish(staging, stats, per_epoch, best, setup)
         if not plan.method_config.trains:  # method `none`: the zero-shot baseline, evaluated as loaded
@@ -301,8 +304,8 @@ class _Run:
             training={"steps": stats.steps, "epochs": stats.epochs, "tokens": stats.tokens,
                       "padded_tokens": stats.padded_tokens, "final_loss": stats.last_loss,
                       "loss_curve": [list(point) for point in stats.losses]},
-            throughput={"train_tokens_per_s": stats.tokens_per_s,
-                        "train_padded_tokens_per_s": stats.padded_tokens / stats.seconds if stats.seconds else 0.0},
+            # a run that evaluated another's weights trained nothing: its trainer's throughput is under trained_in
+            throughput={"train_tokens_per_s": None} if self.trained_in else _throughput(stats),
         )
         records.write_record(directory, record)
         log.info("%s %s: %s", record["status"], plan.key, record["metrics"])
@@ -374,28 +377,18 @@ class _Setup:
     initial_A: dict[str, torch.Tensor] | None = None  # LoRA's A as initialised, where lora_factors asks
 
 
-def _training_of(folder: Path) -> tuple[TrainStats, dict[str, Any]]:
-    """The training statistics of the finished run in `folder`, and its record."""
-    original = records.read_record(folder) or {}
-    training = original.get("training") or {}
-    stats = TrainStats(steps=int(training.get("steps", 0)), epochs=int(training.get("epochs", 0)),
-                       tokens=int(training.get("tokens", 0)), padded_tokens=int(training.get("padded_tokens", 0)),
-                       seconds=float((original.get("timings") or {}).get("train_s", 0.0)),
-                       last_loss=training.get("final_loss"),
-                       losses=[tuple(point) for point in training.get("loss_curve", [])])
-    return stats, original
+def _throughput(stats: TrainStats) -> dict[str, float]:
+    return {"train_tokens_per_s": stats.tokens_per_s,
+            "train_padded_tokens_per_s": stats.padded_tokens / stats.seconds if stats.seconds else 0.0}
 
 
-def _check_same_training_data(data: Mapping[str, Any], folder: Path) -> None:
-    """The weights in `folder` were trained on the data this run would train on (same config; a
-    changed data file or tokenizer would break that)."""
-    theirs = (records.read_record(folder) or {}).get("data") or {}
-    fields = ("train_examples", "train_split", "train_tokens_per_epoch")
-    if any(theirs.get(name) != data.get(name) for name in fields):
-        raise ConfigError(
-            f"the finished run in {folder} trained with the same config but on other data "
-            f"({', '.join(f'{name} {theirs.get(name)} vs {data.get(name)} here' for name in fields)}), so its "
-            "weights cannot stand for this run's training; rerun with reuse_equivalent_runs=false to train here")
+def _training_of(record: Mapping[str, Any]) -> TrainStats:
+    """The training statistics a finished run recorded (steps, tokens, loss curve); no time of this run."""
+    training = record.get("training") or {}
+    return TrainStats(steps=int(training.get("steps", 0)), epochs=int(training.get("epochs", 0)),
+                      tokens=int(training.get("tokens", 0)), padded_tokens=int(training.get("padded_tokens", 0)),
+                      last_loss=training.get("final_loss"),
+                      losses=[tuple(point) for point in training.get("loss_curve", [])])
 
 
 def _initial_factors(config: Mapping[str, Any], applied: Any) -> dict[str, torch.Tensor] | None:

@@ -117,4 +117,5 @@ def _provenance(run_dir: Path, record: Mapping[str, Any], format: str) -> dict[s
     return {"format": format, "run_dir": str(run_dir), "run_key": record.get("run_key"),
             "experiment": record.get("experiment"), "method": record.get("method"), "model": record.get("model"),
             "metrics": record.get("metrics"), "git": (record.get("env") or {}).get("git"),
+            **({"trained_in": record["trained_in"]} if record.get("trained_in") else {}),  # the training's own run
             "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -25,12 +25,13 @@ import logging
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, NamedTuple
 
 from peftrepro.errors import ConfigError
 from peftrepro.runs import records
 
 if TYPE_CHECKING:
+    from peftrepro.methods.base import AppliedMethod
     from peftrepro.runs.plan import RunPlan
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 NOT_COPIED = ("*.safetensors", records.PREDICTIONS_FILE, records.LEGACY_PREDICTIONS_FILE)
 
 
+# What shows that two runs saw the same training data (records' `data`)
+TRAINING_DATA_FIELDS = ("train_examples", "train_split", "train_tokens_per_epoch")
 # What a run is evaluated on, not how it trains (`training_key` leaves them out); merging LoRA into W
 # for evaluation changes nothing the training saw either
 EVALUATION_TASK_KEYS = ("eval_split", "max_eval_examples")
@@ -102,12 +105,20 @@ def find_equivalent(plan: RunPlan) -> Path | None:
     return next((folder for folder, _ in _matching(plan, equivalence_key)), None)
 
 
-def find_trained(plan: RunPlan) -> Path | None:
-    """The folder of an "ok" run, in another experiment, that trained as `plan` would and kept its
-    weights; None if none, or where `plan` must train itself: it reports the best of several
-    evaluations (train.eval_every_epoch), keeps LoRA's factors as initialised (lora_factors), or
-    its method changes the model on a schedule that a checkpoint does not restore (pruning)."""
-    from peftrepro.methods.checkpoint import WEIGHTS_FILE
+class Trained(NamedTuple):
+    """A finished run whose kept weights another run can evaluate: its folder and its record as found."""
+
+    folder: Path
+    record: dict[str, Any]
+
+
+def find_trained(plan: RunPlan) -> Trained | None:
+    """The latest "ok" run, in another experiment, that trained as `plan` would and kept its weights;
+    None if none, or where `plan` must train itself: it reports the best of several evaluations
+    (train.eval_every_epoch), keeps LoRA's factors as initialised (lora_factors), or its method
+    changes the model on a schedule (MethodConfig.scheduled). The run that trained the weights
+    itself, never a run that evaluated them: provenance stays one hop."""
+    from peftrepro.methods.checkpoint import CONFIG_FILE, WEIGHTS_FILE
     from peftrepro.methods.factors import keeps_factors
 
     method = plan.method_config
@@ -115,9 +126,42 @@ def find_trained(plan: RunPlan) -> Path | None:
         return None
     if method.name == "lora" and keeps_factors(plan.config.get("lora_factors"), method.rank_per_weight()):
         return None
-    return next((folder for folder, record in _matching(plan, training_key)  # the run that trained them: one hop
-                 if record.get("weights_kept") and not record.get("trained_in")
-                 and (folder / WEIGHTS_FILE).is_file()), None)
+    found = [Trained(folder, record) for folder, record in _matching(plan, training_key)
+             if record.get("weights_kept") and not record.get("trained_in")
+             and all((folder / name).is_file() for name in (WEIGHTS_FILE, CONFIG_FILE))]
+    return max(found, key=lambda trained: str(trained.record.get("created_at")), default=None)
+
+
+def why_not_evaluate(trained: Trained, model: Mapping[str, Any], data: Mapping[str, Any], device: str,
+                     applied: AppliedMethod) -> str | None:
+    """Why the weights `trained` kept cannot stand for this run's training, checked once the run has
+    loaded them (its base model as models.describe gives it, its encoded training data, the device type
+    it would train on); None when they can. The original's record must still be the one found: a rerun
+    or deletion of it meanwhile means the loaded weights may not be the ones it describes."""
+    theirs = trained.record
+    if records.read_record(trained.folder) != theirs:
+        return f"the record in {trained.folder} changed or vanished while its weights were loaded"
+    if applied.after_step is not None or not applied.is_final():
+        return f"method {applied.config.name!r} changes the model on a schedule that its checkpoint does not restore"
+    own = {"base weights": model.get("weights_sha256"), "device": device,
+           **{name: data.get(name) for name in TRAINING_DATA_FIELDS}}
+    other = {"base weights": (theirs.get("model") or {}).get("weights_sha256"),
+             "device": str((theirs.get("memory") or {}).get("device", "")).split(":")[0],
+             **{name: (theirs.get("data") or {}).get(name) for name in TRAINING_DATA_FIELDS}}
+    differ = [f"{name} {other[name]} there, {own[name]} here" for name in own if own[name] != other[name]]
+    return f"it trained on another start ({'; '.join(differ)})" if differ else None
+
+
+def provenance(trained: Trained) -> dict[str, Any]:
+    """What a record says of the run whose weights it evaluated: which run, made when, by which code,
+    where, and what its training cost (kept apart from this run's own timings and memory)."""
+    theirs = trained.record
+    memory = theirs.get("memory") or {}
+    return {"experiment": theirs.get("experiment"), "run_key": theirs.get("run_key"),
+            "created_at": theirs.get("created_at"), "git": (theirs.get("env") or {}).get("git"),
+            "hardware": (theirs.get("env") or {}).get("hardware"), "threads": theirs.get("threads"),
+            "train_s": (theirs.get("timings") or {}).get("train_s"), "throughput": theirs.get("throughput"),
+            "memory": {key: memory.get(key) for key in ("device", "train_peak_bytes", "train_kind")}}
 
 
 def copy_equivalent(source: Path, plan: RunPlan) -> dict[str, Any]:
