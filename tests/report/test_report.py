@@ -230,6 +230,16 @@ def test_the_constraints_pin_the_versions_the_runs_agree_on(runs_dir, write, mak
     assert "pip install -c results/constraints.txt" in text and "# Python: 3.11.7 (2 runs)." in text
 
 
+def test_the_constraints_count_the_versions_evaluated_weights_were_trained_with(runs_dir, write, make_record):
+    record = make_record("table_weight_type", "mnli", WQ, 0, {"accuracy_m": 0.5}, profile="mini")
+    record["env"].update(packages={"torch": "2.13.0", "peft": "0.21.2"}, python="3.11.7")
+    record["trained_in"] = {"experiment": "lr_search", "run_key": "k", "packages": {"torch": "2.12.1", "peft": "0.21.2"}}
+    write(record)
+    text = report.constraints("mini", runs_dir, Path("results/constraints.txt"))
+    assert [line for line in text.splitlines() if not line.startswith("#")] == ["peft==0.21.2"]
+    assert "# torch: not pinned, the runs disagree: 2.13.0 (1 run), 2.12.1 (1 run)." in text
+
+
 def test_the_section7_pages_are_linked_with_their_verdicts_once_generated(tmp_path) -> None:
     assert report.section7_text(tmp_path).splitlines() == [
         "- Figures 3 and 4, subspace similarity of A (r=8 vs r=64, seed vs seed): not yet generated: `make figure-subspace`.",

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from peftrepro.report.records import parse_record
 from peftrepro.runs import records
@@ -68,6 +70,10 @@ def test_only_an_ok_run_is_reused(smoke, tmp_path: Path, status: str) -> None:
 
 # ---- a run that trains as another did, evaluated on another split, evaluates that run's weights
 
+def run_folder(smoke, record: dict) -> Path:
+    return Path(smoke().results_dir) / "runs" / record["experiment"] / record["run_key"]
+
+
 # smoke evaluates every epoch and reports the best, which a run must do itself; mini does not
 ONE_EVALUATION = "train.eval_every_epoch=false"
 SELECTION_POINT = ("experiment=lr_search", "task=mnli", "method=lora", "method.weights=[W_q]", "method.r=8",
@@ -113,6 +119,9 @@ def test_a_run_trained_elsewhere_is_evaluated_not_retrained(smoke, monkeypatch) 
     assert trainer["memory"]["train_peak_bytes"] == point["memory"]["train_peak_bytes"]
     assert "train_peak_bytes" not in evaluated["memory"] and evaluated["throughput"]["train_tokens_per_s"] is None
     assert trainer["git"] == point["env"]["git"] and trainer["created_at"] == point["created_at"]
+    kept = [load_file(str(folder / "adapter.safetensors")) for folder in (run_folder(smoke, point),
+                                                                           run_folder(smoke, evaluated))]
+    assert kept[0].keys() == kept[1].keys() and all(torch.equal(kept[0][k], kept[1][k]) for k in kept[0])
     retrained = run_one(smoke(*TABLE_RUN, "force=true"))  # the same training, here: the same weights
     assert "trained_in" not in retrained
     assert retrained["metrics"] == evaluated["metrics"]
@@ -137,8 +146,6 @@ def test_a_scheduled_method_trains_itself(smoke) -> None:
     assert "trained_in" not in run_one(smoke("experiment=table_pruning", *pruning, "reuse_equivalent_runs=true"))
 
 
-def point_folder(smoke, point: dict) -> Path:
-    return Path(smoke(*SELECTION_POINT).results_dir) / "runs" / "lr_search" / point["run_key"]
 
 
 @pytest.mark.parametrize("tamper", [
@@ -149,7 +156,7 @@ def point_folder(smoke, point: dict) -> Path:
 def test_weights_trained_from_another_start_are_not_evaluated(smoke, tamper, caplog) -> None:
     point = run_one(smoke(*SELECTION_POINT))
     changed = {**point, **{part: {**point[part], **values} for part, values in tamper.items()}}
-    (point_folder(smoke, point) / "record.json").write_text(json.dumps(changed))
+    (run_folder(smoke, point) / "record.json").write_text(json.dumps(changed))
     trained = run_one(smoke(*TABLE_RUN))
     assert "trained_in" not in trained and trained["status"] == "ok" and trained["timings"]["train_s"] > 0
     assert "trains itself: the weights of" in caplog.text and "another start" in caplog.text
@@ -163,7 +170,7 @@ def test_an_original_rewritten_while_its_weights_load_is_not_evaluated(smoke, mo
 
     def load_then_rerun_original(model, folder):
         applied = load(model, folder)
-        (point_folder(smoke, point) / "record.json").write_text(json.dumps({**point, "created_at": "later"}))
+        (run_folder(smoke, point) / "record.json").write_text(json.dumps({**point, "created_at": "later"}))
         return applied
 
     monkeypatch.setattr(methods, "load_adapter", load_then_rerun_original)
@@ -174,8 +181,18 @@ def test_an_original_rewritten_while_its_weights_load_is_not_evaluated(smoke, mo
 @pytest.mark.parametrize("missing", ["adapter.safetensors", "method.json"])
 def test_an_original_without_its_weights_is_not_evaluated(smoke, missing: str) -> None:
     point = run_one(smoke(*SELECTION_POINT))
-    (point_folder(smoke, point) / missing).unlink()
+    (run_folder(smoke, point) / missing).unlink()
     assert "trained_in" not in run_one(smoke(*TABLE_RUN))
+
+
+@pytest.mark.parametrize(("file", "text"), [("adapter.safetensors", "not a safetensors file"),
+                                            ("method.json", '{"method": "lora", "options": {"r": -1}}')])
+def test_a_checkpoint_that_does_not_load_is_trained_again_not_a_failed_cell(smoke, file, text, caplog) -> None:
+    point = run_one(smoke(*SELECTION_POINT))
+    (run_folder(smoke, point) / file).write_text(text)
+    trained = run_one(smoke(*TABLE_RUN))
+    assert trained["status"] == "ok" and "trained_in" not in trained
+    assert "its checkpoint does not load here" in caplog.text
 
 
 def test_a_run_keeping_lora_factors_as_initialised_trains_itself(smoke) -> None:
@@ -186,7 +203,8 @@ def test_a_run_keeping_lora_factors_as_initialised_trains_itself(smoke) -> None:
 
 def test_the_run_that_trained_the_weights_is_named_never_one_that_evaluated_them(smoke) -> None:
     point = run_one(smoke(*SELECTION_POINT))
-    run_one(smoke(*TABLE_RUN))
+    evaluated = run_one(smoke(*TABLE_RUN))  # the latest match, were runs that evaluated weights candidates:
+    (run_folder(smoke, evaluated) / "record.json").write_text(json.dumps({**evaluated, "created_at": "2999-01-01"}))
     again = run_one(smoke("experiment=table_methods", "task=mnli", "method=lora", "method.ranks={W_q:8}",
                           "train.lr=1e-3", "task.eval_split=validation_mismatched", ONE_EVALUATION))
     assert again["trained_in"]["run_key"] == point["run_key"]

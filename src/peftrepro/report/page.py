@@ -636,8 +636,9 @@ def constraints(profile: str, runs_dir: Path, path: Path) -> str:
     runs = [r for folder in (runs_dir, archive) if folder.is_dir()
             for r in table_records(study_records(folder, profile)) if not is_reused(r)]
     versions: dict[str, Counter[str]] = {}
-    for record in runs:
-        for name, version in (record.env.get("packages") or {}).items():
+    for record in runs:  # a run that evaluated another's weights counts the versions they trained with too
+        trainer = (record.raw.get("trained_in") or {}).get("packages") or {}
+        for name, version in dict.fromkeys([*(record.env.get("packages") or {}).items(), *trainer.items()]):
             versions.setdefault(name, Counter())[version] += 1
     pythons = Counter(str(r.env.get("python")) for r in runs)
     lines = [f"# Package versions of the {len(runs)} `{profile}` runs under {runs_dir.as_posix()}/ and "

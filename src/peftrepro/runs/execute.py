@@ -184,8 +184,16 @@ class _Run:
         model, tokenizer = load_model(config["model"])
         self.partial["model"] = describe(model, config["model"])
         _fail_if(config, "setup")
-        applied = (load_adapter(model, self.trained_in.folder) if self.trained_in
-                   else apply_method(model, plan.method_config))
+        if self.trained_in:
+            try:
+                applied, failure = load_adapter(model, self.trained_in.folder), None
+            except Exception as error:  # a corrupt file, options this code no longer accepts: train instead
+                failure = f"its checkpoint does not load here ({type(error).__name__}: {error})"
+            if failure:
+                del model
+                return self._train_instead(device, failure)
+        else:
+            applied = apply_method(model, plan.method_config)
         if applied.provenance:  # weights loaded rather than trained (peft_adapter): which ones
             self.partial["method_source"] = applied.provenance
         initial_A = _initial_factors(config, applied)
@@ -201,14 +209,19 @@ class _Run:
                                 "source": plan.data_source,
                                 "train_tokens_per_epoch": sum(len(e.input_ids) for e in encoded)}
         if self.trained_in and (why := reuse.why_not_evaluate(self.trained_in, self.partial["model"],
-                                                              self.partial["data"], device.type, applied)):
-            log.warning("run %s trains itself: the weights of %s cannot stand for its training (%s)",
-                        plan.key, self.trained_in.folder, why)
-            self.trained_in = None
+                                                              self.partial["data"], envinfo.device_name(device),
+                                                              applied)):
             del model, applied, encoded  # the loaded weights go before a fresh base model comes
-            return self._set_up(device)  # from the start, the method applied untrained
+            return self._train_instead(device, why)
         self.timings["load_s"] = time.perf_counter() - began
         return _Setup(model, tokenizer, applied, encoded, eval_rows, device, settings, initial_A)
+
+    def _train_instead(self, device: torch.device, why: str) -> _Setup:
+        """Set up again from the start, to train here: another run's weights cannot stand for this one's."""
+        log.warning("run %s trains itself: the weights of %s cannot stand for its training (%s)",
+                    self.plan.key, self.trained_in.folder if self.trained_in else None, why)
+        self.trained_in = None
+        return self._set_up(device)
 
     def _train_and_evaluate(self, setup: _Setup, staging: Path, tracker: Tracker) -> dict[str, Any]:
         from peftrepro.methods import save_adapter, weight_report

@@ -129,15 +129,16 @@ def find_trained(plan: RunPlan) -> Trained | None:
     found = [Trained(folder, record) for folder, record in _matching(plan, training_key)
              if record.get("weights_kept") and not record.get("trained_in")
              and all((folder / name).is_file() for name in (WEIGHTS_FILE, CONFIG_FILE))]
-    return max(found, key=lambda trained: str(trained.record.get("created_at")), default=None)
+    return max(found, key=lambda trained: str(trained.record.get("created_at") or ""), default=None)
 
 
 def why_not_evaluate(trained: Trained, model: Mapping[str, Any], data: Mapping[str, Any], device: str,
                      applied: AppliedMethod) -> str | None:
     """Why the weights `trained` kept cannot stand for this run's training, checked once the run has
-    loaded them (its base model as models.describe gives it, its encoded training data, the device type
-    it would train on); None when they can. The original's record must still be the one found: a rerun
-    or deletion of it meanwhile means the loaded weights may not be the ones it describes."""
+    loaded them (its base model as models.describe gives it, its encoded training data, the device it
+    would train on, as envinfo.device_name names it); None when they can. The original's record must
+    still be the one found: a rerun or deletion of it meanwhile means the loaded weights may not be
+    the ones it describes."""
     theirs = trained.record
     if records.read_record(trained.folder) != theirs:
         return f"the record in {trained.folder} changed or vanished while its weights were loaded"
@@ -146,20 +147,21 @@ def why_not_evaluate(trained: Trained, model: Mapping[str, Any], data: Mapping[s
     own = {"base weights": model.get("weights_sha256"), "device": device,
            **{name: data.get(name) for name in TRAINING_DATA_FIELDS}}
     other = {"base weights": (theirs.get("model") or {}).get("weights_sha256"),
-             "device": str((theirs.get("memory") or {}).get("device", "")).split(":")[0],
+             "device": (theirs.get("memory") or {}).get("device"),
              **{name: (theirs.get("data") or {}).get(name) for name in TRAINING_DATA_FIELDS}}
     differ = [f"{name} {other[name]} there, {own[name]} here" for name in own if own[name] != other[name]]
     return f"it trained on another start ({'; '.join(differ)})" if differ else None
 
 
 def provenance(trained: Trained) -> dict[str, Any]:
-    """What a record says of the run whose weights it evaluated: which run, made when, by which code,
-    where, and what its training cost (kept apart from this run's own timings and memory)."""
+    """What a record says of the run whose weights it evaluated: which run, made when, by which code and
+    packages, where, and what its training cost (kept apart from this run's own timings and memory)."""
     theirs = trained.record
     memory = theirs.get("memory") or {}
     return {"experiment": theirs.get("experiment"), "run_key": theirs.get("run_key"),
             "created_at": theirs.get("created_at"), "git": (theirs.get("env") or {}).get("git"),
-            "hardware": (theirs.get("env") or {}).get("hardware"), "threads": theirs.get("threads"),
+            **{key: (theirs.get("env") or {}).get(key) for key in ("hardware", "packages", "python")},
+            "threads": theirs.get("threads"),
             "train_s": (theirs.get("timings") or {}).get("train_s"), "throughput": theirs.get("throughput"),
             "memory": {key: memory.get(key) for key in ("device", "train_peak_bytes", "train_kind")}}
 
