@@ -317,7 +317,7 @@ def pending_text(results: Mapping[str, TableResult], records: Sequence[Record]) 
                 "table's page says why.")
     todo: Counter[str] = sum((runs_to_make(result) for result in results.values()), Counter())
     # the time of a whole run: not a copy, nor an evaluation of weights another run trained
-    own = [r for r in records if not is_reused(r) and not r.raw.get("trained_in") and r.status == "ok"]
+    own = [r for r in records if not is_reused(r) and not r.trained_in and r.status == "ok"]
     lines = ["A cell \"—\" has no finished run yet; each table's page lists every such cell.",
              f"**{plural(pairs, '(cell, seed) pair')} {'is' if pairs == 1 else 'are'} still empty**, which "
              f"{plural(sum(todo.values()), 'run')} would fill "
@@ -637,7 +637,7 @@ def constraints(profile: str, runs_dir: Path, path: Path) -> str:
             for r in table_records(study_records(folder, profile)) if not is_reused(r)]
     versions: dict[str, Counter[str]] = {}
     for record in runs:  # a run that evaluated another's weights counts the versions they trained with too
-        trainer = (record.raw.get("trained_in") or {}).get("packages") or {}
+        trainer = record.trained_in.get("packages") or {}
         for name, version in dict.fromkeys([*(record.env.get("packages") or {}).items(), *trainer.items()]):
             versions.setdefault(name, Counter())[version] += 1
     pythons = Counter(str(r.env.get("python")) for r in runs)

@@ -125,6 +125,11 @@ class Record:
         return f"{where} ({'bf16 autocast' if precision == 'bf16' or (precision == 'auto' and on_gpu) else 'fp32'})"
 
     @property
+    def trained_in(self) -> dict[str, Any]:
+        """The run whose kept weights this one evaluated (runs.reuse.provenance); {} if it trained itself."""
+        return self.raw.get("trained_in") or {}
+
+    @property
     def barely_trained(self) -> str | None:
         """Why the run barely trained, e.g. "loss 12.41 at step 10 → 12.30 at step 250"; None if it trained."""
         training = self.raw.get("training") or {}
@@ -343,7 +348,7 @@ def commit_labels(records: Iterable[Record]) -> list[str]:
 
 def _trainer_git(record: Record) -> list[dict[str, Any]]:
     """The git state of the run whose weights `record` evaluated, where it names one."""
-    git = (record.raw.get("trained_in") or {}).get("git")
+    git = record.trained_in.get("git")
     return [git] if git else []
 
 

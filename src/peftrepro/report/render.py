@@ -116,9 +116,8 @@ def header_lines(result: TableResult) -> list[str]:
 def _trained_elsewhere_lines(records: Sequence[Record]) -> list[str]:
     """Runs that evaluated the weights of another experiment's run of the same training (usually the
     learning-rate selection's chosen point, seed 0), named with the run that trained them."""
-    runs = [f"{r.method.get('name')} seed {r.seed} ← {r.raw['trained_in'].get('experiment')}/"
-            f"{r.raw['trained_in'].get('run_key')}" for r in records
-            if r.raw.get("trained_in") and r.status in ("ok", UNSCORED)]
+    runs = [f"{r.method.get('name')} seed {r.seed} ← {r.trained_in.get('experiment')}/{r.trained_in.get('run_key')}"
+            for r in records if r.trained_in and r.status in ("ok", UNSCORED)]
     if not runs:
         return []
     verb = "evaluates" if len(runs) == 1 else "evaluate"
