@@ -119,9 +119,9 @@ def test_a_run_trained_elsewhere_is_evaluated_not_retrained(smoke, monkeypatch) 
     assert trainer["memory"]["train_peak_bytes"] == point["memory"]["train_peak_bytes"]
     assert "train_peak_bytes" not in evaluated["memory"] and evaluated["throughput"]["train_tokens_per_s"] is None
     assert trainer["git"] == point["env"]["git"] and trainer["created_at"] == point["created_at"]
-    kept = [load_file(str(folder / "adapter.safetensors")) for folder in (run_folder(smoke, point),
-                                                                           run_folder(smoke, evaluated))]
-    assert kept[0].keys() == kept[1].keys() and all(torch.equal(kept[0][k], kept[1][k]) for k in kept[0])
+    folders = run_folder(smoke, point), run_folder(smoke, evaluated)
+    assert (folders[0] / "adapter.safetensors").samefile(folders[1] / "adapter.safetensors")  # linked, not copied
+    assert evaluated["checkpoint_bytes"] == point["checkpoint_bytes"]
     retrained = run_one(smoke(*TABLE_RUN, "force=true"))  # the same training, here: the same weights
     assert "trained_in" not in retrained
     assert retrained["metrics"] == evaluated["metrics"]
@@ -133,6 +133,20 @@ def test_a_run_that_must_train_itself_trains(smoke, changes: tuple[str, ...]) ->
     run_one(smoke(*SELECTION_POINT, *(c for c in changes if "epoch" in c)))
     trained = run_one(smoke(*TABLE_RUN, *changes))
     assert "trained_in" not in trained and trained["status"] == "ok"
+
+
+def test_weights_on_another_file_system_are_copied(smoke, monkeypatch) -> None:
+    from peftrepro.runs import reuse
+
+    point = run_one(smoke(*SELECTION_POINT))
+    monkeypatch.setattr(reuse.os, "link", lambda *args: (_ for _ in ()).throw(OSError(18, "cross-device link")))
+    evaluated = run_one(smoke(*TABLE_RUN))
+    assert evaluated["trained_in"]["run_key"] == point["run_key"]
+    kept = [load_file(str(folder / "adapter.safetensors")) for folder in (run_folder(smoke, point),
+                                                                           run_folder(smoke, evaluated))]
+    assert not (run_folder(smoke, point) / "adapter.safetensors").samefile(run_folder(smoke, evaluated)
+                                                                           / "adapter.safetensors")
+    assert kept[0].keys() == kept[1].keys() and all(torch.equal(kept[0][k], kept[1][k]) for k in kept[0])
 
 
 def test_weights_not_kept_cannot_be_evaluated(smoke) -> None:

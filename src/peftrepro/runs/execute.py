@@ -246,7 +246,8 @@ class _Run:
                 self.partial["weights"] = weight_report(setup.model)  # as the reported model left them
                 if plan.method_config.trains:  # the zero-shot baseline has no weights of its own
                     shutil.rmtree(staging / "adapter", ignore_errors=True)
-                    best["bytes"] = save_adapter(setup.model, plan.method_config, staging / "adapter")
+                    best["bytes"] = (reuse.link_checkpoint(self.trained_in, staging / "adapter") if self.trained_in
+                                     else save_adapter(setup.model, plan.method_config, staging / "adapter"))
 
         _fail_if(config, "train")
         if self.trained_in:  # trained by another run of the same training: its weights are loaded

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -130,6 +131,21 @@ def find_trained(plan: RunPlan) -> Trained | None:
              if record.get("weights_kept") and not record.get("trained_in")
              and all((folder / name).is_file() for name in (WEIGHTS_FILE, CONFIG_FILE))]
     return max(found, key=lambda trained: str(trained.record.get("created_at") or ""), default=None)
+
+
+def link_checkpoint(trained: Trained, directory: Path) -> int:
+    """The trainer's checkpoint files in `directory`, hard-linked (the evaluated weights are its bytes,
+    and an FT checkpoint is 0.5 GB) or copied across file systems; the weights' size in bytes.
+    Linking is safe: a checkpoint file is replaced by a rename, never rewritten in place."""
+    from peftrepro.methods.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        try:
+            os.link(trained.folder / name, directory / name)
+        except OSError:  # another file system, or one without hard links
+            shutil.copy2(trained.folder / name, directory / name)
+    return (directory / WEIGHTS_FILE).stat().st_size
 
 
 def why_not_evaluate(trained: Trained, model: Mapping[str, Any], data: Mapping[str, Any], device: str,
