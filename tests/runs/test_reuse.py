@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,21 @@ def test_a_scheduled_method_trains_itself(smoke) -> None:
     assert "trained_in" not in run_one(smoke("experiment=table_pruning", *pruning, "reuse_equivalent_runs=true"))
 
 
+def test_a_set_up_given_up_counts_in_the_load_time(smoke, monkeypatch) -> None:
+    import peftrepro.models
+
+    point = run_one(smoke(*SELECTION_POINT))
+    another_start = {**point, "model": {**point["model"], "weights_sha256": "0" * 64}}
+    (run_folder(smoke, point) / "record.json").write_text(json.dumps(another_start))
+    load = peftrepro.models.load_model
+
+    def slow_load(*args, **kwargs):
+        time.sleep(0.5)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(peftrepro.models, "load_model", slow_load)
+    trained = run_one(smoke(*TABLE_RUN))
+    assert "trained_in" not in trained and trained["timings"]["load_s"] >= 1.0  # both set-ups loaded a model
 
 
 @pytest.mark.parametrize("tamper", [

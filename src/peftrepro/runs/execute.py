@@ -191,7 +191,7 @@ class _Run:
                 failure = f"its checkpoint does not load here ({type(error).__name__}: {error})"
             if failure:
                 del model
-                return self._train_instead(device, failure)
+                return self._train_instead(device, failure, began)
         else:
             applied = apply_method(model, plan.method_config)
         if applied.provenance:  # weights loaded rather than trained (peft_adapter): which ones
@@ -212,12 +212,13 @@ class _Run:
                                                               self.partial["data"], envinfo.device_name(device),
                                                               applied)):
             del model, applied, encoded  # the loaded weights go before a fresh base model comes
-            return self._train_instead(device, why)
-        self.timings["load_s"] = time.perf_counter() - began
+            return self._train_instead(device, why, began)
+        self.timings["load_s"] += time.perf_counter() - began
         return _Setup(model, tokenizer, applied, encoded, eval_rows, device, settings, initial_A)
 
-    def _train_instead(self, device: torch.device, why: str) -> _Setup:
+    def _train_instead(self, device: torch.device, why: str, began: float) -> _Setup:
         """Set up again from the start, to train here: another run's weights cannot stand for this one's."""
+        self.timings["load_s"] += time.perf_counter() - began  # the set-up that was given up took time too
         log.warning("run %s trains itself: the weights of %s cannot stand for its training (%s)",
                     self.plan.key, self.trained_in.folder if self.trained_in else None, why)
         self.trained_in = None
