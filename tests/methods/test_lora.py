@@ -62,6 +62,24 @@ def test_fused_c_attn_equals_lora_on_split_q_and_v_by_hand(tiny_gpt2):
     torch.testing.assert_close(wrapper.base(x), torch.cat([q, k, v], dim=-1), rtol=0, atol=1e-5)
 
 
+# spellings of one configuration (reuse.equivalence_key treats them as one run, so they must train alike)
+SAME_LORA = [{"weights": ["W_q", "W_v"], "r": 2}, {"weights": ["W_v", "W_q"], "r": 2},
+             {"ranks": {"W_v": 2, "W_q": 2}}]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_the_order_weights_are_named_in_does_not_change_the_initial_factors(family, tiny_model):
+    initial = []
+    for options in SAME_LORA:
+        model = tiny_model(family)
+        torch.manual_seed(0)
+        apply_method(model, make_method_config("lora", {**options, "dropout": 0.0}))
+        initial.append({name: p.detach().clone() for name, p in model.named_parameters() if "lora_" in name})
+    for other in initial[1:]:
+        assert other.keys() == initial[0].keys()
+        assert all(torch.equal(other[name], initial[0][name]) for name in initial[0])
+
+
 def test_init_b_zero_and_a_follows_the_configured_init(tiny_llama):
     apply_method(tiny_llama, make_method_config("lora", {"r": 4, "init": "gaussian"}))
     wrapper = tiny_llama.model.layers[0].self_attn.q_proj

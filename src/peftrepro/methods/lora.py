@@ -202,7 +202,9 @@ def _init_A(A: nn.Parameter, init: str, rank: int) -> None:
 
 
 def apply_lora(model: nn.Module, config: LoRAConfig) -> AppliedMethod:
-    ranks = config.rank_per_weight()
+    # in the paper's order, not the config's: the factors draw their initial values in this order, and
+    # `weights: [W_v, W_q]` is the same run as `[W_q, W_v]` (canonical)
+    ranks = dict(sorted(config.rank_per_weight().items(), key=lambda item: PAPER_WEIGHTS.index(item[0])))
     targets = {weight: weight_target(model, weight) for weight in ranks}  # ConfigError if one is not mapped
     by_module: Mapping[str, list[str]] = defaultdict(list)
     for weight, target in targets.items():
