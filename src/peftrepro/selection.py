@@ -138,12 +138,16 @@ def selected_lr(path: Path, task: str, method: str) -> float:
     return float(entry["lr"])
 
 
-def summarise(scores: Mapping[int, float | None], start: float, width: int, max_points: int) -> dict[str, Any]:
-    """One choice-file entry: the chosen lr, whether it sits on the grid's edge, and the grid."""
+def summarise(scores: Mapping[int, float | None], start: float, width: int, max_points: int,
+              runs: Mapping[int, str] | None = None, **about: Any) -> dict[str, Any]:
+    """One choice-file entry: the chosen lr, whether it sits on the grid's edge, and the grid, each point
+    with the run it was scored by (`runs`: step -> its folder under runs/); `about` says what was
+    scored (metric, the configuration's overrides)."""
     search = Search(scores, width, max_points)
     best = search.best_step()
-    return {"lr": ladder(start, best), "at_edge": search.at_edge,
-            "grid": [{"lr": ladder(start, step), "dev": score} for step, score in sorted(scores.items())]}
+    grid = [{"lr": ladder(start, step), "dev": score, **({"run": runs[step]} if runs and step in runs else {})}
+            for step, score in sorted(scores.items())]
+    return {"lr": ladder(start, best), "at_edge": search.at_edge, **about, "grid": grid}
 
 
 def sorted_grid(grid: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

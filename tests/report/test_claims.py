@@ -16,11 +16,13 @@ from peftrepro.report.claims import (
     WHY_FT,
     WHY_FT_E2E,
     Cell,
+    Difference,
     Pool,
     beats,
     combine,
     evaluate,
     matches_or_beats,
+    quantile,
     render,
 )
 from peftrepro.report.records import parse_record
@@ -84,6 +86,14 @@ def test_a_claim_not_held_is_marginal_only_if_every_failing_comparison_is():
     assert not combine("claim", "§0", [near, far]).marginal
 
 
+def test_the_printed_degrees_of_freedom_give_the_printed_interval():
+    """With an evaluation-set term the df are fractional (Welch–Satterthwaite): printed as used."""
+    difference = Difference(delta=2.0, seed_se=1.0, seed_df=2, eval_se=0.6)
+    df = float(str(difference).split("t with ")[1].split(" df")[0])
+    assert df == pytest.approx(3.7, abs=0.05)  # (1² + 0.6²)² / (1⁴ / 2)
+    assert quantile(df) * difference.se == pytest.approx(difference.margin, rel=1e-2)
+
+
 @pytest.mark.parametrize("n, df, quantile_", [(2, 2, 4.303), (3, 4, 2.776), (11, 20, 2.086)])
 def test_the_seed_term_uses_the_pooled_spread_and_its_degrees_of_freedom(n, df, quantile_):
     """Two cells of n seeds each with sd 1: pooled df = 2(n-1), the interval a t quantile wide."""
@@ -92,7 +102,7 @@ def test_the_seed_term_uses_the_pooled_spread_and_its_degrees_of_freedom(n, df, 
     assert pool.df == df and pool.sd == pytest.approx(1.0)
     comparison = beats(replace(a, pool=pool), replace(b, pool=pool))
     assert comparison.margin == pytest.approx(quantile_ * (2 / n) ** 0.5, rel=1e-3)
-    assert f"t with {df} df" in comparison.evidence and "pooled over 2 cells" in comparison.evidence
+    assert f"t with {df:.1f} df" in comparison.evidence and "pooled over 2 cells" in comparison.evidence
 
 
 def test_a_cell_that_did_not_learn_is_left_out_of_the_pool_and_judges_nothing():

@@ -76,12 +76,13 @@ def test_the_driver_selects_on_dev_records_the_grid_and_resumes(tmp_path: Path, 
     entry = json.loads(path.read_text())["choices"]["mnli"]["lora"]
     dev_scores = {point["lr"]: point["dev"] for point in entry["grid"]}
     assert len(dev_scores) >= 3 and entry["lr"] == selection.choose(dev_scores)
+    assert entry["metric"] == "accuracy_dev" and entry["configuration"] == "+experiment/methods_arm=lora_r8"
     runs = sorted((tmp_path / "runs" / "lr_search").glob("*/record.json"))
     assert len(runs) == len(dev_scores)
-    for run in runs:
-        record = json.loads(run.read_text())
+    for point in entry["grid"]:  # each dev score names the run that scored it
+        record = json.loads((tmp_path / "runs" / point["run"] / "record.json").read_text())
         assert record["config"]["task"]["eval_split"] == "dev" and record["seed"] == 0
-        assert "accuracy_dev" in record["metrics"] and record["config"]["train"]["lr"] in dev_scores
+        assert record["metrics"]["accuracy_dev"] == point["dev"] and record["config"]["train"]["lr"] == point["lr"]
     before = {run: run.stat().st_mtime_ns for run in runs}
     monkeypatch.setattr(lr_search, "launch", lambda *a: pytest.fail(f"relaunched finished points: {a[2]}"))
     assert lr_search.main(args) == 0  # resumes: every point is finished (extensions too), nothing launches

@@ -147,7 +147,7 @@ class Difference:
         return quantile(self.df) * self.se
 
     def __str__(self) -> str:
-        df = "∞" if math.isinf(self.df) else f"{self.df:.0f}"
+        df = "∞" if math.isinf(self.df) else f"{self.df:.1f}"  # fractional (Welch–Satterthwaite): the quantile used
         return (f"Δ = {self.delta:+.2f} ± {self.margin:.2f} (95 %, t with {df} df; SE: seeds {self.seed_se:.2f}"
                 f"{self.seed_how}, eval set {self.eval_se:.2f}{self.eval_how})")
 
@@ -446,7 +446,8 @@ def render(claims: Sequence[Claim]) -> list[str]:
               for c in claims]
     if reasons := [f"- Not held: {c.text}. {c.why}" for c in claims if c.why]:
         lines += ["", *reasons]
-    lines += ["", "Interval: 95 % on the difference of two cells' means, Student's t; SE² = the seed spread pooled over "
+    lines += ["", "Interval: 95 % on the difference of two cells' means, Student's t with Welch–Satterthwaite degrees of "
+              "freedom (the seed term's, the evaluation set's error taken as known); SE² = the seed spread pooled over "
               "the table's cells of that metric × (1/n_A + 1/n_B) + the evaluation set's error, paired (per example for "
               "accuracies, a bootstrap over MRs for E2E).",
               "", "Verdict: 'beats' held above 0, not held below 0; 'matches or beats' held above −m, not held below −m "

@@ -297,17 +297,20 @@ def changes_text(results: Mapping[str, TableResult], archive: Path) -> str:
         for claim in claims.evaluate(result):
             now = claim.verdict + (" (marginal)" if claim.marginal else "")
             if "has no result" in claim.evidence:  # a compared cell has no run under this protocol yet
-                now = "— (not run yet)"
+                now = "— (not all its cells have run yet)"
             elif "has one seed" in claim.evidence:  # ... or one seed of its expected ones: no verdict yet
                 now = "— (one seed: no spread)"
             if claim.text in before:
                 rows.append({"Table": result.spec.short_title, "Paper's claim": claim.text,
                              "Untuned protocol": before[claim.text], "Fair protocol": now})
     judged = [row for row in rows if not row["Fair protocol"].startswith("—")]
-    moved = sum(row["Untuned protocol"] != row["Fair protocol"].split(" (")[0] for row in judged)
+    moves = Counter(f"{row['Untuned protocol']} → {row['Fair protocol'].split(' (')[0]}" for row in judged
+                    if row["Untuned protocol"] != row["Fair protocol"].split(" (")[0])
     table = pd.DataFrame(rows).to_markdown(index=False)
+    how = "".join(f"; {move}: {count}" for move, count in sorted(moves.items()))
     return (f"{table}\n\nOf the {plural(len(judged), 'claim')} judged under both protocols so far, "
-            f"{moved} changed verdict.")
+            f"{sum(moves.values())} changed verdict{how}. A claim is listed as judged here only once every cell it "
+            "compares has its seeds; its table may already print a verdict on partial evidence.")
 
 
 def pending_text(results: Mapping[str, TableResult], records: Sequence[Record]) -> str:
@@ -327,8 +330,9 @@ def pending_text(results: Mapping[str, TableResult], records: Sequence[Record]) 
     for device in distinct(r.hardware for r in own):
         lines.append(device_estimate(device, [r for r in own if r.hardware == device], todo))
     points = {r.run_key for result in results.values() for r in result.lr_search if r.status == "ok"}
-    lines.append(f"Before a table's runs, its learning rates are selected (`make select-lr`: about three "
-                 f"dev-split runs per task and method; {plural(len(points), 'point')} finished so far) and each "
+    lines.append(f"Before a table's runs, its learning rates are selected (`make select-lr`: at least three "
+                 "dev-split runs per task and method, more while the best rate sits on the grid's edge; "
+                 f"{plural(len(points), 'point')} finished so far) and each "
                  "task's zero-shot baseline is run once (`make baselines`). A seed-0 table run trains as its "
                  "method's chosen selection point did, so where that point kept its weights the run only "
                  "evaluates them (`trained_in`), in minutes: the estimate above counts it as a whole run.")

@@ -134,6 +134,11 @@ def search_state(profile: str, rep: Representative, settings: Mapping[str, Any],
     return scores, statuses
 
 
+def _under_runs(directory: Path) -> str:
+    """A run's folder as `<experiment>/<run key>`, the part of its path every results folder shares."""
+    return f"{directory.parent.name}/{directory.name}"
+
+
 def launch(profile: str, rep: Representative, steps: Sequence[int], extra: Sequence[str],
            launcher: Sequence[str]) -> bool:
     """One Hydra multirun over the pending steps of one representative; True when it succeeded."""
@@ -157,7 +162,9 @@ def search(profile: str, rep: Representative, settings: Mapping[str, Any], extra
         state = selection.Search(scores, width, max_points)
         pending = state.pending()
         if not pending:
-            return selection.summarise(scores, start, width, max_points)
+            runs = {step: _under_runs(point_directory(profile, rep, step, extra)) for step in scores}
+            return selection.summarise(scores, start, width, max_points, runs, metric=task_metric(rep.task),
+                                       configuration=" ".join(rep.overrides) or "(the method's defaults)")
         if unread := [step for step in pending if step not in scores]:  # a resumed search may have run them
             steps = sorted({*steps, *unread})
             continue
