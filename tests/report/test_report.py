@@ -39,9 +39,10 @@ def test_counts_devices_time_and_claims_come_from_the_records(weight_type_runs, 
     text = page(runs_dir, tmp_path)
     table5 = next(line for line in text.splitlines() if line.startswith("| [Table 5]"))
     cells = [cell.strip() for cell in table5.split("|")[1:-1]]
-    assert cells[1] == "2 / 14" and cells[2] == "0, 1" and cells[3] == "4 / 0 / 0 / 0" and cells[5] == "24"
-    assert "CPU: Test CPU, 2 cores (fp32)" in cells[6] and "GPU: NVIDIA H100 80GB HBM3 (bf16 autocast)" in cells[6]
-    assert cells[7] == "1 h 01 min"  # 3 x 20 min on the CPU + 1 min on the GPU
+    assert cells[1] == "2 / 14" and cells[2] == "0, 1" and cells[3] == "4 / 0 / 0 / 0"
+    assert cells[4] == "0" and cells[5] == "0" and cells[6] == "24"  # none reused or evaluating another's weights
+    assert "CPU: Test CPU, 2 cores (fp32)" in cells[7] and "GPU: NVIDIA H100 80GB HBM3 (bf16 autocast)" in cells[7]
+    assert cells[8] == "1 h 01 min"  # 3 x 20 min on the CPU + 1 min on the GPU
     assert "MultiNLI: adapting W_q,W_v (r=4) beats W_q alone (r=8) at an equal budget | §7.1, Table 5 | **held**" in text
     assert "On CPU: Test CPU, 2 cores (fp32), a run of this profile took a median of" in text
     assert "20 min on mnli (n = 3)" in text
@@ -75,6 +76,8 @@ def test_a_run_trained_by_another_is_named_and_not_timed_as_a_whole_run(weight_t
     failed = make_record("table_weight_type", "wikisql", QV, 0, profile="mini", status="failed", minutes=6)
     write({**failed, "trained_in": {"experiment": "lr_search", "run_key": "wikisql-lora-s0-failed"}})
     text = page(runs_dir, tmp_path)
+    table5 = next(line for line in text.splitlines() if line.startswith("| [Table 5]"))
+    assert [cell.strip() for cell in table5.split("|")[1:-1]][5] == "1"  # the failed attempt is not counted
     assert "wikisql 1, mnli 3" not in text and "on wikisql (none ran there: the median of all 3)" in text
     table = "\n".join(header_lines(build_table(TABLES["table_weight_type"], runs_dir, profile="mini")))
     assert ("- Trained by another run: 1 run evaluates the kept weights of a run that trained with the same "
@@ -131,8 +134,8 @@ def test_reused_runs_count_once(weight_type_runs, runs_dir, tmp_path, write, mak
     write(copy)
     table6 = next(line for line in page(runs_dir, tmp_path).splitlines() if line.startswith("| [Table 6]"))
     cells = [cell.strip() for cell in table6.split("|")[1:-1]]
-    assert cells[4] == "1" and cells[7] == "—"  # one reused run, no run time of its own
-    assert cells[6] == "CPU: Test CPU, 2 cores (fp32)"  # where the original ran
+    assert cells[4] == "1" and cells[8] == "—"  # one reused run, no run time of its own
+    assert cells[7] == "CPU: Test CPU, 2 cores (fp32)"  # where the original ran
 
 
 def test_runs_scored_later_and_unscored_runs_are_counted(runs_dir, tmp_path, write, make_record) -> None:

@@ -124,6 +124,7 @@ def status_table(results: Mapping[str, TableResult]) -> str:
             "Seeds": seeds_text(result),
             "Runs ok / failed / n/a / unscored": " / ".join(map(str, status_counts(records).values())),
             "Reused from another table": str(len(records) - len(own)),
+            "Evaluating another run's weights": str(sum(bool(r.trained_in) and r.status == "ok" for r in own)),
             "Cell × seed still empty": str(empty_cell_seeds(result)),
             "Ran on": devices_text(records),  # a reused run ran where its original did
             "Run time (sum)": hours(sum(run_seconds(r) for r in own)) if own else "—",
