@@ -243,6 +243,17 @@ def test_the_budget_comparison_lists_every_setting_the_two_setups_differ_in(runs
             "0.001." in text)
 
 
+def test_the_budget_comparison_says_how_far_seeds_of_one_setting_differ(runs_dir, write, make_record):
+    lora = {"name": "lora", "dropout": 0.1, "r": 4, "weights": ["W_q", "W_v"], "ranks": None}
+    for experiment, seed, bleu in (("table_e2e", 0, 0.60), ("table_e2e", 1, 0.64), ("peft_budget", 0, 0.62)):
+        record = make_record(experiment, "e2e", lora, seed, {"bleu": bleu}, profile="mini")
+        record["config"]["task"] = {"name": "e2e", "eval_split": "test", "max_eval_examples": None}
+        write_predictions(write(record), e2e_rows(120, 0.6))
+    text = report.budget_text({"table_e2e": build_table(TABLES["table_e2e"], runs_dir)},
+                              report.study_records(runs_dir, "mini"))
+    assert "two seeds of one Table 3 setting differ by up to 4.0 BLEU on all test MRs" in text
+
+
 @pytest.mark.parametrize("baseline_model, checked", [("tiny-llama", True), ("tiny-gpt2", False)])
 def test_a_run_is_checked_against_its_own_backbones_zero_shot_run(runs_dir, write, make_record, baseline_model,
                                                                    checked):

@@ -283,6 +283,11 @@ def budget_text(results: Mapping[str, TableResult], study: Sequence[Record]) -> 
                          f"{pair_text(*pair)}): {setup_differences(*pair)}. The first {FIRST_MRS} MRs "
                          "are a slice in file order, not a sample: an ordering of the two setups there need not "
                          "hold on all MRs.")
+        spreads = seed_spreads([r for r in table3.records if r.status == "ok"], "bleu") if table3 else []
+        if spreads:
+            lines.append("- These are runs, not intervals: two seeds of one Table 3 setting differ by up to "
+                         f"{100 * max(spreads)[0]:.1f} BLEU on all test MRs, so a gap smaller than that between "
+                         "groups of one or two seeds is within seed noise.")
     else:
         lines.append("- LoRA at a plain HF-peft loop's budget (`make peft-budget`): not run yet.")
     return "\n".join(lines)
