@@ -306,8 +306,9 @@ def parse_seeds(text: str | None) -> list[int] | None:
 
 
 def format_count(millions: float) -> str:
+    """A parameter count as the paper prints them (0.35M, 11.09M) from 100K up, so ours reads beside it."""
     count = millions * 1e6
-    if count >= 1e6:
+    if count >= 1e5:
         return f"{count / 1e6:.3g}M"
     if count >= 1e3:
         return f"{count / 1e3:.3g}K"
