@@ -16,6 +16,9 @@ from peftrepro.runs import records, scoring
 from peftrepro.runs.execute import run_one
 from peftrepro.tasks.e2e import E2ETask
 
+# the fallback's warnings are expected here (tests/metrics asserts them), not news for the reader of the test log
+pytestmark = pytest.mark.filterwarnings("ignore:Java not found:UserWarning")
+
 ONE_EVAL = ("task=e2e", "method=lora", "train.eval_every_epoch=false")  # later cannot pick a best epoch
 
 
