@@ -150,6 +150,29 @@ def test_weights_on_another_file_system_are_copied(smoke, monkeypatch) -> None:
     assert kept[0].keys() == kept[1].keys() and all(torch.equal(kept[0][k], kept[1][k]) for k in kept[0])
 
 
+def test_the_weights_kept_are_the_weights_evaluated_when_the_trainer_is_rerun_meanwhile(smoke, monkeypatch) -> None:
+    import peftrepro.methods
+    from safetensors.torch import save_file
+
+    point = run_one(smoke(*SELECTION_POINT))
+    trainer_file = run_folder(smoke, point) / "adapter.safetensors"
+    trained = load_file(str(trainer_file))
+    load = peftrepro.methods.load_adapter
+
+    def load_then_rerun_trainer(model, directory):
+        applied = load(model, directory)
+        replacement = trainer_file.with_name("rerun.safetensors")  # a rerun replaces its files by a rename
+        save_file({name: torch.zeros_like(tensor) for name, tensor in trained.items()}, str(replacement))
+        replacement.replace(trainer_file)
+        return applied
+
+    monkeypatch.setattr(peftrepro.methods, "load_adapter", load_then_rerun_trainer)
+    evaluated = run_one(smoke(*TABLE_RUN))
+    assert evaluated["trained_in"]["run_key"] == point["run_key"]
+    kept = load_file(str(run_folder(smoke, evaluated) / "adapter.safetensors"))
+    assert all(torch.equal(kept[name], trained[name]) for name in trained)
+
+
 def test_weights_not_kept_cannot_be_evaluated(smoke) -> None:
     run_one(smoke(*SELECTION_POINT, "keep_weights=false"))
     assert "trained_in" not in run_one(smoke(*TABLE_RUN))

@@ -143,13 +143,13 @@ class _Run:
             shutil.rmtree(stale, ignore_errors=True)
         staging = self.plan.directory / f".tmp-run-{datetime.now().strftime('%Y%m%d%H%M%S%f')}"
         try:
-            setup = self._set_up(device)
-        except NotApplicableError as error:  # a legitimate table cell: "n/a" with the reason
-            return self._write_not_applicable(error)
-        except PeftReproError:
-            raise  # an input error found while loading: nothing written (see module doc)
+            setup = self._set_up(device, staging)
         except BaseException as error:
-            self._write_failed(error)
+            shutil.rmtree(staging, ignore_errors=True)  # e.g. the checkpoint linked for evaluation
+            if isinstance(error, NotApplicableError):  # a legitimate table cell: "n/a" with the reason
+                return self._write_not_applicable(error)
+            if not isinstance(error, PeftReproError):  # an input error found while loading: nothing written
+                self._write_failed(error)
             raise
         tracker, exit_code = Tracker(), 1
         try:
@@ -166,7 +166,7 @@ class _Run:
 
     # -- phases
 
-    def _set_up(self, device: torch.device) -> _Setup:
+    def _set_up(self, device: torch.device, staging: Path) -> _Setup:
         from peftrepro.methods import apply_method, count_parameters, load_adapter, weight_report
         from peftrepro.models import context_length, describe, load_model
 
@@ -185,13 +185,16 @@ class _Run:
         self.partial["model"] = describe(model, config["model"])
         _fail_if(config, "setup")
         if self.trained_in:
+            # linked first, then loaded from the link: the weights evaluated are the weights kept, whatever
+            # a rerun of the trainer does to its own files meanwhile (why_not_evaluate checks its record)
             try:
-                applied, failure = load_adapter(model, self.trained_in.folder), None
+                reuse.link_checkpoint(self.trained_in, staging / "adapter")
+                applied, failure = load_adapter(model, staging / "adapter"), None
             except Exception as error:  # a corrupt file, options this code no longer accepts: train instead
                 failure = f"its checkpoint does not load here ({type(error).__name__}: {error})"
             if failure:
                 del model
-                return self._train_instead(device, failure, began)
+                return self._train_instead(device, failure, began, staging)
         else:
             applied = apply_method(model, plan.method_config)
         if applied.provenance:  # weights loaded rather than trained (peft_adapter): which ones
@@ -212,20 +215,22 @@ class _Run:
                                                               self.partial["data"], envinfo.device_name(device),
                                                               applied)):
             del model, applied, encoded  # the loaded weights go before a fresh base model comes
-            return self._train_instead(device, why, began)
+            return self._train_instead(device, why, began, staging)
         self.timings["load_s"] += time.perf_counter() - began
         return _Setup(model, tokenizer, applied, encoded, eval_rows, device, settings, initial_A)
 
-    def _train_instead(self, device: torch.device, why: str, began: float) -> _Setup:
+    def _train_instead(self, device: torch.device, why: str, began: float, staging: Path) -> _Setup:
         """Set up again from the start, to train here: another run's weights cannot stand for this one's."""
         self.timings["load_s"] += time.perf_counter() - began  # the set-up that was given up took time too
         log.warning("run %s trains itself: the weights of %s cannot stand for its training (%s)",
                     self.plan.key, self.trained_in.folder if self.trained_in else None, why)
         self.trained_in = None
-        return self._set_up(device)
+        shutil.rmtree(staging / "adapter", ignore_errors=True)
+        return self._set_up(device, staging)
 
     def _train_and_evaluate(self, setup: _Setup, staging: Path, tracker: Tracker) -> dict[str, Any]:
         from peftrepro.methods import save_adapter, weight_report
+        from peftrepro.methods.checkpoint import WEIGHTS_FILE
 
         plan, config, settings = self.plan, self.plan.config, setup.settings
         if setup.device.type == "cuda":
@@ -245,10 +250,11 @@ class _Run:
             if not best or _score(row, primary) > _score(best["row"], primary):
                 best.update(row=row, output=output, bytes=0, facts=setup.applied.facts())
                 self.partial["weights"] = weight_report(setup.model)  # as the reported model left them
-                if plan.method_config.trains:  # the zero-shot baseline has no weights of its own
+                if self.trained_in:  # its checkpoint, linked at set-up, is what was evaluated
+                    best["bytes"] = (staging / "adapter" / WEIGHTS_FILE).stat().st_size
+                elif plan.method_config.trains:  # the zero-shot baseline has no weights of its own
                     shutil.rmtree(staging / "adapter", ignore_errors=True)
-                    best["bytes"] = (reuse.link_checkpoint(self.trained_in, staging / "adapter") if self.trained_in
-                                     else save_adapter(setup.model, plan.method_config, staging / "adapter"))
+                    best["bytes"] = save_adapter(setup.model, plan.method_config, staging / "adapter")
 
         _fail_if(config, "train")
         if self.trained_in:  # trained by another run of the same training: its weights are loaded
