@@ -151,8 +151,9 @@ def test_weights_on_another_file_system_are_copied(smoke, monkeypatch) -> None:
 
 
 def test_the_weights_kept_are_the_weights_evaluated_when_the_trainer_is_rerun_meanwhile(smoke, monkeypatch) -> None:
-    import peftrepro.methods
     from safetensors.torch import save_file
+
+    import peftrepro.methods
 
     point = run_one(smoke(*SELECTION_POINT))
     trainer_file = run_folder(smoke, point) / "adapter.safetensors"
