@@ -309,9 +309,9 @@ def changes_text(results: Mapping[str, TableResult], archive: Path) -> str:
             if claim.text in before:
                 rows.append({"Table": result.spec.short_title, "Paper's claim": claim.text,
                              "Untuned protocol": before[claim.text], "Fair protocol": now})
-    judged = [row for row in rows if not row["Fair protocol"].startswith("—")]
-    moves = Counter(f"{row['Untuned protocol']} → {row['Fair protocol'].split(' (')[0]}" for row in judged
-                    if row["Untuned protocol"] != row["Fair protocol"].split(" (")[0])
+    judged = [(row["Untuned protocol"], row["Fair protocol"].split(" (")[0]) for row in rows
+              if not row["Fair protocol"].startswith("—")]  # verdicts without "(marginal)"
+    moves = Counter(f"{before} → {now}" for before, now in judged if before != now)
     table = pd.DataFrame(rows).to_markdown(index=False)
     how = "".join(f"; {move}: {count}" for move, count in sorted(moves.items()))
     return (f"{table}\n\nOf the {plural(len(judged), 'claim')} judged under both protocols so far, "

@@ -133,10 +133,10 @@ def find_trained(plan: RunPlan) -> Trained | None:
     return max(found, key=lambda trained: str(trained.record.get("created_at") or ""), default=None)
 
 
-def link_checkpoint(trained: Trained, directory: Path) -> int:
+def link_checkpoint(trained: Trained, directory: Path) -> None:
     """The trainer's checkpoint files in `directory`, hard-linked (the evaluated weights are its bytes,
-    and an FT checkpoint is 0.5 GB) or copied across file systems; the weights' size in bytes.
-    Linking is safe: a checkpoint file is replaced by a rename, never rewritten in place."""
+    and an FT checkpoint is 0.5 GB) or copied across file systems. Linking is safe: a checkpoint file
+    is replaced by a rename, never rewritten in place."""
     from peftrepro.methods.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -145,7 +145,6 @@ def link_checkpoint(trained: Trained, directory: Path) -> int:
             os.link(trained.folder / name, directory / name)
         except OSError:  # another file system, or one without hard links
             shutil.copy2(trained.folder / name, directory / name)
-    return (directory / WEIGHTS_FILE).stat().st_size
 
 
 def why_not_evaluate(trained: Trained, model: Mapping[str, Any], data: Mapping[str, Any], device: str,
