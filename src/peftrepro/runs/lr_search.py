@@ -125,12 +125,13 @@ def task_metric(task: str) -> str:
     return str(TASKS[task].selection_metric)
 
 
-def search_state(profile: str, rep: Representative, settings: Mapping[str, Any], extra: Sequence[str],
-                 steps: Sequence[int]) -> tuple[dict[int, float | None], dict[int, str | None]]:
-    metric = task_metric(rep.task)
+def search_state(task: str, directories: Mapping[int, Path]
+                 ) -> tuple[dict[int, float | None], dict[int, str | None]]:
+    """(dev scores, record statuses) of the points at `directories`, by ladder step."""
+    metric = task_metric(task)
     scores, statuses = {}, {}
-    for step in steps:
-        scores[step], statuses[step] = point_score(point_directory(profile, rep, step, extra), metric)
+    for step, directory in directories.items():
+        scores[step], statuses[step] = point_score(directory, metric)
     return scores, statuses
 
 
@@ -155,14 +156,15 @@ def search(profile: str, rep: Representative, settings: Mapping[str, Any], extra
     start = float(settings["start"][rep.method])
     steps = selection.Search({}, width, max_points).initial_steps()
     for _ in range(MAX_ROUNDS):
-        scores, statuses = search_state(profile, rep, settings, extra, steps)
+        directories = {step: point_directory(profile, rep, step, extra) for step in steps}
+        scores, statuses = search_state(rep.task, directories)
         if statuses and all(status == records.NOT_APPLICABLE for status in statuses.values()):
-            record = records.read_record(point_directory(profile, rep, steps[0], extra)) or {}
+            record = records.read_record(directories[steps[0]]) or {}
             return {"lr": start, "not_applicable": (record.get("error") or {}).get("message", "")}
         state = selection.Search(scores, width, max_points)
         pending = state.pending()
         if not pending:
-            runs = {step: _under_runs(point_directory(profile, rep, step, extra)) for step in scores}
+            runs = {step: _under_runs(directories[step]) for step in scores}
             return selection.summarise(scores, start, width, max_points, runs, metric=task_metric(rep.task),
                                        configuration=" ".join(rep.overrides) or "(the method's defaults)")
         if unread := [step for step in pending if step not in scores]:  # a resumed search may have run them
@@ -173,7 +175,7 @@ def search(profile: str, rep: Representative, settings: Mapping[str, Any], extra
                       "(force=true in the overrides retrains it)", rep.task, rep.method, EXPERIMENT)
             return None
         if any(statuses.get(step) == records.UNSCORED for step in pending):  # made with scoring=later|auto
-            directory = point_directory(profile, rep, steps[0], extra).parent
+            directory = directories[steps[0]].parent
             raise PeftReproError(f"lr_search {rep.task}/{rep.method}: points are trained but unscored (scoring was "
                                  f"deferred); score them with `peftrepro score runs {directory}` on a machine with "
                                  "Java, then rerun the selection")
