@@ -18,6 +18,7 @@ from peftrepro.report.render import (
     incomplete_lines,
     lr_lines,
     render_markdown,
+    selection_points_left,
 )
 from peftrepro.report.specs import TABLES
 
@@ -105,6 +106,24 @@ def test_each_table_shows_its_learning_rate_grid_dev_scores_and_choice(runs_dir,
     lines = lr_lines(build_table(TABLES["table_rank"], runs_dir))
     assert lines[0] == "- wikisql / lora: no selection run yet (`make select-lr`)"
     assert lines[1] == "- mnli / lora (W_q,W_v r=8): dev accuracy_dev " + expected
+
+
+@pytest.mark.parametrize("grid, mnli_left", [
+    ({}, 3),  # not started: its first window
+    ({3e-4: 0.50, 1e-3: 0.62}, 1),  # one point of the first window left
+    ({3e-4: 0.50, 1e-3: 0.58, 3e-3: 0.62}, 1),  # the winner on the edge: one rung further, at least
+    ({3e-4: 0.50, 1e-3: 0.62, 3e-3: 0.58}, 0),  # decided
+], ids=["none", "window", "edge", "decided"])
+def test_the_selection_points_left_are_counted_per_task(runs_dir, write, make_record, grid, mnli_left):
+    """Table 6 selects one LoRA rate per task: WikiSQL's search has not started, MNLI's is at `grid`."""
+    for lr, score in grid.items():
+        write(search_record(make_record, lr, score))
+    run = make_record("table_rank", "mnli", {"name": "lora", "weights": ["W_q"], "r": 1, "ranks": None}, 0,
+                      {"accuracy_m": 0.6})
+    run["config"]["lr_selection"] = True
+    write(run)
+    left = selection_points_left([build_table(TABLES["table_rank"], runs_dir)] * 2)  # a table twice counts once
+    assert dict(left) == {"wikisql": 3, **({"mnli": mnli_left} if mnli_left else {})}
 
 
 @pytest.mark.parametrize("grid, start, expected", [

@@ -39,7 +39,7 @@ from peftrepro.report.records import (
     plural,
     status_counts,
 )
-from peftrepro.report.render import baseline_lines, dev_splits_text, layout, lr_lines
+from peftrepro.report.render import baseline_lines, dev_splits_text, layout, lr_lines, selection_points_left
 from peftrepro.report.specs import TABLES
 from peftrepro.runs.records import atomic_write_text
 from peftrepro.tasks import TASKS
@@ -333,37 +333,45 @@ def pending_text(results: Mapping[str, TableResult], records: Sequence[Record]) 
              f"({runs_split(todo)}). Table 6 takes its three settings shared "
              "with Table 5 from Table 5's runs, and Table 4 its LoRA rows from Table 6's, by copy, so some "
              "of these need no run of their own."]
+    points_left = selection_points_left(results.values())
     for device in distinct(r.hardware for r in own):
-        lines.append(device_estimate(device, [r for r in own if r.hardware == device], todo))
+        lines.append(device_estimate(device, [r for r in own if r.hardware == device], todo, points_left))
     points = {r.run_key for result in results.values() for r in result.lr_search if r.status == "ok"}
+    left = (f", at least {plural(sum(points_left.values()), 'point')} still to run ({runs_split(points_left, False)})"
+            if points_left else "")
     lines.append(f"Before a table's runs, its learning rates are selected (`make select-lr`: at least three "
                  "dev-split runs per task and method, more while the best rate sits on the grid's edge; "
-                 f"{plural(len(points), 'point')} finished so far) and each "
+                 f"{plural(len(points), 'point')} finished so far{left}) and each "
                  "task's zero-shot baseline is run once (`make baselines`). A seed-0 table run trains as its "
                  "method's chosen selection point did, so where that point kept its weights the run only "
                  "evaluates them (`trained_in`), in minutes: the estimate above counts it as a whole run.")
     return " ".join(lines)
 
 
-def runs_split(todo: Mapping[str, int]) -> str:
-    """Runs left per task, and while an E2E run is among them, why its count is lower than its cells'."""
+def runs_split(todo: Mapping[str, int], table_runs: bool = True) -> str:
+    """Runs left per task, and while a Table 3 run is among them, why its count is lower than its cells'."""
     split = ", ".join(f"{task} {count}" for task, count in sorted(todo.items()))
-    return split + ("; a Table 3 run fills its row's five metrics" if "e2e" in todo else "")
+    return split + ("; a Table 3 run fills its row's five metrics" if table_runs and "e2e" in todo else "")
 
 
-def device_estimate(device: str, runs: Sequence[Record], todo: Mapping[str, int]) -> str:
-    """The time the runs left would take on one device, from its own runs' median per task (E2E
-    decodes its outputs, WikiSQL's inputs are long: one median over every task would not do). A task
-    with no run there is counted at the median over all of that device's runs."""
+def device_estimate(device: str, runs: Sequence[Record], todo: Mapping[str, int],
+                    points_left: Mapping[str, int] | None = None) -> str:
+    """The time the table runs and selection points left would take on one device, from its own table
+    runs' median per task (E2E decodes its outputs, WikiSQL's inputs are long: one median over every
+    task would not do; a selection point trains as a table run does). A task with no run there is
+    counted at the median over all of that device's runs."""
+    points_left = points_left or {}
     overall = statistics.median(run_seconds(r) for r in runs)
     medians, parts = {}, []
-    for task in sorted(todo):
+    for task in sorted({*todo, *points_left}):
         times = [run_seconds(r) for r in runs if r.task == task]
         medians[task] = statistics.median(times) if times else overall
         parts.append(f"{hours(medians[task])} on {task} (n = {len(times)})" if times else
                      f"{hours(overall)} on {task} (none ran there: the median of all {len(runs)})")
-    total = sum(count * medians[task] for task, count in todo.items())
-    return (f"On {device}, a run of this profile took a median of {', '.join(parts)}, so the rest would "
+    total = sum(count * medians[task] for counts in (todo, points_left) for task, count in counts.items())
+    what = (f"the rest ({plural(sum(todo.values()), 'table run')} and at least "
+            f"{plural(sum(points_left.values()), 'selection point')})" if points_left else "the rest")
+    return (f"On {device}, a run of this profile took a median of {', '.join(parts)}, so {what} would "
             f"take about {hours(total)} there.")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -255,25 +256,48 @@ def lr_lines(result: TableResult) -> list[str]:
     return lines
 
 
-def _search_line(label: str, metric: str, points: Sequence[Record], used: list[str]) -> str:
-    """One search's grid as the selection sees it (selection.replay over the latest record per rate of
-    its latest configuration), its choice once it has decided, and the points that barely trained."""
+@dataclass(frozen=True)
+class Replayed:
+    """One (task, method)'s selection as the search sees it: the latest record per rate of its latest
+    configuration (`latest`), their dev scores in the paper's unit, each rate's ladder step and the
+    replayed search state."""
+
+    last: Record
+    start: float  # the method's start value: step 0 of its ladder
+    latest: dict[float, Record]
+    scores: dict[float, float]
+    step_of: dict[float, int]
+    state: selection.Search
+
+
+def replay_points(metric: str, points: Sequence[Record]) -> Replayed | str:
+    """The selection's state from its points (`selection.replay`), or why it cannot be replayed."""
     last = max(points, key=lambda r: r.created_at)
     ours = [r for r in sorted(points, key=lambda r: r.created_at)
             if r.method == last.method and r.get("task.eval_split") == "dev" and r.get("train.lr") is not None]
     latest = {float(r.get("train.lr")): r for r in ours}
-    scores = {lr: to_paper_unit(metric, float(r.metrics[metric]))
-              for lr, r in latest.items() if r.status == "ok" and metric in r.metrics}
     if not latest:
-        return f"- {label}: no selection point evaluated on the dev split yet (`make select-lr`)"
+        return "no selection point evaluated on the dev split yet (`make select-lr`)"
     start = last.get(f"lr_search.start.{last.method.get('name')}")
     if start is None or not all(map(selection.on_ladder, [start, *latest])):
-        return (f"- {label}: {plural(len(latest), 'dev-split run')} that the selection did not make "
+        return (f"{plural(len(latest), 'dev-split run')} that the selection did not make "
                 "(no `lr_search.start`, or rates off its ladder), so no choice is shown")
+    scores = {lr: to_paper_unit(metric, float(r.metrics[metric]))
+              for lr, r in latest.items() if r.status == "ok" and metric in r.metrics}
     step_of = {lr: selection.rung_of(lr) - selection.rung_of(start) for lr in latest}
     state = selection.replay({step_of[lr]: scores.get(lr) for lr in latest},
                              int(last.get("lr_search.width") or 3), int(last.get("lr_search.max_points") or 6))
-    chosen = selection.ladder(start, state.best_step()) if state.decided else None
+    return Replayed(last, float(start), latest, scores, step_of, state)
+
+
+def _search_line(label: str, metric: str, points: Sequence[Record], used: list[str]) -> str:
+    """One search's grid as the selection sees it, its choice once it has decided, and the points
+    that barely trained."""
+    replayed = replay_points(metric, points)
+    if isinstance(replayed, str):
+        return f"- {label}: {replayed}"
+    latest, scores, step_of, state = replayed.latest, replayed.scores, replayed.step_of, replayed.state
+    chosen = selection.ladder(replayed.start, state.best_step()) if state.decided else None
     shown = []
     for lr, r in sorted(latest.items()):
         text = f"{lr:g}: {scores[lr]:.1f}" if lr in scores else f"{lr:g}: {r.status}"
@@ -282,7 +306,7 @@ def _search_line(label: str, metric: str, points: Sequence[Record], used: list[s
         if step_of[lr] not in state.scores:
             text += " (outside the current grid)"
         shown.append(f"**{text}**" if lr == chosen else text)
-    line = f"- {label} ({_options_text(last)}): dev {metric} {' · '.join(shown)}"
+    line = f"- {label} ({_options_text(replayed.last)}): dev {metric} {' · '.join(shown)}"
     if chosen is None:
         failed = [step for step, score in state.scores.items() if score is None and step in step_of.values()]
         return line + ("; not decided: a point failed, and the selection waits for it to be rerun" if failed
@@ -291,6 +315,32 @@ def _search_line(label: str, metric: str, points: Sequence[Record], used: list[s
     if used and used != [str(chosen)]:
         line += f"; **the table's runs used {', '.join(used)}**, not the choice"
     return line
+
+
+def selection_points_left(results: Iterable[TableResult]) -> Counter[str]:
+    """Per task, the fewest selection points still to run before every (task, method) of the tables has
+    its learning rate: an undecided search's pending points (more follow while the winner sits on the
+    grid's edge), a first window for a search not started. A search that cannot be replayed counts 0."""
+    results = list(results)
+    if not any(r.get("lr_selection") for result in results for r in [*result.records, *result.lr_search]):
+        return Counter()  # no record of this profile selects its rates (or none ran yet): nothing to count
+    widths = [int(r.get("lr_search.width")) for result in results for r in result.lr_search
+              if r.get("lr_search.width") is not None]
+    first_window = len(selection.Search({}, width=max(widths, default=3)).initial_steps())
+    left: Counter[str] = Counter()
+    seen = set()
+    for result in results:
+        for task in result.spec.tasks:
+            for method in result.spec.methods:
+                if (task, method) in seen:
+                    continue
+                seen.add((task, method))
+                points = [r for r in result.lr_search if r.task == task and r.method.get("name") == method]
+                if not points:
+                    left[task] += first_window
+                elif isinstance(replayed := replay_points(str(TASKS[task].selection_metric), points), Replayed):
+                    left[task] += len(replayed.state.pending())
+    return +left  # without the tasks whose selection is done
 
 
 def dev_splits_text(tasks: Iterable[str]) -> str:
