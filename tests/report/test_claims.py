@@ -11,6 +11,7 @@ from peftrepro.report.cells import build_table
 from peftrepro.report.claims import (
     HELD,
     INCONCLUSIVE,
+    MAX_SHOWN,
     NOT_HELD,
     WHY_FEWER_MATRICES,
     WHY_FT,
@@ -84,6 +85,16 @@ def test_a_claim_not_held_is_marginal_only_if_every_failing_comparison_is():
     near, far = matches_or_beats(exact(50.0), exact(54.9)), matches_or_beats(exact(50.0), exact(60.0))
     assert combine("claim", "§0", [near]).marginal
     assert not combine("claim", "§0", [near, far]).marginal
+
+
+@pytest.mark.parametrize("last, waiting", [(cell(50.0), ""), (cell(50.0, n=1), "one seed"),
+                                           (cell(float("nan"), n=0), "no result")])
+def test_a_claim_knows_a_cell_still_waiting_for_runs_beyond_the_comparisons_it_quotes(last, waiting):
+    """The evidence quotes at most MAX_SHOWN comparisons; a missing cell in the next one still counts."""
+    wide = [matches_or_beats(cell(50.0, std=2.0), cell(50.5, std=2.0)) for _ in range(MAX_SHOWN)]
+    claim = combine("claim", "§0", [*wide, matches_or_beats(cell(50.0, std=2.0), last)])
+    assert claim.verdict == INCONCLUSIVE and claim.waiting == waiting
+    assert "has no result" not in claim.evidence and "has one seed" not in claim.evidence
 
 
 def test_the_printed_degrees_of_freedom_give_the_printed_interval():

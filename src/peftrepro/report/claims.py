@@ -174,6 +174,9 @@ class Claim:
     evidence: str
     why: str = ""  # not held: why that may be at this scale, with how the compared cells trained
     marginal: bool = False  # every comparison deciding the verdict is marginal
+    # what some compared cell still lacks, in any comparison (the evidence quotes only those deciding
+    # the verdict): "no result" or "one seed"; "" once every cell has its seeds
+    waiting: str = ""
 
 
 def _seed_error(a: Cell, b: Cell) -> tuple[float, float, str]:
@@ -268,6 +271,9 @@ def combine(text: str, source: str, comparisons: Sequence[Comparison], why: str 
     A claim that is not held also says why that may be (`why`) and how the deciding cells trained."""
     if not comparisons:
         return Claim(text, source, INCONCLUSIVE, "no comparable cells")
+    compared = [cell for c in comparisons for cell in c.cells]
+    waiting = ("no result" if any(cell.n == 0 for cell in compared)
+               else "one seed" if any(cell.n == 1 for cell in compared) else "")
     verdicts = {c.verdict for c in comparisons}
     verdict = NOT_HELD if NOT_HELD in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts else HELD
     deciding = [c for c in comparisons if c.verdict == verdict]
@@ -279,10 +285,10 @@ def combine(text: str, source: str, comparisons: Sequence[Comparison], why: str 
     # held rests on its weakest comparison (shown); not held on its strongest (any of the deciding)
     marginal = shown[0].marginal if verdict == HELD else verdict == NOT_HELD and all(c.marginal for c in deciding)
     if verdict != NOT_HELD:
-        return Claim(text, source, verdict, evidence, marginal=marginal)
+        return Claim(text, source, verdict, evidence, marginal=marginal, waiting=waiting)
     cells = {cell.label: cell for c in shown for cell in c.cells}  # each cell once, in order
     trained = "; ".join(f"{label}: {cell.training}" for label, cell in cells.items())
-    return Claim(text, source, verdict, evidence, f"{why} As trained here: {trained}.", marginal)
+    return Claim(text, source, verdict, evidence, f"{why} As trained here: {trained}.", marginal, waiting)
 
 
 def _cell(result: TableResult, row: str, column: str, label: str) -> Cell:

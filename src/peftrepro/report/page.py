@@ -302,9 +302,9 @@ def changes_text(results: Mapping[str, TableResult], archive: Path) -> str:
     for result in results.values():
         for claim in claims.evaluate(result):
             now = claim.verdict + (" (marginal)" if claim.marginal else "")
-            if "has no result" in claim.evidence:  # a compared cell has no run under this protocol yet
+            if claim.waiting == "no result":  # a compared cell has no run under this protocol yet
                 now = "— (not all its cells have run yet)"
-            elif "has one seed" in claim.evidence:  # ... or one seed of its expected ones: no verdict yet
+            elif claim.waiting == "one seed":  # ... or one seed of its expected ones: no verdict yet
                 now = "— (one seed: no spread)"
             if claim.text in before:
                 rows.append({"Table": result.spec.short_title, "Paper's claim": claim.text,
