@@ -19,6 +19,7 @@ from peftrepro.report.render import (
     lr_lines,
     render_markdown,
     selection_points_left,
+    wide_csv,
 )
 from peftrepro.report.specs import TABLES
 
@@ -49,11 +50,31 @@ def test_an_mnli_run_at_its_majority_class_did_not_learn_and_judges_no_claim(run
     assert format_cell(result.spec, result.stats("ft", "mnli"), 2).startswith(
         "did not learn: 40.0 ± 0.0 (n=2), majority class 40.0")
     assert format_cell(result.spec, result.stats("lora_r8", "mnli"), 2).startswith("60.0 ± 0.0 (n=2)")
+    csv = wide_csv(result).set_index("Model & Method")
+    assert csv.loc["FT", "MNLI-m Acc. (%) status"] == "did not learn"
+    assert csv.loc["LoRA (r_q=r_v=8)", "MNLI-m Acc. (%) status"] == "ok"
     listed = [line for line in incomplete_lines(result) if line.startswith("- DID NOT LEARN")]
     assert len(listed) == 2 and all("FT × MNLI-m Acc. (%)" in line for line in listed)
     claim = next(c for c in evaluate(result) if c.text == "MultiNLI: LoRA (r_q=r_v=8) matches or beats full fine-tuning")
     assert claim.verdict == INCONCLUSIVE and "FT did not learn (seed 0: 40.0 vs majority class 40.0" in claim.evidence
     assert "- mnli (`accuracy_m`): majority class 40.0 (the share of its most frequent label)" in render_markdown(result, [])
+
+
+def test_the_figures_mark_a_cell_that_did_not_learn(runs_dir, write, make_record, tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from peftrepro.report import plots
+
+    for seed in (0, 1):  # Table 6's W_q r=1 answers the majority class
+        record = make_record("table_rank", "mnli", {"name": "lora", "weights": ["W_q"], "r": 1, "ranks": None},
+                             seed, {"accuracy_m": 0.4})
+        write_predictions(write(record | {"eval_notes": {"examples": {"matched": 300}}}), mnli_rows(None))
+    result = build_table(TABLES["table_rank"], runs_dir)
+    marks, scatter = [], Axes.scatter
+    monkeypatch.setattr(Axes, "scatter", lambda self, *xy, **kw: marks.append((xy, kw.get("marker")))
+                        or scatter(self, *xy, **kw))
+    plots.plot_rank(result, tmp_path / "rank.png")
+    assert (((1,), (40.0,)), "x") in marks
 
 
 def e2e_rows(mrs: int, quality: float) -> list[dict]:

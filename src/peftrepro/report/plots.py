@@ -46,8 +46,12 @@ def plot_rank(result: TableResult, path: Path) -> Path:
             if one_seed:
                 axes[0][column].scatter(*zip(*one_seed), marker="o", facecolors="white", zorder=3,
                                         edgecolors=line.lines[0].get_color())
+            failed = [(r, m) for r, m, c in zip(RANKS, means, cells) if c["did_not_learn"]]
+            if failed:  # a failed fit is no result of the method: marked, as its table names it
+                axes[0][column].scatter(*zip(*failed), marker="x", s=80, color="red", zorder=4)
             axes[1][column].plot(RANKS, [c["paper"] for c in cells], marker="s", linestyle="--", label=weights)
-        for row, who in enumerate(("ours (mean ± std over seeds; hollow: one seed)", "paper")):
+        for row, who in enumerate(("ours (mean ± std over seeds; hollow: one seed; red ×: did not learn)",
+                                   "paper")):
             axis = axes[row][column]
             axis.set_xscale("log", base=2)
             axis.set_xticks(RANKS, [str(r) for r in RANKS])
@@ -69,9 +73,11 @@ def plot_weight_type(result: TableResult, path: Path) -> Path:
     for column, (task, name, unit) in enumerate(TASKS):
         cells = [result.stats(task, w) for w, _ in WEIGHT_TYPE_COLUMNS]
         errors = seed_error_bars(cells)
-        axes[0][column].bar(positions, [c["mean"] for c in cells], yerr=errors, capsize=3, color="tab:blue")
+        axes[0][column].bar(positions, [c["mean"] for c in cells], yerr=errors, capsize=3,
+                            color=["tab:gray" if c["did_not_learn"] else "tab:blue" for c in cells],
+                            hatch=["//" if c["did_not_learn"] else "" for c in cells])
         axes[1][column].bar(positions, [c["paper"] for c in cells], color="tab:gray")
-        for row, who in enumerate(("ours (mean ± std over seeds)", "paper")):
+        for row, who in enumerate(("ours (mean ± std over seeds; gray, hatched: did not learn)", "paper")):
             axis = axes[row][column]
             axis.set_xticks(list(positions), labels, fontsize=8)
             axis.set_ylabel(f"{name} {unit}")
@@ -95,7 +101,8 @@ def _label_seeds(axis: plt.Axes, cells: Sequence[Mapping[str, Any]], errors: Seq
     for x, (cell, error) in enumerate(zip(cells, errors)):
         if cell["n"]:
             top = cell["mean"] + (0.0 if math.isnan(error) else error)
-            axis.text(x, top, f"n={cell['n']}", ha="center", va="bottom", fontsize=7)
+            failed = ", did not learn" if cell["did_not_learn"] else ""
+            axis.text(x, top, f"n={cell['n']}{failed}", ha="center", va="bottom", fontsize=7)
         else:
             axis.text(x, bottom, "no run", ha="center", va="bottom", fontsize=7, color="gray")
 

@@ -46,12 +46,19 @@ def format_cell(spec: TableSpec, cell: pd.Series, n_expected: int) -> str:
         text += f" ± {cell['std']:.{digits}f}"
     of = f" of {n_expected}" if cell["status"] == "partial" else ""
     text = f"{text} (n={cell['n']}{of})"
-    if cell["did_not_learn"]:  # a failed fit: shown as such, with the baseline it did not beat
-        failed = len(cell["did_not_learn"])
-        which = "" if failed == cell["n"] else f" ({failed} of {cell['n']} seeds)"
+    if failed := did_not_learn_label(cell):  # a failed fit: shown as such, with the baseline it did not beat
         base = cell["baseline"]
-        text = f"did not learn{which}: {text}, {base.baseline_name} {base.baseline:.1f}"
+        text = f"{failed}: {text}, {base.baseline_name} {base.baseline:.1f}"
     return text + paper
+
+
+def did_not_learn_label(cell: pd.Series) -> str:
+    """The cell's failed-fit label where a run of it did not beat its task's trivial baseline (and how
+    many of its seeds, when not all); empty otherwise."""
+    if not cell["did_not_learn"]:
+        return ""
+    failed = len(cell["did_not_learn"])
+    return "did not learn" + ("" if failed == cell["n"] else f" ({failed} of {cell['n']} seeds)")
 
 
 def layout(result: TableResult) -> pd.DataFrame:
@@ -82,7 +89,7 @@ def wide_csv(result: TableResult) -> pd.DataFrame:
             cell = result.stats(axis_row.key, axis_col.key)
             name = axis_col.labels[0]
             line |= {f"{name} mean": cell["mean"], f"{name} std": cell["std"], f"{name} n": cell["n"],
-                     f"{name} paper": cell["paper"], f"{name} status": cell["status"]}
+                     f"{name} paper": cell["paper"], f"{name} status": did_not_learn_label(cell) or cell["status"]}
         lines.append(line)
     return pd.DataFrame(lines)
 
