@@ -91,3 +91,20 @@ def test_constraints_are_regenerated_from_the_committed_records(monkeypatch) -> 
     monkeypatch.chdir(REPO)  # as `make report` writes it: the file names itself by relative path
     text = report.constraints("mini", Path("results/runs"), Path("results/constraints.txt"))
     assert text == (REPO / "results" / "constraints.txt").read_text(encoding="utf-8")
+
+
+def test_the_first_test_mrs_bleu_is_what_the_scorer_gives_on_the_prediction_texts() -> None:
+    """The REPORT's BLEU on the first 100 test MRs sums the statistics saved beside each prediction; the
+    E2E scorer (`peftrepro score e2e`'s BLEU) on those rows' own texts gives the same number."""
+    from peftrepro.metrics.e2e import score_bleu
+    from peftrepro.report.page import FIRST_MRS, first_mrs_bleu, load_records
+
+    checked = 0
+    for record in load_records(REPO / "results" / "runs")[0]:
+        if (saved := first_mrs_bleu(record)) is not None:
+            rows = record.prediction_rows()[:FIRST_MRS]
+            texts = score_bleu([row["prediction"] for row in rows], [row["references"] for row in rows])
+            assert saved == pytest.approx(100 * texts, abs=1e-6), record.run_key
+            checked += 1
+    if not checked:
+        pytest.skip("no committed E2E test-set predictions")
