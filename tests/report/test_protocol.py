@@ -311,6 +311,20 @@ def test_a_run_is_checked_against_its_own_backbones_zero_shot_run(runs_dir, writ
     assert (learning is not None and learning.learned) if checked else learning is None
 
 
+def test_a_run_the_baseline_check_cannot_see_is_named(runs_dir, write, make_record):
+    from peftrepro.report.render import baseline_lines
+
+    rows = [{"id": i, "lf_correct": i < 30} for i in range(100)]
+    write_predictions(write(make_record("table_methods", "wikisql", LORA8, 0, {"lf_accuracy": 0.3})), rows)
+    write(make_record("table_methods", "wikisql", FT, 0, {"lf_accuracy": 0.3}, key="ft-no-predictions"))
+    zero_shot = make_record("baselines", "wikisql", {"name": "none"}, 0, {"lf_accuracy": 0.0})
+    write_predictions(write(zero_shot), [{**row, "lf_correct": False} for row in rows])
+    lines = baseline_lines(build_table(TABLES["table_methods"], runs_dir, profile="smoke"))
+    assert lines[0].startswith("- wikisql (`lf_accuracy`): zero-shot 0.0")
+    assert lines[1].startswith("- Not checked against it: 1 run with no zero-shot run on the same examples")
+    assert "(`ft-no-predictions`)" in lines[1]
+
+
 @pytest.mark.parametrize("selection, expected", [
     (True, "ours are selected per (task, method) from a small grid on a dev split"),
     (False, "ours are the profile's fixed rates (0.0002; `lr_selection: false`), not tuned per method"),

@@ -231,6 +231,13 @@ def baseline_lines(result: TableResult) -> list[str]:
               + ("no run kept its predictions to count the labels" if task == "mnli"
                  else "no zero-shot run on these examples: `make baselines`") + "), so no run of it is checked"
               for task in missing]
+    told = {task for task, _ in known}
+    unchecked = [r for r in result.records if r.task in told and r.status == "ok" and r.run_key not in result.learning
+                 and primary_metric(r.task) in r.metrics]
+    if unchecked:  # a failed fit among them would go unnamed: say which runs the guard could not see
+        lines.append(f"- Not checked against it: {plural(len(unchecked), 'run')} with no zero-shot run on the same "
+                     "examples and backbone, or no saved predictions (" + ", ".join(f"`{r.run_key}`" for r in unchecked)
+                     + "); their cells judge claims unchecked")
     return lines
 
 
