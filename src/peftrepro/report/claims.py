@@ -455,7 +455,8 @@ def render(claims: Sequence[Claim]) -> list[str]:
     lines += ["", "Interval: 95 % on the difference of two cells' means, Student's t with Welch–Satterthwaite degrees of "
               "freedom (the seed term's, the evaluation set's error taken as known); SE² = the seed spread pooled over "
               "the table's cells of that metric × (1/n_A + 1/n_B) + the evaluation set's error, paired (per example for "
-              "accuracies, a bootstrap over MRs for E2E).",
+              "accuracies, a bootstrap over MRs for E2E; the evidence says \"not estimated\" where the saved predictions "
+              "do not allow it).",
               "", "Verdict: 'beats' held above 0, not held below 0; 'matches or beats' held above −m, not held below −m "
               "(m: accuracy 2, BLEU / METEOR / ROUGE-L 1, NIST 0.1, CIDEr 0.05); otherwise, or with one seed or a run "
               f"that did not learn, inconclusive; (marginal): within {MARGINAL:.0%} of the interval's half-width."]
