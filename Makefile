@@ -68,7 +68,7 @@ help: ## list the targets and the variables they take
 	@echo "           DATA_ROOT=dir (default \$$PEFTREPRO_DATA_ROOT, else the hub)  ARGS='hydra overrides'"
 	@echo "           LAUNCHER=basic|joblib|submitit_slurm  LAUNCHER_ARGS='hydra.launcher.n_jobs=2 ...'"
 
-install: ## create .venv and install the suite (CPU torch wheel; see README for CUDA)
+install: ## create .venv and install the suite (torch from PyPI; the README says how to take its CPU or CUDA build)
 	python3 -m venv .venv
 	.venv/bin/pip install torch==$(TORCH_VERSION)
 	.venv/bin/pip install -e '.[test,launchers,wandb,qlora]'
@@ -175,7 +175,7 @@ table-amplification: ## §7 Table 7: how W_q's update ΔW compares to W_q (r=4 a
 lora-factors: ## keep LoRA's A, B (middle and last layer) of finished runs made without them, from their adapters
 	$(PYTHON) -m peftrepro.runs.factors $(RESULTS)/runs/table_*  # every table: Table 6 may copy another's run
 
-tables: ## every table above; goes on after a failure and exits non-zero if any failed
+tables: ## every table-* target (not the §7 analyses or peft-budget), then report; goes on after a failure, exits non-zero if any failed
 	@failed=""; for target in $(TABLE_TARGETS); do \
 	    $(MAKE) --no-print-directory $$target || failed="$$failed $$target"; done; \
 	$(MAKE) --no-print-directory report || failed="$$failed report"; \
@@ -184,7 +184,7 @@ tables: ## every table above; goes on after a failure and exits non-zero if any 
 aggregate: ## rebuild every table from the records only (no training)
 	$(PYTHON) -m peftrepro.report.aggregate --runs $(RESULTS)/runs --out $(RESULTS)/tables --profile $(PROFILE) --seeds $(SEEDS)
 
-report: aggregate ## $(RESULTS)/REPORT.md: every table, the paper's claims on it, where and how it ran; $(RESULTS)/constraints.txt
+report: aggregate ## REPORT.md and constraints.txt in the results folder: every table, the paper's claims on it, where and how it ran
 	$(PYTHON) -m peftrepro.report --profile $(PROFILE) --seeds $(SEEDS) --runs $(RESULTS)/runs \
 	    --tables $(RESULTS)/tables --bench $(RESULTS)/bench --out $(RESULTS)/REPORT.md \
 	    --constraints $(RESULTS)/constraints.txt
