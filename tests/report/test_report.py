@@ -44,7 +44,7 @@ def test_counts_devices_time_and_claims_come_from_the_records(weight_type_runs, 
     assert "CPU: Test CPU, 2 cores (fp32)" in cells[7] and "GPU: NVIDIA H100 80GB HBM3 (bf16 autocast)" in cells[7]
     assert cells[8] == "1 h 01 min"  # 3 x 20 min on the CPU + 1 min on the GPU
     assert "MultiNLI: adapting W_q,W_v (r=4) beats W_q alone (r=8) at an equal budget | §7.1, Table 5 | **held**" in text
-    assert "On CPU: Test CPU, 2 cores (fp32), a run of this profile took a median of" in text
+    assert "On CPU: Test CPU, 2 cores (fp32), a run of this profile (table runs and selection points) took a median of" in text
     assert "20 min on mnli (n = 3)" in text
     assert "- CPU: Test CPU, 2 cores (fp32): 3 runs, 1 h 00 min in all (torch threads per run: 2 (3 runs))." in text
 
@@ -54,16 +54,21 @@ def test_the_time_left_is_estimated_from_each_task_own_runs(weight_type_runs, ru
     wikisql = make_record("table_weight_type", "wikisql", WQ, 0, {"lf_accuracy": 0.3}, profile="mini", minutes=5)
     wikisql["env"]["hardware"], wikisql["timings"], wikisql["training"] = CPU, {"total_s": 3600.0}, {"steps": 250}
     write(wikisql)
+    point = make_record("lr_search", "e2e", WQ, 0, {"bleu": 0.5}, profile="mini", minutes=6)  # a selection point
+    point["env"]["hardware"], point["timings"], point["training"] = CPU, {"total_s": 2400.0}, {"steps": 250}
+    write(point)
     text = page(runs_dir, tmp_path)
     # Empty: Table 5 23 runs' cells (5 of 28 ran), Table 6 60, Table 4 32, Table 3 14 rows of 5 metrics each
     assert ("**185 (cell, seed) pairs are still empty**, which 129 runs would fill (e2e 14, mnli 56, wikisql 59;"
             in text)
-    # CPU runs: mnli 3 x 20 min, wikisql 1 x 60 min, so 20 min over all of them (for e2e, which never ran)
     # the QLoRA and pruning tables, shown from their first run, count too: 8 + 9 runs per seed
     assert "The QLoRA and Pruning tables, shown here from their first run, need 34 more runs (e2e 8, mnli 26)." in text
-    assert ("a run of this profile took a median of 20 min on e2e (none ran there: the median of all 4), "
+    # CPU runs: mnli 3 x 20 min, wikisql 1 x 60 min, and e2e's selection point 40 min
+    assert ("a run of this profile (table runs and selection points) took a median of 40 min on e2e (n = 1), "
             "20 min on mnli (n = 3), 1 h 00 min on wikisql (n = 1), so the rest (163 table runs) would take about "
-            f"{report.hours(60 * (20 * (14 + 8) + 20 * (56 + 26) + 60 * 59))} there" in text)
+            f"{report.hours(60 * (40 * (14 + 8) + 20 * (56 + 26) + 60 * 59))} there" in text)
+    # a task with no run on the GPU: the median of all its runs there
+    assert "1 min on e2e (none ran there: the median of all 1)" in text
 
 
 def test_a_run_trained_by_another_is_named_and_not_timed_as_a_whole_run(weight_type_runs, runs_dir, tmp_path,

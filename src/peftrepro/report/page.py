@@ -331,8 +331,10 @@ def pending_text(every: Mapping[str, TableResult], records: Sequence[Record]) ->
                 "table's page says why.")
     todo: Counter[str] = sum((runs_to_make(result) for result in results.values()), Counter())
     later: Counter[str] = sum((runs_to_make(result) for result in hidden), Counter())
-    # the time of a whole run: not a copy, nor an evaluation of weights another run trained
-    own = [r for r in records if not is_reused(r) and not r.trained_in and r.status == "ok"]
+    # the time of a whole run: not a copy, nor an evaluation of weights another run trained; a selection
+    # point trains as a table run does (its dev split is about the evaluation set's size), so it counts
+    points_run = {r.run_key: r for result in every.values() for r in result.lr_search}
+    own = [r for r in [*records, *points_run.values()] if not is_reused(r) and not r.trained_in and r.status == "ok"]
     lines = ["A cell \"—\" has no finished run yet; each table's page lists every such cell.",
              f"**{plural(pairs, '(cell, seed) pair')} {'is' if pairs == 1 else 'are'} still empty**, which "
              f"{plural(sum(todo.values()), 'run')} would fill "
@@ -367,10 +369,10 @@ def runs_split(todo: Mapping[str, int], table_runs: bool = True) -> str:
 
 def device_estimate(device: str, runs: Sequence[Record], todo: Mapping[str, int],
                     points_left: Mapping[str, int] | None = None) -> str:
-    """The time the table runs and selection points left would take on one device, from its own table
-    runs' median per task (E2E decodes its outputs, WikiSQL's inputs are long: one median over every
-    task would not do; a selection point trains as a table run does). A task with no run there is
-    counted at the median over all of that device's runs."""
+    """The time the table runs and selection points left would take on one device, from the median per
+    task of its own runs, table runs and selection points alike (E2E decodes its outputs, WikiSQL's
+    inputs are long: one median over every task would not do). A task with no run there is counted at
+    the median over all of that device's runs."""
     points_left = points_left or {}
     overall = statistics.median(run_seconds(r) for r in runs)
     medians, parts = {}, []
@@ -382,7 +384,8 @@ def device_estimate(device: str, runs: Sequence[Record], todo: Mapping[str, int]
     total = sum(count * medians[task] for counts in (todo, points_left) for task, count in counts.items())
     points = f" and at least {plural(sum(points_left.values()), 'selection point')}" if points_left else ""
     what = f"the rest ({plural(sum(todo.values()), 'table run')}{points})"
-    return (f"On {device}, a run of this profile took a median of {', '.join(parts)}, so {what} would "
+    return (f"On {device}, a run of this profile (table runs and selection points) took a median of "
+            f"{', '.join(parts)}, so {what} would "
             f"take about {hours(total)} there.")
 
 
