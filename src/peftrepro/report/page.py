@@ -324,7 +324,8 @@ def changes_text(results: Mapping[str, TableResult], archive: Path) -> str:
 
 def pending_text(every: Mapping[str, TableResult], records: Sequence[Record]) -> str:
     """What is left to run: the shown tables' empty cells, the hidden tables' runs, the selection points."""
-    results, hidden = shown(every), [result for name, result in every.items() if name not in shown(every)]
+    results = shown(every)
+    hidden = [result for name, result in every.items() if name not in results]
     pairs = sum(empty_cell_seeds(result) for result in results.values())
     if not pairs and not hidden:
         return ("Every cell has every expected seed; a cell \"n/a\" is a method the model cannot run, and its "
@@ -335,13 +336,13 @@ def pending_text(every: Mapping[str, TableResult], records: Sequence[Record]) ->
     # point trains as a table run does (its dev split is about the evaluation set's size), so it counts
     points_run = {r.run_key: r for result in every.values() for r in result.lr_search}
     own = [r for r in [*records, *points_run.values()] if not is_reused(r) and not r.trained_in and r.status == "ok"]
-    lines = ["A cell \"—\" has no finished run yet; each table's page lists every such cell.",
-             f"**{plural(pairs, '(cell, seed) pair')} {'is' if pairs == 1 else 'are'} still empty**, which "
-             f"{plural(sum(todo.values()), 'run')} would fill "
-             f"({runs_split(todo)}). Table 6 takes its three settings shared "
-             "with Table 5 from Table 5's runs, and Table 4 its LoRA rows from Table 6's, by copy, so some "
-             "of these need no run of their own."] if pairs else \
-        ["Every cell of the tables above has every expected seed."]
+    lines = ["Every cell of the tables above has every expected seed."]
+    if pairs:
+        lines = ["A cell \"—\" has no finished run yet; each table's page lists every such cell.",
+                 f"**{plural(pairs, '(cell, seed) pair')} {'is' if pairs == 1 else 'are'} still empty**, which "
+                 f"{plural(sum(todo.values()), 'run')} would fill ({runs_split(todo)}). Table 6 takes its three "
+                 "settings shared with Table 5 from Table 5's runs, and Table 4 its LoRA rows from Table 6's, by "
+                 "copy, so some of these need no run of their own."]
     if hidden:
         titles = " and ".join(result.spec.short_title for result in hidden)
         lines.append(f"The {titles} tables, shown here from their first run, need {plural(sum(later.values()), 'more run')} "
