@@ -350,12 +350,12 @@ def pending_text(every: Mapping[str, TableResult], records: Sequence[Record]) ->
     points_left = selection_points_left(every.values())
     for device in distinct(r.hardware for r in own):
         lines.append(device_estimate(device, [r for r in own if r.hardware == device], todo + later, points_left))
-    points = {r.run_key for result in results.values() for r in result.lr_search if r.status == "ok"}
+    finished = sum(r.status == "ok" for r in points_run.values())
     left = (f", at least {plural(sum(points_left.values()), 'point')} still to run ({runs_split(points_left, False)})"
             if points_left else "")
     lines.append(f"Before a table's runs, its learning rates are selected (`make select-lr`: at least three "
                  "dev-split runs per task and method, more while the best rate sits on the grid's edge; "
-                 f"{plural(len(points), 'point')} finished so far{left}) and each "
+                 f"{plural(finished, 'point')} finished so far{left}) and each "
                  "task's zero-shot baseline is run once (`make baselines`). A seed-0 table run trains as its "
                  "method's chosen selection point did, so where that point kept its weights the run only "
                  "evaluates them (`trained_in`), in minutes: the estimate above counts it as a whole run.")
