@@ -161,7 +161,7 @@ def incomplete_lines(result: TableResult) -> list[str]:
             cells = ", ".join(spec.cell_label(*cell) for cell in result.cells_of(record.run_key))
             lines.append(f"- DID NOT LEARN {cells}, seed {record.seed} (`{record.run_key}`): {learning}; it does not "
                          f"beat its task's trivial baseline on the same examples by {LEARNED_Z} standard errors of "
-                         "the paired difference, so its cell shows no method result and judges no claim")
+                         "the paired difference, so its cell is marked 'did not learn' and judges no claim")
     for record in result.records:
         learning = result.learning.get(record.run_key)
         if (problem := record.barely_trained) and not (learning and not learning.learned):
