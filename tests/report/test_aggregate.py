@@ -196,7 +196,7 @@ def test_choices_are_read_per_method_and_name_the_methods_where_values_differ(ru
     prefix["config"]["train"]["lr"] = 0.1
     write(lora), write(prefix)
     lines = aggregate.choice_lines(build_table(TABLES["table_methods"], runs_dir))
-    assert "- learning rate (`train.lr`): 0.0002 (lora), 0.1 (prefix_layer)" in lines
+    assert "- learning rate (`train.lr`): 2e-4 (lora), 1e-1 (prefix_layer)" in lines
     assert any(line.startswith("- epochs (`train.epochs`): 2") for line in lines)  # one value: no method list
     init = [line for line in lines if "(`method.init`)" in line]
     assert len(init) == 2 and init[0].endswith(': "kaiming_uniform"') and init[1].endswith(': "real_tokens"')

@@ -112,10 +112,10 @@ def search_record(make_record, lr: float, score: float, minutes: int = 0, start:
 
 @pytest.mark.parametrize("grid, expected", [
     ({3e-4: 0.50, 1e-3: 0.62, 3e-3: 0.58},
-     "0.0003: 50.0 · **0.001: 62.0** · 0.003: 58.0 → 0.001; **the table's runs used 0.003**, not the choice"),
+     "3e-4: 50.0 · **1e-3: 62.0** · 3e-3: 58.0 → 1e-3; **the table's runs used 3e-3**, not the choice"),
     # the winner on a growing edge: the selection runs the next rung before it chooses
     ({3e-4: 0.50, 1e-3: 0.58, 3e-3: 0.62},
-     "0.0003: 50.0 · 0.001: 58.0 · 0.003: 62.0; not decided yet (3 of its rates scored, the selection has more to run)"),
+     "3e-4: 50.0 · 1e-3: 58.0 · 3e-3: 62.0; not decided yet (3 of its rates scored, the selection has more to run)"),
 ], ids=["decided", "edge-winner-pending"])
 def test_each_table_shows_its_learning_rate_grid_dev_scores_and_choice(runs_dir, write, make_record, grid, expected):
     for lr, score in grid.items():
@@ -150,9 +150,9 @@ def test_the_selection_points_left_are_counted_per_task(runs_dir, write, make_re
 @pytest.mark.parametrize("grid, start, expected", [
     # the start moved from 1e-3 to 3e-3 after 3e-4 ran: 3e-4 is no point of the new grid, 3e-3 wins inside it
     ({3e-4: 0.70, 1e-3: 0.60, 3e-3: 0.62, 1e-2: 0.50}, 3e-3,
-     "0.0003: 70.0 (outside the current grid) · 0.001: 60.0 · **0.003: 62.0** · 0.01: 50.0 → 0.003"),
+     "3e-4: 70.0 (outside the current grid) · 1e-3: 60.0 · **3e-3: 62.0** · 1e-2: 50.0 → 3e-3"),
     ({3e-4: 0.50, 1e-3: None, 3e-3: 0.58}, 1e-3,
-     "0.0003: 50.0 · 0.001: failed · 0.003: 58.0; not decided: a point failed, and the selection waits for it to "
+     "3e-4: 50.0 · 1e-3: failed · 3e-3: 58.0; not decided: a point failed, and the selection waits for it to "
      "be rerun"),
 ], ids=["moved-start", "failed-point"])
 def test_the_grid_is_the_one_the_selection_replays(runs_dir, write, make_record, grid, start, expected):
@@ -170,7 +170,7 @@ def test_a_run_on_another_split_than_dev_is_no_point_of_the_grid(runs_dir, write
     on_test["config"]["task"]["eval_split"] = "test"
     write(on_test)
     (line,) = lr_lines(build_table(TABLES["table_methods"], runs_dir, profile="smoke"))[-1:]
-    assert line.endswith("0.0003: 50.0 · **0.001: 62.0** · 0.003: 58.0 → 0.001")
+    assert line.endswith("3e-4: 50.0 · **1e-3: 62.0** · 3e-3: 58.0 → 1e-3")
 
 
 def test_the_grid_shows_the_latest_run_of_each_rate_and_flags_one_that_barely_trained(runs_dir, write, make_record):
@@ -181,7 +181,7 @@ def test_the_grid_shows_the_latest_run_of_each_rate_and_flags_one_that_barely_tr
     write(diverged)
     write(search_record(make_record, 3e-3, 0.10, minutes=-5))  # an older run of the same rate
     (line,) = lr_lines(build_table(TABLES["table_methods"], runs_dir, profile="smoke"))[-1:]
-    assert "· 0.003: 30.0 (barely trained: loss 4.50 at step 10 → 4.70 at step 250) → 0.001" in line
+    assert "· 3e-3: 30.0 (barely trained: loss 4.50 at step 10 → 4.70 at step 250) → 1e-3" in line
 
 
 @pytest.mark.parametrize("seeds, now, summary", [
@@ -327,7 +327,7 @@ def test_a_run_the_baseline_check_cannot_see_is_named(runs_dir, write, make_reco
 
 @pytest.mark.parametrize("selection, expected", [
     (True, "ours are selected per (task, method) from a small grid on a dev split"),
-    (False, "ours are the profile's fixed rates (0.0002; `lr_selection: false`), not tuned per method"),
+    (False, "ours are the profile's fixed rates (2e-4; `lr_selection: false`), not tuned per method"),
 ])
 def test_the_report_says_how_the_learning_rates_were_set(make_record, tmp_path, selection, expected):
     from peftrepro.report.records import parse_record

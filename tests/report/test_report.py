@@ -9,6 +9,7 @@ import pytest
 
 from peftrepro.report import page as report
 from peftrepro.report.cells import build_table
+from peftrepro.report.records import rate_text, rates_text
 from peftrepro.report.render import header_lines
 from peftrepro.report.specs import TABLES
 
@@ -272,3 +273,13 @@ def test_where_counts_the_study_s_training_runs_but_not_the_latency_study(weight
     write({**latency, "profile": "mini"}, name="latency")  # its config names the model by a string
     text = page(runs_dir, tmp_path)
     assert "- CPU: Test CPU, 2 cores (fp32): 4 runs, 1 h 20 min in all" in text
+
+
+@pytest.mark.parametrize(("lr", "text"), [(3e-5, "3e-5"), (1e-4, "1e-4"), (0.003, "3e-3"), (2.5e-4, "2.5e-4"),
+                                          (0.1, "1e-1"), (0.3, "3e-1"), (1.0, "1"), ("0.01", "1e-2")])
+def test_learning_rates_print_in_one_notation(lr, text) -> None:
+    assert rate_text(lr) == text
+
+
+def test_distinct_rates_sort_by_value_not_as_text() -> None:
+    assert rates_text([0.01, "0.0003", None, 3e-5, 0.01, 0.3]) == ["3e-5", "3e-4", "1e-2", "3e-1"]

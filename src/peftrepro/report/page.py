@@ -37,6 +37,7 @@ from peftrepro.report.records import (
     load_records,
     parse_seeds,
     plural,
+    rates_text,
     status_counts,
 )
 from peftrepro.report.render import baseline_lines, dev_splits_text, layout, lr_lines, selection_points_left
@@ -173,7 +174,7 @@ def lr_protocol_text(records: Sequence[Record]) -> str:
     if not records or any(r.get("lr_selection") for r in records):
         return ("ours are selected per (task, method) from a small grid on a dev split that shares no example "
                 f"with the evaluation data ({dev_splits_text(TASKS)}; next section).")
-    rates = ", ".join(distinct(f"{r.get('train.lr'):g}" for r in records if r.get("train.lr") is not None))
+    rates = ", ".join(rates_text(r.get("train.lr") for r in records))
     return (f"ours are the profile's fixed rates ({rates}; `lr_selection: false`), not tuned per method, so a gap "
             "between two methods may be one method's rate.")
 

@@ -316,19 +316,34 @@ def format_count(millions: float) -> str:
 
 
 def training_text(records: Sequence[Record]) -> str:
-    """How a cell's runs trained, e.g. "0.92M trainable, lr 0.0005, 250 steps, final training loss
+    """How a cell's runs trained, e.g. "0.92M trainable, lr 5e-4, 250 steps, final training loss
     0.94 (mean of 2)": the facts that bear on why two methods' scores differ."""
     if not records:
         return "no run"
     trainable = distinct(format_count(r.trainable / 1e6) for r in records if r.trainable)
     steps = distinct((r.raw.get("training") or {}).get("steps") for r in records)
     losses = [float(loss) for r in records if (loss := (r.raw.get("training") or {}).get("final_loss")) is not None]
-    parts = [f"{'/'.join(trainable)} trainable", f"lr {'/'.join(distinct(r.get('train.lr') for r in records))}",
+    parts = [f"{'/'.join(trainable)} trainable", f"lr {'/'.join(rates_text(r.get('train.lr') for r in records))}",
              f"{'/'.join(steps)} steps"]
     if losses:
         parts.append(f"final training loss {statistics.mean(losses):.2f}"
                      + (f" (mean of {len(losses)})" if len(losses) > 1 else ""))
     return ", ".join(parts)
+
+
+def rate_text(lr: Any) -> str:
+    """A learning rate in the configs' notation (3e-5, 1e-4, 3e-1, 1), so a grid reads in one notation
+    (Python's :g writes 3e-05 beside 0.0001)."""
+    value = float(lr)
+    if value == 0 or abs(value) >= 1:
+        return f"{value:g}"
+    mantissa, exponent = f"{value:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def rates_text(values: Iterable[Any]) -> list[str]:
+    """The distinct learning rates among `values` (None skipped), smallest first, as `rate_text`."""
+    return [rate_text(v) for v in sorted({float(v) for v in values if v not in (None, "")})]
 
 
 def plural(n: int, noun: str) -> str:

@@ -24,6 +24,8 @@ from peftrepro.report.records import (
     eval_size,
     format_count,
     plural,
+    rate_text,
+    rates_text,
     status_counts,
 )
 from peftrepro.report.specs import BASE_MB, PARAMS, TableSpec, lora_ranks, weights_label
@@ -189,7 +191,8 @@ def choice_lines(result: TableResult) -> list[str]:
             method = str(record.method.get("name"))
             value = record.get(choice.path, default=_UNRECORDED)
             if value is not _UNRECORDED and (not choice.methods or method in choice.methods):
-                value_text = choice.null if value is None else json.dumps(value, default=str, ensure_ascii=False)
+                value_text = (choice.null if value is None else choice.show(value) if choice.show
+                              else json.dumps(value, default=str, ensure_ascii=False))
                 per_task.setdefault(record.task, {}).setdefault(value_text, set()).add(method)
         shown_per_task = {task: _values_text(values) for task, values in sorted(per_task.items())}
         if not shown_per_task:
@@ -205,7 +208,16 @@ def choice_lines(result: TableResult) -> list[str]:
 def _values_text(methods_by_value: Mapping[str, set[str]]) -> str:
     if len(methods_by_value) == 1:
         return next(iter(methods_by_value))
-    return ", ".join(f"{value} ({', '.join(sorted(methods))})" for value, methods in sorted(methods_by_value.items()))
+    return ", ".join(f"{value} ({', '.join(sorted(methods))})"
+                     for value, methods in sorted(methods_by_value.items(), key=lambda item: _value_order(item[0])))
+
+
+def _value_order(text: str) -> tuple[int, float, str]:
+    """Numbers by value (1e-4 before 3e-3), then the rest as text."""
+    try:
+        return 0, float(text), ""
+    except ValueError:
+        return 1, 0.0, text
 
 
 def baseline_lines(result: TableResult) -> list[str]:
@@ -247,7 +259,7 @@ def lr_lines(result: TableResult) -> list[str]:
     the table's own)."""
     if result.records and not any(r.get("lr_selection") for r in result.records):
         return [f"- None: profile {', '.join(distinct(r.profile for r in result.records))} sets its learning rates "
-                f"itself (`lr_selection: false`): {', '.join(distinct(r.get('train.lr') for r in result.records))}."]
+                f"itself (`lr_selection: false`): {', '.join(rates_text(r.get('train.lr') for r in result.records))}."]
     table_backbones = set(distinct(r.model.get("name") for r in result.records))
     lines = []
     for task in result.spec.tasks:
@@ -259,7 +271,7 @@ def lr_lines(result: TableResult) -> list[str]:
             for backbone in backbones or [None]:
                 runs = [r for r in result.records if r.task == task and r.method.get("name") == method
                         and r.status == "ok" and backbone in (None, r.model.get("name"))]
-                used = distinct(r.get("train.lr") for r in runs)
+                used = rates_text(r.get("train.lr") for r in runs)
                 label = f"{task} / {method}" + (f" on {backbone}" if len(backbones) > 1 else "")
                 ours = [r for r in points if r.model.get("name") == backbone]
                 if not ours:
@@ -314,7 +326,7 @@ def _search_line(label: str, metric: str, points: Sequence[Record], used: list[s
     chosen = selection.ladder(replayed.start, state.best_step()) if state.decided else None
     shown = []
     for lr, r in sorted(latest.items()):
-        text = f"{lr:g}: {scores[lr]:.1f}" if lr in scores else f"{lr:g}: {r.status}"
+        text = f"{rate_text(lr)}: {scores[lr]:.1f}" if lr in scores else f"{rate_text(lr)}: {r.status}"
         if lr in scores and (why := r.barely_trained):
             text += f" (barely trained: {why})"
         if step_of[lr] not in state.scores:
@@ -325,8 +337,8 @@ def _search_line(label: str, metric: str, points: Sequence[Record], used: list[s
         failed = [step for step, score in state.scores.items() if score is None and step in step_of.values()]
         return line + ("; not decided: a point failed, and the selection waits for it to be rerun" if failed
                        else f"; not decided yet ({len(scores)} of its rates scored, the selection has more to run)")
-    line += f" → {chosen:g}" + (" (on the grid's edge)" if state.at_edge else "")
-    if used and used != [str(chosen)]:
+    line += f" → {rate_text(chosen)}" + (" (on the grid's edge)" if state.at_edge else "")
+    if used and used != [rate_text(chosen)]:
         line += f"; **the table's runs used {', '.join(used)}**, not the choice"
     return line
 

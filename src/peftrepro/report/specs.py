@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from peftrepro.report.paper import to_paper_unit
+from peftrepro.report.records import rate_text
 from peftrepro.runs.records import NOT_APPLICABLE, UNSCORED
 
 if TYPE_CHECKING:
@@ -141,6 +142,7 @@ class Choice:
     path: str  # dotted config path
     methods: tuple[str, ...] = ()
     null: str = "null"  # what a recorded null means here (a limit's null: no limit)
+    show: Callable[[Any], str] | None = None  # how a value prints (default: as JSON)
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,7 @@ class TableSpec:
 COMMON_CHOICES = (
     Choice("model", "model.name"),
     Choice("epochs", "train.epochs"),
-    Choice("learning rate", "train.lr"),
+    Choice("learning rate", "train.lr", show=rate_text),
     Choice("batch size", "train.batch_size"),
     Choice("train examples (limit)", "task.max_train_examples", null="all"),
     Choice("eval examples (limit)", "task.max_eval_examples", null="all"),
