@@ -163,6 +163,17 @@ def test_the_grid_is_the_one_the_selection_replays(runs_dir, write, make_record,
     assert line == "- mnli / lora (W_q,W_v r=8): dev accuracy_dev " + expected
 
 
+def test_a_grid_whose_points_ran_on_different_machines_says_where_each_ran(runs_dir, write, make_record):
+    cpu = {"cpu": "AMD EPYC", "cpu_count": 2}
+    for lr, score, hardware in [(3e-4, 0.50, cpu), (1e-3, 0.62, {"gpu": "NVIDIA H200"}), (3e-3, 0.58, cpu)]:
+        record = search_record(make_record, lr, score)
+        record["env"]["hardware"] = hardware
+        write(record)
+    (line,) = lr_lines(build_table(TABLES["table_methods"], runs_dir, profile="smoke"))[-1:]
+    assert line.endswith("3e-4: 50.0 on CPU: AMD EPYC, 2 cores (fp32) · **1e-3: 62.0 on GPU: NVIDIA H200 "
+                         "(bf16 autocast)** · 3e-3: 58.0 on CPU: AMD EPYC, 2 cores (fp32) → 1e-3")
+
+
 def test_a_run_on_another_split_than_dev_is_no_point_of_the_grid(runs_dir, write, make_record):
     for lr, score in {3e-4: 0.50, 1e-3: 0.62, 3e-3: 0.58}.items():
         write(search_record(make_record, lr, score))

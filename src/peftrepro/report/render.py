@@ -324,9 +324,13 @@ def _search_line(label: str, metric: str, points: Sequence[Record], used: list[s
         return f"- {label}: {replayed}"
     latest, scores, step_of, state = replayed.latest, replayed.scores, replayed.step_of, replayed.state
     chosen = selection.ladder(replayed.start, state.best_step()) if state.decided else None
+    # a grid whose points ran on different machines (or precisions) says where each ran
+    mixed = len({r.hardware for r in latest.values()}) > 1
     shown = []
     for lr, r in sorted(latest.items()):
         text = f"{rate_text(lr)}: {scores[lr]:.1f}" if lr in scores else f"{rate_text(lr)}: {r.status}"
+        if mixed:
+            text += f" on {r.hardware}"
         if lr in scores and (why := r.barely_trained):
             text += f" (barely trained: {why})"
         if step_of[lr] not in state.scores:
