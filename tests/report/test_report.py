@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -20,11 +21,12 @@ GPU = {"cpu": "Host CPU", "cpu_count": 16, "gpu": "NVIDIA H100 80GB HBM3"}
 
 @pytest.fixture
 def weight_type_runs(write, make_record):
-    """MNLI W_q and W_q,W_v, two seeds each: W_q,W_v is clearly better; one run on a GPU."""
+    """MNLI W_q and W_q,W_v, two seeds each: W_q,W_v is clearly better; one run on a GPU. One after
+    another: each ends 20 minutes after the one before."""
     for seed in (0, 1):
-        for method, accuracy in ((WQ, 0.50 + seed * 0.01), (QV, 0.60 + seed * 0.01)):
+        for i, (method, accuracy) in enumerate(((WQ, 0.50 + seed * 0.01), (QV, 0.60 + seed * 0.01))):
             record = make_record("table_weight_type", "mnli", method, seed, {"accuracy_m": accuracy},
-                                 profile="mini", minutes=seed)
+                                 profile="mini", minutes=20 * (2 * seed + i))
             on_gpu = method is QV and seed == 1
             record["env"]["hardware"] = GPU if on_gpu else CPU
             record["timings"] = {"total_s": 60.0 if on_gpu else 1200.0}
@@ -94,6 +96,36 @@ def test_a_run_trained_by_another_is_named_and_not_timed_as_a_whole_run(weight_t
     assert "- Commit(s): 0123456789, fedcba9876" in table  # the commit that evaluated, and the one that trained
 
 
+@pytest.mark.parametrize(("ends_min", "expected"), [
+    ([20, 40, 60], 1.0),  # one after another
+    ([20, 20, 20], 3.0),  # all at once
+    ([20, 30], 2 * 20 / 30),  # half overlapping: 40 min of runs in 30 min
+    ([20, 20, 80], 3 * 20 / 40),  # two at once, then a gap, then one: the gap is no wall time of theirs
+], ids=["sequential", "together", "overlapping", "gap"])
+def test_runs_at_a_time_come_from_their_start_and_end_times(runs_dir, write, make_record, ends_min,
+                                                             expected) -> None:
+    for i, end in enumerate(ends_min):
+        record = make_record("table_weight_type", "mnli", WQ, i, {"accuracy_m": 0.5}, minutes=end, key=f"k{i}")
+        record["timings"] = {"total_s": 1200.0}
+        write(record)
+    records = build_table(TABLES["table_weight_type"], runs_dir).records
+    assert report.at_a_time(records) == pytest.approx(expected)
+
+
+def test_runs_that_shared_a_device_say_so_with_their_wall_time(runs_dir, tmp_path, write, make_record) -> None:
+    for seed in (0, 1):
+        for method in (WQ, QV):
+            record = make_record("table_weight_type", "mnli", method, seed, {"accuracy_m": 0.5}, profile="mini")
+            record["env"]["hardware"], record["timings"] = GPU, {"total_s": 180.0}
+            record["training"] = {"steps": 250}
+            write(record)
+    text = page(runs_dir, tmp_path)
+    assert ("- GPU: NVIDIA H100 80GB HBM3 (bf16 autocast): 4 runs, 12 min in all, about 4 at a time, so 3 min of "
+            "wall time (torch threads per run: unrecorded (4 runs)).") in text
+    assert re.search(r"would take about (\d+ h )?\d+ min there run one at a time, or about (\d+ h )?\d+ min 4 at a "
+                     r"time, as its runs there shared it\.", text)
+
+
 @pytest.mark.parametrize(("todo", "text"), [
     ({"mnli": 2, "e2e": 1}, "e2e 1, mnli 2; a Table 3 run fills its row's five metrics"),
     ({"wikisql": 9, "mnli": 2}, "mnli 2, wikisql 9"),  # no Table 3 run left: nothing to explain
@@ -116,7 +148,7 @@ def test_every_table_with_a_figure_links_it(weight_type_runs, runs_dir, tmp_path
 
 def test_no_clock_and_no_machine_in_the_page(weight_type_runs, runs_dir, tmp_path) -> None:
     assert page(runs_dir, tmp_path) == page(runs_dir, tmp_path)
-    assert "Latest record: 2025-01-01T00:01:00+00:00" in page(runs_dir, tmp_path)
+    assert "Latest record: 2025-01-01T01:00:00+00:00" in page(runs_dir, tmp_path)
 
 
 def test_a_seed_beyond_the_expected_ones_is_named_among_the_commands(weight_type_runs, runs_dir, tmp_path, write,

@@ -80,6 +80,27 @@ def run_seconds(record: Record) -> float:
     return float((record.raw.get("timings") or {}).get("total_s") or 0.0)
 
 
+def at_a_time(records: Sequence[Record]) -> float:
+    """How many of `records` ran at once on average: their summed run times over the wall time their
+    intervals cover (each ends at its `created_at`, when its record was written, and lasted its run
+    time). 1.0 for runs made one after another; 0.0 for none."""
+    spans = sorted((r.created_at.timestamp() - run_seconds(r), r.created_at.timestamp())
+                   for r in records if run_seconds(r) > 0)
+    wall, reach = 0.0, float("-inf")
+    for start, end in spans:
+        wall += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    return sum(end - start for start, end in spans) / wall if wall else 0.0
+
+
+def parallel_text(records: Sequence[Record]) -> str:
+    """", about N at a time: X of wall time" where a device's runs overlapped (shared it), else ""."""
+    n = at_a_time(records)
+    if n < 1.5:
+        return ""
+    return f", about {n:.0f} at a time, so {hours(sum(map(run_seconds, records)) / n)} of wall time"
+
+
 def is_reused(record: Record) -> bool:
     return bool(record.raw.get("reused_from"))
 
@@ -386,9 +407,12 @@ def device_estimate(device: str, runs: Sequence[Record], todo: Mapping[str, int]
     total = sum(count * medians[task] for counts in (todo, points_left) for task, count in counts.items())
     points = f" and at least {plural(sum(points_left.values()), 'selection point')}" if points_left else ""
     what = f"the rest ({plural(sum(todo.values()), 'table run')}{points})"
+    shared = at_a_time(runs)
+    at_that_rate = (f" run one at a time, or about {hours(total / shared)} {shared:.0f} at a time, as its runs "
+                    "there shared it" if shared >= 1.5 else "")
     return (f"On {device}, a run of this profile (table runs and selection points) took a median of "
             f"{', '.join(parts)}, so {what} would "
-            f"take about {hours(total)} there.")
+            f"take about {hours(total)} there{at_that_rate}.")
 
 
 def where_text(records: Sequence[Record]) -> str:
@@ -402,7 +426,8 @@ def where_text(records: Sequence[Record]) -> str:
         packages = mine[-1].env.get("packages") or {}
         versions = ", ".join(f"{k} {packages[k]}" for k in ("torch", "transformers", "peft-repro") if k in packages)
         details = "; ".join(part for part in (versions, threads_text(mine)) if part)
-        lines.append(f"- {device}: {len(mine)} runs, {hours(sum(run_seconds(r) for r in mine))} in all ({details}).")
+        lines.append(f"- {device}: {len(mine)} runs, {hours(sum(run_seconds(r) for r in mine))} in all"
+                     f"{parallel_text(mine)} ({details}).")
     scored_later = [r for r in records if r.raw.get("scoring") and not is_reused(r)]
     if scored_later:  # decoded where Java was missing, scored afterwards (peftrepro.runs.scoring)
         lines.append(f"- Scored after the run, from its saved predictions (`scoring=auto`, no Java where it ran): "
