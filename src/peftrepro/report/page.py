@@ -94,7 +94,7 @@ def at_a_time(records: Sequence[Record]) -> float:
 
 
 def parallel_text(records: Sequence[Record]) -> str:
-    """", about N at a time: X of wall time" where a device's runs overlapped (shared it), else ""."""
+    """", about N at a time, so X of wall time" where a device's runs overlapped (shared it), else ""."""
     n = at_a_time(records)
     if n < 1.5:
         return ""
