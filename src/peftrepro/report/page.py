@@ -83,7 +83,8 @@ def run_seconds(record: Record) -> float:
 def at_a_time(records: Sequence[Record]) -> float:
     """How many of `records` ran at once on average: their summed run times over the wall time their
     intervals cover (each ends at its `created_at`, when its record was written, and lasted its run
-    time). 1.0 for runs made one after another; 0.0 for none."""
+    time). 1.0 for runs made one after another; 0.0 for none. Only these records count: other work on
+    the machine (another profile's runs, development) is not seen."""
     spans = sorted((r.created_at.timestamp() - run_seconds(r), r.created_at.timestamp())
                    for r in records if run_seconds(r) > 0)
     wall, reach = 0.0, float("-inf")
@@ -94,11 +95,12 @@ def at_a_time(records: Sequence[Record]) -> float:
 
 
 def parallel_text(records: Sequence[Record]) -> str:
-    """", about N at a time, so X of wall time" where a device's runs overlapped (shared it), else ""."""
+    """", about N at once, so X of wall time" where a device's runs overlapped, else "". (A device is a
+    model of CPU or GPU: runs on several GPUs of that model count as running at once.)"""
     n = at_a_time(records)
     if n < 1.5:
         return ""
-    return f", about {n:.0f} at a time, so {hours(sum(map(run_seconds, records)) / n)} of wall time"
+    return f", about {round(n)} at once, so {hours(sum(map(run_seconds, records)) / n)} of wall time"
 
 
 def is_reused(record: Record) -> bool:
@@ -395,7 +397,8 @@ def device_estimate(device: str, runs: Sequence[Record], todo: Mapping[str, int]
     """The time the table runs and selection points left would take on one device, from the median per
     task of its own runs, table runs and selection points alike (E2E decodes its outputs, WikiSQL's
     inputs are long: one median over every task would not do). A task with no run there is counted at
-    the median over all of that device's runs."""
+    the median over all of that device's runs. Where those runs ran several at once, their times are
+    those of runs sharing the device, so the estimate is for as many at once (alone each would be faster)."""
     points_left = points_left or {}
     overall = statistics.median(run_seconds(r) for r in runs)
     medians, parts = {}, []
@@ -407,12 +410,14 @@ def device_estimate(device: str, runs: Sequence[Record], todo: Mapping[str, int]
     total = sum(count * medians[task] for counts in (todo, points_left) for task, count in counts.items())
     points = f" and at least {plural(sum(points_left.values()), 'selection point')}" if points_left else ""
     what = f"the rest ({plural(sum(todo.values()), 'table run')}{points})"
-    shared = at_a_time(runs)
-    at_that_rate = (f" run one at a time, or about {hours(total / shared)} {shared:.0f} at a time, as its runs "
-                    "there shared it" if shared >= 1.5 else "")
+    at_once = at_a_time(runs)
+    if at_once >= 1.5:
+        return (f"On {device}, where its runs ran about {round(at_once)} at once, a run of this profile (table runs "
+                f"and selection points) took a median of {', '.join(parts)}, so {what} would take about "
+                f"{hours(total / at_once)} there with as many at once.")
     return (f"On {device}, a run of this profile (table runs and selection points) took a median of "
             f"{', '.join(parts)}, so {what} would "
-            f"take about {hours(total)} there{at_that_rate}.")
+            f"take about {hours(total)} there.")
 
 
 def where_text(records: Sequence[Record]) -> str:
