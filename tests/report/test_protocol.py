@@ -174,6 +174,17 @@ def test_a_grid_whose_points_ran_on_different_machines_says_where_each_ran(runs_
                          "(bf16 autocast)** · 3e-3: 58.0 on CPU: AMD EPYC, 2 cores (fp32) → 1e-3")
 
 
+def test_a_selection_whose_points_are_all_not_applicable_says_so_not_that_it_waits(runs_dir, write, make_record):
+    for minutes, lr in enumerate((3e-4, 1e-3, 3e-3)):
+        record = search_record(make_record, lr, 0.0, minutes=minutes)
+        write(record | {"status": "not_applicable", "metrics": {},
+                        "error": {"type": "NotApplicableError", "message": "lora: no W_q here"}})
+    result = build_table(TABLES["table_methods"], runs_dir, profile="smoke")
+    (line,) = lr_lines(result)[-1:]
+    assert line == "- mnli / lora (W_q,W_v r=8): not applicable, so no rate is chosen: lora: no W_q here"
+    assert selection_points_left([result])["mnli"] == 3 * (len(result.spec.methods) - 1)  # none for LoRA
+
+
 def test_a_run_on_another_split_than_dev_is_no_point_of_the_grid(runs_dir, write, make_record):
     for lr, score in {3e-4: 0.50, 1e-3: 0.62, 3e-3: 0.58}.items():
         write(search_record(make_record, lr, score))

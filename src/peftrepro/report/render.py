@@ -295,6 +295,11 @@ class Replayed:
     step_of: dict[float, int]
     state: selection.Search
 
+    @property
+    def not_applicable(self) -> bool:
+        """Every point is a method the model cannot run: lr_search chooses nothing, and nothing is left."""
+        return all(r.status == NOT_APPLICABLE for r in self.latest.values())
+
 
 def replay_points(metric: str, points: Sequence[Record]) -> Replayed | str:
     """The selection's state from its points (`selection.replay`), or why it cannot be replayed."""
@@ -323,6 +328,9 @@ def _search_line(label: str, metric: str, points: Sequence[Record], used: list[s
     if isinstance(replayed, str):
         return f"- {label}: {replayed}"
     latest, scores, step_of, state = replayed.latest, replayed.scores, replayed.step_of, replayed.state
+    if replayed.not_applicable:
+        why = (replayed.last.raw.get("error") or {}).get("message", "no reason recorded")
+        return f"- {label} ({_options_text(replayed.last)}): not applicable, so no rate is chosen: {why}"
     chosen = selection.ladder(replayed.start, state.best_step()) if state.decided else None
     # a grid whose points ran on different machines (or precisions) says where each ran
     mixed = len({r.hardware for r in latest.values()}) > 1
@@ -369,7 +377,7 @@ def selection_points_left(results: Iterable[TableResult]) -> Counter[str]:
                 if not points:
                     left[task] += first_window
                 elif isinstance(replayed := replay_points(str(TASKS[task].selection_metric), points), Replayed):
-                    left[task] += len(replayed.state.pending())
+                    left[task] += 0 if replayed.not_applicable else len(replayed.state.pending())
     return +left  # without the tasks whose selection is done
 
 
