@@ -80,6 +80,10 @@ def run_seconds(record: Record) -> float:
     return float((record.raw.get("timings") or {}).get("total_s") or 0.0)
 
 
+# runs at once on average from which a device's runs are said to have shared it (timings are theirs)
+SHARED_AT = 1.5
+
+
 def at_a_time(records: Sequence[Record]) -> float:
     """How many of `records` ran at once on average: their summed run times over the wall time their
     intervals cover (each ends at its `created_at`, when its record was written, and lasted its run
@@ -98,7 +102,7 @@ def parallel_text(records: Sequence[Record]) -> str:
     """", about N at once, so X of wall time" where a device's runs overlapped, else "". (A device is a
     model of CPU or GPU: runs on several GPUs of that model count as running at once.)"""
     n = at_a_time(records)
-    if n < 1.5:
+    if n < SHARED_AT:
         return ""
     return f", about {round(n)} at once, so {hours(sum(map(run_seconds, records)) / n)} of wall time"
 
@@ -411,7 +415,7 @@ def device_estimate(device: str, runs: Sequence[Record], todo: Mapping[str, int]
     points = f" and at least {plural(sum(points_left.values()), 'selection point')}" if points_left else ""
     what = f"the rest ({plural(sum(todo.values()), 'table run')}{points})"
     at_once = at_a_time(runs)
-    if at_once >= 1.5:
+    if at_once >= SHARED_AT:
         return (f"On {device}, where its runs ran about {round(at_once)} at once, a run of this profile (table runs "
                 f"and selection points) took a median of {', '.join(parts)}, so {what} would take about "
                 f"{hours(total / at_once)} there with as many at once.")
