@@ -182,7 +182,7 @@ def test_a_cell_that_barely_trained_is_listed_and_judges_no_claim(runs_dir, writ
     claim = next(c for c in evaluate(result)
                  if c.text.startswith("WikiSQL: adapting W_q,W_v (r=4) beats W_q alone"))
     assert claim.verdict == INCONCLUSIVE  # 60 against 30 would be held, but W_q's fit failed at seed 1
-    assert "W_q barely trained (seed 1: loss 12.40 at step 10 → 12.30 at step 250)" in claim.evidence
+    assert "W_q's training failed (seed 1: barely trained, loss 12.40 at step 10 → 12.30 at step 250)" in claim.evidence
     listed = [line for line in incomplete_lines(result) if line.startswith("- BARELY TRAINED")]
     assert len(listed) == 1 and "WikiSQL (±0.5%) × W_q, seed 1" in listed[0]
 

@@ -195,15 +195,20 @@ def test_a_run_on_another_split_than_dev_is_no_point_of_the_grid(runs_dir, write
     assert line.endswith("3e-4: 50.0 · **1e-3: 62.0** · 3e-3: 58.0 → 1e-3")
 
 
-def test_the_grid_shows_the_latest_run_of_each_rate_and_flags_one_that_barely_trained(runs_dir, write, make_record):
+@pytest.mark.parametrize("final_loss, flag", [
+    (4.7, "diverged, loss 4.50 at step 10 → 4.70 at step 250"),  # above its first loss
+    (4.2, "barely trained, loss 4.50 at step 10 → 4.20 at step 250"),  # above 90 % of it
+])
+def test_the_grid_shows_the_latest_run_of_each_rate_and_flags_one_whose_training_failed(runs_dir, write, make_record,
+                                                                                         final_loss, flag):
     for lr, score in {3e-4: 0.50, 1e-3: 0.62}.items():
         write(search_record(make_record, lr, score))
-    diverged = search_record(make_record, 3e-3, 0.30)
-    diverged["training"] = {"loss_curve": [[10, 4.5], [100, 18.6]], "final_loss": 4.7, "steps": 250}
-    write(diverged)
+    failed = search_record(make_record, 3e-3, 0.30)
+    failed["training"] = {"loss_curve": [[10, 4.5], [100, 18.6]], "final_loss": final_loss, "steps": 250}
+    write(failed)
     write(search_record(make_record, 3e-3, 0.10, minutes=-5))  # an older run of the same rate
     (line,) = lr_lines(build_table(TABLES["table_methods"], runs_dir, profile="smoke"))[-1:]
-    assert "· 3e-3: 30.0 (barely trained: loss 4.50 at step 10 → 4.70 at step 250) → 1e-3" in line
+    assert f"· 3e-3: 30.0 ({flag}) → 1e-3" in line
 
 
 @pytest.mark.parametrize("seeds, now, summary", [

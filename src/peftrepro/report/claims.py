@@ -98,7 +98,7 @@ class Cell:
     sampling_se: float = 0.0  # binomial error of the mean from the evaluation set (0: not estimated)
     examples: ExampleScores | None = None  # per-example scores, mean over seeds (accuracies only)
     training: str = ""  # how its runs trained (aggregate.training_text), quoted when a claim fails
-    barely_trained: str = ""  # runs whose training barely lowered the loss (aggregate.Record.barely_trained)
+    failed_training: str = ""  # runs whose training loss did not fall (records.Record.failed_training)
     metric: str = ""
     did_not_learn: str = ""  # runs that do not beat the task's trivial baseline (aggregate.learning_check)
     resampled: Resampled | None = None  # E2E: the cell's score on each bootstrap resample of its MRs
@@ -106,7 +106,7 @@ class Cell:
 
     @property
     def failed_fit(self) -> str:
-        return self.did_not_learn or self.barely_trained
+        return self.did_not_learn or self.failed_training
 
     def __str__(self) -> str:
         if self.n == 0:
@@ -212,8 +212,8 @@ def _difference(a: Cell, b: Cell) -> Difference | str:
             return f"{cell.label} has one seed, so no spread"
         if cell.did_not_learn:
             return f"{cell.label} did not learn ({cell.did_not_learn}), so its score says nothing of the method"
-        if cell.barely_trained:
-            return f"{cell.label} barely trained ({cell.barely_trained}), so its score says nothing of the method"
+        if cell.failed_training:
+            return f"{cell.label}'s training failed ({cell.failed_training}), so its score says nothing of the method"
     seed_se, seed_df, seed_how = _seed_error(a, b)
     eval_se, eval_how = _eval_error(a, b)
     return Difference(a.mean - b.mean, seed_se, seed_df, eval_se, seed_how, eval_how)
@@ -295,10 +295,10 @@ def _cell(result: TableResult, row: str, column: str, label: str) -> Cell:
     stats = result.stats(row, column)
     sampling_se = float(stats["sampling_se"])
     records = result.cell_records(row, column)
-    barely = "; ".join(f"seed {r.seed}: {r.barely_trained}" for r in records if r.barely_trained)
+    failed = "; ".join(f"seed {r.seed}: {r.failed_training}" for r in records if r.failed_training)
     return Cell(label, float(stats["mean"]), float(stats["std"]) if stats["n"] > 1 else math.nan,
                 int(stats["n"]), str(stats["status"]), 0.0 if math.isnan(sampling_se) else sampling_se,
-                stats["examples"], training_text(records), barely, str(stats["metric"] or ""),
+                stats["examples"], training_text(records), failed, str(stats["metric"] or ""),
                 "; ".join(stats["did_not_learn"]), stats["resampled"])
 
 

@@ -42,7 +42,7 @@ class AdaptedRun:
     record: Record
     rank: int
     factors: FactorsFile
-    failed_fit: str | None  # why it judges nothing (did not learn, barely trained); None when it trained
+    failed_fit: str | None  # why it judges nothing (did not learn, diverged, barely trained); None when it trained
 
     @property
     def task(self) -> str:
@@ -155,7 +155,7 @@ def _failed_fit(record: Record, baselines: Sequence[Record]) -> str | None:
     learning = learning_check(record, baselines)
     if learning is not None and not learning.learned:
         return f"did not learn ({learning})"
-    return f"barely trained ({record.barely_trained})" if record.barely_trained else None
+    return str(record.failed_training) if record.failed_training else None
 
 
 @dataclass(frozen=True)

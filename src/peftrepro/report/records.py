@@ -50,6 +50,7 @@ LR_SEARCH_EXPERIMENT = "lr_search"  # conf/experiment/lr_search.yaml: the learni
 
 # A run whose last logged training loss is above this share of its first barely trained: its score
 # reflects a failed fit (e.g. a learning rate far too small for the tensors it trains), not the method.
+# Above its first (ratio 1) the loss rose: the run diverged (e.g. a learning rate far too large).
 BARELY_TRAINED_RATIO = 0.9
 
 # the fields of a predictions row that name its example (so two runs' rows can be paired), where the
@@ -65,6 +66,18 @@ class ExampleScores:
 
     fingerprint: str
     scores: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class FailedTraining:
+    """A run whose training loss did not fall: it "diverged" (the last logged loss is above the first)
+    or "barely trained" (above BARELY_TRAINED_RATIO of the first)."""
+
+    kind: str  # "diverged" or "barely trained"
+    curve: str  # e.g. "loss 0.96 at step 10 → 4.10 at step 250"
+
+    def __str__(self) -> str:
+        return f"{self.kind}, {self.curve}"
 
 
 @dataclass(frozen=True)
@@ -130,13 +143,15 @@ class Record:
         return self.raw.get("trained_in") or {}
 
     @property
-    def barely_trained(self) -> str | None:
-        """Why the run barely trained, e.g. "loss 12.41 at step 10 → 12.30 at step 250"; None if it trained."""
+    def failed_training(self) -> FailedTraining | None:
+        """Whether and how the run's training loss failed to fall; None if it trained."""
         training = self.raw.get("training") or {}
         curve, last = training.get("loss_curve") or [], training.get("final_loss")
         if not curve or last is None or last <= BARELY_TRAINED_RATIO * curve[0][1]:
             return None
-        return f"loss {curve[0][1]:.2f} at step {curve[0][0]} → {last:.2f} at step {training.get('steps')}"
+        first_step, first = curve[0]
+        return FailedTraining("diverged" if last > first else "barely trained",
+                              f"loss {first:.2f} at step {first_step} → {last:.2f} at step {training.get('steps')}")
 
     @property
     def scored_examples(self) -> int | Mapping[str, int] | None:

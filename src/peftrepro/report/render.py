@@ -166,10 +166,10 @@ def incomplete_lines(result: TableResult) -> list[str]:
                          "the paired difference, so its cell is marked 'did not learn' and judges no claim")
     for record in result.records:
         learning = result.learning.get(record.run_key)
-        if (problem := record.barely_trained) and not (learning and not learning.learned):
+        if (problem := record.failed_training) and not (learning and not learning.learned):
             cells = ", ".join(spec.cell_label(*cell) for cell in result.cells_of(record.run_key))
-            lines.append(f"- BARELY TRAINED {cells}, seed {record.seed} (`{record.run_key}`): training {problem}; "
-                         "its score reflects a failed fit, not the method, and no claim is judged on it")
+            lines.append(f"- {problem.kind.upper()} {cells}, seed {record.seed} (`{record.run_key}`): training "
+                         f"{problem.curve}; its score reflects a failed fit, not the method, and no claim is judged on it")
     for record in result.unplaced:
         lines.append(f"- NOT PLACED {record.path}: task {record.task}, method {dict(record.method)} "
                      "matches no cell of this table (changed experiment file?)")
@@ -323,7 +323,7 @@ def replay_points(metric: str, points: Sequence[Record]) -> Replayed | str:
 
 def _search_line(label: str, metric: str, points: Sequence[Record], used: list[str]) -> str:
     """One search's grid as the selection sees it, its choice once it has decided, and the points
-    that barely trained."""
+    whose training failed (diverged or barely trained)."""
     replayed = replay_points(metric, points)
     if isinstance(replayed, str):
         return f"- {label}: {replayed}"
@@ -339,8 +339,8 @@ def _search_line(label: str, metric: str, points: Sequence[Record], used: list[s
         text = f"{rate_text(lr)}: {scores[lr]:.1f}" if lr in scores else f"{rate_text(lr)}: {r.status}"
         if mixed:
             text += f" on {r.hardware}"
-        if lr in scores and (why := r.barely_trained):
-            text += f" (barely trained: {why})"
+        if lr in scores and (why := r.failed_training):
+            text += f" ({why})"
         if step_of[lr] not in state.scores:
             text += " (outside the current grid)"
         shown.append(f"**{text}**" if lr == chosen else text)
