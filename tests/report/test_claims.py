@@ -172,6 +172,25 @@ def test_lora_below_full_fine_tuning_is_explained_by_its_own_tables_model(runs_d
     assert ("GPT-2" in claim.why) == (experiment == "table_e2e")
 
 
+GPU = {"gpu": "NVIDIA H200", "cpu": "AMD EPYC", "cpu_count": 16}
+CPU = {"cpu": "AMD EPYC", "cpu_count": 2}
+
+
+@pytest.mark.parametrize("qv_machine, q_machine, bracket", [
+    (CPU, CPU, None),
+    (GPU, CPU, "[W_q,W_v ran on GPU: NVIDIA H200 (bf16 autocast), W_q on CPU: AMD EPYC, 2 cores (fp32)]"),
+])
+def test_a_comparison_across_machines_says_where_each_side_ran(runs_dir, write, make_record, qv_machine, q_machine,
+                                                                bracket):
+    for record in weight_type_records(make_record, qv=0.6, q=0.5):
+        record["env"]["hardware"] = qv_machine if "W_v" in record["method"]["ranks"] else q_machine
+        write(record)
+    claim = next(c for c in evaluate(build_table(TABLES["table_weight_type"], runs_dir))
+                 if c.text.startswith("WikiSQL: adapting W_q,W_v (r=4) beats W_q alone"))
+    assert claim.verdict == HELD  # the verdict is the same; the evidence says what the interval does not cover
+    assert (bracket in claim.evidence) if bracket else ("ran on" not in claim.evidence)
+
+
 def test_a_cell_that_barely_trained_is_listed_and_judges_no_claim(runs_dir, write, make_record):
     for record in weight_type_records(make_record, qv=0.6, q=0.3):
         broken = record["method"]["ranks"] == {"W_q": 8} and record["seed"] == 1  # loss 12.4 → 12.3

@@ -103,6 +103,7 @@ class Cell:
     did_not_learn: str = ""  # runs that do not beat the task's trivial baseline (aggregate.learning_check)
     resampled: Resampled | None = None  # E2E: the cell's score on each bootstrap resample of its MRs
     pool: Pool | None = None  # the seed spread pooled over its table's cells of the same metric
+    hardware: tuple[str, ...] = ()  # where and in which precision its runs ran (records.Record.hardware)
 
     @property
     def failed_fit(self) -> str:
@@ -220,7 +221,10 @@ def _difference(a: Cell, b: Cell) -> Difference | str:
 
 
 def _evidence(a: Cell, b: Cell, diff: Difference | str) -> str:
-    return f"{a} vs {b}: {diff}"
+    text = f"{a} vs {b}: {diff}"
+    if a.hardware and b.hardware and a.hardware != b.hardware:  # e.g. fp32 on a CPU against bf16 on a GPU
+        text += f" [{a.label} ran on {' and '.join(a.hardware)}, {b.label} on {' and '.join(b.hardware)}]"
+    return text
 
 
 def beats(a: Cell, b: Cell) -> Comparison:
@@ -299,7 +303,8 @@ def _cell(result: TableResult, row: str, column: str, label: str) -> Cell:
     return Cell(label, float(stats["mean"]), float(stats["std"]) if stats["n"] > 1 else math.nan,
                 int(stats["n"]), str(stats["status"]), 0.0 if math.isnan(sampling_se) else sampling_se,
                 stats["examples"], training_text(records), failed, str(stats["metric"] or ""),
-                "; ".join(stats["did_not_learn"]), stats["resampled"])
+                "; ".join(stats["did_not_learn"]), stats["resampled"],
+                hardware=tuple(sorted({r.hardware for r in records})))
 
 
 def _cells(result: TableResult, keys: Sequence[tuple[str, str, str]]) -> dict[str, Cell]:
@@ -456,7 +461,9 @@ def render(claims: Sequence[Claim]) -> list[str]:
               "freedom (the seed term's, the evaluation set's error taken as known); SE² = the seed spread pooled over "
               "the table's cells of that metric × (1/n_A + 1/n_B) + the evaluation set's error, paired (per example for "
               "accuracies, a bootstrap over MRs for E2E; the evidence says \"not estimated\" where the saved predictions "
-              "do not allow it).",
+              "do not allow it). Where the two cells ran on different machines or precisions (fp32 on a CPU, bf16 "
+              "autocast on a GPU), the evidence says so in brackets: a difference of numerics the interval does not "
+              "cover.",
               "", "Verdict: 'beats' held above 0, not held below 0; 'matches or beats' held above −m, not held below −m "
               "(m: accuracy 2, BLEU / METEOR / ROUGE-L 1, NIST 0.1, CIDEr 0.05); otherwise, or with one seed or a run "
               f"that did not learn, inconclusive; (marginal): within {MARGINAL:.0%} of the interval's half-width."]
