@@ -220,8 +220,8 @@ def _difference(a: Cell, b: Cell) -> Difference | str:
     return Difference(a.mean - b.mean, seed_se, seed_df, eval_se, seed_how, eval_how)
 
 
-def _evidence(a: Cell, b: Cell, diff: Difference | str) -> str:
-    text = f"{a} vs {b}: {diff}"
+def _evidence(a: Cell, b: Cell, diff: Difference | str, margin: str = "") -> str:
+    text = f"{a} vs {b}: {diff}{margin}"
     if a.hardware and b.hardware and a.hardware != b.hardware:  # e.g. fp32 on a CPU against bf16 on a GPU
         text += f" [{a.label} ran on {' and '.join(a.hardware)}, {b.label} on {' and '.join(b.hardware)}]"
     return text
@@ -246,7 +246,7 @@ def matches_or_beats(a: Cell, b: Cell) -> Comparison:
     low, high = diff.delta - diff.margin, diff.delta + diff.margin
     verdict = HELD if low > -m else NOT_HELD if high < -m else INCONCLUSIVE
     slack = {HELD: low + m, NOT_HELD: -m - high}.get(verdict, math.inf)
-    return Comparison(verdict, f"{_evidence(a, b, diff)} (margin {m:g})", slack, (a, b), diff.margin)
+    return Comparison(verdict, _evidence(a, b, diff, f" (margin {m:g})"), slack, (a, b), diff.margin)
 
 
 # Why a claim may fail at a small scale (quoted only under a claim that is not held, followed by
