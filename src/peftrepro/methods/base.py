@@ -58,6 +58,10 @@ class AppliedMethod:
     # what the run record says of the applied method beyond its options, measured on the model
     # (pruning: its target and measured remaining weights)
     facts: Callable[[], dict[str, Any]] = dict
+    # a scheduled method's state beyond the model's tensors (pruning: the sparsity reached, its mask updates),
+    # saved and restored with them when a killed run resumes its training (peftrepro.runs.resume)
+    schedule_state: Callable[[], dict[str, Any]] | None = None
+    restore_schedule: Callable[[Mapping[str, Any]], None] | None = None
     # where the method's weights came from, when it loads them rather than trains them (peft_adapter)
     provenance: dict[str, Any] | None = None
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -166,6 +166,12 @@ class Pruner:
         self.current = remaining
         self.updates += 1
 
+    def schedule_state(self) -> dict[str, Any]:
+        return {"current": self.current, "updates": self.updates}
+
+    def restore_schedule(self, saved: Mapping[str, Any]) -> None:
+        self.current, self.updates = float(saved["current"]), int(saved["updates"])
+
     def is_final(self) -> bool:
         return self.current == self.config.remaining
 
@@ -195,7 +201,8 @@ def _apply_pruning(model: nn.Module, config: PruningConfig) -> AppliedMethod:
         block.requires_grad_(True)
     pruner = Pruner(model, config)
     return AppliedMethod(model=model, config=config, after_step=pruner.after_step, is_final=pruner.is_final,
-                         facts=pruner.facts)
+                         facts=pruner.facts, schedule_state=pruner.schedule_state,
+                         restore_schedule=pruner.restore_schedule)
 
 
 def apply_magnitude_pruning(model: nn.Module, config: MagnitudePruningConfig) -> AppliedMethod:

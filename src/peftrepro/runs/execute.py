@@ -12,10 +12,13 @@
              own for the whole run (peftrepro.runs.devices)
     set up   load data, model, apply the method, encode (an input error found here, e.g. a model that
              cannot be found, still writes nothing)
-    train    peftrepro.runs.train.fit, evaluating after each epoch when the profile asks
+    train    peftrepro.runs.train.fit, evaluating after each epoch when the profile asks; the training
+             state is saved every `resume_every_s` and a killed run's rerun continues from its last
+             save (peftrepro.runs.resume)
     record   predictions.jsonl.gz, adapter.safetensors + method.json (unless keep_weights=false; the
              checkpoint is still measured), lora_factors.safetensors (A and B of a few layers, when
-             `lora_factors` selects the run), then record.json (last, atomic);
+             `lora_factors` selects the run), then record.json (last, atomic), then the saved training
+             state goes;
              with `scoring: later` (or `auto` without Java) a task whose scorer needs Java (E2E)
              leaves its metrics to peftrepro.runs.scoring and the record says "unscored"
 Any other exception from set-up on writes a `failed` record with the traceback and is re-raised,
@@ -43,12 +46,13 @@ from omegaconf import DictConfig
 from peftrepro.errors import ConfigError, NotApplicableError, PeftReproError
 from peftrepro.interfaces import EvalOutput
 from peftrepro.paths import resolve_path
-from peftrepro.runs import envinfo, records, reuse
+from peftrepro.runs import envinfo, records, resume, reuse
 from peftrepro.runs.devices import claimed_device
 from peftrepro.runs.plan import RunPlan, cpu_threads, plan_run
 from peftrepro.runs.timing import PeakMemory
 from peftrepro.runs.tracking import Tracker, make_tracker
 from peftrepro.runs.train import (
+    LoopPosition,
     TrainSettings,
     TrainStats,
     autocast_for,
@@ -268,17 +272,53 @@ class _Run:
         num_steps = total_steps(len(setup.encoded), settings)
         state = make_train_state(setup.model, settings, num_steps, warmup_steps(setup.encoded, settings),
                                  setup.device)
+        fingerprint = resume.Fingerprint.of(plan.key, envinfo.device_name(setup.device))
+        resumed = resume.restore(plan.directory, fingerprint, state, setup.applied)
+        if resumed:
+            self._restore_evaluations(resumed.evaluations, per_epoch, best, staging)
+        self.partial["resumed"] = resumed.resumed if resumed else []
+
+        def save_position(position: LoopPosition) -> None:
+            resume.save(plan.directory, fingerprint, state, setup.applied, position,
+                        self._evaluations(per_epoch, best, staging), self.partial["resumed"])
+            _fail_if(config, "saved", position.stats.steps)
+
+        every = config.get("resume_every_s")
         # the training phase's peak alone (CPU: its resident set; the process's lifetime peak is kept apart)
         self.partial["process_peak_bytes"] = _process_peak_bytes()
         with PeakMemory(setup.device) as peak:
             stats = fit(state, setup.encoded, setup.tokenizer.pad_token_id, int(config["seed"]), on_log=tracker.log,
                         on_epoch_end=(lambda epoch: evaluate(epoch, state.step)) if settings.eval_every_epoch else None,
-                        after_step=setup.applied.after_step)
+                        after_step=setup.applied.after_step, start=resumed.position if resumed else None,
+                        save_position=save_position if resume.can_resume(setup.applied) else None,
+                        save_every_s=None if every is None else float(every))
         self.partial["train_memory"] = {"train_peak_bytes": peak.peak_bytes, "train_kind": peak.kind}
         self.timings["train_s"] = stats.seconds
         if not settings.eval_every_epoch:
             evaluate(stats.epochs, state.step)
         return self._finish(staging, stats, per_epoch, best, setup)
+
+    def _evaluations(self, per_epoch: list[dict[str, Any]], best: dict[str, Any], staging: Path) -> resume.Evaluations:
+        """The evaluations so far, as a saved training state keeps them (the best epoch's adapter files too)."""
+        if not best:
+            return resume.Evaluations(list(per_epoch))
+        output = best["output"]
+        kept = {"row": best["row"], "bytes": best["bytes"], "facts": best["facts"], "weights": self.partial["weights"],
+                "output": {"metrics": output.metrics, "predictions": output.predictions, "notes": output.notes,
+                           "scored": output.scored}}
+        adapter = staging / "adapter"
+        files = {path.name: path.read_bytes() for path in adapter.iterdir()} if adapter.is_dir() else {}
+        return resume.Evaluations(list(per_epoch), kept, files)
+
+    def _restore_evaluations(self, saved: resume.Evaluations, per_epoch: list[dict[str, Any]], best: dict[str, Any],
+                             staging: Path) -> None:
+        per_epoch[:] = saved.per_epoch
+        if not saved.best:
+            return
+        best.update(saved.best, output=EvalOutput(**saved.best["output"]))
+        self.partial["weights"] = best.pop("weights")
+        for name, data in saved.adapter_files.items():
+            records.atomic_write_bytes(staging / "adapter" / name, data)
 
     def _evaluate(self, setup: _Setup) -> EvalOutput:
         plan = self.plan
@@ -324,11 +364,13 @@ class _Run:
             eval_notes=best["output"].notes,
             training={"steps": stats.steps, "epochs": stats.epochs, "tokens": stats.tokens,
                       "padded_tokens": stats.padded_tokens, "final_loss": stats.last_loss,
-                      "loss_curve": [list(point) for point in stats.losses]},
+                      "loss_curve": [list(point) for point in stats.losses],
+                      "resumed": self.partial.get("resumed", [])},
             # a run that evaluated another's weights trained nothing: its trainer's throughput is under trained_in
             throughput={"train_tokens_per_s": None} if self.trained_in else _throughput(stats),
         )
         records.write_record(directory, record)
+        resume.discard(directory)  # the record stands for the training now
         log.info("%s %s: %s", record["status"], plan.key, record["metrics"])
         return records.read_record(directory) or record  # as written: plain JSON types
 
@@ -465,9 +507,10 @@ def _merged(applied: Any, enabled: bool) -> Iterator[None]:
         applied.unmerge()
 
 
-def _fail_if(config: Mapping[str, Any], phase: str) -> None:
-    fail_at = config.get("debug", {}).get("fail_at")
-    if fail_at == "interrupt" and phase == "train":
+def _fail_if(config: Mapping[str, Any], phase: str, step: int | None = None) -> None:
+    debug = config.get("debug", {})
+    fail_at = debug.get("fail_at")
+    if fail_at == "interrupt" and phase == "train" or phase == "saved" and step == debug.get("interrupt_after_save"):
         raise KeyboardInterrupt
     if fail_at == phase:
         raise InjectedFailure(f"injected failure in phase {phase!r} (debug.fail_at={phase})")

@@ -72,7 +72,7 @@ def semantic_config(config: Mapping[str, Any]) -> dict[str, Any]:
             "method": _method_for_key(config["method"]), "train": train, "decoding": config["decoding"],
             "data": {"fixtures": bool(config.get("use_fixtures"))},
             "seed": config["seed"], "merge_for_eval": config.get("merge_for_eval", True),
-            **({"debug": dict(debug)} if debug.get("fail_at") else {})}
+            **({"debug": {"fail_at": debug["fail_at"]}} if debug.get("fail_at") else {})}
 
 
 def _model_for_key(model: Mapping[str, Any]) -> dict[str, Any]:
@@ -181,11 +181,11 @@ def is_finished(directory: Path) -> bool:
 
 def write_record(directory: Path, record: Mapping[str, Any]) -> Path:
     return atomic_write_text(directory / RECORD_FILE, json.dumps(record, indent=2, sort_keys=False,
-                                                                 default=_json_default) + "\n")
+                                                                 default=json_default) + "\n")
 
 
 def write_predictions(directory: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
-    lines = "".join(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n" for row in rows)
+    lines = "".join(json.dumps(row, ensure_ascii=False, default=json_default) + "\n" for row in rows)
     return atomic_write_bytes(directory / PREDICTIONS_FILE, gzip.compress(lines.encode("utf-8"), mtime=0))
 
 
@@ -242,7 +242,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_") or "_"
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     """JSON for the few non-JSON values that reach a record (paths, numpy / torch scalars)."""
     if isinstance(value, Path):
         return str(value)

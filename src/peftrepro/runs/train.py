@@ -23,7 +23,7 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -334,27 +334,58 @@ class TrainStats:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
+@dataclass
+class LoopPosition:
+    """Where `fit` stands between two optimizer steps. With the model's, optimizer's, schedule's and RNG
+    states (peftrepro.runs.resume), enough to continue the loop as if it had never stopped."""
+
+    stats: TrainStats
+    epoch_order: tuple[Any, ...]  # the data-order RNG's state when the current epoch's batches were drawn
+    steps_in_epoch: int  # optimizer steps of the current epoch already done
+    pending_loss: float  # the loss summed since the last log, over `pending_steps` steps
+    pending_steps: int
+
+
 def fit(state: TrainState, examples: Sequence[EncodedExample], pad_id: int, seed: int, *,
         on_epoch_end: Callable[[int], None] | None = None,
         on_log: Callable[[dict[str, float], int], None] | None = None,
-        after_step: Callable[[int, int], None] | None = None) -> TrainStats:
+        after_step: Callable[[int, int], None] | None = None,
+        start: LoopPosition | None = None,
+        save_position: Callable[[LoopPosition], None] | None = None,
+        save_every_s: float | None = None) -> TrainStats:
     """Train for `total_steps`; call `on_epoch_end(epoch)` (1-based) after each epoch (its time is
     not counted as training time), `on_log(metrics, step)` every `log_every` steps, and
     `after_step(steps done, total steps)` after every optimizer step (the method's own schedule,
-    `AppliedMethod.after_step`, e.g. pruning's)."""
+    `AppliedMethod.after_step`, e.g. pruning's).
+
+    Resumable: `save_position(position)` is called after a step once `save_every_s` seconds have passed
+    since the last call (0: after every step; its time is not training time); `start` continues from
+    such a position, the states it was saved with already restored (peftrepro.runs.resume)."""
     settings = state.settings
     num_steps = total_steps(len(examples), settings)
     rng = random.Random(seed)  # data order has its own RNG: unaffected by dropout or init draws
-    stats = TrainStats()
+    stats, skip, order = TrainStats(), 0, None
     pending = torch.zeros((), device=state.device)
     pending_steps = 0
-    progress = tqdm(total=num_steps, unit="step", desc="train", disable=not settings.progress,
+    if start is not None:
+        stats, skip, order = replace(start.stats, losses=list(start.stats.losses)), start.steps_in_epoch, start.epoch_order
+        stats.epochs -= 1  # the loop below enters that epoch again and skips its steps done
+        pending.fill_(start.pending_loss)
+        pending_steps = start.pending_steps
+    progress = tqdm(total=num_steps, initial=stats.steps, unit="step", desc="train", disable=not settings.progress,
                     dynamic_ncols=True, mininterval=1.0)
+    last_save = time.perf_counter()
     try:
         while stats.steps < num_steps:
             stats.epochs += 1
             started = time.perf_counter()
-            for micro_batches in _steps(epoch_batches(examples, settings, pad_id, rng), settings.grad_accum):
+            if order is not None:
+                rng.setstate(order)
+            order = rng.getstate()
+            batches = epoch_batches(examples, settings, pad_id, rng)
+            for index, micro_batches in enumerate(_steps(batches, settings.grad_accum)):
+                if index < skip:
+                    continue
                 on_device = [batch.to(state.device) for batch in micro_batches]
                 pending += train_step(state, on_device)
                 pending_steps += 1
@@ -374,8 +405,16 @@ def fit(state: TrainState, examples: Sequence[EncodedExample], pad_id: int, seed
                                 "train/tokens_per_s": stats.tokens / elapsed}, stats.steps)
                     pending.zero_()
                     pending_steps = 0
+                if save_position and save_every_s is not None and time.perf_counter() - last_save >= save_every_s:
+                    _synchronize(state.device)
+                    saving = time.perf_counter()
+                    so_far = replace(stats, seconds=stats.seconds + saving - started, losses=list(stats.losses))
+                    save_position(LoopPosition(so_far, order, index + 1, float(pending), pending_steps))
+                    last_save = time.perf_counter()
+                    started += last_save - saving  # saving is not training
                 if stats.steps == num_steps:
                     break
+            skip, order = 0, None
             _synchronize(state.device)
             stats.seconds += time.perf_counter() - started
             if on_epoch_end:
