@@ -17,7 +17,7 @@ from peftrepro.runs.execute import run_one
 from peftrepro.runs.train import fit, make_train_state, seed_everything, total_steps
 from tiny_training import TINY_LLAMA, examples, settings
 
-STEPS_PER_EPOCH = 4  # 16 examples in batches of 4; 3 epochs
+STEPS = 12  # 16 examples in batches of 4: 4 steps an epoch, 3 epochs
 # each with what a resumption must restore beyond the trained tensors (the prefix methods need a task's
 # encoding: the run-level test below covers them)
 METHOD_OPTIONS = {
@@ -28,93 +28,157 @@ METHOD_OPTIONS = {
     "magnitude_pruning": {"remaining": 0.5, "update_every": 2},  # masks (buffers) and the schedule's state
     "movement_pruning": {"remaining": 0.5, "update_every": 2},  # besides: the movement scores (buffers)
 }
+FINGERPRINT = resume.Fingerprint.of("tiny", "cpu", "data")
 
 
 class Killed(Exception):
-    """A kill between two saves."""
+    """A kill."""
 
 
-def start_training(method: str):
+def start_training(method: str, **loop_changes):
     seed_everything(0)
     model, _ = load_model(TINY_LLAMA)
     applied = apply_method(model, make_method_config(method, METHOD_OPTIONS[method]))
-    loop = settings(epochs=3, lr=3e-3)
+    loop = settings(epochs=3, lr=3e-3, log_every=3, **loop_changes)  # log_every 3: a loss sum pending at saves
     rows = examples(16)
     state = make_train_state(model, loop, total_steps(len(rows), loop), num_warmup_steps=2)
     return state, applied, rows
 
 
-def train(method: str, directory: Path, kill_at: int | None = None):
-    """Train `method` for 12 steps, saving the state after every step; `kill_at`: stop after that step
-    (before its save, so the resumed run redoes it). Returns (stats, model, applied, the step it resumed
-    from or None) of the attempt."""
-    state, applied, rows = start_training(method)
-    fingerprint = resume.Fingerprint.of("tiny", "cpu")
-    restored = resume.restore(directory, fingerprint, state, applied)
+def train(method: str, directory: Path, kill_before_save: int | None = None, kill_after_save: int | None = None,
+          **loop_changes):
+    """Train `method`, saving the state after every step; stop as killed after that step, before its save
+    (the resumed run redoes the step) or after it. Returns (stats, model, applied, how it was resumed)."""
+    state, applied, rows = start_training(method, **loop_changes)
+    restored = resume.restore(directory, FINGERPRINT, state, applied)
 
     def after_step(step: int, total: int) -> None:
         if applied.after_step:
             applied.after_step(step, total)
-        if step == kill_at:
+        if step == kill_before_save:
             raise Killed
 
     def save(position) -> None:
-        resume.save(directory, fingerprint, state, applied, position, resume.Evaluations(), [])
+        resume.save(directory, FINGERPRINT, state, applied, position, resume.Evaluations(),
+                    restored.resumptions if restored else [])
+        if position.stats.steps == kill_after_save:
+            raise Killed
 
     stats = fit(state, rows, pad_id=0, seed=0, after_step=after_step, save_position=save, save_every_s=0,
                 start=restored.position if restored else None)
-    return stats, state.model, applied, restored and restored.position.stats.steps
+    return stats, state.model, applied, restored
 
 
-@pytest.mark.parametrize("kill_at", [6, 9])  # mid-epoch, and the first step of an epoch (its order redrawn)
+def assert_same_training(a, b) -> None:
+    (stats, model, applied, _), (other_stats, other_model, other_applied, _) = a, b
+    assert other_stats.losses == stats.losses and other_stats.steps == stats.steps
+    assert (other_stats.tokens, other_stats.epochs) == (stats.tokens, stats.epochs)
+    weights, other_weights = model.state_dict(), other_model.state_dict()
+    assert list(weights) == list(other_weights)
+    for name, tensor in weights.items():
+        assert torch.equal(tensor, other_weights[name]), name
+    assert other_applied.facts() == applied.facts()  # pruning: mask updates and sparsity reached
+
+
+@pytest.mark.parametrize("kill", [
+    {"kill_before_save": 6},  # mid-epoch, between two saves: step 6 is trained again
+    {"kill_before_save": 9},  # the first step of an epoch: its order is drawn again
+    {"kill_after_save": 8},  # right after an epoch's last step
+    {"kill_after_save": STEPS},  # after the last step's save, before the run's end
+])
 @pytest.mark.parametrize("method", sorted(METHOD_OPTIONS))
-def test_a_resumed_loop_ends_as_one_that_never_stopped(tmp_path: Path, method: str, kill_at: int) -> None:
-    whole, whole_model, whole_applied, _ = train(method, tmp_path / "whole")
+def test_a_resumed_loop_ends_as_one_that_never_stopped(tmp_path: Path, method: str, kill: dict) -> None:
+    whole = train(method, tmp_path / "whole")
     with pytest.raises(Killed):
-        train(method, tmp_path / "resumed", kill_at=kill_at)
+        train(method, tmp_path / "resumed", **kill)
     assert resume.path_in(tmp_path / "resumed").is_file()
-    resumed, resumed_model, resumed_applied, from_step = train(method, tmp_path / "resumed")
-    assert from_step == kill_at - 1
-    assert resumed.losses == whole.losses and resumed.steps == whole.steps == 3 * STEPS_PER_EPOCH
-    assert (resumed.tokens, resumed.epochs) == (whole.tokens, whole.epochs)
-    for (name, tensor), (_, other) in zip(whole_model.state_dict().items(), resumed_model.state_dict().items()):
-        assert torch.equal(tensor, other), name
-    assert resumed_applied.facts() == whole_applied.facts()  # pruning: mask updates and sparsity reached
+    resumed = train(method, tmp_path / "resumed")
+    saved_at = kill.get("kill_after_save") or kill["kill_before_save"] - 1
+    assert [entry["from_step"] for entry in resumed[3].resumptions] == [saved_at]
+    assert resumed[0].steps == STEPS
+    assert_same_training(whole, resumed)
 
 
-def test_a_state_saved_by_other_code_is_set_aside(tmp_path: Path, monkeypatch, caplog) -> None:
+@pytest.mark.parametrize("loop", [{"grad_accum": 2}, {"max_steps": 7}])  # 2 batches a step; ends mid-epoch 2
+def test_accumulation_and_a_step_budget_resume_exactly(tmp_path: Path, loop: dict) -> None:
+    whole = train("lora", tmp_path / "whole", **loop)
     with pytest.raises(Killed):
-        train("lora", tmp_path, kill_at=3)
-    monkeypatch.setattr(resume, "code_digest", lambda: "other")
+        train("lora", tmp_path / "resumed", kill_before_save=3, **loop)
+    assert_same_training(whole, train("lora", tmp_path / "resumed", **loop))
+
+
+def test_a_run_killed_twice_lists_both_resumptions(tmp_path: Path) -> None:
+    whole = train("lora", tmp_path / "whole")
+    with pytest.raises(Killed):
+        train("lora", tmp_path / "resumed", kill_after_save=3)
+    with pytest.raises(Killed):
+        train("lora", tmp_path / "resumed", kill_after_save=10)
+    resumed = train("lora", tmp_path / "resumed")
+    assert [entry["from_step"] for entry in resumed[3].resumptions] == [3, 10]
+    assert_same_training(whole, resumed)
+
+
+@pytest.mark.parametrize(("other", "named"), [
+    ({"code": "other"}, "code"),
+    ({"data": "other"}, "data"),  # another data_root or tokenizer: not in the run key
+    ({"device": "cuda:H200", "torch": "0"}, "torch and device"),
+])
+def test_a_state_saved_otherwise_is_set_aside(tmp_path: Path, caplog, other: dict, named: str) -> None:
+    with pytest.raises(Killed):
+        train("lora", tmp_path, kill_after_save=3)
     state, applied, _ = start_training("lora")
+    before = {name: tensor.clone() for name, tensor in state.model.state_dict().items()}
+    fingerprint = resume.Fingerprint(**{**FINGERPRINT.__dict__, **other})
     with caplog.at_level("WARNING", logger="peftrepro.runs"):
-        assert resume.restore(tmp_path, resume.Fingerprint.of("tiny", "cpu"), state, applied) is None
-    assert "saved by another code" in caplog.text and not resume.path_in(tmp_path).exists()
+        assert resume.restore(tmp_path, fingerprint, state, applied) is None
+    assert f"saved by another {named}" in caplog.text
+    assert not resume.path_in(tmp_path).exists() and (tmp_path / resume.SET_ASIDE_FILE).is_file()
+    assert all(torch.equal(tensor, before[name]) for name, tensor in state.model.state_dict().items())
+
+
+def test_a_state_of_other_tensors_is_set_aside_before_anything_loads(tmp_path: Path, caplog) -> None:
+    with pytest.raises(Killed):
+        train("lora", tmp_path, kill_after_save=3)
+    state, applied, _ = start_training("adapter_h")  # same fingerprint, other trainable tensors
+    before = {name: tensor.clone() for name, tensor in state.model.state_dict().items()}
+    with caplog.at_level("WARNING", logger="peftrepro.runs"):
+        assert resume.restore(tmp_path, FINGERPRINT, state, applied) is None
+    assert "trainable tensors are named otherwise" in caplog.text
+    assert all(torch.equal(tensor, before[name]) for name, tensor in state.model.state_dict().items())
 
 
 def test_a_torn_state_file_is_set_aside(tmp_path: Path, caplog) -> None:
     resume.path_in(tmp_path).write_bytes(b"PK\x03\x04 not a whole file")
     state, applied, _ = start_training("lora")
     with caplog.at_level("WARNING", logger="peftrepro.runs"):
-        assert resume.restore(tmp_path, resume.Fingerprint.of("tiny", "cpu"), state, applied) is None
+        assert resume.restore(tmp_path, FINGERPRINT, state, applied) is None
     assert "does not load" in caplog.text and not resume.path_in(tmp_path).exists()
 
 
-@pytest.mark.parametrize("method", ["lora", "prefix_layer", "magnitude_pruning"])
+def run_dir(results: Path) -> Path:
+    (directory,) = (results / "runs" / "adhoc").iterdir()
+    return directory
+
+
+@pytest.mark.parametrize(("method", "kill_after_save"), [
+    ("lora", 6),  # in epoch 2: the resumed run carries epoch 1's evaluation (and, if best, its weights)
+    ("lora", 8),  # the last step: only the last evaluation and the record are left
+    ("prefix_layer", 6),
+    ("magnitude_pruning", 6),
+])
 def test_a_killed_run_resumes_to_the_record_of_a_run_that_never_stopped(smoke, compose_config, tmp_path: Path,
-                                                                       method: str) -> None:
-    """Smoke: 2 epochs of 4 steps, evaluated after each; killed after the save of step 6, in epoch 2, so
-    the resumed run also carries epoch 1's evaluation (and, if best, its predictions and weights)."""
+                                                                       method: str, kill_after_save: int) -> None:
+    """Smoke: 2 epochs of 4 steps, evaluated after each."""
     args = ("task=mnli", f"method={method}", "resume_every_s=0")
     with pytest.raises(KeyboardInterrupt):
-        run_one(smoke(*args, "debug.interrupt_after_save=6"))
-    (directory,) = (tmp_path / "results" / "runs" / "adhoc").iterdir()
+        run_one(smoke(*args, f"debug.interrupt_after_save={kill_after_save}"))
+    directory = run_dir(tmp_path / "results")
     assert json.loads((directory / "record.json").read_text())["status"] == "interrupted"
     assert resume.path_in(directory).is_file()
 
     record = run_one(smoke(*args))
     assert record["run_key"] == directory.name and record["status"] == "ok"
-    assert [entry["from_step"] for entry in record["training"]["resumed"]] == [6]
+    assert [entry["from_step"] for entry in record["training"]["resumed"]] == [kill_after_save]
     assert not resume.path_in(directory).exists()
     whole = run_one(compose_config("profile=smoke", f"results_dir={tmp_path / 'whole'}", "train.progress=false",
                                    *args))
@@ -123,15 +187,24 @@ def test_a_killed_run_resumes_to_the_record_of_a_run_that_never_stopped(smoke, c
         assert record[field] == whole[field], field
     same = {k: v for k, v in whole["training"].items() if k != "resumed"}
     assert {k: v for k, v in record["training"].items() if k != "resumed"} == same
-    whole_dir = tmp_path / "whole" / "runs" / "adhoc" / whole["run_key"]
     for name in ("adapter.safetensors", "predictions.jsonl.gz"):
-        assert (directory / name).read_bytes() == (whole_dir / name).read_bytes(), name
+        assert (directory / name).read_bytes() == (run_dir(tmp_path / "whole") / name).read_bytes(), name
+
+
+def test_a_forced_rerun_starts_afresh(smoke, tmp_path: Path) -> None:
+    args = ("task=mnli", "method=lora", "resume_every_s=0")
+    with pytest.raises(KeyboardInterrupt):
+        run_one(smoke(*args, "debug.interrupt_after_save=3"))
+    record = run_one(smoke(*args, "force=true"))
+    assert record["status"] == "ok" and record["training"]["resumed"] == []
+    assert not resume.path_in(run_dir(tmp_path / "results")).exists()
 
 
 @pytest.mark.parametrize(("override", "message"), [
     ("resume_every_s=-1", "resume_every_s=-1 must be null or a number >= 0"),
     ("resume_every_s=soon", "resume_every_s='soon' must be null or a number >= 0"),
-    ("debug.interrupt_after_save=0", "debug.interrupt_after_save=0 must be null or a number >= 1"),
+    ("debug.interrupt_after_save=0", "debug.interrupt_after_save=0 must be null or an integer >= 1"),
+    ("debug.interrupt_after_save=6.5", "debug.interrupt_after_save=6.5 must be null or an integer >= 1"),
 ])
 def test_bad_resume_options_raise_one_config_error(smoke, override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -78,6 +78,7 @@ def run_one(cfg: DictConfig | Mapping[str, Any], jobs_at_once: int = 1, job: int
     # The commit of the code this process runs: read before training (cached), since a commit made
     # while a long run trains must not be credited with its numbers.
     envinfo.git_state()
+    resume.code_digest()  # likewise the code a saved training state must match
     plan = plan_run(cfg)
     with records.claimed(plan.config["results_dir"], str(plan.config["experiment"]), plan.key) as mine:
         if not mine:  # another live process (a second sweep, a retry) is making this run now
@@ -90,6 +91,8 @@ def run_one(cfg: DictConfig | Mapping[str, Any], jobs_at_once: int = 1, job: int
 def _claimed_run(plan: RunPlan, jobs_at_once: int = 1, job: int | None = None) -> dict[str, Any]:
     """Skip, score, reuse or run `plan`, holding its claim (nothing else writes in its folder)."""
     force = plan.config.get("force")
+    if force or records.is_finished(plan.directory):  # a forced run starts afresh; a finished one needs no state
+        resume.discard(plan.directory)
     if not force and records.is_finished(plan.directory):
         log.info("skip %s: finished record at %s (force=true reruns it)", plan.key, plan.directory)
         return records.read_record(plan.directory) or {}
@@ -100,6 +103,7 @@ def _claimed_run(plan: RunPlan, jobs_at_once: int = 1, job: int | None = None) -
     if not force and plan.config.get("reuse_equivalent_runs", True):
         equivalent = reuse.find_equivalent(plan)
         if equivalent is not None:
+            resume.discard(plan.directory)  # the copy stands for this run: a state of its own is moot
             return reuse.copy_equivalent(equivalent, plan)
         trained = reuse.find_trained(plan)
         if trained is not None:
@@ -145,6 +149,8 @@ class _Run:
         # the caller holds this run's claim, so a temporary folder here was left by a killed attempt
         for stale in self.plan.directory.glob(".tmp-run-*"):
             shutil.rmtree(stale, ignore_errors=True)
+        for stale in self.plan.directory.glob(f".tmp-{resume.RESUME_FILE}-*"):  # a save that was killed
+            stale.unlink(missing_ok=True)
         staging = self.plan.directory / f".tmp-run-{datetime.now().strftime('%Y%m%d%H%M%S%f')}"
         try:
             setup = self._set_up(device, staging)
@@ -272,15 +278,16 @@ class _Run:
         num_steps = total_steps(len(setup.encoded), settings)
         state = make_train_state(setup.model, settings, num_steps, warmup_steps(setup.encoded, settings),
                                  setup.device)
-        fingerprint = resume.Fingerprint.of(plan.key, envinfo.device_name(setup.device))
-        resumed = resume.restore(plan.directory, fingerprint, state, setup.applied)
-        if resumed:
-            self._restore_evaluations(resumed.evaluations, per_epoch, best, staging)
-        self.partial["resumed"] = resumed.resumed if resumed else []
+        fingerprint = resume.Fingerprint.of(plan.key, envinfo.device_name(setup.device), resume.data_digest(
+            setup.encoded, num_steps, warmup_steps(setup.encoded, settings)))
+        restored = resume.restore(plan.directory, fingerprint, state, setup.applied)
+        if restored:
+            self._restore_evaluations(restored.evaluations, per_epoch, best, staging)
+        self.partial["resumptions"] = restored.resumptions if restored else []
 
         def save_position(position: LoopPosition) -> None:
             resume.save(plan.directory, fingerprint, state, setup.applied, position,
-                        self._evaluations(per_epoch, best, staging), self.partial["resumed"])
+                        self._evaluations(per_epoch, best, staging), self.partial["resumptions"])
             _fail_if(config, "saved", position.stats.steps)
 
         every = config.get("resume_every_s")
@@ -289,7 +296,7 @@ class _Run:
         with PeakMemory(setup.device) as peak:
             stats = fit(state, setup.encoded, setup.tokenizer.pad_token_id, int(config["seed"]), on_log=tracker.log,
                         on_epoch_end=(lambda epoch: evaluate(epoch, state.step)) if settings.eval_every_epoch else None,
-                        after_step=setup.applied.after_step, start=resumed.position if resumed else None,
+                        after_step=setup.applied.after_step, start=restored.position if restored else None,
                         save_position=save_position if resume.can_resume(setup.applied) else None,
                         save_every_s=None if every is None else float(every))
         self.partial["train_memory"] = {"train_peak_bytes": peak.peak_bytes, "train_kind": peak.kind}
@@ -365,7 +372,7 @@ class _Run:
             training={"steps": stats.steps, "epochs": stats.epochs, "tokens": stats.tokens,
                       "padded_tokens": stats.padded_tokens, "final_loss": stats.last_loss,
                       "loss_curve": [list(point) for point in stats.losses],
-                      "resumed": self.partial.get("resumed", [])},
+                      "resumed": self.partial.get("resumptions", [])},
             # a run that evaluated another's weights trained nothing: its trainer's throughput is under trained_in
             throughput={"train_tokens_per_s": None} if self.trained_in else _throughput(stats),
         )
@@ -510,7 +517,7 @@ def _merged(applied: Any, enabled: bool) -> Iterator[None]:
 def _fail_if(config: Mapping[str, Any], phase: str, step: int | None = None) -> None:
     debug = config.get("debug", {})
     fail_at = debug.get("fail_at")
-    if fail_at == "interrupt" and phase == "train" or phase == "saved" and step == debug.get("interrupt_after_save"):
+    if (fail_at == "interrupt" and phase == "train") or (phase == "saved" and step == debug.get("interrupt_after_save")):
         raise KeyboardInterrupt
     if fail_at == phase:
         raise InjectedFailure(f"injected failure in phase {phase!r} (debug.fail_at={phase})")

@@ -131,8 +131,8 @@ def _check_choices(config: Mapping[str, Any]) -> None:
     fail_at = config.get("debug", {}).get("fail_at")
     if fail_at not in FAIL_PHASES:
         raise ConfigError(f"debug.fail_at={fail_at!r} must be one of {FAIL_PHASES}")
-    _check_number("debug.interrupt_after_save", config.get("debug", {}).get("interrupt_after_save"), minimum=1)
-    _check_number("resume_every_s", config.get("resume_every_s"), minimum=0)
+    _check_number("debug.interrupt_after_save", config.get("debug", {}).get("interrupt_after_save"), 1, int)
+    _check_number("resume_every_s", config.get("resume_every_s"), 0, (int, float))
     _check_device(str(config.get("device", "auto")), config.get("jobs_per_gpu", 1))
     model_dtype(config["model"])
     cpu_threads(config)  # a bad `threads` value is an input error like the others
@@ -141,10 +141,11 @@ def _check_choices(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"scoring={config.get('scoring')!r} must be one of {SCORING}")
 
 
-def _check_number(name: str, value: Any, minimum: float) -> None:
-    """An optional number: null, or a number >= minimum."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum):
-        raise ConfigError(f"{name}={value!r} must be null or a number >= {minimum}")
+def _check_number(name: str, value: Any, minimum: float, kind: type | tuple[type, ...]) -> None:
+    """An optional number: null, or a number of `kind` >= minimum."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, kind) or value < minimum):
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{name}={value!r} must be null or {what} >= {minimum}")
 
 
 def _check_device(device: str, jobs_per_gpu: Any) -> None:

@@ -31,7 +31,7 @@ import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping
 
 from peftrepro.paths import resolve_path
 
@@ -209,12 +209,18 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
     """Write `data` to a temp file beside `path`, fsync, then rename over `path`."""
+    return atomic_write(path, lambda handle: handle.write(data))
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> Path:
+    """`write(handle)` into a temp file beside `path`, fsync, then rename over `path` (a large
+    file, e.g. a saved training state, streams to disk without a copy in memory)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
     try:
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; records are meant to be shared
         with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)

@@ -12,23 +12,27 @@ its last save when the same command runs again, instead of training from the sta
   - the evaluations made so far (`train.eval_every_epoch`): their rows, and the best epoch's
     predictions and weights;
   - what the state is valid for (`Fingerprint`): the run key, this package's code, the torch and
-    transformers versions, the device. A file another code or device made is set aside with a
-    warning and the run trains from the start: one run is computed by one code on one device.
-The file goes once the record is written. The record lists each resumption in `training.resumed`;
-`timings.train_s` sums the training time of every attempt.
+    transformers versions, the device, and the training data and schedule as encoded (data_root is
+    not in the run key). A state another code, device or data made is set aside (renamed
+    `.resume-set-aside.pt`) with a warning and the run trains from the start: one run is computed by
+    one code on one device.
+The file goes once the record is written, and before a `force=true` rerun. The record lists each
+resumption in `training.resumed` (the step it continued from, the training time before it):
+`timings.train_s` sums the training time of every attempt; load, evaluation, total time and memory
+are the last attempt's.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
+import pickle
 import random
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -41,26 +45,40 @@ from peftrepro.runs.train import LoopPosition, TrainState, TrainStats
 log = logging.getLogger("peftrepro.runs")
 
 RESUME_FILE = ".resume.pt"
+SET_ASIDE_FILE = ".resume-set-aside.pt"  # the last state that could not continue its run, kept to inspect
+# what a torn, truncated or foreign file raises on loading (an OSError or MemoryError is not the file's fault)
+UNREADABLE = (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, TypeError, ValueError, AttributeError)
 
 
 @dataclass(frozen=True)
 class Fingerprint:
-    """What a saved training state is valid for: the same run, code, library versions and device."""
+    """What a saved training state is valid for: the same run, code, library versions, device and data."""
 
     run_key: str
     code: str
     torch: str
     transformers: str
     device: str
+    data: str  # the encoded training examples and the number of steps (`data_digest`)
 
     @classmethod
-    def of(cls, run_key: str, device: str) -> Fingerprint:
-        return cls(run_key, code_digest(), str(torch.__version__), transformers.__version__, device)
+    def of(cls, run_key: str, device: str, data: str = "") -> Fingerprint:
+        return cls(run_key, code_digest(), str(torch.__version__), transformers.__version__, device, data)
+
+
+def data_digest(examples: Sequence[Any], num_steps: int, num_warmup_steps: int) -> str:
+    """A hash of the encoded training examples (ids and labels) and the schedule's length: a state saved
+    over other data (another data_root, another tokenizer) or another schedule is not continued."""
+    digest = hashlib.sha256(f"{num_steps}/{num_warmup_steps}/{len(examples)}".encode())
+    for example in examples:
+        digest.update(repr((example.input_ids, example.labels)).encode())
+    return digest.hexdigest()[:16]
 
 
 @lru_cache(maxsize=1)
 def code_digest() -> str:
-    """A hash of this package's Python sources: a state saved by other code is not continued."""
+    """A hash of this package's Python sources: a state saved by other code is not continued. Read when
+    a run starts (`run_one`), so an edit made while it trains is not credited with its state."""
     root = Path(peftrepro.__file__).parent
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
@@ -84,7 +102,7 @@ class Resumed:
 
     position: LoopPosition
     evaluations: Evaluations
-    resumed: list[dict[str, Any]]  # every resumption of this run, this one last
+    resumptions: list[dict[str, Any]]  # every resumption of this run, this one last
 
 
 def path_in(directory: Path) -> Path:
@@ -92,7 +110,7 @@ def path_in(directory: Path) -> Path:
 
 
 def save(directory: Path, fingerprint: Fingerprint, state: TrainState, applied: Any, position: LoopPosition,
-         evaluations: Evaluations, resumed: list[dict[str, Any]]) -> None:
+         evaluations: Evaluations, resumptions: list[dict[str, Any]]) -> None:
     """Write the training state at `position` (atomic: a kill while writing keeps the last save)."""
     model = state.model
     payload = {
@@ -102,18 +120,17 @@ def save(directory: Path, fingerprint: Fingerprint, state: TrainState, applied: 
         "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
         "schedule": applied.schedule_state() if applied.schedule_state else None,
         "step": state.step,
-        "position": {**asdict(position), "stats": asdict(position.stats)},
+        "position": asdict(position),
+        # the run's own GPU's generator only: a rerun may hold another GPU of the same model
         "rng": {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "cuda": torch.cuda.get_rng_state(state.device) if state.device.type == "cuda" else None,
                 "python": random.getstate(), "numpy": _numpy_state()},
         "evaluations": json.dumps({"per_epoch": evaluations.per_epoch, "best": evaluations.best},
                                   default=records.json_default),
         "adapter_files": evaluations.adapter_files,
-        "resumed": resumed,
+        "resumptions": resumptions,
     }
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    records.atomic_write_bytes(path_in(directory), buffer.getvalue())
+    records.atomic_write(path_in(directory), lambda handle: torch.save(payload, handle))
 
 
 def can_resume(applied: Any) -> bool:
@@ -128,29 +145,33 @@ def restore(directory: Path, fingerprint: Fingerprint, state: TrainState, applie
     if not path.is_file() or not can_resume(applied):
         return None
     try:
-        payload = torch.load(path, map_location=state.device, weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
         saved = Fingerprint(**payload["fingerprint"])
-    except Exception as error:  # a torn or foreign file: the run trains from the start
-        return _set_aside(path, f"it does not load ({type(error).__name__}: {error})")
-    if saved != fingerprint:
+    except UNREADABLE as error:
+        problem = f"it does not load ({type(error).__name__}: {error})"
+    else:
         changed = [name for name, value in asdict(saved).items() if value != getattr(fingerprint, name)]
-        return _set_aside(path, f"it was saved by another {' and '.join(changed)}")
+        # checked before anything changes: a refused state leaves the model as it was built
+        problem = f"it was saved by another {' and '.join(changed)}" if changed else _mismatch(state, payload)
+    if problem:
+        _set_aside(path, problem)
+        return None
     _load_tensors(state.model, payload)
     state.optimizer.load_state_dict(payload["optimizer"])
     state.scheduler.load_state_dict(payload["scheduler"])
     state.step = int(payload["step"])
     if applied.restore_schedule:
         applied.restore_schedule(payload["schedule"])
-    _restore_rng(payload["rng"])
-    position = payload["position"]
-    stats = position.pop("stats")
-    stats["losses"] = [tuple(point) for point in stats["losses"]]
-    position = LoopPosition(stats=TrainStats(**stats), **{**position, "epoch_order": _as_tuple(position["epoch_order"])})
+    _restore_rng(payload["rng"], state.device)
+    saved_position = payload["position"]
+    stats = TrainStats(**{**saved_position["stats"], "losses": [tuple(p) for p in saved_position["stats"]["losses"]]})
+    position = LoopPosition(**{**saved_position, "stats": stats,
+                               "epoch_rng_state": _as_tuple(saved_position["epoch_rng_state"])})
     evaluations = Evaluations(**json.loads(payload["evaluations"]), adapter_files=dict(payload["adapter_files"]))
-    resumed = [*payload["resumed"], {"from_step": position.stats.steps,
-                                     "train_s_before": round(position.stats.seconds, 3)}]
+    resumptions = [*payload["resumptions"], {"from_step": position.stats.steps,
+                                             "train_s_before": round(position.stats.seconds, 3)}]
     log.info("resume %s from step %d (training state saved at %s)", fingerprint.run_key, position.stats.steps, path)
-    return Resumed(position, evaluations, resumed)
+    return Resumed(position, evaluations, resumptions)
 
 
 def discard(directory: Path) -> None:
@@ -158,17 +179,30 @@ def discard(directory: Path) -> None:
 
 
 def _set_aside(path: Path, why: str) -> None:
-    log.warning("training starts over: the saved training state %s cannot continue this run: %s", path, why)
-    path.unlink(missing_ok=True)
+    """Keep the refused state under SET_ASIDE_FILE (the last one only), out of the way of the next save."""
+    log.warning("training starts over: the saved training state %s cannot continue this run: %s (kept as %s)",
+                path, why, SET_ASIDE_FILE)
+    path.replace(path.with_name(SET_ASIDE_FILE))
+
+
+def _mismatch(state: TrainState, payload: Mapping[str, Any]) -> str | None:
+    """Why the saved tensors cannot load into this model and optimizer (names, shapes, groups); None if they can."""
+    parameters = {name: p for name, p in state.model.named_parameters() if p.requires_grad}
+    buffers = dict(state.model.named_buffers())
+    for kind, ours, theirs in (("trainable tensors", parameters, payload["parameters"]),
+                               ("buffers", buffers, payload["buffers"])):
+        if set(ours) != set(theirs):
+            return f"its {kind} are named otherwise ({sorted(set(ours) ^ set(theirs))[:3]} ...)"
+        if shapes := [name for name in ours if tuple(ours[name].shape) != tuple(theirs[name].shape)]:
+            return f"its {kind} have other shapes ({shapes[:3]})"
+    groups = [len(group["params"]) for group in payload["optimizer"]["param_groups"]]
+    if groups != [len(group["params"]) for group in state.optimizer.param_groups]:
+        return "its optimizer holds other parameter groups"
     return None
 
 
 def _load_tensors(model: torch.nn.Module, payload: Mapping[str, Any]) -> None:
-    parameters = dict(model.named_parameters())
-    buffers = dict(model.named_buffers())
-    trainable = {name for name, p in parameters.items() if p.requires_grad}
-    if set(payload["parameters"]) != trainable or set(payload["buffers"]) != set(buffers):
-        raise RuntimeError("the saved training state names other tensors than this model has")  # same code: a bug
+    parameters, buffers = dict(model.named_parameters()), dict(model.named_buffers())
     with torch.no_grad():
         for name, tensor in payload["parameters"].items():
             parameters[name].copy_(tensor)
@@ -181,10 +215,10 @@ def _numpy_state() -> list[Any]:
     return [kind, keys.tolist(), position, has_gauss, cached]
 
 
-def _restore_rng(saved: Mapping[str, Any]) -> None:
-    torch.set_rng_state(saved["torch"].cpu())
-    if saved["cuda"]:
-        torch.cuda.set_rng_state_all([state.cpu() for state in saved["cuda"]])
+def _restore_rng(saved: Mapping[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(saved["torch"])
+    if saved["cuda"] is not None:
+        torch.cuda.set_rng_state(saved["cuda"], device)
     random.setstate(_as_tuple(saved["python"]))
     kind, keys, position, has_gauss, cached = saved["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))

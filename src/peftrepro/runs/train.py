@@ -340,7 +340,7 @@ class LoopPosition:
     states (peftrepro.runs.resume), enough to continue the loop as if it had never stopped."""
 
     stats: TrainStats
-    epoch_order: tuple[Any, ...]  # the data-order RNG's state when the current epoch's batches were drawn
+    epoch_rng_state: tuple[Any, ...]  # the data-order RNG's state when the current epoch's batches were drawn
     steps_in_epoch: int  # optimizer steps of the current epoch already done
     pending_loss: float  # the loss summed since the last log, over `pending_steps` steps
     pending_steps: int
@@ -364,28 +364,32 @@ def fit(state: TrainState, examples: Sequence[EncodedExample], pad_id: int, seed
     settings = state.settings
     num_steps = total_steps(len(examples), settings)
     rng = random.Random(seed)  # data order has its own RNG: unaffected by dropout or init draws
-    stats, skip, order = TrainStats(), 0, None
+    stats, skip, epoch_rng_state = TrainStats(), 0, None
     pending = torch.zeros((), device=state.device)
     pending_steps = 0
     if start is not None:
-        stats, skip, order = replace(start.stats, losses=list(start.stats.losses)), start.steps_in_epoch, start.epoch_order
-        stats.epochs -= 1  # the loop below enters that epoch again and skips its steps done
+        stats = replace(start.stats, losses=list(start.stats.losses))
+        skip, epoch_rng_state = start.steps_in_epoch, start.epoch_rng_state
+        stats.epochs -= 1  # the loop enters that epoch again (even after its last step: its end is still to come)
         pending.fill_(start.pending_loss)
         pending_steps = start.pending_steps
     progress = tqdm(total=num_steps, initial=stats.steps, unit="step", desc="train", disable=not settings.progress,
                     dynamic_ncols=True, mininterval=1.0)
-    last_save = time.perf_counter()
+    last_save, resuming = time.perf_counter(), start is not None
     try:
-        while stats.steps < num_steps:
+        while resuming or stats.steps < num_steps:
+            resuming = False
             stats.epochs += 1
             started = time.perf_counter()
-            if order is not None:
-                rng.setstate(order)
-            order = rng.getstate()
+            if epoch_rng_state is not None:
+                rng.setstate(epoch_rng_state)
+            epoch_rng_state = rng.getstate()
             batches = epoch_batches(examples, settings, pad_id, rng)
             for index, micro_batches in enumerate(_steps(batches, settings.grad_accum)):
                 if index < skip:
                     continue
+                if stats.steps == num_steps:  # resumed from the last step's save: nothing left to train
+                    break
                 on_device = [batch.to(state.device) for batch in micro_batches]
                 pending += train_step(state, on_device)
                 pending_steps += 1
@@ -395,7 +399,8 @@ def fit(state: TrainState, examples: Sequence[EncodedExample], pad_id: int, seed
                 stats.tokens += sum(batch.tokens for batch in micro_batches)
                 stats.padded_tokens += sum(batch.input_ids.numel() for batch in micro_batches)
                 progress.update(1)
-                if pending_steps == settings.log_every or stats.steps == num_steps:
+                # >=: a resumed run may log more often (log_every is not in the run key) than its saved loss sum
+                if pending_steps >= settings.log_every or stats.steps == num_steps:
                     stats.last_loss = float(pending) / pending_steps  # the only sync: every log_every steps
                     stats.losses.append((stats.steps, stats.last_loss))
                     elapsed = stats.seconds + time.perf_counter() - started
@@ -409,12 +414,12 @@ def fit(state: TrainState, examples: Sequence[EncodedExample], pad_id: int, seed
                     _synchronize(state.device)
                     saving = time.perf_counter()
                     so_far = replace(stats, seconds=stats.seconds + saving - started, losses=list(stats.losses))
-                    save_position(LoopPosition(so_far, order, index + 1, float(pending), pending_steps))
+                    save_position(LoopPosition(so_far, epoch_rng_state, index + 1, float(pending), pending_steps))
                     last_save = time.perf_counter()
                     started += last_save - saving  # saving is not training
                 if stats.steps == num_steps:
                     break
-            skip, order = 0, None
+            skip, epoch_rng_state = 0, None
             _synchronize(state.device)
             stats.seconds += time.perf_counter() - started
             if on_epoch_end:
