@@ -4,6 +4,7 @@ with the weights, losses and record of a run that never stopped."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,9 @@ import torch
 from peftrepro.errors import ConfigError
 from peftrepro.methods import apply_method, make_method_config
 from peftrepro.models import load_model
-from peftrepro.runs import resume
+from peftrepro.runs import cli, resume
 from peftrepro.runs.execute import run_one
-from peftrepro.runs.train import fit, make_train_state, seed_everything, total_steps
+from peftrepro.runs.train import fit, make_train_state, request_stop, seed_everything, total_steps
 from tiny_training import TINY_LLAMA, examples, settings
 
 STEPS = 12  # 16 examples in batches of 4: 4 steps an epoch, 3 epochs
@@ -46,9 +47,10 @@ def start_training(method: str, **loop_changes):
 
 
 def train(method: str, directory: Path, kill_before_save: int | None = None, kill_after_save: int | None = None,
-          **loop_changes):
-    """Train `method`, saving the state after every step; stop as killed after that step, before its save
-    (the resumed run redoes the step) or after it. Returns (stats, model, applied, how it was resumed)."""
+          sigterm_at: int | None = None, save_every_s: float | None = 0, **loop_changes):
+    """Train `method`, saving the state after every step (`save_every_s`); stop as killed after that step,
+    before its save (the resumed run redoes the step) or after it, or send the CLI's SIGTERM handler
+    in a step. Returns (stats, model, applied, how it was resumed)."""
     state, applied, rows = start_training(method, **loop_changes)
     restored = resume.restore(directory, FINGERPRINT, state, applied)
 
@@ -57,6 +59,8 @@ def train(method: str, directory: Path, kill_before_save: int | None = None, kil
             applied.after_step(step, total)
         if step == kill_before_save:
             raise Killed
+        if step == sigterm_at:
+            cli._interrupt(signal.SIGTERM, None)  # the training goes on to the end of this step
 
     def save(position) -> None:
         resume.save(directory, FINGERPRINT, state, applied, position, resume.Evaluations(),
@@ -64,7 +68,7 @@ def train(method: str, directory: Path, kill_before_save: int | None = None, kil
         if position.stats.steps == kill_after_save:
             raise Killed
 
-    stats = fit(state, rows, pad_id=0, seed=0, after_step=after_step, save_position=save, save_every_s=0,
+    stats = fit(state, rows, pad_id=0, seed=0, after_step=after_step, save_position=save, save_every_s=save_every_s,
                 start=restored.position if restored else None)
     return stats, state.model, applied, restored
 
@@ -116,6 +120,22 @@ def test_a_run_killed_twice_lists_both_resumptions(tmp_path: Path) -> None:
     resumed = train("lora", tmp_path / "resumed")
     assert [entry["from_step"] for entry in resumed[3].resumptions] == [3, 10]
     assert_same_training(whole, resumed)
+
+
+def test_sigterm_while_training_saves_at_the_end_of_the_step_and_stops(tmp_path: Path) -> None:
+    """A cancelled or timed-out job (SIGTERM) loses no trained step, whenever the last periodic save was."""
+    whole = train("lora", tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        train("lora", tmp_path / "resumed", sigterm_at=5, save_every_s=None)  # no periodic saves
+    resumed = train("lora", tmp_path / "resumed")
+    assert [entry["from_step"] for entry in resumed[3].resumptions] == [5]
+    assert_same_training(whole, resumed)
+
+
+def test_sigterm_outside_training_or_twice_stops_at_once() -> None:
+    with pytest.raises(KeyboardInterrupt):
+        cli._interrupt(signal.SIGTERM, None)  # no training runs: nothing to wait for
+    assert request_stop() is False
 
 
 @pytest.mark.parametrize(("other", "named"), [

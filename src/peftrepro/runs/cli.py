@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from peftrepro.errors import PeftReproError
 from peftrepro.runs.execute import run_one
 from peftrepro.runs.plan import CONFIG_DIR
+from peftrepro.runs.train import request_stop
 
 log = logging.getLogger("peftrepro.runs")
 
@@ -29,7 +30,9 @@ class RunFailed(CompactHydraException):
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float | None:
     """One Hydra job. Returns the primary metric (for Hydra sweepers that optimise it)."""
-    signal.signal(signal.SIGTERM, _interrupt)  # a cancelled SLURM job ends like Ctrl-C: recorded, one line
+    # a cancelled or timed-out SLURM job ends like Ctrl-C (recorded, one line), after the step in progress and
+    # a save of the training state when it comes while training (a second SIGTERM stops at once)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         record = run_one(cfg, jobs_at_once=_jobs_at_once(), job=_job_number())
     except KeyboardInterrupt:
@@ -48,7 +51,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    if not request_stop():  # not training (or asked twice): stop now
+        raise KeyboardInterrupt
 
 
 def _jobs_at_once() -> int:

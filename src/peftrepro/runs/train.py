@@ -346,6 +346,23 @@ class LoopPosition:
     pending_steps: int
 
 
+class _StopRequest:
+    """Whether a `fit` runs in this process, and whether it was asked to stop (`request_stop`)."""
+
+    running = False
+    asked = False
+
+
+def request_stop() -> bool:
+    """Ask the running `fit` to stop at the end of its current step, once it has saved its training state
+    (the CLI's SIGTERM handler: a cancelled or timed-out job loses no trained step). False when no fit
+    runs or a stop was already asked: the caller then stops at once."""
+    if not _StopRequest.running or _StopRequest.asked:
+        return False
+    _StopRequest.asked = True
+    return True
+
+
 def fit(state: TrainState, examples: Sequence[EncodedExample], pad_id: int, seed: int, *,
         on_epoch_end: Callable[[int], None] | None = None,
         on_log: Callable[[dict[str, float], int], None] | None = None,
@@ -359,8 +376,9 @@ def fit(state: TrainState, examples: Sequence[EncodedExample], pad_id: int, seed
     `AppliedMethod.after_step`, e.g. pruning's).
 
     Resumable: `save_position(position)` is called after a step once `save_every_s` seconds have passed
-    since the last call (0: after every step; its time is not training time); `start` continues from
-    such a position, the states it was saved with already restored (peftrepro.runs.resume)."""
+    since the last call (0: after every step; its time is not training time), and before the loop stops
+    for `request_stop` (raising KeyboardInterrupt); `start` continues from such a position, the states it
+    was saved with already restored (peftrepro.runs.resume)."""
     settings = state.settings
     num_steps = total_steps(len(examples), settings)
     rng = random.Random(seed)  # data order has its own RNG: unaffected by dropout or init draws
@@ -376,6 +394,17 @@ def fit(state: TrainState, examples: Sequence[EncodedExample], pad_id: int, seed
     progress = tqdm(total=num_steps, initial=stats.steps, unit="step", desc="train", disable=not settings.progress,
                     dynamic_ncols=True, mininterval=1.0)
     last_save, resuming = time.perf_counter(), start is not None
+
+    def save(steps_in_epoch: int) -> None:
+        nonlocal started, last_save
+        _synchronize(state.device)
+        saving = time.perf_counter()
+        so_far = replace(stats, seconds=stats.seconds + saving - started, losses=list(stats.losses))
+        save_position(LoopPosition(so_far, epoch_rng_state, steps_in_epoch, float(pending), pending_steps))
+        last_save = time.perf_counter()
+        started += last_save - saving  # saving is not training
+
+    _StopRequest.running, _StopRequest.asked = True, False
     try:
         while resuming or stats.steps < num_steps:
             resuming = False
@@ -410,21 +439,22 @@ def fit(state: TrainState, examples: Sequence[EncodedExample], pad_id: int, seed
                                 "train/tokens_per_s": stats.tokens / elapsed}, stats.steps)
                     pending.zero_()
                     pending_steps = 0
-                if save_position and save_every_s is not None and time.perf_counter() - last_save >= save_every_s:
-                    _synchronize(state.device)
-                    saving = time.perf_counter()
-                    so_far = replace(stats, seconds=stats.seconds + saving - started, losses=list(stats.losses))
-                    save_position(LoopPosition(so_far, epoch_rng_state, index + 1, float(pending), pending_steps))
-                    last_save = time.perf_counter()
-                    started += last_save - saving  # saving is not training
+                due = save_every_s is not None and time.perf_counter() - last_save >= save_every_s
+                if save_position and (due or _StopRequest.asked):
+                    save(index + 1)
+                if _StopRequest.asked:
+                    raise KeyboardInterrupt
                 if stats.steps == num_steps:
                     break
             skip, epoch_rng_state = 0, None
             _synchronize(state.device)
             stats.seconds += time.perf_counter() - started
             if on_epoch_end:
+                _StopRequest.running = False  # an evaluation is not waited for: a SIGTERM stops it at once
                 on_epoch_end(stats.epochs)
+                _StopRequest.running = True
     finally:
+        _StopRequest.running = _StopRequest.asked = False
         progress.close()
     return stats
 
