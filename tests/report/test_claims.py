@@ -206,6 +206,26 @@ def test_a_cell_that_barely_trained_is_listed_and_judges_no_claim(runs_dir, writ
     assert len(listed) == 1 and "WikiSQL (±0.5%) × W_q, seed 1" in listed[0]
 
 
+@pytest.mark.parametrize(("curve", "listed"), [
+    ([[10, 1.2], [20, 0.45], [60, 0.5], [70, 3.96], [250, 0.29]],
+     "training loss 0.45 → 3.96 at step 70, 0.29 at step 250 (more than 2× its lowest before)"),
+    ([[10, 1.2], [20, 0.45], [60, 0.85], [250, 0.29]], None),  # up, but less than twice its lowest
+    ([[10, 1.2], [20, 0.45]], None),  # falling
+])
+def test_a_loss_spike_is_listed_and_the_run_still_judges_claims(runs_dir, write, make_record, curve, listed):
+    for record in weight_type_records(make_record, qv=0.6, q=0.3):
+        spiked = record["method"]["ranks"] == {"W_q": 8} and record["seed"] == 1
+        record["training"] = {"steps": 250, "loss_curve": curve if spiked else [[10, 1.2], [250, 0.3]],
+                              "final_loss": curve[-1][1] if spiked else 0.3}
+        write(record)
+    result = build_table(TABLES["table_weight_type"], runs_dir)
+    claim = next(c for c in evaluate(result) if c.text.startswith("WikiSQL: adapting W_q,W_v (r=4) beats W_q alone"))
+    assert claim.verdict == HELD  # the spiked run trained on: its score stands
+    lines = [line for line in incomplete_lines(result) if line.startswith("- LOSS SPIKE")]
+    assert len(lines) == (listed is not None)
+    assert listed is None or ("WikiSQL (±0.5%) × W_q, seed 1" in lines[0] and listed in lines[0])
+
+
 def mnli_predictions(correct: int, premise: str = "p") -> str:
     """200 matched rows (then 200 mismatched), the first `correct` matched ones right."""
     rows = [{"premise": f"{premise}{i}", "hypothesis": "h", "subset": "matched", "correct": i < correct}

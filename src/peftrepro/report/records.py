@@ -53,6 +53,12 @@ LR_SEARCH_EXPERIMENT = "lr_search"  # conf/experiment/lr_search.yaml: the learni
 # Above its first (ratio 1) the loss rose: the run diverged (e.g. a learning rate far too large).
 BARELY_TRAINED_RATIO = 0.9
 
+# A logged training loss above this multiple of the lowest logged before it: the loss spiked (an
+# instability, e.g. a learning rate at the edge of stable for that seed). A run that trained on after it
+# keeps its cell and judges claims; its table lists the spike beside it, as the cell's spread alone
+# does not say why one seed scored lower.
+LOSS_SPIKE_RATIO = 2.0
+
 # the fields of a predictions row that name its example (so two runs' rows can be paired), where the
 # row has no `id` of its own (MultiNLI rows of records written before the fair protocol)
 EXAMPLE_ID_FIELDS = {"mnli": ("premise", "hypothesis"), "wikisql": ("table_id", "question")}
@@ -152,6 +158,22 @@ class Record:
         first_step, first = curve[0]
         return FailedTraining("diverged" if last > first else "barely trained",
                               f"loss {first:.2f} at step {first_step} → {last:.2f} at step {training.get('steps')}")
+
+    @property
+    def loss_spike(self) -> str | None:
+        """How the training loss spiked and where it ended, e.g. "loss 0.45 → 3.96 at step 70, 0.29 at step
+        250"; None where no logged loss rose above LOSS_SPIKE_RATIO × the lowest before it, or where the
+        run failed to train (`failed_training` names that)."""
+        training = self.raw.get("training") or {}
+        curve, last = training.get("loss_curve") or [], training.get("final_loss")
+        if len(curve) < 2 or last is None or self.failed_training:
+            return None
+        lowest = [min(loss for _, loss in curve[:i]) for i in range(1, len(curve))]
+        ratio, low, (step, peak) = max((loss / low, low, (step, loss))
+                                       for low, (step, loss) in zip(lowest, curve[1:]))
+        if ratio <= LOSS_SPIKE_RATIO:
+            return None
+        return f"loss {low:.2f} → {peak:.2f} at step {step}, {last:.2f} at step {training.get('steps')}"
 
     @property
     def scored_examples(self) -> int | Mapping[str, int] | None:

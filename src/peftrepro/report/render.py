@@ -18,6 +18,7 @@ from peftrepro.report.baselines import LEARNED_Z, primary_metric, trivial_baseli
 from peftrepro.report.cells import TableResult
 from peftrepro.report.paper import to_paper_unit
 from peftrepro.report.records import (
+    LOSS_SPIKE_RATIO,
     Record,
     commit_labels,
     distinct,
@@ -164,12 +165,18 @@ def incomplete_lines(result: TableResult) -> list[str]:
             lines.append(f"- DID NOT LEARN {cells}, seed {record.seed} (`{record.run_key}`): {learning}; it does not "
                          f"beat its task's trivial baseline on the same examples by {LEARNED_Z} standard errors of "
                          "the paired difference, so its cell is marked 'did not learn' and judges no claim")
-    for record in result.records:
+    for record in result.records:  # how the loss of a run that learned (or was not judged so) went wrong
         learning = result.learning.get(record.run_key)
-        if (problem := record.failed_training) and not (learning and not learning.learned):
-            cells = ", ".join(spec.cell_label(*cell) for cell in result.cells_of(record.run_key))
-            lines.append(f"- {problem.kind.upper()} {cells}, seed {record.seed} (`{record.run_key}`): training "
-                         f"{problem.curve}; its score reflects a failed fit, not the method, and no claim is judged on it")
+        if learning and not learning.learned:
+            continue
+        cells = ", ".join(spec.cell_label(*cell) for cell in result.cells_of(record.run_key))
+        where = f"{cells}, seed {record.seed} (`{record.run_key}`)"
+        if problem := record.failed_training:
+            lines.append(f"- {problem.kind.upper()} {where}: training {problem.curve}; its score reflects a failed "
+                         "fit, not the method, and no claim is judged on it")
+        elif spike := record.loss_spike:
+            lines.append(f"- LOSS SPIKE {where}: training {spike} (more than {LOSS_SPIKE_RATIO:g}× its lowest "
+                         "before); it trained on, so the run stays in its cell")
     for record in result.unplaced:
         lines.append(f"- NOT PLACED {record.path}: task {record.task}, method {dict(record.method)} "
                      "matches no cell of this table (changed experiment file?)")
