@@ -13,6 +13,7 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -168,7 +169,7 @@ class Record:
         curve, last = training.get("loss_curve") or [], training.get("final_loss")
         if len(curve) < 2 or last is None or self.failed_training:
             return None
-        lowest = [min(loss for _, loss in curve[:i]) for i in range(1, len(curve))]
+        lowest = accumulate((loss for _, loss in curve[:-1]), min)  # the lowest before each later point
         ratio, low, (step, peak) = max((loss / low, low, (step, loss))
                                        for low, (step, loss) in zip(lowest, curve[1:]))
         if ratio <= LOSS_SPIKE_RATIO:

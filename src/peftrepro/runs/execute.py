@@ -90,10 +90,10 @@ def run_one(cfg: DictConfig | Mapping[str, Any], jobs_at_once: int = 1, job: int
 
 def _claimed_run(plan: RunPlan, jobs_at_once: int = 1, job: int | None = None) -> dict[str, Any]:
     """Skip, score, reuse or run `plan`, holding its claim (nothing else writes in its folder)."""
-    force = plan.config.get("force")
-    if force or records.is_finished(plan.directory):  # a forced run starts afresh; a finished one needs no state
+    force, finished = plan.config.get("force"), records.is_finished(plan.directory)
+    if force or finished:  # a forced run starts afresh; a finished one needs no saved training state
         resume.discard(plan.directory)
-    if not force and records.is_finished(plan.directory):
+    if not force and finished:
         log.info("skip %s: finished record at %s (force=true reruns it)", plan.key, plan.directory)
         return records.read_record(plan.directory) or {}
     if not force and records.status_of(plan.directory) == records.UNSCORED:
@@ -275,11 +275,10 @@ class _Run:
         if not plan.method_config.trains:  # method `none`: the zero-shot baseline, evaluated as loaded
             evaluate(0, 0)
             return self._finish(staging, TrainStats(), per_epoch, best, setup)
-        num_steps = total_steps(len(setup.encoded), settings)
-        state = make_train_state(setup.model, settings, num_steps, warmup_steps(setup.encoded, settings),
-                                 setup.device)
-        fingerprint = resume.Fingerprint.of(plan.key, envinfo.device_name(setup.device), resume.data_digest(
-            setup.encoded, num_steps, warmup_steps(setup.encoded, settings)))
+        num_steps, num_warmup_steps = total_steps(len(setup.encoded), settings), warmup_steps(setup.encoded, settings)
+        state = make_train_state(setup.model, settings, num_steps, num_warmup_steps, setup.device)
+        fingerprint = resume.Fingerprint.of(plan.key, envinfo.device_name(setup.device),
+                                            resume.data_digest(setup.encoded, num_steps, num_warmup_steps))
         restored = resume.restore(plan.directory, fingerprint, state, setup.applied)
         if restored:
             self._restore_evaluations(restored.evaluations, per_epoch, best, staging)
