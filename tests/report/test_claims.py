@@ -23,6 +23,8 @@ from peftrepro.report.claims import (
     combine,
     evaluate,
     matches_or_beats,
+    outlying_spread,
+    pooled,
     quantile,
     render,
 )
@@ -114,6 +116,41 @@ def test_the_seed_term_uses_the_pooled_spread_and_its_degrees_of_freedom(n, df, 
     comparison = beats(replace(a, pool=pool), replace(b, pool=pool))
     assert comparison.margin == pytest.approx(quantile_ * (2 / n) ** 0.5, rel=1e-3)
     assert f"t with {df:.1f} df" in comparison.evidence and "pooled over 2 cells" in comparison.evidence
+
+
+# Cochran's critical C for k cells of n seeds at the 1 % level, ISO 5725-2:1994 Table 4: a cell is
+# set apart when s_max² / Σ s_i² exceeds it (here the other k − 1 cells have variance 1)
+@pytest.mark.parametrize("k, n, critical", [(3, 2, 0.993), (6, 2, 0.883), (10, 2, 0.718), (5, 3, 0.789)])
+def test_cochrans_test_sets_apart_a_spread_beyond_its_published_critical_value(k, n, critical):
+    def cells(c: float) -> list[Cell]:
+        widest_variance = c * (k - 1) / (1 - c)  # so that s_max² / Σ s_i² = c
+        return [replace(cell(50.0, std=widest_variance ** 0.5, n=n), label="wide"),
+                *(replace(cell(50.0, std=1.0, n=n), label=f"c{i}") for i in range(k - 1))]
+    assert outlying_spread(cells(critical - 0.002)) is None
+    assert outlying_spread(cells(critical + 0.002)).label == "wide"
+
+
+def test_a_cell_with_an_outlying_spread_is_set_apart_and_judged_on_its_own_spread():
+    """One spiked seed (sd 11) among five steady cells (sd 1-2): it no longer widens the others'
+    intervals, and its own comparisons carry its spread with its one degree of freedom."""
+    stds = {"spiked": 11.4, "a": 1.8, "b": 1.6, "c": 0.6, "d": 2.0, "e": 0.1}
+    cells = pooled({label: replace(cell(50.0, std=std, n=2), label=label) for label, std in stds.items()})
+    pool = cells["a"].pool
+    assert pool.set_apart == {"spiked"} and pool.cells == 5 and pool.df == 5
+    steady = beats(cells["a"], cells["b"])
+    assert "pooled over 5 cells" in steady.evidence
+    assert steady.margin == pytest.approx(quantile(5) * pool.sd, rel=1e-6)  # sqrt(1/2 + 1/2) = 1
+    spiked = beats(cells["spiked"], cells["b"])
+    assert "spiked set apart from the pool by Cochran's test" in spiked.evidence
+    own, other = 11.4 ** 2 / 2, pool.sd ** 2 / 2
+    df = (own + other) ** 2 / (own ** 2 / 1 + other ** 2 / 5)
+    assert spiked.margin == pytest.approx(quantile(df) * (own + other) ** 0.5, rel=1e-6)
+
+
+def test_spreads_alike_are_pooled_whole():
+    cells = pooled({label: replace(cell(50.0, std=std, n=2), label=label)
+                    for label, std in {"a": 1.0, "b": 3.0, "c": 2.0, "d": 0.5}.items()})
+    assert cells["a"].pool.set_apart == frozenset() and cells["a"].pool.cells == 4
 
 
 def test_a_cell_that_did_not_learn_is_left_out_of_the_pool_and_judges_nothing():

@@ -15,7 +15,12 @@ The interval is Δ ± t·SE with SE² = SE_seeds² + SE_eval²:
 - SE_seeds: the seed spread, pooled over the table's cells of the same metric (s_p² = Σ(n_i−1)s_i² /
   Σ(n_i−1); cells whose runs did not learn are left out), SE_seeds = s_p·sqrt(1/n_A + 1/n_B), with
   Σ(n_i−1) degrees of freedom: two seeds per cell give one degree of freedom each, and pooling is what
-  makes the spread estimable at all. Without a pool (a cell outside any group), Welch's per-cell form.
+  makes the spread estimable at all. Pooling assumes the cells share one spread; a cell whose spread is
+  far larger (a seed whose loss spiked) would widen every comparison in its column, so Cochran's test
+  (ISO 5725-2 §7.3.3, in its F form, at the 1 % level, repeated) sets such a cell apart: the pool is
+  made without it, and a comparison that involves it combines its own spread (n−1 df) with the pool's
+  for the other cell by Welch–Satterthwaite. Without a pool (a cell outside any group), Welch's
+  per-cell form.
 - SE_eval: the error from the finite evaluation set, which more seeds do not shrink (every seed is
   scored on the same examples). Accuracies: paired over the examples, sd(d)/sqrt(N) of the
   per-example differences of the two cells (each averaged over its seeds, from the saved
@@ -47,6 +52,9 @@ if TYPE_CHECKING:
     from peftrepro.report.records import ExampleScores
 
 CONFIDENCE = 0.95  # two-sided
+# Cochran's test for one outlying spread among a pool's cells; 1 % is ISO 5725-2's level for an
+# outlier (5 % only marks a "straggler", which it keeps in the pool).
+OUTLYING_SPREAD_LEVEL = 0.01
 MARGINAL = 0.1  # a verdict this close to its line, as a fraction of the interval's half-width, is marginal
 MAX_SHOWN = 3  # comparisons quoted as evidence of a verdict (the rest are counted)
 HELD, NOT_HELD, INCONCLUSIVE = "held", "not held", "inconclusive"
@@ -73,19 +81,45 @@ def quantile(df: float) -> float:
 
 @dataclass(frozen=True)
 class Pool:
-    """The seed spread pooled over a table's cells of one metric."""
+    """The seed spread pooled over a table's cells of one metric, less those whose spread is outlying."""
 
     sd: float
     df: int
     cells: int
+    set_apart: frozenset[str] = frozenset()  # labels of cells whose spread Cochran's test set apart
 
     @classmethod
     def of(cls, cells: Sequence[Cell]) -> Pool | None:
         spread = [c for c in cells if c.n > 1 and not math.isnan(c.std) and not c.failed_fit]
-        df = sum(c.n - 1 for c in spread)
+        kept, set_apart = list(spread), []
+        while outlier := outlying_spread(kept):
+            set_apart.append(outlier)
+            kept = [c for c in kept if c is not outlier]
+        df = sum(c.n - 1 for c in kept)
         if not df:
             return None
-        return cls(math.sqrt(sum((c.n - 1) * c.std ** 2 for c in spread) / df), df, len(spread))
+        return cls(math.sqrt(sum((c.n - 1) * c.std ** 2 for c in kept) / df), df, len(kept),
+                   frozenset(c.label for c in set_apart))
+
+
+def outlying_spread(cells: Sequence[Cell]) -> Cell | None:
+    """The cell whose seed spread Cochran's test finds outlying among `cells`, if any.
+
+    The F form of Cochran's C, which also serves cells of unequal n: the largest variance against the
+    pool of the others, F = s_j² / s_others², beyond the upper OUTLYING_SPREAD_LEVEL / k quantile of
+    F(n_j − 1, Σ_others(n_i − 1)). For equal n it is exactly C > 1 / (1 + (k − 1) / F_crit). At least
+    three cells are needed: with two, either could be the odd one.
+    """
+    if len(cells) < 3:
+        return None
+    widest = max(cells, key=lambda c: c.std)
+    others = [c for c in cells if c is not widest]
+    others_df = sum(c.n - 1 for c in others)
+    others_var = sum((c.n - 1) * c.std ** 2 for c in others) / others_df
+    critical = scipy_stats.f.ppf(1 - OUTLYING_SPREAD_LEVEL / len(cells), widest.n - 1, others_df)
+    if others_var == 0:
+        return widest if widest.std > 0 else None
+    return widest if widest.std ** 2 / others_var > critical else None
 
 
 @dataclass(frozen=True)
@@ -182,13 +216,20 @@ class Claim:
 
 def _seed_error(a: Cell, b: Cell) -> tuple[float, float, str]:
     """(SE, degrees of freedom, how) of mean(A) − mean(B) from the seed spread."""
-    if a.pool is not None and a.pool == b.pool:
-        pool = a.pool
+    pool = a.pool if a.pool is not None and a.pool == b.pool else None
+    if pool is not None and not pool.set_apart & {a.label, b.label}:
         return pool.sd * math.sqrt(1 / a.n + 1 / b.n), pool.df, f" pooled over {pool.cells} cells"
-    va, vb = a.std ** 2 / a.n, b.std ** 2 / b.n
-    if va + vb == 0:
+    # Welch–Satterthwaite over independent variance estimates: a cell's own spread (n − 1 df), or the
+    # pool's, which leaves out the cells set apart
+    terms = [(c.std ** 2 / c.n, c.n - 1) if pool is None or c.label in pool.set_apart
+             else (pool.sd ** 2 / c.n, pool.df) for c in (a, b)]
+    variance = sum(v for v, _ in terms)
+    if variance == 0:
         return 0.0, math.inf, ""
-    return math.sqrt(va + vb), (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1)), " (Welch)"
+    apart = [c.label for c in (a, b) if pool is not None and c.label in pool.set_apart]
+    how = (f" (Welch: {' and '.join(apart)} set apart from the pool by Cochran's test)" if apart
+           else " (Welch)")
+    return math.sqrt(variance), variance ** 2 / sum(v ** 2 / df for v, df in terms), how
 
 
 def _eval_error(a: Cell, b: Cell) -> tuple[float, str]:
@@ -461,9 +502,10 @@ def render(claims: Sequence[Claim]) -> list[str]:
               "freedom (the seed term's, the evaluation set's error taken as known); SE² = the seed spread pooled over "
               "the table's cells of that metric × (1/n_A + 1/n_B) + the evaluation set's error, paired (per example for "
               "accuracies, a bootstrap over MRs for E2E; the evidence says \"not estimated\" where the saved predictions "
-              "do not allow it). Where the two cells ran on different machines or precisions (fp32 on a CPU, bf16 "
-              "autocast on a GPU), the evidence says so in brackets: a difference of numerics the interval does not "
-              "cover.",
+              "do not allow it). A cell whose seed spread Cochran's test (1 %) finds outlying is set apart from the "
+              "pool: its comparisons use its own spread (Welch). Where the two cells ran on different machines or "
+              "precisions (fp32 on a CPU, bf16 autocast on a GPU), the evidence says so in brackets: a difference of "
+              "numerics the interval does not cover.",
               "", "Verdict: 'beats' held above 0, not held below 0; 'matches or beats' held above −m, not held below −m "
               "(m: accuracy 2, BLEU / METEOR / ROUGE-L 1, NIST 0.1, CIDEr 0.05); otherwise, or with one seed or a run "
               f"that did not learn, inconclusive; (marginal): within {MARGINAL:.0%} of the interval's half-width."]
