@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -229,3 +231,15 @@ def test_a_forced_rerun_starts_afresh(smoke, tmp_path: Path) -> None:
 def test_bad_resume_options_raise_one_config_error(smoke, override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         run_one(smoke("task=mnli", "method=lora", override))
+
+
+def test_the_code_digest_covers_every_module_a_run_loads() -> None:
+    """The digest leaves out the report side; a run, with every method and task registered, must not
+    load any module it leaves out (or an edit there would go unnoticed by a saved state)."""
+    script = ("import sys, peftrepro.runs.cli, peftrepro.runs.lr_search, peftrepro.runs.export, "
+              "peftrepro.methods.registry, peftrepro.tasks\n"
+              "print('\\n'.join(m.__file__ for n, m in sys.modules.items() if n.startswith('peftrepro') and m.__file__))")
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    covered = {str(path) for path in resume.run_side_sources()}
+    assert loaded and set(loaded) <= covered
+    assert not any("/report/" in path for path in covered)
