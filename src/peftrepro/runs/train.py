@@ -363,6 +363,74 @@ def request_stop() -> bool:
     return True
 
 
+class _Loop:
+    """The moving parts of one `fit`: its counters, the loss summed since the last log (on the device,
+    so a step never syncs), the training clock (evaluations and saves excluded) and the progress bar."""
+
+    def __init__(self, state: TrainState, num_steps: int, start: LoopPosition | None,
+                 on_log: Callable[[dict[str, float], int], None] | None) -> None:
+        self.state, self.num_steps, self.on_log = state, num_steps, on_log
+        self.stats = TrainStats() if start is None else replace(start.stats, losses=list(start.stats.losses))
+        if start is not None:
+            self.stats.epochs -= 1  # the loop enters that epoch again (even after its last step: its end is still to come)
+        self.pending = torch.full((), start.pending_loss if start else 0.0, device=state.device)
+        self.pending_steps = start.pending_steps if start else 0
+        self.progress = tqdm(total=num_steps, initial=self.stats.steps, unit="step", desc="train",
+                             disable=not state.settings.progress, dynamic_ncols=True, mininterval=1.0)
+        self.started = self.last_save = time.perf_counter()
+
+    @property
+    def done(self) -> bool:
+        return self.stats.steps == self.num_steps
+
+    def begin_epoch(self) -> None:
+        self.stats.epochs += 1
+        self.started = time.perf_counter()
+
+    def end_epoch(self) -> None:
+        _synchronize(self.state.device)
+        self.stats.seconds += time.perf_counter() - self.started
+
+    def train(self, micro_batches: Sequence[Batch], after_step: Callable[[int, int], None] | None) -> None:
+        """One optimizer step, counted, and logged when `log_every` steps have passed (or at the end)."""
+        self.pending += train_step(self.state, [batch.to(self.state.device) for batch in micro_batches])
+        self.pending_steps += 1
+        self.stats.steps += 1
+        if after_step:
+            after_step(self.stats.steps, self.num_steps)
+        self.stats.tokens += sum(batch.tokens for batch in micro_batches)
+        self.stats.padded_tokens += sum(batch.input_ids.numel() for batch in micro_batches)
+        self.progress.update(1)
+        # >=: a resumed run may log more often (log_every is not in the run key) than its saved loss sum
+        if self.pending_steps >= self.state.settings.log_every or self.done:
+            self._log()
+
+    def _log(self) -> None:
+        stats = self.stats
+        stats.last_loss = float(self.pending) / self.pending_steps  # the only sync: every log_every steps
+        stats.losses.append((stats.steps, stats.last_loss))
+        tokens_per_s = stats.tokens / (stats.seconds + time.perf_counter() - self.started)
+        self.progress.set_postfix(loss=f"{stats.last_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")
+        if self.on_log:
+            self.on_log({"train/loss": stats.last_loss, "train/lr": self.state.scheduler.get_last_lr()[0],
+                         "train/tokens_per_s": tokens_per_s}, stats.steps)
+        self.pending.zero_()
+        self.pending_steps = 0
+
+    def seconds_since_save(self) -> float:
+        return time.perf_counter() - self.last_save
+
+    def save(self, save_position: Callable[[LoopPosition], None], epoch_rng_state: tuple[Any, ...],
+             steps_in_epoch: int) -> None:
+        """Hand the position to `save_position`; the time it takes is not training time."""
+        _synchronize(self.state.device)
+        saving = time.perf_counter()
+        so_far = replace(self.stats, seconds=self.stats.seconds + saving - self.started, losses=list(self.stats.losses))
+        save_position(LoopPosition(so_far, epoch_rng_state, steps_in_epoch, float(self.pending), self.pending_steps))
+        self.last_save = time.perf_counter()
+        self.started += self.last_save - saving
+
+
 def fit(state: TrainState, examples: Sequence[EncodedExample], pad_id: int, seed: int, *,
         on_epoch_end: Callable[[int], None] | None = None,
         on_log: Callable[[dict[str, float], int], None] | None = None,
@@ -380,83 +448,42 @@ def fit(state: TrainState, examples: Sequence[EncodedExample], pad_id: int, seed
     for `request_stop` (raising KeyboardInterrupt); `start` continues from such a position, the states it
     was saved with already restored (peftrepro.runs.resume)."""
     settings = state.settings
-    num_steps = total_steps(len(examples), settings)
+    loop = _Loop(state, total_steps(len(examples), settings), start, on_log)
     rng = random.Random(seed)  # data order has its own RNG: unaffected by dropout or init draws
-    stats, skip, epoch_rng_state = TrainStats(), 0, None
-    pending = torch.zeros((), device=state.device)
-    pending_steps = 0
-    if start is not None:
-        stats = replace(start.stats, losses=list(start.stats.losses))
-        skip, epoch_rng_state = start.steps_in_epoch, start.epoch_rng_state
-        stats.epochs -= 1  # the loop enters that epoch again (even after its last step: its end is still to come)
-        pending.fill_(start.pending_loss)
-        pending_steps = start.pending_steps
-    progress = tqdm(total=num_steps, initial=stats.steps, unit="step", desc="train", disable=not settings.progress,
-                    dynamic_ncols=True, mininterval=1.0)
-    last_save, resuming = time.perf_counter(), start is not None
-
-    def save(steps_in_epoch: int) -> None:
-        nonlocal started, last_save
-        _synchronize(state.device)
-        saving = time.perf_counter()
-        so_far = replace(stats, seconds=stats.seconds + saving - started, losses=list(stats.losses))
-        save_position(LoopPosition(so_far, epoch_rng_state, steps_in_epoch, float(pending), pending_steps))
-        last_save = time.perf_counter()
-        started += last_save - saving  # saving is not training
-
+    skip, epoch_rng_state = (start.steps_in_epoch, start.epoch_rng_state) if start else (0, None)
+    resuming = start is not None
     _StopRequest.running, _StopRequest.asked = True, False
     try:
-        while resuming or stats.steps < num_steps:
+        while resuming or not loop.done:
             resuming = False
-            stats.epochs += 1
-            started = time.perf_counter()
-            if epoch_rng_state is not None:
+            loop.begin_epoch()
+            if epoch_rng_state is not None:  # resumed: the interrupted epoch's batches, drawn again
                 rng.setstate(epoch_rng_state)
             epoch_rng_state = rng.getstate()
             batches = epoch_batches(examples, settings, pad_id, rng)
             for index, micro_batches in enumerate(_steps(batches, settings.grad_accum)):
                 if index < skip:
                     continue
-                if stats.steps == num_steps:  # resumed from the last step's save: nothing left to train
+                if loop.done:  # resumed from the last step's save: nothing left to train
                     break
-                on_device = [batch.to(state.device) for batch in micro_batches]
-                pending += train_step(state, on_device)
-                pending_steps += 1
-                stats.steps += 1
-                if after_step:
-                    after_step(stats.steps, num_steps)
-                stats.tokens += sum(batch.tokens for batch in micro_batches)
-                stats.padded_tokens += sum(batch.input_ids.numel() for batch in micro_batches)
-                progress.update(1)
-                # >=: a resumed run may log more often (log_every is not in the run key) than its saved loss sum
-                if pending_steps >= settings.log_every or stats.steps == num_steps:
-                    stats.last_loss = float(pending) / pending_steps  # the only sync: every log_every steps
-                    stats.losses.append((stats.steps, stats.last_loss))
-                    elapsed = stats.seconds + time.perf_counter() - started
-                    progress.set_postfix(loss=f"{stats.last_loss:.4f}", tok_s=f"{stats.tokens / elapsed:,.0f}")
-                    if on_log:
-                        on_log({"train/loss": stats.last_loss, "train/lr": state.scheduler.get_last_lr()[0],
-                                "train/tokens_per_s": stats.tokens / elapsed}, stats.steps)
-                    pending.zero_()
-                    pending_steps = 0
-                due = save_every_s is not None and time.perf_counter() - last_save >= save_every_s
+                loop.train(micro_batches, after_step)
+                due = save_every_s is not None and loop.seconds_since_save() >= save_every_s
                 if save_position and (due or _StopRequest.asked):
-                    save(index + 1)
+                    loop.save(save_position, epoch_rng_state, index + 1)
                 if _StopRequest.asked:
                     raise KeyboardInterrupt
-                if stats.steps == num_steps:
+                if loop.done:
                     break
             skip, epoch_rng_state = 0, None
-            _synchronize(state.device)
-            stats.seconds += time.perf_counter() - started
+            loop.end_epoch()
             if on_epoch_end:
                 _StopRequest.running = False  # an evaluation is not waited for: a SIGTERM stops it at once
-                on_epoch_end(stats.epochs)
+                on_epoch_end(loop.stats.epochs)
                 _StopRequest.running = True
     finally:
         _StopRequest.running = _StopRequest.asked = False
-        progress.close()
-    return stats
+        loop.progress.close()
+    return loop.stats
 
 
 def _steps(batches: Sequence[Batch], grad_accum: int) -> Iterator[list[Batch]]:
