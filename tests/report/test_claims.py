@@ -127,7 +127,18 @@ def test_cochrans_test_sets_apart_a_spread_beyond_its_published_critical_value(k
         return [replace(cell(50.0, std=widest_variance ** 0.5, n=n), label="wide"),
                 *(replace(cell(50.0, std=1.0, n=n), label=f"c{i}") for i in range(k - 1))]
     assert outlying_spread(cells(critical - 0.002)) is None
-    assert outlying_spread(cells(critical + 0.002)).label == "wide"
+    assert outlying_spread(cells(critical + 0.002)) == 0
+
+
+def test_with_unequal_seeds_the_most_extreme_spread_is_tested_not_the_widest():
+    """A two-seed cell's wide spread is weak evidence; a ten-seed cell's slightly narrower one is not."""
+    cells = [cell(50.0, std=2.3, n=2), *(cell(50.0, std=1.0, n=10) for _ in range(4)), cell(50.0, std=2.2, n=10)]
+    assert outlying_spread(cells) == 5
+
+
+def test_no_spread_is_outlying_against_others_that_have_none():
+    """Two seeds can score alike (accuracies are discrete): that is no ground to set a spread apart."""
+    assert outlying_spread([cell(50.0, std=0.0, n=2), cell(50.0, std=0.0, n=2), cell(50.0, std=0.05, n=2)]) is None
 
 
 def test_a_cell_with_an_outlying_spread_is_set_apart_and_judged_on_its_own_spread():
@@ -136,7 +147,7 @@ def test_a_cell_with_an_outlying_spread_is_set_apart_and_judged_on_its_own_sprea
     stds = {"spiked": 11.4, "a": 1.8, "b": 1.6, "c": 0.6, "d": 2.0, "e": 0.1}
     cells = pooled({label: replace(cell(50.0, std=std, n=2), label=label) for label, std in stds.items()})
     pool = cells["a"].pool
-    assert pool.set_apart == {"spiked"} and pool.cells == 5 and pool.df == 5
+    assert [label for label, c in cells.items() if c.own_spread] == ["spiked"] and pool.cells == 5 and pool.df == 5
     steady = beats(cells["a"], cells["b"])
     assert "pooled over 5 cells" in steady.evidence
     assert steady.margin == pytest.approx(quantile(5) * pool.sd, rel=1e-6)  # sqrt(1/2 + 1/2) = 1
@@ -150,7 +161,15 @@ def test_a_cell_with_an_outlying_spread_is_set_apart_and_judged_on_its_own_sprea
 def test_spreads_alike_are_pooled_whole():
     cells = pooled({label: replace(cell(50.0, std=std, n=2), label=label)
                     for label, std in {"a": 1.0, "b": 3.0, "c": 2.0, "d": 0.5}.items()})
-    assert cells["a"].pool.set_apart == frozenset() and cells["a"].pool.cells == 4
+    assert not any(c.own_spread for c in cells.values()) and cells["a"].pool.cells == 4
+
+
+def test_a_cell_is_set_apart_by_its_place_not_its_label():
+    """Two cells sharing a label: only the one whose spread is outlying is judged on its own spread."""
+    cells = pooled({key: replace(cell(50.0, std=std, n=2), label="same")
+                    for key, std in {"steady": 1.0, "spiked": 40.0, "b": 1.2, "c": 0.8, "d": 1.1}.items()})
+    assert [key for key, c in cells.items() if c.own_spread] == ["spiked"]
+    assert "pooled over 4 cells" in beats(cells["steady"], cells["b"]).evidence
 
 
 def test_a_cell_that_did_not_learn_is_left_out_of_the_pool_and_judges_nothing():

@@ -86,40 +86,41 @@ class Pool:
     sd: float
     df: int
     cells: int
-    set_apart: frozenset[str] = frozenset()  # labels of cells whose spread Cochran's test set apart
+    set_apart: frozenset[int] = frozenset()  # positions (in the cells pooled) of those Cochran's test set apart
 
     @classmethod
     def of(cls, cells: Sequence[Cell]) -> Pool | None:
-        spread = [c for c in cells if c.n > 1 and not math.isnan(c.std) and not c.failed_fit]
-        kept, set_apart = list(spread), []
-        while outlier := outlying_spread(kept):
-            set_apart.append(outlier)
-            kept = [c for c in kept if c is not outlier]
-        df = sum(c.n - 1 for c in kept)
+        spread = [i for i, c in enumerate(cells) if c.n > 1 and not math.isnan(c.std) and not c.failed_fit]
+        kept, set_apart = list(spread), set()
+        while (outlier := outlying_spread([cells[i] for i in kept])) is not None:
+            set_apart.add(kept.pop(outlier))
+        df = sum(cells[i].n - 1 for i in kept)
         if not df:
             return None
-        return cls(math.sqrt(sum((c.n - 1) * c.std ** 2 for c in kept) / df), df, len(kept),
-                   frozenset(c.label for c in set_apart))
+        variance = sum((cells[i].n - 1) * cells[i].std ** 2 for i in kept) / df
+        return cls(math.sqrt(variance), df, len(kept), frozenset(set_apart))
 
 
-def outlying_spread(cells: Sequence[Cell]) -> Cell | None:
-    """The cell whose seed spread Cochran's test finds outlying among `cells`, if any.
+def outlying_spread(cells: Sequence[Cell]) -> int | None:
+    """The position of the cell whose seed spread Cochran's test finds outlying among `cells`, if any.
 
-    The F form of Cochran's C, which also serves cells of unequal n: the largest variance against the
-    pool of the others, F = s_j² / s_others², beyond the upper OUTLYING_SPREAD_LEVEL / k quantile of
-    F(n_j − 1, Σ_others(n_i − 1)). For equal n it is exactly C > 1 / (1 + (k − 1) / F_crit). At least
-    three cells are needed: with two, either could be the odd one.
+    The F form of Cochran's C, which also serves cells of unequal n: each cell's variance against the
+    pool of the others, F_j = s_j² / s_others², the most extreme (smallest upper-tail p under
+    F(n_j − 1, Σ_others(n_i − 1))) outlying when p < OUTLYING_SPREAD_LEVEL / k. For equal n it is exactly
+    C > 1 / (1 + (k − 1) / F_crit). At least three cells are needed (with two, either could be the odd
+    one), and a spread is never outlying against others that have none.
     """
     if len(cells) < 3:
         return None
-    widest = max(cells, key=lambda c: c.std)
-    others = [c for c in cells if c is not widest]
-    others_df = sum(c.n - 1 for c in others)
-    others_var = sum((c.n - 1) * c.std ** 2 for c in others) / others_df
-    critical = scipy_stats.f.ppf(1 - OUTLYING_SPREAD_LEVEL / len(cells), widest.n - 1, others_df)
-    if others_var == 0:
-        return widest if widest.std > 0 else None
-    return widest if widest.std ** 2 / others_var > critical else None
+    p_values = []
+    for j, cell in enumerate(cells):
+        others = [c for i, c in enumerate(cells) if i != j]
+        others_df = sum(c.n - 1 for c in others)
+        others_var = sum((c.n - 1) * c.std ** 2 for c in others) / others_df
+        p_values.append(float(scipy_stats.f.sf(cell.std ** 2 / others_var, cell.n - 1, others_df))
+                        if others_var > 0 else 1.0)
+    extreme = min(range(len(cells)), key=p_values.__getitem__)
+    return extreme if p_values[extreme] < OUTLYING_SPREAD_LEVEL / len(cells) else None
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class Cell:
     did_not_learn: str = ""  # runs that do not beat the task's trivial baseline (aggregate.learning_check)
     resampled: Resampled | None = None  # E2E: the cell's score on each bootstrap resample of its MRs
     pool: Pool | None = None  # the seed spread pooled over its table's cells of the same metric
+    own_spread: bool = False  # set apart from the pool (an outlying spread): judged on its own spread
     hardware: tuple[str, ...] = ()  # where and in which precision its runs ran (records.Record.hardware)
 
     @property
@@ -153,7 +155,8 @@ class Cell:
 def pooled(cells: dict[str, Cell]) -> dict[str, Cell]:
     """The cells with their pooled seed spread attached (one pool for all of them)."""
     pool = Pool.of(list(cells.values()))
-    return {key: replace(cell, pool=pool) for key, cell in cells.items()}
+    return {key: replace(cell, pool=pool, own_spread=pool is not None and i in pool.set_apart)
+            for i, (key, cell) in enumerate(cells.items())}
 
 
 @dataclass(frozen=True)
@@ -217,16 +220,16 @@ class Claim:
 def _seed_error(a: Cell, b: Cell) -> tuple[float, float, str]:
     """(SE, degrees of freedom, how) of mean(A) − mean(B) from the seed spread."""
     pool = a.pool if a.pool is not None and a.pool == b.pool else None
-    if pool is not None and not pool.set_apart & {a.label, b.label}:
+    if pool is not None and not (a.own_spread or b.own_spread):
         return pool.sd * math.sqrt(1 / a.n + 1 / b.n), pool.df, f" pooled over {pool.cells} cells"
     # Welch–Satterthwaite over independent variance estimates: a cell's own spread (n − 1 df), or the
     # pool's, which leaves out the cells set apart
-    terms = [(c.std ** 2 / c.n, c.n - 1) if pool is None or c.label in pool.set_apart
-             else (pool.sd ** 2 / c.n, pool.df) for c in (a, b)]
+    terms = [(c.std ** 2 / c.n, c.n - 1) if pool is None or c.own_spread else (pool.sd ** 2 / c.n, pool.df)
+             for c in (a, b)]
     variance = sum(v for v, _ in terms)
     if variance == 0:
         return 0.0, math.inf, ""
-    apart = [c.label for c in (a, b) if pool is not None and c.label in pool.set_apart]
+    apart = [c.label for c in (a, b) if pool is not None and c.own_spread]
     how = (f" (Welch: {' and '.join(apart)} set apart from the pool by Cochran's test)" if apart
            else " (Welch)")
     return math.sqrt(variance), variance ** 2 / sum(v ** 2 / df for v, df in terms), how

@@ -77,13 +77,18 @@ def data_digest(examples: Sequence[Any], num_steps: int, num_warmup_steps: int) 
 
 # Modules a run cannot import (the layers contract in pyproject.toml puts them above the run side): an
 # edit to the report leaves a saved training state valid.
-NOT_RUN_SIDE = ("report", "cli.py")
+NOT_RUN_SIDE = ("peftrepro.report", "peftrepro.cli")
 
 
 def run_side_sources() -> list[Path]:
     """The package's Python sources that a run can execute, in a stable order."""
     root = Path(peftrepro.__file__).parent
-    return [path for path in sorted(root.rglob("*.py")) if path.relative_to(root).parts[0] not in NOT_RUN_SIDE]
+
+    def outside(path: Path) -> bool:
+        module = ".".join(("peftrepro", *path.relative_to(root).with_suffix("").parts))
+        return any(module == name or module.startswith(name + ".") for name in NOT_RUN_SIDE)
+
+    return [path for path in sorted(root.rglob("*.py")) if not outside(path)]
 
 
 @lru_cache(maxsize=1)

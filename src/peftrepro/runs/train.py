@@ -381,7 +381,7 @@ class _Loop:
 
     @property
     def done(self) -> bool:
-        return self.stats.steps == self.num_steps
+        return self.stats.steps >= self.num_steps
 
     def begin_epoch(self) -> None:
         self.stats.epochs += 1
@@ -391,7 +391,7 @@ class _Loop:
         _synchronize(self.state.device)
         self.stats.seconds += time.perf_counter() - self.started
 
-    def train(self, micro_batches: Sequence[Batch], after_step: Callable[[int, int], None] | None) -> None:
+    def step(self, micro_batches: Sequence[Batch], after_step: Callable[[int, int], None] | None) -> None:
         """One optimizer step, counted, and logged when `log_every` steps have passed (or at the end)."""
         self.pending += train_step(self.state, [batch.to(self.state.device) for batch in micro_batches])
         self.pending_steps += 1
@@ -416,6 +416,9 @@ class _Loop:
                          "train/tokens_per_s": tokens_per_s}, stats.steps)
         self.pending.zero_()
         self.pending_steps = 0
+
+    def close(self) -> None:
+        self.progress.close()
 
     def seconds_since_save(self) -> float:
         return time.perf_counter() - self.last_save
@@ -466,7 +469,7 @@ def fit(state: TrainState, examples: Sequence[EncodedExample], pad_id: int, seed
                     continue
                 if loop.done:  # resumed from the last step's save: nothing left to train
                     break
-                loop.train(micro_batches, after_step)
+                loop.step(micro_batches, after_step)
                 due = save_every_s is not None and loop.seconds_since_save() >= save_every_s
                 if save_position and (due or _StopRequest.asked):
                     loop.save(save_position, epoch_rng_state, index + 1)
@@ -482,7 +485,7 @@ def fit(state: TrainState, examples: Sequence[EncodedExample], pad_id: int, seed
                 _StopRequest.running = True
     finally:
         _StopRequest.running = _StopRequest.asked = False
-        loop.progress.close()
+        loop.close()
     return loop.stats
 
 
