@@ -50,7 +50,7 @@ def learning_check(record: Record, baselines: Sequence[Record]) -> Learning | No
     if record.status != "ok" or metric is None or metric not in record.metrics:
         return None
     if record.task == "mnli":
-        return _against_majority(record, metric)
+        return against_majority(record, metric)
     fingerprint = record.eval_fingerprint()
     matching = [b for b in baselines if b.task == record.task and b.status == "ok" and fingerprint
                 and b.eval_fingerprint() == fingerprint and same_backbone(b, record)]
@@ -92,12 +92,14 @@ def trivial_baselines(task: str, baselines: Sequence[Record]) -> dict[str, tuple
             continue
         if task != "mnli":
             known[backbone] = "zero-shot", to_paper_unit(metric, float(run.metrics[metric]))
-        elif (checked := _against_majority(run, metric)) is not None:
+        elif (checked := against_majority(run, metric)) is not None:
             known[backbone] = checked.baseline_name, checked.baseline
     return known
 
 
-def _against_majority(record: Record, metric: str) -> Learning | None:
+def against_majority(record: Record, metric: str) -> Learning | None:
+    """A classification run's `metric` against the majority class of the same examples (from its saved
+    predictions: MultiNLI's evaluation set, or the dev split of a learning-rate selection's run)."""
     subset = PROPORTION_METRICS[metric][1]
     rows = [row for row in record.prediction_rows() or [] if row.get("subset") == subset and "label" in row]
     if not rows:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from peftrepro import selection
 from peftrepro.report import claims
-from peftrepro.report.baselines import LEARNED_Z, primary_metric, trivial_baselines
+from peftrepro.report.baselines import LEARNED_Z, against_majority, primary_metric, trivial_baselines
 from peftrepro.report.cells import TableResult
 from peftrepro.report.paper import to_paper_unit
 from peftrepro.report.records import (
@@ -357,6 +357,11 @@ def _search_line(label: str, metric: str, points: Sequence[Record], used: list[s
         return line + ("; not decided: a point failed, and the selection waits for it to be rerun" if failed
                        else f"; not decided yet ({len(scores)} of its rates scored, the selection has more to run)")
     line += f" → {rate_text(chosen)}" + (" (on the grid's edge)" if state.at_edge else "")
+    # the best rate of the grid is no better than answering one label: the choice is a draw of noise
+    best = latest.get(chosen)
+    if best is not None and best.task == "mnli" and (check := against_majority(best, metric)) and not check.learned:
+        line += (f"; **no rate of the grid learned**: the best, {check}, does not beat the dev split's "
+                 "majority class, so the choice among its rates is noise")
     if used and used != [rate_text(chosen)]:
         line += f"; **the table's runs used {', '.join(used)}**, not the choice"
     return line
