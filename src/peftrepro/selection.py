@@ -7,13 +7,16 @@ rung k is 10^(k/2) rounded to one significant digit, so two rungs are a factor o
 every value prints short. A search starts with `width` rungs centred on the method's start value;
 while the best dev score sits on the window's edge, the window grows by one rung on that side, up
 to `max_points` rungs. Ties go to the smaller learning rate (the more conservative choice).
+Where the task has a trivial baseline on the dev split (a classifier's majority class), a window in
+which no rate beats it has no winner worth the name: it grows by one rung on both sides (the better
+edge first when only one rung is left) until a rate learns or the grid holds `max_points` rungs.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -51,13 +54,17 @@ class Search:
     scores: Mapping[int, float | None]
     width: int = 3
     max_points: int = 6
+    # step -> whether its run beat the dev split's trivial baseline; a step not in it counts as learned
+    # (tasks without such a baseline on the dev split: E2E, WikiSQL)
+    learned: Mapping[int, bool] = field(default_factory=dict)
 
     def initial_steps(self) -> list[int]:
         half = self.width // 2
         return list(range(-half, self.width - half))
 
     def pending(self) -> list[int]:
-        """Steps still to run: the first window's, then one rung past a winning edge."""
+        """Steps still to run: the first window's, then one rung past a winning edge (past both edges
+        while no rate learned)."""
         steps = sorted(set(self.initial_steps()) | set(self.scores))
         missing = [step for step in steps if self.scores.get(step) is None]
         if missing:
@@ -65,6 +72,11 @@ class Search:
         best = self.best_step()
         if len(steps) >= self.max_points:
             return []
+        if not self.any_learned:
+            # one rung past each edge, the side whose edge scored better first (ties: the smaller rates)
+            sides = sorted([(steps[0] - 1, steps[0]), (steps[-1] + 1, steps[-1])],
+                           key=lambda side: -ranked(self.scores[side[1]]))
+            return sorted(step for step, _ in sides[: self.max_points - len(steps)])
         if best == steps[0]:
             return [steps[0] - 1]
         if best == steps[-1]:
@@ -79,6 +91,11 @@ class Search:
         return max(sorted(scored), key=lambda step: (ranked(scored[step]), -step))
 
     @property
+    def any_learned(self) -> bool:
+        """Some scored rate beat the dev split's trivial baseline (or the task has none)."""
+        return any(self.learned.get(step, True) for step, score in self.scores.items() if score is not None)
+
+    @property
     def decided(self) -> bool:
         return bool(self.scores) and not self.pending()
 
@@ -89,13 +106,15 @@ class Search:
         return self.decided and self.best_step() in (steps[0], steps[-1])
 
 
-def replay(scores: Mapping[int, float | None], width: int, max_points: int) -> Search:
+def replay(scores: Mapping[int, float | None], width: int, max_points: int,
+           learned: Mapping[int, bool] | None = None) -> Search:
     """The search the selection would see given the points run so far ({step: score, None if it
-    failed}): its first window, grown one rung at a time past a winning edge while that rung was run.
-    Points run outside it (under an earlier start value) are not part of it."""
+    failed}; `learned` as in `Search`): its first window, grown as `Search.pending` grows it while
+    those rungs were run. Points run outside it (under an earlier start value) are not part of it."""
     steps = set(Search({}, width, max_points).initial_steps())
     while True:
-        state = Search({step: scores.get(step) for step in steps}, width, max_points)
+        state = Search({step: scores.get(step) for step in steps}, width, max_points,
+                       {step: flag for step, flag in (learned or {}).items() if step in steps})
         grown = [step for step in state.pending() if step not in steps and step in scores]
         if not grown:
             return state
@@ -139,15 +158,19 @@ def selected_lr(path: Path, task: str, method: str) -> float:
 
 
 def summarise(scores: Mapping[int, float | None], start: float, width: int, max_points: int,
-              runs: Mapping[int, str] | None = None, **about: Any) -> dict[str, Any]:
-    """One choice-file entry: the chosen lr, whether it sits on the grid's edge, and the grid, each point
-    with the run it was scored by (`runs`: step -> its folder under runs/); `about` says what was
-    scored (metric, the configuration's overrides)."""
-    search = Search(scores, width, max_points)
+              runs: Mapping[int, str] | None = None, learned: Mapping[int, bool] | None = None,
+              **about: Any) -> dict[str, Any]:
+    """One choice-file entry: the chosen lr, whether it sits on the grid's edge, whether any rate beat the
+    dev split's trivial baseline (where the task has one), and the grid, each point with the run it was
+    scored by (`runs`: step -> its folder under runs/); `about` says what was scored (metric, the
+    configuration's overrides)."""
+    search = Search(scores, width, max_points, learned or {})
     best = search.best_step()
-    grid = [{"lr": ladder(start, step), "dev": score, **({"run": runs[step]} if runs and step in runs else {})}
+    grid = [{"lr": ladder(start, step), "dev": score, **({"run": runs[step]} if runs and step in runs else {}),
+             **({"learned": learned[step]} if learned and step in learned else {})}
             for step, score in sorted(scores.items())]
-    return {"lr": ladder(start, best), "at_edge": search.at_edge, **about, "grid": grid}
+    return {"lr": ladder(start, best), "at_edge": search.at_edge,
+            **({"none_learned": True} if not search.any_learned else {}), **about, "grid": grid}
 
 
 def sorted_grid(grid: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

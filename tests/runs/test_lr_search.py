@@ -11,6 +11,7 @@ import pytest
 from peftrepro import selection
 from peftrepro.errors import ConfigError, PeftReproError
 from peftrepro.runs import lr_search
+from peftrepro.runs.records import write_predictions
 
 
 @pytest.mark.parametrize("start, step, lr", [(1e-3, 0, 1e-3), (1e-3, 1, 3e-3), (1e-3, -1, 3e-4), (1e-3, 2, 1e-2),
@@ -41,6 +42,46 @@ def test_the_search_runs_a_window_and_extends_past_a_winning_edge(scores, pendin
         assert search.best_step() == best
     assert search.decided == (best is not None and not pending)
     assert search.at_edge == (best == 4)
+
+
+CHANCE = {-1: 0.33, 0: 0.35, 1: 0.31}  # a classifier's dev scores, none above its majority class
+
+
+@pytest.mark.parametrize("scores, learned, max_points, pending", [
+    (CHANCE, {-1: False, 0: False, 1: False}, 6, [-2, 2]),               # no rate learned: grow both ways
+    (CHANCE, {-1: False, 0: False, 1: False}, 4, [-2]),                  # one rung left: the better edge's side
+    ({**CHANCE, 1: 0.40}, {-1: False, 0: False, 1: False}, 4, [2]),      # ... which may be the higher one
+    ({-2: 0.3, **CHANCE, 2: 0.6}, {-2: False, -1: False, 0: False, 1: False, 2: True}, 6, [3]),  # one learned: the usual rule
+    ({-2: 0.3, **CHANCE, 2: 0.3}, dict.fromkeys(range(-2, 3), False), 5, []),  # max_points: decided, nothing learned
+    (CHANCE, {}, 6, []),                                                 # no baseline known (E2E, WikiSQL): as before
+])
+def test_a_grid_where_no_rate_learned_grows_on_both_sides(scores, learned, max_points, pending):
+    search = selection.Search(scores, width=3, max_points=max_points, learned=learned)
+    assert search.pending() == pending
+    assert search.any_learned == any(learned.get(step, True) for step in scores)
+
+
+def test_the_report_replays_a_grid_grown_because_no_rate_learned():
+    scores, learned = {**CHANCE, -2: 0.32, 2: 0.36, 5: 0.9}, dict.fromkeys([-2, -1, 0, 1, 2], False)
+    state = selection.replay(scores, width=3, max_points=6, learned=learned)
+    assert sorted(state.scores) == [-2, -1, 0, 1, 2] and state.pending() == [3]  # 2 scored better than -2
+
+
+def test_a_choice_file_entry_says_when_no_rate_learned():
+    entry = selection.summarise(CHANCE, 1e-3, 3, 3, learned={-1: False, 0: False, 1: False})
+    assert entry["none_learned"] is True and entry["lr"] == 1e-3
+    assert [point["learned"] for point in entry["grid"]] == [False, False, False]
+    assert "none_learned" not in selection.summarise(CHANCE, 1e-3, 3, 3, learned={-1: False, 0: True, 1: False})
+
+
+@pytest.mark.parametrize("correct, learned", [(40, False), (80, True), (None, None)])
+def test_a_point_learned_when_it_beats_its_dev_splits_majority_class(tmp_path: Path, correct, learned):
+    """100 dev examples, 40 % one label: 40 right is the majority class's score, 80 right beats it."""
+    if correct is not None:
+        labels = ["entailment"] * 40 + ["neutral"] * 30 + ["contradiction"] * 30
+        write_predictions(tmp_path, [{"subset": "dev", "label": label, "correct": i < correct}
+                                     for i, label in enumerate(labels)])
+    assert lr_search.point_learned(tmp_path) is learned
 
 
 @pytest.mark.parametrize("scores, steps, best, decided", [
@@ -111,8 +152,8 @@ def test_a_bad_profile_or_override_is_one_clear_error(args, message, capsys):
 
 def test_unscored_points_stop_the_search_with_how_to_score_them(tmp_path: Path, capsys, monkeypatch):
     """Points made with scoring=later|auto have no dev score yet: relaunching them would only skip them."""
-    monkeypatch.setattr(lr_search, "search_state", lambda *a: ({-1: None, 0: None, 1: None},
-                                                               {-1: "unscored", 0: "unscored", 1: "unscored"}))
+    monkeypatch.setattr(lr_search, "search_state", lambda *a: lr_search.SearchState(
+        {-1: None, 0: None, 1: None}, {-1: "unscored", 0: "unscored", 1: "unscored"}, {}))
     monkeypatch.setattr(lr_search, "launch", lambda *a: pytest.fail("relaunched unscored points"))
     assert lr_search.main(["--profile", "mini", "--tasks", "e2e", "--methods", "lora", "--",
                            f"results_dir={tmp_path}"]) == 2

@@ -8,18 +8,15 @@ errors of the paired difference.
 
 from __future__ import annotations
 
-import math
-import statistics
-from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
+from peftrepro.metrics import majority
 from peftrepro.report.paper import to_paper_unit
 from peftrepro.report.records import CORPUS_METRICS, PROPORTION_METRICS, Record
 from peftrepro.report.specs import PRIMARY_METRIC
 
-# two-sided 95 %
-LEARNED_Z = 1.96
+LEARNED_Z = majority.LEARNED_Z  # one rule for both baselines
 
 
 @dataclass(frozen=True)
@@ -68,7 +65,7 @@ def learning_check(record: Record, baselines: Sequence[Record]) -> Learning | No
         ours, theirs = record.example_scores(metric), baseline.example_scores(metric)
         if ours is None or theirs is None:
             return None
-        se = _paired_se([a - b for a, b in zip(ours.scores, theirs.scores)])
+        se = majority.paired_se([a - b for a, b in zip(ours.scores, theirs.scores)])
     return Learning(score - base > LEARNED_Z * se, score, base, "zero-shot", se)
 
 
@@ -100,17 +97,7 @@ def trivial_baselines(task: str, baselines: Sequence[Record]) -> dict[str, tuple
 def against_majority(record: Record, metric: str) -> Learning | None:
     """A classification run's `metric` against the majority class of the same examples (from its saved
     predictions: MultiNLI's evaluation set, or the dev split of a learning-rate selection's run)."""
-    subset = PROPORTION_METRICS[metric][1]
-    rows = [row for row in record.prediction_rows() or [] if row.get("subset") == subset and "label" in row]
-    if not rows:
+    checked = majority.against_majority(record.prediction_rows() or [], PROPORTION_METRICS[metric][1])
+    if checked is None:
         return None
-    majority = Counter(row["label"] for row in rows).most_common(1)[0][0]
-    right = [100.0 * bool(row["correct"]) for row in rows]
-    base = [100.0 * (row["label"] == majority) for row in rows]
-    se = _paired_se([a - b for a, b in zip(right, base)])
-    score, baseline = statistics.mean(right), statistics.mean(base)
-    return Learning(score - baseline > LEARNED_Z * se, score, baseline, "majority class", se)
-
-
-def _paired_se(differences: Sequence[float]) -> float:
-    return statistics.stdev(differences) / math.sqrt(len(differences)) if len(differences) > 1 else math.inf
+    return Learning(checked.learned, checked.score, checked.baseline, "majority class", checked.se)

@@ -323,8 +323,10 @@ def replay_points(metric: str, points: Sequence[Record]) -> Replayed | str:
     scores = {lr: to_paper_unit(metric, float(r.metrics[metric]))
               for lr, r in latest.items() if r.status == "ok" and metric in r.metrics}
     step_of = {lr: selection.rung_of(lr) - selection.rung_of(start) for lr in latest}
+    learned = {step_of[lr]: check.learned for lr, r in latest.items()
+               if lr in scores and r.task == "mnli" and (check := against_majority(r, metric)) is not None}
     state = selection.replay({step_of[lr]: scores.get(lr) for lr in latest},
-                             int(last.get("lr_search.width") or 3), int(last.get("lr_search.max_points") or 6))
+                             int(last.get("lr_search.width") or 3), int(last.get("lr_search.max_points") or 6), learned)
     return Replayed(last, float(start), latest, scores, step_of, state)
 
 
@@ -355,11 +357,12 @@ def _search_line(label: str, metric: str, points: Sequence[Record], used: list[s
     if chosen is None:
         failed = [step for step, score in state.scores.items() if score is None and step in step_of.values()]
         return line + ("; not decided: a point failed, and the selection waits for it to be rerun" if failed
-                       else f"; not decided yet ({len(scores)} of its rates scored, the selection has more to run)")
+                       else f"; not decided yet ({len(scores)} of its rates scored, the selection has more to run"
+                       + ("; no rate beat the dev split's majority class, so the grid grows on both sides)"
+                          if not state.any_learned else ")"))
     line += f" → {rate_text(chosen)}" + (" (on the grid's edge)" if state.at_edge else "")
-    # the best rate of the grid is no better than answering one label: the choice is a draw of noise
-    best = latest.get(chosen)
-    if best is not None and best.task == "mnli" and (check := against_majority(best, metric)) and not check.learned:
+    # no rate of the grid did better than answering one label: the choice among them is a draw of noise
+    if not state.any_learned and (check := against_majority(latest[chosen], metric)):
         line += (f"; **no rate of the grid learned**: the best, {check}, does not beat the dev split's "
                  "majority class, so the choice among its rates is noise")
     if used and used != [rate_text(chosen)]:

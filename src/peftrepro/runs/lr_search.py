@@ -8,7 +8,8 @@ all datasets after tuning learning rate"). Here every (task, method) of a table 
     every LoRA cell of Tables 4, 5 and 6, as the paper uses one rate for its GPT-3 LoRA cells):
       run the ladder window around the method's start value (`peftrepro.selection`), seed 0,
       evaluating on the task's DEV split (never the evaluation set; E2E: the official validation set)
-      while the winner sits on the window's edge, run one rung further
+      while the winner sits on the window's edge, run one rung further (while no rate beats the dev
+      split's majority class, where the task has one, one rung further on both sides)
       write the winner, the grid and every dev score to <results>/learning_rates/<profile>-<model>.json
 
 Each search point is an ordinary run (`experiment=lr_search`, records under
@@ -35,6 +36,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from peftrepro import selection
 from peftrepro.errors import PeftReproError
+from peftrepro.metrics.majority import against_majority
 from peftrepro.runs import records
 
 log = logging.getLogger("peftrepro.runs.lr_search")
@@ -104,6 +106,16 @@ def point_directory(profile: str, rep: Representative, step: int, extra: Sequenc
     return plan_run(compose([*point_overrides(profile, rep, extra), f"lr_step={step}"])).directory
 
 
+def point_learned(directory: Path) -> bool | None:
+    """Whether a classification point beat its dev split's majority class (`peftrepro.metrics.majority`,
+    the rule a table cell is judged by); None for a task without one, or before the point ran."""
+    path = records.predictions_path(directory)
+    if not path.is_file():
+        return None
+    checked = against_majority(records.read_predictions(path), "dev")
+    return None if checked is None else checked.learned
+
+
 def point_score(directory: Path, metric: str) -> tuple[float | None, str | None]:
     """(dev score, record status) of one search point; (None, None) before it ran."""
     record = records.read_record(directory)
@@ -125,14 +137,23 @@ def task_metric(task: str) -> str:
     return str(TASKS[task].selection_metric)
 
 
-def search_state(task: str, directories: Mapping[int, Path]
-                 ) -> tuple[dict[int, float | None], dict[int, str | None]]:
-    """(dev scores, record statuses) of the points at `directories`, by ladder step."""
+@dataclass(frozen=True)
+class SearchState:
+    """The points of one search so far, by ladder step."""
+
+    scores: dict[int, float | None]  # dev score (None: not run yet, or failed)
+    statuses: dict[int, str | None]  # record status
+    learned: dict[int, bool]  # beat the dev split's trivial baseline (classification tasks only)
+
+
+def search_state(task: str, directories: Mapping[int, Path]) -> SearchState:
     metric = task_metric(task)
-    scores, statuses = {}, {}
+    state = SearchState({}, {}, {})
     for step, directory in directories.items():
-        scores[step], statuses[step] = point_score(directory, metric)
-    return scores, statuses
+        state.scores[step], state.statuses[step] = point_score(directory, metric)
+        if state.scores[step] is not None and (learned := point_learned(directory)) is not None:
+            state.learned[step] = learned
+    return state
 
 
 def _under_runs(directory: Path) -> str:
@@ -157,15 +178,16 @@ def search(profile: str, rep: Representative, settings: Mapping[str, Any], extra
     steps = selection.Search({}, width, max_points).initial_steps()
     for _ in range(MAX_ROUNDS):
         directories = {step: point_directory(profile, rep, step, extra) for step in steps}
-        scores, statuses = search_state(rep.task, directories)
+        points = search_state(rep.task, directories)
+        scores, statuses = points.scores, points.statuses
         if statuses and all(status == records.NOT_APPLICABLE for status in statuses.values()):
             record = records.read_record(directories[steps[0]]) or {}
             return {"lr": start, "not_applicable": (record.get("error") or {}).get("message", "")}
-        state = selection.Search(scores, width, max_points)
-        pending = state.pending()
+        pending = selection.Search(scores, width, max_points, points.learned).pending()
         if not pending:
             runs = {step: _under_runs(directories[step]) for step in scores}
-            return selection.summarise(scores, start, width, max_points, runs, metric=task_metric(rep.task),
+            return selection.summarise(scores, start, width, max_points, runs, points.learned,
+                                       metric=task_metric(rep.task),
                                        configuration=" ".join(rep.overrides) or "(the method's defaults)")
         if unread := [step for step in pending if step not in scores]:  # a resumed search may have run them
             steps = sorted({*steps, *unread})
