@@ -131,7 +131,7 @@ def test_each_table_shows_its_learning_rate_grid_dev_scores_and_choice(runs_dir,
 
 @pytest.mark.parametrize("best_correct, max_points, expected", [
     (105, 6, "3e-4: 30.0 · 1e-3: 35.0 · 3e-3: 32.0; not decided yet (3 of its rates scored, the selection has "
-             "more to run; no rate beat the dev split's majority class, so the grid grows on both sides)"),
+             "more to run; no rate beat the dev split's majority class, so the grid grows past its edges)"),
     (105, 3, "3e-4: 30.0 · **1e-3: 35.0** · 3e-3: 32.0 → 1e-3; **no rate of the grid learned**: the best, 35.0 vs "
              "majority class 40.0 (Δ -5.0 ± 2.5), does not beat the dev split's majority class, so the choice "
              "among its rates is noise"),

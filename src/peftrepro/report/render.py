@@ -358,7 +358,7 @@ def _search_line(label: str, metric: str, points: Sequence[Record], used: list[s
         failed = [step for step, score in state.scores.items() if score is None and step in step_of.values()]
         return line + ("; not decided: a point failed, and the selection waits for it to be rerun" if failed
                        else f"; not decided yet ({len(scores)} of its rates scored, the selection has more to run"
-                       + ("; no rate beat the dev split's majority class, so the grid grows on both sides)"
+                       + ("; no rate beat the dev split's majority class, so the grid grows past its edges)"
                           if not state.any_learned else ")"))
     line += f" → {rate_text(chosen)}" + (" (on the grid's edge)" if state.at_edge else "")
     # no rate of the grid did better than answering one label: the choice among them is a draw of noise
