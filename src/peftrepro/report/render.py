@@ -14,7 +14,7 @@ import pandas as pd
 
 from peftrepro import selection
 from peftrepro.report import claims
-from peftrepro.report.baselines import LEARNED_Z, against_majority, primary_metric, trivial_baselines
+from peftrepro.report.baselines import LEARNED_Z, Learning, against_majority, primary_metric, trivial_baselines
 from peftrepro.report.cells import TableResult
 from peftrepro.report.paper import to_paper_unit
 from peftrepro.report.records import (
@@ -301,6 +301,7 @@ class Replayed:
     scores: dict[float, float]
     step_of: dict[float, int]
     state: selection.Search
+    against_majority: dict[float, Learning]  # MultiNLI: each scored rate against the dev split's majority class
 
     @property
     def not_applicable(self) -> bool:
@@ -323,11 +324,12 @@ def replay_points(metric: str, points: Sequence[Record]) -> Replayed | str:
     scores = {lr: to_paper_unit(metric, float(r.metrics[metric]))
               for lr, r in latest.items() if r.status == "ok" and metric in r.metrics}
     step_of = {lr: selection.rung_of(lr) - selection.rung_of(start) for lr in latest}
-    learned = {step_of[lr]: check.learned for lr, r in latest.items()
-               if lr in scores and r.task == "mnli" and (check := against_majority(r, metric)) is not None}
+    checks = {lr: check for lr, r in latest.items()
+              if lr in scores and r.task == "mnli" and (check := against_majority(r, metric)) is not None}
     state = selection.replay({step_of[lr]: scores.get(lr) for lr in latest},
-                             int(last.get("lr_search.width") or 3), int(last.get("lr_search.max_points") or 6), learned)
-    return Replayed(last, float(start), latest, scores, step_of, state)
+                             int(last.get("lr_search.width") or 3), int(last.get("lr_search.max_points") or 6),
+                             {step_of[lr]: check.learned for lr, check in checks.items()})
+    return Replayed(last, float(start), latest, scores, step_of, state, checks)
 
 
 def _search_line(label: str, metric: str, points: Sequence[Record], used: list[str]) -> str:
@@ -362,7 +364,7 @@ def _search_line(label: str, metric: str, points: Sequence[Record], used: list[s
                           if not state.any_learned else ")"))
     line += f" → {rate_text(chosen)}" + (" (on the grid's edge)" if state.at_edge else "")
     # no rate of the grid did better than answering one label: the choice among them is a draw of noise
-    if not state.any_learned and (check := against_majority(latest[chosen], metric)):
+    if not state.any_learned and (check := replayed.against_majority.get(chosen)):
         line += (f"; **no rate of the grid learned**: the best, {check}, does not beat the dev split's "
                  "majority class, so the choice among its rates is noise")
     if used and used != [rate_text(chosen)]:
