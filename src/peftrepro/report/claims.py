@@ -94,11 +94,16 @@ class Pool:
         kept, set_apart = list(spread), set()
         while (outlier := outlying_spread([cells[i] for i in kept])) is not None:
             set_apart.add(kept.pop(outlier))
-        df = sum(cells[i].n - 1 for i in kept)
+        variance, df = pooled_variance([cells[i] for i in kept])
         if not df:
             return None
-        variance = sum((cells[i].n - 1) * cells[i].std ** 2 for i in kept) / df
         return cls(math.sqrt(variance), df, len(kept), frozenset(set_apart))
+
+
+def pooled_variance(cells: Sequence[Cell]) -> tuple[float, int]:
+    """(s_p² = Σ(n_i−1)s_i² / Σ(n_i−1), its degrees of freedom Σ(n_i−1)); (nan, 0) without any."""
+    df = sum(c.n - 1 for c in cells)
+    return (sum((c.n - 1) * c.std ** 2 for c in cells) / df if df else math.nan), df
 
 
 def outlying_spread(cells: Sequence[Cell]) -> int | None:
@@ -114,9 +119,7 @@ def outlying_spread(cells: Sequence[Cell]) -> int | None:
         return None
     p_values = []
     for j, cell in enumerate(cells):
-        others = [c for i, c in enumerate(cells) if i != j]
-        others_df = sum(c.n - 1 for c in others)
-        others_var = sum((c.n - 1) * c.std ** 2 for c in others) / others_df
+        others_var, others_df = pooled_variance([c for i, c in enumerate(cells) if i != j])
         p_values.append(float(scipy_stats.f.sf(cell.std ** 2 / others_var, cell.n - 1, others_df))
                         if others_var > 0 else 1.0)
     extreme = min(range(len(cells)), key=p_values.__getitem__)
