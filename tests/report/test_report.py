@@ -288,16 +288,34 @@ def test_the_constraints_count_the_versions_evaluated_weights_were_trained_with(
     assert "# torch: not pinned, the runs disagree: 2.13.0 (1 run), 2.12.1 (1 run)." in text
 
 
-def test_the_section7_pages_are_linked_with_their_verdicts_once_generated(tmp_path) -> None:
-    assert report.section7_text(tmp_path).splitlines() == [
-        "- Figures 3 and 4, subspace similarity of A (r=8 vs r=64, seed vs seed): not yet generated: `make figure-subspace`.",
-        "- Table 7, how ΔW_q compares to W_q (r=4 and r=64): not yet generated: `make table-amplification`."]
+def test_the_section7_pages_are_linked_with_their_verdicts_once_generated(tmp_path, runs_dir) -> None:
+    lines = report.section7_text(tmp_path, runs_dir, "mini", [0, 1]).splitlines()
+    assert lines == [
+        "- Figures 3 and 4, subspace similarity of A (r=8 vs r=64, seed vs seed): not yet generated: "
+        "`make figure-subspace`; of the 8 runs it reads (W_q,W_v at r=8 and r=64, seeds 0, 1, each task), "
+        "8 not run yet (mnli, wikisql).",
+        "- Table 7, how ΔW_q compares to W_q (r=4 and r=64): not yet generated: `make table-amplification`; "
+        "of the 8 runs it reads (W_q,W_v at r=4 and r=64, seeds 0, 1, each task), 8 not run yet (mnli, wikisql)."]
     (tmp_path / "table_amplification.md").write_text("# Table 7\n")
     verdicts = ["held", "not held", "inconclusive (held in 1 of 2)", "inconclusive (no run that learned)", "held"]
     (tmp_path / "table_amplification_statements.csv").write_text("verdict\n" + "\n".join(f'"{v}"' for v in verdicts))
-    assert report.section7_text(tmp_path).splitlines()[1] == (
+    assert report.section7_text(tmp_path, runs_dir, "mini", [0, 1]).splitlines()[1] == (
         "- Table 7, how ΔW_q compares to W_q (r=4 and r=64): [`tables/table_amplification.md`](tables/table_amplification.md); "
         "the paper's statements: 2 held, 1 not held, 2 inconclusive.")
+
+
+def test_the_section7_line_tells_runs_not_made_from_runs_made_without_their_factors(tmp_path, runs_dir, write,
+                                                                                    make_record) -> None:
+    """A run made without its factors (e.g. before runs kept them) is not a run still to make: the line says which."""
+    for task, seed, rank in [("mnli", s, r) for s in (0, 1) for r in (8, 64)] + [("wikisql", 0, 8)]:
+        path = write(make_record("table_rank", task, {"name": "lora", "ranks": {"W_q": rank, "W_v": rank}}, seed,
+                                 {"accuracy_m": 0.6}, profile="mini"))
+        if task == "wikisql":
+            (path.parent / "lora_factors.safetensors").write_bytes(b"")  # only its presence is surveyed
+    assert report.section7_text(tmp_path, runs_dir, "mini", [0, 1]).splitlines()[0].endswith(
+        "`make figure-subspace`; of the 8 runs it reads (W_q,W_v at r=8 and r=64, seeds 0, 1, each task), "
+        "3 not run yet (wikisql) and 4 kept no factors (mnli; `make lora-factors` where their adapters are, else only a "
+        "rerun makes them).")
 
 
 def test_where_counts_the_study_s_training_runs_but_not_the_latency_study(weight_type_runs, runs_dir, tmp_path, write,

@@ -2,6 +2,8 @@
 
     find_runs(runs_dir, profile, tasks, ranks, seeds)  one AdaptedRun per (task, rank, seed), or one
                                                        DataError naming every run that is missing and how to make it
+    survey(runs_dir, profile, tasks, ranks, seeds)     the runs found and the Gaps (not run yet / kept no factors),
+                                                       without raising: what the REPORT says is still missing
     pretrained_weights(runs, layers, weights)          the frozen W of those layers, from the one backbone the runs
                                                        trained (checked against its weights digest in the records)
     verdict(outcomes)                                  a statement judged over seeds: held / not held / inconclusive
@@ -32,7 +34,8 @@ WEIGHTS = ("W_q", "W_v")
 TASKS = ("wikisql", "mnli")
 MAKE_THEM = ("The Table 6 runs keep their factors (conf/experiment/table_rank.yaml: lora_factors): make them with "
              "`make table-rank PROFILE={profile} SEEDS={seeds}`. Runs made without them: `make lora-factors "
-             "PROFILE={profile}` exports them from the runs' adapters, on the machine that trained them.")
+             "PROFILE={profile}` exports them from the runs' adapters, on the machine that trained them; where "
+             "those adapters are gone, only a rerun (`force=true`) makes them.")
 
 
 @dataclass(frozen=True)
@@ -77,27 +80,54 @@ def qv_rank(record: Record) -> int | None:
     return ranks["W_q"] if set(ranks) == set(WEIGHTS) and ranks["W_q"] == ranks["W_v"] else None
 
 
+NOT_RUN, NO_FACTORS = "not run yet", "kept no factors"
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A (task, rank, seed) whose run cannot be read: not run yet, or made without its factors."""
+
+    task: str
+    rank: int
+    seed: int
+    why: str  # NOT_RUN or NO_FACTORS
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.task}, W_q,W_v r={self.rank}, seed {self.seed}: {self.detail}"
+
+
+def survey(runs_dir: Path, profile: str, tasks: Sequence[str], ranks: Sequence[int],
+           seeds: Sequence[int]) -> tuple[dict[tuple[str, int, int], Record], list[Gap]]:
+    """The finished run (the latest, where a cell has several) of every (task, rank, seed) asked for that
+    kept its factors, and a Gap for each of the others."""
+    table = [r for r in _records(runs_dir / EXPERIMENT) if r.profile == profile and r.status == "ok"]
+    latest = {(r.task, qv_rank(r), r.seed): r for r in sorted(table, key=lambda r: r.created_at)}
+    found, gaps = {}, []
+    for task, rank, seed in itertools.product(tasks, ranks, seeds):
+        record = latest.get((task, rank, seed))
+        if record is None:
+            gaps.append(Gap(task, rank, seed, NOT_RUN, f"no finished `{profile}` run under {runs_dir / EXPERIMENT}"))
+        elif not (record.original_folder / FACTORS_FILE).is_file():
+            gaps.append(Gap(task, rank, seed, NO_FACTORS,
+                            f"run {record.run_key} kept no {FACTORS_FILE} (in {record.original_folder})"))
+        else:
+            found[(task, rank, seed)] = record
+    return found, gaps
+
+
 def find_runs(runs_dir: Path, profile: str, tasks: Sequence[str], ranks: Sequence[int],
               seeds: Sequence[int]) -> dict[tuple[str, int, int], AdaptedRun]:
     """The finished run (the latest, where a cell has several) of every (task, rank, seed) asked for."""
-    table = [r for r in _records(runs_dir / EXPERIMENT) if r.profile == profile and r.status == "ok"]
-    latest = {(r.task, qv_rank(r), r.seed): r for r in sorted(table, key=lambda r: r.created_at)}
-    baselines = [r for r in _records(runs_dir / BASELINES_EXPERIMENT) if r.profile == profile]
-    runs, missing = {}, []
-    for task, rank, seed in itertools.product(tasks, ranks, seeds):
-        record = latest.get((task, rank, seed))
-        where = f"{task}, W_q,W_v r={rank}, seed {seed}"
-        if record is None:
-            missing.append(f"{where}: no finished `{profile}` run under {runs_dir / EXPERIMENT}")
-        elif not (record.original_folder / FACTORS_FILE).is_file():
-            missing.append(f"{where}: run {record.run_key} kept no {FACTORS_FILE} (in {record.original_folder})")
-        else:
-            factors = load_factors(record.original_folder / FACTORS_FILE)
-            runs[(task, rank, seed)] = AdaptedRun(record, rank, factors, _failed_fit(record, baselines))
-    if missing:
-        raise DataError(f"{len(missing)} of the {len(tasks) * len(ranks) * len(seeds)} runs this needs "
-                        "are not there:\n  " + "\n  ".join(missing) + "\n"
+    found, gaps = survey(runs_dir, profile, tasks, ranks, seeds)
+    if gaps:
+        raise DataError(f"{len(gaps)} of the {len(tasks) * len(ranks) * len(seeds)} runs this needs "
+                        "are not there:\n  " + "\n  ".join(map(str, gaps)) + "\n"
                         + MAKE_THEM.format(profile=profile, seeds=",".join(map(str, seeds))))
+    baselines = [r for r in _records(runs_dir / BASELINES_EXPERIMENT) if r.profile == profile]
+    runs = {where: AdaptedRun(record, where[1], load_factors(record.original_folder / FACTORS_FILE),
+                              _failed_fit(record, baselines))
+            for where, record in found.items()}
     backbones = {run.record.model.get("weights_sha256"): run.record.model_label for run in runs.values()}
     if len(backbones) != 1:
         raise DataError(f"the runs trained {len(backbones)} different backbones ({sorted(backbones.values())}, told "

@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from peftrepro.report import amplification, claims, plots, subspace
+from peftrepro.report import amplification, claims, factors, plots, subspace
 from peftrepro.report.cells import TableResult, build_table
 from peftrepro.report.records import (
     Record,
@@ -623,23 +623,40 @@ def table_section(result: TableResult) -> str:
     return "\n".join(parts) + "\n"
 
 
-SECTION7 = ((subspace.NAME, "figure-subspace", "Figures 3 and 4, subspace similarity of A (r=8 vs r=64, seed vs seed)"),
-            (amplification.NAME, "table-amplification", "Table 7, how ΔW_q compares to W_q (r=4 and r=64)"))
+SECTION7 = ((subspace, "figure-subspace", "Figures 3 and 4, subspace similarity of A (r=8 vs r=64, seed vs seed)"),
+            (amplification, "table-amplification", "Table 7, how ΔW_q compares to W_q (r=4 and r=64)"))
 
 
-def section7_text(tables_dir: Path) -> str:
-    """The §7 pages with their verdicts where generated, else the command that generates them."""
+def section7_text(tables_dir: Path, runs_dir: Path, profile: str, seeds: Sequence[int]) -> str:
+    """The §7 pages with their verdicts where generated, else the command that generates them and what
+    it still lacks."""
     lines = []
-    for name, target, what in SECTION7:
-        statements = tables_dir / f"{name}_statements.csv"
+    for module, target, what in SECTION7:
+        name, statements = module.NAME, tables_dir / f"{module.NAME}_statements.csv"
         if not (tables_dir / f"{name}.md").is_file() or not statements.is_file():
-            lines.append(f"- {what}: not yet generated: `make {target}`.")
+            lines.append(f"- {what}: not yet generated: `make {target}`{section7_gaps(module, runs_dir, profile, seeds)}.")
             continue
         verdicts = Counter(next(v for v in (claims.HELD, claims.NOT_HELD, claims.INCONCLUSIVE) if verdict.startswith(v))
                            for verdict in pd.read_csv(statements)["verdict"])
         counted_verdicts = ", ".join(f"{verdicts[v]} {v}" for v in (claims.HELD, claims.NOT_HELD, claims.INCONCLUSIVE))
         lines.append(f"- {what}: [`tables/{name}.md`](tables/{name}.md); the paper's statements: {counted_verdicts}.")
     return "\n".join(lines)
+
+
+def section7_gaps(module: Any, runs_dir: Path, profile: str, seeds: Sequence[int]) -> str:
+    """What the analysis would still lack: its runs not made yet, and those made without their factors."""
+    ranks, asked = module.PAPER_RANKS, len(factors.TASKS) * len(module.PAPER_RANKS) * len(seeds)
+    _, gaps = factors.survey(runs_dir, profile, factors.TASKS, ranks, seeds)
+    if not gaps:
+        return ""
+    parts = []
+    for why, remedy in ((factors.NOT_RUN, ""), (factors.NO_FACTORS, "; `make lora-factors` where their adapters are, "
+                                                                    "else only a rerun makes them")):
+        mine = [gap for gap in gaps if gap.why == why]
+        if mine:
+            parts.append(f"{len(mine)} {why} ({', '.join(sorted({gap.task for gap in mine}))}{remedy})")
+    return (f"; of the {asked} runs it reads (W_q,W_v at r={ranks[0]} and r={ranks[1]}, seeds "
+            f"{', '.join(map(str, seeds))}, each task), {' and '.join(parts)}")
 
 
 def params_text(tables_dir: Path) -> str:
@@ -756,7 +773,8 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
         where=where_text(study), commands=commands_text(profile, seeds, results),
         models=models_text(study), data_lines=data_text(records), schedule=schedule_text(records),
         decoding=decoding_text(records), scale=scale_text(records), lr_protocol=lr_protocol_text(records),
-        sections="".join(table_section(r) for r in results.values()), section7=section7_text(tables),
+        sections="".join(table_section(r) for r in results.values()),
+        section7=section7_text(tables, runs, profile, seeds or every[factors.EXPERIMENT].seeds),
         speed="\n".join([params_text(tables), latency_text(tables, runs), bench_text(bench)]),
     )
 
