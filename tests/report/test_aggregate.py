@@ -123,6 +123,28 @@ def test_a_run_key_shared_by_two_experiments_is_a_cell_in_both(runs_dir, write, 
     assert rank.superseded == methods.superseded == 0
 
 
+@pytest.mark.parametrize("rerun", [False, True])
+def test_a_copy_made_before_its_original_was_rerun_is_left_out_and_named(runs_dir, write, make_record, rerun):
+    """A copy carries its original's created_at; once the original is rerun (force=true) the copy's numbers
+    are the earlier run's while the predictions it reads are the new run's, so no cell may use it."""
+    lora_r1 = {"name": "lora", "weights": ["W_q", "W_v"], "r": 1, "ranks": None, "alpha": 32}
+    original = make_record("table_methods", "mnli", lora_r1, 0, {"accuracy_m": 0.54}, key="lora-r1")
+    copy = {**make_record("table_rank", "mnli", lora_r1, 0, {"accuracy_m": 0.54}, key="lora-r1"),
+            "reused_from": {"experiment": "table_methods", "run_key": "lora-r1"}}
+    write(copy)
+    write(make_record("table_methods", "mnli", lora_r1, 0, {"accuracy_m": 0.61}, key="lora-r1", minutes=5)
+          if rerun else original)
+    rank = build_table(TABLES["table_rank"], runs_dir)
+    if not rerun:
+        assert rank.stats("mnli|W_q,W_v", "r=1")["mean"] == pytest.approx(54.0) and not rank.problems
+        return
+    assert rank.stats("mnli|W_q,W_v", "r=1")["n"] == 0
+    assert [problem.reason for problem in rank.problems] == [
+        "a copy of table_methods/lora-r1 made before that run was rerun: left out, its numbers are the earlier "
+        "run's; the next sweep of table_rank copies it again"]
+    assert build_table(TABLES["table_methods"], runs_dir).stats("lora_r1", "mnli")["mean"] == pytest.approx(61.0)
+
+
 def test_same_cell_and_seed_under_a_new_run_key_replaces_the_old_run(runs_dir, write, rank_record):
     # e.g. the profile changed between two sweeps: new run keys, same cells and seeds
     write(rank_record(0, 0.1, key="old-config", minutes=0))

@@ -54,6 +54,18 @@ def test_an_equivalent_finished_run_is_copied_not_retrained(smoke, tmp_path: Pat
     assert run_one(smoke(*TABLE6_WQ)) == reused  # now its own finished record: skipped
 
 
+def test_a_copy_is_made_again_once_its_original_is_rerun(smoke) -> None:
+    original = run_one(smoke(*TABLE5_WQ))
+    run_one(smoke(*TABLE6_WQ))
+    time.sleep(1.1)  # created_at counts seconds: the rerun must be told from the first run
+    rerun = run_one(smoke(*TABLE5_WQ, "force=true"))
+    assert rerun["created_at"] != original["created_at"] and "reused_from" not in rerun
+    refreshed = run_one(smoke(*TABLE6_WQ))
+    assert refreshed["reused_from"]["run_key"] == rerun["run_key"]
+    assert refreshed["created_at"] == rerun["created_at"] and refreshed["metrics"] == rerun["metrics"]
+    assert run_one(smoke(*TABLE6_WQ)) == refreshed  # current again: skipped
+
+
 @pytest.mark.parametrize("switch", ["reuse_equivalent_runs=false", "force=true"])
 def test_reuse_can_be_turned_off(smoke, switch: str) -> None:
     run_one(smoke(*TABLE5_WQ))

@@ -318,7 +318,27 @@ def load_records(runs_dir: Path) -> tuple[list[Record], list[Problem], Counter[s
         except (OSError, ValueError, TypeError) as error:  # JSONDecodeError is a ValueError
             problems.append(Problem(path, f"unreadable record, skipped: {error}"))
     latest = latest_per_run_key(records)
-    return latest, problems, Counter(r.experiment for r in records) - Counter(r.experiment for r in latest)
+    superseded = Counter(r.experiment for r in records) - Counter(r.experiment for r in latest)
+    stale = stale_copies(latest)
+    problems += [Problem(path, f"a copy of {source} made before that run was rerun: left out, its numbers are the "
+                               f"earlier run's; the next sweep of {path.parts[-3]} copies it again")
+                 for path, source in stale.items()]
+    return [r for r in latest if r.path not in stale], problems, superseded
+
+
+def stale_copies(records: Sequence[Record]) -> dict[Path, str]:
+    """The copies (peftrepro.runs.reuse) among `records` whose original, also among them, was rerun since
+    they were made (a copy carries its original's created_at): record path -> the original's experiment/run key.
+    Such a copy's numbers are the earlier run's, while the predictions it reads from the original's
+    folder are the new run's: it would mix two runs."""
+    made = {(r.experiment, r.run_key): r.created_at for r in records}
+    stale = {}
+    for record in records:
+        source = record.raw.get("reused_from") or {}
+        where = (source.get("experiment"), source.get("run_key"))
+        if where in made and made[where] != record.created_at:
+            stale[record.path] = "/".join(map(str, where))
+    return stale
 
 
 def latest_per_run_key(records: Sequence[Record]) -> list[Record]:

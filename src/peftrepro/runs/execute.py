@@ -3,6 +3,7 @@
     check    resolve the config, validate every name and number, build the task (cheap; a bad input
              raises ConfigError/DataError here and NOTHING is written)
     skip     results/runs/<experiment>/<run_key>/record.json says ok and force=false -> return it
+             (a copy whose original was rerun since is copied again: reuse.stale_copy)
              (says "unscored", from a run with `scoring: later|auto`: score its saved predictions, no
              training; peftrepro.runs.scoring)
     reuse    an equivalent finished run of another experiment -> copy its record; one that trained
@@ -94,8 +95,13 @@ def _claimed_run(plan: RunPlan, jobs_at_once: int = 1, job: int | None = None) -
     if force or finished:  # a forced run starts afresh; a finished one needs no saved training state
         resume.discard(plan.directory)
     if not force and finished:
-        log.info("skip %s: finished record at %s (force=true reruns it)", plan.key, plan.directory)
-        return records.read_record(plan.directory) or {}
+        record = records.read_record(plan.directory) or {}
+        original = reuse.stale_copy(plan, record)
+        if original is None:
+            log.info("skip %s: finished record at %s (force=true reruns it)", plan.key, plan.directory)
+            return record
+        log.info("refresh %s: its original %s was rerun since it was copied", plan.key, original)
+        return reuse.copy_equivalent(original, plan)
     if not force and records.status_of(plan.directory) == records.UNSCORED:
         return _score_unscored(plan)
     if problem := records.record_problem(plan.directory):

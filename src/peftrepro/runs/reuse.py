@@ -7,7 +7,9 @@ agree once each method is in its canonical form (`MethodConfig.canonical`). When
 record of its own but an equivalent "ok" run exists in another experiment, that run's folder is
 copied into this experiment's folder, its record naming the original under `reused_from`: every
 table still reads its own folder's records, and the copy says where its numbers came from. Its
-per-example predictions are read from the original's folder, not kept twice.
+per-example predictions are read from the original's folder, not kept twice. When the original is
+rerun (force=true), the copy's next sweep copies it again (`stale_copy`); until then the report
+leaves the stale copy out and says so.
 
 A run can also share only its training with another: the learning-rate selection's chosen point
 (seed 0, evaluated on the dev split) trains exactly as the table's seed-0 run of the same
@@ -179,6 +181,25 @@ def provenance(trained: Trained) -> dict[str, Any]:
             "threads": theirs.get("threads"),
             "train_s": (theirs.get("timings") or {}).get("train_s"), "throughput": theirs.get("throughput"),
             "memory": {key: memory.get(key) for key in ("device", "train_peak_bytes", "train_kind")}}
+
+
+def stale_copy(plan: RunPlan, record: Mapping[str, Any]) -> Path | None:
+    """The original's folder when `record`, the finished record of `plan`, is a copy that no longer
+    stands for its original: the original was rerun since (force=true), so the copy's numbers are the
+    earlier run's while the predictions and factors it reads from the original's folder are the new
+    run's. None for a run of its own, a current copy, or one whose original is gone, not "ok" or no
+    longer equivalent (the copy then keeps what it was made from)."""
+    source = record.get("reused_from") or {}
+    if not source.get("experiment") or not source.get("run_key"):
+        return None
+    folder = records.run_folder(plan.directory.parent.parent, str(source["experiment"]), str(source["run_key"]))
+    original = records.read_record(folder)
+    if not original or original.get("status") != "ok" or original.get("created_at") == record.get("created_at"):
+        return None
+    try:
+        return folder if equivalence_key(original["config"]) == equivalence_key(plan.config) else None
+    except (ConfigError, KeyError, TypeError):
+        return None
 
 
 def copy_equivalent(source: Path, plan: RunPlan) -> dict[str, Any]:
