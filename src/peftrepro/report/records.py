@@ -334,7 +334,9 @@ def stale_copies(records: Sequence[Record]) -> dict[Path, str]:
     made = {(r.experiment, r.run_key): r.created_at for r in records}
     stale = {}
     for record in records:
-        source = record.raw.get("reused_from") or {}
+        source = record.raw.get("reused_from")
+        if not isinstance(source, Mapping):
+            continue  # a run of its own (or a copy's note the report cannot follow)
         where = (source.get("experiment"), source.get("run_key"))
         if where in made and made[where] != record.created_at:
             stale[record.path] = "/".join(map(str, where))
