@@ -3,9 +3,9 @@
     check    resolve the config, validate every name and number, build the task (cheap; a bad input
              raises ConfigError/DataError here and NOTHING is written)
     skip     results/runs/<experiment>/<run_key>/record.json says ok and force=false -> return it
-             (a copy whose original was rerun since is copied again: reuse.stale_copy)
              (says "unscored", from a run with `scoring: later|auto`: score its saved predictions, no
-             training; peftrepro.runs.scoring)
+             training; peftrepro.runs.scoring; a copy whose original was rerun since: copy it again,
+             reuse.stale_copy)
     reuse    an equivalent finished run of another experiment -> copy its record; one that trained
              the same way but was evaluated on something else, weights kept -> load those weights
              and only evaluate (peftrepro.runs.reuse; reuse_equivalent_runs=false turns both off)

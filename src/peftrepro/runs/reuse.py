@@ -189,8 +189,8 @@ def stale_copy(plan: RunPlan, record: Mapping[str, Any]) -> Path | None:
     earlier run's while the predictions and factors it reads from the original's folder are the new
     run's. None for a run of its own, a current copy, or one whose original is gone, not "ok" or no
     longer equivalent (the copy then keeps what it was made from)."""
-    source = record.get("reused_from") or {}
-    if not source.get("experiment") or not source.get("run_key"):
+    source = record.get("reused_from")
+    if not isinstance(source, Mapping) or not source.get("experiment") or not source.get("run_key"):
         return None
     folder = records.run_folder(plan.directory.parent.parent, str(source["experiment"]), str(source["run_key"]))
     original = records.read_record(folder)
