@@ -139,9 +139,11 @@ def test_a_copy_made_before_its_original_was_rerun_is_left_out_and_named(runs_di
         assert rank.stats("mnli|W_q,W_v", "r=1")["mean"] == pytest.approx(54.0) and not rank.problems
         return
     assert rank.stats("mnli|W_q,W_v", "r=1")["n"] == 0
-    assert [problem.reason for problem in rank.problems] == [
-        "a copy of table_methods/lora-r1 made before that run was rerun: left out, its numbers are the earlier "
-        "run's; the next sweep of table_rank copies it again"]
+    assert [(problem.kind, problem.reason) for problem in rank.problems] == [(
+        "stale copy", "a copy of table_methods/lora-r1 made before that run was rerun: left out, its numbers are the "
+        "earlier run's; the next sweep of table_rank copies it again")]
+    assert f"- STALE COPY {runs_dir / 'table_rank' / 'lora-r1' / 'record.json'}: a copy of" in \
+        aggregate.render_markdown(rank, [])
     assert build_table(TABLES["table_methods"], runs_dir).stats("lora_r1", "mnli")["mean"] == pytest.approx(61.0)
 
 

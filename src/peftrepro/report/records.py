@@ -285,8 +285,11 @@ def _rows_of_file(path: Path, mtime_ns: int, size: int) -> list[dict[str, Any]] 
 
 @dataclass(frozen=True)
 class Problem:
+    """A record the tables leave out, and why."""
+
     path: Path
     reason: str
+    kind: str = "unreadable"  # or "stale copy" (stale_copies)
 
 
 def parse_record(path: Path, data: Any) -> Record:
@@ -321,7 +324,7 @@ def load_records(runs_dir: Path) -> tuple[list[Record], list[Problem], Counter[s
     superseded = Counter(r.experiment for r in records) - Counter(r.experiment for r in latest)
     stale = stale_copies(latest)
     problems += [Problem(path, f"a copy of {source} made before that run was rerun: left out, its numbers are the "
-                               f"earlier run's; the next sweep of {path.parts[-3]} copies it again")
+                               f"earlier run's; the next sweep of {path.parts[-3]} copies it again", "stale copy")
                  for path, source in stale.items()]
     return [r for r in latest if r.path not in stale], problems, superseded
 

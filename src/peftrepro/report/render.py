@@ -181,7 +181,7 @@ def incomplete_lines(result: TableResult) -> list[str]:
         lines.append(f"- NOT PLACED {record.path}: task {record.task}, method {dict(record.method)} "
                      "matches no cell of this table (changed experiment file?)")
     for problem in result.problems:
-        lines.append(f"- UNREADABLE {problem.path}: {problem.reason}")
+        lines.append(f"- {problem.kind.upper()} {problem.path}: {problem.reason}")
     return lines
 
 
