@@ -24,6 +24,8 @@ from peftrepro.runs.records import (
     NOT_APPLICABLE,
     RECORD_FILE,
     UNSCORED,
+    copied_from,
+    is_stale_copy,
     predictions_path,
     read_predictions,
     run_folder,
@@ -203,10 +205,8 @@ class Record:
     def original_folder(self) -> Path:
         """The folder of the run that made this record's files: its own, or for a reused run (which
         keeps neither predictions nor weights, `reuse.NOT_COPIED`) the original's."""
-        original = self.raw.get("reused_from") or {}
-        if not original.get("experiment") or not original.get("run_key"):
-            return self.path.parent
-        return run_folder(self.path.parents[2], original["experiment"], original["run_key"])
+        source = copied_from(self.raw)
+        return self.path.parent if source is None else run_folder(self.path.parents[2], *source)
 
     def prediction_rows(self) -> list[dict[str, Any]] | None:
         """The saved prediction rows (None where missing or unreadable); read once per file."""
@@ -331,19 +331,10 @@ def load_records(runs_dir: Path) -> tuple[list[Record], list[Problem], Counter[s
 
 def stale_copies(records: Sequence[Record]) -> dict[Path, str]:
     """The copies (peftrepro.runs.reuse) among `records` whose original, also among them, was rerun since
-    they were made (a copy carries its original's created_at): record path -> the original's experiment/run key.
-    Such a copy's numbers are the earlier run's, while the predictions it reads from the original's
-    folder are the new run's: it would mix two runs."""
-    made = {(r.experiment, r.run_key): r.created_at for r in records}
-    stale = {}
-    for record in records:
-        source = record.raw.get("reused_from")
-        if not isinstance(source, Mapping):
-            continue  # a run of its own (or a copy's note the report cannot follow)
-        where = (source.get("experiment"), source.get("run_key"))
-        if where in made and made[where] != record.created_at:
-            stale[record.path] = "/".join(map(str, where))
-    return stale
+    they were made (is_stale_copy): record path -> the original's experiment/run key."""
+    by_key = {(r.experiment, r.run_key): r.raw for r in records}
+    return {record.path: "/".join(source) for record in records
+            if (source := copied_from(record.raw)) in by_key and is_stale_copy(record.raw, by_key[source])}
 
 
 def latest_per_run_key(records: Sequence[Record]) -> list[Record]:

@@ -113,6 +113,21 @@ def run_folder(runs_root: Path, experiment: str, key: str) -> Path:
     return runs_root / _slug(experiment) / key
 
 
+def copied_from(record: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(experiment, run key) of the run a copy (peftrepro.runs.reuse) was made from; None for a run of its own."""
+    source = record.get("reused_from")
+    if isinstance(source, Mapping) and source.get("experiment") and source.get("run_key"):
+        return str(source["experiment"]), str(source["run_key"])
+    return None
+
+
+def is_stale_copy(copy: Mapping[str, Any], original: Mapping[str, Any]) -> bool:
+    """Whether a copy no longer stands for its original's record. A copy carries its original's
+    created_at, so the two differ once the original is rerun (force=true): the copy's numbers are then
+    the earlier run's, while the predictions and factors it reads from the original's folder are the new run's."""
+    return copy.get("created_at") != original.get("created_at")
+
+
 def record_problem(directory: Path) -> str | None:
     """Why the record in `directory` cannot be read, when there is a file that cannot; else None."""
     path = directory / RECORD_FILE

@@ -185,16 +185,14 @@ def provenance(trained: Trained) -> dict[str, Any]:
 
 def stale_copy(plan: RunPlan, record: Mapping[str, Any]) -> Path | None:
     """The original's folder when `record`, the finished record of `plan`, is a copy that no longer
-    stands for its original: the original was rerun since (force=true), so the copy's numbers are the
-    earlier run's while the predictions and factors it reads from the original's folder are the new
-    run's. None for a run of its own, a current copy, or one whose original is gone, not "ok" or no
-    longer equivalent (the copy then keeps what it was made from)."""
-    source = record.get("reused_from")
-    if not isinstance(source, Mapping) or not source.get("experiment") or not source.get("run_key"):
+    stands for its original (records.is_stale_copy). None for a run of its own, a current copy, or one
+    whose original is gone, not "ok" or no longer equivalent (the copy then keeps what it was made from)."""
+    source = records.copied_from(record)
+    if source is None:
         return None
-    folder = records.run_folder(plan.directory.parent.parent, str(source["experiment"]), str(source["run_key"]))
+    folder = records.run_folder(plan.directory.parent.parent, *source)
     original = records.read_record(folder)
-    if not original or original.get("status") != "ok" or original.get("created_at") == record.get("created_at"):
+    if not original or original.get("status") != "ok" or not records.is_stale_copy(record, original):
         return None
     try:
         return folder if equivalence_key(original["config"]) == equivalence_key(plan.config) else None
