@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from peftrepro.report import factors
 from peftrepro.report import page as report
 from peftrepro.report.cells import build_table
 from peftrepro.report.records import rate_text, rates_text
@@ -316,6 +317,33 @@ def test_the_section7_line_tells_runs_not_made_from_runs_made_without_their_fact
         "`make figure-subspace`; of the 8 runs it reads (W_q,W_v at r=8 and r=64, seeds 0, 1, each task), "
         "3 not run yet (wikisql) and 4 kept no factors (mnli; `make lora-factors` where their adapters are, else only a "
         "rerun makes them).")
+
+
+@pytest.mark.parametrize("rerun", [False, True])
+def test_the_section7_analyses_do_not_read_a_copy_whose_original_was_rerun(tmp_path, runs_dir, write, make_record,
+                                                                            rerun) -> None:
+    """A Table 6 copy reads its factors from its original's folder; once the original is rerun (force=true)
+    those factors are the new run's while the copy's record is the old one's, so the pair is not read."""
+    for seed in (0, 1):
+        for rank in (8, 64):
+            lora = {"name": "lora", "ranks": {"W_q": rank, "W_v": rank}}
+            original = make_record("table_methods" if rank == 8 else "table_rank", "mnli", lora, seed,
+                                   {"accuracy_m": 0.6}, profile="mini", key=f"r{rank}-s{seed}")
+            (write(original).parent / "lora_factors.safetensors").write_bytes(b"")
+            if rank == 8:
+                write({**original, "experiment": "table_rank",
+                       "reused_from": {"experiment": "table_methods", "run_key": original["run_key"]}})
+                if rerun and seed == 1:
+                    write({**original, "created_at": "2030-01-01T00:00:00+00:00"})
+    found, gaps = factors.survey(runs_dir, "mini", ["mnli"], [8, 64], [0, 1])
+    assert sorted(found) == ([("mnli", 8, 0), ("mnli", 64, 0), ("mnli", 64, 1)] if rerun else
+                             [("mnli", 8, 0), ("mnli", 8, 1), ("mnli", 64, 0), ("mnli", 64, 1)])
+    assert [(gap.why, gap.seed, gap.detail) for gap in gaps] == ([(
+        factors.STALE_COPY, 1, "run r8-s1 is a copy of table_methods/r8-s1, which was rerun since; the next Table 6 "
+                               "sweep copies it again")] if rerun else [])
+    if rerun:
+        assert report.section7_text(tmp_path, runs_dir, "mini", [0, 1]).splitlines()[0].endswith(
+            "4 not run yet (wikisql) and 1 copied before a rerun (mnli; the next `make table-rank` copies them again).")
 
 
 def test_where_counts_the_study_s_training_runs_but_not_the_latency_study(weight_type_runs, runs_dir, tmp_path, write,

@@ -2,15 +2,17 @@
 
     find_runs(runs_dir, profile, tasks, ranks, seeds)  one AdaptedRun per (task, rank, seed), or one
                                                        DataError naming every run that is missing and how to make it
-    survey(runs_dir, profile, tasks, ranks, seeds)     the runs found and the Gaps (not run yet / kept no factors),
-                                                       without raising: what the REPORT says is still missing
+    survey(runs_dir, profile, tasks, ranks, seeds)     the runs found and the Gaps (not run yet / kept no factors /
+                                                       stale copy), without raising: what the REPORT says is still missing
     pretrained_weights(runs, layers, weights)          the frozen W of those layers, from the one backbone the runs
                                                        trained (checked against its weights digest in the records)
     verdict(outcomes)                                  a statement judged over seeds: held / not held / inconclusive
 
 A run's factors are its `lora_factors.safetensors` (peftrepro.methods.factors) or, for a run that
-reused another table's (peftrepro.runs.reuse), the original's. A run that did not learn (it does not
-beat its task's trivial baseline) or barely lowered its training loss is shown but judges nothing.
+reused another table's (peftrepro.runs.reuse), the original's; a copy whose original was rerun since
+(a stale copy) is not read, as its record and the factors in the original's folder are two runs'. A run
+that did not learn (it does not beat its task's trivial baseline) or barely lowered its training loss is
+shown but judges nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from peftrepro.methods.factors import FACTORS_FILE, FactorsFile, load_factors, r
 from peftrepro.report.baselines import learning_check
 from peftrepro.report.claims import HELD, INCONCLUSIVE, NOT_HELD
 from peftrepro.report.records import BASELINES_EXPERIMENT, Record, load_records, parse_seeds
+from peftrepro.runs.records import copied_from, is_stale_copy, read_record
 
 EXPERIMENT = "table_rank"  # Table 6: LoRA at r in {1, 2, 4, 8, 64}, the W_q,W_v row among others
 WEIGHTS = ("W_q", "W_v")
@@ -80,17 +83,18 @@ def qv_rank(record: Record) -> int | None:
     return ranks["W_q"] if set(ranks) == set(WEIGHTS) and ranks["W_q"] == ranks["W_v"] else None
 
 
-NOT_RUN, NO_FACTORS = "not run yet", "kept no factors"
+NOT_RUN, NO_FACTORS, STALE_COPY = "not run yet", "kept no factors", "copied before a rerun"
 
 
 @dataclass(frozen=True)
 class Gap:
-    """A (task, rank, seed) whose run cannot be read: not run yet, or made without its factors."""
+    """A (task, rank, seed) whose run cannot be read: not run yet, made without its factors, or a copy of a run
+    that was rerun since."""
 
     task: str
     rank: int
     seed: int
-    why: str  # NOT_RUN or NO_FACTORS
+    why: str  # NOT_RUN, NO_FACTORS or STALE_COPY
     detail: str
 
     def __str__(self) -> str:
@@ -108,6 +112,9 @@ def survey(runs_dir: Path, profile: str, tasks: Sequence[str], ranks: Sequence[i
         record = latest.get((task, rank, seed))
         if record is None:
             gaps.append(Gap(task, rank, seed, NOT_RUN, f"no finished `{profile}` run under {runs_dir / EXPERIMENT}"))
+        elif (source := copied_from(record.raw)) and _is_stale(record):
+            gaps.append(Gap(task, rank, seed, STALE_COPY, f"run {record.run_key} is a copy of {'/'.join(source)}, "
+                                                          "which was rerun since; the next Table 6 sweep copies it again"))
         elif not (record.original_folder / FACTORS_FILE).is_file():
             gaps.append(Gap(task, rank, seed, NO_FACTORS,
                             f"run {record.run_key} kept no {FACTORS_FILE} (in {record.original_folder})"))
@@ -175,6 +182,12 @@ def runs_table(runs: Mapping[tuple[str, int, int], AdaptedRun]) -> list[str]:
 def layer_label(layer: int, n_layers: int) -> str:
     """1-based, as the paper counts ("48th of 96"): block 14 of SmolLM2 is "15 of 30"."""
     return f"{layer + 1} of {n_layers}"
+
+
+def _is_stale(copy: Record) -> bool:
+    """Whether a copy's original was rerun since the copy was made."""
+    original = read_record(copy.original_folder)
+    return original is not None and is_stale_copy(copy.raw, original)
 
 
 def _records(folder: Path) -> list[Record]:

@@ -644,19 +644,21 @@ def section7_text(tables_dir: Path, runs_dir: Path, profile: str, seeds: Sequenc
 
 
 def section7_gaps(module: Any, runs_dir: Path, profile: str, seeds: Sequence[int]) -> str:
-    """What the analysis would still lack: its runs not made yet, and those made without their factors."""
+    """What the analysis would still lack: its runs not made yet, those made without their factors, and copies
+    whose originals were rerun since."""
     ranks, asked = module.PAPER_RANKS, len(factors.TASKS) * len(module.PAPER_RANKS) * len(seeds)
     _, gaps = factors.survey(runs_dir, profile, factors.TASKS, ranks, seeds)
     if not gaps:
         return ""
     parts = []
-    for why, remedy in ((factors.NOT_RUN, ""), (factors.NO_FACTORS, "; `make lora-factors` where their adapters are, "
-                                                                    "else only a rerun makes them")):
+    for why, remedy in ((factors.NOT_RUN, ""),
+                        (factors.NO_FACTORS, "; `make lora-factors` where their adapters are, else only a rerun makes them"),
+                        (factors.STALE_COPY, "; the next `make table-rank` copies them again")):
         mine = [gap for gap in gaps if gap.why == why]
         if mine:
             parts.append(f"{len(mine)} {why} ({', '.join(sorted({gap.task for gap in mine}))}{remedy})")
     return (f"; of the {asked} runs it reads (W_q,W_v at r={ranks[0]} and r={ranks[1]}, seeds "
-            f"{', '.join(map(str, seeds))}, each task), {' and '.join(parts)}")
+            f"{', '.join(map(str, seeds))}, each task), {', '.join(parts[:-1])}{' and ' if parts[1:] else ''}{parts[-1]}")
 
 
 def params_text(tables_dir: Path) -> str:
