@@ -269,7 +269,8 @@ def test_the_constraints_pin_the_versions_the_runs_agree_on(runs_dir, write, mak
         record["env"].update(packages=versions, python="3.11.7")
         write(record)
     copy = make_record("table_rank", "mnli", WQ, 0, {"accuracy_m": 0.5}, profile="mini", key="copied")
-    copy.update(reused_from="elsewhere", env={"packages": {"peft": "0.1.0"}})  # a copy ran where its original did
+    # a copy ran where its original did
+    copy.update(reused_from={"experiment": "table_methods", "run_key": "elsewhere"}, env={"packages": {"peft": "0.1.0"}})
     write(copy)
     text = report.constraints("mini", runs_dir, Path("results/constraints.txt"))
     pins = [line for line in text.splitlines() if not line.startswith("#")]

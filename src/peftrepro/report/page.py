@@ -42,7 +42,7 @@ from peftrepro.report.records import (
 )
 from peftrepro.report.render import baseline_lines, dev_splits_text, layout, lr_lines, selection_points_left
 from peftrepro.report.specs import TABLES
-from peftrepro.runs.records import atomic_write_text
+from peftrepro.runs.records import atomic_write_text, copied_from
 from peftrepro.tasks import TASKS
 
 MAKE_TARGETS = {"table_weight_type": "table-weight-type", "table_rank": "table-rank",
@@ -108,7 +108,8 @@ def parallel_text(records: Sequence[Record]) -> str:
 
 
 def is_reused(record: Record) -> bool:
-    return bool(record.raw.get("reused_from"))
+    """A copy of another table's run (peftrepro.runs.reuse), which the study's counts of runs and time leave out."""
+    return copied_from(record.raw) is not None
 
 
 def fillable_cells(result: TableResult) -> pd.DataFrame:
