@@ -365,10 +365,10 @@ def pending_text(every: Mapping[str, TableResult], records: Sequence[Record]) ->
     # point trains as a table run does (its dev split is about the evaluation set's size), so it counts
     points_run = {r.run_key: r for result in every.values() for r in result.lr_search}
     own = [r for r in [*records, *points_run.values()] if not is_reused(r) and not r.trained_in and r.status == "ok"]
-    lines = ["Every cell of the tables above has every expected seed."]
+    lead, lines = "Every cell of the tables above has every expected seed.", []
     if pairs:
-        lines = ["A cell \"—\" has no finished run yet; each table's page lists every such cell.",
-                 f"**{plural(pairs, '(cell, seed) pair')} {'is' if pairs == 1 else 'are'} still empty**, which "
+        lead = "A cell \"—\" has no finished run yet; each table's page lists every such cell."
+        lines = [f"**{plural(pairs, '(cell, seed) pair')} {'is' if pairs == 1 else 'are'} still empty**, which "
                  f"{plural(sum(todo.values()), 'run')} would fill ({runs_split(todo)}). Table 6 takes its three "
                  "settings shared with Table 5 from Table 5's runs, and Table 4 its LoRA rows from Table 6's, by "
                  "copy, so some of these need no run of their own."]
@@ -389,7 +389,7 @@ def pending_text(every: Mapping[str, TableResult], records: Sequence[Record]) ->
                  "task's zero-shot baseline is run once (`make baselines`). A seed-0 table run trains as its "
                  "method's chosen selection point did, so where that point kept its weights the run only "
                  "evaluates them (`trained_in`), in minutes: the estimate above counts it as a whole run.")
-    return " ".join(lines)
+    return f"{lead} What is left:\n\n" + "\n".join(f"- {line}" for line in lines)
 
 
 def runs_split(todo: Mapping[str, int], table_runs: bool = True) -> str:
