@@ -218,7 +218,9 @@ def test_choices_are_read_per_method_and_name_the_methods_where_values_differ(ru
     prefix = make_record("table_methods", "mnli", {"name": "prefix_layer", "prefix_length": 8, "infix_length": 8,
                                                    "init": "real_tokens"}, 0, {"accuracy_m": 40})
     prefix["config"]["train"]["lr"] = 0.1
-    write(lora), write(prefix)
+    bitfit = make_record("table_methods", "mnli", {"name": "bitfit"}, 0, status="not_applicable")  # trained nothing
+    bitfit["config"]["train"]["lr"] = 0.003
+    write(lora), write(prefix), write(bitfit)
     lines = aggregate.choice_lines(build_table(TABLES["table_methods"], runs_dir))
     assert "- learning rate (`train.lr`): 2e-4 (lora), 1e-1 (prefix_layer)" in lines
     assert any(line.startswith("- epochs (`train.epochs`): 2") for line in lines)  # one value: no method list

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -99,6 +100,16 @@ def test_a_claim_knows_a_cell_still_waiting_for_runs_beyond_the_comparisons_it_q
     assert "has no result" not in claim.evidence and "has one seed" not in claim.evidence
 
 
+@pytest.mark.parametrize(("others", "shown", "which"), [
+    ([50.5, 51.0, 50.0, 49.5], [51.0, 50.5, 50.0], "the furthest from holding"),  # every one inconclusive
+    ([70.0, 60.0, 80.0, 40.0], [80.0, 70.0, 60.0], "the clearest that fail")])  # 40.0 holds: not deciding
+def test_a_claim_quotes_the_comparisons_that_weigh_most(others, shown, which):
+    """Beyond MAX_SHOWN comparisons, a claim quotes those furthest from holding, not the first in list order."""
+    claim = combine("claim", "§0", [matches_or_beats(cell(50.0, std=2.0), cell(mean, std=2.0)) for mean in others])
+    assert [float(mean) for mean in re.findall(r" vs x ([\d.]+)", claim.evidence)] == shown
+    assert claim.evidence.endswith(f"(shown: 3 of 4 comparisons, {which})")
+
+
 def test_the_printed_degrees_of_freedom_give_the_printed_interval():
     """With an evaluation-set term the df are fractional (Welch–Satterthwaite): printed as used."""
     difference = Difference(delta=2.0, seed_se=1.0, seed_df=2, eval_se=0.6)
@@ -173,10 +184,15 @@ def test_a_cell_is_set_apart_by_its_place_not_its_label():
 
 
 def test_a_cell_that_did_not_learn_is_left_out_of_the_pool_and_judges_nothing():
-    good, failed = cell(60.0, std=1.0, n=2), replace(cell(35.0, std=9.0, n=2), did_not_learn="seed 0: 35.0 vs 36.0")
+    good, failed = cell(60.0, std=1.0, n=2), replace(cell(35.0, std=9.0, n=2), did_not_learn=("seed 0: 35.0 vs 36.0",))
     assert Pool.of([good, failed]).df == 1
     comparison = matches_or_beats(good, failed)
-    assert comparison.verdict == INCONCLUSIVE and "did not learn" in comparison.evidence
+    assert comparison.verdict == INCONCLUSIVE
+    assert ("x did not learn in 1 of its 2 seeds (seed 0: 35.0 vs 36.0), so its mean over seeds says nothing of the "
+            "method") in comparison.evidence
+    both = replace(failed, did_not_learn=("seed 0: 35.0 vs 36.0", "seed 1: 35.5 vs 36.0"))
+    assert ("x did not learn (seed 0: 35.0 vs 36.0; seed 1: 35.5 vs 36.0), so its score says nothing of the method"
+            in matches_or_beats(good, both).evidence)
 
 
 def weight_type_records(make_record, qv: float, q: float):

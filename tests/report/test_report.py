@@ -63,10 +63,11 @@ def test_the_time_left_is_estimated_from_each_task_own_runs(weight_type_runs, ru
     write(point)
     text = page(runs_dir, tmp_path)
     # Empty: Table 5 23 runs' cells (5 of 28 ran), Table 6 60, Table 4 32, Table 3 14 rows of 5 metrics each
-    assert ("**185 (cell, seed) pairs are still empty**, which 129 runs would fill (e2e 14, mnli 56, wikisql 59;"
+    assert ("**185 (cell, seed) pairs are still empty**, which at most 129 runs would fill (e2e 14, mnli 56, wikisql 59;"
             in text)
     # the QLoRA and pruning tables, shown from their first run, count too: 8 + 9 runs per seed
-    assert "The QLoRA and Pruning tables, shown here from their first run, need 34 more runs (e2e 8, mnli 26)." in text
+    assert ("The QLoRA and Pruning tables, which this page shows from their first run on (`make table-qlora`, "
+            "`make table-pruning`), need 34 more runs (e2e 8, mnli 26).") in text
     # CPU runs: mnli 3 x 20 min, wikisql 1 x 60 min, and e2e's selection point 40 min
     assert ("a run of this profile (table runs and selection points) took a median of 40 min on e2e (n = 1), "
             "20 min on mnli (n = 3), 1 h 00 min on wikisql (n = 1), so the rest (163 table runs) would take about "
@@ -288,6 +289,14 @@ def test_the_constraints_count_the_versions_evaluated_weights_were_trained_with(
     text = report.constraints("mini", runs_dir, Path("results/constraints.txt"))
     assert [line for line in text.splitlines() if not line.startswith("#")] == ["peft==0.21.2"]
     assert "# torch: not pinned, the runs disagree: 2.13.0 (1 run), 2.12.1 (1 run)." in text
+
+
+def test_without_seeds_the_report_uses_the_seeds_its_tables_found(weight_type_runs, runs_dir, tmp_path) -> None:
+    out = tmp_path / "REPORT.md"
+    assert report.main(["--profile", "mini", "--runs", str(runs_dir), "--tables", str(tmp_path / "tables"),
+                        "--bench", str(tmp_path / "bench"), "--out", str(out),
+                        "--constraints", str(tmp_path / "constraints.txt")]) == 0
+    assert "(W_q,W_v at r=8 and r=64, seeds 0, 1, each task)" in out.read_text(encoding="utf-8")
 
 
 def test_the_section7_pages_are_linked_with_their_verdicts_once_generated(tmp_path, runs_dir) -> None:

@@ -138,7 +138,8 @@ class Cell:
     training: str = ""  # how its runs trained (aggregate.training_text), quoted when a claim fails
     failed_training: str = ""  # runs whose training loss did not fall (records.Record.failed_training)
     metric: str = ""
-    did_not_learn: str = ""  # runs that do not beat the task's trivial baseline (aggregate.learning_check)
+    # one entry per run that does not beat the task's trivial baseline (aggregate.learning_check)
+    did_not_learn: tuple[str, ...] = ()
     resampled: Resampled | None = None  # E2E: the cell's score on each bootstrap resample of its MRs
     pool: Pool | None = None  # the seed spread pooled over its table's cells of the same metric
     own_spread: bool = False  # set apart from the pool (an outlying spread): judged on its own spread
@@ -146,7 +147,7 @@ class Cell:
 
     @property
     def failed_fit(self) -> str:
-        return self.did_not_learn or self.failed_training
+        return "; ".join(self.did_not_learn) or self.failed_training
 
     def __str__(self) -> str:
         if self.n == 0:
@@ -200,6 +201,9 @@ class Comparison:
     slack: float = math.inf  # held or not held: how far the interval is from flipping the verdict
     cells: tuple[Cell, ...] = ()
     margin: float = math.inf  # half-width of the interval
+    # how far the interval's lower end lies above the line the claim must clear (negative: below it);
+    # inf where no judgement was possible (no result, one seed, a cell that did not learn)
+    room: float = math.inf
 
     @property
     def marginal(self) -> bool:
@@ -258,8 +262,10 @@ def _difference(a: Cell, b: Cell) -> Difference | str:
             return f"{cell.label} has no result"
         if cell.n < 2:
             return f"{cell.label} has one seed, so no spread"
-        if cell.did_not_learn:
-            return f"{cell.label} did not learn ({cell.did_not_learn}), so its score says nothing of the method"
+        if failed := len(cell.did_not_learn):
+            which = "" if failed == cell.n else f" in {failed} of its {cell.n} seeds"
+            return (f"{cell.label} did not learn{which} ({'; '.join(cell.did_not_learn)}), so its "
+                    f"{'mean over seeds' if which else 'score'} says nothing of the method")
         if cell.failed_training:
             return f"{cell.label}'s training failed ({cell.failed_training}), so its score says nothing of the method"
     seed_se, seed_df, seed_how = _seed_error(a, b)
@@ -281,7 +287,7 @@ def beats(a: Cell, b: Cell) -> Comparison:
     low, high = diff.delta - diff.margin, diff.delta + diff.margin
     verdict = HELD if low > 0 else NOT_HELD if high < 0 else INCONCLUSIVE
     slack = {HELD: low, NOT_HELD: -high}.get(verdict, math.inf)
-    return Comparison(verdict, _evidence(a, b, diff), slack, (a, b), diff.margin)
+    return Comparison(verdict, _evidence(a, b, diff), slack, (a, b), diff.margin, low)
 
 
 def matches_or_beats(a: Cell, b: Cell) -> Comparison:
@@ -293,15 +299,15 @@ def matches_or_beats(a: Cell, b: Cell) -> Comparison:
     low, high = diff.delta - diff.margin, diff.delta + diff.margin
     verdict = HELD if low > -m else NOT_HELD if high < -m else INCONCLUSIVE
     slack = {HELD: low + m, NOT_HELD: -m - high}.get(verdict, math.inf)
-    return Comparison(verdict, _evidence(a, b, diff, f" (margin {m:g})"), slack, (a, b), diff.margin)
+    return Comparison(verdict, _evidence(a, b, diff, f" (margin {m:g})"), slack, (a, b), diff.margin, low + m)
 
 
 # Why a claim may fail at a small scale (quoted only under a claim that is not held, followed by
 # how the compared cells trained, read from their records). Specific reasons per claim are below.
-SCALE_WHY = ("The paper's claim is made on a far larger model (GPT-3 175B; GPT-2 M/L for E2E) trained "
-             "on the full data; here a small quantised model trains one short schedule on a subset, at a "
-             "learning rate per method chosen on a dev split from a small grid, so either side may still "
-             "be under- or over-fitted.")
+_SMALL_SCALE = ("here a small quantised model trains one short schedule on a subset, at a learning rate per "
+                "method chosen on a dev split from a small grid, so either side may still be under- or over-fitted.")
+SCALE_WHY = f"The paper's claim is made on a far larger model (GPT-3 175B) trained on the full data; {_SMALL_SCALE}"
+SCALE_WHY_E2E = f"The paper's claim is made on GPT-2 M and L trained on the full E2E data; {_SMALL_SCALE}"
 WHY_FEWER_MATRICES = ("The paper (§7.1) finds it better to spread a small budget over more weight "
                       "matrices on GPT-3 175B; a small model may instead need a higher rank on fewer "
                       "matrices.")
@@ -328,11 +334,17 @@ def combine(text: str, source: str, comparisons: Sequence[Comparison], why: str 
     verdicts = {c.verdict for c in comparisons}
     verdict = NOT_HELD if NOT_HELD in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts else HELD
     deciding = [c for c in comparisons if c.verdict == verdict]
-    # held: the comparison closest to flipping; otherwise the deciding ones, at most MAX_SHOWN
-    shown = [min(deciding, key=lambda c: c.slack)] if verdict == HELD else deciding[:MAX_SHOWN]
+    # held: the comparison closest to flipping; not held: the clearest failures; inconclusive: those
+    # furthest from holding, then those that could not be judged (`waiting` names what they lack)
+    if verdict == HELD:
+        shown = [min(deciding, key=lambda c: c.slack)]
+    else:
+        shown = sorted(deciding, key=lambda c: -c.slack if verdict == NOT_HELD else c.room)[:MAX_SHOWN]
     evidence = "; ".join(c.evidence for c in shown)
     if len(comparisons) > len(shown):
-        evidence += f" (shown: {len(shown)} of {len(comparisons)} comparisons, those that decide the verdict)"
+        which = {HELD: "the closest to failing", NOT_HELD: "the clearest that fail",
+                 INCONCLUSIVE: "the furthest from holding"}[verdict]
+        evidence += f" (shown: {len(shown)} of {len(comparisons)} comparisons, {which})"
     # held rests on its weakest comparison (shown); not held on its strongest (any of the deciding)
     marginal = shown[0].marginal if verdict == HELD else verdict == NOT_HELD and all(c.marginal for c in deciding)
     if verdict != NOT_HELD:
@@ -350,7 +362,7 @@ def _cell(result: TableResult, row: str, column: str, label: str) -> Cell:
     return Cell(label, float(stats["mean"]), float(stats["std"]) if stats["n"] > 1 else math.nan,
                 int(stats["n"]), str(stats["status"]), 0.0 if math.isnan(sampling_se) else sampling_se,
                 stats["examples"], training_text(records), failed, str(stats["metric"] or ""),
-                "; ".join(stats["did_not_learn"]), stats["resampled"],
+                tuple(stats["did_not_learn"]), stats["resampled"],
                 hardware=tuple(sorted({r.hardware for r in records})))
 
 
@@ -417,10 +429,10 @@ def _e2e_claims(result: TableResult) -> list[Claim]:
                    for key, cell in cells.items() if key != "lora" and cell.status != "n/a"]
     return [
         combine("LoRA matches or beats every other parameter-efficient method on BLEU",
-                "§5.4, Table 3", [matches_or_beats(bleu["lora"], cell) for cell in peft]),
+                "§5.4, Table 3", [matches_or_beats(bleu["lora"], cell) for cell in peft], SCALE_WHY_E2E),
         combine("LoRA matches or beats full fine-tuning on BLEU", "§5.4, Table 3",
                 [matches_or_beats(bleu["lora"], bleu["ft"])], WHY_FT_E2E),
-        combine("LoRA matches or beats every other method on all five metrics", "Table 3", all_metrics),
+        combine("LoRA matches or beats every other method on all five metrics", "Table 3", all_metrics, SCALE_WHY_E2E),
     ]
 
 

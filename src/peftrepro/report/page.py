@@ -23,7 +23,7 @@ from collections import Counter
 from importlib import resources
 from pathlib import Path
 from string import Template
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
@@ -368,14 +368,16 @@ def pending_text(every: Mapping[str, TableResult], records: Sequence[Record]) ->
     lead, lines = "Every cell of the tables above has every expected seed.", []
     if pairs:
         lead = "A cell \"—\" has no finished run yet; each table's page lists every such cell."
-        lines = [f"**{plural(pairs, '(cell, seed) pair')} {'is' if pairs == 1 else 'are'} still empty**, which "
-                 f"{plural(sum(todo.values()), 'run')} would fill ({runs_split(todo)}). Table 6 takes its three "
-                 "settings shared with Table 5 from Table 5's runs, and Table 4 its LoRA rows from Table 6's, by "
-                 "copy, so some of these need no run of their own."]
+        lines = [f"**{plural(pairs, '(cell, seed) pair')} {'is' if pairs == 1 else 'are'} still empty**, which at "
+                 f"most {plural(sum(todo.values()), 'run')} would fill ({runs_split(todo)}): a setting two tables "
+                 "share (Table 6 shares three with Table 5 and its W_q,W_v rows at r=1 and r=8 with Table 4's LoRA "
+                 "rows) trains once, and the table swept later copies that run (`reused_from` in its record), "
+                 "so the count, and the time below, include such copies at the cost of a run."]
     if hidden:
         titles = " and ".join(result.spec.short_title for result in hidden)
-        lines.append(f"The {titles} tables, shown here from their first run, need {plural(sum(later.values()), 'more run')} "
-                     f"({runs_split(later, False)}).")
+        targets = ", ".join(f"`make {result.spec.name.replace('_', '-')}`" for result in hidden)
+        lines.append(f"The {titles} tables, which this page shows from their first run on ({targets}), need "
+                     f"{plural(sum(later.values()), 'more run')} ({runs_split(later, False)}).")
     points_left = selection_points_left(every.values())
     for device in distinct(r.hardware for r in own):
         lines.append(device_estimate(device, [r for r in own if r.hardware == device], todo + later, points_left))
@@ -777,9 +779,14 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
         models=models_text(study), data_lines=data_text(records), schedule=schedule_text(records),
         decoding=decoding_text(records), scale=scale_text(records), lr_protocol=lr_protocol_text(records),
         sections="".join(table_section(r) for r in results.values()),
-        section7=section7_text(tables, runs, profile, seeds or every[factors.EXPERIMENT].seeds),
+        section7=section7_text(tables, runs, profile, seeds or found_seeds(every.values())),
         speed="\n".join([params_text(tables), latency_text(tables, runs), bench_text(bench)]),
     )
+
+
+def found_seeds(results: Iterable[TableResult]) -> list[int]:
+    """The seeds the tables found (each table's expected seeds, which default to its runs' seeds)."""
+    return sorted({seed for result in results for seed in result.expected_seeds})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -190,11 +190,13 @@ _UNRECORDED = object()  # a choice the config does not name (older records, or a
 
 def choice_lines(result: TableResult) -> list[str]:
     """Each choice as recorded in the runs' resolved configs, per task where tasks differ and with
-    the methods of each value where methods differ (e.g. one learning rate per method)."""
+    the methods of each value where methods differ (e.g. one learning rate per method). A run that
+    could not apply to its model trained nothing, so its config chose nothing."""
     lines = []
+    ran = [record for record in result.records if record.status != NOT_APPLICABLE]
     for choice in result.spec.choices:
         per_task: dict[str, dict[str, set[str]]] = {}  # task -> value -> methods
-        for record in result.records:
+        for record in ran:
             method = str(record.method.get("name"))
             value = record.get(choice.path, default=_UNRECORDED)
             if value is not _UNRECORDED and (not choice.methods or method in choice.methods):

@@ -209,6 +209,8 @@ ACCURACY_NOTES = (
     "validation performance of each run (D.4); ours do when 'evaluate every epoch' above is true.",
     "LoRA α: the paper sets α to the first r tried and never tunes it (§4.1; its GPT-3 value is not "
     "given): we keep one α for every r (see the α line above), so the scale α/r shrinks as r grows.",
+    "The row labels are the paper's: their ±0.5% (WikiSQL) and ±0.1% (MultiNLI) are the fluctuation it reports "
+    "for its GPT-3 runs (Table 4's caption), not ours; each of our cells gives its own ± over seeds.",
 )
 TASK_CHOICES = (
     LORA_ALPHA,
