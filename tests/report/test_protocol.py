@@ -116,7 +116,11 @@ def search_record(make_record, lr: float, score: float, minutes: int = 0, start:
     # the winner on a growing edge: the selection runs the next rung before it chooses
     ({3e-4: 0.50, 1e-3: 0.58, 3e-3: 0.62},
      "3e-4: 50.0 · 1e-3: 58.0 · 3e-3: 62.0; not decided yet (3 of its rates scored, the selection has more to run)"),
-], ids=["decided", "edge-winner-pending"])
+    # still rising at max_points: the choice stays on the edge, and the line says why the search stopped
+    ({3e-4: 0.50, 1e-3: 0.55, 3e-3: 0.58, 1e-2: 0.60, 3e-2: 0.62, 1e-1: 0.64},
+     "3e-4: 50.0 · 1e-3: 55.0 · 3e-3: 58.0 · 1e-2: 60.0 · 3e-2: 62.0 · **1e-1: 64.0** → 1e-1 (on the grid's edge: "
+     "the search stops at 6 rates); **the table's runs used 3e-3**, not the choice"),
+], ids=["decided", "edge-winner-pending", "edge-at-max-points"])
 def test_each_table_shows_its_learning_rate_grid_dev_scores_and_choice(runs_dir, write, make_record, grid, expected):
     for lr, score in grid.items():
         write(search_record(make_record, lr, score))

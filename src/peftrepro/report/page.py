@@ -386,7 +386,7 @@ def pending_text(every: Mapping[str, TableResult], records: Sequence[Record]) ->
             if points_left else "")
     lines.append(f"Before a table's runs, its learning rates are selected (`make select-lr`: at least three "
                  "dev-split runs per task and method, more while the best rate sits on the grid's edge or, on "
-                 "MultiNLI, no rate beats the majority class; "
+                 "MultiNLI, no rate beats the majority class, up to `lr_search.max_points`; "
                  f"{plural(finished, 'point')} finished so far{left}) and each "
                  "task's zero-shot baseline is run once (`make baselines`). A seed-0 table run trains as its "
                  "method's chosen selection point did, so where that point kept its weights the run only "

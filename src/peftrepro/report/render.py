@@ -364,7 +364,8 @@ def _search_line(label: str, metric: str, points: Sequence[Record], used: list[s
                        else f"; not decided yet ({len(scores)} of its rates scored, the selection has more to run"
                        + ("; no rate beat the dev split's majority class, so the grid grows past its edges)"
                           if not state.any_learned else ")"))
-    line += f" → {rate_text(chosen)}" + (" (on the grid's edge)" if state.at_edge else "")
+    line += f" → {rate_text(chosen)}" + (f" (on the grid's edge: the search stops at {state.max_points} rates)"
+                                          if state.at_edge else "")
     # no rate of the grid did better than answering one label: the choice among them is a draw of noise
     if not state.any_learned and (check := replayed.against_majority.get(chosen)):
         line += (f"; **no rate of the grid learned**: the best, {check}, does not beat the dev split's "
