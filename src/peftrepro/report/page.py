@@ -181,7 +181,8 @@ def extra_seed_runs(result: TableResult) -> list[Record]:
 # ---------------------------------------------------------------- the fair protocol's sections
 
 ARCHIVE = Path("archive/untuned-144630b")  # under the results folder: the untuned protocol's tables
-CLAIM_ROW = re.compile(r"^\| (?P<claim>[^|]+) \| [^|]+ \| \*\*(?P<verdict>held|not held|inconclusive)\*\*")
+CLAIM_ROW = re.compile(r"^\| (?P<claim>[^|]+) \| [^|]+ \| \*\*(?P<verdict>held|not held|inconclusive)\*\*"
+                       r"(?P<marginal> \(marginal\))?")
 
 
 def backbone_text(records: Sequence[Record]) -> str:
@@ -227,7 +228,7 @@ def archived_verdicts(tables_dir: Path) -> dict[str, str]:
     for path in sorted(tables_dir.glob("table_*.md")):
         for line in path.read_text(encoding="utf-8").splitlines():
             if match := CLAIM_ROW.match(line):
-                verdicts[match["claim"].strip()] = match["verdict"]
+                verdicts[match["claim"].strip()] = match["verdict"] + (match["marginal"] or "")
     return verdicts
 
 
@@ -341,7 +342,7 @@ def changes_text(results: Mapping[str, TableResult], archive: Path) -> str:
             if claim.text in before:
                 rows.append({"Table": result.spec.short_title, "Paper's claim": claim.text,
                              "Untuned protocol": before[claim.text], "Fair protocol": now})
-    judged = [(row["Untuned protocol"], row["Fair protocol"].split(" (")[0]) for row in rows
+    judged = [(row["Untuned protocol"].split(" (")[0], row["Fair protocol"].split(" (")[0]) for row in rows
               if not row["Fair protocol"].startswith("—")]  # verdicts without "(marginal)"
     moves = Counter(f"{before} → {now}" for before, now in judged if before != now)
     table = pd.DataFrame(rows).to_markdown(index=False)
