@@ -376,7 +376,7 @@ def pending_text(every: Mapping[str, TableResult], records: Sequence[Record]) ->
                  "so the count, and the time below, include such copies at the cost of a run."]
     if hidden:
         titles = " and ".join(result.spec.short_title for result in hidden)
-        targets = ", ".join(f"`make {result.spec.name.replace('_', '-')}`" for result in hidden)
+        targets = ", ".join(f"`make {MAKE_TARGETS[result.spec.name]}`" for result in hidden)
         lines.append(f"The {titles} tables, which this page shows from their first run on ({targets}), need "
                      f"{plural(sum(later.values()), 'more run')} ({runs_split(later, False)}).")
     points_left = selection_points_left(every.values())
