@@ -398,11 +398,29 @@ def test_the_report_says_how_the_learning_rates_were_set(make_record, tmp_path, 
 
 def test_the_scale_of_e2e_differences_is_its_bootstrap_error_and_seed_spread(runs_dir, write, make_record):
     for seed, bleu in ((0, 0.60), (1, 0.62)):
-        record = make_record("table_e2e", "e2e", {"name": "lora"}, seed, {"bleu": bleu}, profile="mini")
+        record = make_record("table_e2e", "e2e", {"name": "lora", "ranks": {"W_q": 4, "W_v": 4}}, seed,
+                             {"bleu": bleu}, profile="mini")
         write_predictions(write(record | {"eval_notes": {"mrs": 50, "references": 200}}), e2e_rows(50, bleu))
-    text = report.scale_text(report.study_records(runs_dir, "mini"))
+    table3 = build_table(TABLES["table_e2e"], runs_dir, profile="mini")
+    text = report.scale_text(report.study_records(runs_dir, "mini"), {"table_e2e": table3})
     assert text.startswith("E2E: one BLEU is computed on 50 test MRs, and a bootstrap over them gives it a standard "
                            "error of about ")
     assert "the paper's GPT-2 M cells of Table 3 span 4.1 BLEU (66.3–70.4); two seeds of one setting differ by up " \
            "to 2.0 BLEU here." in text
     assert "Accuracy differences" not in text
+
+
+def test_the_seed_spread_the_report_quotes_leaves_out_cells_with_a_run_that_did_not_learn(runs_dir, write, make_record):
+    """W_k's seeds differ by 19 points because seed 0 did not learn (36 % against a 40 % majority class):
+    that is a failure its table labels, not seed noise; W_q's 2 points are."""
+    cells = {("W_q", 8): (180, 186), ("W_k", 8): (108, 165)}
+    for (weight, rank), corrects in cells.items():
+        for seed, correct in enumerate(corrects):
+            record = make_record("table_weight_type", "mnli", {"name": "lora", "ranks": {weight: rank}}, seed,
+                                 {"accuracy_m": correct / 300}, profile="mini")
+            write_predictions(write(record | {"eval_notes": {"examples": {"matched": 300}}}), mnli_rows(correct))
+    table5 = build_table(TABLES["table_weight_type"], runs_dir, profile="mini")
+    assert table5.stats("mnli", "W_k")["did_not_learn"]
+    assert report.seed_spreads([table5], "accuracy_m") == [pytest.approx(2.0)]
+    text = report.scale_text(report.study_records(runs_dir, "mini"), {"table_weight_type": table5})
+    assert "two seeds of one setting differ by up to 2.0 points here" in text

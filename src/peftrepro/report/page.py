@@ -316,10 +316,9 @@ def budget_text(results: Mapping[str, TableResult], study: Sequence[Record]) -> 
                          f"{pair_text(*pair)}): {setup_differences(*pair)}. The first {FIRST_MRS} MRs "
                          "are a slice in file order, not a sample: an ordering of the two setups there need not "
                          "hold on all MRs.")
-        spreads = seed_spreads([r for r in table3.records if r.status == "ok"], "bleu") if table3 else []
-        if spreads:
+        if spreads := seed_spreads([table3] if table3 else [], "bleu"):
             lines.append("- These are runs, not intervals: two seeds of one Table 3 setting differ by up to "
-                         f"{100 * max(spreads)[0]:.1f} BLEU on all test MRs, so a gap smaller than that between "
+                         f"{max(spreads):.1f} BLEU on all test MRs, so a gap smaller than that between "
                          "groups of one or two seeds is within seed noise.")
     else:
         lines.append("- LoRA at a plain HF-peft loop's budget (`make peft-budget`): not run yet.")
@@ -550,16 +549,21 @@ def decoding_text(records: Sequence[Record]) -> str:
 ACCURACY_TASKS = {"mnli": ("MultiNLI", "accuracy_m"), "wikisql": ("WikiSQL", "lf_accuracy")}
 
 
-def seed_spreads(records: Sequence[Record], metric: str) -> list[tuple[float, str]]:
-    """(max - min over seeds, method) for every setting run with more than one seed."""
-    by_setting: dict[str, list[float]] = {}
-    for r in records:
-        if isinstance(r.metrics.get(metric), (int, float)):
-            by_setting.setdefault(json.dumps(dict(r.method), sort_keys=True), []).append(float(r.metrics[metric]))
-    return [(max(v) - min(v), key) for key, v in by_setting.items() if len(v) > 1]
+def seed_spreads(results: Iterable[TableResult], metric: str) -> list[float]:
+    """max - min over seeds (paper units) of every cell of `metric` with several seeds whose runs all
+    trained and beat their task's trivial baseline: a run that did not learn widens a cell by failing,
+    which is not the seed noise this measures (its table labels it)."""
+    spreads = []
+    for result in results:
+        cells = result.metric_cells
+        for (row, column), stats in cells[cells["metric"] == metric].iterrows():
+            trained = not stats["did_not_learn"] and not any(r.failed_training for r in result.cell_records(row, column))
+            if stats["n"] > 1 and trained:
+                spreads.append(max(stats["values"]) - min(stats["values"]))
+    return spreads
 
 
-def e2e_scale_text(records: Sequence[Record], paper: pd.DataFrame) -> str | None:
+def e2e_scale_text(records: Sequence[Record], results: Iterable[TableResult], paper: pd.DataFrame) -> str | None:
     """E2E's counterpart of the binomial error: the bootstrap standard error of one run's BLEU over its
     test MRs (median over the table runs), beside the span of the paper's GPT-2 M BLEU cells."""
     runs = [r for r in records if r.task == "e2e" and r.experiment == "table_e2e" and r.status == "ok"
@@ -572,12 +576,12 @@ def e2e_scale_text(records: Sequence[Record], paper: pd.DataFrame) -> str | None
     text = (f"E2E: one BLEU is computed on {(e2e_eval_counts(runs[0]) or ('its',))[0]} test MRs, and a bootstrap over them gives "
             f"it a standard error of about {statistics.median(errors):.1f} points, while the paper's GPT-2 M cells "
             f"of Table 3 span {cells.max() - cells.min():.1f} BLEU ({cells.min():.1f}–{cells.max():.1f})")
-    if spreads := seed_spreads(runs, "bleu"):
-        text += f"; two seeds of one setting differ by up to {100 * max(spreads)[0]:.1f} BLEU here"
+    if spreads := seed_spreads(results, "bleu"):
+        text += f"; two seeds of one setting differ by up to {max(spreads):.1f} BLEU here"
     return text + "."
 
 
-def scale_text(records: Sequence[Record]) -> str:
+def scale_text(records: Sequence[Record], results: Mapping[str, TableResult]) -> str:
     """How large a difference our runs can resolve, beside the differences the paper reports."""
     from peftrepro.report.paper import load_paper
 
@@ -595,14 +599,13 @@ def scale_text(records: Sequence[Record]) -> str:
                 f"standard error of {100 * (p * (1 - p) / n) ** 0.5:.1f} points against the whole evaluation split, "
                 f"while the paper's Table 5 cells span {cells.max() - cells.min():.1f} points "
                 f"({cells.min():.1f}–{cells.max():.1f})")
-        spreads = seed_spreads(runs, metric)
-        if spreads:
-            text += f"; two seeds of one setting differ by up to {100 * max(spreads)[0]:.1f} points here"
+        if spreads := seed_spreads(results.values(), metric):
+            text += f"; two seeds of one setting differ by up to {max(spreads):.1f} points here"
         lines.append(text + ".")
     if lines:
         lines.append("Accuracy differences of the size the paper reports cannot be resolved at this scale; such "
                      "a claim can only be held or not held here where cells differ by several points.")
-    if (e2e := e2e_scale_text(records, paper)) is not None:
+    if (e2e := e2e_scale_text(records, results.values(), paper)) is not None:
         lines.insert(0, e2e)
     if not lines:
         return "No evaluated run yet."
@@ -778,7 +781,7 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
         status_table=status_table(results), pending=pending_text(every, records),
         where=where_text(study), commands=commands_text(profile, seeds, results),
         models=models_text(study), data_lines=data_text(records), schedule=schedule_text(records),
-        decoding=decoding_text(records), scale=scale_text(records), lr_protocol=lr_protocol_text(records),
+        decoding=decoding_text(records), scale=scale_text(records, results), lr_protocol=lr_protocol_text(records),
         sections="".join(table_section(r) for r in results.values()),
         section7=section7_text(tables, runs, profile, seeds or found_seeds(every.values())),
         speed="\n".join([params_text(tables), latency_text(tables, runs), bench_text(bench)]),
