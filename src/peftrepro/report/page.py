@@ -160,8 +160,19 @@ def status_table(results: Mapping[str, TableResult]) -> str:
             "Cell × seed still empty": str(empty_cell_seeds(result)),
             "Ran on": devices_text(records),  # a reused run ran where its original did
             "Run time (sum)": hours(sum(run_seconds(r) for r in own)) if own else "—",
+            "Paper's claims: held / not held / inconclusive": claims_text(result),
         })
     return pd.DataFrame(rows).to_markdown(index=False)
+
+
+def claims_text(result: TableResult) -> str:
+    """How the table's claims fare on our numbers, and how many of the inconclusive ones still wait for a
+    compared cell's runs (Claim.waiting)."""
+    evaluated = claims.evaluate(result)
+    counts = Counter(claim.verdict for claim in evaluated)
+    waiting = sum(bool(claim.waiting) and claim.verdict == claims.INCONCLUSIVE for claim in evaluated)
+    return (" / ".join(str(counts[v]) for v in (claims.HELD, claims.NOT_HELD, claims.INCONCLUSIVE))
+            + (f" ({waiting} wait for runs)" if waiting else ""))
 
 
 def seeds_text(result: TableResult) -> str:
