@@ -101,8 +101,8 @@ def test_a_claim_knows_a_cell_still_waiting_for_runs_beyond_the_comparisons_it_q
 
 
 @pytest.mark.parametrize(("others", "shown", "which"), [
-    ([50.5, 51.0, 50.0, 49.5], [51.0, 50.5, 50.0], "the furthest from holding"),  # every one inconclusive
-    ([70.0, 60.0, 80.0, 40.0], [80.0, 70.0, 60.0], "the clearest that fail")])  # 40.0 holds: not deciding
+    ([50.5, 51.0, 50.0, 49.5], [51.0, 50.5, 50.0], "those furthest from holding; all 4: 4 inconclusive"),
+    ([70.0, 60.0, 80.0, 40.0], [80.0, 70.0, 60.0], "the clearest failures; all 4: 1 held, 3 not held")])
 def test_a_claim_quotes_the_comparisons_that_weigh_most(others, shown, which):
     """Beyond MAX_SHOWN comparisons, a claim quotes those furthest from holding, not the first in list order."""
     claim = combine("claim", "§0", [matches_or_beats(cell(50.0, std=2.0), cell(mean, std=2.0)) for mean in others])

@@ -401,8 +401,14 @@ def test_the_scale_of_e2e_differences_is_its_bootstrap_error_and_seed_spread(run
         record = make_record("table_e2e", "e2e", {"name": "lora", "ranks": {"W_q": 4, "W_v": 4}}, seed,
                              {"bleu": bleu}, profile="mini")
         write_predictions(write(record | {"eval_notes": {"mrs": 50, "references": 200}}), e2e_rows(50, bleu))
-    table3 = build_table(TABLES["table_e2e"], runs_dir, profile="mini")
-    text = report.scale_text(report.study_records(runs_dir, "mini"), {"table_e2e": table3})
+    for seed, bleu in ((0, 0.40), (1, 0.55)):  # another paper's table: not beside the paper's Table 3 span
+        qlora = make_record("table_qlora", "e2e", {"name": "lora", "ranks": {"W_q": 8, "W_v": 8},
+                                                   "quantize": {"quant_type": "nf4", "double_quant": True}},
+                            seed, {"bleu": bleu}, profile="mini")
+        write_predictions(write(qlora | {"eval_notes": {"mrs": 50, "references": 200}}), e2e_rows(50, bleu))
+    tables = {name: build_table(TABLES[name], runs_dir, profile="mini") for name in ("table_e2e", "table_qlora")}
+    assert tables["table_qlora"].stats("nf4_dq", "e2e")["n"] == 2
+    text = report.scale_text(report.study_records(runs_dir, "mini"), tables)
     assert text.startswith("E2E: one BLEU is computed on 50 test MRs, and a bootstrap over them gives it a standard "
                            "error of about ")
     assert "the paper's GPT-2 M cells of Table 3 span 4.1 BLEU (66.3–70.4); two seeds of one setting differ by up " \

@@ -350,11 +350,22 @@ def test_the_section7_analyses_do_not_read_a_copy_whose_original_was_rerun(tmp_p
     assert sorted(found) == ([("mnli", 8, 0), ("mnli", 64, 0), ("mnli", 64, 1)] if rerun else
                              [("mnli", 8, 0), ("mnli", 8, 1), ("mnli", 64, 0), ("mnli", 64, 1)])
     assert [(gap.why, gap.seed, gap.detail) for gap in gaps] == ([(
-        factors.STALE_COPY, 1, "run r8-s1 is a copy of table_methods/r8-s1, which was rerun since; the next Table 6 "
-                               "sweep copies it again")] if rerun else [])
+        factors.STALE_COPY, 1, "run r8-s1 is a copy of table_methods/r8-s1, which was rerun since (status ok); a "
+                               "Table 6 sweep copies it again once that rerun is ok")] if rerun else [])
     if rerun:
         assert report.section7_text(tmp_path, runs_dir, "mini", [0, 1]).splitlines()[0].endswith(
-            "4 not run yet (wikisql) and 1 copied before a rerun (mnli; the next `make table-rank` copies them again).")
+            "4 not run yet (wikisql) and 1 copied before a rerun (mnli; `make table-rank` copies them again once "
+            "those reruns are ok).")
+
+
+def test_the_section7_analyses_name_a_copy_whose_original_is_gone(tmp_path, runs_dir, write, make_record) -> None:
+    """Not "kept no factors" (whose remedy exports them from the adapters): the run they came from is gone."""
+    lora = {"name": "lora", "ranks": {"W_q": 8, "W_v": 8}}
+    copy = make_record("table_rank", "mnli", lora, 0, {"accuracy_m": 0.6}, profile="mini", key="r8-s0")
+    write({**copy, "reused_from": {"experiment": "table_methods", "run_key": "r8-s0"}})
+    _, gaps = factors.survey(runs_dir, "mini", ["mnli"], [8], [0])
+    assert [(gap.why, gap.detail) for gap in gaps] == [(factors.ORIGINAL_GONE, (
+        f"run r8-s0 is a copy of table_methods/r8-s0, which is no longer in {runs_dir / 'table_methods' / 'r8-s0'}"))]
 
 
 def test_where_counts_the_study_s_training_runs_but_not_the_latency_study(weight_type_runs, runs_dir, tmp_path, write,

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -202,7 +203,7 @@ class Comparison:
     cells: tuple[Cell, ...] = ()
     margin: float = math.inf  # half-width of the interval
     # how far the interval's lower end lies above the line the claim must clear (negative: below it);
-    # inf where no judgement was possible (no result, one seed, a cell that did not learn)
+    # inf where no judgement was possible (no result, one seed, a cell that did not learn or failed to train)
     room: float = math.inf
 
     @property
@@ -342,9 +343,11 @@ def combine(text: str, source: str, comparisons: Sequence[Comparison], why: str 
         shown = sorted(deciding, key=lambda c: -c.slack if verdict == NOT_HELD else c.room)[:MAX_SHOWN]
     evidence = "; ".join(c.evidence for c in shown)
     if len(comparisons) > len(shown):
-        which = {HELD: "the closest to failing", NOT_HELD: "the clearest that fail",
-                 INCONCLUSIVE: "the furthest from holding"}[verdict]
-        evidence += f" (shown: {len(shown)} of {len(comparisons)} comparisons, {which})"
+        which = {HELD: "the closest to failing", NOT_HELD: "the clearest failures",
+                 INCONCLUSIVE: "those furthest from holding"}[verdict]
+        tally = Counter(c.verdict for c in comparisons)
+        of_all = ", ".join(f"{tally[v]} {v}" for v in (HELD, NOT_HELD, INCONCLUSIVE) if tally[v])
+        evidence += f" (shown: {len(shown)} of {len(comparisons)} comparisons, {which}; all {len(comparisons)}: {of_all})"
     # held rests on its weakest comparison (shown); not held on its strongest (any of the deciding)
     marginal = shown[0].marginal if verdict == HELD else verdict == NOT_HELD and all(c.marginal for c in deciding)
     if verdict != NOT_HELD:

@@ -3,7 +3,8 @@
     find_runs(runs_dir, profile, tasks, ranks, seeds)  one AdaptedRun per (task, rank, seed), or one
                                                        DataError naming every run that is missing and how to make it
     survey(runs_dir, profile, tasks, ranks, seeds)     the runs found and the Gaps (not run yet / kept no factors /
-                                                       stale copy), without raising: what the REPORT says is still missing
+                                                       a copy whose original was rerun or is gone), without raising:
+                                                       what the REPORT says is still missing
     pretrained_weights(runs, layers, weights)          the frozen W of those layers, from the one backbone the runs
                                                        trained (checked against its weights digest in the records)
     verdict(outcomes)                                  a statement judged over seeds: held / not held / inconclusive
@@ -83,18 +84,19 @@ def qv_rank(record: Record) -> int | None:
     return ranks["W_q"] if set(ranks) == set(WEIGHTS) and ranks["W_q"] == ranks["W_v"] else None
 
 
-NOT_RUN, NO_FACTORS, STALE_COPY = "not run yet", "kept no factors", "copied before a rerun"
+NOT_RUN, NO_FACTORS = "not run yet", "kept no factors"
+STALE_COPY, ORIGINAL_GONE = "copied before a rerun", "copies of a run no longer there"
 
 
 @dataclass(frozen=True)
 class Gap:
     """A (task, rank, seed) whose run cannot be read: not run yet, made without its factors, or a copy of a run
-    that was rerun since."""
+    that was rerun since or is gone."""
 
     task: str
     rank: int
     seed: int
-    why: str  # NOT_RUN, NO_FACTORS or STALE_COPY
+    why: str  # NOT_RUN, NO_FACTORS, STALE_COPY or ORIGINAL_GONE
     detail: str
 
     def __str__(self) -> str:
@@ -112,9 +114,8 @@ def survey(runs_dir: Path, profile: str, tasks: Sequence[str], ranks: Sequence[i
         record = latest.get((task, rank, seed))
         if record is None:
             gaps.append(Gap(task, rank, seed, NOT_RUN, f"no finished `{profile}` run under {runs_dir / EXPERIMENT}"))
-        elif (source := copied_from(record.raw)) and _is_stale(record):
-            gaps.append(Gap(task, rank, seed, STALE_COPY, f"run {record.run_key} is a copy of {'/'.join(source)}, "
-                                                          "which was rerun since; the next Table 6 sweep copies it again"))
+        elif copy_gap := _copy_gap(record):
+            gaps.append(Gap(task, rank, seed, *copy_gap))
         elif not (record.original_folder / FACTORS_FILE).is_file():
             gaps.append(Gap(task, rank, seed, NO_FACTORS,
                             f"run {record.run_key} kept no {FACTORS_FILE} (in {record.original_folder})"))
@@ -184,10 +185,19 @@ def layer_label(layer: int, n_layers: int) -> str:
     return f"{layer + 1} of {n_layers}"
 
 
-def _is_stale(copy: Record) -> bool:
-    """Whether a copy's original was rerun since the copy was made."""
-    original = read_record(copy.original_folder)
-    return original is not None and is_stale_copy(copy.raw, original)
+def _copy_gap(record: Record) -> tuple[str, str] | None:
+    """(why, detail) where `record` is a copy whose original cannot stand behind it: gone, or rerun since
+    the copy was made (its folder then holds the new run's factors); None for a run of its own or a
+    current copy."""
+    if (source := copied_from(record.raw)) is None:
+        return None
+    original, name = read_record(record.original_folder), "/".join(source)
+    if original is None:
+        return ORIGINAL_GONE, f"run {record.run_key} is a copy of {name}, which is no longer in {record.original_folder}"
+    if is_stale_copy(record.raw, original):
+        return STALE_COPY, (f"run {record.run_key} is a copy of {name}, which was rerun since (status "
+                            f"{original.get('status')}); a Table 6 sweep copies it again once that rerun is ok")
+    return None
 
 
 def _records(folder: Path) -> list[Record]:

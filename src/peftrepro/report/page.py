@@ -587,7 +587,7 @@ def e2e_scale_text(records: Sequence[Record], results: Iterable[TableResult], pa
     text = (f"E2E: one BLEU is computed on {(e2e_eval_counts(runs[0]) or ('its',))[0]} test MRs, and a bootstrap over them gives "
             f"it a standard error of about {statistics.median(errors):.1f} points, while the paper's GPT-2 M cells "
             f"of Table 3 span {cells.max() - cells.min():.1f} BLEU ({cells.min():.1f}–{cells.max():.1f})")
-    if spreads := seed_spreads(results, "bleu"):
+    if spreads := seed_spreads([result for result in results if result.spec.name == "table_e2e"], "bleu"):
         text += f"; two seeds of one setting differ by up to {max(spreads):.1f} BLEU here"
     return text + "."
 
@@ -597,6 +597,8 @@ def scale_text(records: Sequence[Record], results: Mapping[str, TableResult]) ->
     from peftrepro.report.paper import load_paper
 
     paper = load_paper()
+    # beside the paper's spans, the seed spreads of its own tables (not the other papers' QLoRA, pruning)
+    lora_paper_tables = [result for result in results.values() if result.spec.in_report_without_runs]
     lines = []
     for task, (label, metric) in ACCURACY_TASKS.items():
         runs = [r for r in records
@@ -610,7 +612,7 @@ def scale_text(records: Sequence[Record], results: Mapping[str, TableResult]) ->
                 f"standard error of {100 * (p * (1 - p) / n) ** 0.5:.1f} points against the whole evaluation split, "
                 f"while the paper's Table 5 cells span {cells.max() - cells.min():.1f} points "
                 f"({cells.min():.1f}–{cells.max():.1f})")
-        if spreads := seed_spreads(results.values(), metric):
+        if spreads := seed_spreads(lora_paper_tables, metric):
             text += f"; two seeds of one setting differ by up to {max(spreads):.1f} points here"
         lines.append(text + ".")
     if lines:
@@ -671,7 +673,8 @@ def section7_gaps(module: Any, runs_dir: Path, profile: str, seeds: Sequence[int
     parts = []
     for why, remedy in ((factors.NOT_RUN, ""),
                         (factors.NO_FACTORS, "; `make lora-factors` where their adapters are, else only a rerun makes them"),
-                        (factors.STALE_COPY, "; the next `make table-rank` copies them again")):
+                        (factors.STALE_COPY, "; `make table-rank` copies them again once those reruns are ok"),
+                        (factors.ORIGINAL_GONE, "; only a rerun of their settings with `force=true` makes them")):
         mine = [gap for gap in gaps if gap.why == why]
         if mine:
             parts.append(f"{len(mine)} {why} ({', '.join(sorted({gap.task for gap in mine}))}{remedy})")
@@ -794,14 +797,16 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
         models=models_text(study), data_lines=data_text(records), schedule=schedule_text(records),
         decoding=decoding_text(records), scale=scale_text(records, results), lr_protocol=lr_protocol_text(records),
         sections="".join(table_section(r) for r in results.values()),
-        section7=section7_text(tables, runs, profile, seeds or found_seeds(every.values())),
+        section7=section7_text(tables, runs, profile, seeds or section7_seeds(every)),
         speed="\n".join([params_text(tables), latency_text(tables, runs), bench_text(bench)]),
     )
 
 
-def found_seeds(results: Iterable[TableResult]) -> list[int]:
-    """The seeds the tables found (each table's expected seeds, which default to its runs' seeds)."""
-    return sorted({seed for result in results for seed in result.expected_seeds})
+def section7_seeds(every: Mapping[str, TableResult]) -> list[int]:
+    """The seeds §7 asks Table 6 for when none are given: those Table 6 found, else those any table found
+    (a table's expected seeds default to its runs')."""
+    found = every[factors.EXPERIMENT].expected_seeds if factors.EXPERIMENT in every else []
+    return list(found) or sorted({seed for result in every.values() for seed in result.expected_seeds})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

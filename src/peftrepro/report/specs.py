@@ -209,9 +209,11 @@ ACCURACY_NOTES = (
     "validation performance of each run (D.4); ours do when 'evaluate every epoch' above is true.",
     "LoRA α: the paper sets α to the first r tried and never tunes it (§4.1; its GPT-3 value is not "
     "given): we keep one α for every r (see the α line above), so the scale α/r shrinks as r grows.",
-    "The row labels are the paper's: their ±0.5% (WikiSQL) and ±0.1% (MultiNLI) are the fluctuation it reports "
-    "for its GPT-3 runs (Table 4's caption), not ours; each of our cells gives its own ± over seeds.",
 )
+# Tables 5 and 6 label their rows as the paper does, with its run-to-run fluctuation
+ROW_LABEL_NOTE = ("The row labels are the paper's: their ±0.5% (WikiSQL) and ±0.1% (MultiNLI) are the fluctuation "
+                  "it reports for its GPT-3 runs (Table 4's caption), not ours; each of our cells gives its own ± "
+                  "over seeds.")
 TASK_CHOICES = (
     LORA_ALPHA,
     Choice("LoRA init of A (paper: Gaussian; official code: kaiming-uniform)", "method.init", ("lora",)),
@@ -270,6 +272,7 @@ TABLE_WEIGHT_TYPE = TableSpec(
     run_of=lambda row, column: (row, _weight_type_setting(row, column)),
     choices=COMMON_CHOICES + TASK_CHOICES,
     notes=ACCURACY_NOTES + (
+        ROW_LABEL_NOTE,
         "Equal budget: r × (number of adapted matrices) is the same in every column, as in the paper. "
         "In GPT-3 every matrix is d_model × d_model so that also fixes the count (18,874,368). In models "
         "with grouped-query attention W_k and W_v are narrower, so the counts differ: see the "
@@ -318,6 +321,7 @@ TABLE_RANK = TableSpec(
     run_of=lambda row, column: (row.split("|")[0], _rank_setting(row, column)),
     choices=COMMON_CHOICES + TASK_CHOICES,
     notes=ACCURACY_NOTES + (
+        ROW_LABEL_NOTE,
         "The paper's own inconsistencies: W_q r=8 MultiNLI is 90.7 here but 91.0 in Table 5; "
         "W_q,W_v r=64 WikiSQL is 73.5 here but 73.6 in Table 15. This table shows Table 6's values.",
     ),
