@@ -63,16 +63,19 @@ def test_the_time_left_is_estimated_from_each_task_own_runs(weight_type_runs, ru
     point["env"]["hardware"], point["timings"], point["training"] = CPU, {"total_s": 2400.0}, {"steps": 250}
     write(point)
     text = page(runs_dir, tmp_path)
-    # Empty: Table 5 23 runs' cells (5 of 28 ran), Table 6 60, Table 4 32, Table 3 14 rows of 5 metrics each
-    assert ("**185 (cell, seed) pairs are still empty**, which at most 129 runs would fill (e2e 14, mnli 56, wikisql 59;"
+    # Empty: Table 5 23 runs' cells (5 of 28 ran), Table 6 60, Table 4 32, Table 3 14 rows of 5 metrics each.
+    # Copies fill 20 of them: Table 6's three settings shared with Table 5 (2 tasks x 2 seeds; Table 5 made 5
+    # of those 12 runs or makes them) and Table 4's W_q,W_v r=1 and r=8 rows, which Table 6 makes (8)
+    assert "**185 (cell, seed) pairs are still empty**. 20 of them are filled by copying another table's run" in text
+    assert ("the rest, by 109 runs (e2e 14, mnli 46, wikisql 49; a Table 3 run fills its row's five metrics).\n"
             in text)
     # the QLoRA and pruning tables, shown from their first run, count too: 8 + 9 runs per seed
     assert ("The QLoRA and Pruning tables, which this page shows from their first run on (`make table-qlora`, "
             "`make table-pruning`), need 34 more runs (e2e 8, mnli 26).") in text
     # CPU runs: mnli 3 x 20 min, wikisql 1 x 60 min, and e2e's selection point 40 min
     assert ("a run of this profile (table runs and selection points) took a median of 40 min on e2e (n = 1), "
-            "20 min on mnli (n = 3), 1 h 00 min on wikisql (n = 1), so the rest (163 table runs) would take about "
-            f"{report.hours(60 * (40 * (14 + 8) + 20 * (56 + 26) + 60 * 59))} there" in text)
+            "20 min on mnli (n = 3), 1 h 00 min on wikisql (n = 1), so the rest (143 table runs) would take about "
+            f"{report.hours(60 * (40 * (14 + 8) + 20 * (46 + 26) + 60 * 49))} there" in text)
     # a task with no run on the GPU: the median of all its runs there
     assert "1 min on e2e (none ran there: the median of all 1)" in text
 
@@ -127,11 +130,12 @@ def test_runs_that_shared_a_device_say_so_with_their_wall_time(runs_dir, tmp_pat
     text = page(runs_dir, tmp_path)
     assert ("- GPU: NVIDIA H100 80GB HBM3 (bf16 autocast): 4 runs, 12 min in all, about 4 at once, so 3 min of "
             "wall time (torch threads per run: unrecorded (4 runs)).") in text
-    # the medians (3 min) were measured 4 at once, so the estimate is for 4 at once: 164 runs x 3 min / 4
+    # the medians (3 min) were measured 4 at once, so the estimate is for 4 at once: 144 runs x 3 min / 4
+    # (130 empty settings of the LoRA paper's tables less 20 copies, and the other papers' 34)
     assert ("On GPU: NVIDIA H100 80GB HBM3 (bf16 autocast), where its runs ran about 4 at once, a run of this "
             "profile (table runs and selection points) took a median of 3 min on e2e (none ran there: the median "
             "of all 4), 3 min on mnli (n = 4), 3 min on wikisql (none ran there: the median of all 4), so the rest "
-            f"(164 table runs) would take about {report.hours(164 * 180 / 4)} there with as many at once.") in text
+            f"(144 table runs) would take about {report.hours(144 * 180 / 4)} there with as many at once.") in text
 
 
 @pytest.mark.parametrize(("todo", "text"), [

@@ -41,7 +41,7 @@ from peftrepro.report.records import (
     status_counts,
 )
 from peftrepro.report.render import baseline_lines, dev_splits_text, layout, lr_lines, selection_points_left
-from peftrepro.report.specs import TABLES
+from peftrepro.report.specs import TABLES, lora_ranks
 from peftrepro.runs.records import atomic_write_text, copied_from
 from peftrepro.tasks import TASKS
 
@@ -124,14 +124,30 @@ def empty_cell_seeds(result: TableResult) -> int:
     return int(sum(len(set(result.expected_seeds) - set(seeds)) for seeds in cells["seeds"]))
 
 
-def runs_to_make(result: TableResult) -> Counter[str]:
-    """Runs that would fill the empty (cell, seed) pairs, per task: one run fills every cell of its
-    setting (Table 3: a row's five metrics); copies of equivalent runs may fill some of them."""
-    todo = set()
-    for (row, column), seeds in fillable_cells(result)["seeds"].items():
-        task, setting = result.spec.run_of(row, column)
-        todo |= {(task, setting, seed) for seed in set(result.expected_seeds) - set(seeds)}
-    return Counter(task for task, _, _ in todo)
+def runs_to_make(results: Sequence[TableResult]) -> tuple[Counter[str], int]:
+    """The runs that would fill the tables' empty (cell, seed) pairs, per task, and how many of those
+    pairs a copy fills instead. One run fills every cell of its setting (Table 3: a row's five metrics);
+    a LoRA setting that two tables share (TableSpec.lora_setting) is made once for a task and seed, by
+    the table that has it or comes first, and copied into the other (peftrepro.runs.reuse)."""
+    owner: dict[tuple[str, Any, int], str] = {}  # (task, setting, seed) -> the table that made it or will
+    for result in results:
+        if result.spec.lora_setting:
+            for r in result.records:
+                if r.status == "ok" and r.method.get("name") == "lora":
+                    owner.setdefault((r.task, frozenset(lora_ranks(r.method).items()), r.seed), result.spec.name)
+    todo, copies = set(), 0
+    for result in results:
+        spec = result.spec
+        for (row, column), seeds in fillable_cells(result)["seeds"].items():
+            task, setting = spec.run_of(row, column)
+            ranks = spec.lora_setting(row, column) if spec.lora_setting else None
+            for seed in set(result.expected_seeds) - set(seeds):
+                run = (task, frozenset(ranks.items()) if ranks else (spec.name, setting), seed)
+                if owner.setdefault(run, spec.name) != spec.name:
+                    copies += 1
+                else:
+                    todo.add(run)
+    return Counter(task for task, _, _ in todo), copies
 
 
 # ---------------------------------------------------------------- rendering helpers
@@ -370,8 +386,8 @@ def pending_text(every: Mapping[str, TableResult], records: Sequence[Record]) ->
     if not pairs and not hidden:
         return ("Every cell has every expected seed; a cell \"n/a\" is a method the model cannot run, and its "
                 "table's page says why.")
-    todo: Counter[str] = sum((runs_to_make(result) for result in results.values()), Counter())
-    later: Counter[str] = sum((runs_to_make(result) for result in hidden), Counter())
+    todo, copies = runs_to_make(list(results.values()))
+    later, _ = runs_to_make(hidden)
     # the time of a whole run: not a copy, nor an evaluation of weights another run trained; a selection
     # point trains as a table run does (its dev split is about the evaluation set's size), so it counts
     points_run = {r.run_key: r for result in every.values() for r in result.lr_search}
@@ -379,11 +395,13 @@ def pending_text(every: Mapping[str, TableResult], records: Sequence[Record]) ->
     lead, lines = "Every cell of the tables above has every expected seed.", []
     if pairs:
         lead = "A cell \"—\" has no finished run yet; each table's page lists every such cell."
-        lines = [f"**{plural(pairs, '(cell, seed) pair')} {'is' if pairs == 1 else 'are'} still empty**, which at "
-                 f"most {plural(sum(todo.values()), 'run')} would fill ({runs_split(todo)}): a setting two tables "
-                 "share (Table 6 shares three with Table 5 and its W_q,W_v rows at r=1 and r=8 with Table 4's LoRA "
-                 "rows) trains once, and the table swept later copies that run (`reused_from` in its record), "
-                 "so the count, and the time below, include such copies at the cost of a run."]
+        empty = f"**{plural(pairs, '(cell, seed) pair')} {'is' if pairs == 1 else 'are'} still empty**"
+        runs = f"{plural(sum(todo.values()), 'run')} ({runs_split(todo)})"
+        lines = [f"{empty}, which {runs} would fill." if not copies else
+                 f"{empty}. {copies} of them {'is' if copies == 1 else 'are'} filled by copying another table's run "
+                 "(a LoRA setting two tables share, as Table 6 shares three with Table 5 and its W_q,W_v rows at r=1 "
+                 "and r=8 with Table 4's LoRA rows, is made once and copied into the other where their configs "
+                 f"agree: `reused_from` in its record); the rest, by {runs}."]
     if hidden:
         titles = " and ".join(result.spec.short_title for result in hidden)
         targets = ", ".join(f"`make {MAKE_TARGETS[result.spec.name]}`" for result in hidden)

@@ -165,6 +165,10 @@ class TableSpec:
     # command-line overrides that pick that run out of the experiment's sweep: cells with the same
     # setting are filled by one run (Table 3: every metric of a row)
     run_of: Callable[[str, str], tuple[str, str]]
+    # (row, column) of a metric cell -> the LoRA ranks of the run that fills it, None where that run is
+    # not LoRA; set on the LoRA paper's tables, between which a run of the same LoRA setting, task and
+    # seed is made once and copied (peftrepro.runs.reuse): what is left to run counts it once
+    lora_setting: Callable[[str, str], Mapping[str, int] | None] | None = None
     tasks: tuple[str, ...] = ("wikisql", "mnli")  # the tasks its runs train on
     methods: tuple[str, ...] = ("lora",)  # the methods of its rows (each with its selected learning rate)
     static_rows: tuple[tuple[str, tuple[str, ...]], ...] = ()  # e.g. Table 5's "Rank r"
@@ -270,6 +274,7 @@ TABLE_WEIGHT_TYPE = TableSpec(
     observe=_weight_type_observe,
     paper_ref=_weight_type_paper,
     run_of=lambda row, column: (row, _weight_type_setting(row, column)),
+    lora_setting=lambda row, column: dict.fromkeys(column.split(","), dict(WEIGHT_TYPE_COLUMNS)[column]),
     choices=COMMON_CHOICES + TASK_CHOICES,
     notes=ACCURACY_NOTES + (
         ROW_LABEL_NOTE,
@@ -319,6 +324,7 @@ TABLE_RANK = TableSpec(
     observe=_rank_observe,
     paper_ref=_rank_paper,
     run_of=lambda row, column: (row.split("|")[0], _rank_setting(row, column)),
+    lora_setting=lambda row, column: dict.fromkeys(row.split("|")[1].split(","), int(column.removeprefix("r="))),
     choices=COMMON_CHOICES + TASK_CHOICES,
     notes=ACCURACY_NOTES + (
         ROW_LABEL_NOTE,
@@ -343,6 +349,12 @@ E2E_ARMS = (
 
 def _arm_of(record: Record, arms: Sequence[Arm]) -> Arm | None:
     return next((arm for arm in arms if arm.matches(record.method)), None)
+
+
+def _arm_lora(arms: Sequence[Arm], key: str) -> Mapping[str, int] | None:
+    """The LoRA ranks of an arm (its `ranks` option); None for an arm of another method."""
+    arm = next(arm for arm in arms if arm.key == key)
+    return dict(arm.options["ranks"]) if arm.method == "lora" else None
 
 
 def _e2e_observe(record: Record) -> list[Obs] | None:
@@ -381,6 +393,7 @@ TABLE_E2E = TableSpec(
     observe=_e2e_observe,
     paper_ref=_arms_paper("table3", E2E_ARMS),
     run_of=lambda row, column: ("e2e", f"+experiment/e2e_arm={row}"),
+    lora_setting=lambda row, column: _arm_lora(E2E_ARMS, row),
     tasks=("e2e",),
     methods=tuple(dict.fromkeys(arm.method for arm in E2E_ARMS)),
     choices=COMMON_CHOICES + E2E_CHOICES + (LORA_ALPHA, PREFIX_INIT),
@@ -443,6 +456,7 @@ TABLE_METHODS = TableSpec(
     observe=_methods_observe,
     paper_ref=_methods_paper,
     run_of=lambda row, column: (column, f"task={column} +experiment/methods_arm={row}"),
+    lora_setting=lambda row, column: _arm_lora(METHOD_ARMS, row),
     methods=tuple(dict.fromkeys(arm.method for arm in METHOD_ARMS)),
     choices=COMMON_CHOICES + TASK_CHOICES + (PREFIX_INIT,),
     notes=ACCURACY_NOTES + (
