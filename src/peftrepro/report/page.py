@@ -592,7 +592,7 @@ def seed_spreads(results: Iterable[TableResult], metric: str) -> list[float]:
     return spreads
 
 
-def e2e_scale_text(records: Sequence[Record], results: Iterable[TableResult], paper: pd.DataFrame) -> str | None:
+def e2e_scale_text(records: Sequence[Record], table3: TableResult | None, paper: pd.DataFrame) -> str | None:
     """E2E's counterpart of the binomial error: the bootstrap standard error of one run's BLEU over its
     test MRs (median over the table runs), beside the span of the paper's GPT-2 M BLEU cells."""
     runs = [r for r in records if r.task == "e2e" and r.experiment == "table_e2e" and r.status == "ok"
@@ -605,7 +605,7 @@ def e2e_scale_text(records: Sequence[Record], results: Iterable[TableResult], pa
     text = (f"E2E: one BLEU is computed on {(e2e_eval_counts(runs[0]) or ('its',))[0]} test MRs, and a bootstrap over them gives "
             f"it a standard error of about {statistics.median(errors):.1f} points, while the paper's GPT-2 M cells "
             f"of Table 3 span {cells.max() - cells.min():.1f} BLEU ({cells.min():.1f}–{cells.max():.1f})")
-    if spreads := seed_spreads([result for result in results if result.spec.name == "table_e2e"], "bleu"):
+    if spreads := seed_spreads([table3] if table3 else [], "bleu"):
         text += f"; two seeds of one setting differ by up to {max(spreads):.1f} BLEU here"
     return text + "."
 
@@ -636,7 +636,7 @@ def scale_text(records: Sequence[Record], results: Mapping[str, TableResult]) ->
     if lines:
         lines.append("Accuracy differences of the size the paper reports cannot be resolved at this scale; such "
                      "a claim can only be held or not held here where cells differ by several points.")
-    if (e2e := e2e_scale_text(records, results.values(), paper)) is not None:
+    if (e2e := e2e_scale_text(records, results.get("table_e2e"), paper)) is not None:
         lines.insert(0, e2e)
     if not lines:
         return "No evaluated run yet."
