@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from peftrepro.report import page as report
-from peftrepro.report.cells import build_table
+from peftrepro.report import protocol, provenance
+from peftrepro.report.cells import build_table, seed_spreads
 from peftrepro.report.claims import INCONCLUSIVE, evaluate
+from peftrepro.report.page import ARCHIVE, study_records
+from peftrepro.report.records import load_records
 from peftrepro.report.render import (
     format_cell,
     incomplete_lines,
@@ -253,13 +255,13 @@ def test_the_report_compares_each_verdict_with_the_untuned_protocols(runs_dir, t
     for seed in seeds:
         for method in (lora, FT):
             write(make_record("table_e2e", "e2e", method, seed, {"bleu": 0.6}))
-    archive = runs_dir.parent / report.ARCHIVE / "tables"
+    archive = runs_dir.parent / ARCHIVE / "tables"
     archive.mkdir(parents=True)
     (archive / "table_e2e.md").write_text(
         "| Paper's claim | Where | On our numbers | Evidence |\n|---|---|---|---|\n"
         f"| LoRA matches or beats full fine-tuning on BLEU | §5.4, Table 3 | {before.replace('not held', '**not held**')} "
         "| ... |\n", encoding="utf-8")
-    text = report.changes_text({"table_e2e": build_table(TABLES["table_e2e"], runs_dir)}, runs_dir.parent / report.ARCHIVE)
+    text = protocol.changes_text({"table_e2e": build_table(TABLES["table_e2e"], runs_dir)}, runs_dir.parent / ARCHIVE)
     row = next(line for line in text.splitlines() if "LoRA matches or beats full fine-tuning on BLEU" in line)
     assert [cell.strip() for cell in row.strip("|").split("|")] == [
         "Table 3", "LoRA matches or beats full fine-tuning on BLEU", before, now]
@@ -277,7 +279,7 @@ def test_the_report_names_the_backbone_exactly(make_record, tmp_path, config, ex
 
     record = make_record("table_e2e", "e2e", FT, 0, {"bleu": 0.5})
     record["config"]["model"] = config
-    assert report.backbone_text([parse_record(tmp_path / "record.json", record)]) == expected
+    assert provenance.backbone_text([parse_record(tmp_path / "record.json", record)]) == expected
 
 
 def test_each_tasks_trivial_baseline_is_stated_before_any_table_run(runs_dir, write, make_record):
@@ -317,9 +319,9 @@ def test_lora_is_scored_on_the_first_test_mrs_from_its_saved_statistics(runs_dir
     rows[100:] = e2e_rows(20, 0.1)  # MRs past the first 100 must not count
     write_predictions(write(record), rows)
     expected = 100 * scores_from_sums([sum(c) for c in zip(*(row["segment"]["mteval"] for row in rows[:100]))])[0]
-    (parsed,) = [r for r in report.load_records(runs_dir)[0] if r.experiment == "peft_budget"]
-    assert report.first_mrs_bleu(parsed) == pytest.approx(expected)
-    text = report.budget_text({}, report.study_records(runs_dir, "mini"))
+    (parsed,) = [r for r in load_records(runs_dir)[0] if r.experiment == "peft_budget"]
+    assert protocol.first_mrs_bleu(parsed) == pytest.approx(expected)
+    text = protocol.budget_text({}, study_records(runs_dir, "mini"))
     assert f"  - LoRA dropout 0.0: BLEU {expected:.1f} (seed 0); on all test MRs, BLEU 50.0 (seed 0)." in text
     assert "Table 3's LoRA: no run of the fair protocol yet." in text
 
@@ -336,8 +338,8 @@ def test_the_budget_comparison_lists_every_setting_the_two_setups_differ_in(runs
         record["method"] = record["config"]["method"] = {"name": "lora", "dropout": 0.1, "r": 4,
                                                          "weights": ["W_q", "W_v"], "ranks": None}
         write_predictions(write(record), e2e_rows(120, 0.6))
-    study = report.study_records(runs_dir, "mini")
-    text = report.budget_text({"table_e2e": build_table(TABLES["table_e2e"], runs_dir)}, study)
+    study = study_records(runs_dir, "mini")
+    text = protocol.budget_text({"table_e2e": build_table(TABLES["table_e2e"], runs_dir)}, study)
     assert ("(Table 3's vs the loop's, from the records of seed 0): `train.batch_size` 16 vs 8, `train.lr` 0.003 vs "
             "0.001." in text)
 
@@ -348,8 +350,8 @@ def test_the_budget_comparison_says_how_far_seeds_of_one_setting_differ(runs_dir
         record = make_record(experiment, "e2e", lora, seed, {"bleu": bleu}, profile="mini")
         record["config"]["task"] = {"name": "e2e", "eval_split": "test", "max_eval_examples": None}
         write_predictions(write(record), e2e_rows(120, 0.6))
-    text = report.budget_text({"table_e2e": build_table(TABLES["table_e2e"], runs_dir)},
-                              report.study_records(runs_dir, "mini"))
+    text = protocol.budget_text({"table_e2e": build_table(TABLES["table_e2e"], runs_dir)},
+                              study_records(runs_dir, "mini"))
     assert "two seeds of one Table 3 setting differ by up to 4.0 BLEU on all test MRs" in text
 
 
@@ -365,7 +367,7 @@ def test_a_run_is_checked_against_its_own_backbones_zero_shot_run(runs_dir, writ
     zero_shot["model"] = {**zero_shot["model"], "name": baseline_model}
     write_predictions(write(run), rows)
     write_predictions(write(zero_shot), [{**row, "lf_correct": False} for row in rows])
-    parsed = {r.experiment: r for r in report.load_records(runs_dir)[0]}
+    parsed = {r.experiment: r for r in load_records(runs_dir)[0]}
     learning = learning_check(parsed["table_methods"], [parsed["baselines"]])
     assert (learning is not None and learning.learned) if checked else learning is None
 
@@ -393,7 +395,7 @@ def test_the_report_says_how_the_learning_rates_were_set(make_record, tmp_path, 
 
     record = make_record("table_e2e", "e2e", FT, 0, {"bleu": 0.5})
     record["config"]["lr_selection"] = selection
-    assert report.lr_protocol_text([parse_record(tmp_path / "record.json", record)]).startswith(expected)
+    assert provenance.lr_protocol_text([parse_record(tmp_path / "record.json", record)]).startswith(expected)
 
 
 def test_the_scale_of_e2e_differences_is_its_bootstrap_error_and_seed_spread(runs_dir, write, make_record):
@@ -408,7 +410,7 @@ def test_the_scale_of_e2e_differences_is_its_bootstrap_error_and_seed_spread(run
         write_predictions(write(qlora | {"eval_notes": {"mrs": 50, "references": 200}}), e2e_rows(50, bleu))
     tables = {name: build_table(TABLES[name], runs_dir, profile="mini") for name in ("table_e2e", "table_qlora")}
     assert tables["table_qlora"].stats("nf4_dq", "e2e")["n"] == 2
-    text = report.scale_text(report.study_records(runs_dir, "mini"), tables)
+    text = provenance.scale_text(study_records(runs_dir, "mini"), tables)
     assert text.startswith("E2E: one BLEU is computed on 50 test MRs, and a bootstrap over them gives it a standard "
                            "error of about ")
     assert "the paper's GPT-2 M cells of Table 3 span 4.1 BLEU (66.3–70.4); two seeds of one setting differ by up " \
@@ -427,6 +429,6 @@ def test_the_seed_spread_the_report_quotes_leaves_out_cells_with_a_run_that_did_
             write_predictions(write(record | {"eval_notes": {"examples": {"matched": 300}}}), mnli_rows(correct))
     table5 = build_table(TABLES["table_weight_type"], runs_dir, profile="mini")
     assert table5.stats("mnli", "W_k")["did_not_learn"]
-    assert report.seed_spreads([table5], "accuracy_m") == [pytest.approx(2.0)]
-    text = report.scale_text(report.study_records(runs_dir, "mini"), {"table_weight_type": table5})
+    assert seed_spreads([table5], "accuracy_m") == [pytest.approx(2.0)]
+    text = provenance.scale_text(study_records(runs_dir, "mini"), {"table_weight_type": table5})
     assert "two seeds of one setting differ by up to 2.0 points here" in text

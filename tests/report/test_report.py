@@ -10,7 +10,8 @@ import pytest
 from peftrepro.report import factors
 from peftrepro.report import page as report
 from peftrepro.report.cells import build_table
-from peftrepro.report.records import rate_text, rates_text
+from peftrepro.report.progress import runs_split
+from peftrepro.report.records import at_a_time, hours, plural, rate_text, rates_text
 from peftrepro.report.render import header_lines
 from peftrepro.report.specs import TABLES
 
@@ -75,7 +76,7 @@ def test_the_time_left_is_estimated_from_each_task_own_runs(weight_type_runs, ru
     # CPU runs: mnli 3 x 20 min, wikisql 1 x 60 min, and e2e's selection point 40 min
     assert ("a run of this profile (table runs and selection points) took a median of 40 min on e2e (n = 1), "
             "20 min on mnli (n = 3), 1 h 00 min on wikisql (n = 1), so the rest (143 table runs) would take about "
-            f"{report.hours(60 * (40 * (14 + 8) + 20 * (46 + 26) + 60 * 49))} there" in text)
+            f"{hours(60 * (40 * (14 + 8) + 20 * (46 + 26) + 60 * 49))} there" in text)
     # a task with no run on the GPU: the median of all its runs there
     assert "1 min on e2e (none ran there: the median of all 1)" in text
 
@@ -117,7 +118,7 @@ def test_runs_at_a_time_come_from_their_start_and_end_times(runs_dir, write, mak
         record["timings"] = {"total_s": 1200.0} if end else {}
         write(record)
     records = build_table(TABLES["table_weight_type"], runs_dir).records
-    assert report.at_a_time(records) == pytest.approx(expected)
+    assert at_a_time(records) == pytest.approx(expected)
 
 
 def test_runs_that_shared_a_device_say_so_with_their_wall_time(runs_dir, tmp_path, write, make_record) -> None:
@@ -135,7 +136,7 @@ def test_runs_that_shared_a_device_say_so_with_their_wall_time(runs_dir, tmp_pat
     assert ("On GPU: NVIDIA H100 80GB HBM3 (bf16 autocast), where its runs ran about 4 at once, a run of this "
             "profile (table runs and selection points) took a median of 3 min on e2e (none ran there: the median "
             "of all 4), 3 min on mnli (n = 4), 3 min on wikisql (none ran there: the median of all 4), so the rest "
-            f"(144 table runs) would take about {report.hours(144 * 180 / 4)} there with as many at once.") in text
+            f"(144 table runs) would take about {hours(144 * 180 / 4)} there with as many at once.") in text
 
 
 @pytest.mark.parametrize(("todo", "text"), [
@@ -143,12 +144,12 @@ def test_runs_that_shared_a_device_say_so_with_their_wall_time(runs_dir, tmp_pat
     ({"wikisql": 9, "mnli": 2}, "mnli 2, wikisql 9"),  # no Table 3 run left: nothing to explain
 ])
 def test_the_runs_left_name_their_tasks(todo, text) -> None:
-    assert report.runs_split(todo) == text
+    assert runs_split(todo) == text
 
 
 @pytest.mark.parametrize(("n", "text"), [(0, "0 runs"), (1, "1 run"), (2, "2 runs")])
 def test_counts_agree_with_their_noun(n, text) -> None:
-    assert report.plural(n, "run") == text  # the page once said "1 (cell, seed) pairs ..., which 1 runs"
+    assert plural(n, "run") == text  # the page once said "1 (cell, seed) pairs ..., which 1 runs"
 
 
 def test_every_table_with_a_figure_links_it(weight_type_runs, runs_dir, tmp_path) -> None:

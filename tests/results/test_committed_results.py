@@ -97,7 +97,8 @@ def test_the_first_test_mrs_bleu_is_what_the_scorer_gives_on_the_prediction_text
     """The REPORT's BLEU on the first 100 test MRs sums the statistics saved beside each prediction; the
     E2E scorer (`peftrepro score e2e`'s BLEU) on those rows' own texts gives the same number."""
     from peftrepro.metrics.e2e import score_bleu
-    from peftrepro.report.page import FIRST_MRS, first_mrs_bleu, load_records
+    from peftrepro.report.protocol import FIRST_MRS, first_mrs_bleu
+    from peftrepro.report.records import load_records
 
     checked = 0
     for record in load_records(REPO / "results" / "runs")[0]:

@@ -1,4 +1,5 @@
-"""The Makefile checks PROFILE and SEEDS before anything runs: one line, exit 2, nothing started."""
+"""The Makefile checks PROFILE and SEEDS before anything runs (one line, exit 2, nothing started), and each
+table's target, as the REPORT names it, runs that table's sweep."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from peftrepro.report.specs import TABLES
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
@@ -33,3 +36,11 @@ def test_a_bad_profile_or_seed_list_stops_make_with_one_line(variables, message)
 def test_help_needs_no_valid_profile() -> None:
     done = make("help", "PROFILE=mimi")
     assert done.returncode == 0 and "table-rank" in done.stdout
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_each_table_names_the_make_target_that_sweeps_it(name) -> None:
+    """The REPORT tells users `make <spec.make_target>`: that target must run the table's own sweep."""
+    done = make("-n", TABLES[name].make_target, "PROFILE=smoke")
+    assert done.returncode == 0, done.stderr
+    assert f"-m peftrepro.runs -m experiment={name} " in done.stdout

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
@@ -213,3 +213,23 @@ def build_table(spec: TableSpec, runs_dir: Path, profile: str | None = None,
     result.other_profiles = sorted({r.profile for r in of_table} - {chosen})
     result.lr_search = [r for r in same_profile if r.experiment == LR_SEARCH_EXPERIMENT]
     return result
+
+
+def seed_spreads(results: Iterable[TableResult], metric: str) -> list[float]:
+    """max - min over seeds (paper units) of every cell of `metric` with several seeds whose runs all
+    trained and beat their task's trivial baseline: a run that did not learn widens a cell by failing,
+    which is not the seed noise this measures (its table labels it)."""
+    spreads = []
+    for result in results:
+        cells = result.metric_cells
+        for (row, column), stats in cells[cells["metric"] == metric].iterrows():
+            trained = not stats["did_not_learn"] and not any(r.failed_training for r in result.cell_records(row, column))
+            if stats["n"] > 1 and trained:
+                spreads.append(max(stats["values"]) - min(stats["values"]))
+    return spreads
+
+
+def extra_seed_runs(result: TableResult) -> list[Record]:
+    """The runs of a seed beyond those every cell should have that a cell shows (a failed run shows in none)."""
+    return [r for r in result.records
+            if r.seed is not None and r.seed not in result.expected_seeds and result.cells_of(r.run_key)]

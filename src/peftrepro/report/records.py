@@ -404,6 +404,17 @@ def plural(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+def hours(seconds: float) -> str:
+    """A duration as the REPORT prints it: `2 h 05 min`, or `40 min` under an hour."""
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def counted(values: Counter[str]) -> str:
+    """Values counted over runs, most common first: `2 (76 runs), 1 (8 runs)`."""
+    return ", ".join(f"{value} ({plural(n, 'run')})" for value, n in values.most_common())
+
+
 def distinct(values: Iterable[Any]) -> list[str]:
     """The distinct non-empty values as sorted strings."""
     return sorted({str(v) for v in values if v not in (None, "")})
@@ -443,3 +454,31 @@ def status_counts(records: Iterable[Record]) -> dict[str, int]:
     """Records per status, in RECORD_STATUSES order; any other status counts as failed (as in _status)."""
     counts = Counter(r.status if r.status in RECORD_STATUSES else "failed" for r in records)
     return {status: counts[status] for status in RECORD_STATUSES}
+
+
+def run_seconds(record: Record) -> float:
+    """The run's time as its record timed it (0 where it was not timed)."""
+    return float((record.raw.get("timings") or {}).get("total_s") or 0.0)
+
+
+# runs at once on average from which a device's runs are said to have shared it (timings are theirs)
+SHARED_AT = 1.5
+
+
+def at_a_time(records: Sequence[Record]) -> float:
+    """How many of `records` ran at once on average: their summed run times over the wall time their
+    intervals cover (each ends at its `created_at`, when its record was written, and lasted its run
+    time). 1.0 for runs made one after another; 0.0 for none. Only these records count: other work on
+    the machine (another profile's runs, development) is not seen."""
+    spans = sorted((r.created_at.timestamp() - run_seconds(r), r.created_at.timestamp())
+                   for r in records if run_seconds(r) > 0)
+    wall, reach = 0.0, float("-inf")
+    for start, end in spans:
+        wall += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    return sum(end - start for start, end in spans) / wall if wall else 0.0
+
+
+def is_reused(record: Record) -> bool:
+    """A copy of another table's run (peftrepro.runs.reuse), which the study's counts of runs and time leave out."""
+    return copied_from(record.raw) is not None

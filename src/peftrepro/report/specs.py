@@ -184,6 +184,11 @@ class TableSpec:
         """The table's name without its caption, e.g. "Table 5"."""
         return self.title.split(":")[0]
 
+    @property
+    def make_target(self) -> str:
+        """The Makefile target that runs the table's sweep and writes its page, e.g. `table-weight-type`."""
+        return self.name.replace("_", "-")
+
     def cell_label(self, row: str, column: str) -> str:
         """A cell as the table labels it, e.g. "WikiSQL (±0.5%) / W_q,W_v × r=4"."""
         row_labels = next(a.labels for a in self.rows if a.key == row)

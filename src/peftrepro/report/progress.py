@@ -1,0 +1,191 @@
+"""REPORT.md's "At a glance": how far each table is, and what is left to run with how long it would take
+on each device the runs used. Reads the tables' results and their records only."""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from peftrepro.report import claims
+from peftrepro.report.cells import TableResult, extra_seed_runs
+from peftrepro.report.records import (
+    SHARED_AT,
+    Record,
+    at_a_time,
+    distinct,
+    hours,
+    is_reused,
+    plural,
+    run_seconds,
+    status_counts,
+)
+from peftrepro.report.render import selection_points_left
+from peftrepro.report.specs import lora_ranks
+
+
+def shown(results: Mapping[str, TableResult]) -> dict[str, TableResult]:
+    """The tables REPORT.md shows: the LoRA paper's always, the other papers' once a run of theirs exists."""
+    return {name: result for name, result in results.items()
+            if result.spec.in_report_without_runs or result.records}
+
+
+def fillable_cells(result: TableResult) -> pd.DataFrame:
+    """The metric cells a run can fill (not those of a method the model cannot run)."""
+    cells = result.metric_cells
+    return cells[cells["status"] != "n/a"]
+
+
+def empty_cell_seeds(result: TableResult) -> int:
+    """(cell, seed) pairs with no value yet (some will be filled by copies of equivalent runs)."""
+    cells = fillable_cells(result)
+    return int(sum(len(set(result.expected_seeds) - set(seeds)) for seeds in cells["seeds"]))
+
+
+def runs_to_make(results: Sequence[TableResult]) -> tuple[Counter[str], int]:
+    """The runs that would fill the tables' empty (cell, seed) pairs, per task, and how many of those
+    pairs a copy fills instead. One run fills every cell of its setting (Table 3: a row's five metrics);
+    a LoRA setting that two tables share (TableSpec.lora_setting) is made once for a task and seed, by
+    the table that has it or comes first, and copied into the other (peftrepro.runs.reuse)."""
+    owner: dict[tuple[str, Any, int], str] = {}  # (task, setting, seed) -> the table that made it or will
+    for result in results:
+        if result.spec.lora_setting:
+            for r in result.records:
+                if r.status == "ok" and r.method.get("name") == "lora":
+                    owner.setdefault((r.task, frozenset(lora_ranks(r.method).items()), r.seed), result.spec.name)
+    todo, copies = set(), 0
+    for result in results:
+        spec = result.spec
+        for (row, column), seeds in fillable_cells(result)["seeds"].items():
+            task, setting = spec.run_of(row, column)
+            ranks = spec.lora_setting(row, column) if spec.lora_setting else None
+            for seed in set(result.expected_seeds) - set(seeds):
+                run = (task, frozenset(ranks.items()) if ranks else (spec.name, setting), seed)
+                if owner.setdefault(run, spec.name) != spec.name:
+                    copies += 1
+                else:
+                    todo.add(run)
+    return Counter(task for task, _, _ in todo), copies
+
+
+def devices_text(records: Sequence[Record]) -> str:
+    return "; ".join(distinct(r.hardware for r in records)) or "—"
+
+
+def status_table(results: Mapping[str, TableResult]) -> str:
+    rows = []
+    for name, result in results.items():
+        cells, records = fillable_cells(result), result.records
+        own = [r for r in records if not is_reused(r)]
+        rows.append({
+            "Table": f"[{result.spec.short_title}](tables/{name}.md)",
+            "Cells with every seed": f"{int((cells['status'] == 'ok').sum())} / {len(cells)}",
+            "Seeds": seeds_text(result),
+            "Runs ok / failed / n/a / unscored": " / ".join(map(str, status_counts(records).values())),
+            "Reused from another table": str(len(records) - len(own)),
+            "Evaluating another run's weights": str(sum(bool(r.trained_in) and r.status == "ok" for r in own)),
+            "Cell × seed still empty": str(empty_cell_seeds(result)),
+            "Ran on": devices_text(records),  # a reused run ran where its original did
+            "Run time (sum)": hours(sum(run_seconds(r) for r in own)) if own else "—",
+            "Paper's claims: held / not held / inconclusive": claims_text(result),
+        })
+    return pd.DataFrame(rows).to_markdown(index=False)
+
+
+def claims_text(result: TableResult) -> str:
+    """How the table's claims fare on our numbers, and how many of the inconclusive ones still wait for a
+    compared cell's runs (Claim.waiting)."""
+    evaluated = claims.evaluate(result)
+    counts = Counter(claim.verdict for claim in evaluated)
+    waiting = sum(bool(claim.waiting) and claim.verdict == claims.INCONCLUSIVE for claim in evaluated)
+    return (" / ".join(str(counts[v]) for v in (claims.HELD, claims.NOT_HELD, claims.INCONCLUSIVE))
+            + (f" ({waiting} wait for runs)" if waiting else ""))
+
+
+def seeds_text(result: TableResult) -> str:
+    """The seeds every cell should have, and any seed beyond them with the number of settings it
+    ran for, so that a cell of n=3 beside cells of n=2 is not a surprise."""
+    extra = Counter(r.seed for r in extra_seed_runs(result))
+    return (", ".join(map(str, result.expected_seeds)) or "—") + "".join(
+        f" (+ seed {seed} on {plural(n, 'setting')})" for seed, n in sorted(extra.items()))
+
+
+def pending_text(every: Mapping[str, TableResult], records: Sequence[Record]) -> str:
+    """What is left to run: the shown tables' empty cells, the hidden tables' runs, the selection points."""
+    results = shown(every)
+    hidden = [result for name, result in every.items() if name not in results]
+    pairs = sum(empty_cell_seeds(result) for result in results.values())
+    if not pairs and not hidden:
+        return ("Every cell has every expected seed; a cell \"n/a\" is a method the model cannot run, and its "
+                "table's page says why.")
+    todo, copies = runs_to_make(list(results.values()))
+    later, _ = runs_to_make(hidden)
+    # the time of a whole run: not a copy, nor an evaluation of weights another run trained; a selection
+    # point trains as a table run does (its dev split is about the evaluation set's size), so it counts
+    points_run = {r.run_key: r for result in every.values() for r in result.lr_search}
+    own = [r for r in [*records, *points_run.values()] if not is_reused(r) and not r.trained_in and r.status == "ok"]
+    lead, lines = "Every cell of the tables above has every expected seed.", []
+    if pairs:
+        lead = "A cell \"—\" has no finished run yet; each table's page lists every such cell."
+        empty = f"**{plural(pairs, '(cell, seed) pair')} {'is' if pairs == 1 else 'are'} still empty**"
+        runs = f"{plural(sum(todo.values()), 'run')} ({runs_split(todo)})"
+        lines = [f"{empty}, which {runs} would fill." if not copies else
+                 f"{empty}. {copies} of them {'is' if copies == 1 else 'are'} filled by copying another table's run "
+                 "(a LoRA setting two tables share, as Table 6 shares three with Table 5 and its W_q,W_v rows at r=1 "
+                 "and r=8 with Table 4's LoRA rows, is made once and copied into the other where their configs "
+                 f"agree: `reused_from` in its record); the rest, by {runs}."]
+    if hidden:
+        titles = " and ".join(result.spec.short_title for result in hidden)
+        targets = ", ".join(f"`make {result.spec.make_target}`" for result in hidden)
+        lines.append(f"The {titles} tables, which this page shows from their first run on ({targets}), need "
+                     f"{plural(sum(later.values()), 'more run')} ({runs_split(later, False)}).")
+    points_left = selection_points_left(every.values())
+    for device in distinct(r.hardware for r in own):
+        lines.append(device_estimate(device, [r for r in own if r.hardware == device], todo + later, points_left))
+    finished = sum(r.status == "ok" for r in points_run.values())
+    left = (f", at least {plural(sum(points_left.values()), 'point')} still to run ({runs_split(points_left, False)})"
+            if points_left else "")
+    lines.append(f"Before a table's runs, its learning rates are selected (`make select-lr`: at least three "
+                 "dev-split runs per task and method, more while the best rate sits on the grid's edge or, on "
+                 "MultiNLI, no rate beats the majority class, up to `lr_search.max_points`; "
+                 f"{plural(finished, 'point')} finished so far{left}) and each "
+                 "task's zero-shot baseline is run once (`make baselines`). A seed-0 table run trains as its "
+                 "method's chosen selection point did, so where that point kept its weights the run only "
+                 "evaluates them (`trained_in`), in minutes: the estimate above counts it as a whole run.")
+    return f"{lead} What is left:\n\n" + "\n".join(f"- {line}" for line in lines)
+
+
+def runs_split(todo: Mapping[str, int], table_runs: bool = True) -> str:
+    """Runs left per task, and while a Table 3 run is among them, why its count is lower than its cells'."""
+    split = ", ".join(f"{task} {count}" for task, count in sorted(todo.items()))
+    return split + ("; a Table 3 run fills its row's five metrics" if table_runs and "e2e" in todo else "")
+
+
+def device_estimate(device: str, runs: Sequence[Record], todo: Mapping[str, int],
+                    points_left: Mapping[str, int] | None = None) -> str:
+    """The time the table runs and selection points left would take on one device, from the median per
+    task of its own runs, table runs and selection points alike (E2E decodes its outputs, WikiSQL's
+    inputs are long: one median over every task would not do). A task with no run there is counted at
+    the median over all of that device's runs. Where those runs ran several at once, their times are
+    those of runs sharing the device, so the estimate is for as many at once (alone each would be faster)."""
+    points_left = points_left or {}
+    overall = statistics.median(run_seconds(r) for r in runs)
+    medians, parts = {}, []
+    for task in sorted({*todo, *points_left}):
+        times = [run_seconds(r) for r in runs if r.task == task]
+        medians[task] = statistics.median(times) if times else overall
+        parts.append(f"{hours(medians[task])} on {task} (n = {len(times)})" if times else
+                     f"{hours(overall)} on {task} (none ran there: the median of all {len(runs)})")
+    total = sum(count * medians[task] for counts in (todo, points_left) for task, count in counts.items())
+    points = f" and at least {plural(sum(points_left.values()), 'selection point')}" if points_left else ""
+    what = f"the rest ({plural(sum(todo.values()), 'table run')}{points})"
+    at_once = at_a_time(runs)
+    if at_once >= SHARED_AT:
+        return (f"On {device}, where its runs ran about {round(at_once)} at once, a run of this profile (table runs "
+                f"and selection points) took a median of {', '.join(parts)}, so {what} would take about "
+                f"{hours(total / at_once)} there with as many at once.")
+    return (f"On {device}, a run of this profile (table runs and selection points) took a median of "
+            f"{', '.join(parts)}, so {what} would "
+            f"take about {hours(total)} there.")

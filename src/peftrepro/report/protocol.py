@@ -1,0 +1,166 @@
+"""REPORT.md's sections on the fair protocol: the learning rates selected on dev splits, each task's
+trivial baseline, Table 3's LoRA beside LoRA at a plain peft loop's budget, and each claim's verdict
+under the untuned protocol (its archived tables) and now."""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections import Counter
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from peftrepro.report import claims
+from peftrepro.report.cells import TableResult, seed_spreads
+from peftrepro.report.records import Record, plural
+from peftrepro.report.render import baseline_lines, lr_lines
+
+# a row of a table's "Paper's claims" section, as the archived tables printed it
+CLAIM_ROW = re.compile(r"^\| (?P<claim>[^|]+) \| [^|]+ \| \*\*(?P<verdict>held|not held|inconclusive)\*\*"
+                       r"(?P<marginal> \(marginal\))?")
+
+
+def selected_lr_text(results: Mapping[str, TableResult]) -> str:
+    """Every (task, method)'s learning-rate selection once, from the selection's own records."""
+    lines: dict[str, str] = {}
+    for result in results.values():
+        for line in lr_lines(result):
+            lines.setdefault(line.split(":")[0], line)
+    return "\n".join(lines.values()) or "- No selection run yet (`make select-lr`)."
+
+
+def baselines_text(results: Mapping[str, TableResult]) -> str:
+    lines = dict.fromkeys(line for result in results.values() for line in baseline_lines(result))
+    return "\n".join(lines) or "- No finished run to check yet."
+
+
+def archived_verdicts(tables_dir: Path) -> dict[str, str]:
+    """Claim text -> the verdict a table of the untuned protocol printed (its "Paper's claims" rows)."""
+    verdicts = {}
+    for path in sorted(tables_dir.glob("table_*.md")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if match := CLAIM_ROW.match(line):
+                verdicts[match["claim"].strip()] = match["verdict"] + (match["marginal"] or "")
+    return verdicts
+
+
+BUDGET_EXPERIMENT = "peft_budget"  # conf/experiment/peft_budget.yaml
+FIRST_MRS = 100  # the first distinct test MRs in file order, on which a plain peft loop was compared
+
+
+def first_mrs_bleu(record: Record, n: int = FIRST_MRS) -> float | None:
+    """BLEU (×100) of a run's predictions on the first `n` distinct E2E test MRs, from the BLEU statistics
+    each prediction row keeps (exact: BLEU sums them over MRs); None for runs that did not evaluate the
+    whole test set in file order or kept no statistics."""
+    from peftrepro.metrics.e2e.mteval import scores_from_sums
+
+    rows = record.prediction_rows() or []
+    if record.task != "e2e" or record.get("task.eval_split") != "test" or record.get("task.max_eval_examples") \
+            or len(rows) < n or any("segment" not in row for row in rows[:n]):
+        return None
+    sums = [sum(column) for column in zip(*(row["segment"]["mteval"] for row in rows[:n]))]
+    return 100 * scores_from_sums(sums)[0]
+
+
+def seeds_bleu(runs: Sequence[tuple[int | None, float]]) -> str:
+    """`BLEU 66.1 (mean of 2 seeds; seed 0: 65.7, seed 1: 66.5)`, or `BLEU 65.7 (seed 0)`."""
+    if len(runs) == 1 and runs[0][0] is not None:
+        return f"BLEU {runs[0][1]:.1f} (seed {runs[0][0]})"
+    seeds = ", ".join(f"seed {seed}: {bleu:.1f}" for seed, bleu in sorted(runs, key=lambda run: run[0] or 0))
+    return f"BLEU {statistics.mean(b for _, b in runs):.1f} (mean of {plural(len(runs), 'seed')}; {seeds})"
+
+
+def both_bleus(runs: Sequence[Record]) -> str:
+    """A group of runs' BLEU on the first FIRST_MRS test MRs, then on every test MR."""
+    first = seeds_bleu([(r.seed, first_mrs_bleu(r)) for r in runs])
+    every = seeds_bleu([(r.seed, 100 * float(r.metrics["bleu"])) for r in runs])
+    return f"{first}; on all test MRs, {every}"
+
+
+# what the two setups of the budget comparison may differ in (threads, progress bars and seeds aside)
+SETUP_PREFIXES = ("train.", "task.", "method.", "decoding.")
+NOT_SETUP = {"train.progress"}
+
+
+def setup_differences(ours: Record, theirs: Record) -> str:
+    """The resolved-config values two runs differ in (SETUP_PREFIXES), `key ours vs theirs`."""
+    a, b = (pd.json_normalize(r.raw.get("config") or {}).iloc[0].to_dict() for r in (ours, theirs))
+    keys = sorted(k for k in set(a) | set(b) if k.startswith(SETUP_PREFIXES) and k not in NOT_SETUP
+                  and not same_value(a.get(k), b.get(k)))
+    return ", ".join(f"`{k}` {a.get(k)} vs {b.get(k)}" for k in keys) or "nothing"
+
+
+def pair_text(a: Record, b: Record) -> str:
+    return f"seed {a.seed}" if a.seed == b.seed else f"seeds {a.seed} and {b.seed}"
+
+
+def same_value(x: Any, y: Any) -> bool:
+    """Config values compared as the records wrote them: a null and a missing key are the same."""
+    missing = [v is None or (isinstance(v, float) and math.isnan(v)) for v in (x, y)]
+    return all(missing) or (not any(missing) and x == y)
+
+
+def budget_text(results: Mapping[str, TableResult], study: Sequence[Record]) -> str:
+    """Table 3's LoRA and LoRA at a plain peft loop's budget, on the first FIRST_MRS distinct test MRs and
+    on all of them, with what the two setups differ in."""
+    table3 = results.get("table_e2e")
+    ours = [r for r in (table3.cell_records("lora", "bleu") if table3 else [])
+            if first_mrs_bleu(r) is not None and "bleu" in r.metrics]
+    loop: dict[Any, list[Record]] = {}  # LoRA dropout -> its runs
+    for r in study:
+        if r.experiment == BUDGET_EXPERIMENT and r.status == "ok" and "bleu" in r.metrics \
+                and first_mrs_bleu(r) is not None:
+            loop.setdefault(r.method.get("dropout"), []).append(r)
+    lines = [f"On the first {FIRST_MRS} distinct E2E test MRs (file order), from the saved predictions, then "
+             "on all of them (the table's number):",
+             f"- Table 3's LoRA (r_q=r_v=4): {both_bleus(ours)}." if ours
+             else "- Table 3's LoRA: no run of the fair protocol yet."]
+    if loop:
+        lines.append("- The suite's LoRA at a plain HF-peft loop's budget (`make peft-budget`: 3,200 shuffled "
+                     "examples once (each seed its own sample), 400 steps of batch 8, lr 1e-3, linear decay, no warmup; "
+                     "records under `runs/peft_budget/`):")
+        lines += [f"  - LoRA dropout {dropout}: {both_bleus(runs)}."
+                  for dropout, runs in sorted(loop.items(), key=lambda item: -(item[0] or 0))]
+        if ours:  # a pair of runs of the same dropout and seed where there is one: only the setups differ
+            theirs = loop.get(ours[0].method.get("dropout")) or next(iter(loop.values()))
+            pair = next(((a, b) for a in ours for b in theirs if a.seed == b.seed), (ours[0], theirs[0]))
+            lines.append(f"- What the two setups differ in (Table 3's vs the loop's, from the records of "
+                         f"{pair_text(*pair)}): {setup_differences(*pair)}. The first {FIRST_MRS} MRs "
+                         "are a slice in file order, not a sample: an ordering of the two setups there need not "
+                         "hold on all MRs.")
+        if spreads := seed_spreads([table3] if table3 else [], "bleu"):
+            lines.append("- These are runs, not intervals: two seeds of one Table 3 setting differ by up to "
+                         f"{max(spreads):.1f} BLEU on all test MRs, so a gap smaller than that between "
+                         "groups of one or two seeds is within seed noise.")
+    else:
+        lines.append("- LoRA at a plain HF-peft loop's budget (`make peft-budget`): not run yet.")
+    return "\n".join(lines)
+
+
+def changes_text(results: Mapping[str, TableResult], archive: Path) -> str:
+    """Each claim's verdict under the untuned protocol (as its archived table printed it) and now."""
+    before = archived_verdicts(archive / "tables")
+    if not before:
+        return "No archived tables of the untuned protocol were found."
+    rows = []
+    for result in results.values():
+        for claim in claims.evaluate(result):
+            now = claim.verdict + (" (marginal)" if claim.marginal else "")
+            if claim.waiting == "no result":  # a compared cell has no run under this protocol yet
+                now = "— (not all its cells have run yet)"
+            elif claim.waiting == "one seed":  # ... or one seed of its expected ones: no verdict yet
+                now = "— (one seed: no spread)"
+            if claim.text in before:
+                rows.append({"Table": result.spec.short_title, "Paper's claim": claim.text,
+                             "Untuned protocol": before[claim.text], "Fair protocol": now})
+    judged = [(row["Untuned protocol"].split(" (")[0], row["Fair protocol"].split(" (")[0]) for row in rows
+              if not row["Fair protocol"].startswith("—")]  # verdicts without "(marginal)"
+    moves = Counter(f"{before} → {now}" for before, now in judged if before != now)
+    table = pd.DataFrame(rows).to_markdown(index=False)
+    how = "".join(f"; {move}: {count}" for move, count in sorted(moves.items()))
+    return (f"{table}\n\nOf the {plural(len(judged), 'claim')} judged under both protocols so far, "
+            f"{sum(moves.values())} changed verdict{how}. A claim is listed as judged here only once every cell it "
+            "compares has its seeds; its table may already print a verdict on partial evidence.")
