@@ -147,7 +147,7 @@ def incomplete_lines(result: TableResult) -> list[str]:
     for _, cell in result.cells[result.cells["status"] != "ok"].iterrows():
         where = spec.cell_label(cell["row"], cell["column"])
         if cell["status"] == "missing":
-            why = "no record (run the table's make target)"
+            why = f"no record (`make {spec.make_target}` makes it)"
         elif cell["status"] == "partial":
             lacking = sorted(set(result.expected_seeds) - set(cell["seeds"]))
             why = f"seed(s) {lacking} missing" + (f": {'; '.join(cell['problems'])}" if cell["problems"] else "")
