@@ -302,7 +302,19 @@ def test_without_seeds_the_report_uses_the_seeds_its_tables_found(weight_type_ru
     assert report.main(["--profile", "mini", "--runs", str(runs_dir), "--tables", str(tmp_path / "tables"),
                         "--bench", str(tmp_path / "bench"), "--out", str(out),
                         "--constraints", str(tmp_path / "constraints.txt")]) == 0
-    assert "(W_q,W_v at r=8 and r=64, seeds 0, 1, each task)" in out.read_text(encoding="utf-8")
+    text = out.read_text(encoding="utf-8")
+    assert "(W_q,W_v at r=8 and r=64, seeds 0, 1, each task)" in text
+    # a table with no run yet expects those seeds too: its cells are empty, not "every seed" of none
+    table6 = next(line for line in text.splitlines() if line.startswith("| [Table 6]"))
+    assert [cell.strip() for cell in table6.split("|")[1:-1]][1:3] == ["0 / 30", "0, 1"]
+    assert "Every cell of the tables above has every expected seed" not in text
+
+
+def test_without_runs_or_seeds_what_is_left_is_not_counted(runs_dir, tmp_path) -> None:
+    text = report.render("mini", None, runs_dir, tmp_path / "tables", tmp_path / "bench")
+    assert ("No table has a run yet and no seeds were given (`--seeds`; `make report` passes the profile's), so "
+            "what is left cannot be counted.") in text
+    assert "every expected seed" not in text and "need 0 more runs" not in text
 
 
 def test_the_section7_pages_are_linked_with_their_verdicts_once_generated(tmp_path, runs_dir) -> None:

@@ -218,10 +218,11 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
            root: Path = Path(".")) -> str:
     """The page. Files are read under `root`; the page names them as given (relative: portable)."""
     runs, tables, bench = root / runs_dir, root / tables_dir, root / bench_dir
-    every = all_tables(runs, profile, seeds)
-    results = shown(every)
     study = study_records(runs, profile)  # where, on what and when anything ran
     records = table_records(study)
+    # without --seeds, every table expects the seeds its study ran (a table with no run yet, too)
+    every = all_tables(runs, profile, seeds if seeds is not None else found_seeds(records))
+    results = shown(every)
     latest = max((r.created_at for r in study), default=None)
     template = Template(resources.files("peftrepro").joinpath("data/report_template.md").read_text(encoding="utf-8"))
     return template.substitute(
@@ -239,11 +240,15 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
     )
 
 
+def found_seeds(records: Sequence[Record]) -> list[int] | None:
+    """The seeds the records ran, None for none (a table then expects none either)."""
+    return sorted({r.seed for r in records if r.seed is not None}) or None
+
+
 def section7_seeds(every: Mapping[str, TableResult]) -> list[int]:
-    """The seeds §7 asks Table 6 for when none are given: those Table 6 found, else those any table found
-    (a table's expected seeds default to its runs')."""
-    found = every[factors.EXPERIMENT].expected_seeds if factors.EXPERIMENT in every else []
-    return list(found) or sorted({seed for result in every.values() for seed in result.expected_seeds})
+    """The seeds §7 asks Table 6 for when none are given: those Table 6's runs have, else those any table's have."""
+    found = found_seeds(every[factors.EXPERIMENT].records) if factors.EXPERIMENT in every else None
+    return found or found_seeds([r for result in every.values() for r in result.records]) or []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -117,6 +117,9 @@ def pending_text(every: Mapping[str, TableResult], records: Sequence[Record]) ->
     results = shown(every)
     hidden = [result for name, result in every.items() if name not in results]
     pairs = sum(empty_cell_seeds(result) for result in results.values())
+    if not any(result.expected_seeds for result in every.values()):
+        return ("No table has a run yet and no seeds were given (`--seeds`; `make report` passes the profile's), "
+                "so what is left cannot be counted.")
     if not pairs and not hidden:
         return ("Every cell has every expected seed; a cell \"n/a\" is a method the model cannot run, and its "
                 "table's page says why.")
@@ -136,13 +139,13 @@ def pending_text(every: Mapping[str, TableResult], records: Sequence[Record]) ->
                  "(a LoRA setting two tables share, as Table 6 shares three with Table 5 and its W_q,W_v rows at r=1 "
                  "and r=8 with Table 4's LoRA rows, is made once and copied into the other where their configs "
                  f"agree: `reused_from` in its record); the rest, by {runs}."]
-    if hidden:
+    if sum(later.values()):
         titles = " and ".join(result.spec.short_title for result in hidden)
         targets = ", ".join(f"`make {result.spec.make_target}`" for result in hidden)
         lines.append(f"The {titles} tables, which this page shows from their first run on ({targets}), need "
                      f"{plural(sum(later.values()), 'more run')} ({runs_split(later, False)}).")
     points_left = selection_points_left(every.values())
-    for device in distinct(r.hardware for r in own):
+    for device in distinct(r.hardware for r in own) if sum((todo + later).values()) or points_left else []:
         lines.append(device_estimate(device, [r for r in own if r.hardware == device], todo + later, points_left))
     finished = sum(r.status == "ok" for r in points_run.values())
     left = (f", at least {plural(sum(points_left.values()), 'point')} still to run ({runs_split(points_left, False)})"
