@@ -432,3 +432,13 @@ def test_the_seed_spread_the_report_quotes_leaves_out_cells_with_a_run_that_did_
     assert seed_spreads([table5], "accuracy_m") == [pytest.approx(2.0)]
     text = provenance.scale_text(study_records(runs_dir, "mini"), {"table_weight_type": table5})
     assert "two seeds of one setting differ by up to 2.0 points here" in text
+
+
+def test_a_profile_that_sets_its_own_rates_lists_no_missing_selection(runs_dir, write, make_record) -> None:
+    """smoke fixes its rates (`lr_selection: false`): the tables not run yet are not said to lack a selection."""
+    record = make_record("table_rank", "mnli", LORA8, 0, {"accuracy_m": 0.4}, profile="smoke")
+    record["config"]["lr_selection"], record["config"]["train"]["lr"] = False, 5e-3
+    write(record)
+    results = {name: build_table(spec, runs_dir, profile="smoke") for name, spec in TABLES.items()}
+    assert protocol.selected_lr_text(results) == (
+        "- No selection: profile smoke sets its learning rates itself (`lr_selection: false`): 5e-3.")

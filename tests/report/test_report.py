@@ -405,3 +405,9 @@ def test_learning_rates_print_in_one_notation(lr, text) -> None:
 
 def test_distinct_rates_sort_by_value_not_as_text() -> None:
     assert rates_text([0.01, "0.0003", None, 3e-5, 0.01, 0.3]) == ["3e-5", "3e-4", "1e-2", "3e-1"]
+
+
+@pytest.mark.parametrize("results", ["results", "results/smoke"])
+def test_the_page_names_the_constraints_file_of_its_own_results_folder(runs_dir, tmp_path, results) -> None:
+    text = report.render("smoke", [0], runs_dir, Path(results) / "tables", Path(results) / "bench", root=tmp_path)
+    assert f"`pip install -c {results}/constraints.txt -e '.[test,launchers,qlora]'`" in text

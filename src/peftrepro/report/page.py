@@ -215,8 +215,9 @@ def constraints(profile: str, runs_dir: Path, path: Path) -> str:
 # Most sections' text comes from `progress` (at a glance, what is left), `provenance` (how the runs were
 # made, why they are not the paper's numbers) and `protocol` (the fair protocol's sections).
 def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir: Path, bench_dir: Path,
-           root: Path = Path(".")) -> str:
-    """The page. Files are read under `root`; the page names them as given (relative: portable)."""
+           root: Path = Path("."), constraints_path: Path | None = None) -> str:
+    """The page. Files are read under `root`; the page names them as given (relative: portable). The
+    constraints file is named as the page's commands would use it (default: beside the tables' folder)."""
     runs, tables, bench = root / runs_dir, root / tables_dir, root / bench_dir
     study = study_records(runs, profile)  # where, on what and when anything ran
     records = table_records(study)
@@ -229,6 +230,7 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
         backbone=backbone_text(study), selected_lrs=selected_lr_text(results), baselines=baselines_text(results),
         changes=changes_text(results, runs.parent / ARCHIVE), budget=budget_text(results, study),
         profile=profile, runs_dir=runs_dir.as_posix(), tables_dir=tables_dir.as_posix(),
+        constraints=(constraints_path or tables_dir.parent / "constraints.txt").as_posix(),
         latest_record=latest.isoformat() if latest is not None else "none",
         status_table=status_table(results), pending=pending_text(every, records),
         where=where_text(study), commands=commands_text(profile, seeds, results),
@@ -263,7 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--constraints", type=Path, default=Path("results/constraints.txt"),
                         help="pip constraints file of the package versions the runs were made with")
     args = parser.parse_args(argv)
-    text = render(args.profile, parse_seeds(args.seeds), args.runs, args.tables, args.bench)
+    text = render(args.profile, parse_seeds(args.seeds), args.runs, args.tables, args.bench,
+                  constraints_path=args.constraints)
     pins = constraints(args.profile, args.runs, args.constraints)
     for path, content in ((args.out, text), (args.constraints, pins)):
         atomic_write_text(path, content)

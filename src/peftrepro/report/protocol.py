@@ -16,7 +16,7 @@ import pandas as pd
 from peftrepro.report import claims
 from peftrepro.report.cells import TableResult, seed_spreads
 from peftrepro.report.records import Record, plural
-from peftrepro.report.render import baseline_lines, lr_lines
+from peftrepro.report.render import FIXED_RATES, baseline_lines, lr_lines
 
 # a row of a table's "Paper's claims" section, as the archived tables printed it
 CLAIM_ROW = re.compile(r"^\| (?P<claim>[^|]+) \| [^|]+ \| \*\*(?P<verdict>held|not held|inconclusive)\*\*"
@@ -29,6 +29,9 @@ def selected_lr_text(results: Mapping[str, TableResult]) -> str:
     for result in results.values():
         for line in lr_lines(result):
             lines.setdefault(line.split(":")[0], line)
+    fixed = [line for line in lines.values() if line.startswith(FIXED_RATES)]
+    if fixed and not any(result.lr_search for result in results.values()):
+        return "\n".join(fixed)  # the profile sets its rates: the tables not run yet will not select either
     return "\n".join(lines.values()) or "- No selection run yet (`make select-lr`)."
 
 

@@ -262,12 +262,15 @@ def baseline_lines(result: TableResult) -> list[str]:
     return lines
 
 
+FIXED_RATES = "- No selection:"  # lr_lines' line for a profile that sets its own rates (`lr_selection: false`)
+
+
 def lr_lines(result: TableResult) -> list[str]:
     """Per (task, method) of the table, and per backbone where it has several: the selection's grid with
     its dev scores and choice, and the rate the table's runs used (read from the lr_search records and
     the table's own)."""
     if result.records and not any(r.get("lr_selection") for r in result.records):
-        return [f"- None: profile {', '.join(distinct(r.profile for r in result.records))} sets its learning rates "
+        return [f"{FIXED_RATES} profile {', '.join(distinct(r.profile for r in result.records))} sets its learning rates "
                 f"itself (`lr_selection: false`): {', '.join(rates_text(r.get('train.lr') for r in result.records))}."]
     table_backbones = set(distinct(r.model.get("name") for r in result.records))
     lines = []
