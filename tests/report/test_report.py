@@ -252,6 +252,8 @@ def test_the_page_names_the_starting_weights_of_the_runs(runs_dir, tmp_path, wri
 def test_an_empty_results_folder_still_renders(runs_dir, tmp_path) -> None:
     text = page(runs_dir, tmp_path)
     assert "No records yet." in text and "No benchmark file yet" in text and "$" not in text.replace("$(", "")
+    assert ("This results folder has no archived tables of the untuned protocol (`untuned-144630b/tables/` under "
+            "`archive/` beside its runs), so no verdicts to compare") in text
 
 
 def test_a_cell_whose_seeds_ran_on_different_hardware_is_flagged(weight_type_runs, runs_dir) -> None:

@@ -147,7 +147,9 @@ def changes_text(results: Mapping[str, TableResult], archive: Path) -> str:
     """Each claim's verdict under the untuned protocol (as its archived table printed it) and now."""
     before = archived_verdicts(archive / "tables")
     if not before:
-        return "No archived tables of the untuned protocol were found."
+        return (f"This results folder has no archived tables of the untuned protocol (`{archive.name}/tables/` "
+                "under `archive/` beside its runs), so no verdicts to compare: the paragraph above describes the "
+                "`mini` study committed under `results/`.")
     rows = []
     for result in results.values():
         for claim in claims.evaluate(result):
