@@ -145,7 +145,8 @@ def pending_text(every: Mapping[str, TableResult], records: Sequence[Record]) ->
         lines.append(f"The {titles} tables, which this page shows from their first run on ({targets}), need "
                      f"{plural(sum(later.values()), 'more run')} ({runs_split(later, False)}).")
     points_left = selection_points_left(every.values())
-    for device in distinct(r.hardware for r in own) if sum((todo + later).values()) or points_left else []:
+    devices = distinct(r.hardware for r in own) if sum((todo + later).values()) or points_left else []
+    for device in devices:  # none where nothing is left to run (e.g. copies fill every empty pair)
         lines.append(device_estimate(device, [r for r in own if r.hardware == device], todo + later, points_left))
     finished = sum(r.status == "ok" for r in points_run.values())
     left = (f", at least {plural(sum(points_left.values()), 'point')} still to run ({runs_split(points_left, False)})"
