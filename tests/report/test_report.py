@@ -413,3 +413,18 @@ def test_distinct_rates_sort_by_value_not_as_text() -> None:
 def test_the_page_names_the_constraints_file_of_its_own_results_folder(runs_dir, tmp_path, results) -> None:
     text = report.render("smoke", [0], runs_dir, Path(results) / "tables", Path(results) / "bench", root=tmp_path)
     assert f"`pip install -c {results}/constraints.txt -e '.[test,launchers,qlora]'`" in text
+
+
+@pytest.mark.parametrize("selection, expected", [
+    (True, "Before a table's runs, its learning rates are selected (`make select-lr`"),
+    (False, "This profile sets its learning rates itself (`lr_selection: false`), so no selection runs before a "
+            "table's runs; each task's zero-shot baseline is run once (`make baselines`)."),
+])
+def test_what_is_left_says_whether_rates_are_selected_first(runs_dir, tmp_path, write, make_record, selection,
+                                                           expected) -> None:
+    record = make_record("table_weight_type", "mnli", WQ, 0, {"accuracy_m": 0.5}, profile="mini")
+    record["config"]["lr_selection"] = selection
+    write(record)
+    text = page(runs_dir, tmp_path)
+    assert expected in text
+    assert ("learning rates are selected" in text) is selection

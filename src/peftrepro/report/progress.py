@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
@@ -148,17 +148,26 @@ def pending_text(every: Mapping[str, TableResult], records: Sequence[Record]) ->
     devices = distinct(r.hardware for r in own) if sum((todo + later).values()) or points_left else []
     for device in devices:  # none where nothing is left to run (e.g. copies fill every empty pair)
         lines.append(device_estimate(device, [r for r in own if r.hardware == device], todo + later, points_left))
-    finished = sum(r.status == "ok" for r in points_run.values())
+    lines.append(selection_text(records, points_run.values(), points_left))
+    return f"{lead} What is left:\n\n" + "\n".join(f"- {line}" for line in lines)
+
+
+def selection_text(records: Sequence[Record], points: Iterable[Record], points_left: Mapping[str, int]) -> str:
+    """What comes before a table's runs: the learning-rate selection (unless the profile sets its rates
+    itself, as smoke does) and each task's zero-shot baseline."""
+    if records and not any(r.get("lr_selection") for r in records):
+        return ("This profile sets its learning rates itself (`lr_selection: false`), so no selection runs before "
+                "a table's runs; each task's zero-shot baseline is run once (`make baselines`).")
+    finished = sum(r.status == "ok" for r in points)
     left = (f", at least {plural(sum(points_left.values()), 'point')} still to run ({runs_split(points_left, False)})"
             if points_left else "")
-    lines.append(f"Before a table's runs, its learning rates are selected (`make select-lr`: at least three "
-                 "dev-split runs per task and method, more while the best rate sits on the grid's edge or, on "
-                 "MultiNLI, no rate beats the majority class, up to `lr_search.max_points`; "
-                 f"{plural(finished, 'point')} finished so far{left}) and each "
-                 "task's zero-shot baseline is run once (`make baselines`). A seed-0 table run trains as its "
-                 "method's chosen selection point did, so where that point kept its weights the run only "
-                 "evaluates them (`trained_in`), in minutes: the estimate above counts it as a whole run.")
-    return f"{lead} What is left:\n\n" + "\n".join(f"- {line}" for line in lines)
+    return (f"Before a table's runs, its learning rates are selected (`make select-lr`: at least three "
+            "dev-split runs per task and method, more while the best rate sits on the grid's edge or, on "
+            "MultiNLI, no rate beats the majority class, up to `lr_search.max_points`; "
+            f"{plural(finished, 'point')} finished so far{left}) and each "
+            "task's zero-shot baseline is run once (`make baselines`). A seed-0 table run trains as its "
+            "method's chosen selection point did, so where that point kept its weights the run only "
+            "evaluates them (`trained_in`), in minutes: the estimate above counts it as a whole run.")
 
 
 def runs_split(todo: Mapping[str, int], table_runs: bool = True) -> str:
