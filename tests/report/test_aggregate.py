@@ -163,7 +163,7 @@ def test_missing_cells_are_marked_and_listed(runs_dir, write, tmp_path, rank_rec
     assert result.stats("mnli|W_q", "r=1")["status"] == "missing"
     assert (result.cells["status"] == "missing").sum() == len(result.cells) - 1
     markdown = (aggregate.write_table(result, tmp_path / "out", plots=False)[1]).read_text()
-    assert "MISSING MultiNLI (±0.1%) / W_q × r=1: no record (`make table-rank` makes it)" in markdown
+    assert "MISSING MultiNLI (±0.1%) / W_q × r=1: no record (`make table-rank PROFILE=smoke` makes it)" in markdown
     assert "| —" in markdown or "— ·" in markdown
 
 

@@ -442,3 +442,31 @@ def test_a_profile_that_sets_its_own_rates_lists_no_missing_selection(runs_dir, 
     results = {name: build_table(spec, runs_dir, profile="smoke") for name, spec in TABLES.items()}
     assert protocol.selected_lr_text(results) == (
         "- No selection: profile smoke sets its learning rates itself (`lr_selection: false`): 5e-3.")
+
+
+def test_rates_a_profile_sets_itself_are_listed_from_every_table(runs_dir, write, make_record) -> None:
+    for experiment, method, lr in (("table_rank", LORA8, 5e-3), ("table_methods", FT, 1e-4)):
+        record = make_record(experiment, "mnli", method, 0, {"accuracy_m": 0.4}, profile="smoke")
+        record["config"]["lr_selection"], record["config"]["train"]["lr"] = False, lr
+        write(record)
+    results = {name: build_table(spec, runs_dir, profile="smoke") for name, spec in TABLES.items()}
+    assert protocol.selected_lr_text(results) == (
+        "- No selection: profile smoke sets its learning rates itself (`lr_selection: false`): 1e-4, 5e-3.")
+
+
+def test_a_table_that_selects_its_rates_is_listed_beside_one_that_does_not(runs_dir, write, make_record) -> None:
+    fixed = make_record("table_methods", "mnli", FT, 0, {"accuracy_m": 0.4}, profile="mini")
+    fixed["config"]["lr_selection"] = False
+    selected = make_record("table_rank", "mnli", LORA8, 0, {"accuracy_m": 0.4}, profile="mini")
+    selected["config"]["lr_selection"] = True
+    write(fixed), write(selected)
+    text = protocol.selected_lr_text({name: build_table(spec, runs_dir, profile="mini") for name, spec in TABLES.items()})
+    assert "- No selection: profile mini sets its learning rates itself" in text
+    assert "- mnli / lora: no selection run yet (`make select-lr`)" in text
+
+
+def test_with_no_run_the_page_does_not_guess_whether_the_profile_selects(runs_dir) -> None:
+    results = {name: build_table(spec, runs_dir, profile="smoke") for name, spec in TABLES.items()}
+    assert protocol.selected_lr_text(results) == (
+        "- No run yet. A profile that selects its learning rates (`lr_selection: true`, as mini does) runs `make "
+        "select-lr` before a table's runs; one that sets them itself (smoke, paper) does not.")

@@ -71,8 +71,8 @@ def test_the_time_left_is_estimated_from_each_task_own_runs(weight_type_runs, ru
     assert ("the rest, by 109 runs (e2e 14, mnli 46, wikisql 49; a Table 3 run fills its row's five metrics).\n"
             in text)
     # the QLoRA and pruning tables, shown from their first run, count too: 8 + 9 runs per seed
-    assert ("The QLoRA and Pruning tables, which this page shows from their first run on (`make table-qlora`, "
-            "`make table-pruning`), need 34 more runs (e2e 8, mnli 26).") in text
+    assert ("The QLoRA and Pruning tables, which this page shows from their first run on (`make table-qlora "
+            "PROFILE=mini`, `make table-pruning PROFILE=mini`), need 34 more runs (e2e 8, mnli 26).") in text
     # CPU runs: mnli 3 x 20 min, wikisql 1 x 60 min, and e2e's selection point 40 min
     assert ("a run of this profile (table runs and selection points) took a median of 40 min on e2e (n = 1), "
             "20 min on mnli (n = 3), 1 h 00 min on wikisql (n = 1), so the rest (143 table runs) would take about "
@@ -428,3 +428,20 @@ def test_what_is_left_says_whether_rates_are_selected_first(runs_dir, tmp_path, 
     text = page(runs_dir, tmp_path)
     assert expected in text
     assert ("learning rates are selected" in text) is selection
+
+
+def test_without_seeds_an_empty_table_expects_the_seeds_every_table_with_runs_has(weight_type_runs, runs_dir,
+                                                                                  tmp_path, write, make_record):
+    for seed in (0, 1, 2):  # Table 4 with a third seed on one setting: Table 5 has 0 and 1
+        write(make_record("table_methods", "mnli", {"name": "ft"}, seed, {"accuracy_m": 0.6}, profile="mini"))
+    text = report.render("mini", None, runs_dir, tmp_path / "tables", tmp_path / "bench")
+    table6 = next(line for line in text.splitlines() if line.startswith("| [Table 6]"))
+    assert [cell.strip() for cell in table6.split("|")[1:-1]][1:3] == ["0 / 30", "0, 1"]
+
+
+def test_the_constraints_file_defaults_to_beside_the_page(weight_type_runs, runs_dir, tmp_path) -> None:
+    out = tmp_path / "study" / "REPORT.md"
+    assert report.main(["--profile", "mini", "--seeds", "0,1", "--runs", str(runs_dir), "--tables",
+                        str(tmp_path / "tables"), "--bench", str(tmp_path / "bench"), "--out", str(out)]) == 0
+    assert (tmp_path / "study" / "constraints.txt").is_file()
+    assert f"`pip install -c {(tmp_path / 'study' / 'constraints.txt').as_posix()} -e" in out.read_text(encoding="utf-8")

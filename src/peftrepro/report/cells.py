@@ -46,6 +46,7 @@ class TableResult:
     superseded: int            # records replaced by a later record of the same run key (this table)
     replaced: int = 0          # runs replaced by a later run of the same cell and seed (other run key)
     other_profiles: list[str] = field(default_factory=list)  # profiles with records, not tabulated here
+    profile: str | None = None  # the profile tabulated (None: no record and none asked for)
     # (row, column) -> run keys of the records that give the cell its value, one per seed
     sources: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     baselines: list[Record] = field(default_factory=list)  # the zero-shot runs of the same profile
@@ -211,6 +212,7 @@ def build_table(spec: TableSpec, runs_dir: Path, profile: str | None = None,
     result = summarise(spec, mine, seeds, own_problems, superseded[spec.name],
                        baselines=[r for r in same_profile if r.experiment == BASELINES_EXPERIMENT])
     result.other_profiles = sorted({r.profile for r in of_table} - {chosen})
+    result.profile = chosen
     result.lr_search = [r for r in same_profile if r.experiment == LR_SEARCH_EXPERIMENT]
     return result
 

@@ -62,7 +62,14 @@ def table_records(records: Sequence[Record]) -> list[Record]:
 
 
 def all_tables(runs_dir: Path, profile: str, seeds: Sequence[int] | None) -> dict[str, TableResult]:
-    return {name: build_table(spec, runs_dir, profile, seeds) for name, spec in TABLES.items()}
+    """Every table. Without seeds each expects those its runs have, and a table with no run yet those
+    every table with runs has (so its cells count as empty, not as complete with no seed expected)."""
+    every = {name: build_table(spec, runs_dir, profile, seeds or None) for name, spec in TABLES.items()}
+    found = [set(result.expected_seeds) for result in every.values() if result.records]
+    if seeds or not found or not (common := sorted(set.intersection(*found))):
+        return every
+    return {name: result if result.records else build_table(result.spec, runs_dir, profile, common)
+            for name, result in every.items()}
 
 
 # ---------------------------------------------------------------- sections
@@ -221,8 +228,7 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
     runs, tables, bench = root / runs_dir, root / tables_dir, root / bench_dir
     study = study_records(runs, profile)  # where, on what and when anything ran
     records = table_records(study)
-    # without --seeds, every table expects the seeds its study ran (a table with no run yet, too)
-    every = all_tables(runs, profile, seeds if seeds is not None else found_seeds(records))
+    every = all_tables(runs, profile, seeds)
     results = shown(every)
     latest = max((r.created_at for r in study), default=None)
     template = Template(resources.files("peftrepro").joinpath("data/report_template.md").read_text(encoding="utf-8"))
@@ -242,15 +248,11 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
     )
 
 
-def found_seeds(records: Sequence[Record]) -> list[int] | None:
-    """The seeds the records ran, None for none (a table then expects none either)."""
-    return sorted({r.seed for r in records if r.seed is not None}) or None
-
-
 def section7_seeds(every: Mapping[str, TableResult]) -> list[int]:
-    """The seeds §7 asks Table 6 for when none are given: those Table 6's runs have, else those any table's have."""
-    found = found_seeds(every[factors.EXPERIMENT].records) if factors.EXPERIMENT in every else None
-    return found or found_seeds([r for result in every.values() for r in result.records]) or []
+    """The seeds §7 asks Table 6 for when none are given: those Table 6 expects (`all_tables`), else those
+    any table expects."""
+    found = every[factors.EXPERIMENT].expected_seeds if factors.EXPERIMENT in every else []
+    return list(found) or sorted({seed for result in every.values() for seed in result.expected_seeds})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -262,9 +264,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tables", type=Path, default=Path("results/tables"))
     parser.add_argument("--bench", type=Path, default=Path("results/bench"))
     parser.add_argument("--out", type=Path, default=Path("results/REPORT.md"))
-    parser.add_argument("--constraints", type=Path, default=Path("results/constraints.txt"),
-                        help="pip constraints file of the package versions the runs were made with")
+    parser.add_argument("--constraints", type=Path, default=None,
+                        help="pip constraints file of the package versions the runs were made with "
+                             "(default: constraints.txt beside --out)")
     args = parser.parse_args(argv)
+    args.constraints = args.constraints or args.out.parent / "constraints.txt"
     text = render(args.profile, parse_seeds(args.seeds), args.runs, args.tables, args.bench,
                   constraints_path=args.constraints)
     pins = constraints(args.profile, args.runs, args.constraints)

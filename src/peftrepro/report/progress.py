@@ -20,9 +20,10 @@ from peftrepro.report.records import (
     is_reused,
     plural,
     run_seconds,
+    sets_own_rates,
     status_counts,
 )
-from peftrepro.report.render import selection_points_left
+from peftrepro.report.render import SELECTION_BY_PROFILE, make_command, selection_points_left
 from peftrepro.report.specs import lora_ranks
 
 
@@ -141,7 +142,7 @@ def pending_text(every: Mapping[str, TableResult], records: Sequence[Record]) ->
                  f"agree: `reused_from` in its record); the rest, by {runs}."]
     if sum(later.values()):
         titles = " and ".join(result.spec.short_title for result in hidden)
-        targets = ", ".join(f"`make {result.spec.make_target}`" for result in hidden)
+        targets = ", ".join(f"`{make_command(result)}`" for result in hidden)
         lines.append(f"The {titles} tables, which this page shows from their first run on ({targets}), need "
                      f"{plural(sum(later.values()), 'more run')} ({runs_split(later, False)}).")
     points_left = selection_points_left(every.values())
@@ -155,9 +156,12 @@ def pending_text(every: Mapping[str, TableResult], records: Sequence[Record]) ->
 def selection_text(records: Sequence[Record], points: Iterable[Record], points_left: Mapping[str, int]) -> str:
     """What comes before a table's runs: the learning-rate selection (unless the profile sets its rates
     itself, as smoke does) and each task's zero-shot baseline."""
-    if records and not any(r.get("lr_selection") for r in records):
+    if sets_own_rates(records):
         return ("This profile sets its learning rates itself (`lr_selection: false`), so no selection runs before "
                 "a table's runs; each task's zero-shot baseline is run once (`make baselines`).")
+    points = list(points)
+    if not records and not points:
+        return f"{SELECTION_BY_PROFILE} Each task's zero-shot baseline is run once (`make baselines`)."
     finished = sum(r.status == "ok" for r in points)
     left = (f", at least {plural(sum(points_left.values()), 'point')} still to run ({runs_split(points_left, False)})"
             if points_left else "")

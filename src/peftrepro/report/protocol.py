@@ -15,8 +15,8 @@ import pandas as pd
 
 from peftrepro.report import claims
 from peftrepro.report.cells import TableResult, seed_spreads
-from peftrepro.report.records import Record, plural
-from peftrepro.report.render import FIXED_RATES, baseline_lines, lr_lines
+from peftrepro.report.records import Record, plural, sets_own_rates
+from peftrepro.report.render import SELECTION_BY_PROFILE, baseline_lines, fixed_rates_line, lr_lines
 
 # a row of a table's "Paper's claims" section, as the archived tables printed it
 CLAIM_ROW = re.compile(r"^\| (?P<claim>[^|]+) \| [^|]+ \| \*\*(?P<verdict>held|not held|inconclusive)\*\*"
@@ -25,14 +25,16 @@ CLAIM_ROW = re.compile(r"^\| (?P<claim>[^|]+) \| [^|]+ \| \*\*(?P<verdict>held|n
 
 def selected_lr_text(results: Mapping[str, TableResult]) -> str:
     """Every (task, method)'s learning-rate selection once, from the selection's own records."""
+    records = [r for result in results.values() for r in result.records]
+    if sets_own_rates(records):  # the tables not run yet will not select either: one line for all
+        return fixed_rates_line(records)
+    if not records and not any(result.lr_search for result in results.values()):
+        return f"- No run yet. {SELECTION_BY_PROFILE}"
     lines: dict[str, str] = {}
     for result in results.values():
         for line in lr_lines(result):
             lines.setdefault(line.split(":")[0], line)
-    fixed = [line for line in lines.values() if line.startswith(FIXED_RATES)]
-    if fixed and not any(result.lr_search for result in results.values()):
-        return "\n".join(fixed)  # the profile sets its rates: the tables not run yet will not select either
-    return "\n".join(lines.values()) or "- No selection run yet (`make select-lr`)."
+    return "\n".join(lines.values())
 
 
 def baselines_text(results: Mapping[str, TableResult]) -> str:

@@ -482,3 +482,10 @@ def at_a_time(records: Sequence[Record]) -> float:
 def is_reused(record: Record) -> bool:
     """A copy of another table's run (peftrepro.runs.reuse), which the study's counts of runs and time leave out."""
     return copied_from(record.raw) is not None
+
+
+def sets_own_rates(records: Iterable[Record]) -> bool:
+    """Whether the runs' profile sets its learning rates itself (`lr_selection: false`, as smoke and paper
+    do): there are runs and none of them used a selected rate. Without runs nothing says so."""
+    records = list(records)
+    return bool(records) and not any(r.get("lr_selection") for r in records)

@@ -27,6 +27,7 @@ from peftrepro.report.records import (
     plural,
     rate_text,
     rates_text,
+    sets_own_rates,
     status_counts,
 )
 from peftrepro.report.specs import BASE_MB, PARAMS, TableSpec, lora_ranks, weights_label
@@ -141,13 +142,18 @@ def _count(values: Iterable[str]) -> list[tuple[str, int]]:
     return sorted(Counter(values).items())
 
 
+def make_command(result: TableResult) -> str:
+    """The command that runs the table's missing runs, e.g. `make table-rank PROFILE=smoke`."""
+    return f"make {result.spec.make_target}" + (f" PROFILE={result.profile}" if result.profile else "")
+
+
 def incomplete_lines(result: TableResult) -> list[str]:
     spec = result.spec
     lines = []
     for _, cell in result.cells[result.cells["status"] != "ok"].iterrows():
         where = spec.cell_label(cell["row"], cell["column"])
         if cell["status"] == "missing":
-            why = f"no record (`make {spec.make_target}` makes it)"
+            why = f"no record (`{make_command(result)}` makes it)"
         elif cell["status"] == "partial":
             lacking = sorted(set(result.expected_seeds) - set(cell["seeds"]))
             why = f"seed(s) {lacking} missing" + (f": {'; '.join(cell['problems'])}" if cell["problems"] else "")
@@ -262,16 +268,23 @@ def baseline_lines(result: TableResult) -> list[str]:
     return lines
 
 
-FIXED_RATES = "- No selection:"  # lr_lines' line for a profile that sets its own rates (`lr_selection: false`)
+# what a page with no run yet can say of the selection: only the runs' records tell the profile's choice
+SELECTION_BY_PROFILE = ("A profile that selects its learning rates (`lr_selection: true`, as mini does) runs `make "
+                        "select-lr` before a table's runs; one that sets them itself (smoke, paper) does not.")
+
+
+def fixed_rates_line(records: Sequence[Record]) -> str:
+    """The learning-rate line of runs whose profile sets its rates itself (`sets_own_rates`)."""
+    return (f"- No selection: profile {', '.join(distinct(r.profile for r in records))} sets its learning rates "
+            f"itself (`lr_selection: false`): {', '.join(rates_text(r.get('train.lr') for r in records))}.")
 
 
 def lr_lines(result: TableResult) -> list[str]:
     """Per (task, method) of the table, and per backbone where it has several: the selection's grid with
     its dev scores and choice, and the rate the table's runs used (read from the lr_search records and
     the table's own)."""
-    if result.records and not any(r.get("lr_selection") for r in result.records):
-        return [f"{FIXED_RATES} profile {', '.join(distinct(r.profile for r in result.records))} sets its learning rates "
-                f"itself (`lr_selection: false`): {', '.join(rates_text(r.get('train.lr') for r in result.records))}."]
+    if sets_own_rates(result.records):
+        return [fixed_rates_line(result.records)]
     table_backbones = set(distinct(r.model.get("name") for r in result.records))
     lines = []
     for task in result.spec.tasks:
