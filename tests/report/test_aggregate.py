@@ -374,3 +374,13 @@ def test_the_zoomed_y_axis_shows_every_error_bar_whole() -> None:
     bottom, top = axis.get_ylim()
     plt.close(figure)
     assert 0 < bottom < 47.75 - 6.01 and top > 57.25
+
+
+def test_without_out_the_tables_go_beside_the_runs_and_an_empty_one_expects_the_found_seeds(
+        runs_dir, write, tmp_path, rank_record):
+    for seed in (0, 1):
+        write(rank_record(seed, 0.5))
+    assert main(["--runs", str(runs_dir), "--no-plots"]) == 0
+    empty = (tmp_path / "tables" / "table_e2e.md").read_text()
+    assert "- Seeds expected: 0, 1" in empty  # those Table 6 has, as REPORT.md expects
+    assert "no record (`make table-e2e PROFILE=smoke` makes it)" in empty  # Table 6's profile

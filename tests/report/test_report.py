@@ -445,3 +445,8 @@ def test_the_constraints_file_defaults_to_beside_the_page(weight_type_runs, runs
                         str(tmp_path / "tables"), "--bench", str(tmp_path / "bench"), "--out", str(out)]) == 0
     assert (tmp_path / "study" / "constraints.txt").is_file()
     assert f"`pip install -c {(tmp_path / 'study' / 'constraints.txt').as_posix()} -e" in out.read_text(encoding="utf-8")
+
+
+def test_without_out_the_page_goes_beside_the_runs_it_reads(weight_type_runs, runs_dir, tmp_path) -> None:
+    assert report.main(["--profile", "mini", "--seeds", "0,1", "--runs", str(runs_dir)]) == 0
+    assert (tmp_path / "REPORT.md").is_file() and (tmp_path / "constraints.txt").is_file()

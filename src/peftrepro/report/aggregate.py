@@ -14,6 +14,9 @@ and ambiguities, and the paper's claims checked on our numbers (`peftrepro.repor
 are scaled to the paper's printed unit (`peftrepro.report.paper.PAPER_SCALE`: accuracies, BLEU, METEOR and
 ROUGE-L ×100).
 
+--out defaults to `tables/` beside --runs. A table with no run yet expects the seeds and the profile
+the tables with runs agree on, where --seeds and --profile do not say.
+
 Exit status: 0 when every table was written; with --strict, 1 when some expected cell is missing,
 failed or short of seeds (cells whose runs recorded status "not_applicable", e.g. BitFit on a model
 without biases, show "n/a": listed, not an error).
@@ -26,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from peftrepro.report.cells import build_table
+from peftrepro.report.cells import all_tables
 from peftrepro.report.records import parse_seeds
 from peftrepro.report.render import incomplete_lines, write_table
 from peftrepro.report.specs import TABLES
@@ -37,17 +40,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", default="all", choices=["all", *TABLES])
     parser.add_argument("--runs", type=Path, default=Path("results/runs"))
-    parser.add_argument("--out", type=Path, default=Path("results/tables"))
+    parser.add_argument("--out", type=Path, default=None, help="(default: tables/ beside --runs)")
     parser.add_argument("--profile", default=None, help="profile to tabulate (default: the latest record's)")
     parser.add_argument("--seeds", default=None, help="seeds every cell should have, e.g. 0,1,2")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a cell is missing, failed or partial")
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
+    args.out = args.out or args.runs.parent / "tables"
 
     names = list(TABLES) if args.table == "all" else [args.table]
     incomplete = 0
-    for name in names:
-        result = build_table(TABLES[name], args.runs, args.profile, parse_seeds(args.seeds))
+    for name, result in all_tables(args.runs, args.profile, parse_seeds(args.seeds), names).items():
         written = write_table(result, args.out, plots=not args.no_plots)
         gaps = result.incomplete
         incomplete += len(gaps)

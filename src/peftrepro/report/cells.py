@@ -27,7 +27,7 @@ from peftrepro.report.records import (
     Record,
     load_records,
 )
-from peftrepro.report.specs import COUNT_KEYS, TableSpec
+from peftrepro.report.specs import COUNT_KEYS, TABLES, TableSpec
 from peftrepro.runs.records import NOT_APPLICABLE, UNSCORED
 
 SUMMARY_COLUMNS = ("row", "column", "mean", "std", "sampling_se", "examples", "n", "seeds", "values",
@@ -215,6 +215,26 @@ def build_table(spec: TableSpec, runs_dir: Path, profile: str | None = None,
     result.profile = chosen
     result.lr_search = [r for r in same_profile if r.experiment == LR_SEARCH_EXPERIMENT]
     return result
+
+
+def all_tables(runs_dir: Path, profile: str | None, seeds: Sequence[int] | None,
+               names: Sequence[str] | None = None) -> dict[str, TableResult]:
+    """The named tables (default: every one). A table with no run yet expects what the tables with runs
+    agree on: without seeds, the seeds they all have (so its cells count as empty, not as complete with
+    no seed expected), and without a profile, theirs (so its missing cells name the make command that
+    fills them); finding those reads every table."""
+    names = list(names or TABLES)
+    if seeds and profile:
+        return {name: build_table(TABLES[name], runs_dir, profile, seeds) for name in names}
+    every = {name: build_table(spec, runs_dir, profile, seeds) for name, spec in TABLES.items()}
+    with_runs = [result for result in every.values() if result.records]
+    if not with_runs:
+        return {name: every[name] for name in names}
+    common = seeds or sorted(set.intersection(*(set(result.expected_seeds) for result in with_runs)))
+    profiles = {result.profile for result in with_runs}
+    agreed = profile or (profiles.pop() if len(profiles) == 1 else None)
+    return {name: build_table(TABLES[name], runs_dir, agreed, common) if not every[name].records
+            else every[name] for name in names}
 
 
 def seed_spreads(results: Iterable[TableResult], metric: str) -> list[float]:

@@ -5,6 +5,8 @@ results/constraints.txt: the package versions its runs were made with (`pip inst
                                [--tables results/tables] [--bench results/bench] [--out results/REPORT.md]
                                [--constraints results/constraints.txt]
 
+--tables, --bench and --out default to beside --runs (its parent folder holds a study's results).
+
 A pure function of the run records, the generated tables (params, latency), the benchmark JSON
 files and `peftrepro/data/paper.csv`: no clock, no machine lookup, so regenerating it from the
 committed files reproduces it byte for byte (tests/results). The prose lives in
@@ -25,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from peftrepro.report import amplification, claims, factors, plots, subspace
-from peftrepro.report.cells import TableResult, build_table
+from peftrepro.report.cells import TableResult, all_tables
 from peftrepro.report.progress import pending_text, shown, status_table
 from peftrepro.report.protocol import baselines_text, budget_text, changes_text, selected_lr_text
 from peftrepro.report.provenance import (
@@ -59,17 +61,6 @@ def study_records(runs_dir: Path, profile: str) -> list[Record]:
 
 def table_records(records: Sequence[Record]) -> list[Record]:
     return [r for r in records if r.experiment in TABLES]
-
-
-def all_tables(runs_dir: Path, profile: str, seeds: Sequence[int] | None) -> dict[str, TableResult]:
-    """Every table. Without seeds each expects those its runs have, and a table with no run yet those
-    every table with runs has (so its cells count as empty, not as complete with no seed expected)."""
-    every = {name: build_table(spec, runs_dir, profile, seeds or None) for name, spec in TABLES.items()}
-    found = [set(result.expected_seeds) for result in every.values() if result.records]
-    if seeds or not found or not (common := sorted(set.intersection(*found))):
-        return every
-    return {name: result if result.records else build_table(result.spec, runs_dir, profile, common)
-            for name, result in every.items()}
 
 
 # ---------------------------------------------------------------- sections
@@ -261,13 +252,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", default="mini")
     parser.add_argument("--seeds", default=None, help="seeds every cell should have (default: those found)")
     parser.add_argument("--runs", type=Path, default=Path("results/runs"))
-    parser.add_argument("--tables", type=Path, default=Path("results/tables"))
-    parser.add_argument("--bench", type=Path, default=Path("results/bench"))
-    parser.add_argument("--out", type=Path, default=Path("results/REPORT.md"))
+    parser.add_argument("--tables", type=Path, default=None, help="(default: tables/ beside --runs)")
+    parser.add_argument("--bench", type=Path, default=None, help="(default: bench/ beside --runs)")
+    parser.add_argument("--out", type=Path, default=None, help="(default: REPORT.md beside --runs)")
     parser.add_argument("--constraints", type=Path, default=None,
                         help="pip constraints file of the package versions the runs were made with "
                              "(default: constraints.txt beside --out)")
     args = parser.parse_args(argv)
+    # one results folder holds runs/, tables/, bench/ and the page, whose links are relative to it
+    results = args.runs.parent
+    args.tables = args.tables or results / "tables"
+    args.bench = args.bench or results / "bench"
+    args.out = args.out or results / "REPORT.md"
     args.constraints = args.constraints or args.out.parent / "constraints.txt"
     text = render(args.profile, parse_seeds(args.seeds), args.runs, args.tables, args.bench,
                   constraints_path=args.constraints)
