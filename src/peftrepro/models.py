@@ -26,6 +26,7 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -62,6 +63,38 @@ def load_model(model_cfg: Mapping[str, Any]) -> tuple[PreTrainedModel, PreTraine
     return model, tokenizer
 
 
+def sequence_start(tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
+    """The ids the tokenizer opens a text with by default: Llama's and Gemma's BOS; none for GPT-2 or
+    SmolLM2. The tasks encode texts without special tokens, so that prompt and target join at a token
+    boundary, and put this start back once in front of each sequence (models trained with a BOS
+    degrade without it)."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    opening = next((offset for offset in range(len(full) - len(bare) + 1)
+                    if full[offset:offset + len(bare)] == bare), 0)
+    return tuple(full[:opening])
+
+
+GENERATION_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+NOT_DECODING = ("transformers_version", "use_cache", "output_attentions", "output_hidden_states",
+                "return_dict_in_generate", "output_scores", "output_logits")
+
+
+def plain_generation_config(model: PreTrainedModel) -> GenerationConfig:
+    """The model's generation token ids and nothing else. transformers' `generate` fills every setting
+    it is not passed from the model's own generation_config.json (Qwen2.5-Instruct's repetition
+    penalty, Llama-3's sampling); the suite decodes by `task.decoding` alone."""
+    shipped = model.generation_config
+    return GenerationConfig(**{name: getattr(shipped, name, None) for name in GENERATION_IDS})
+
+
+def shipped_decoding(model: PreTrainedModel) -> dict[str, Any]:
+    """What the model's generation config sets beyond token ids: left out of decoding (above), so named."""
+    shipped = model.generation_config.to_diff_dict() if model.generation_config is not None else {}
+    return {name: value for name, value in shipped.items()
+            if name not in GENERATION_IDS and name not in NOT_DECODING and not name.startswith("_")}
+
+
 def model_dtype(model_cfg: Mapping[str, Any]) -> torch.dtype:
     name = model_cfg.get("dtype") or DEFAULT_DTYPE
     if name not in DTYPES:
@@ -74,15 +107,19 @@ def context_length(model: PreTrainedModel) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
 
 
-def describe(model: PreTrainedModel, model_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The `model` block of a run record."""
+def describe(model: PreTrainedModel, model_cfg: Mapping[str, Any],
+             tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """The `model` block of a run record; it names a sequence start and a generation config left out
+    only where the model has them, so records of models without either read as before."""
     source = str(model_cfg.get("source"))
     where = {"random": "random init from config", "gguf_package":
              f"{model_cfg.get('package')}/{model_cfg.get('gguf_file')}",
              "hub": str(model_cfg.get("name_or_path"))}.get(source, source)
     return {"name": str(model_cfg.get("name")), "model_type": model.config.model_type,
             "source": f"{source}: {where}", "dtype": str(model.dtype).removeprefix("torch."),
-            "layout": layout_summary(model), "weights_sha256": weights_sha256(model)}
+            "layout": layout_summary(model), "weights_sha256": weights_sha256(model),
+            **({"sequence_start": list(start)} if (start := sequence_start(tokenizer)) else {}),
+            **({"generation_config_left_out": left} if (left := shipped_decoding(model)) else {})}
 
 
 def weights_sha256(model: PreTrainedModel) -> str:

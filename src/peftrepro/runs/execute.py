@@ -198,7 +198,7 @@ class _Run:
         if not train_rows:
             raise ConfigError(f"task {task.name}: split {task.options.train_split!r} has no examples; zero steps")
         model, tokenizer = load_model(config["model"])
-        self.partial["model"] = describe(model, config["model"])
+        self.partial["model"] = describe(model, config["model"], tokenizer)
         _fail_if(config, "setup")
         if self.trained_in:
             # linked first, then loaded from the link: the weights evaluated are the weights kept, whatever

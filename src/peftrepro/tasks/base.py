@@ -3,7 +3,8 @@
 Every task turns an example into `prefix + prompt + infix + target` token ids (PromptWrap places a
 method's virtual tokens) with the loss on the target only. Text is tokenized without the
 tokenizer's automatic special tokens, as the authors' GPT-2 code does: each task adds the EOS it
-needs explicitly, so the layout is the same for GPT-2 and Llama tokenizers.
+needs explicitly, and the BOS a tokenizer opens texts with (`sequence_start`: Llama, Gemma) once in
+front of each sequence, so the layout is the same for GPT-2 and Llama tokenizers.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from peftrepro.interfaces import (
     PromptWrap,
 )
 from peftrepro.lm import logits_at
+from peftrepro.models import plain_generation_config
 
 
 @dataclass(frozen=True)
@@ -111,24 +113,28 @@ def fit_prompt(prompt_ids: list[int], budget: int) -> list[int]:
     return prompt_ids[-budget:] if budget > 0 else []
 
 
-def encode_pair(prompt_ids: list[int], target_ids: list[int], wrap: PromptWrap, max_length: int) -> EncodedExample:
-    """`prefix + prompt + infix + target`, labels only on the target.
+def encode_pair(prompt_ids: list[int], target_ids: list[int], wrap: PromptWrap, max_length: int,
+                start: Sequence[int] = ()) -> EncodedExample:
+    """`prefix + start + prompt + infix + target`, labels only on the target.
 
-    `max_length` bounds the example's own tokens (prompt + target); the wrap's virtual tokens come
-    on top. Over it, the prompt loses tokens from its start; a target longer than `max_length`
-    loses its end (the loss still covers what remains).
+    `start` is the tokenizer's `sequence_start`. `max_length` bounds the example's own tokens (start
+    + prompt + target); the wrap's virtual tokens come on top, first, as peft places a prompt-tuning
+    prefix before the text's BOS. Over it, the prompt loses tokens from its start (after `start`); a
+    target longer than `max_length` loses its end (the loss still covers what remains).
     """
-    target_ids = target_ids[:max_length]
-    prompt_ids = fit_prompt(prompt_ids, max_length - len(target_ids))
-    context = [*wrap.prefix_ids, *prompt_ids, *wrap.infix_ids]
+    room = max_length - len(start)
+    target_ids = target_ids[:room]
+    prompt_ids = fit_prompt(prompt_ids, room - len(target_ids))
+    context = [*wrap.prefix_ids, *start, *prompt_ids, *wrap.infix_ids]
     return EncodedExample(input_ids=context + target_ids,
                           labels=[IGNORE_INDEX] * len(context) + list(target_ids))
 
 
-def wrapped_prompt(prompt_ids: list[int], wrap: PromptWrap, max_prompt_tokens: int) -> list[int]:
-    """The generation context: the prompt (cut from the left to `max_prompt_tokens`) inside the
-    method's wrap."""
-    return [*wrap.prefix_ids, *fit_prompt(prompt_ids, max_prompt_tokens), *wrap.infix_ids]
+def wrapped_prompt(prompt_ids: list[int], wrap: PromptWrap, max_prompt_tokens: int,
+                   start: Sequence[int] = ()) -> list[int]:
+    """The generation context: `start` and the prompt (cut from the left to `max_prompt_tokens` in all)
+    inside the method's wrap."""
+    return [*wrap.prefix_ids, *start, *fit_prompt(prompt_ids, max_prompt_tokens - len(start)), *wrap.infix_ids]
 
 
 # ----------------------------------------------------------------------------- model helpers
@@ -161,12 +167,15 @@ def cut_at_eos(token_ids: Sequence[int], eos: int) -> list[int]:
 @torch.no_grad()
 def generate(model: torch.nn.Module, tokenizer: Any, contexts: Sequence[list[int]],
              decoding: DecodingConfig, desc: str) -> list[list[int]]:
-    """New tokens (cut at EOS) for each context: transformers `generate`, left-padded batches, KV cache."""
+    """New tokens (cut at EOS) for each context: transformers `generate`, left-padded batches, KV cache,
+    with `decoding`'s settings only (what the model's generation_config.json adds is left out; the
+    record names it: `models.shipped_decoding`)."""
     from tqdm.auto import tqdm
 
     eos, pad, device = eos_id(tokenizer), pad_id(tokenizer), model_device(model)
-    was_training = model.training
+    was_training, shipped = model.training, model.generation_config
     model.eval()
+    model.generation_config = plain_generation_config(model)  # decoding below, nothing the model ships
     outputs: list[list[int]] = []
     try:
         for batch in tqdm(batches(contexts, decoding.batch_size), desc=desc, leave=False):
@@ -180,6 +189,7 @@ def generate(model: torch.nn.Module, tokenizer: Any, contexts: Sequence[list[int
             outputs.extend(cut_at_eos(row[ids.shape[1]:].tolist(), eos) for row in generated)
     finally:
         model.train(was_training)
+        model.generation_config = shipped
     return outputs
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from peftrepro.interfaces import DecodingConfig, EncodedExample, EvalOutput, PromptWrap
+from peftrepro.models import sequence_start
 from peftrepro.tasks import data
 from peftrepro.tasks.base import (
     TaskOptions,
@@ -95,7 +96,7 @@ class E2ETask:
 
     def encode(self, example: dict[str, Any], tokenizer: Any, prompt: PromptWrap, max_length: int) -> EncodedExample:
         return encode_pair(self.prompt_ids(example["mr"], tokenizer), self.target_ids(example["ref"], tokenizer),
-                           prompt, max_length)
+                           prompt, max_length, sequence_start(tokenizer))
 
     # --------------------------------------------------------------------- evaluation
 
@@ -105,7 +106,8 @@ class E2ETask:
         references = group_references(examples)
         mrs = list(references)
         budget = self.options.max_length - decoding.max_new_tokens
-        contexts = [wrapped_prompt(self.prompt_ids(mr, tokenizer), prompt, budget) for mr in mrs]
+        start = sequence_start(tokenizer)
+        contexts = [wrapped_prompt(self.prompt_ids(mr, tokenizer), prompt, budget, start) for mr in mrs]
         generated = generate(model, tokenizer, contexts, decoding, desc="e2e decode")
         predictions = [clean_prediction(tokenizer.decode(ids, skip_special_tokens=True)) for ids in generated]
         rows = [{"mr": mr, "prediction": pred, "references": references[mr]} for mr, pred in zip(mrs, predictions)]

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 from peftrepro.errors import ConfigError
 from peftrepro.interfaces import DecodingConfig, EncodedExample, EvalOutput, PromptWrap
+from peftrepro.models import sequence_start
 from peftrepro.tasks import data
 from peftrepro.tasks.base import (
     TaskOptions,
@@ -119,7 +120,8 @@ class MNLITask:
 
     def encode(self, example: dict[str, Any], tokenizer: Any, prompt: PromptWrap, max_length: int) -> EncodedExample:
         target = text_ids(tokenizer, self.label_words[LABELS[int(example["label"])]])
-        return encode_pair(text_ids(tokenizer, self.prompt_text(example)), target, prompt, max_length)
+        return encode_pair(text_ids(tokenizer, self.prompt_text(example)), target, prompt, max_length,
+                           sequence_start(tokenizer))
 
     # --------------------------------------------------------------------- evaluation
 
@@ -127,7 +129,8 @@ class MNLITask:
                  decoding: DecodingConfig) -> EvalOutput:
         words = [text_ids(tokenizer, self.label_words[label]) for label in LABELS]
         budget = self.options.max_length - max(len(w) for w in words)
-        contexts = [wrapped_prompt(text_ids(tokenizer, self.prompt_text(example)), prompt, budget)
+        start = sequence_start(tokenizer)
+        contexts = [wrapped_prompt(text_ids(tokenizer, self.prompt_text(example)), prompt, budget, start)
                     for example in examples]
         scores = label_logprobs(model, tokenizer, contexts, words, decoding.batch_size)
         rows = []

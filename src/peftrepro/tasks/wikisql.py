@@ -29,6 +29,7 @@ from typing import Any, Sequence
 from peftrepro.errors import ConfigError, DataError
 from peftrepro.interfaces import DecodingConfig, EncodedExample, EvalOutput, PromptWrap
 from peftrepro.metrics.wikisql import render_sql, score_wikisql
+from peftrepro.models import sequence_start
 from peftrepro.tasks import data
 from peftrepro.tasks.base import (
     TaskOptions,
@@ -140,7 +141,8 @@ class WikiSQLTask:
                             f"{example['question']!r} cannot be prompted; train with split_policy=test_by_table "
                             "or on the hub's train split")
         target = text_ids(tokenizer, self.target_text(example)) + [eos_id(tokenizer)]
-        return encode_pair(text_ids(tokenizer, self.prompt_text(example)), target, prompt, max_length)
+        return encode_pair(text_ids(tokenizer, self.prompt_text(example)), target, prompt, max_length,
+                           sequence_start(tokenizer))
 
     # --------------------------------------------------------------------- evaluation
 
@@ -148,7 +150,8 @@ class WikiSQLTask:
                  decoding: DecodingConfig) -> EvalOutput:
         promptable = [i for i, ex in enumerate(examples) if ex.get("table") is not None]
         budget = self.options.max_length - decoding.max_new_tokens
-        contexts = [wrapped_prompt(text_ids(tokenizer, self.prompt_text(examples[i])), prompt, budget)
+        start = sequence_start(tokenizer)
+        contexts = [wrapped_prompt(text_ids(tokenizer, self.prompt_text(examples[i])), prompt, budget, start)
                     for i in promptable]
         generated = generate(model, tokenizer, contexts, decoding, desc="wikisql decode")
         texts: list[str | None] = [None] * len(examples)
