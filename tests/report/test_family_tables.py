@@ -59,6 +59,8 @@ def test_qlora_rows_carry_base_bytes_and_peak_memory_beside_each_task(runs_dir, 
     assert mnli["mean"] == pytest.approx(59.0) and pd.isna(mnli["paper"])  # QLoRA prints "–" for NF4 + DQ on GLUE
     assert result.stats("lora", "mnli")["paper"] == 88.8 and result.stats("fp4", "e2e")["paper"] == 40.3
     assert pd.isna(result.stats("nf4", "mnli")["paper"])  # no NF4 row without DQ in the paper
+    header = render.layout(result).columns  # the paper's value is another task's: its column says which
+    assert "E2E BLEU (paper: SNI RougeL, T5-80M)" in header and "MNLI-m Acc. (%) (paper: GLUE, RoBERTa-large)" in header
     # a run's cells, as the page names them, are its metric cells: not its memory or its bytes
     (key,) = {r.run_key for r in result.records if r.task == "e2e" and r.seed == 0}
     assert result.cells_of(key) == [("nf4_dq", "e2e")]

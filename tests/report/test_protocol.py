@@ -470,3 +470,12 @@ def test_with_no_run_the_page_does_not_guess_whether_the_profile_selects(runs_di
     assert protocol.selected_lr_text(results) == (
         "- No run yet. A profile that selects its learning rates (`lr_selection: true`, as mini does) runs `make "
         "select-lr` before a table's runs; one that sets them itself (smoke, paper) does not.")
+
+
+def test_an_archived_claim_in_its_former_wording_reads_as_todays(tmp_path):
+    (tmp_path / "table_weight_type.md").write_text(
+        "| Paper's claim | Where | On our numbers | Evidence |\n|---|---|---|---|\n"
+        "| MultiNLI: adapting W_q,W_v (r=4) beats W_k alone (r=8) at an equal budget | §7.1, Table 5 | **held** | ... |\n",
+        encoding="utf-8")
+    assert protocol.archived_verdicts(tmp_path) == {
+        "MultiNLI: adapting W_q,W_v (r=4) beats W_k alone (r=8) at equal r × #matrices": "held"}

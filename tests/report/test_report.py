@@ -48,7 +48,7 @@ def test_counts_devices_time_and_claims_come_from_the_records(weight_type_runs, 
     assert "CPU: Test CPU, 2 cores (fp32)" in cells[7] and "GPU: NVIDIA H100 80GB HBM3 (bf16 autocast)" in cells[7]
     assert cells[8] == "1 h 01 min"  # 3 x 20 min on the CPU + 1 min on the GPU
     assert cells[9] == "1 / 0 / 5 (5 wait for runs)"  # only MultiNLI W_q,W_v vs W_q has both its cells
-    assert "MultiNLI: adapting W_q,W_v (r=4) beats W_q alone (r=8) at an equal budget | §7.1, Table 5 | **held**" in text
+    assert "MultiNLI: adapting W_q,W_v (r=4) beats W_q alone (r=8) at equal r × #matrices | §7.1, Table 5 | **held**" in text
     assert "On CPU: Test CPU, 2 cores (fp32), a run of this profile (table runs and selection points) took a median of" in text
     assert "20 min on mnli (n = 3)" in text
     assert "- CPU: Test CPU, 2 cores (fp32): 3 runs, 1 h 00 min in all (torch threads per run: 2 (3 runs))." in text

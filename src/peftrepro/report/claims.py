@@ -386,9 +386,9 @@ def _weight_type_claims(result: TableResult) -> list[Claim]:
         qv, q, k, four = cells["W_q,W_v"], cells["W_q"], cells["W_k"], cells["W_q,W_k,W_v,W_o"]
         others = [cells[c] for c in columns if c != "W_q,W_k,W_v,W_o"]
         claims += [
-            combine(f"{name}: adapting W_q,W_v (r=4) beats W_q alone (r=8) at an equal budget",
+            combine(f"{name}: adapting W_q,W_v (r=4) beats W_q alone (r=8) at equal r × #matrices",
                     "§7.1, Table 5", [beats(qv, q)], WHY_FEWER_MATRICES),
-            combine(f"{name}: adapting W_q,W_v (r=4) beats W_k alone (r=8) at an equal budget",
+            combine(f"{name}: adapting W_q,W_v (r=4) beats W_k alone (r=8) at equal r × #matrices",
                     "§7.1, Table 5", [beats(qv, k)], WHY_FEWER_MATRICES),
             combine(f"{name}: all four (W_q,W_k,W_v,W_o at r=2) is best or tied",
                     "Table 5", [matches_or_beats(four, other) for other in others if other.status != "n/a"]),

@@ -42,13 +42,22 @@ def baselines_text(results: Mapping[str, TableResult]) -> str:
     return "\n".join(lines) or "- No finished run to check yet."
 
 
+# claims reworded since the archive was written: its wording -> today's (Table 5's budget is r × #matrices,
+# which fixes the parameter count only where W_k and W_v are as wide as W_q)
+REWORDED = {"at an equal budget": "at equal r × #matrices"}
+
+
 def archived_verdicts(tables_dir: Path) -> dict[str, str]:
-    """Claim text -> the verdict a table of the untuned protocol printed (its "Paper's claims" rows)."""
+    """Claim text (today's wording) -> the verdict a table of the untuned protocol printed (its "Paper's
+    claims" rows)."""
     verdicts = {}
     for path in sorted(tables_dir.glob("table_*.md")):
         for line in path.read_text(encoding="utf-8").splitlines():
             if match := CLAIM_ROW.match(line):
-                verdicts[match["claim"].strip()] = match["verdict"] + (match["marginal"] or "")
+                claim = match["claim"].strip()
+                for old, new in REWORDED.items():
+                    claim = claim.replace(old, new)
+                verdicts[claim] = match["verdict"] + (match["marginal"] or "")
     return verdicts
 
 
