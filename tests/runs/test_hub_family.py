@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
@@ -38,9 +39,25 @@ def test_a_gpt_neox_from_a_local_directory_trains_and_its_record_names_the_layou
     assert record["params"]["trainable"] == 2 * 2 * 4 * (64 + 64)  # layers × (W_q, W_v) × r × (d_in + d_out)
 
 
-def test_model_dtype_loads_the_weights_and_makes_the_methods_parameters_in_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method, options, trained_in", [
+    ("lora", {"weights": ["W_q", "W_v"], "r": 2}, torch.float32),  # what a method adds: fp32, as peft keeps it
+    ("adapter_h", {"r": 4}, torch.float32),
+    ("prefix_embed", {}, torch.float32),
+    ("prefix_layer", {}, torch.float32),
+    ("bitfit", {}, torch.bfloat16),  # the base's own weights train as loaded
+])
+def test_model_dtype_loads_the_weights_and_the_methods_add_fp32_parameters(tmp_path: Path, method, options,
+                                                                            trained_in) -> None:
     directory = _save_tiny_neox(tmp_path / "my-neox")
     model, tokenizer = load_model({"source": "hub", "name_or_path": str(directory), "dtype": "bf16"})
-    apply_method(model, make_method_config("lora", {"weights": ["W_q", "W_v"], "r": 2}))
-    assert {parameter.dtype for parameter in model.parameters()} == {torch.bfloat16}
-    assert model(input_ids=torch.tensor([[5, 6, 7]])).logits.dtype == torch.bfloat16
+    applied = apply_method(model, make_method_config(method, options))
+    trainable = {parameter.dtype for parameter in model.parameters() if parameter.requires_grad}
+    frozen = {parameter.dtype for parameter in model.parameters() if not parameter.requires_grad}
+    assert trainable == {trained_in} and frozen == {torch.bfloat16}
+    ids = torch.tensor([[*applied.prompt.prefix_ids, 5, 6, 7, *applied.prompt.infix_ids]])
+    logits = model(input_ids=ids).logits
+    assert logits.dtype == torch.bfloat16
+    logits.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == p.dtype for p in model.parameters() if p.requires_grad)
+
+

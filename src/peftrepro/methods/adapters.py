@@ -32,6 +32,7 @@ from peftrepro.methods.base import (
     MethodConfig,
     freeze_all,
     require_positive,
+    trainable_dtype,
 )
 from peftrepro.methods.targets import blocks, module_shape, weight_target
 
@@ -73,7 +74,7 @@ class Adapter(nn.Module):
     def __init__(self, d: int, r: int, nonlinearity: str, init_std: float, layer_norm: bool,
                  like: torch.Tensor):
         super().__init__()
-        factory = {"device": like.device, "dtype": like.dtype}
+        factory = {"device": like.device, "dtype": trainable_dtype(like.dtype)}
         self.norm = nn.LayerNorm(d, **factory) if layer_norm else nn.Identity()
         self.down = nn.Linear(d, r, **factory)
         self.act = NONLINEARITIES[nonlinearity]()
@@ -83,7 +84,8 @@ class Adapter(nn.Module):
             nn.init.zeros_(tensor)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.up(self.act(self.down(self.norm(h))))
+        dtype = self.down.weight.dtype  # fp32 over a half-precision base, back in h's
+        return h + self.up(self.act(self.down(self.norm(h.to(dtype))))).to(h.dtype)
 
 
 class WithAdapter(nn.Module):

@@ -5,10 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ClassVar, Iterable, Mapping
 
+import torch
 from torch import nn
 
 from peftrepro.errors import ConfigError
 from peftrepro.interfaces import NO_PROMPT_WRAP, PromptWrap
+
+HALF = (torch.bfloat16, torch.float16)
+
+
+def trainable_dtype(base: torch.dtype) -> torch.dtype:
+    """The dtype of the parameters a method adds to a base of dtype `base`: fp32 over a half-precision
+    base, as peft keeps its adapters (`autocast_adapter_dtype`), since AdamW's small updates round
+    away in bf16; the base's own dtype otherwise. Methods that train the base's own weights (FT,
+    BitFit) train them as loaded."""
+    return torch.float32 if base in HALF else base
 
 
 @dataclass

@@ -32,6 +32,7 @@ from peftrepro.methods.base import (
     MethodConfig,
     freeze_all,
     require_positive,
+    trainable_dtype,
 )
 from peftrepro.methods.quantize import QuantizeConfig, is_4bit, quantize_block_linears, require_bitsandbytes
 from peftrepro.methods.targets import (
@@ -121,14 +122,15 @@ class LoRAModule(nn.Module):
                                                                    device=base.weight.device)
         self.in_features, self.out_features = module_shape(base)
         self.slices = slices
+        dtype = trainable_dtype(weight.dtype)
         self.lora_A = nn.ParameterDict(
-            {s.weight: nn.Parameter(weight.new_empty(s.rank, self.in_features)) for s in slices})
+            {s.weight: nn.Parameter(weight.new_empty(s.rank, self.in_features, dtype=dtype)) for s in slices})
         self.lora_B = nn.ParameterDict(
-            {s.weight: nn.Parameter(weight.new_zeros(len(s.rows), s.rank)) for s in slices})
+            {s.weight: nn.Parameter(weight.new_zeros(len(s.rows), s.rank, dtype=dtype)) for s in slices})
         for s in slices:
             _init_A(self.lora_A[s.weight], init, s.rank)
         scaling = torch.cat([torch.full((s.rank,), alpha / s.rank) for s in slices])
-        self.register_buffer("scaling", scaling.to(device=weight.device, dtype=weight.dtype), persistent=False)
+        self.register_buffer("scaling", scaling.to(device=weight.device, dtype=dtype), persistent=False)
         # the module's rows that the stacked B's rows land on, in slice order (buffers follow .to(device))
         rows = torch.cat([s.rows.index() for s in slices])
         self.register_buffer("rows", rows.to(weight.device), persistent=False)
@@ -156,8 +158,9 @@ class LoRAModule(nn.Module):
         out = self.base(x)
         if self.merged:
             return out
-        low_rank = F.linear(self.dropout(x), self._stacked_A()) * self.scaling
-        return out + F.linear(low_rank, self._padded_B())
+        A = self._stacked_A()  # in the factors' dtype (fp32 over a half-precision base), back in out's
+        low_rank = F.linear(self.dropout(x).to(A.dtype), A) * self.scaling
+        return out + F.linear(low_rank, self._padded_B()).to(out.dtype)
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW = s·B·A in the base module's own layout (transposed for Conv1D)."""

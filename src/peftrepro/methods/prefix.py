@@ -43,7 +43,7 @@ from transformers import DynamicCache
 
 from peftrepro.errors import ConfigError
 from peftrepro.interfaces import PromptWrap
-from peftrepro.methods.base import AppliedMethod, MethodConfig, freeze_all
+from peftrepro.methods.base import AppliedMethod, MethodConfig, freeze_all, trainable_dtype
 from peftrepro.methods.targets import backbone, blocks, hidden_width, layout
 
 PREFIX_INITS = ("real_tokens", "normal")
@@ -120,7 +120,8 @@ class VirtualTokenEmbedding(nn.Module):
         super().__init__()
         self.base = base
         self.vocab_size = base.num_embeddings
-        self.virtual = nn.Parameter(base.weight.new_empty(n_virtual, base.embedding_dim))
+        self.virtual = nn.Parameter(base.weight.new_empty(n_virtual, base.embedding_dim,
+                                                          dtype=trainable_dtype(base.weight.dtype)))
         self.positions = VirtualPositions()
         # the ids every sequence starts with; a buffer so it follows the model's device, not saved
         self.register_buffer("prefix_ids", torch.arange(self.vocab_size, self.vocab_size + prefix_length,
