@@ -6,6 +6,7 @@ import json
 import re
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from peftrepro.report.cells import build_table
@@ -334,6 +335,31 @@ def test_an_accuracy_gap_is_judged_against_the_evaluation_sets_error(runs_dir, w
     assert (claim.verdict, claim.evidence.split(": ", 1)[1]) == (verdict, evidence)
 
 
+@pytest.mark.parametrize("right, evidence", [
+    # W_q,W_v: both seeds right on 108 examples, not the same ones (0-107 and 8-115), so 16 examples
+    # have a per-example seed mean of 50 and a seed variance of 5,000; W_q: both seeds right on 0-99.
+    # d_i: -50 (8 examples), +100 (8), +50 (8), 0 (176): var(d) = (120,000 - 200·4²) / 199 = 586.9.
+    # W_q,W_v's seed noise in it, mean_i(s_i²)/n = (16·5,000/200)/2 = 200, is left out:
+    # SE_eval = sqrt((586.9 - 200) / 200) = 1.39 (with it, 1.71)
+    ((range(0, 108), range(8, 116), range(100), range(100)), "eval set 1.39 paired over 200 examples)"),
+    # every example right in one seed of each cell and wrong in the other: nothing but seed noise
+    ((range(100), range(100, 200), range(100), range(100, 200)),
+     "eval set 0.00 paired over 200 examples; all of its spread seed noise)"),
+])
+def test_the_evaluation_sets_error_leaves_out_the_seed_noise_the_seed_term_counts(runs_dir, write, make_record,
+                                                                                   right, evidence):
+    qv, q = {"W_q": 4, "W_v": 4}, {"W_q": 8}
+    for (ranks, seed), correct in zip(((qv, 0), (qv, 1), (q, 0), (q, 1)), right):
+        record = make_record("table_weight_type", "mnli", {"name": "lora", "ranks": ranks}, seed,
+                             {"accuracy_m": len(correct) / 200})
+        path = write(record | {"eval_notes": {"examples": {"matched": 200, "mismatched": 200}}})
+        rows = [{"premise": f"p{i}", "hypothesis": "h", "subset": "matched", "correct": i in correct} for i in range(200)]
+        (path.parent / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    claims = evaluate(build_table(TABLES["table_weight_type"], runs_dir))
+    claim = next(c for c in claims if c.text.startswith("MultiNLI: adapting W_q,W_v (r=4) beats W_q alone"))
+    assert claim.evidence.endswith(evidence)
+
+
 @pytest.mark.parametrize("metric,notes,size", [
     ("accuracy_m", {"examples": {"matched": 200, "mismatched": 150}}, 200),
     ("accuracy_mm", {"examples": {"matched": 200, "mismatched": 150}}, 150),
@@ -373,3 +399,14 @@ def test_each_metric_has_a_stated_equivalence_margin_or_none_is_assumed(metric, 
             equivalence_margin(metric)
     else:
         assert equivalence_margin(metric) == margin
+
+
+def test_a_cells_bootstrap_seed_noise_is_what_more_seeds_would_average_away():
+    from peftrepro.report.cells import Resampled, _mean_resampled
+
+    rng = np.random.default_rng(0)
+    shared = rng.normal(0, 1, 4000)  # the MRs' draw, common to every seed: what SE_eval is for
+    seeds = [Resampled("mrs", 60 + seed + shared + rng.normal(0, 2, 4000)) for seed in range(2)]  # + each seed's own
+    cell = _mean_resampled(seeds)
+    assert cell.values.var(ddof=1) == pytest.approx(1 + 4 / 2, rel=0.1)  # the seeds' own noise, halved, inflates it
+    assert cell.values.var(ddof=1) - cell.seed_noise == pytest.approx(1, abs=0.15)

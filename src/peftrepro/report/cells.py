@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from peftrepro.report.baselines import Learning, learning_check
@@ -155,6 +156,9 @@ class Resampled:
 
     fingerprint: str
     values: Any  # numpy array, one value per resample
+    # a cell of n ≥ 2 seeds: the mean over resamples of the seeds' variance (each seed's resamples
+    # centred on their own mean) / n, the seed noise in `values`' spread (see ExampleScores.seed_noise)
+    seed_noise: float = 0.0
 
 
 def _resampled(record: Record, metric: str | None) -> Resampled | None:
@@ -166,15 +170,23 @@ def _mean_resampled(runs: Sequence[Resampled | None]) -> Resampled | None:
     """Per resample, the mean over the cell's seeds; None unless every seed has them, on the same MRs."""
     if not runs or any(run is None for run in runs) or len({run.fingerprint for run in runs}) > 1:
         return None
-    return Resampled(runs[0].fingerprint, sum(run.values for run in runs) / len(runs))
+    per_seed = np.stack([run.values for run in runs])
+    return Resampled(runs[0].fingerprint, per_seed.mean(axis=0), _seed_noise(per_seed - per_seed.mean(axis=1,
+                                                                                                  keepdims=True)))
 
 
 def _mean_example_scores(runs: Sequence[ExampleScores | None]) -> ExampleScores | None:
     """Per example, the mean score over the cell's seeds; None unless every seed scored the same examples."""
     if not runs or any(run is None for run in runs) or len({run.fingerprint for run in runs}) > 1:
         return None
-    means = tuple(sum(column) / len(runs) for column in zip(*(run.scores for run in runs)))
-    return ExampleScores(runs[0].fingerprint, means)
+    per_seed = np.array([run.scores for run in runs], dtype=float)
+    return ExampleScores(runs[0].fingerprint, tuple(per_seed.mean(axis=0).tolist()), _seed_noise(per_seed))
+
+
+def _seed_noise(per_seed: Any) -> float:
+    """mean over columns of var over seeds (rows) / n: the seed noise in the spread of the column means."""
+    n = per_seed.shape[0]
+    return float(per_seed.var(axis=0, ddof=1).mean() / n) if n > 1 else 0.0
 
 
 # a cell whose runs all have one of these record statuses shows it (rendered "n/a" / "—")

@@ -22,10 +22,13 @@ The interval is Δ ± t·SE with SE² = SE_seeds² + SE_eval²:
   for the other cell by Welch–Satterthwaite. Without a pool (a cell outside any group), Welch's
   per-cell form.
 - SE_eval: the error from the finite evaluation set, which more seeds do not shrink (every seed is
-  scored on the same examples). Accuracies: paired over the examples, sd(d)/sqrt(N) of the
-  per-example differences of the two cells (each averaged over its seeds, from the saved
-  predictions); where those are missing, the unpaired binomial bound. E2E's corpus metrics: a paired
-  bootstrap over the MRs (`peftrepro.report.resampling`: 1,000 seeded resamples, both cells on the same ones).
+  scored on the same examples). Accuracies: paired over the examples, from the per-example
+  differences d_i of the two cells (each averaged over its seeds, from the saved predictions),
+  SE_eval² = (var(d) − Σ_cells mean_i(s_i²)/n) / N, where s_i² is example i's variance over a cell's
+  n seeds: the seed noise in var(d), which SE_seeds already counts; where predictions are missing,
+  the unpaired binomial bound. E2E's corpus metrics: a paired bootstrap over the MRs
+  (`peftrepro.report.resampling`: 1,000 seeded resamples, both cells on the same ones), the variance of
+  the difference over resamples less, per cell, the mean over resamples of its seeds' variance / n.
 - t: Student's t quantile for a two-sided 95 % interval, its degrees of freedom from the
   Welch–Satterthwaite rule (the evaluation-set term counts as known exactly); 1.96 with no seed term.
 A claim over several comparisons is not held if any is not held, else inconclusive if any is
@@ -245,15 +248,25 @@ def _seed_error(a: Cell, b: Cell) -> tuple[float, float, str]:
 
 def _eval_error(a: Cell, b: Cell) -> tuple[float, str]:
     """The SE of mean(A) − mean(B) from the finite evaluation set, and how it was estimated."""
+    # Both spreads below are of seed means, so they also hold each example's (MR's) seed noise, which the
+    # seed term already counts: it is taken out (`seed_noise`), leaving what more seeds do not shrink.
     if a.resampled is not None and b.resampled is not None and a.resampled.fingerprint == b.resampled.fingerprint:
         differences = a.resampled.values - b.resampled.values
-        return float(differences.std(ddof=1)), f" paired bootstrap over MRs ({len(differences)} resamples)"
+        variance, note = _less_seed_noise(float(differences.var(ddof=1)), a.resampled.seed_noise + b.resampled.seed_noise)
+        return math.sqrt(variance), f" paired bootstrap over MRs ({len(differences)} resamples{note})"
     if a.examples and b.examples and a.examples.fingerprint == b.examples.fingerprint:
         diffs = [x - y for x, y in zip(a.examples.scores, b.examples.scores)]
-        return statistics.stdev(diffs) / math.sqrt(len(diffs)), f" paired over {len(diffs)} examples"
+        variance, note = _less_seed_noise(statistics.variance(diffs), a.examples.seed_noise + b.examples.seed_noise)
+        return math.sqrt(variance / len(diffs)), f" paired over {len(diffs)} examples{note}"
     if a.sampling_se or b.sampling_se:
         return math.hypot(a.sampling_se, b.sampling_se), " unpaired"
     return 0.0, " not estimated"
+
+
+def _less_seed_noise(variance: float, seed_noise: float) -> tuple[float, str]:
+    """The variance left once the seeds' share is taken out, at least 0 (a moment estimate can fall below)."""
+    left = variance - seed_noise
+    return max(left, 0.0), ("; all of its spread seed noise" if left <= 0 < seed_noise else "")
 
 
 def _difference(a: Cell, b: Cell) -> Difference | str:
@@ -519,14 +532,15 @@ def render(claims: Sequence[Claim]) -> list[str]:
               for c in claims]
     if reasons := [f"- Not held: {c.text}. {c.why}" for c in claims if c.why]:
         lines += ["", *reasons]
-    lines += ["", "Interval: 95 % on the difference of two cells' means, Student's t with Welch–Satterthwaite degrees of "
-              "freedom (the seed term's, the evaluation set's error taken as known); SE² = the seed spread pooled over "
-              "the table's cells of that metric × (1/n_A + 1/n_B) + the evaluation set's error, paired (per example for "
-              "accuracies, a bootstrap over MRs for E2E; the evidence says \"not estimated\" where the saved predictions "
-              "do not allow it). A cell whose seed spread Cochran's test (1 %) finds outlying is set apart from the "
-              "pool: its comparisons use its own spread (Welch). Where the two cells ran on different machines or "
-              "precisions (fp32 on a CPU, bf16 autocast on a GPU), the evidence says so in brackets: a difference of "
-              "numerics the interval does not cover.",
+    lines += ["", "Interval: 95 % on the difference of two cells' means, Student's t with Welch–Satterthwaite degrees "
+              "of freedom (the seed term's, the evaluation set's error taken as known); SE² = the seed spread "
+              "pooled over the table's cells of that metric × (1/n_A + 1/n_B) + the evaluation set's error, paired "
+              "(per example for accuracies, a bootstrap over MRs for E2E; the evidence says \"not estimated\" where "
+              "the saved predictions do not allow it), less the seeds' own noise in it, which the seed term counts. "
+              "A cell whose seed spread Cochran's test (1 %) finds outlying is set apart from the pool: its "
+              "comparisons use its own spread (Welch). Where the two cells ran on different machines or precisions "
+              "(fp32 on a CPU, bf16 autocast on a GPU), the evidence says so in brackets: a difference of numerics "
+              "the interval does not cover.",
               "", "Verdict: 'beats' held above 0, not held below 0; 'matches or beats' held above −m, not held below −m "
               "(m: accuracy 2, BLEU / METEOR / ROUGE-L 1, NIST 0.1, CIDEr 0.05); otherwise, or with one seed or a run "
               f"that did not learn, inconclusive; (marginal): within {MARGINAL:.0%} of the interval's half-width."]

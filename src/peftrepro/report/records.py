@@ -75,6 +75,9 @@ class ExampleScores:
 
     fingerprint: str
     scores: tuple[float, ...]
+    # a cell of n ≥ 2 seeds: the mean over examples of each example's seed variance / n, the part of the
+    # per-example means' spread that is seed noise (the claims' seed term counts it already)
+    seed_noise: float = 0.0
 
 
 @dataclass(frozen=True)
