@@ -8,8 +8,9 @@
     peftrepro export RUN_DIR OUT --format peft|merged
                                     a run's weights as a peft adapter, or merged into the base model
 
-Training runs go through Hydra: `python -m peftrepro.runs` (or `peftrepro-run`).
-Errors the suite raises on purpose are printed as one line and exit with status 2.
+Training runs go through Hydra: `python -m peftrepro.runs` (or `peftrepro-run`); their errors exit with
+status 1, as Hydra reports them. Errors these commands raise on purpose are printed as one line and exit
+with status 2.
 """
 
 from __future__ import annotations
