@@ -9,8 +9,8 @@ Three sources, named by `source:` in the model config:
 - `hub`: a Hugging Face hub id or a local directory (`name_or_path`).
 `load_gguf(path, cache)` reads any GGUF file the way `gguf_package` does, into the same kind of
 cache (experiments/bench.py --gguf, or a machine that has the file but not the package).
-`dtype:` (fp32, the default | bf16 | fp16) is the dtype of the weights as loaded; the method's own
-parameters are made in the same dtype. Every failure becomes one `ModelLoadError` that names the
+`dtype:` (fp32, the default | bf16 | fp16) is the dtype of the weights as loaded; the parameters a
+method adds are fp32 all the same (`methods.base.trainable_dtype`). Every failure becomes one `ModelLoadError` that names the
 source(s) tried.
 """
 

@@ -76,6 +76,13 @@ def test_the_committed_runs_keep_their_keys_now_that_configs_name_the_dtype() ->
         assert records.run_key(config) == record["run_key"] == path.parent.name, path
 
 
+@pytest.mark.parametrize("dtype, trainable", [("fp32", None), ("bf16", "fp32"), ("fp16", "fp32")])
+def test_a_half_precision_run_keys_that_a_methods_own_parameters_are_fp32(dtype, trainable) -> None:
+    keyed = records.semantic_config({**BASE, "model": {**BASE["model"], "dtype": dtype}})["model"]
+    assert keyed.get("trainable_dtype") == trainable
+    assert (key_with(model__dtype=dtype) == key_with()) == (dtype == "fp32")
+
+
 def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path: Path) -> None:
     records.write_record(tmp_path, {"status": "ok", "n": 1})
     records.write_record(tmp_path, {"status": "ok", "n": 2})

@@ -77,10 +77,14 @@ def semantic_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def _model_for_key(model: Mapping[str, Any]) -> dict[str, Any]:
     # fp32: models.DEFAULT_DTYPE (not imported: the records layer sits below the model loading)
-    return {key: HELD_IN_KEY["model"].get(key, value) for key, value in model.items()
-            if not (key == "dtype" and value in (None, "fp32"))}
+    keyed = {key: HELD_IN_KEY["model"].get(key, value) for key, value in model.items()
+             if not (key == "dtype" and value in (None, "fp32"))}
+    if keyed.get("dtype") in HALF_DTYPES:  # runs from when a method's own parameters took the half dtype
+        keyed["trainable_dtype"] = "fp32"  # are not this (methods.base.trainable_dtype): a key of their own
+    return keyed
 
 
+HALF_DTYPES = ("bf16", "fp16")
 # method options added after runs were recorded, at the value that computes what those runs did
 _METHOD_DEFAULTS_OUT_OF_KEY = {"quantize": None}  # LoRA's base as loaded (methods/quantize.py: QLoRA's 4 bits)
 

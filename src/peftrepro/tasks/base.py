@@ -1,6 +1,6 @@
 """What the three tasks share: options, prompt+target encoding, batched generation and scoring.
 
-Every task turns an example into `prefix + prompt + infix + target` token ids (PromptWrap places a
+Every task turns an example into `prefix + start + prompt + infix + target` token ids (PromptWrap places a
 method's virtual tokens) with the loss on the target only. Text is tokenized without the
 tokenizer's automatic special tokens, as the authors' GPT-2 code does: each task adds the EOS it
 needs explicitly, and the BOS a tokenizer opens texts with (`sequence_start`: Llama, Gemma) once in
@@ -35,8 +35,8 @@ class TaskOptions:
     eval_split: str = "test"
     max_train_examples: int | None = None  # None = the whole split
     max_eval_examples: int | None = None
-    # the example's own tokens per training sequence (prompt + target; the prompt is cut from the
-    # left beyond it). A prefix method's virtual tokens come on top, so every method sees the same text.
+    # the example's own tokens per training sequence (the tokenizer's start + prompt + target; the
+    # prompt is cut from the left beyond it). A prefix method's virtual tokens come on top, so every method sees the same text.
     max_length: int = 512
 
 
@@ -120,7 +120,7 @@ def encode_pair(prompt_ids: list[int], target_ids: list[int], wrap: PromptWrap, 
     `start` is the tokenizer's `sequence_start`. `max_length` bounds the example's own tokens (start
     + prompt + target); the wrap's virtual tokens come on top, first, as peft places a prompt-tuning
     prefix before the text's BOS. Over it, the prompt loses tokens from its start (after `start`); a
-    target longer than `max_length` loses its end (the loss still covers what remains).
+    target longer than `max_length - len(start)` loses its end (the loss still covers what remains).
     """
     room = max_length - len(start)
     target_ids = target_ids[:room]
@@ -132,8 +132,8 @@ def encode_pair(prompt_ids: list[int], target_ids: list[int], wrap: PromptWrap, 
 
 def wrapped_prompt(prompt_ids: list[int], wrap: PromptWrap, max_prompt_tokens: int,
                    start: Sequence[int] = ()) -> list[int]:
-    """The generation context: `start` and the prompt (cut from the left to `max_prompt_tokens` in all)
-    inside the method's wrap."""
+    """The generation context: `start` and the prompt (cut from the left to `max_prompt_tokens` in all,
+    `start` kept whole) inside the method's wrap."""
     return [*wrap.prefix_ids, *start, *fit_prompt(prompt_ids, max_prompt_tokens - len(start)), *wrap.infix_ids]
 
 
