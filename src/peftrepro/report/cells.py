@@ -171,8 +171,8 @@ def _mean_resampled(runs: Sequence[Resampled | None]) -> Resampled | None:
     if not runs or any(run is None for run in runs) or len({run.fingerprint for run in runs}) > 1:
         return None
     per_seed = np.stack([run.values for run in runs])
-    return Resampled(runs[0].fingerprint, per_seed.mean(axis=0), _seed_noise(per_seed - per_seed.mean(axis=1,
-                                                                                                  keepdims=True)))
+    centred = per_seed - per_seed.mean(axis=1, keepdims=True)  # each seed's resamples about their own mean
+    return Resampled(runs[0].fingerprint, per_seed.mean(axis=0), _seed_noise(centred))
 
 
 def _mean_example_scores(runs: Sequence[ExampleScores | None]) -> ExampleScores | None:
