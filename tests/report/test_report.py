@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from peftrepro.report import factors
+from peftrepro.report import claims, factors
 from peftrepro.report import page as report
 from peftrepro.report.cells import build_table
-from peftrepro.report.progress import runs_split
+from peftrepro.report.claims import Claim
+from peftrepro.report.progress import claims_text, runs_split
 from peftrepro.report.records import at_a_time, hours, plural, rate_text, rates_text
 from peftrepro.report.render import header_lines
 from peftrepro.report.specs import TABLES
@@ -77,8 +78,8 @@ def test_the_time_left_is_estimated_from_each_task_own_runs(weight_type_runs, ru
     assert ("a run of this profile (table runs and selection points) took a median of 40 min on e2e (n = 1), "
             "20 min on mnli (n = 3), 1 h 00 min on wikisql (n = 1), so the rest (143 table runs) would take about "
             f"{hours(60 * (40 * (14 + 8) + 20 * (46 + 26) + 60 * 49))} there" in text)
-    # a task with no run on the GPU: the median of all its runs there
-    assert "1 min on e2e (none ran there: the median of all 1)" in text
+    # a task with no run on the GPU: the median of the GPU's runs of other tasks
+    assert "1 min on e2e (none ran there: the median of the device's 1 runs of other tasks)" in text
 
 
 def test_a_run_trained_by_another_is_named_and_not_timed_as_a_whole_run(weight_type_runs, runs_dir, tmp_path,
@@ -95,7 +96,8 @@ def test_a_run_trained_by_another_is_named_and_not_timed_as_a_whole_run(weight_t
     text = page(runs_dir, tmp_path)
     table5 = next(line for line in text.splitlines() if line.startswith("| [Table 5]"))
     assert [cell.strip() for cell in table5.split("|")[1:-1]][5] == "1"  # the failed attempt is not counted
-    assert "wikisql 1, mnli 3" not in text and "on wikisql (none ran there: the median of all 3)" in text
+    assert "wikisql 1, mnli 3" not in text
+    assert "on wikisql (none ran there: the median of the device's 3 runs of other tasks)" in text
     table = "\n".join(header_lines(build_table(TABLES["table_weight_type"], runs_dir, profile="mini")))
     assert ("- Trained by another run: 1 run evaluates the kept weights of a run that trained with the same "
             "config, seed and data and was evaluated on another split (`trained_in` in the record): "
@@ -135,8 +137,9 @@ def test_runs_that_shared_a_device_say_so_with_their_wall_time(runs_dir, tmp_pat
     # (130 empty settings of the LoRA paper's tables less 20 copies, and the other papers' 34)
     assert ("On GPU: NVIDIA H100 80GB HBM3 (bf16 autocast), where its runs ran about 4 at once, a run of this "
             "profile (table runs and selection points) took a median of 3 min on e2e (none ran there: the median "
-            "of all 4), 3 min on mnli (n = 4), 3 min on wikisql (none ran there: the median of all 4), so the rest "
-            f"(144 table runs) would take about {hours(144 * 180 / 4)} there with as many at once.") in text
+            "of the device's 4 runs of other tasks), 3 min on mnli (n = 4), 3 min on wikisql (none ran there: the "
+            "median of the device's 4 runs of other tasks), so the rest (144 table runs) would take about "
+            f"{hours(144 * 180 / 4)} there with as many at once.") in text
 
 
 @pytest.mark.parametrize(("todo", "text"), [
@@ -319,14 +322,17 @@ def test_without_runs_or_seeds_what_is_left_is_not_counted(runs_dir, tmp_path) -
     assert "every expected seed" not in text and "need 0 more runs" not in text
 
 
+RUN_THEM = "; `make table-rank` runs them, or copies them where Table 4 or 5 ran the same setting"
+
+
 def test_the_section7_pages_are_linked_with_their_verdicts_once_generated(tmp_path, runs_dir) -> None:
     lines = report.section7_text(tmp_path, runs_dir, "mini", [0, 1]).splitlines()
     assert lines == [
         "- Figures 3 and 4, subspace similarity of A (r=8 vs r=64, seed vs seed): not yet generated: "
         "`make figure-subspace`; of the 8 runs it reads (W_q,W_v at r=8 and r=64, seeds 0, 1, each task), "
-        "8 not run yet (mnli, wikisql).",
+        f"8 not run yet (mnli, wikisql{RUN_THEM}).",
         "- Table 7, how ΔW_q compares to W_q (r=4 and r=64): not yet generated: `make table-amplification`; "
-        "of the 8 runs it reads (W_q,W_v at r=4 and r=64, seeds 0, 1, each task), 8 not run yet (mnli, wikisql)."]
+        f"of the 8 runs it reads (W_q,W_v at r=4 and r=64, seeds 0, 1, each task), 8 not run yet (mnli, wikisql{RUN_THEM})."]
     (tmp_path / "table_amplification.md").write_text("# Table 7\n")
     verdicts = ["held", "not held", "inconclusive (held in 1 of 2)", "inconclusive (no run that learned)", "held"]
     (tmp_path / "table_amplification_statements.csv").write_text("verdict\n" + "\n".join(f'"{v}"' for v in verdicts))
@@ -345,7 +351,8 @@ def test_the_section7_line_tells_runs_not_made_from_runs_made_without_their_fact
             (path.parent / "lora_factors.safetensors").write_bytes(b"")  # only its presence is surveyed
     assert report.section7_text(tmp_path, runs_dir, "mini", [0, 1]).splitlines()[0].endswith(
         "`make figure-subspace`; of the 8 runs it reads (W_q,W_v at r=8 and r=64, seeds 0, 1, each task), "
-        "3 not run yet (wikisql) and 4 kept no factors (mnli; `make lora-factors` where their adapters are, else only a "
+        f"3 not run yet (wikisql{RUN_THEM}) and 4 kept no factors (mnli; `make lora-factors` where their adapters "
+        "are, else only a "
         "rerun makes them).")
 
 
@@ -373,7 +380,8 @@ def test_the_section7_analyses_do_not_read_a_copy_whose_original_was_rerun(tmp_p
                                "Table 6 sweep copies it again once that rerun is ok")] if rerun else [])
     if rerun:
         assert report.section7_text(tmp_path, runs_dir, "mini", [0, 1]).splitlines()[0].endswith(
-            "4 not run yet (wikisql) and 1 copied before a rerun (mnli; `make table-rank` copies them again once "
+            f"4 not run yet (wikisql{RUN_THEM}) and 1 copied before a rerun (mnli; `make table-rank` copies them "
+            "again once "
             "those reruns are ok).")
 
 
@@ -395,8 +403,20 @@ def test_where_counts_the_study_s_training_runs_but_not_the_latency_study(weight
     latency_records = Path(__file__).resolve().parents[2] / "results" / "runs" / "table_latency"
     latency = json.loads(next(latency_records.glob("*/record.json")).read_text(encoding="utf-8"))
     write({**latency, "profile": "mini"}, name="latency")  # its config names the model by a string
+    bitfit = make_record("table_methods", "mnli", {"name": "bitfit"}, 0, status="not_applicable", profile="mini")
+    bitfit["env"]["hardware"], bitfit["timings"] = CPU, {"total_s": 6.0}
+    write(bitfit)
     text = page(runs_dir, tmp_path)
-    assert "- CPU: Test CPU, 2 cores (fp32): 4 runs, 1 h 20 min in all" in text
+    assert ("- CPU: Test CPU, 2 cores (fp32): 5 runs (1 of them not applicable: they stopped before training), "
+            "1 h 20 min in all") in text
+
+
+def test_the_glance_row_counts_marginal_verdicts_and_claims_waiting_for_runs(monkeypatch) -> None:
+    verdicts = [("held", True), ("held", False), ("not held", True), ("not held", True), ("inconclusive", False)]
+    found = [Claim("claim", "§0", verdict, "", marginal=marginal) for verdict, marginal in verdicts]
+    monkeypatch.setattr(claims, "evaluate", lambda result: [*found, Claim("claim", "§0", "inconclusive", "",
+                                                                          waiting="one seed")])
+    assert claims_text(None) == "2 (1 marginal) / 2 (2 marginal) / 2 (1 wait for runs)"
 
 
 @pytest.mark.parametrize(("lr", "text"), [(3e-5, "3e-5"), (1e-4, "1e-4"), (0.003, "3e-3"), (2.5e-4, "2.5e-4"),

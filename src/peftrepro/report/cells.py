@@ -249,18 +249,40 @@ def all_tables(runs_dir: Path, profile: str | None, seeds: Sequence[int] | None,
             else every[name] for name in names}
 
 
-def seed_spreads(results: Iterable[TableResult], metric: str) -> list[float]:
-    """max - min over seeds (paper units) of every cell of `metric` with several seeds whose runs all
-    trained and beat their task's trivial baseline: a run that did not learn widens a cell by failing,
-    which is not the seed noise this measures (its table labels it)."""
+@dataclass(frozen=True)
+class SeedSpread:
+    """max - min over one cell's seeds (paper units); `spiked`: a seed's training loss spiked."""
+
+    value: float
+    spiked: bool
+
+
+def seed_spreads(results: Iterable[TableResult], metric: str) -> list[SeedSpread]:
+    """The seed spread of every cell of `metric` with several seeds whose runs all trained and beat
+    their task's trivial baseline: a run that did not learn widens a cell by failing, which is not the
+    seed noise this measures (its table labels it)."""
     spreads = []
     for result in results:
         cells = result.metric_cells
         for (row, column), stats in cells[cells["metric"] == metric].iterrows():
-            trained = not stats["did_not_learn"] and not any(r.failed_training for r in result.cell_records(row, column))
+            runs = result.cell_records(row, column)
+            trained = not stats["did_not_learn"] and not any(r.failed_training for r in runs)
             if stats["n"] > 1 and trained:
-                spreads.append(max(stats["values"]) - min(stats["values"]))
+                spreads.append(SeedSpread(max(stats["values"]) - min(stats["values"]),
+                                          any(r.loss_spike for r in runs)))
     return spreads
+
+
+def largest_spread_text(spreads: Sequence[SeedSpread], unit: str, where: str = "") -> str:
+    """"up to 2.8 points here", with a larger spread of a cell whose training loss spiked set apart
+    after it: one unstable run is not the seed noise of the settings that trained smoothly."""
+    steady = max((s.value for s in spreads if not s.spiked), default=None)
+    spiked = max((s.value for s in spreads if s.spiked), default=None)
+    spike = "in a cell where a seed's training loss spiked; its table lists the spike"
+    if steady is None:
+        return f"up to {spiked:.1f} {unit}{where} ({spike})"
+    aside = f" ({spiked:.1f} {spike})" if spiked is not None and spiked > steady else ""
+    return f"up to {steady:.1f} {unit}{where}{aside}"
 
 
 def extra_seed_runs(result: TableResult) -> list[Record]:

@@ -543,5 +543,6 @@ def render(claims: Sequence[Claim]) -> list[str]:
               "the interval does not cover.",
               "", "Verdict: 'beats' held above 0, not held below 0; 'matches or beats' held above −m, not held below −m "
               "(m: accuracy 2, BLEU / METEOR / ROUGE-L 1, NIST 0.1, CIDEr 0.05); otherwise, or with one seed or a run "
-              f"that did not learn, inconclusive; (marginal): within {MARGINAL:.0%} of the interval's half-width."]
+              "that did not learn or failed to train (diverged, barely trained), inconclusive; (marginal): within "
+              f"{MARGINAL:.0%} of the interval's half-width."]
     return lines

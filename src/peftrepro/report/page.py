@@ -108,7 +108,8 @@ def section7_gaps(module: Any, runs_dir: Path, profile: str, seeds: Sequence[int
     if not gaps:
         return ""
     parts = []
-    for why, remedy in ((factors.NOT_RUN, ""),
+    for why, remedy in ((factors.NOT_RUN, "; `make table-rank` runs them, or copies them where Table 4 or 5 ran "
+                                          "the same setting"),
                         (factors.NO_FACTORS, "; `make lora-factors` where their adapters are, else only a rerun makes them"),
                         (factors.STALE_COPY, "; `make table-rank` copies them again once those reruns are ok"),
                         (factors.ORIGINAL_GONE, "; only a rerun of their settings with `force=true` makes them")):

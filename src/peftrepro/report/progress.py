@@ -96,12 +96,14 @@ def status_table(results: Mapping[str, TableResult]) -> str:
 
 
 def claims_text(result: TableResult) -> str:
-    """How the table's claims fare on our numbers, and how many of the inconclusive ones still wait for a
-    compared cell's runs (Claim.waiting)."""
+    """How the table's claims fare on our numbers, how many of those verdicts are marginal, and how many
+    of the inconclusive ones still wait for a compared cell's runs (Claim.waiting)."""
     evaluated = claims.evaluate(result)
     counts = Counter(claim.verdict for claim in evaluated)
     waiting = sum(bool(claim.waiting) and claim.verdict == claims.INCONCLUSIVE for claim in evaluated)
-    return (" / ".join(str(counts[v]) for v in (claims.HELD, claims.NOT_HELD, claims.INCONCLUSIVE))
+    marginal = Counter(claim.verdict for claim in evaluated if claim.marginal)
+    return (" / ".join(str(counts[v]) + (f" ({marginal[v]} marginal)" if marginal[v] else "")
+                       for v in (claims.HELD, claims.NOT_HELD, claims.INCONCLUSIVE))
             + (f" ({waiting} wait for runs)" if waiting else ""))
 
 
@@ -194,7 +196,7 @@ def device_estimate(device: str, runs: Sequence[Record], todo: Mapping[str, int]
         times = [run_seconds(r) for r in runs if r.task == task]
         medians[task] = statistics.median(times) if times else overall
         parts.append(f"{hours(medians[task])} on {task} (n = {len(times)})" if times else
-                     f"{hours(overall)} on {task} (none ran there: the median of all {len(runs)})")
+                     f"{hours(overall)} on {task} (none ran there: the median of the device's {len(runs)} runs of other tasks)")
     total = sum(count * medians[task] for counts in (todo, points_left) for task, count in counts.items())
     points = f" and at least {plural(sum(points_left.values()), 'selection point')}" if points_left else ""
     what = f"the rest ({plural(sum(todo.values()), 'table run')}{points})"

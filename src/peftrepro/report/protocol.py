@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from peftrepro.report import claims
-from peftrepro.report.cells import TableResult, seed_spreads
+from peftrepro.report.cells import TableResult, largest_spread_text, seed_spreads
 from peftrepro.report.records import Record, plural, sets_own_rates
 from peftrepro.report.render import SELECTION_BY_PROFILE, baseline_lines, fixed_rates_line, lr_lines
 
@@ -117,6 +117,14 @@ def same_value(x: Any, y: Any) -> bool:
     return all(missing) or (not any(missing) and x == y)
 
 
+def seeds_left(expected: Sequence[int], runs: Sequence[Record]) -> str:
+    """"; seed 1 not run yet (`make peft-budget`)" for the profile's seeds a setting has no run of."""
+    left = sorted(set(expected) - {r.seed for r in runs})
+    if not left:
+        return ""
+    return f"; {'seed' if len(left) == 1 else 'seeds'} {', '.join(map(str, left))} not run yet (`make peft-budget`)"
+
+
 def budget_text(results: Mapping[str, TableResult], study: Sequence[Record]) -> str:
     """Table 3's LoRA and LoRA at a plain peft loop's budget, on the first FIRST_MRS distinct test MRs and
     on all of them, with what the two setups differ in."""
@@ -136,7 +144,8 @@ def budget_text(results: Mapping[str, TableResult], study: Sequence[Record]) -> 
         lines.append("- The suite's LoRA at a plain HF-peft loop's budget (`make peft-budget`: 3,200 shuffled "
                      "examples once (each seed its own sample), 400 steps of batch 8, lr 1e-3, linear decay, no warmup; "
                      "records under `runs/peft_budget/`):")
-        lines += [f"  - LoRA dropout {dropout}: {both_bleus(runs)}."
+        expected = table3.expected_seeds if table3 else []
+        lines += [f"  - LoRA dropout {dropout}: {both_bleus(runs)}{seeds_left(expected, runs)}."
                   for dropout, runs in sorted(loop.items(), key=lambda item: -(item[0] or 0))]
         if ours:  # a pair of runs of the same dropout and seed where there is one: only the setups differ
             theirs = loop.get(ours[0].method.get("dropout")) or next(iter(loop.values()))
@@ -146,9 +155,9 @@ def budget_text(results: Mapping[str, TableResult], study: Sequence[Record]) -> 
                          "are a slice in file order, not a sample: an ordering of the two setups there need not "
                          "hold on all MRs.")
         if spreads := seed_spreads([table3] if table3 else [], "bleu"):
-            lines.append("- These are runs, not intervals: two seeds of one Table 3 setting differ by up to "
-                         f"{max(spreads):.1f} BLEU on all test MRs, so a gap smaller than that between "
-                         "groups of one or two seeds is within seed noise.")
+            lines.append("- These are runs, not intervals: two seeds of one Table 3 setting differ by "
+                         f"{largest_spread_text(spreads, 'BLEU', ' on all test MRs')}, so a gap smaller than that "
+                         "between groups of one or two seeds is within seed noise.")
     else:
         lines.append("- LoRA at a plain HF-peft loop's budget (`make peft-budget`): not run yet.")
     return "\n".join(lines)

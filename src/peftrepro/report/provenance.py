@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from peftrepro.report.cells import TableResult, extra_seed_runs, seed_spreads
+from peftrepro.report.cells import TableResult, extra_seed_runs, largest_spread_text, seed_spreads
 from peftrepro.report.paper import load_paper
 from peftrepro.report.records import (
     SHARED_AT,
@@ -28,6 +28,7 @@ from peftrepro.report.records import (
     run_seconds,
 )
 from peftrepro.report.render import dev_splits_text
+from peftrepro.runs.records import NOT_APPLICABLE
 from peftrepro.tasks import TASKS
 
 
@@ -51,7 +52,9 @@ def where_text(records: Sequence[Record]) -> str:
         packages = mine[-1].env.get("packages") or {}
         versions = ", ".join(f"{k} {packages[k]}" for k in ("torch", "transformers", "peft-repro") if k in packages)
         details = "; ".join(part for part in (versions, threads_text(mine)) if part)
-        lines.append(f"- {device}: {len(mine)} runs, {hours(sum(run_seconds(r) for r in mine))} in all"
+        skipped = sum(r.status == NOT_APPLICABLE for r in mine)
+        stopped = f" ({skipped} of them not applicable: they stopped before training)" if skipped else ""
+        lines.append(f"- {device}: {len(mine)} runs{stopped}, {hours(sum(run_seconds(r) for r in mine))} in all"
                      f"{parallel_text(mine)} ({details}).")
     scored_later = [r for r in records if r.raw.get("scoring") and not is_reused(r)]
     if scored_later:  # decoded where Java was missing, scored afterwards (peftrepro.runs.scoring)
@@ -198,7 +201,7 @@ def e2e_scale_text(records: Sequence[Record], table3: TableResult | None, paper:
             f"it a standard error of about {statistics.median(errors):.1f} points, while the paper's GPT-2 M cells "
             f"of Table 3 span {cells.max() - cells.min():.1f} BLEU ({cells.min():.1f}–{cells.max():.1f})")
     if spreads := seed_spreads([table3] if table3 else [], "bleu"):
-        text += f"; two seeds of one setting differ by up to {max(spreads):.1f} BLEU here"
+        text += f"; two seeds of one setting differ by {largest_spread_text(spreads, 'BLEU', ' here')}"
     return text + "."
 
 
@@ -221,7 +224,7 @@ def scale_text(records: Sequence[Record], results: Mapping[str, TableResult]) ->
                 f"while the paper's Table 5 cells span {cells.max() - cells.min():.1f} points "
                 f"({cells.min():.1f}–{cells.max():.1f})")
         if spreads := seed_spreads(lora_paper_tables, metric):
-            text += f"; two seeds of one setting differ by up to {max(spreads):.1f} points here"
+            text += f"; two seeds of one setting differ by {largest_spread_text(spreads, 'points', ' here')}"
         lines.append(text + ".")
     if lines:
         lines.append("Accuracy differences of the size the paper reports cannot be resolved at this scale; such "

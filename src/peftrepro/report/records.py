@@ -418,6 +418,13 @@ def counted(values: Counter[str]) -> str:
     return ", ".join(f"{value} ({plural(n, 'run')})" for value, n in values.most_common())
 
 
+def device_kind(hardware: str) -> str:
+    """"GPU bf16" or "CPU fp32" from a Record.hardware label: what sets a run's numerics, not which chip."""
+    if ":" not in hardware:  # "unrecorded hardware"
+        return hardware
+    return f"{hardware.split(':', 1)[0]} {'bf16' if '(bf16' in hardware else 'fp32'}"
+
+
 def distinct(values: Iterable[Any]) -> list[str]:
     """The distinct non-empty values as sorted strings."""
     return sorted({str(v) for v in values if v not in (None, "")})

@@ -21,6 +21,7 @@ from peftrepro.report.records import (
     LOSS_SPIKE_RATIO,
     Record,
     commit_labels,
+    device_kind,
     distinct,
     eval_size,
     format_count,
@@ -35,7 +36,10 @@ from peftrepro.runs.records import NOT_APPLICABLE, UNSCORED
 from peftrepro.tasks import TASKS
 
 
-def format_cell(spec: TableSpec, cell: pd.Series, n_expected: int) -> str:
+def format_cell(spec: TableSpec, cell: pd.Series, n_expected: int, runs: Sequence[Record] = (),
+                name_devices: bool = False) -> str:
+    """`runs`: the cell's records, for a training loss that spiked and, with `name_devices` (a table whose
+    runs ran on several kinds of device or precision), where they ran."""
     # a cell without a paper value holds None, or NaN where other cells of the table have one (pandas)
     paper = f" · paper {cell['paper_printed']}" if isinstance(cell["paper_printed"], str) else ""
     if cell["status"] in ("missing", "failed", "n/a", "unscored"):
@@ -49,11 +53,24 @@ def format_cell(spec: TableSpec, cell: pd.Series, n_expected: int) -> str:
     if cell["n"] > 1:
         text += f" ± {cell['std']:.{digits}f}"
     of = f" of {n_expected}" if cell["status"] == "partial" else ""
-    text = f"{text} (n={cell['n']}{of})"
+    devices = Counter(device_kind(r.hardware) for r in runs) if name_devices else None
+    text = f"{text} (n={cell['n']}{of}{devices_text(devices)})"
     if failed := did_not_learn_label(cell):  # a failed fit: shown as such, with the baseline it did not beat
         base = cell["baseline"]
         text = f"{failed}: {text}, {base.baseline_name} {base.baseline:.1f}"
+    elif spiked := sum(bool(r.loss_spike) for r in runs):  # it learned, but its spread is not seed noise
+        of_seeds = "" if spiked == cell["n"] else f" ({spiked} of {cell['n']} seeds)"
+        text = f"loss spike{of_seeds}: {text}"
     return text + paper
+
+
+def devices_text(devices: Counter[str] | None) -> str:
+    """", GPU bf16" where every seed ran on one kind, ": 1 CPU fp32, 1 GPU bf16" where they differ."""
+    if not devices:
+        return ""
+    if len(devices) == 1:
+        return f", {next(iter(devices))}"
+    return ": " + ", ".join(f"{n} {kind}" for kind, n in sorted(devices.items()))
 
 
 def did_not_learn_label(cell: pd.Series) -> str:
@@ -67,14 +84,15 @@ def did_not_learn_label(cell: pd.Series) -> str:
 
 def layout(result: TableResult) -> pd.DataFrame:
     """The table as the paper lays it out: one string per cell."""
-    spec = result.spec
+    spec, mixed = result.spec, len(device_kinds(result.records)) > 1
     lines = [dict(zip(spec.corner, _pad(labels, len(spec.corner))), **dict(zip(
         [c.labels[0] for c in spec.columns], values))) for labels, values in spec.static_rows]
     for axis_row in spec.rows:
         line = dict(zip(spec.corner, axis_row.labels))
         for axis_col in spec.columns:
             cell = result.stats(axis_row.key, axis_col.key)
-            line[axis_col.labels[0]] = format_cell(spec, cell, len(result.expected_seeds))
+            line[axis_col.labels[0]] = format_cell(spec, cell, len(result.expected_seeds),
+                                                   result.cell_records(axis_row.key, axis_col.key), mixed)
         lines.append(line)
     return pd.DataFrame(lines, columns=list(spec.corner) + [c.labels[0] for c in spec.columns])
 
@@ -121,8 +139,15 @@ def header_lines(result: TableResult) -> list[str]:
         f"(config or code changed since), {len(result.problems)} unreadable file(s)",
         *_trained_elsewhere_lines(records),
         f"- Paper values: {result.spec.paper_source}",
-        "- Each cell: our mean ± std over seeds (n = number of seeds) · the paper's printed value.",
+        "- Each cell: our mean ± std over seeds (n = number of seeds) · the paper's printed value."
+        + (f" Its runs ran on {' and '.join(device_kinds(records))}, whose numerics differ: each cell names where "
+           "its seeds ran." if len(device_kinds(records)) > 1 else ""),
     ]
+
+
+def device_kinds(records: Sequence[Record]) -> list[str]:
+    """The kinds of device and precision (records.device_kind) the table's runs that trained ran on."""
+    return distinct(device_kind(r.hardware) for r in records if r.status != NOT_APPLICABLE)
 
 
 def _trained_elsewhere_lines(records: Sequence[Record]) -> list[str]:
