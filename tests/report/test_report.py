@@ -13,7 +13,7 @@ from peftrepro.report.cells import build_table
 from peftrepro.report.claims import Claim
 from peftrepro.report.progress import claims_text, runs_split
 from peftrepro.report.records import at_a_time, hours, plural, rate_text, rates_text
-from peftrepro.report.render import header_lines
+from peftrepro.report.render import header_lines, layout
 from peftrepro.report.specs import TABLES
 
 WQ, QV = {"name": "lora", "ranks": {"W_q": 8}}, {"name": "lora", "ranks": {"W_q": 4, "W_v": 4}}
@@ -53,6 +53,36 @@ def test_counts_devices_time_and_claims_come_from_the_records(weight_type_runs, 
     assert "On CPU: Test CPU, 2 cores (fp32), a run of this profile (table runs and selection points) took a median of" in text
     assert "20 min on mnli (n = 3)" in text
     assert "- CPU: Test CPU, 2 cores (fp32): 3 runs, 1 h 00 min in all (torch threads per run: 2 (3 runs))." in text
+
+
+@pytest.mark.parametrize("one_device, wq_cell, qv_cell", [
+    (False, "50.5 ± 0.7 (n=2, CPU fp32)", "60.5 ± 0.7 (n=2: 1 CPU fp32, 1 GPU bf16)"),
+    (True, "50.5 ± 0.7 (n=2)", "60.5 ± 0.7 (n=2)"),  # one kind of device: nothing to tell apart
+])
+def test_a_cell_names_where_its_seeds_ran_where_its_table_mixes_devices(weight_type_runs, runs_dir, write, one_device,
+                                                                        wq_cell, qv_cell) -> None:
+    if one_device:  # the GPU run rerun on the CPU
+        (gpu_run,) = [p for p in runs_dir.rglob("record.json") if json.loads(p.read_text())["env"]["hardware"] == GPU]
+        record = json.loads(gpu_run.read_text())
+        gpu_run.write_text(json.dumps(record | {"env": {**record["env"], "hardware": CPU}}))
+    result = build_table(TABLES["table_weight_type"], runs_dir, profile="mini")
+    row = layout(result).set_index("Weight Type").loc["MultiNLI (±0.1%)"]
+    assert (row["W_q"].split(" · ")[0], row["W_q,W_v"].split(" · ")[0]) == (wq_cell, qv_cell)
+    assert ("Its runs ran on CPU fp32 and GPU bf16" in header_lines(result)[-1]) != one_device
+
+
+@pytest.mark.parametrize("spiked_seeds, label", [((), ""), ((1,), "loss spike (1 of 2 seeds): "),
+                                                 ((0, 1), "loss spike: ")])
+def test_a_cell_whose_training_loss_spiked_says_so(runs_dir, write, make_record, spiked_seeds, label) -> None:
+    """The spike stays in the cell (the run learned), but 25 ± 18 without a word would read as seed noise."""
+    spike = {"loss_curve": [[10, 1.2], [50, 0.4], [90, 2.4], [250, 0.5]], "final_loss": 0.5, "steps": 250}
+    smooth = {"loss_curve": [[10, 1.2], [50, 0.4], [250, 0.3]], "final_loss": 0.3, "steps": 250}
+    for seed, accuracy in ((0, 0.38), (1, 0.12)):
+        record = make_record("table_weight_type", "wikisql", WQ, seed, {"lf_accuracy": accuracy}, profile="mini")
+        write(record | {"training": spike if seed in spiked_seeds else smooth})
+    result = build_table(TABLES["table_weight_type"], runs_dir, profile="mini")
+    cell = layout(result).set_index("Weight Type").loc["WikiSQL (±0.5%)", "W_q"]
+    assert cell.startswith(f"{label}25.0 ± 18.4 (n=2)")
 
 
 def test_the_time_left_is_estimated_from_each_task_own_runs(weight_type_runs, runs_dir, tmp_path, write,
