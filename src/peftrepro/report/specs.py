@@ -217,7 +217,9 @@ ACCURACY_NOTES = (
     "see paper-reference.md §7); MultiNLI: matched-validation accuracy. The paper reports the best "
     "validation performance of each run (D.4); ours do when 'evaluate every epoch' above is true.",
     "LoRA α: the paper sets α to the first r tried and never tunes it (§4.1; its GPT-3 value is not "
-    "given): we keep one α for every r (see the α line above), so the scale α/r shrinks as r grows.",
+    "given): we keep one α for every r (see the α line above), so the scale α/r shrinks as r grows, and "
+    "with it each step's update: the one learning rate per task, chosen on W_q,W_v at r=8 (α/r = 4), acts "
+    "as a larger one at r=4 (α/r = 8) and r=1 (32) and a smaller one at r=64 (0.5).",
 )
 # Tables 5 and 6 label their rows as the paper does, with its run-to-run fluctuation
 ROW_LABEL_NOTE = ("The row labels are the paper's: their ±0.5% (WikiSQL) and ±0.1% (MultiNLI) are the fluctuation "
