@@ -71,15 +71,23 @@ def test_a_cell_names_where_its_seeds_ran_where_its_table_mixes_devices(weight_t
     assert ("Its runs ran on CPU fp32 and GPU bf16" in header_lines(result)[-1]) != one_device
 
 
-@pytest.mark.parametrize("spiked_seeds, label", [((), ""), ((1,), "loss spike (1 of 2 seeds): "),
-                                                 ((0, 1), "loss spike: ")])
-def test_a_cell_whose_training_loss_spiked_says_so(runs_dir, write, make_record, spiked_seeds, label) -> None:
-    """The spike stays in the cell (the run learned), but 25 ± 18 without a word would read as seed noise."""
-    spike = {"loss_curve": [[10, 1.2], [50, 0.4], [90, 2.4], [250, 0.5]], "final_loss": 0.5, "steps": 250}
-    smooth = {"loss_curve": [[10, 1.2], [50, 0.4], [250, 0.3]], "final_loss": 0.3, "steps": 250}
-    for seed, accuracy in ((0, 0.38), (1, 0.12)):
+SMOOTH = {"loss_curve": [[10, 1.2], [50, 0.4], [250, 0.3]], "final_loss": 0.3, "steps": 250}
+SPIKE = {"loss_curve": [[10, 1.2], [50, 0.4], [90, 2.4], [250, 0.5]], "final_loss": 0.5, "steps": 250}
+DIVERGED = {"loss_curve": [[10, 1.2], [50, 0.4], [90, 7.9], [250, 5.1]], "final_loss": 5.1, "steps": 250}
+
+
+@pytest.mark.parametrize("curves, label", [
+    ((SMOOTH, SMOOTH), ""),
+    ((SMOOTH, SPIKE), "loss spike (1 of 2 seeds): "),
+    ((SPIKE, SPIKE), "loss spike: "),
+    ((DIVERGED, SPIKE), "diverged (1 of 2 seeds): "),  # a failed fit outranks a spike
+])
+def test_a_cell_whose_training_loss_spiked_or_diverged_says_so(runs_dir, write, make_record, curves, label) -> None:
+    """A spike stays in the cell (the run learned), but 25 ± 18 without a word would read as seed noise;
+    a run that diverged (yet scored above its baseline) is named, as its score is not the method's."""
+    for seed, (accuracy, training) in enumerate(zip((0.38, 0.12), curves)):
         record = make_record("table_weight_type", "wikisql", WQ, seed, {"lf_accuracy": accuracy}, profile="mini")
-        write(record | {"training": spike if seed in spiked_seeds else smooth})
+        write(record | {"training": training})
     result = build_table(TABLES["table_weight_type"], runs_dir, profile="mini")
     cell = layout(result).set_index("Weight Type").loc["WikiSQL (±0.5%)", "W_q"]
     assert cell.startswith(f"{label}25.0 ± 18.4 (n=2)")

@@ -58,10 +58,15 @@ def format_cell(spec: TableSpec, cell: pd.Series, n_expected: int, runs: Sequenc
     if failed := did_not_learn_label(cell):  # a failed fit: shown as such, with the baseline it did not beat
         base = cell["baseline"]
         text = f"{failed}: {text}, {base.baseline_name} {base.baseline:.1f}"
+    elif failures := [r.failed_training for r in runs if r.failed_training]:  # its score is not the method's
+        text = f"{' / '.join(sorted({f.kind for f in failures}))}{_of_seeds(len(failures), cell['n'])}: {text}"
     elif spiked := sum(bool(r.loss_spike) for r in runs):  # it learned, but its spread is not seed noise
-        of_seeds = "" if spiked == cell["n"] else f" ({spiked} of {cell['n']} seeds)"
-        text = f"loss spike{of_seeds}: {text}"
+        text = f"loss spike{_of_seeds(spiked, cell['n'])}: {text}"
     return text + paper
+
+
+def _of_seeds(some: int, n: int) -> str:
+    return "" if some == n else f" ({some} of {n} seeds)"
 
 
 def devices_text(devices: Counter[str] | None) -> str:
@@ -78,8 +83,7 @@ def did_not_learn_label(cell: pd.Series) -> str:
     many of its seeds, when not all); empty otherwise."""
     if not cell["did_not_learn"]:
         return ""
-    failed = len(cell["did_not_learn"])
-    return "did not learn" + ("" if failed == cell["n"] else f" ({failed} of {cell['n']} seeds)")
+    return "did not learn" + _of_seeds(len(cell["did_not_learn"]), cell["n"])
 
 
 def layout(result: TableResult) -> pd.DataFrame:
