@@ -42,6 +42,24 @@ def mnli_rows(correct: int | None, n: int = 300) -> list[dict]:
              "correct": label == "entailment" if correct is None else i < correct} for i, label in enumerate(labels)]
 
 
+@pytest.mark.parametrize("training, ending", [
+    ({"loss_curve": [[10, 1.12], [90, 20.19], [250, 5.55]], "final_loss": 5.55, "steps": 250},
+     "judges no claim; its training diverged (loss 1.12 at step 10 → 5.55 at step 250)"),
+    ({"loss_curve": [[10, 1.12], [250, 0.40]], "final_loss": 0.40, "steps": 250}, "judges no claim"),
+])
+def test_a_run_that_did_not_learn_says_when_its_training_failed(runs_dir, write, make_record, training, ending):
+    """One line per run: why it did not learn is part of it (WikiSQL all four at r=2, lr 1e-2, seed 0)."""
+    rows = [{"id": i, "lf_correct": False} for i in range(100)]
+    record = make_record("table_weight_type", "wikisql", {"name": "lora", "ranks": {"W_q": 8}}, 0,
+                         {"lf_accuracy": 0.0}, profile="mini")
+    write_predictions(write(record | {"training": training}), rows)
+    write_predictions(write(make_record("baselines", "wikisql", {"name": "none"}, 0, {"lf_accuracy": 0.0},
+                                        profile="mini")), rows)
+    result = build_table(TABLES["table_weight_type"], runs_dir, profile="mini")
+    (line,) = [line for line in incomplete_lines(result) if line.startswith(("- DID NOT LEARN", "- DIVERGED"))]
+    assert line.startswith("- DID NOT LEARN") and line.endswith(ending)
+
+
 def test_an_mnli_run_at_its_majority_class_did_not_learn_and_judges_no_claim(runs_dir, write, make_record):
     for seed in (0, 1):
         for method, correct in ((LORA8, 180), (FT, None)):  # 60 % learned; FT answers the majority class
