@@ -144,8 +144,8 @@ def header_lines(result: TableResult) -> list[str]:
         *_trained_elsewhere_lines(records),
         f"- Paper values: {result.spec.paper_source}",
         "- Each cell: our mean ± std over seeds (n = number of seeds) · the paper's printed value."
-        + (f" Its runs ran on {' and '.join(device_kinds(records))}, whose numerics differ: each cell names where "
-           "its seeds ran." if len(device_kinds(records)) > 1 else ""),
+        + (f" Its runs ran on {' and '.join(kinds)}, whose numerics differ: each cell names where its seeds ran."
+           if len(kinds := device_kinds(records)) > 1 else ""),
     ]
 
 
