@@ -44,7 +44,7 @@ def mnli_rows(correct: int | None, n: int = 300) -> list[dict]:
 
 @pytest.mark.parametrize("training, ending", [
     ({"loss_curve": [[10, 1.12], [90, 20.19], [250, 5.55]], "final_loss": 5.55, "steps": 250},
-     "judges no claim; its training diverged (loss 1.12 at step 10 → 5.55 at step 250)"),
+     "judges no claim; it diverged (loss 1.12 at step 10 → 5.55 at step 250)"),
     ({"loss_curve": [[10, 1.12], [250, 0.40]], "final_loss": 0.40, "steps": 250}, "judges no claim"),
 ])
 def test_a_run_that_did_not_learn_says_when_its_training_failed(runs_dir, write, make_record, training, ending):

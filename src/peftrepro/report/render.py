@@ -197,7 +197,7 @@ def incomplete_lines(result: TableResult) -> list[str]:
         learning = result.learning.get(record.run_key)
         if learning and not learning.learned:
             cells = ", ".join(spec.cell_label(*cell) for cell in result.cells_of(record.run_key))
-            failed = f"; its training {problem.kind} ({problem.curve})" if (problem := record.failed_training) else ""
+            failed = f"; it {problem.kind} ({problem.curve})" if (problem := record.failed_training) else ""
             lines.append(f"- DID NOT LEARN {cells}, seed {record.seed} (`{record.run_key}`): {learning}; it does not "
                          f"beat its task's trivial baseline on the same examples by {LEARNED_Z} standard errors of "
                          f"the paired difference, so its cell is marked 'did not learn' and judges no claim{failed}")
