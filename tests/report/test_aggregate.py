@@ -20,7 +20,7 @@ from peftrepro.report.paper import (
     printed_spread,
     to_paper_unit,
 )
-from peftrepro.report.records import load_records
+from peftrepro.report.records import Record, load_records
 from peftrepro.report.specs import TABLES
 
 QV4 = {"name": "lora", "weights": ["W_q", "W_v"], "r": 4, "ranks": None, "alpha": 32}
@@ -384,3 +384,17 @@ def test_without_out_the_tables_go_beside_the_runs_and_an_empty_one_expects_the_
     empty = (tmp_path / "tables" / "table_e2e.md").read_text()
     assert "- Seeds expected: 0, 1" in empty  # those Table 6 has, as REPORT.md expects
     assert "no record (`make table-e2e PROFILE=smoke` makes it)" in empty  # Table 6's profile
+
+
+@pytest.mark.parametrize("hardware,precision,label,kind", [
+    ({"gpu": "NVIDIA H100"}, "auto", "GPU: NVIDIA H100 (bf16 autocast)", "GPU bf16"),
+    ({"gpu": "NVIDIA H100"}, "fp32", "GPU: NVIDIA H100 (fp32)", "GPU fp32"),
+    ({"cpu": "AMD EPYC", "cpu_count": 2}, "auto", "CPU: AMD EPYC, 2 cores (fp32)", "CPU fp32"),
+    ({"cpu": "AMD EPYC", "cpu_count": 2}, "bf16", "CPU: AMD EPYC, 2 cores (bf16 autocast)", "CPU bf16"),
+    ({}, "auto", "unrecorded hardware", "unrecorded hardware"),
+])
+def test_hardware_label_and_device_kind_agree(hardware, precision, label, kind):
+    record = Record(path=Path("r"), run_key="k", experiment="e", status="ok", created_at=pd.Timestamp(0), seed=0,
+                    profile="mini", task="e2e", method={}, metrics={},
+                    raw={"env": {"hardware": hardware}, "config": {"train": {"precision": precision}}})
+    assert (record.hardware, record.device_kind) == (label, kind)

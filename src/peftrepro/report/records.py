@@ -140,14 +140,24 @@ class Record:
     def hardware(self) -> str:
         """Where it ran and in which precision, e.g. "GPU: NVIDIA H100 (bf16 autocast)"."""
         info = self.env.get("hardware") or {}
-        if info.get("gpu"):
-            where, on_gpu = f"GPU: {info['gpu']}", True
-        elif info:
-            where, on_gpu = f"CPU: {info.get('cpu', '?')}, {info.get('cpu_count', '?')} cores", False
-        else:
+        if not info:
             return "unrecorded hardware"
+        where = (f"GPU: {info['gpu']}" if info.get("gpu")
+                 else f"CPU: {info.get('cpu', '?')}, {info.get('cpu_count', '?')} cores")
+        return f"{where} ({'bf16 autocast' if self._bf16 else 'fp32'})"
+
+    @property
+    def device_kind(self) -> str:
+        """"GPU bf16" or "CPU fp32": what sets a run's numerics, not which chip."""
+        info = self.env.get("hardware") or {}
+        if not info:
+            return "unrecorded hardware"
+        return f"{'GPU' if info.get('gpu') else 'CPU'} {'bf16' if self._bf16 else 'fp32'}"
+
+    @property
+    def _bf16(self) -> bool:
         precision = self.get("train.precision") or "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU
-        return f"{where} ({'bf16 autocast' if precision == 'bf16' or (precision == 'auto' and on_gpu) else 'fp32'})"
+        return precision == "bf16" or (precision == "auto" and bool((self.env.get("hardware") or {}).get("gpu")))
 
     @property
     def trained_in(self) -> dict[str, Any]:
@@ -416,13 +426,6 @@ def hours(seconds: float) -> str:
 def counted(values: Counter[str]) -> str:
     """Values counted over runs, most common first: `2 (76 runs), 1 (8 runs)`."""
     return ", ".join(f"{value} ({plural(n, 'run')})" for value, n in values.most_common())
-
-
-def device_kind(hardware: str) -> str:
-    """"GPU bf16" or "CPU fp32" from a Record.hardware label: what sets a run's numerics, not which chip."""
-    if ":" not in hardware:  # "unrecorded hardware"
-        return hardware
-    return f"{hardware.split(':', 1)[0]} {'bf16' if '(bf16' in hardware else 'fp32'}"
 
 
 def distinct(values: Iterable[Any]) -> list[str]:

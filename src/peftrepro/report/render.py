@@ -21,7 +21,6 @@ from peftrepro.report.records import (
     LOSS_SPIKE_RATIO,
     Record,
     commit_labels,
-    device_kind,
     distinct,
     eval_size,
     format_count,
@@ -53,7 +52,7 @@ def format_cell(spec: TableSpec, cell: pd.Series, n_expected: int, runs: Sequenc
     if cell["n"] > 1:
         text += f" ± {cell['std']:.{digits}f}"
     of = f" of {n_expected}" if cell["status"] == "partial" else ""
-    devices = Counter(device_kind(r.hardware) for r in runs) if name_devices else None
+    devices = Counter(r.device_kind for r in runs) if name_devices else None
     text = f"{text} (n={cell['n']}{of}{devices_text(devices)})"
     if failed := did_not_learn_label(cell):  # a failed fit: shown as such, with the baseline it did not beat
         base = cell["baseline"]
@@ -150,8 +149,8 @@ def header_lines(result: TableResult) -> list[str]:
 
 
 def device_kinds(records: Sequence[Record]) -> list[str]:
-    """The kinds of device and precision (records.device_kind) the table's runs that trained ran on."""
-    return distinct(device_kind(r.hardware) for r in records if r.status != NOT_APPLICABLE)
+    """The kinds of device and precision (Record.device_kind) the table's runs that trained ran on."""
+    return distinct(r.device_kind for r in records if r.status != NOT_APPLICABLE)
 
 
 def _trained_elsewhere_lines(records: Sequence[Record]) -> list[str]:
