@@ -508,3 +508,11 @@ def test_the_constraints_file_defaults_to_beside_the_page(weight_type_runs, runs
 def test_without_out_the_page_goes_beside_the_runs_it_reads(weight_type_runs, runs_dir, tmp_path) -> None:
     assert report.main(["--profile", "mini", "--seeds", "0,1", "--runs", str(runs_dir)]) == 0
     assert (tmp_path / "REPORT.md").is_file() and (tmp_path / "constraints.txt").is_file()
+
+
+def test_a_lone_seed_aligns_as_text_like_a_list_of_seeds(runs_dir, tmp_path, write, make_record) -> None:
+    write(make_record("table_weight_type", "mnli", WQ, 0, {"accuracy_m": 0.5}, profile="mini"))
+    lines = page(runs_dir, tmp_path, seeds=(0,)).splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| Table "))
+    seeds = [row.split("|")[3] for row in lines[header + 1:header + 3]]
+    assert seeds[1].strip() == "0" and seeds[0].startswith(":") and not seeds[0].endswith(":")  # not "----:"

@@ -92,7 +92,8 @@ def status_table(results: Mapping[str, TableResult]) -> str:
             "Run time (sum)": hours(sum(run_seconds(r) for r in own)) if own else "—",
             "Paper's claims: held / not held / inconclusive": claims_text(result),
         })
-    return pd.DataFrame(rows).to_markdown(index=False)
+    table = pd.DataFrame(rows)  # "Seeds" is text even when it is a lone "0": aligned left, as "0, 1" is
+    return table.to_markdown(index=False, disable_numparse=[list(table.columns).index("Seeds")])
 
 
 def claims_text(result: TableResult) -> str:
