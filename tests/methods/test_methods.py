@@ -57,6 +57,24 @@ def test_load_rejects_a_checkpoint_of_another_shape(tiny_model, tmp_path):
         load_adapter(other, tmp_path)
 
 
+@pytest.mark.parametrize("method,saved_in,loaded_in,older_version", [
+    ("ft", torch.float32, torch.bfloat16, False),  # the base's own weights: saved in the base's dtype
+    ("ft", torch.bfloat16, torch.float32, True),  # could be either; the message names both
+    ("lora", torch.bfloat16, torch.bfloat16, True),  # LoRA factors in bf16: only an older version saved those
+])
+def test_load_names_the_dtype_it_expects_and_why(tiny_model, tmp_path, method, saved_in, loaded_in, older_version):
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_model("gpt2")
+    applied = apply_method(model, make_method_config(method, OPTIONS[method]))
+    save_adapter(model, applied.config, tmp_path)
+    weights = tmp_path / "adapter.safetensors"
+    save_file({name: t.to(saved_in) for name, t in load_file(str(weights)).items()}, str(weights))
+    with pytest.raises(ConfigError, match=f"is {saved_in} in the file") as error:
+        load_adapter(tiny_model("gpt2").to(loaded_in), tmp_path)
+    assert "`model.dtype`" in str(error.value) and ("trained again" in str(error.value)) == older_version
+
+
 def test_load_names_a_missing_directory(tiny_model, tmp_path):
     with pytest.raises(ConfigError, match="method.json"):
         load_adapter(tiny_model("gpt2"), tmp_path / "nowhere")

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from peftrepro.errors import ConfigError
-from peftrepro.methods.base import AppliedMethod, MethodConfig
+from peftrepro.methods.base import HALF, AppliedMethod, MethodConfig
 
 WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "method.json"
@@ -103,4 +103,12 @@ def _check_matches(expected: dict[str, tuple[tuple[int, ...], torch.dtype]], sav
                               f"but {shape} in the model; the base model differs from the one saved")
         if saved[name].dtype != dtype:
             raise ConfigError(f"load_adapter: {name} is {saved[name].dtype} in the file but {dtype} "
-                              "in the model; load the base model in the dtype it was trained in")
+                              f"in the model; {_dtype_hint(saved[name].dtype, dtype)}")
+
+
+def _dtype_hint(saved: torch.dtype, expected: torch.dtype) -> str:
+    hint = "load the base model in the dtype it was trained in (`model.dtype`)"
+    if saved in HALF and expected == torch.float32:  # an added parameter is fp32 over any base (trainable_dtype)
+        hint += (f"; if it was, the file comes from a version that kept a method's added parameters in the "
+                 f"base's {saved} rather than fp32, and has to be trained again")
+    return hint
