@@ -20,7 +20,7 @@ from peftrepro.report.paper import (
     printed_spread,
     to_paper_unit,
 )
-from peftrepro.report.records import Record, load_records
+from peftrepro.report.records import Record, format_count, load_records
 from peftrepro.report.specs import TABLES
 
 QV4 = {"name": "lora", "weights": ["W_q", "W_v"], "r": 4, "ranks": None, "alpha": 32}
@@ -349,7 +349,7 @@ def test_parameter_cells_gather_both_tasks(runs_dir, write, make_record):
     result = build_table(TABLES["table_methods"], runs_dir)
     cell = result.stats("adapter_h_r8", "trainable_params")
     assert sorted(cell["values"]) == [0.001, 0.0015]
-    assert aggregate.format_cell(TABLES["table_methods"], cell, 1).startswith("1K / 1.5K · paper 40.1 M")
+    assert aggregate.format_cell(TABLES["table_methods"], cell, 1).startswith("1.00K / 1.50K · paper 40.1 M")
 
 
 def test_a_cell_of_one_seed_has_no_error_bar_rather_than_a_zero_one() -> None:
@@ -398,3 +398,11 @@ def test_hardware_label_and_device_kind_agree(hardware, precision, label, kind):
                     profile="mini", task="e2e", method={}, metrics={},
                     raw={"env": {"hardware": hardware}, "config": {"train": {"precision": precision}}})
     assert (record.hardware, record.device_kind) == (label, kind)
+
+
+@pytest.mark.parametrize("count,text", [
+    (512, "512"), (1_932, "1.93K"), (58_048, "58.0K"), (58_176, "58.2K"), (99_968, "0.100M"),
+    (182_080, "0.182M"), (7_800_000, "7.80M"), (135_000_000, "135M"),
+])
+def test_parameter_counts_print_three_significant_figures(count, text):
+    assert format_count(count / 1e6) == text

@@ -221,8 +221,8 @@ def test_a_claim_not_held_says_why_and_how_the_cells_trained(runs_dir, write, ma
     claims = evaluate(build_table(TABLES["table_weight_type"], runs_dir))
     failed = next(c for c in claims if c.text.startswith("WikiSQL: adapting W_q,W_v (r=4) beats W_q alone"))
     assert failed.verdict == NOT_HELD
-    assert failed.why == (f"{WHY_FEWER_MATRICES} As trained here: W_q,W_v: 1K trainable, lr 2e-4, "
-                          "250 steps, final training loss 0.90 (mean of 3); W_q: 1K trainable, lr 2e-4, "
+    assert failed.why == (f"{WHY_FEWER_MATRICES} As trained here: W_q,W_v: 1.00K trainable, lr 2e-4, "
+                          "250 steps, final training loss 0.90 (mean of 3); W_q: 1.00K trainable, lr 2e-4, "
                           "250 steps, final training loss 0.70 (mean of 3).")
     assert f"- Not held: {failed.text}. {failed.why}" in render(claims)
     assert all(not c.why for c in claims if c.verdict != NOT_HELD)

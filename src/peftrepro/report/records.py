@@ -373,12 +373,13 @@ def parse_seeds(text: str | None) -> list[int] | None:
 
 
 def format_count(millions: float) -> str:
-    """A parameter count as the paper prints them (0.35M, 11.09M) from 100K up, so ours reads beside it."""
-    count = millions * 1e6
+    """A parameter count to three significant figures, in M as the paper prints them (0.35M, 11.09M) from
+    100K up, so ours reads beside it."""
+    count = float(f"{millions * 1e6:.3g}")  # three significant figures first: 99,968 reads 0.1M, not 100K
     if count >= 1e5:
-        return f"{count / 1e6:.3g}M"
+        return f"{count / 1e6:#.3g}".rstrip(".") + "M"  # '#': 7.80M and 58.0K keep their third figure
     if count >= 1e3:
-        return f"{count / 1e3:.3g}K"
+        return f"{count / 1e3:#.3g}".rstrip(".") + "K"
     return f"{count:.0f}"
 
 
