@@ -406,3 +406,12 @@ def test_hardware_label_and_device_kind_agree(hardware, precision, label, kind):
 ])
 def test_parameter_counts_print_three_significant_figures(count, text):
     assert format_count(count / 1e6) == text
+
+
+@pytest.mark.parametrize("table,cells,label", [
+    ("table_e2e", [("ft", "bleu")], "FT × BLEU"),
+    ("table_e2e", [("ft", "bleu"), ("ft", "nist"), ("ft_top2", "bleu")], "FT × BLEU, NIST; FT^Top2 × BLEU"),
+    ("table_rank", [("wikisql|W_q", "r=1"), ("wikisql|W_q", "r=2")], "WikiSQL (±0.5%) / W_q × r=1, r=2"),
+])
+def test_a_runs_cells_are_labelled_a_row_at_a_time(table, cells, label):
+    assert TABLES[table].cells_label(cells) == label

@@ -94,7 +94,7 @@ def extra_seed_lines(profile: str, results: Mapping[str, TableResult]) -> list[s
         for record in sorted(extra_seed_runs(result), key=lambda r: (r.seed, r.run_key)):
             cells = result.cells_of(record.run_key)
             _, setting = result.spec.run_of(*cells[0])
-            labels = ", ".join(result.spec.cell_label(*cell) for cell in cells)
+            labels = result.spec.cells_label(cells)
             lines += [f"# {result.spec.short_title}, {labels}, seed {record.seed}",
                       f"python -m peftrepro.runs -m experiment={name} profile={profile} seed={record.seed} {setting}"]
     return ["# seeds beyond SEEDS, one setting at a time:", *lines] if lines else []

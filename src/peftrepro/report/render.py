@@ -195,16 +195,16 @@ def incomplete_lines(result: TableResult) -> list[str]:
     for record in result.records:
         learning = result.learning.get(record.run_key)
         if learning and not learning.learned:
-            cells = ", ".join(spec.cell_label(*cell) for cell in result.cells_of(record.run_key))
+            cells = spec.cells_label(result.cells_of(record.run_key))
             failed = f"; it {problem.kind} ({problem.curve})" if (problem := record.failed_training) else ""
-            lines.append(f"- DID NOT LEARN {cells}, seed {record.seed} (`{record.run_key}`): {learning}; it does not "
-                         f"beat its task's trivial baseline on the same examples by {LEARNED_Z} standard errors of "
-                         f"the paired difference, so its cell is marked 'did not learn' and judges no claim{failed}")
+            lines.append(f"- DID NOT LEARN {cells}, seed {record.seed} (`{record.run_key}`): {learning}, not above "
+                         f"its trivial baseline by {LEARNED_Z} standard errors (see Trivial baselines), so its cell "
+                         f"judges no claim{failed}")
     for record in result.records:  # how the loss of a run that learned (or was not judged so) went wrong
         learning = result.learning.get(record.run_key)
         if learning and not learning.learned:
             continue
-        cells = ", ".join(spec.cell_label(*cell) for cell in result.cells_of(record.run_key))
+        cells = spec.cells_label(result.cells_of(record.run_key))
         where = f"{cells}, seed {record.seed} (`{record.run_key}`)"
         if problem := record.failed_training:
             lines.append(f"- {problem.kind.upper()} {where}: training {problem.curve}; its score reflects a failed "

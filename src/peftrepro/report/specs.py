@@ -191,8 +191,15 @@ class TableSpec:
 
     def cell_label(self, row: str, column: str) -> str:
         """A cell as the table labels it, e.g. "WikiSQL (±0.5%) / W_q,W_v × r=4"."""
-        row_labels = next(a.labels for a in self.rows if a.key == row)
-        return f"{' / '.join(row_labels)} × {next(a.labels[0] for a in self.columns if a.key == column)}"
+        return self.cells_label([(row, column)])
+
+    def cells_label(self, cells: Sequence[tuple[str, str]]) -> str:
+        """Cells as the table labels them, a row's columns together: "FT × BLEU, NIST; FT^Top2 × BLEU"."""
+        columns_of: dict[str, list[str]] = {}
+        for row, column in cells:
+            columns_of.setdefault(row, []).append(next(a.labels[0] for a in self.columns if a.key == column))
+        return "; ".join(f"{' / '.join(next(a.labels for a in self.rows if a.key == row))} × {', '.join(columns)}"
+                         for row, columns in columns_of.items())
 
 
 COMMON_CHOICES = (
