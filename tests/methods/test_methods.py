@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from peftrepro.errors import ConfigError
 from peftrepro.methods import (
@@ -63,8 +64,6 @@ def test_load_rejects_a_checkpoint_of_another_shape(tiny_model, tmp_path):
     ("lora", torch.bfloat16, torch.bfloat16, True),  # LoRA factors in bf16: only an older version saved those
 ])
 def test_load_names_the_dtype_it_expects_and_why(tiny_model, tmp_path, method, saved_in, loaded_in, older_version):
-    from safetensors.torch import load_file, save_file
-
     model = tiny_model("gpt2")
     applied = apply_method(model, make_method_config(method, OPTIONS[method]))
     save_adapter(model, applied.config, tmp_path)

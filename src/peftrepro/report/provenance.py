@@ -74,7 +74,7 @@ def where_text(records: Sequence[Record]) -> str:
 
 def threads_text(records: Sequence[Record]) -> str:
     """torch's intra-op threads per run: 1 where runs shared the machine, so their wall time is longer."""
-    threads = ((r.env.get("hardware") or {}).get("torch_threads") for r in records)
+    threads = (r.hardware_info.get("torch_threads") for r in records)
     return "torch threads per run: " + counted(Counter("unrecorded" if n is None else str(n) for n in threads))
 
 

@@ -137,9 +137,14 @@ class Record:
         return self.raw.get("env") or {}
 
     @property
+    def hardware_info(self) -> dict[str, Any]:
+        """The machine as envinfo recorded it (gpu or cpu, cpu_count, torch_threads); {} if unrecorded."""
+        return self.env.get("hardware") or {}
+
+    @property
     def hardware(self) -> str:
         """Where it ran and in which precision, e.g. "GPU: NVIDIA H100 (bf16 autocast)"."""
-        info = self.env.get("hardware") or {}
+        info = self.hardware_info
         if not info:
             return "unrecorded hardware"
         where = (f"GPU: {info['gpu']}" if info.get("gpu")
@@ -149,15 +154,14 @@ class Record:
     @property
     def device_kind(self) -> str:
         """"GPU bf16" or "CPU fp32": what sets a run's numerics, not which chip."""
-        info = self.env.get("hardware") or {}
-        if not info:
+        if not self.hardware_info:
             return "unrecorded hardware"
-        return f"{'GPU' if info.get('gpu') else 'CPU'} {'bf16' if self._bf16 else 'fp32'}"
+        return f"{'GPU' if self.hardware_info.get('gpu') else 'CPU'} {'bf16' if self._bf16 else 'fp32'}"
 
     @property
     def _bf16(self) -> bool:
         precision = self.get("train.precision") or "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU
-        return precision == "bf16" or (precision == "auto" and bool((self.env.get("hardware") or {}).get("gpu")))
+        return precision == "bf16" or (precision == "auto" and bool(self.hardware_info.get("gpu")))
 
     @property
     def trained_in(self) -> dict[str, Any]:
