@@ -9,8 +9,9 @@ For each method, in ONE process and on the same model (random weights, or SmolLM
 with --gguf) and batch, it times:
 - ours: `peftrepro.methods.apply_method` + the training step of `peftrepro.runs.train`;
 - the reference a user would pick: HF peft on a plain PyTorch loop (LoRA; PreLayer ~ peft's
-  prefix tuning), a plain AdamW loop over all weights (FT), or a plain-PyTorch adapter written
-  here (Adapter-H: peft has no bottleneck adapters). Every reference row names what it is.
+  prefix tuning), a plain AdamW loop over all weights (FT), a plain-PyTorch adapter written
+  here (Adapter-H: peft has no bottleneck adapters), or, for QLoRA, peft's LoRA on the same weights
+  loaded in 4 bits by transformers' bitsandbytes integration. Every reference row names what it is.
 Both contenders are warmed up (compilation included, its time reported), then timed round-robin
 (`peftrepro.runs.timing.time_interleaved`) with the device synchronised around every step. Reported:
 median ms/step, tokens/s (real tokens: batch × seq), peak memory (measured during warm-up, above
@@ -32,6 +33,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Pretrain
 
 from peftrepro.errors import ConfigError
 from peftrepro.methods import apply_method, count_parameters, make_method_config
+from peftrepro.methods.quantize import COMPUTE_DTYPES
 from peftrepro.methods.targets import blocks, weight_target
 from peftrepro.runs.records import atomic_write_text
 from peftrepro.runs.timing import (
@@ -171,7 +174,20 @@ METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "adapter_h": {"r": 16},
     "prefix_layer": {"prefix_length": 8, "infix_length": 0},  # peft has no infix tokens
     "prefix_embed": {"prefix_length": 256, "infix_length": 0},  # the paper's GPT-3 l_p; peft: no infix
+    # LoRA on a base whose blocks' linear layers are NF4 + DQ (conf/method/qlora.yaml); its compute dtype
+    # follows --dtype (`contender_options`)
+    "qlora": {"weights": ["W_q", "W_v"], "r": 4, "alpha": 32, "dropout": 0.1,
+              "quantize": {"quant_type": "nf4", "double_quant": True, "compute_dtype": "fp32", "blocksize": 64}},
 }
+SUITE_METHODS = {"qlora": "lora"}  # a bench name that is one of the suite's methods with options set
+
+
+def contender_options(method: str, dtype: str) -> dict[str, Any]:
+    """METHOD_OPTIONS[method], a 4-bit base computing in the bench's dtype (QLoRA: bf16 on GPU)."""
+    options = copy.deepcopy(METHOD_OPTIONS[method])
+    if "quantize" in options:
+        options["quantize"]["compute_dtype"] = dtype
+    return options
 
 
 def peft_lora(model: nn.Module, options: dict[str, Any]) -> tuple[nn.Module, str]:
@@ -216,6 +232,30 @@ def peft_prompt(model: nn.Module, options: dict[str, Any]) -> tuple[nn.Module, s
         "(ours runs them once per batch: methods.prefix, shared prefix)")
 
 
+def peft_qlora(model: nn.Module, options: dict[str, Any]) -> tuple[nn.Module, str]:
+    """QLoRA's own recipe: transformers loads the same weights in 4 bits through bitsandbytes
+    (`BitsAndBytesConfig`: every linear layer but the LM head), peft puts LoRA on top."""
+    import peft
+    from transformers import BitsAndBytesConfig
+
+    storage = options["quantize"]
+    if storage["blocksize"] != 64:  # transformers' BitsAndBytesConfig has no blocksize: bitsandbytes' 64
+        raise ConfigError(f"bench: the peft reference quantises with 64 weights per constant, not {storage['blocksize']}")
+    device = next(model.parameters()).device
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=storage["quant_type"],
+                                      bnb_4bit_use_double_quant=storage["double_quant"],
+                                      bnb_4bit_compute_dtype=COMPUTE_DTYPES[storage["compute_dtype"]])
+    with tempfile.TemporaryDirectory() as saved:
+        model.save_pretrained(saved)
+        quantized = AutoModelForCausalLM.from_pretrained(saved, quantization_config=quantization,
+                                                         device_map=str(device), attn_implementation="sdpa")
+    # freezes the base, keeps the rest in fp32; no gradient checkpointing, which would trade speed for memory
+    quantized = peft.prepare_model_for_kbit_training(quantized, use_gradient_checkpointing=False)
+    model, note = peft_lora(quantized, options)
+    return model, f"{note} on transformers' bitsandbytes 4-bit loading ({storage['quant_type'].upper()}" \
+                  f"{' + DQ' if storage['double_quant'] else ''})"
+
+
 class _AdapterAfter(nn.Module):
     """Plain-PyTorch Houlsby adapter: h + up(swish(down(h))), zero-initialised up projection."""
 
@@ -254,7 +294,7 @@ def plain_ft(model: nn.Module, options: dict[str, Any]) -> tuple[nn.Module, str]
 
 REFERENCES: dict[str, Callable[[nn.Module, dict[str, Any]], tuple[nn.Module, str]]] = {
     "lora": peft_lora, "ft": plain_ft, "adapter_h": plain_adapter_h, "prefix_layer": peft_prefix,
-    "prefix_embed": peft_prompt,
+    "prefix_embed": peft_prompt, "qlora": peft_qlora,
 }
 
 
@@ -362,7 +402,7 @@ def build_contender(role: str, base: nn.Module, method: str, options: dict[str, 
     with PeakMemory(device) as memory:
         model = copy.deepcopy(base)
         if role == "ours":
-            applied = apply_method(model, make_method_config(method, options))
+            applied = apply_method(model, make_method_config(SUITE_METHODS.get(method, method), options))
             step, implementation = our_step(model, applied, batch, device, dtype, args.compile)
         else:
             model, implementation = REFERENCES[method](model, options)
@@ -377,7 +417,7 @@ def build_contender(role: str, base: nn.Module, method: str, options: dict[str, 
 
 def bench_training(method: str, base: nn.Module, batch: Batch, args: argparse.Namespace,
                    device: torch.device) -> dict[str, Any]:
-    options = METHOD_OPTIONS[method]
+    options = contender_options(method, args.dtype)
     ours = build_contender("ours", base, method, options, batch, args, device)
     reference = build_contender("reference", base, method, options, batch, args, device)
     stats = time_interleaved({"ours": ours.step, "reference": reference.step}, device=device,

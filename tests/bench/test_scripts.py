@@ -3,6 +3,7 @@ pieces they are built from. No assertion on speed: these are benchmarks, not tim
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -28,6 +29,33 @@ def test_bench_writes_json_and_markdown_for_every_method(bench, tmp_path) -> Non
                                        "peft_lora_unmerged", "peft_lora_merged"}
     markdown = (tmp_path / "cpu-tiny.md").read_text()
     assert "speed-up" in markdown and "HF peft LoRA" in markdown and report["env"]["git"] is not None
+
+
+def test_bench_qlora_reference_stores_the_same_4bit_base_as_ours(bench) -> None:
+    """The peft + transformers reference quantises exactly the layers ours does, to the same values, and
+    trains as many weights; each contender computes in the bench's dtype."""
+    bnb = pytest.importorskip("bitsandbytes")
+    from peftrepro.methods import apply_method, count_parameters, make_method_config
+    from peftrepro.methods.quantize import dequantized_weight
+
+    base = bench.build_model(bench.tiny_config(None), torch.device("cpu"), seed=0)
+    options = bench.contender_options("qlora", "fp32")
+    ours = apply_method(copy.deepcopy(base), make_method_config("lora", options)).model
+    reference, note = bench.peft_qlora(copy.deepcopy(base), options)
+
+    def storage(model: torch.nn.Module) -> dict[str, torch.Tensor]:  # layer name as the base names it
+        return {name.removeprefix("base_model.model.").removesuffix(".base_layer").removesuffix(".base"):
+                dequantized_weight(module) for name, module in model.named_modules()
+                if isinstance(module, bnb.nn.Linear4bit)}
+
+    ours_storage, reference_storage = storage(ours), storage(reference)
+    assert len(ours_storage) == 2 * 7  # tiny Llama: 2 blocks of W_q, W_k, W_v, W_o, W_gate, W_up, W_down
+    assert ours_storage.keys() == reference_storage.keys()
+    assert all(torch.equal(ours_storage[name], reference_storage[name]) for name in ours_storage)
+    assert count_parameters(ours)[0] == count_parameters(reference)[0] > 0
+    assert "NF4 + DQ" in note
+    assert bench.contender_options("qlora", "bf16")["quantize"]["compute_dtype"] == "bf16"
+    assert bench.METHOD_OPTIONS["qlora"]["quantize"]["compute_dtype"] == "fp32"  # the table left as it was
 
 
 def test_bench_rejects_unknown_method(bench) -> None:
