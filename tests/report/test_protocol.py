@@ -4,6 +4,7 @@ the REPORT's comparison with the untuned protocol."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 from pathlib import Path
@@ -18,6 +19,7 @@ from peftrepro.report.records import load_records
 from peftrepro.report.render import (
     format_cell,
     incomplete_lines,
+    layout,
     lr_lines,
     render_markdown,
     selection_points_left,
@@ -42,12 +44,13 @@ def mnli_rows(correct: int | None, n: int = 300) -> list[dict]:
              "correct": label == "entailment" if correct is None else i < correct} for i, label in enumerate(labels)]
 
 
-@pytest.mark.parametrize("training, ending", [
+@pytest.mark.parametrize("training, ending, cell", [
     ({"loss_curve": [[10, 1.12], [90, 20.19], [250, 5.55]], "final_loss": 5.55, "steps": 250},
-     "judges no claim; it diverged (loss 1.12 at step 10 → 5.55 at step 250)"),
-    ({"loss_curve": [[10, 1.12], [250, 0.40]], "final_loss": 0.40, "steps": 250}, "judges no claim"),
+     "judges no claim; it diverged (loss 1.12 at step 10 → 5.55 at step 250)", "did not learn, diverged: 0.0 (n=1)"),
+    ({"loss_curve": [[10, 1.12], [250, 0.40]], "final_loss": 0.40, "steps": 250}, "judges no claim",
+     "did not learn: 0.0 (n=1)"),
 ])
-def test_a_run_that_did_not_learn_says_when_its_training_failed(runs_dir, write, make_record, training, ending):
+def test_a_run_that_did_not_learn_says_when_its_training_failed(runs_dir, write, make_record, training, ending, cell):
     """One line per run: why it did not learn is part of it (WikiSQL all four at r=2, lr 1e-2, seed 0)."""
     rows = [{"id": i, "lf_correct": False} for i in range(100)]
     record = make_record("table_weight_type", "wikisql", {"name": "lora", "ranks": {"W_q": 8}}, 0,
@@ -58,6 +61,7 @@ def test_a_run_that_did_not_learn_says_when_its_training_failed(runs_dir, write,
     result = build_table(TABLES["table_weight_type"], runs_dir, profile="mini")
     (line,) = [line for line in incomplete_lines(result) if line.startswith(("- DID NOT LEARN", "- DIVERGED"))]
     assert line.startswith("- DID NOT LEARN") and line.endswith(ending)
+    assert layout(result).map(str).isin([f"{cell}, zero-shot 0.0 · paper 70.4"]).any().any()
 
 
 def test_an_mnli_run_at_its_majority_class_did_not_learn_and_judges_no_claim(runs_dir, write, make_record):
@@ -151,6 +155,27 @@ def test_each_table_shows_its_learning_rate_grid_dev_scores_and_choice(runs_dir,
     lines = lr_lines(build_table(TABLES["table_rank"], runs_dir))
     assert lines[0] == "- wikisql / lora: no selection run yet (`make select-lr`)"
     assert lines[1] == "- mnli / lora (W_q,W_v r=8): dev accuracy_dev " + expected
+
+
+def test_lora_runs_that_trained_unstably_are_counted_by_the_scale_of_their_update(runs_dir, write, make_record):
+    """α fixed, the rate chosen at α/r = 4: the runs at each α/r, and how many spiked or failed to fall; a copy
+    of another table's run and a QLoRA run are not counted again."""
+    write(search_record(make_record, 1e-3, 0.6) | {"method": {**LORA8, "alpha": 32}})
+    spiked = {"loss_curve": [[10, 1.2], [50, 0.4], [90, 3.1], [250, 0.3]], "final_loss": 0.3, "steps": 250}
+    diverged = {"loss_curve": [[10, 1.1], [250, 5.5]], "final_loss": 5.5, "steps": 250}
+    smooth = {"loss_curve": [[10, 1.2], [250, 0.3]], "final_loss": 0.3, "steps": 250}
+    for seed, r, training in [(0, 8, smooth), (1, 8, smooth), (0, 1, smooth), (1, 1, spiked), (0, 2, diverged)]:
+        method = {"name": "lora", "weights": ["W_q"], "r": r, "ranks": None, "alpha": 32}
+        write(make_record("table_rank", "mnli", method, seed, {"accuracy_m": 0.6}) | {"training": training})
+    copy = make_record("table_rank", "mnli", {"name": "lora", "weights": ["W_q"], "r": 2, "ranks": None,
+                                              "alpha": 32}, 1, {"accuracy_m": 0.6}, key="copied")
+    write(copy | {"training": diverged, "reused_from": {"experiment": "table_weight_type", "run_key": "k"}})
+    result = build_table(TABLES["table_rank"], runs_dir)
+    text = protocol.lora_scale_text({"table_rank": result})
+    assert text.endswith("\n- mnli (rate chosen at α/r = 4): 4: 0 of 2 · 16: 1 of 1 · 32: 1 of 2\n\n")
+    qlora = {"name": "lora", "r": 8, "alpha": 32, "quantize": {"quant_type": "nf4"}}
+    assert protocol.lora_scale(dataclasses.replace(result.records[0], method=qlora)) is None
+    assert protocol.lora_scale_text({}) == ""
 
 
 @pytest.mark.parametrize("best_correct, max_points, expected", [

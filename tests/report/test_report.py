@@ -106,7 +106,7 @@ def test_the_time_left_is_estimated_from_each_task_own_runs(weight_type_runs, ru
     # Empty: Table 5 23 runs' cells (5 of 28 ran), Table 6 60, Table 4 32, Table 3 14 rows of 5 metrics each.
     # Copies fill 20 of them: Table 6's three settings shared with Table 5 (2 tasks x 2 seeds; Table 5 made 5
     # of those 12 runs or makes them) and Table 4's W_q,W_v r=1 and r=8 rows, which Table 6 makes (8)
-    assert "**185 (cell, seed) pairs are still empty**. 20 of them are filled by copying another table's run" in text
+    assert "**185 (cell, seed) pairs are still empty**. 20 of them will be filled by copying another table's finished run" in text
     assert ("the rest, by 109 runs (e2e 14, mnli 46, wikisql 49; a Table 3 run fills its row's five metrics).\n"
             in text)
     # the QLoRA and pruning tables, shown from their first run, count too: 8 + 9 runs per seed

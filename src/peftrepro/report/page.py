@@ -29,7 +29,7 @@ import pandas as pd
 from peftrepro.report import amplification, claims, factors, plots, subspace
 from peftrepro.report.cells import TableResult, all_tables
 from peftrepro.report.progress import pending_text, shown, status_table
-from peftrepro.report.protocol import baselines_text, budget_text, changes_text, selected_lr_text
+from peftrepro.report.protocol import baselines_text, budget_text, changes_text, lora_scale_text, selected_lr_text
 from peftrepro.report.provenance import (
     backbone_text,
     commands_text,
@@ -43,7 +43,7 @@ from peftrepro.report.provenance import (
 )
 from peftrepro.report.records import Record, counted, is_reused, load_records, parse_seeds
 from peftrepro.report.render import layout
-from peftrepro.report.specs import TABLES
+from peftrepro.report.specs import ROW_LABEL_NOTE, TABLES
 from peftrepro.runs.records import atomic_write_text
 
 # ---------------------------------------------------------------- reading
@@ -76,6 +76,7 @@ def table_section(result: TableResult) -> str:
              f"Ours · the paper's ({spec.paper_source}). Full table with what is missing and every choice: "
              f"[`tables/{name}.md`](tables/{name}.md){figure_link}.",
              "", layout(result).to_markdown(index=False), "",
+             *([ROW_LABEL_NOTE, ""] if ROW_LABEL_NOTE in spec.notes else []),  # a "±" in a label that is not ours
              f"The paper's claims on these numbers: {summary}.", "", *claims.render(evaluated), ""]
     return "\n".join(parts) + "\n"
 
@@ -225,7 +226,8 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
     latest = max((r.created_at for r in study), default=None)
     template = Template(resources.files("peftrepro").joinpath("data/report_template.md").read_text(encoding="utf-8"))
     return template.substitute(
-        backbone=backbone_text(study), selected_lrs=selected_lr_text(results), baselines=baselines_text(results),
+        backbone=backbone_text(study), selected_lrs=selected_lr_text(results), lora_scale=lora_scale_text(results),
+        baselines=baselines_text(results),
         changes=changes_text(results, runs.parent / ARCHIVE), budget=budget_text(results, study),
         profile=profile, runs_dir=runs_dir.as_posix(), tables_dir=tables_dir.as_posix(),
         constraints=(constraints_path or tables_dir.parent / "constraints.txt").as_posix(),

@@ -139,10 +139,11 @@ def pending_text(every: Mapping[str, TableResult], records: Sequence[Record]) ->
         empty = f"**{plural(pairs, '(cell, seed) pair')} {'is' if pairs == 1 else 'are'} still empty**"
         runs = f"{plural(sum(todo.values()), 'run')} ({runs_split(todo)})"
         lines = [f"{empty}, which {runs} would fill." if not copies else
-                 f"{empty}. {copies} of them {'is' if copies == 1 else 'are'} filled by copying another table's run "
-                 "(a LoRA setting two tables share, as Table 6 shares three with Table 5 and its W_q,W_v rows at r=1 "
-                 "and r=8 with Table 4's LoRA rows, is made once and copied into the other where their configs "
-                 f"agree: `reused_from` in its record); the rest, by {runs}."]
+                 f"{empty}. {copies} of them will be filled by copying another table's finished run when the "
+                 "table's sweep reaches them (a LoRA setting two tables share, as Table 6 shares three with Table 5 "
+                 "and its W_q,W_v rows at r=1 and r=8 with Table 4's LoRA rows, is made once and copied into the "
+                 "other where their configs agree: `reused_from` in its record; the copies made so far are the "
+                 f"table's \"Reused from another table\" above); the rest, by {runs}."]
     if sum(later.values()):
         titles = " and ".join(result.spec.short_title for result in hidden)
         targets = ", ".join(f"`{make_command(result)}`" for result in hidden)

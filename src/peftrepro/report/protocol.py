@@ -15,7 +15,7 @@ import pandas as pd
 
 from peftrepro.report import claims
 from peftrepro.report.cells import TableResult, largest_spread_text, seed_spreads
-from peftrepro.report.records import Record, plural, sets_own_rates
+from peftrepro.report.records import Record, is_reused, plural, sets_own_rates
 from peftrepro.report.render import SELECTION_BY_PROFILE, baseline_lines, fixed_rates_line, lr_lines
 
 # a row of a table's "Paper's claims" section, as the archived tables printed it
@@ -35,6 +35,43 @@ def selected_lr_text(results: Mapping[str, TableResult]) -> str:
         for line in lr_lines(result):
             lines.setdefault(line.split(":")[0], line)
     return "\n".join(lines.values())
+
+
+def lora_scale(record: Record) -> float | None:
+    """α/r, the factor LoRA's update BA is scaled by (the largest of its matrices' where their ranks
+    differ); None for a run of another method or on a 4-bit base (QLoRA's table, not a rank sweep)."""
+    method = record.method
+    if method.get("name") != "lora" or method.get("quantize") or method.get("alpha") is None:
+        return None
+    rank = min((method.get("ranks") or {}).values(), default=method.get("r"))
+    return float(method["alpha"]) / rank if rank else None
+
+
+def lora_scale_text(results: Mapping[str, TableResult]) -> str:
+    """Per task, LoRA's table runs grouped by α/r with how many of them spiked or failed to train: the one
+    rate per task was chosen at one α/r, and with α fixed the others take larger or smaller steps."""
+    chosen = {r.task: lora_scale(r) for result in results.values() for r in result.lr_search
+              if lora_scale(r) is not None}
+    runs = {r.path: r for result in results.values() for r in result.records
+            if r.status == "ok" and not is_reused(r) and lora_scale(r) is not None}
+    lines = []
+    for task in sorted({r.task for r in runs.values()}):
+        groups: dict[float, list[Record]] = {}
+        for record in runs.values():
+            if record.task == task:
+                groups.setdefault(lora_scale(record), []).append(record)
+        if len(groups) < 2:
+            continue
+        counts = " · ".join(f"{scale:g}: {sum(bool(r.loss_spike or r.failed_training) for r in group)} of "
+                            f"{len(group)}" for scale, group in sorted(groups.items()))
+        lines.append(f"- {task}" + (f" (rate chosen at α/r = {chosen[task]:g})" if task in chosen else "")
+                     + f": {counts}")
+    if not lines:
+        return ""
+    return ("LoRA keeps one α at every rank, as the paper does (§4.1), so its update BA is scaled by α/r: one\n"
+            "learning rate per task is a larger step at a lower rank. LoRA's table runs that trained unstably\n"
+            "(a loss spike, or a loss that failed to fall), of all its runs at each α/r:\n\n"
+            + "\n".join(lines) + "\n\n")
 
 
 def baselines_text(results: Mapping[str, TableResult]) -> str:
