@@ -50,8 +50,7 @@ def plot_rank(result: TableResult, path: Path) -> Path:
             if failed:  # a failed fit is no result of the method: marked, as its table names it
                 axes[0][column].scatter(*zip(*failed), marker="x", s=80, color="red", zorder=4)
             axes[1][column].plot(RANKS, [c["paper"] for c in cells], marker="s", linestyle="--", label=weights)
-        for row, who in enumerate(("ours (mean ± std over seeds; hollow: one seed; red ×: did not learn)",
-                                   "paper")):
+        for row, who in enumerate(("ours", "paper")):
             axis = axes[row][column]
             axis.set_xscale("log", base=2)
             axis.set_xticks(RANKS, [str(r) for r in RANKS])
@@ -60,7 +59,8 @@ def plot_rank(result: TableResult, path: Path) -> Path:
             axis.set_title(f"{name}: {who}")
             axis.grid(alpha=0.3)
             axis.legend(title="adapted weights", fontsize=8)
-    figure.suptitle(f"Table 6: validation accuracy vs LoRA rank r\n{_subtitle(result)}")
+    figure.suptitle(f"Table 6: validation accuracy vs LoRA rank r\n{_subtitle(result)}\n"
+                    "ours: mean ± std over seeds; hollow: one seed; red ×: did not learn")
     return _save(figure, path)
 
 
@@ -77,7 +77,7 @@ def plot_weight_type(result: TableResult, path: Path) -> Path:
                             color=["tab:gray" if c["did_not_learn"] else "tab:blue" for c in cells],
                             hatch=["//" if c["did_not_learn"] else "" for c in cells])
         axes[1][column].bar(positions, [c["paper"] for c in cells], color="tab:gray")
-        for row, who in enumerate(("ours (mean ± std over seeds; gray, hatched: did not learn)", "paper")):
+        for row, who in enumerate(("ours", "paper")):
             axis = axes[row][column]
             axis.set_xticks(list(positions), labels, fontsize=8)
             axis.set_ylabel(f"{name} {unit}")
@@ -86,7 +86,7 @@ def plot_weight_type(result: TableResult, path: Path) -> Path:
             _zoom_to_bars(axis, errors if row == 0 else ())
         _label_seeds(axes[0][column], cells, errors)
     figure.suptitle("Table 5: adapted weight matrices at an equal budget (rank × #matrices constant)\n"
-                    f"{_subtitle(result)}")
+                    f"{_subtitle(result)}\nours: mean ± std over seeds; gray, hatched: did not learn")
     return _save(figure, path)
 
 
