@@ -493,6 +493,22 @@ def _describe_weights(weights: dict[str, Any] | None) -> str:
     return f"real, from {weights['file']} (sha256 {weights['sha256'][:12]}…), dequantised to fp32"
 
 
+IDLE_LOAD = 0.5  # the 1-min load average of a machine with nothing else running (system noise)
+
+
+def _oversubscription_warning(setup: dict[str, Any], env: dict[str, Any]) -> list[str]:
+    """A CPU bench whose threads did not find free cores: its timings, ratios included, are not the
+    methods' (spinning OpenMP threads that wait for a busy core can slow a step many times over)."""
+    hardware = env.get("hardware") or {}
+    cores, threads = hardware.get("cpu_count"), hardware.get("torch_threads")
+    load = setup["load_average_1min"]["start"]
+    if setup["device"] != "cpu" or None in (cores, threads, load) or load + threads <= cores + IDLE_LOAD:
+        return []
+    return [f"- **warning**: the CPU was busy (load {load} before {threads} torch thread(s) on {cores} cores): "
+            "these timings are not comparable to an idle machine's, and even the ratios can be off; rerun "
+            "with fewer threads (`OMP_NUM_THREADS=1`) or on an idle machine"]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     setup = report["setup"]
     memory_kind = ("CUDA max allocated" if setup["device"] == "cuda"
@@ -512,6 +528,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- memory: {memory_kind}, MiB, during warm-up",
         f"- 1-min load average at start / end: {setup['load_average_1min']['start']} / "
         f"{setup['load_average_1min']['end']} (above the core count means other jobs shared the CPU)",
+        *_oversubscription_warning(setup, report["env"]),
         "",
         "## Training step",
         "",

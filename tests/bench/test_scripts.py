@@ -58,6 +58,18 @@ def test_bench_qlora_reference_stores_the_same_4bit_base_as_ours(bench) -> None:
     assert bench.METHOD_OPTIONS["qlora"]["quantize"]["compute_dtype"] == "fp32"  # the table left as it was
 
 
+@pytest.mark.parametrize("device, load, threads, warned", [
+    ("cpu", 0.1, 2, False),  # an idle 2-core machine, one thread per core
+    ("cpu", 1.9, 2, True),  # another job's two threads already there: oversubscribed
+    ("cpu", 1.0, 1, False),
+    ("cuda", 8.0, 2, False),  # a GPU bench: the host's load does not time the kernels
+])
+def test_a_cpu_bench_on_a_busy_machine_says_its_timings_are_not_the_methods(bench, device, load, threads, warned):
+    setup = {"device": device, "load_average_1min": {"start": load, "end": load}}
+    env = {"hardware": {"cpu_count": 2, "torch_threads": threads}}
+    assert bool(bench._oversubscription_warning(setup, env)) == warned
+
+
 def test_bench_rejects_unknown_method(bench) -> None:
     with pytest.raises(ConfigError, match="unknown"):
         bench.parse_args(["--device", "cpu", "--methods", "lora,dora"])
