@@ -48,7 +48,7 @@ def test_counts_devices_time_and_claims_come_from_the_records(weight_type_runs, 
     assert cells[4] == "0" and cells[5] == "0" and cells[6] == "24"  # none reused or evaluating another's weights
     assert "CPU: Test CPU, 2 cores (fp32)" in cells[7] and "GPU: NVIDIA H100 80GB HBM3 (bf16 autocast)" in cells[7]
     assert cells[8] == "1 h 01 min"  # 3 x 20 min on the CPU + 1 min on the GPU
-    assert cells[9] == "1 / 0 / 5 (5 wait for runs)"  # only MultiNLI W_q,W_v vs W_q has both its cells
+    assert cells[9] == "1 / 0 / 5 (5 of the inconclusive wait for runs)"  # only MultiNLI W_q,W_v vs W_q has both its cells
     assert "MultiNLI: adapting W_q,W_v (r=4) beats W_q alone (r=8) at equal r × #matrices | §7.1, Table 5 | **held**" in text
     assert "On CPU: Test CPU, 2 cores (fp32), a run of this profile (table runs and selection points) took a median of" in text
     assert "20 min on mnli (n = 3)" in text
@@ -110,14 +110,14 @@ def test_the_time_left_is_estimated_from_each_task_own_runs(weight_type_runs, ru
     assert ("the rest, by 109 runs (e2e 14, mnli 46, wikisql 49; a Table 3 run fills its row's five metrics).\n"
             in text)
     # the QLoRA and pruning tables, shown from their first run, count too: 8 + 9 runs per seed
-    assert ("The QLoRA and Pruning tables, which this page shows from their first run on (`make table-qlora "
+    assert ("The QLoRA and Pruning tables, which join this page with their first run (`make table-qlora "
             "PROFILE=mini`, `make table-pruning PROFILE=mini`), need 34 more runs (e2e 8, mnli 26).") in text
     # CPU runs: mnli 3 x 20 min, wikisql 1 x 60 min, and e2e's selection point 40 min
     assert ("a run of this profile (table runs and selection points) took a median of 40 min on e2e (n = 1), "
             "20 min on mnli (n = 3), 1 h 00 min on wikisql (n = 1), so the rest (143 table runs) would take about "
             f"{hours(60 * (40 * (14 + 8) + 20 * (46 + 26) + 60 * 49))} there" in text)
     # a task with no run on the GPU: the median of the GPU's runs of other tasks
-    assert "1 min on e2e (none ran there: the median of the device's 1 runs of other tasks)" in text
+    assert "1 min on e2e (no e2e run ran there: the median of its 1 runs of other tasks)" in text
 
 
 def test_a_run_trained_by_another_is_named_and_not_timed_as_a_whole_run(weight_type_runs, runs_dir, tmp_path,
@@ -135,7 +135,7 @@ def test_a_run_trained_by_another_is_named_and_not_timed_as_a_whole_run(weight_t
     table5 = next(line for line in text.splitlines() if line.startswith("| [Table 5]"))
     assert [cell.strip() for cell in table5.split("|")[1:-1]][5] == "1"  # the failed attempt is not counted
     assert "wikisql 1, mnli 3" not in text
-    assert "on wikisql (none ran there: the median of the device's 3 runs of other tasks)" in text
+    assert "on wikisql (no wikisql run ran there: the median of its 3 runs of other tasks)" in text
     table = "\n".join(header_lines(build_table(TABLES["table_weight_type"], runs_dir, profile="mini")))
     assert ("- Trained by another run: 1 run evaluates the kept weights of a run that trained with the same "
             "config, seed and data and was evaluated on another split (`trained_in` in the record): "
@@ -174,9 +174,9 @@ def test_runs_that_shared_a_device_say_so_with_their_wall_time(runs_dir, tmp_pat
     # the medians (3 min) were measured 4 at once, so the estimate is for 4 at once: 144 runs x 3 min / 4
     # (130 empty settings of the LoRA paper's tables less 20 copies, and the other papers' 34)
     assert ("On GPU: NVIDIA H100 80GB HBM3 (bf16 autocast), where its runs ran about 4 at once, a run of this "
-            "profile (table runs and selection points) took a median of 3 min on e2e (none ran there: the median "
-            "of the device's 4 runs of other tasks), 3 min on mnli (n = 4), 3 min on wikisql (none ran there: the "
-            "median of the device's 4 runs of other tasks), so the rest (144 table runs) would take about "
+            "profile (table runs and selection points) took a median of 3 min on e2e (no e2e run ran there: the median "
+            "of its 4 runs of other tasks), 3 min on mnli (n = 4), 3 min on wikisql (no wikisql run ran there: the "
+            "median of its 4 runs of other tasks), so the rest (144 table runs) would take about "
             f"{hours(144 * 180 / 4)} there with as many at once.") in text
 
 
@@ -454,7 +454,7 @@ def test_the_glance_row_counts_marginal_verdicts_and_claims_waiting_for_runs(mon
     found = [Claim("claim", "§0", verdict, "", marginal=marginal) for verdict, marginal in verdicts]
     monkeypatch.setattr(claims, "evaluate", lambda result: [*found, Claim("claim", "§0", "inconclusive", "",
                                                                           waiting="one seed")])
-    assert claims_text(None) == "2 (1 marginal) / 2 (2 marginal) / 2 (1 wait for runs)"
+    assert claims_text(None) == "2 (1 marginal) / 2 (2 marginal) / 2 (1 of the inconclusive wait for runs)"
 
 
 @pytest.mark.parametrize(("lr", "text"), [(3e-5, "3e-5"), (1e-4, "1e-4"), (0.003, "3e-3"), (2.5e-4, "2.5e-4"),

@@ -105,7 +105,7 @@ def claims_text(result: TableResult) -> str:
     marginal = Counter(claim.verdict for claim in evaluated if claim.marginal)
     return (" / ".join(str(counts[v]) + (f" ({marginal[v]} marginal)" if marginal[v] else "")
                        for v in (claims.HELD, claims.NOT_HELD, claims.INCONCLUSIVE))
-            + (f" ({waiting} wait for runs)" if waiting else ""))
+            + (f" ({waiting} of the inconclusive wait for runs)" if waiting else ""))
 
 
 def seeds_text(result: TableResult) -> str:
@@ -147,7 +147,7 @@ def pending_text(every: Mapping[str, TableResult], records: Sequence[Record]) ->
     if sum(later.values()):
         titles = " and ".join(result.spec.short_title for result in hidden)
         targets = ", ".join(f"`{make_command(result)}`" for result in hidden)
-        lines.append(f"The {titles} tables, which this page shows from their first run on ({targets}), need "
+        lines.append(f"The {titles} tables, which join this page with their first run ({targets}), need "
                      f"{plural(sum(later.values()), 'more run')} ({runs_split(later, False)}).")
     points_left = selection_points_left(every.values())
     devices = distinct(r.hardware for r in own) if sum((todo + later).values()) or points_left else []
@@ -198,7 +198,7 @@ def device_estimate(device: str, runs: Sequence[Record], todo: Mapping[str, int]
         times = [run_seconds(r) for r in runs if r.task == task]
         medians[task] = statistics.median(times) if times else overall
         parts.append(f"{hours(medians[task])} on {task} (n = {len(times)})" if times else
-                     f"{hours(overall)} on {task} (none ran there: the median of the device's {len(runs)} runs of other tasks)")
+                     f"{hours(overall)} on {task} (no {task} run ran there: the median of its {len(runs)} runs of other tasks)")
     total = sum(count * medians[task] for counts in (todo, points_left) for task, count in counts.items())
     points = f" and at least {plural(sum(points_left.values()), 'selection point')}" if points_left else ""
     what = f"the rest ({plural(sum(todo.values()), 'table run')}{points})"
