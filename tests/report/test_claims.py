@@ -19,6 +19,7 @@ from peftrepro.report.claims import (
     WHY_FT,
     WHY_FT_E2E,
     Cell,
+    Claim,
     Difference,
     Pool,
     beats,
@@ -226,6 +227,20 @@ def test_a_claim_not_held_says_why_and_how_the_cells_trained(runs_dir, write, ma
                           "250 steps, final training loss 0.70 (mean of 3).")
     assert f"- Not held: {failed.text}. {failed.why}" in render(claims)
     assert all(not c.why for c in claims if c.verdict != NOT_HELD)
+
+
+def test_claims_not_held_for_one_reason_share_its_line_and_the_rule_can_be_left_to_the_page():
+    """Table 3's two LoRA claims fall on the same comparison: one reason, both claims named; a page that
+    states the rule once (REPORT.md) leaves it out of each table."""
+    claims = [Claim("A beats B on BLEU", "Table 3", NOT_HELD, "…", why="Same reason."),
+              Claim("A beats B on all metrics", "Table 3", NOT_HELD, "…", why="Same reason."),
+              Claim("C beats D", "Table 3", NOT_HELD, "…", why="Another reason.")]
+    lines = render(claims)
+    assert [line for line in lines if line.startswith("- Not held")] == [
+        "- Not held: A beats B on BLEU; A beats B on all metrics. Same reason.",
+        "- Not held: C beats D. Another reason."]
+    assert any(line.startswith("Interval: 95 %") for line in lines)
+    assert not any(line.startswith(("Interval:", "Verdict:")) for line in render(claims, with_rule=False))
 
 
 @pytest.mark.parametrize("experiment,task,lora,metric,why", [

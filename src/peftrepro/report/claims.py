@@ -525,25 +525,34 @@ def evaluate(result: TableResult) -> list[Claim]:
     return CLAIMS[result.spec.name](result)
 
 
-def render(claims: Sequence[Claim]) -> list[str]:
-    """Markdown lines: one table row per claim, then the decision rule."""
+def render(claims: Sequence[Claim], with_rule: bool = True) -> list[str]:
+    """Markdown lines: one table row per claim, why those not held may be so at this scale (once per
+    reason), then the decision rule (`with_rule`: a page that states it once leaves it out)."""
     lines = ["| Paper's claim | Where | On our numbers | Evidence (mean ± std (n); Δ ± the 95 % interval's half-width) |",
              "|---|---|---|---|"]
     lines += [f"| {c.text} | {c.source} | **{c.verdict}**{' (marginal)' * c.marginal} | {c.evidence} |"
               for c in claims]
-    if reasons := [f"- Not held: {c.text}. {c.why}" for c in claims if c.why]:
-        lines += ["", *reasons]
-    lines += ["", "Interval: 95 % on the difference of two cells' means, Student's t with Welch–Satterthwaite degrees "
-              "of freedom (the seed term's, the evaluation set's error taken as known); SE² = the seed spread "
-              "pooled over the table's cells of that metric × (1/n_A + 1/n_B) + the evaluation set's error, paired "
-              "(per example for accuracies, a bootstrap over MRs for E2E; the evidence says \"not estimated\" where "
-              "the saved predictions do not allow it), less the seeds' own noise in it, which the seed term counts. "
-              "A cell whose seed spread Cochran's test (1 %) finds outlying is set apart from the pool: its "
-              "comparisons use its own spread (Welch). Where the two cells ran on different machines or precisions "
-              "(fp32 on a CPU, bf16 autocast on a GPU), the evidence says so in brackets: a difference of numerics "
-              "the interval does not cover.",
-              "", "Verdict: 'beats' held above 0, not held below 0; 'matches or beats' held above −m, not held below −m "
-              "(m: accuracy 2, BLEU / METEOR / ROUGE-L 1, NIST 0.1, CIDEr 0.05); otherwise, or with one seed or a run "
-              "that did not learn or failed to train (diverged, barely trained), inconclusive; (marginal): within "
-              f"{MARGINAL:.0%} of the interval's half-width."]
-    return lines
+    not_held: dict[str, list[str]] = {}  # two claims on the same cells share their reason
+    for claim in claims:
+        if claim.why:
+            not_held.setdefault(claim.why, []).append(claim.text)
+    if not_held:
+        lines += ["", *(f"- Not held: {'; '.join(texts)}. {why}" for why, texts in not_held.items())]
+    return lines + (["", *rule_lines()] if with_rule else [])
+
+
+def rule_lines() -> list[str]:
+    """How a claim is judged: the interval, then the verdict rule (two paragraphs)."""
+    return ["Interval: 95 % on the difference of two cells' means, Student's t with Welch–Satterthwaite degrees "
+            "of freedom (the seed term's, the evaluation set's error taken as known); SE² = the seed spread "
+            "pooled over the table's cells of that metric × (1/n_A + 1/n_B) + the evaluation set's error, paired "
+            "(per example for accuracies, a bootstrap over MRs for E2E; the evidence says \"not estimated\" where "
+            "the saved predictions do not allow it), less the seeds' own noise in it, which the seed term counts. "
+            "A cell whose seed spread Cochran's test (1 %) finds outlying is set apart from the pool: its "
+            "comparisons use its own spread (Welch). Where the two cells ran on different machines or precisions "
+            "(fp32 on a CPU, bf16 autocast on a GPU), the evidence says so in brackets: a difference of numerics "
+            "the interval does not cover.",
+            "", "Verdict: 'beats' held above 0, not held below 0; 'matches or beats' held above −m, not held below −m "
+            "(m: accuracy 2, BLEU / METEOR / ROUGE-L 1, NIST 0.1, CIDEr 0.05); otherwise, or with one seed or a run "
+            "that did not learn or failed to train (diverged, barely trained), inconclusive; (marginal): the "
+            f"interval's end lies within {MARGINAL:.0%} of its half-width of the line that decided the verdict."]

@@ -77,7 +77,7 @@ def table_section(result: TableResult) -> str:
              f"[`tables/{name}.md`](tables/{name}.md){figure_link}.",
              "", layout(result).to_markdown(index=False), "",
              *([ROW_LABEL_NOTE, ""] if ROW_LABEL_NOTE in spec.notes else []),  # a "±" in a label that is not ours
-             f"The paper's claims on these numbers: {summary}.", "", *claims.render(evaluated), ""]
+             f"The paper's claims on these numbers: {summary}.", "", *claims.render(evaluated, with_rule=False), ""]
     return "\n".join(parts) + "\n"
 
 
@@ -236,7 +236,7 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
         where=where_text(study), commands=commands_text(profile, seeds, results),
         models=models_text(study), data_lines=data_text(records), schedule=schedule_text(records),
         decoding=decoding_text(records), scale=scale_text(records, results), lr_protocol=lr_protocol_text(records),
-        sections="".join(table_section(r) for r in results.values()),
+        sections="".join(table_section(r) for r in results.values()), claim_rule="\n".join(claims.rule_lines()),
         section7=section7_text(tables, runs, profile, seeds or section7_seeds(every)),
         speed="\n".join([params_text(tables), latency_text(tables, runs), bench_text(bench)]),
     )
