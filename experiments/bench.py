@@ -45,7 +45,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Pretrain
 
 from peftrepro.errors import ConfigError
 from peftrepro.methods import apply_method, count_parameters, make_method_config
-from peftrepro.methods.quantize import COMPUTE_DTYPES
+from peftrepro.methods.quantize import COMPUTE_DTYPES, QuantizeConfig
 from peftrepro.methods.targets import blocks, weight_target
 from peftrepro.runs.records import atomic_write_text
 from peftrepro.runs.timing import (
@@ -252,8 +252,7 @@ def peft_qlora(model: nn.Module, options: dict[str, Any]) -> tuple[nn.Module, st
     # freezes the base, keeps the rest in fp32; no gradient checkpointing, which would trade speed for memory
     quantized = peft.prepare_model_for_kbit_training(quantized, use_gradient_checkpointing=False)
     model, note = peft_lora(quantized, options)
-    return model, f"{note} on transformers' bitsandbytes 4-bit loading ({storage['quant_type'].upper()}" \
-                  f"{' + DQ' if storage['double_quant'] else ''})"
+    return model, f"{note} on transformers' bitsandbytes 4-bit loading ({QuantizeConfig(**storage).label})"
 
 
 class _AdapterAfter(nn.Module):

@@ -50,20 +50,19 @@ def lora_scale(record: Record) -> float | None:
 def lora_scale_text(results: Mapping[str, TableResult]) -> str:
     """Per task, LoRA's table runs grouped by α/r with how many of them spiked or failed to train: the one
     rate per task was chosen at one α/r, and with α fixed the others take larger or smaller steps."""
-    chosen = {r.task: lora_scale(r) for result in results.values() for r in result.lr_search
-              if lora_scale(r) is not None}
-    runs = {r.path: r for result in results.values() for r in result.records
-            if r.status == "ok" and not is_reused(r) and lora_scale(r) is not None}
+    chosen = {r.task: scale for result in results.values() for r in result.lr_search
+              if (scale := lora_scale(r)) is not None}
+    scaled = {r.path: (r, scale) for result in results.values() for r in result.records
+              if r.status == "ok" and not is_reused(r) and (scale := lora_scale(r)) is not None}
+    groups: dict[str, dict[float, list[Record]]] = {}  # task -> α/r -> its runs
+    for record, scale in scaled.values():
+        groups.setdefault(record.task, {}).setdefault(scale, []).append(record)
     lines = []
-    for task in sorted({r.task for r in runs.values()}):
-        groups: dict[float, list[Record]] = {}
-        for record in runs.values():
-            if record.task == task:
-                groups.setdefault(lora_scale(record), []).append(record)
-        if len(groups) < 2:
+    for task, by_scale in sorted(groups.items()):
+        if len(by_scale) < 2:
             continue
         counts = " · ".join(f"{scale:g}: {sum(bool(r.loss_spike or r.failed_training) for r in group)} of "
-                            f"{len(group)}" for scale, group in sorted(groups.items()))
+                            f"{len(group)}" for scale, group in sorted(by_scale.items()))
         lines.append(f"- {task}" + (f" (rate chosen at α/r = {chosen[task]:g})" if task in chosen else "")
                      + f": {counts}")
     if not lines:

@@ -55,11 +55,12 @@ def format_cell(spec: TableSpec, cell: pd.Series, n_expected: int, runs: Sequenc
     devices = Counter(r.device_kind for r in runs) if name_devices else None
     text = f"{text} (n={cell['n']}{of}{devices_text(devices)})"
     failures = [r.failed_training for r in runs if r.failed_training]
+    kinds = sorted({f.kind for f in failures})  # "barely trained", "diverged"
     if failed := did_not_learn_label(cell):  # a failed fit: shown as such, with the baseline it did not beat
-        base, how = cell["baseline"], "".join(f", {kind}" for kind in sorted({f.kind for f in failures}))
-        text = f"{failed}{how}: {text}, {base.baseline_name} {base.baseline:.1f}"
+        base = cell["baseline"]
+        text = f"{failed}{''.join(f', {kind}' for kind in kinds)}: {text}, {base.baseline_name} {base.baseline:.1f}"
     elif failures:  # its score is not the method's
-        text = f"{' / '.join(sorted({f.kind for f in failures}))}{_of_seeds(len(failures), cell['n'])}: {text}"
+        text = f"{' / '.join(kinds)}{_of_seeds(len(failures), cell['n'])}: {text}"
     elif spiked := sum(bool(r.loss_spike) for r in runs):  # it learned, but its spread is not seed noise
         text = f"loss spike{_of_seeds(spiked, cell['n'])}: {text}"
     return text + paper
