@@ -18,7 +18,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from peftrepro.errors import ConfigError
 
@@ -121,11 +121,6 @@ def replay(scores: Mapping[int, float | None], width: int, max_points: int,
         steps.update(grown)
 
 
-def choose(scores: Mapping[float, float]) -> float:
-    """The winning learning rate of dev scores {lr: score}: the highest, ties to the smaller lr."""
-    return max(sorted(scores), key=lambda lr: (ranked(scores[lr]), -lr))
-
-
 def ranked(score: float) -> float:
     """A dev score as the selection ranks it: a non-finite one (a diverged run's NaN) ranks last."""
     return score if math.isfinite(score) else -math.inf
@@ -171,7 +166,3 @@ def summarise(scores: Mapping[int, float | None], start: float, width: int, max_
             for step, score in sorted(scores.items())]
     return {"lr": ladder(start, best), "at_edge": search.at_edge,
             **({"none_learned": True} if not search.any_learned else {}), **about, "grid": grid}
-
-
-def sorted_grid(grid: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return sorted(grid, key=lambda point: float(point["lr"]))

@@ -78,7 +78,7 @@ def exact(mean: float) -> Cell:
     (matches_or_beats, exact(51.0), exact(50.0), HELD, True),  # it starts 0.23 above -2
     (matches_or_beats, exact(52.0), exact(50.0), HELD, False),
 ])
-def test_a_verdict_within_a_tenth_of_its_margin_is_marginal(compare, a, b, verdict, marginal):
+def test_a_verdict_within_a_tenth_of_its_half_width_is_marginal(compare, a, b, verdict, marginal):
     comparison = compare(a, b)
     assert (comparison.verdict, comparison.marginal) == (verdict, marginal)
     claim = combine("claim", "§0", [comparison])
@@ -117,7 +117,7 @@ def test_the_printed_degrees_of_freedom_give_the_printed_interval():
     difference = Difference(delta=2.0, seed_se=1.0, seed_df=2, eval_se=0.6)
     df = float(str(difference).split("t with ")[1].split(" df")[0])
     assert df == pytest.approx(3.7, abs=0.05)  # (1² + 0.6²)² / (1⁴ / 2)
-    assert quantile(df) * difference.se == pytest.approx(difference.margin, rel=1e-2)
+    assert quantile(df) * difference.se == pytest.approx(difference.half_width, rel=1e-2)
 
 
 @pytest.mark.parametrize("n, df, quantile_", [(2, 2, 4.303), (3, 4, 2.776), (11, 20, 2.086)])
@@ -127,7 +127,7 @@ def test_the_seed_term_uses_the_pooled_spread_and_its_degrees_of_freedom(n, df, 
     pool = Pool.of([a, b])
     assert pool.df == df and pool.sd == pytest.approx(1.0)
     comparison = beats(replace(a, pool=pool), replace(b, pool=pool))
-    assert comparison.margin == pytest.approx(quantile_ * (2 / n) ** 0.5, rel=1e-3)
+    assert comparison.half_width == pytest.approx(quantile_ * (2 / n) ** 0.5, rel=1e-3)
     assert f"t with {df:.1f} df" in comparison.evidence and "pooled over 2 cells" in comparison.evidence
 
 
@@ -163,12 +163,12 @@ def test_a_cell_with_an_outlying_spread_is_set_apart_and_judged_on_its_own_sprea
     assert [label for label, c in cells.items() if c.own_spread] == ["spiked"] and pool.cells == 5 and pool.df == 5
     steady = beats(cells["a"], cells["b"])
     assert "pooled over 5 cells" in steady.evidence
-    assert steady.margin == pytest.approx(quantile(5) * pool.sd, rel=1e-6)  # sqrt(1/2 + 1/2) = 1
+    assert steady.half_width == pytest.approx(quantile(5) * pool.sd, rel=1e-6)  # sqrt(1/2 + 1/2) = 1
     spiked = beats(cells["spiked"], cells["b"])
     assert "spiked set apart from the pool by Cochran's test" in spiked.evidence
     own, other = 11.4 ** 2 / 2, pool.sd ** 2 / 2
     df = (own + other) ** 2 / (own ** 2 / 1 + other ** 2 / 5)
-    assert spiked.margin == pytest.approx(quantile(df) * (own + other) ** 0.5, rel=1e-6)
+    assert spiked.half_width == pytest.approx(quantile(df) * (own + other) ** 0.5, rel=1e-6)
 
 
 def test_spreads_alike_are_pooled_whole():

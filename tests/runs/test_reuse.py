@@ -81,6 +81,23 @@ def test_only_an_ok_run_is_reused(smoke, tmp_path: Path, status: str) -> None:
     assert "reused_from" not in run_one(smoke(*TABLE6_WQ))
 
 
+def test_an_ad_hoc_run_is_never_copied_into_a_table(smoke) -> None:
+    adhoc = run_one(smoke(*TABLE5_WQ[1:]))  # no experiment file: an uncommitted try
+    assert adhoc["experiment"] == "adhoc"
+    table_run = run_one(smoke(*TABLE6_WQ))
+    assert "reused_from" not in table_run and "trained_in" not in table_run
+
+
+def test_of_two_equivalent_originals_the_latest_is_copied(smoke, tmp_path: Path) -> None:
+    latest = run_one(smoke(*TABLE5_WQ))
+    older = tmp_path / "results" / "runs" / "peft_budget" / latest["run_key"]  # first in path order
+    older.mkdir(parents=True)
+    (older / "record.json").write_text(json.dumps({**latest, "experiment": "peft_budget",
+                                                   "created_at": "2000-01-01T00:00:00+00:00"}))
+    reused = run_one(smoke(*TABLE6_WQ))
+    assert reused["reused_from"]["experiment"] == "table_weight_type"
+
+
 # ---- a run that trains as another did, evaluated on another split, evaluates that run's weights
 
 def run_folder(smoke, record: dict) -> Path:

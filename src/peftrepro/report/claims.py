@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from scipy import stats as scipy_stats
 
 from peftrepro.report.records import PROPORTION_METRICS, training_text
+from peftrepro.report.specs import RANK_WEIGHTS
 
 if TYPE_CHECKING:
     from peftrepro.report.cells import Resampled, TableResult
@@ -188,13 +189,13 @@ class Difference:
         return self.se ** 4 / (self.seed_se ** 4 / self.seed_df)
 
     @property
-    def margin(self) -> float:
+    def half_width(self) -> float:
         """Half-width of the 95 % interval of the difference."""
         return quantile(self.df) * self.se
 
     def __str__(self) -> str:
         df = "∞" if math.isinf(self.df) else f"{self.df:.1f}"  # fractional (Welch–Satterthwaite): the quantile used
-        return (f"Δ = {self.delta:+.2f} ± {self.margin:.2f} (95 %, t with {df} df; SE: seeds {self.seed_se:.2f}"
+        return (f"Δ = {self.delta:+.2f} ± {self.half_width:.2f} (95 %, t with {df} df; SE: seeds {self.seed_se:.2f}"
                 f"{self.seed_how}, eval set {self.eval_se:.2f}{self.eval_how})")
 
 
@@ -204,7 +205,7 @@ class Comparison:
     evidence: str
     slack: float = math.inf  # held or not held: how far the interval is from flipping the verdict
     cells: tuple[Cell, ...] = ()
-    margin: float = math.inf  # half-width of the interval
+    half_width: float = math.inf  # of the interval
     # how far the interval's lower end lies above the line the claim must clear (negative: below it);
     # inf where no judgement was possible (no result, one seed, a cell that did not learn or failed to train)
     room: float = math.inf
@@ -212,7 +213,7 @@ class Comparison:
     @property
     def marginal(self) -> bool:
         """Held or not held, but within MARGINAL of the line."""
-        return self.slack < MARGINAL * self.margin
+        return self.slack < MARGINAL * self.half_width
 
 
 @dataclass(frozen=True)
@@ -299,10 +300,10 @@ def beats(a: Cell, b: Cell) -> Comparison:
     diff = _difference(a, b)
     if isinstance(diff, str):
         return Comparison(INCONCLUSIVE, _evidence(a, b, diff), cells=(a, b))
-    low, high = diff.delta - diff.margin, diff.delta + diff.margin
+    low, high = diff.delta - diff.half_width, diff.delta + diff.half_width
     verdict = HELD if low > 0 else NOT_HELD if high < 0 else INCONCLUSIVE
     slack = {HELD: low, NOT_HELD: -high}.get(verdict, math.inf)
-    return Comparison(verdict, _evidence(a, b, diff), slack, (a, b), diff.margin, low)
+    return Comparison(verdict, _evidence(a, b, diff), slack, (a, b), diff.half_width, low)
 
 
 def matches_or_beats(a: Cell, b: Cell) -> Comparison:
@@ -311,10 +312,10 @@ def matches_or_beats(a: Cell, b: Cell) -> Comparison:
     if isinstance(diff, str):
         return Comparison(INCONCLUSIVE, _evidence(a, b, diff), cells=(a, b))
     m = equivalence_margin(a.metric)
-    low, high = diff.delta - diff.margin, diff.delta + diff.margin
+    low, high = diff.delta - diff.half_width, diff.delta + diff.half_width
     verdict = HELD if low > -m else NOT_HELD if high < -m else INCONCLUSIVE
     slack = {HELD: low + m, NOT_HELD: -m - high}.get(verdict, math.inf)
-    return Comparison(verdict, _evidence(a, b, diff, f" (margin {m:g})"), slack, (a, b), diff.margin, low + m)
+    return Comparison(verdict, _evidence(a, b, diff, f" (equivalence margin {m:g})"), slack, (a, b), diff.half_width, low + m)
 
 
 # Why a claim may fail at a small scale (quoted only under a claim that is not held, followed by
@@ -389,7 +390,6 @@ def _cells(result: TableResult, keys: Sequence[tuple[str, str, str]]) -> dict[st
 
 
 TASKS = (("wikisql", "WikiSQL"), ("mnli", "MultiNLI"))
-RANK_WEIGHTS = ("W_q", "W_q,W_v", "W_q,W_k,W_v,W_o")
 
 
 def _weight_type_claims(result: TableResult) -> list[Claim]:

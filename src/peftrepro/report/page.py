@@ -43,7 +43,7 @@ from peftrepro.report.provenance import (
 )
 from peftrepro.report.records import Record, counted, is_reused, load_records, parse_seeds
 from peftrepro.report.render import layout
-from peftrepro.report.specs import ROW_LABEL_NOTE, TABLES
+from peftrepro.report.specs import REPORT_NOTES, TABLES
 from peftrepro.runs.records import atomic_write_text
 
 # ---------------------------------------------------------------- reading
@@ -76,7 +76,7 @@ def table_section(result: TableResult) -> str:
              f"Ours · the paper's ({spec.paper_source}). Full table with what is missing and every choice: "
              f"[`tables/{name}.md`](tables/{name}.md){figure_link}.",
              "", layout(result).to_markdown(index=False), "",
-             *([ROW_LABEL_NOTE, ""] if ROW_LABEL_NOTE in spec.notes else []),  # a "±" in a label that is not ours
+             *(line for note in spec.notes if note in REPORT_NOTES for line in (note, "")),
              f"The paper's claims on these numbers: {summary}.", "", *claims.render(evaluated, with_rule=False), ""]
     return "\n".join(parts) + "\n"
 
@@ -189,7 +189,7 @@ def constraints(profile: str, runs_dir: Path, path: Path) -> str:
         for name, version in dict.fromkeys([*(record.env.get("packages") or {}).items(), *trainer.items()]):
             versions.setdefault(name, Counter())[version] += 1
     pythons = Counter(str(r.env.get("python")) for r in runs)
-    lines = [f"# Package versions of the {len(runs)} `{profile}` runs under {runs_dir.as_posix()}/ and "
+    lines = [f"# Package versions of the {len(runs)} `{profile}` table runs under {runs_dir.as_posix()}/ and "
              f"{archive.as_posix()}/, from their",
              "# records (`make report` writes this file; do not edit). To train with the same versions, install",
              "# torch first as the README says, then:",

@@ -234,4 +234,4 @@ def scale_text(records: Sequence[Record], results: Mapping[str, TableResult]) ->
     if not lines:
         return "No evaluated run yet."
     return (" ".join(lines) + " The claims compare two cells example by example (both are scored on the same "
-            "examples), which resolves smaller gaps than two separate errors would: each claim quotes its margin.")
+            "examples), which resolves smaller gaps than two separate errors would: each claim quotes its interval.")

@@ -232,6 +232,13 @@ ACCURACY_NOTES = (
 ROW_LABEL_NOTE = ("The row labels are the paper's: their ±0.5% (WikiSQL) and ±0.1% (MultiNLI) are the fluctuation "
                   "it reports for its GPT-3 runs (Table 4's caption), not ours; each of our cells gives its own ± "
                   "over seeds.")
+# Table 5's claims compare columns of equal r × #matrices, which are not equal parameter counts here
+EQUAL_BUDGET_NOTE = ("Equal budget: r × (number of adapted matrices) is the same in every column, as in the paper. "
+                     "In GPT-3 every matrix is d_model × d_model so that also fixes the count (18,874,368). In models "
+                     "with grouped-query attention W_k and W_v are narrower, so the counts differ: see the "
+                     "'# Trainable Parameters' row (ours).")
+# the notes the REPORT repeats under its copy of a table (the rest stay on the table's own page)
+REPORT_NOTES = (ROW_LABEL_NOTE, EQUAL_BUDGET_NOTE)
 TASK_CHOICES = (
     LORA_ALPHA,
     Choice("LoRA init of A (paper: Gaussian; official code: kaiming-uniform)", "method.init", ("lora",)),
@@ -292,10 +299,7 @@ TABLE_WEIGHT_TYPE = TableSpec(
     choices=COMMON_CHOICES + TASK_CHOICES,
     notes=ACCURACY_NOTES + (
         ROW_LABEL_NOTE,
-        "Equal budget: r × (number of adapted matrices) is the same in every column, as in the paper. "
-        "In GPT-3 every matrix is d_model × d_model so that also fixes the count (18,874,368). In models "
-        "with grouped-query attention W_k and W_v are narrower, so the counts differ: see the "
-        "'# Trainable Parameters' row (ours).",
+        EQUAL_BUDGET_NOTE,
         "The paper prints W_q r=8 MultiNLI as 91.0 here but 90.7 in Table 6 (same run): both are in "
         "paper.csv; this table shows Table 5's.",
     ),

@@ -28,7 +28,7 @@ import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
 from peftrepro.errors import ConfigError
 from peftrepro.runs import records
@@ -80,12 +80,19 @@ def training_key(config: Mapping[str, Any]) -> str:
 
 
 def _originals(plan: RunPlan) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """(folder, record) of each "ok" run of another experiment that is not itself a copy, so that a
-    copy never hides where its numbers came from."""
+    """(folder, record) of each "ok" run of another experiment file (conf/experiment) that is not
+    itself a copy, so that a copy never hides where its numbers came from. Ad-hoc runs (no experiment
+    file) are tries, left out of commits (`adhoc/` is git-ignored): a table copying one would name an
+    original, and read predictions, that no clone has."""
+    from peftrepro.runs.plan import CONFIG_DIR
+
     runs_root = plan.directory.parent.parent
     for path in sorted(runs_root.glob(f"*/*/{records.RECORD_FILE}")):
-        if path.parent.parent == plan.directory.parent:
+        experiment = path.parent.parent
+        if experiment == plan.directory.parent:
             continue  # this experiment: its own records are found by run key
+        if not (CONFIG_DIR / "experiment" / f"{experiment.name}.yaml").is_file():
+            continue
         record = records.read_record(path.parent)
         if not record or record.get("status") != "ok" or "config" not in record \
                 or record.get("reused_from"):
@@ -103,9 +110,15 @@ def _matching(plan: RunPlan, key: Callable[[Mapping[str, Any]], str]) -> Iterato
             continue  # a record of an older schema or a method that no longer exists
 
 
+def _latest(found: Iterable[tuple[Path, dict[str, Any]]]) -> tuple[Path, dict[str, Any]] | None:
+    """The most recently created of (folder, record) pairs: a rerun original supersedes older ones."""
+    return max(found, key=lambda pair: str(pair[1].get("created_at") or ""), default=None)
+
+
 def find_equivalent(plan: RunPlan) -> Path | None:
-    """The folder of an "ok" run, in another experiment, equivalent to `plan`; None if none."""
-    return next((folder for folder, _ in _matching(plan, equivalence_key)), None)
+    """The folder of the latest "ok" run, in another experiment, equivalent to `plan`; None if none."""
+    latest = _latest(_matching(plan, equivalence_key))
+    return latest[0] if latest else None
 
 
 class Trained(NamedTuple):
@@ -129,10 +142,10 @@ def find_trained(plan: RunPlan) -> Trained | None:
         return None
     if method.name == "lora" and keeps_factors(plan.config.get("lora_factors"), method.rank_per_weight()):
         return None
-    found = [Trained(folder, record) for folder, record in _matching(plan, training_key)
-             if record.get("weights_kept") and not record.get("trained_in")
-             and all((folder / name).is_file() for name in (WEIGHTS_FILE, CONFIG_FILE))]
-    return max(found, key=lambda trained: str(trained.record.get("created_at") or ""), default=None)
+    latest = _latest((folder, record) for folder, record in _matching(plan, training_key)
+                     if record.get("weights_kept") and not record.get("trained_in")
+                     and all((folder / name).is_file() for name in (WEIGHTS_FILE, CONFIG_FILE)))
+    return Trained(*latest) if latest else None
 
 
 def link_checkpoint(trained: Trained, directory: Path) -> None:

@@ -115,10 +115,6 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def autocast_for(device: torch.device, precision: str) -> ContextManager[Any]:
     """bf16 autocast on CUDA ("auto" or "bf16"); fp32 on CPU unless asked for: there bf16 gains too
     little to change the numerics of CPU runs (results/diagnostics/cpu_precision/: 1.25x in training)."""
