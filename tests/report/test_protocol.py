@@ -549,3 +549,13 @@ def test_an_archived_claim_in_its_former_wording_reads_as_todays(tmp_path):
         encoding="utf-8")
     assert protocol.archived_verdicts(tmp_path) == {
         "MultiNLI: adapting W_q,W_v (r=4) beats W_k alone (r=8) at equal r × #matrices": "held"}
+
+
+@pytest.mark.parametrize("commits, expected", [
+    ([], "—"),
+    (["0123456789"], "1 commit, no run had uncommitted changes; "),
+    (["0123456789", "0123456789 (dirty)", "abcdefabcd"],
+     '2 commits, runs of 1 of them had uncommitted changes ("dirty" in their records); '),
+])
+def test_the_report_counts_the_commits_its_runs_were_made_with(commits, expected):
+    assert provenance.commits_text(commits).startswith(expected)

@@ -60,8 +60,7 @@ def where_text(records: Sequence[Record]) -> str:
     if scored_later:  # decoded where Java was missing, scored afterwards (peftrepro.runs.scoring)
         lines.append(f"- Scored after the run, from its saved predictions (`scoring=auto`, no Java where it ran): "
                      f"{len(scored_later)} run(s).")
-    commits = commit_labels(records)
-    lines.append(f"- Code: commit(s) {', '.join(commits) or '—'} (each record names its own).")
+    lines.append(f"- Code: {commits_text(commit_labels(records))}.")
     # records name a root read through $PEFTREPRO_DATA_ROOT by that variable; another path only by its kind
     sources = distinct("a local data root" if Path(str(source)).is_absolute() else f"`{source}`"
                        for r in records if (source := (r.raw.get("data") or {}).get("source")))
@@ -70,6 +69,19 @@ def where_text(records: Sequence[Record]) -> str:
                  + (" (a folder in the layout of the README's \"Data and models\" section; `data_root=` names "
                     "another)" if local else "") + ".")
     return "\n".join(lines)
+
+
+def commits_text(commits: Sequence[str]) -> str:
+    """The code the runs were made with, counted: each record names its commit and each table's page
+    lists its own, so a list of every commit of the study here would only be noise."""
+    if not commits:
+        return "—"
+    hashes = {label.split()[0] for label in commits}
+    dirty = {label.split()[0] for label in commits if label.endswith("(dirty)")}
+    state = (f"runs of {len(dirty)} of them had uncommitted changes (\"dirty\" in their records)" if dirty
+             else "no run had uncommitted changes")
+    return (f"{plural(len(hashes), 'commit')}, {state}; each record names its own and each table's page "
+            "lists those of its runs")
 
 
 def threads_text(records: Sequence[Record]) -> str:
