@@ -3,7 +3,9 @@ as a run; bad input is one clear error and writes nothing."""
 
 from __future__ import annotations
 
+import copy
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,8 @@ from peftrepro.methods import load_adapter
 from peftrepro.models import load_model
 from peftrepro.runs.execute import run_one
 from peftrepro.runs.export import PROVENANCE_FILE, export_run
+from peftrepro.runs.plan import resolved_config
+from peftrepro.runs.records import run_key
 
 peft = pytest.importorskip("peft")
 
@@ -73,6 +77,26 @@ def test_a_peft_adapter_is_evaluated_as_a_run(runs, compose_config, tmp_path):
     assert evaluated["params"]["trainable"] == 0 and evaluated["training"]["steps"] == 0
     assert evaluated["method"]["loaded"]["adapter"] == str(tmp_path / "adapter")
     assert len(evaluated["method"]["loaded"]["sha256"]) == 64
+
+
+def test_a_peft_adapters_run_key_follows_its_files(runs, compose_config, tmp_path):
+    """Exported again into the same folder: another run (not a skip with the old adapter's metrics)."""
+    base, _ = load_model(runs["lora"][0]["config"]["model"])
+
+    def save(folder: Path, seed: int) -> Path:
+        torch.manual_seed(seed)  # LoRA's A is drawn at random: another seed, other weights
+        config = peft.LoraConfig(r=2, target_modules=["attn.c_attn"], fan_in_fan_out=True)
+        peft.get_peft_model(copy.deepcopy(base), config).save_pretrained(str(folder))
+        return folder
+
+    def key(folder: Path) -> str:
+        return run_key(resolved_config(compose_config("profile=smoke", *SHORT, "method=peft_adapter",
+                                                      f"method.path={folder}")))
+
+    first = key(save(tmp_path / "adapter", seed=0))
+    assert key(tmp_path / "adapter") == first
+    shutil.rmtree(tmp_path / "adapter")
+    assert key(save(tmp_path / "adapter", seed=1)) != first
 
 
 def test_an_adapter_that_does_not_fit_the_run_is_one_clear_error_and_writes_nothing(compose_config, tiny_model,

@@ -144,6 +144,7 @@ def test_sigterm_outside_training_or_twice_stops_at_once() -> None:
     ({"code": "other"}, "code"),
     ({"data": "other"}, "data"),  # another data_root or tokenizer: not in the run key
     ({"device": "cuda:H200", "torch": "0"}, "torch and device"),
+    ({"bitsandbytes": "0.0.1"}, "bitsandbytes"),  # QLoRA's 4-bit numerics
 ])
 def test_a_state_saved_otherwise_is_set_aside(tmp_path: Path, caplog, other: dict, named: str) -> None:
     with pytest.raises(Killed):
@@ -180,6 +181,17 @@ def test_a_torn_state_file_is_set_aside(tmp_path: Path, caplog) -> None:
 def run_dir(results: Path) -> Path:
     (directory,) = (results / "runs" / "adhoc").iterdir()
     return directory
+
+
+@pytest.mark.parametrize("kill_after_save", [8, STEPS])  # an epoch's last step; the last step
+def test_the_state_before_each_evaluation_is_saved_whatever_the_period(tmp_path: Path, kill_after_save: int) -> None:
+    """A SIGTERM does not wait for an evaluation: a job stopped in one resumes at the step before it."""
+    whole = train("lora", tmp_path / "whole")
+    with pytest.raises(Killed):
+        train("lora", tmp_path / "resumed", kill_after_save=kill_after_save, save_every_s=1e9)  # no periodic save
+    resumed = train("lora", tmp_path / "resumed")
+    assert [entry["from_step"] for entry in resumed[3].resumptions] == [kill_after_save]
+    assert_same_training(whole, resumed)
 
 
 @pytest.mark.parametrize(("method", "kill_after_save"), [

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from peftrepro.report.records import parse_record
-from peftrepro.runs import records
+from peftrepro.runs import records, reuse
 from peftrepro.runs.execute import run_one
 from peftrepro.runs.plan import resolved_config
 from peftrepro.runs.reuse import equivalence_key, training_key
@@ -79,6 +79,15 @@ def test_only_an_ok_run_is_reused(smoke, tmp_path: Path, status: str) -> None:
     record_file = tmp_path / "results" / "runs" / "table_weight_type" / original["run_key"] / "record.json"
     record_file.write_text(json.dumps({**original, "status": status}))
     assert "reused_from" not in run_one(smoke(*TABLE6_WQ))
+
+
+def test_an_original_that_is_no_longer_finished_when_copied_is_not_copied(smoke, tmp_path: Path, monkeypatch) -> None:
+    original = run_one(smoke(*TABLE5_WQ))
+    folder = tmp_path / "results" / "runs" / "table_weight_type" / original["run_key"]
+    monkeypatch.setattr(reuse, "find_equivalent", lambda plan: folder)  # found while it was "ok", ...
+    (folder / "record.json").unlink()  # ... then a forced rerun of it began
+    table_run = run_one(smoke(*TABLE6_WQ))
+    assert "reused_from" not in table_run and table_run["status"] == "ok"
 
 
 def test_an_ad_hoc_run_is_never_copied_into_a_table(smoke) -> None:

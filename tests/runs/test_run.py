@@ -16,6 +16,7 @@ from peftrepro.errors import PeftReproError
 from peftrepro.paths import project_root
 from peftrepro.runs import records
 from peftrepro.runs.execute import InjectedFailure, run_one
+from peftrepro.runs.resume import RESUME_FILE
 
 RECORD_KEYS = {"schema_version", "run_key", "experiment", "status", "error", "config", "seed", "profile", "model",
                "task", "method", "metrics", "metrics_per_epoch", "best_epoch", "params", "checkpoint_bytes",
@@ -141,7 +142,9 @@ def test_failure_leaves_a_failed_record_with_traceback(smoke, tmp_path: Path, ph
     record = json.loads((directory / "record.json").read_text())
     assert record["status"] == "failed" and record["error"]["type"] == "InjectedFailure"
     assert "Traceback" in record["error"]["traceback"] and f"fail_at={phase}" in record["error"]["message"]
-    assert [p.name for p in directory.iterdir()] == ["record.json"]  # no half-made artefacts
+    # no half-made artefacts; an evaluation's failure leaves the training state saved before it (a rerun
+    # only evaluates again)
+    assert sorted(p.name for p in directory.iterdir()) == [*([RESUME_FILE] if phase == "eval" else []), "record.json"]
 
 
 def test_a_forced_rerun_that_fails_keeps_the_finished_record(smoke, tmp_path: Path, monkeypatch) -> None:

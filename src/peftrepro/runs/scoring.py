@@ -105,16 +105,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         print(f"error: not a folder: {', '.join(missing)}", file=sys.stderr)
         return 2
-    failures = 0
+    failures, busy = 0, []
     runs = [run for folder in args.folders for run in unscored_runs(folder)]
     for run in runs:
         try:
-            score_saved(run)
+            if not score_claimed(run):
+                busy.append(run.name)
         except PeftReproError as error:
             failures += 1
             print(f"error: {error}", file=sys.stderr)
-    print(f"scored {len(runs) - failures} of {len(runs)} unscored run(s)")
+    skipped = f"; {len(busy)} left to the process making them: {', '.join(busy)}" if busy else ""
+    print(f"scored {len(runs) - failures - len(busy)} of {len(runs)} unscored run(s){skipped}")
     return 1 if failures else 0
+
+
+def score_claimed(run: Path) -> bool:
+    """Score the unscored run in `run` (results/runs/<experiment>/<key>) while holding its claim, as every
+    writer of a run folder does (records.claimed): a forced rerun writing new predictions meanwhile is
+    never overwritten by the old ones. False when another process holds the run; True when it is scored
+    (or was, by someone else, since it was listed)."""
+    with records.claimed(run.parents[2], run.parent.name, run.name) as mine:
+        if mine and records.status_of(run) == records.UNSCORED:
+            score_saved(run)
+        return mine
 
 
 if __name__ == "__main__":

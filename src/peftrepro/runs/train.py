@@ -443,7 +443,8 @@ def fit(state: TrainState, examples: Sequence[EncodedExample], pad_id: int, seed
     `AppliedMethod.after_step`, e.g. pruning's).
 
     Resumable: `save_position(position)` is called after a step once `save_every_s` seconds have passed
-    since the last call (0: after every step; its time is not training time), and before the loop stops
+    since the last call (0: after every step; its time is not training time), after an epoch's last step
+    and the last step (before the evaluations, which a stop request does not wait for), and before the loop stops
     for `request_stop` (raising KeyboardInterrupt); `start` continues from such a position, the states it
     was saved with already restored (peftrepro.runs.resume)."""
     settings = state.settings
@@ -460,13 +461,17 @@ def fit(state: TrainState, examples: Sequence[EncodedExample], pad_id: int, seed
                 rng.setstate(epoch_rng_state)
             epoch_rng_state = rng.getstate()
             batches = epoch_batches(examples, settings, pad_id, rng)
+            last_index = math.ceil(len(batches) / settings.grad_accum) - 1
             for index, micro_batches in enumerate(_steps(batches, settings.grad_accum)):
                 if index < skip:
                     continue
                 if loop.done:  # resumed from the last step's save: nothing left to train
                     break
                 loop.step(micro_batches, after_step)
-                due = save_every_s is not None and loop.seconds_since_save() >= save_every_s
+                # also saved before an evaluation (an epoch's end, the last step), which a SIGTERM does not
+                # wait for: a rerun then only evaluates again, instead of retraining since the last save
+                due = save_every_s is not None and (loop.seconds_since_save() >= save_every_s
+                                                    or index == last_index or loop.done)
                 if save_position and (due or _StopRequest.asked):
                     loop.save(save_position, epoch_rng_state, index + 1)
                 if _StopRequest.asked:
