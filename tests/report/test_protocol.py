@@ -15,7 +15,7 @@ from peftrepro.report import protocol, provenance
 from peftrepro.report.cells import build_table, seed_spreads
 from peftrepro.report.claims import INCONCLUSIVE, evaluate
 from peftrepro.report.page import ARCHIVE, study_records
-from peftrepro.report.records import load_records
+from peftrepro.report.records import load_records, parse_record
 from peftrepro.report.render import (
     format_cell,
     incomplete_lines,
@@ -551,11 +551,13 @@ def test_an_archived_claim_in_its_former_wording_reads_as_todays(tmp_path):
         "MultiNLI: adapting W_q,W_v (r=4) beats W_k alone (r=8) at equal r × #matrices": "held"}
 
 
-@pytest.mark.parametrize("commits, expected", [
+@pytest.mark.parametrize("gits, expected", [
     ([], "—"),
-    (["0123456789"], "1 commit, no run had uncommitted changes; "),
-    (["0123456789", "0123456789 (dirty)", "abcdefabcd"],
+    ([{"commit": "0123456789ab"}], "1 commit, no run had uncommitted changes; "),
+    ([{"commit": "0123456789ab"}, {"commit": "0123456789ab", "dirty": True}, {"commit": "abcdefabcdef"}],
      '2 commits, runs of 1 of them had uncommitted changes ("dirty" in their records); '),
 ])
-def test_the_report_counts_the_commits_its_runs_were_made_with(commits, expected):
-    assert provenance.commits_text(commits).startswith(expected)
+def test_the_report_counts_the_commits_its_runs_were_made_with(make_record, gits, expected):
+    records = [parse_record(Path(f"runs/x/{i}/record.json"), {**make_record("x", "mnli", LORA8, 0), "env": {"git": git}})
+               for i, git in enumerate(gits)]
+    assert provenance.commits_text(records).startswith(expected)

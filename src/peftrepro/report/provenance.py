@@ -17,7 +17,7 @@ from peftrepro.report.records import (
     SHARED_AT,
     Record,
     at_a_time,
-    commit_labels,
+    commit_states,
     counted,
     distinct,
     e2e_eval_counts,
@@ -60,7 +60,7 @@ def where_text(records: Sequence[Record]) -> str:
     if scored_later:  # decoded where Java was missing, scored afterwards (peftrepro.runs.scoring)
         lines.append(f"- Scored after the run, from its saved predictions (`scoring=auto`, no Java where it ran): "
                      f"{len(scored_later)} run(s).")
-    lines.append(f"- Code: {commits_text(commit_labels(records))}.")
+    lines.append(f"- Code: {commits_text(records)}.")
     # records name a root read through $PEFTREPRO_DATA_ROOT by that variable; another path only by its kind
     sources = distinct("a local data root" if Path(str(source)).is_absolute() else f"`{source}`"
                        for r in records if (source := (r.raw.get("data") or {}).get("source")))
@@ -71,17 +71,17 @@ def where_text(records: Sequence[Record]) -> str:
     return "\n".join(lines)
 
 
-def commits_text(commits: Sequence[str]) -> str:
+def commits_text(records: Sequence[Record]) -> str:
     """The code the runs were made with, counted: each record names its commit and each table's page
     lists its own, so a list of every commit of the study here would only be noise."""
-    if not commits:
+    states = commit_states(records)
+    if not states:
         return "—"
-    hashes = {label.split()[0] for label in commits}
-    dirty = {label.split()[0] for label in commits if label.endswith("(dirty)")}
+    dirty = {commit for commit, is_dirty in states if is_dirty}
     state = (f"runs of {len(dirty)} of them had uncommitted changes (\"dirty\" in their records)" if dirty
              else "no run had uncommitted changes")
-    return (f"{plural(len(hashes), 'commit')}, {state}; each record names its own and each table's page "
-            "lists those of its runs")
+    return (f"{plural(len({commit for commit, _ in states}), 'commit')}, {state}; each record names its own "
+            "and each table's page lists those of its runs")
 
 
 def threads_text(records: Sequence[Record]) -> str:

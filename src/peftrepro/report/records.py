@@ -438,11 +438,17 @@ def distinct(values: Iterable[Any]) -> list[str]:
     return sorted({str(v) for v in values if v not in (None, "")})
 
 
+def commit_states(records: Iterable[Record]) -> list[tuple[str, bool]]:
+    """(commit, whether the tree had uncommitted changes) of each state the records name, sorted; for a
+    run that evaluated another's weights, also the one that trained them (`trained_in`)."""
+    return sorted({(str(g.get("commit", "?"))[:10], bool(g.get("dirty")))
+                   for r in records for g in [r.env.get("git") or {}, *_trainer_git(r)]})
+
+
 def commit_labels(records: Iterable[Record]) -> list[str]:
-    """The commits the records name, `abcdef1234 (dirty)` when the tree had uncommitted changes; for a
-    run that evaluated another's weights, also the commit that trained them (`trained_in`)."""
-    return distinct(f"{g.get('commit', '?')[:10]}{' (dirty)' if g.get('dirty') else ''}"
-                    for r in records for g in [r.env.get("git") or {}, *_trainer_git(r)])
+    """The commits the records name (`commit_states`), `abcdef1234 (dirty)` when the tree had uncommitted
+    changes."""
+    return [f"{commit}{' (dirty)' if dirty else ''}" for commit, dirty in commit_states(records)]
 
 
 def _trainer_git(record: Record) -> list[dict[str, Any]]:

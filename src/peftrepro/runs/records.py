@@ -54,7 +54,8 @@ def semantic_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a resolved config that defines what a run computes (the input of the run key).
 
     In: model, task (with its splits and example limits), method, train and decoding settings,
-    seed, fixtures-or-real-data, LoRA merging for evaluation, and an injected failure (so a test's
+    seed, fixtures-or-real-data, LoRA merging for evaluation, an evaluated peft adapter's files (their
+    digest, `adapter_files`), and an injected failure (so a test's
     failed record never shadows the real run). Out: experiment, results_dir, force, logger, hydra,
     data_root (results move between machines), device, jobs_per_gpu, threads, scoring (now or later,
     the same metrics), lora_factors (which trained factors are kept), and the profiles' lookup tables
@@ -72,6 +73,7 @@ def semantic_config(config: Mapping[str, Any]) -> dict[str, Any]:
             "method": _method_for_key(config["method"]), "train": train, "decoding": config["decoding"],
             "data": {"fixtures": bool(config.get("use_fixtures"))},
             "seed": config["seed"], "merge_for_eval": config.get("merge_for_eval", True),
+            **adapter_files(config["method"]),
             **({"debug": {"fail_at": debug["fail_at"]}} if debug.get("fail_at") else {})}
 
 
@@ -116,8 +118,7 @@ def adapter_files(method: Mapping[str, Any]) -> dict[str, str]:
 def run_key(config: Mapping[str, Any]) -> str:
     """`<task>-<method>-<model>-s<seed>-<hash>`: readable, and unique per semantic config."""
     semantic = semantic_config(config)
-    keyed = {**semantic, **adapter_files(semantic["method"])}
-    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()
     readable = "-".join(str(part) for part in (semantic["task"]["name"], semantic["method"]["name"],
                                                semantic["model"]["name"], f"s{semantic['seed']}"))
     return f"{_slug(readable)}-{digest[:12]}"

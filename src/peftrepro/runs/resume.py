@@ -12,8 +12,8 @@ its last save when the same command runs again, instead of training from the sta
   - the evaluations made so far (`train.eval_every_epoch`): their rows, and the best epoch's
     predictions and weights;
   - what the state is valid for (`Fingerprint`): the run key, this package's code, the torch,
-    transformers and bitsandbytes versions, the device, and the training data and schedule as encoded (data_root is
-    not in the run key). A state another code, device or data made is set aside (renamed
+    transformers and bitsandbytes versions, the device, and the training data and schedule as
+    encoded (data_root is not in the run key). A state another code, device or data made is set aside (renamed
     `.resume-set-aside.pt`) with a warning and the run trains from the start: one run is computed by
     one code on one device.
 The file goes once the record is written, and before a `force=true` rerun. The record lists each

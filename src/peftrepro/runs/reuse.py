@@ -60,7 +60,7 @@ def _canonical(config: Mapping[str, Any]) -> dict[str, Any]:
     semantic = records.semantic_config(config)
     method = dict(semantic["method"])
     semantic["method"] = make_method_config(str(method.get("name")), method).canonical()
-    return {**semantic, **records.adapter_files(method)}  # as the run key: an adapter is its files
+    return semantic
 
 
 def _digest(value: Any) -> str:

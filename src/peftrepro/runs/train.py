@@ -460,9 +460,8 @@ def fit(state: TrainState, examples: Sequence[EncodedExample], pad_id: int, seed
             if epoch_rng_state is not None:  # resumed: the interrupted epoch's batches, drawn again
                 rng.setstate(epoch_rng_state)
             epoch_rng_state = rng.getstate()
-            batches = epoch_batches(examples, settings, pad_id, rng)
-            last_index = math.ceil(len(batches) / settings.grad_accum) - 1
-            for index, micro_batches in enumerate(_steps(batches, settings.grad_accum)):
+            steps = list(_steps(epoch_batches(examples, settings, pad_id, rng), settings.grad_accum))
+            for index, micro_batches in enumerate(steps):
                 if index < skip:
                     continue
                 if loop.done:  # resumed from the last step's save: nothing left to train
@@ -471,7 +470,7 @@ def fit(state: TrainState, examples: Sequence[EncodedExample], pad_id: int, seed
                 # also saved before an evaluation (an epoch's end, the last step), which a SIGTERM does not
                 # wait for: a rerun then only evaluates again, instead of retraining since the last save
                 due = save_every_s is not None and (loop.seconds_since_save() >= save_every_s
-                                                    or index == last_index or loop.done)
+                                                    or index == len(steps) - 1 or loop.done)
                 if save_position and (due or _StopRequest.asked):
                     loop.save(save_position, epoch_rng_state, index + 1)
                 if _StopRequest.asked:
