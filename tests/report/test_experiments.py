@@ -13,7 +13,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from peftrepro.report.records import parse_record
-from peftrepro.report.specs import COUNT_KEYS, TABLES
+from peftrepro.report.specs import COUNT_KEYS, GPT3_TASKS, TABLES
+from peftrepro.tasks import primary_metric
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -85,6 +86,17 @@ def test_each_cell_names_the_overrides_of_the_run_that_fills_it(composer, name):
         cfg = composed[setting]
         assert cfg.task.name == task
         assert (row, column) in [(o.row, o.column) for o in spec.observe(record_of(name, cfg))], setting
+
+
+@pytest.mark.parametrize("name", ["table_weight_type", "table_rank", "table_methods"])
+def test_the_gpt3_tasks_are_those_the_gpt3_tables_sweep(composer, name):
+    """The report's claims, plots and error scales of Tables 4-6 walk GPT3_TASKS: it must name every task
+    these tables run, each with the primary metric its runs report."""
+    base = composer([f"experiment={name}"])
+    swept = {composer([f"experiment={name}", *overrides]).task.name for overrides in sweep_grid(base.hydra.sweeper.params)}
+    assert {task.key for task in GPT3_TASKS} == swept
+    assert all(task.metric == primary_metric(task.key) is not None for task in GPT3_TASKS)
+    assert primary_metric("no_such_task") is None
 
 
 @pytest.mark.parametrize("profile", ["smoke", "mini", "paper"])

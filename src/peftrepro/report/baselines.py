@@ -14,7 +14,7 @@ from typing import Sequence
 from peftrepro.metrics import majority
 from peftrepro.report.paper import to_paper_unit
 from peftrepro.report.records import CORPUS_METRICS, PROPORTION_METRICS, Record
-from peftrepro.report.specs import PRIMARY_METRIC
+from peftrepro.tasks import primary_metric
 
 LEARNED_Z = majority.LEARNED_Z  # one rule for both baselines
 
@@ -32,10 +32,6 @@ class Learning:
     def __str__(self) -> str:
         return (f"{self.score:.1f} vs {self.baseline_name} {self.baseline:.1f} "
                 f"(Δ {self.score - self.baseline:+.1f} ± {LEARNED_Z * self.se:.1f})")
-
-
-def primary_metric(task: str) -> str | None:
-    return {**PRIMARY_METRIC, "e2e": "bleu"}.get(task)
 
 
 def learning_check(record: Record, baselines: Sequence[Record]) -> Learning | None:

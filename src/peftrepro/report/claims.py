@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from scipy import stats as scipy_stats
 
 from peftrepro.report.records import PROPORTION_METRICS, training_text
-from peftrepro.report.specs import RANK_WEIGHTS
+from peftrepro.report.specs import GPT3_TASK_NAMES, RANK_WEIGHTS
 
 if TYPE_CHECKING:
     from peftrepro.report.cells import Resampled, TableResult
@@ -389,13 +389,10 @@ def _cells(result: TableResult, keys: Sequence[tuple[str, str, str]]) -> dict[st
     return pooled({label: _cell(result, row, column, label) for row, column, label in keys})
 
 
-TASKS = (("wikisql", "WikiSQL"), ("mnli", "MultiNLI"))
-
-
 def _weight_type_claims(result: TableResult) -> list[Claim]:
     columns = [axis.key for axis in result.spec.columns]
     claims = []
-    for task, name in TASKS:
+    for task, name in GPT3_TASK_NAMES.items():
         cells = _cells(result, [(task, column, column) for column in columns])
         qv, q, k, four = cells["W_q,W_v"], cells["W_q"], cells["W_k"], cells["W_q,W_k,W_v,W_o"]
         others = [cells[c] for c in columns if c != "W_q,W_k,W_v,W_o"]
@@ -413,7 +410,7 @@ def _weight_type_claims(result: TableResult) -> list[Claim]:
 def _rank_claims(result: TableResult) -> list[Claim]:
     ranks = [axis.key for axis in result.spec.columns]
     claims = []
-    for task, name in TASKS:
+    for task, name in GPT3_TASK_NAMES.items():
         cells = _cells(result, [(f"{task}|{weights}", r, f"{weights} {r}") for weights in RANK_WEIGHTS for r in ranks])
         cell = lambda weights, r, cells=cells: cells[f"{weights} {r}"]  # noqa: E731
         qv_r1 = cell("W_q,W_v", "r=1")
@@ -455,7 +452,7 @@ def _e2e_claims(result: TableResult) -> list[Claim]:
 
 def _methods_claims(result: TableResult) -> list[Claim]:
     claims = []
-    for task, name in TASKS:
+    for task, name in GPT3_TASK_NAMES.items():
         cells = _arm_cells(result, task)
         lora = cells["lora_r8"]
         others = [cell for key, cell in cells.items()

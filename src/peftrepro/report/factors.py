@@ -31,11 +31,11 @@ from peftrepro.methods.factors import FACTORS_FILE, FactorsFile, load_factors, r
 from peftrepro.report.baselines import learning_check
 from peftrepro.report.claims import HELD, INCONCLUSIVE, NOT_HELD
 from peftrepro.report.records import BASELINES_EXPERIMENT, Record, load_records, parse_seeds
+from peftrepro.report.specs import GPT3_TASK_NAMES
 from peftrepro.runs.records import copied_from, is_stale_copy, read_record
 
 EXPERIMENT = "table_rank"  # Table 6: LoRA at r in {1, 2, 4, 8, 64}, the W_q,W_v row among others
 WEIGHTS = ("W_q", "W_v")
-TASKS = ("wikisql", "mnli")
 MAKE_THEM = ("The Table 6 runs keep their factors (conf/experiment/table_rank.yaml: lora_factors): make them with "
              "`make table-rank PROFILE={profile} SEEDS={seeds}`. Runs made without them: `make lora-factors "
              "PROFILE={profile}` exports them from the runs' adapters, on the machine that trained them; where "
@@ -231,7 +231,7 @@ def analysis_args(prog: str, description: str | None, paper_ranks: tuple[int, in
     parser.add_argument("--out", type=Path, default=Path("results/tables"))
     parser.add_argument("--profile", default="mini")
     parser.add_argument("--seeds", default="0,1", help=seeds_help)
-    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--tasks", default=",".join(GPT3_TASK_NAMES))
     parser.add_argument("--ranks", default=",".join(map(str, paper_ranks)), help="the low and the high rank")
     args = parser.parse_args(argv)
     return AnalysisArgs(args.runs, args.out, args.profile, parse_seeds(args.seeds) or [], args.tasks.split(","),

@@ -43,7 +43,7 @@ from peftrepro.report.provenance import (
 )
 from peftrepro.report.records import Record, counted, is_reused, load_records, parse_seeds
 from peftrepro.report.render import layout
-from peftrepro.report.specs import REPORT_NOTES, TABLES
+from peftrepro.report.specs import GPT3_TASK_NAMES, REPORT_NOTES, TABLES
 from peftrepro.runs.records import atomic_write_text
 
 # ---------------------------------------------------------------- reading
@@ -104,8 +104,9 @@ def section7_text(tables_dir: Path, runs_dir: Path, profile: str, seeds: Sequenc
 def section7_gaps(module: Any, runs_dir: Path, profile: str, seeds: Sequence[int]) -> str:
     """What the analysis would still lack: its runs not made yet, those made without their factors, and copies
     whose originals were rerun since."""
-    ranks, asked = module.PAPER_RANKS, len(factors.TASKS) * len(module.PAPER_RANKS) * len(seeds)
-    _, gaps = factors.survey(runs_dir, profile, factors.TASKS, ranks, seeds)
+    tasks = tuple(GPT3_TASK_NAMES)
+    ranks, asked = module.PAPER_RANKS, len(tasks) * len(module.PAPER_RANKS) * len(seeds)
+    _, gaps = factors.survey(runs_dir, profile, tasks, ranks, seeds)
     if not gaps:
         return ""
     parts = []

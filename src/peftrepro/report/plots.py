@@ -23,9 +23,6 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 if TYPE_CHECKING:
     from peftrepro.report.cells import TableResult
 
-TASKS = (("wikisql", "WikiSQL", "logical-form accuracy (%)"), ("mnli", "MultiNLI-m", "accuracy (%)"))
-
-
 def _subtitle(result: TableResult) -> str:
     profiles = sorted({r.profile for r in result.records}) or ["no records"]
     models = sorted({str(r.model.get("name")) for r in result.records}) or ["—"]
@@ -33,12 +30,12 @@ def _subtitle(result: TableResult) -> str:
 
 
 def plot_rank(result: TableResult, path: Path) -> Path:
-    from peftrepro.report.specs import RANK_WEIGHTS, RANKS
+    from peftrepro.report.specs import GPT3_TASKS, RANK_WEIGHTS, RANKS
 
-    figure, axes = plt.subplots(2, len(TASKS), figsize=(11, 7.5), squeeze=False)
-    for column, (task, name, unit) in enumerate(TASKS):
+    figure, axes = plt.subplots(2, len(GPT3_TASKS), figsize=(11, 7.5), squeeze=False)
+    for column, task in enumerate(GPT3_TASKS):
         for weights in RANK_WEIGHTS:
-            cells = [result.stats(f"{task}|{weights}", f"r={r}") for r in RANKS]
+            cells = [result.stats(f"{task.key}|{weights}", f"r={r}") for r in RANKS]
             means = [c["mean"] for c in cells]
             line = axes[0][column].errorbar(RANKS, means, yerr=seed_error_bars(cells), marker="o", capsize=3,
                                             label=weights)
@@ -55,8 +52,8 @@ def plot_rank(result: TableResult, path: Path) -> Path:
             axis.set_xscale("log", base=2)
             axis.set_xticks(RANKS, [str(r) for r in RANKS])
             axis.set_xlabel("LoRA rank r")
-            axis.set_ylabel(f"{name} {unit}")
-            axis.set_title(f"{name}: {who}")
+            axis.set_ylabel(f"{task.name} {task.unit}")
+            axis.set_title(f"{task.name}: {who}")
             axis.grid(alpha=0.3)
             axis.legend(title="adapted weights", fontsize=8)
     figure.suptitle(f"Table 6: validation accuracy vs LoRA rank r\n{_subtitle(result)}\n"
@@ -65,13 +62,13 @@ def plot_rank(result: TableResult, path: Path) -> Path:
 
 
 def plot_weight_type(result: TableResult, path: Path) -> Path:
-    from peftrepro.report.specs import WEIGHT_TYPE_COLUMNS
+    from peftrepro.report.specs import GPT3_TASKS, WEIGHT_TYPE_COLUMNS
 
     labels = [_wrap_weights(w) + f"\nr={r}" for w, r in WEIGHT_TYPE_COLUMNS]
     positions = range(len(WEIGHT_TYPE_COLUMNS))
-    figure, axes = plt.subplots(2, len(TASKS), figsize=(13, 7.5), squeeze=False)
-    for column, (task, name, unit) in enumerate(TASKS):
-        cells = [result.stats(task, w) for w, _ in WEIGHT_TYPE_COLUMNS]
+    figure, axes = plt.subplots(2, len(GPT3_TASKS), figsize=(13, 7.5), squeeze=False)
+    for column, task in enumerate(GPT3_TASKS):
+        cells = [result.stats(task.key, w) for w, _ in WEIGHT_TYPE_COLUMNS]
         errors = seed_error_bars(cells)
         axes[0][column].bar(positions, [c["mean"] for c in cells], yerr=errors, capsize=3,
                             color=["tab:gray" if c["did_not_learn"] else "tab:blue" for c in cells],
@@ -80,8 +77,8 @@ def plot_weight_type(result: TableResult, path: Path) -> Path:
         for row, who in enumerate(("ours", "paper")):
             axis = axes[row][column]
             axis.set_xticks(list(positions), labels, fontsize=8)
-            axis.set_ylabel(f"{name} {unit}")
-            axis.set_title(f"{name}: {who}")
+            axis.set_ylabel(f"{task.name} {task.unit}")
+            axis.set_title(f"{task.name}: {who}")
             axis.grid(axis="y", alpha=0.3)
             _zoom_to_bars(axis, errors if row == 0 else ())
         _label_seeds(axes[0][column], cells, errors)

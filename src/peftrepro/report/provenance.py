@@ -28,6 +28,7 @@ from peftrepro.report.records import (
     run_seconds,
 )
 from peftrepro.report.render import dev_splits_text
+from peftrepro.report.specs import GPT3_TASKS
 from peftrepro.runs.records import NOT_APPLICABLE
 from peftrepro.tasks import TASKS
 
@@ -196,9 +197,6 @@ def lr_protocol_text(records: Sequence[Record]) -> str:
             "between two methods may be one method's rate.")
 
 
-ACCURACY_TASKS = {"mnli": ("MultiNLI", "accuracy_m"), "wikisql": ("WikiSQL", "lf_accuracy")}
-
-
 def e2e_scale_text(records: Sequence[Record], table3: TableResult | None, paper: pd.DataFrame) -> str | None:
     """E2E's counterpart of the binomial error: the bootstrap standard error of one run's BLEU over its
     test MRs (median over the table runs), beside the span of the paper's GPT-2 M BLEU cells."""
@@ -223,15 +221,16 @@ def scale_text(records: Sequence[Record], results: Mapping[str, TableResult]) ->
     # beside the paper's spans, the seed spreads of its own tables (not the other papers' QLoRA, pruning)
     lora_paper_tables = [result for result in results.values() if result.spec.in_report_without_runs]
     lines = []
-    for task, (label, metric) in ACCURACY_TASKS.items():
+    for task in GPT3_TASKS:
+        metric = task.metric
         runs = [r for r in records
-                if r.task == task and r.status == "ok" and r.sample_size(metric) and not is_reused(r)]
+                if r.task == task.key and r.status == "ok" and r.sample_size(metric) and not is_reused(r)]
         if not runs:
             continue
         n = int(statistics.median(r.sample_size(metric) for r in runs))
         p = statistics.mean(float(r.metrics[metric]) for r in runs)
-        cells = paper[(paper["table"] == "table5") & (paper["column"] == task)]["value"]
-        text = (f"{label}: one accuracy is computed on {n} examples, so near {100 * p:.0f}% it has a binomial "
+        cells = paper[(paper["table"] == "table5") & (paper["column"] == task.key)]["value"]
+        text = (f"{task.name}: one accuracy is computed on {n} examples, so near {100 * p:.0f}% it has a binomial "
                 f"standard error of {100 * (p * (1 - p) / n) ** 0.5:.1f} points against the whole evaluation split, "
                 f"while the paper's Table 5 cells span {cells.max() - cells.min():.1f} points "
                 f"({cells.min():.1f}–{cells.max():.1f})")

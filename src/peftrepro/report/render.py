@@ -14,7 +14,7 @@ import pandas as pd
 
 from peftrepro import selection
 from peftrepro.report import claims
-from peftrepro.report.baselines import LEARNED_Z, Learning, against_majority, primary_metric, trivial_baselines
+from peftrepro.report.baselines import LEARNED_Z, Learning, against_majority, trivial_baselines
 from peftrepro.report.cells import TableResult
 from peftrepro.report.paper import to_paper_unit
 from peftrepro.report.records import (
@@ -32,7 +32,7 @@ from peftrepro.report.records import (
 )
 from peftrepro.report.specs import BASE_MB, PARAMS, TableSpec, lora_ranks, weights_label
 from peftrepro.runs.records import NOT_APPLICABLE, UNSCORED
-from peftrepro.tasks import TASKS
+from peftrepro.tasks import TASKS, primary_metric
 
 
 def format_cell(spec: TableSpec, cell: pd.Series, n_expected: int, runs: Sequence[Record] = (),

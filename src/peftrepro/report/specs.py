@@ -15,11 +15,31 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 from peftrepro.report.paper import to_paper_unit
 from peftrepro.report.records import rate_text
 from peftrepro.runs.records import NOT_APPLICABLE, UNSCORED
+from peftrepro.tasks import primary_metric
 
 if TYPE_CHECKING:
     from peftrepro.report.records import ExampleScores, Record
 
-PRIMARY_METRIC = {"wikisql": "lf_accuracy", "mnli": "accuracy_m"}
+
+
+@dataclass(frozen=True)
+class AccuracyTask:
+    """A task of the paper's GPT-3 tables (4 to 6), reported by one accuracy: its primary metric."""
+
+    key: str  # the task's name in the suite
+    name: str  # as the paper and our pages name it
+    unit: str  # what its accuracy counts, for an axis label
+
+    @property
+    def metric(self) -> str:
+        return str(primary_metric(self.key))
+
+
+# in the order of Tables 5 and 6's columns
+GPT3_TASKS = (AccuracyTask("wikisql", "WikiSQL", "logical-form accuracy (%)"),
+              AccuracyTask("mnli", "MultiNLI", "matched accuracy (%)"))
+ACCURACY_METRIC = {task.key: task.metric for task in GPT3_TASKS}
+GPT3_TASK_NAMES = {task.key: task.name for task in GPT3_TASKS}
 E2E_METRICS = ("bleu", "nist", "meteor", "rouge_l", "cider")
 WEIGHT_ORDER = ("W_q", "W_k", "W_v", "W_o", "W_gate", "W_up", "W_down")
 PARAMS = "trainable_params"  # row/column key of parameter counts (ours in millions, like the paper)
@@ -260,7 +280,7 @@ WEIGHT_TYPE_COLUMNS: tuple[tuple[str, int], ...] = (
 
 
 def _weight_type_observe(record: Record) -> list[Obs] | None:
-    if record.method.get("name") != "lora" or record.task not in PRIMARY_METRIC:
+    if record.method.get("name") != "lora" or record.task not in ACCURACY_METRIC:
         return None
     ranks = lora_ranks(record.method)
     if len(set(ranks.values())) != 1:
@@ -268,7 +288,7 @@ def _weight_type_observe(record: Record) -> list[Obs] | None:
     column = weights_label(ranks)
     if (column, next(iter(ranks.values()))) not in WEIGHT_TYPE_COLUMNS:
         return None
-    return [_metric_obs(record, record.task, column, PRIMARY_METRIC[record.task]),
+    return [_metric_obs(record, record.task, column, ACCURACY_METRIC[record.task]),
             _params_obs(record, PARAMS, column)]
 
 
@@ -312,14 +332,14 @@ RANKS = (1, 2, 4, 8, 64)
 
 
 def _rank_observe(record: Record) -> list[Obs] | None:
-    if record.method.get("name") != "lora" or record.task not in PRIMARY_METRIC:
+    if record.method.get("name") != "lora" or record.task not in ACCURACY_METRIC:
         return None
     ranks = lora_ranks(record.method)
     weights, values = weights_label(ranks), set(ranks.values())
     if weights not in RANK_WEIGHTS or len(values) != 1 or next(iter(values)) not in RANKS:
         return None
     return [_metric_obs(record, f"{record.task}|{weights}", f"r={values.pop()}",
-                        PRIMARY_METRIC[record.task])]
+                        ACCURACY_METRIC[record.task])]
 
 
 def _rank_setting(row: str, column: str) -> str:
@@ -450,10 +470,10 @@ METHOD_ARMS = (
 
 def _methods_observe(record: Record) -> list[Obs] | None:
     arm = _arm_of(record, METHOD_ARMS)
-    if record.task not in PRIMARY_METRIC or arm is None:
+    if record.task not in ACCURACY_METRIC or arm is None:
         return None
     return [_params_obs(record, arm.key, PARAMS),
-            _metric_obs(record, arm.key, record.task, PRIMARY_METRIC[record.task])]
+            _metric_obs(record, arm.key, record.task, ACCURACY_METRIC[record.task])]
 
 
 def _methods_paper(row: str, column: str) -> tuple[str, str, str] | None:
@@ -620,7 +640,7 @@ def _pruning_observe(record: Record) -> list[Obs] | None:
     arm = _arm_of(record, PRUNING_ARMS)
     if arm is None or record.task != "mnli":
         return None
-    accuracy = _metric_obs(record, arm.key, "mnli", PRIMARY_METRIC["mnli"])
+    accuracy = _metric_obs(record, arm.key, "mnli", ACCURACY_METRIC["mnli"])
     if (problem := sparsity_problem(record)) is not None:
         accuracy = replace(accuracy, value=None, problem=problem, sampling_se=None, examples=None)
     return [_measured_obs(record, arm.key, "remaining", "weights.block_linear_density",

@@ -46,7 +46,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except Exception as error:
         raise RunFailed(f"run failed: {type(error).__name__}: {error} (traceback in the run's record.json "
                         f"and in Hydra's log)") from error
-    value = (record.get("metrics") or {}).get(_primary_metric(str(record.get("task"))))
+    from peftrepro.tasks import primary_metric  # deferred like the run's own imports of the tasks
+
+    value = (record.get("metrics") or {}).get(primary_metric(str(record.get("task"))))
     return float(value) if isinstance(value, (int, float)) else None
 
 
@@ -80,12 +82,6 @@ def _job_number() -> int | None:
     from hydra.core.hydra_config import HydraConfig
 
     return int(HydraConfig.get().job.num) if _in_multirun() else None
-
-
-def _primary_metric(task_name: str) -> str:
-    from peftrepro.tasks import TASKS
-
-    return str(getattr(TASKS.get(task_name), "primary_metric", ""))
 
 
 def main() -> None:

@@ -24,6 +24,11 @@ from peftrepro.tasks.wikisql import WikiSQLOptions, WikiSQLTask
 TASKS: dict[str, type] = {"e2e": E2ETask, "wikisql": WikiSQLTask, "mnli": MNLITask}
 
 
+def primary_metric(name: str) -> str | None:
+    """The metric task `name`'s tables report first (None for an unknown task)."""
+    return getattr(TASKS.get(name), "primary_metric", None)
+
+
 def make_task(name: str, data_root: str | Path | None, options: Mapping[str, Any] | None = None) -> Task:
     """The task `name` reading `data_root` (None: $PEFTREPRO_DATA_ROOT, else the hub)."""
     if name not in TASKS:
@@ -35,5 +40,5 @@ def make_task(name: str, data_root: str | Path | None, options: Mapping[str, Any
     return TASKS[name](data_root, options)
 
 
-__all__ = ["TASKS", "make_task", "write_fixtures", "E2EOptions", "WikiSQLOptions", "MNLIOptions",
+__all__ = ["TASKS", "make_task", "primary_metric", "write_fixtures", "E2EOptions", "WikiSQLOptions", "MNLIOptions",
            "E2ETask", "WikiSQLTask", "MNLITask"]
