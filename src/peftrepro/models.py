@@ -83,7 +83,7 @@ NOT_DECODING = ("transformers_version", "use_cache", "output_attentions", "outpu
 def plain_generation_config(model: PreTrainedModel) -> GenerationConfig:
     """The model's generation token ids and nothing else. transformers' `generate` fills every setting
     it is not passed from the model's own generation_config.json (Qwen2.5-Instruct's repetition
-    penalty, a model's suppressed or forced tokens); the suite decodes by `task.decoding` alone."""
+    penalty, a model's suppressed or forced tokens); the suite decodes by the run's `decoding` alone."""
     shipped = model.generation_config
     return GenerationConfig(**{name: getattr(shipped, name, None) for name in GENERATION_IDS})
 
