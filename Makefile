@@ -193,4 +193,4 @@ report: aggregate ## REPORT.md and constraints.txt in the results folder: every 
 
 bench: ## training/inference speed of our methods vs HF peft / plain PyTorch, and MNLI label scoring (results/bench/)
 	$(PYTHON) experiments/bench.py $(ARGS)
-	$(PYTHON) experiments/bench_scoring.py
+	$(PYTHON) experiments/bench_scoring.py --gguf package --layers 30 --examples 32 --threads 1  # the committed set-up
