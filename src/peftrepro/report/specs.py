@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from peftrepro.report.records import ExampleScores, Record
 
 
-
 @dataclass(frozen=True)
 class AccuracyTask:
     """A task of the paper's GPT-3 tables (4 to 6), reported by one accuracy: its primary metric."""
