@@ -633,9 +633,11 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     else:
         base = load_gguf_model(args.gguf, args.gguf_cache, args.layers, device, args.seed)
         config = base.config
-        with open(args.gguf, "rb") as handle:  # stdlib streaming digest (Python >= 3.11)
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
-        weights = {"source": "gguf", "file": args.gguf.name, "sha256": digest}
+        digest = hashlib.sha256()
+        with open(args.gguf, "rb") as handle:  # in chunks, as hashlib.file_digest does (Python >= 3.11 only)
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        weights = {"source": "gguf", "file": args.gguf.name, "sha256": digest.hexdigest()}
     batch = make_batch(config.vocab_size, args.batch, args.seq, device, args.seed)
     training = [bench_training(method, base, batch, args, device) for method in args.methods]
     inference = None

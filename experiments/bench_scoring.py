@@ -7,7 +7,8 @@ Both contenders are the suite's own code on the same model and the same real Mul
 task's cloze, from the data root; the fixtures without one): `label_logprobs`, which reads every
 single-token label word from the next-token distribution after the prompt, and `sequence_logprobs`
 over the three (prompt, label word) pairs, the path taken when a label word spans several tokens.
-They must agree (checked here on every example, and in tests/tasks/test_task_mnli.py); the ratio
+They must agree (tests/tasks/test_task_mnli.py checks it; here their largest difference over every
+example is reported beside the times); the ratio
 of their times is the speed-up of evaluation. Writes results/bench/<device>-mnli-scoring[-tag].{json,md}.
 """
 

@@ -4,9 +4,10 @@
     python experiments/latency.py --profile smoke     # small shapes, few trials (CPU, ~1 min)
     python experiments/latency.py --from-record results/runs/table_latency/<key>/record.json
 
-Like a training run, a measurement whose record exists (same device type, model, profile, dtype,
-trials, warm-up and seed) is not repeated: the table is rebuilt from that record, so `make
-tables` reproduces the committed table. `--force` measures again and replaces it.
+Like a training run, a measurement whose record exists (same device, down to the CPU or GPU model,
+model, profile, dtype, trials, warm-up and seed) is not repeated: the table is rebuilt from that
+record, so on the machine that measured it `make tables` reproduces the committed table; another
+machine measures its own. `--force` measures again and replaces it.
 
 A GPT-2 M-shaped model (random weights: latency does not depend on their values) runs one
 forward pass, in inference mode, with: no adapter, LoRA merged, LoRA unmerged, Adapter^L and
@@ -86,7 +87,7 @@ PROFILES: dict[str, Profile] = {
                  Column(16, 256, 11_000_000, "bs16_seq256"),
                  Column(1, 128, 11_000_000, "bs1_seq128")),
         trials=100, warmup=10),
-    # CPU-sized: the same three budgets at shapes two cores run in seconds
+    # CPU-sized: the paper's two budgets (0.5M, 11M) at shapes two cores run in seconds
     "smoke": Profile(
         columns=(Column(2, 64, 500_000, None), Column(1, 32, 11_000_000, None)),
         trials=5, warmup=2),

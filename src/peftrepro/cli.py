@@ -2,8 +2,8 @@
 
     peftrepro score e2e PRED REFS   score a prediction file with the official E2E metrics
     peftrepro score runs DIR...     score the unscored runs below DIR (made with scoring=later|auto)
-    peftrepro params [--out DIR]    write the trainable-parameter table (paper Tables 3 and 15)
-    peftrepro aggregate [...]       records -> paper tables (same as python -m peftrepro.report.aggregate)
+    peftrepro params [--out DIR]    write the trainable-parameter table (paper Tables 3, 4 and 15)
+    peftrepro aggregate [...]       records -> paper tables (same options as python -m peftrepro.report.aggregate)
     peftrepro fixtures DIR          write the tiny offline datasets the smoke profile uses
     peftrepro export RUN_DIR OUT --format peft|merged
                                     a run's weights as a peft adapter, or merged into the base model
@@ -47,10 +47,10 @@ def _params(args: argparse.Namespace) -> int:
     return params_table.main(["--out", str(args.out)])
 
 
-def _aggregate(args: argparse.Namespace) -> int:
+def _aggregate(argv: list[str]) -> int:
     from peftrepro.report import aggregate
 
-    return aggregate.main(args.rest)
+    return aggregate.main(argv)
 
 
 def _fixtures(args: argparse.Namespace) -> int:
@@ -89,15 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("--out", type=Path, default=Path("results/tables"))
     params.set_defaults(handler=_params)
 
-    agg = commands.add_parser("aggregate", help="records -> tables (see python -m peftrepro.report.aggregate --help)")
-    agg.add_argument("rest", nargs=argparse.REMAINDER)
-    agg.set_defaults(handler=_aggregate)
+    # listed here for --help only: main hands its arguments to aggregate's own parser
+    commands.add_parser("aggregate", help="records -> tables (peftrepro aggregate --help for its options)")
 
     export = commands.add_parser(
         "export", help="a run's weights for the tools people serve with: a peft adapter, or a merged model",
         description="peft: adapter_config.json + adapter_model.safetensors for PeftModel.from_pretrained(base, OUT) "
-                    "(lora; prefix_embed without infix, as prompt tuning). merged: the base model with the update "
-                    "folded in, for AutoModelForCausalLM.from_pretrained(OUT) (lora, ft, ft_top, bitfit).")
+                    "(lora and qlora; prompt_tuning, and prefix_embed without infix, as prompt tuning). merged: the "
+                    "base model with the update folded in, for AutoModelForCausalLM.from_pretrained(OUT) (lora, ft, "
+                    "ft_top, bitfit, magnitude and movement pruning).")
     export.add_argument("run_dir", type=Path, help="a run folder, results/runs/<experiment>/<run_key>")
     export.add_argument("out", type=Path, help="a new (or empty) folder for the exported files")
     export.add_argument("--format", choices=["peft", "merged"], default="peft", help="default: peft")
@@ -110,8 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        if argv[:1] == ["aggregate"]:  # its options go to its own parser (an argparse REMAINDER refuses them)
+            return _aggregate(argv[1:])
+        args = build_parser().parse_args(argv)
         return args.handler(args)
     except PeftReproError as error:
         print(f"peftrepro: error: {error}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """The contracts between the layers of the suite: methods, tasks, the training loop and records.
 
 Data flows one way (docs in README "Architecture"): a composed config names a model, a method,
-a task and a profile; `run` loads the model, applies the method, trains on the task's encoded
+a task and a profile; `runs.execute.run_one` loads the model, applies the method, trains on the task's encoded
 examples, lets the task decode and score, and writes one record. These small types are what
 crosses the seams, so each layer can be read and tested without the others.
 """

@@ -2,7 +2,7 @@
 
 Training and label scoring need the vocabulary projection at a few positions of each sequence
 (the target tokens). Projecting every position of a small LM onto a ~50k vocabulary dominates its
-step time and memory (SmolLM2-135M: the head is a third of the model), so for families whose
+step time and memory (SmolLM2-135M: the head is about a fifth of its parameters and matmul work per token), so for families whose
 logits are exactly `lm_head(last_hidden_state)` (no soft-capping or logit scaling) we gather the
 backbone's last hidden states first and project those rows alone. Other families take the full
 logits and gather them: the same numbers, only slower.

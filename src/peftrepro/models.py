@@ -45,7 +45,7 @@ END_OF_TEXT = "<|endoftext|>"
 
 
 def load_model(model_cfg: Mapping[str, Any]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The backbone (in `model.dtype`, eval mode off: ready to train) and its tokenizer, with a pad token set."""
+    """The backbone (in `model.dtype`; the training loop sets train mode) and its tokenizer, with a pad token set."""
     source = model_cfg.get("source")
     dtype = model_dtype(model_cfg)
     if source == "random":

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from peftrepro.cli import main as cli_main
 from peftrepro.errors import DataError
 from peftrepro.report import render as aggregate
 from peftrepro.report.aggregate import main
@@ -339,6 +340,16 @@ def test_main_on_an_empty_runs_dir_writes_empty_tables(tmp_path):
     out = tmp_path / "tables"
     assert main(["--runs", str(tmp_path / "none"), "--out", str(out), "--table", "table_e2e"]) == 0
     assert "MISSING" in (out / "table_e2e.md").read_text()
+
+
+def test_the_peftrepro_command_passes_aggregate_its_options(tmp_path, capsys):
+    out = tmp_path / "tables"
+    assert cli_main(["aggregate", "--runs", str(tmp_path / "none"), "--out", str(out), "--table", "table_e2e",
+                     "--no-plots"]) == 0
+    assert [p.name for p in sorted(out.iterdir())] == ["table_e2e.csv", "table_e2e.md"]
+    with pytest.raises(SystemExit):
+        cli_main(["aggregate", "--help"])
+    assert "--strict" in capsys.readouterr().out  # aggregate's own help
 
 
 def test_parameter_cells_gather_both_tasks(runs_dir, write, make_record):

@@ -8,7 +8,7 @@ prefix ids go before the prompt, infix ids after it). The input embedding is wra
   and the LM head is untouched (generation can only emit real tokens).
 
 PreLayer additionally learns "the activations after every Transformer layer" at those positions.
-Choice (documented in PrefixLayerConfig): the trainable tensors are the hidden states ENTERING
+Choice: the trainable tensors are the hidden states ENTERING
 each of the L layers, the embedding output for layer 0 (the PreEmbed rows) and the output of layer
 i-1 for layer i, which a forward pre-hook on each block writes over the virtual positions. The last
 layer's output is not replaced: at a prefix position it would only change logits that carry no loss,

@@ -9,7 +9,7 @@ difference of their means, Δ = mean(A) − mean(B):
   ROUGE-L, 0.1 NIST, 0.05 CIDEr); not held when it lies below −m; otherwise inconclusive. So a tie is
   "held" only where the data rule out a loss larger than m: "not shown worse" is not "matches".
 - Either is inconclusive when a cell is missing, has fewer than 2 seeds, or holds a run that did not
-  learn (it does not beat its task's trivial baseline, `aggregate.learning_check`) or barely lowered
+  learn (it does not beat its task's trivial baseline, `baselines.learning_check`) or barely lowered
   its training loss: a failed fit says nothing of the method.
 The interval is Δ ± t·SE with SE² = SE_seeds² + SE_eval²:
 - SE_seeds: the seed spread, pooled over the table's cells of the same metric (s_p² = Σ(n_i−1)s_i² /
@@ -140,10 +140,10 @@ class Cell:
     status: str
     sampling_se: float = 0.0  # binomial error of the mean from the evaluation set (0: not estimated)
     examples: ExampleScores | None = None  # per-example scores, mean over seeds (accuracies only)
-    training: str = ""  # how its runs trained (aggregate.training_text), quoted when a claim fails
+    training: str = ""  # how its runs trained (records.training_text), quoted when a claim fails
     failed_training: str = ""  # runs whose training loss did not fall (records.Record.failed_training)
     metric: str = ""
-    # one entry per run that does not beat the task's trivial baseline (aggregate.learning_check)
+    # one entry per run that does not beat the task's trivial baseline (baselines.learning_check)
     did_not_learn: tuple[str, ...] = ()
     resampled: Resampled | None = None  # E2E: the cell's score on each bootstrap resample of its MRs
     pool: Pool | None = None  # the seed spread pooled over its table's cells of the same metric

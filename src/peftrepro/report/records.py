@@ -2,7 +2,7 @@
 read and de-duplicated, and the small facts about runs that every table and the REPORT print.
 
 The bottom of the report side: it reads the files the run side writes (`peftrepro.runs.records`)
-and imports nothing else of the report.
+and imports of the report only what sits below it (`paper`, `resampling`).
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Keep LoRA's factors of runs that finished without them: `python -m peftrepro.runs.factors FOLDER...`
 
-A run keeps `lora_factors.safetensors` when its `lora_factors` option selects it (the Table 4, 5 and
-6 experiment files: W_q,W_v at r=4, 8 and 64). For such runs made without the option, this exports
-the same file from the run's `adapter.safetensors`, which every finished LoRA run keeps on the
-machine that trained it (weights are not committed). It holds each run's claim while it writes
-(records.claimed), skips runs that already have the file, and says which runs it could not serve
-and why. Factors exported here carry no `a_drift` (A as initialised is known only while training).
+A run keeps `lora_factors.safetensors` when its `lora_factors` option selects it (the Table 4, 5, 6
+and QLoRA experiment files: W_q,W_v at r=4, 8 and 64). For such runs made without the option, this
+exports the same file from the run's `adapter.safetensors`, which a finished LoRA run keeps on the
+machine that trained it unless it ran with `keep_weights=false` (weights are not committed). It
+holds each run's claim while it writes (records.claimed), skips runs that already have the file,
+and says which runs it could not serve and why. Factors exported here carry no `a_drift` (A as
+initialised is known only while training).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Mapping, Sequence
 from peftrepro.errors import PeftReproError
 from peftrepro.runs import records
 
-# what the Table 4, 5 and 6 experiment files keep (their `lora_factors`)
+# what the Table 4, 5, 6 and QLoRA experiment files keep (their `lora_factors`)
 DEFAULT_OPTION = {"layers": ["middle", "last"], "weights": ["W_q", "W_v"], "ranks": [4, 8, 64]}
 
 

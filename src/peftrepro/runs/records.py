@@ -2,7 +2,7 @@
 never leaves a record that looks finished.
 
 A run lives in `results/runs/<experiment>/<run_key>/`:
-  record.json        the self-describing record (schema below, `SCHEMA_VERSION`), written LAST
+  record.json        the self-describing record (its fields: `execute._Run._record`; `SCHEMA_VERSION`), written LAST
   predictions.jsonl.gz  one row per evaluated example (from the task's `EvalOutput`), gzipped with
                      no timestamp (the same rows give the same bytes); records written before the
                      fair protocol keep a plain predictions.jsonl, which every reader still accepts

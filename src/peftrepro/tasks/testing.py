@@ -1,4 +1,4 @@
-"""A tiny tokenizer and tiny random causal LMs, built offline in a second, for tests and smoke runs.
+"""A tiny tokenizer and tiny random causal LMs, built offline in a second, for tests.
 
 The tokenizer is a byte-level BPE (GPT-2's scheme: any UTF-8 text round-trips) trained with
 `tokenizers` on the fixture datasets, with GPT-2's `<|endoftext|>` as BOS/EOS/PAD. The models are

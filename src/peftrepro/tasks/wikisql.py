@@ -9,11 +9,11 @@ of its test lines and our rendering reproduces them exactly):
 
 Splits. The offline copy (a data root in the layout the README describes) has dev and test
 questions but tables only for test, and no train split. So the two split policies are:
-  - `test_by_table` (mini profile): the official TEST split divided by table id into disjoint
+  - `test_by_table` (the default of every profile): the official TEST split divided by table id into disjoint
     table sets, `eval_fraction` of the tables (seeded shuffle, `split_seed`) form `validation`,
     the rest train; of those training tables a further `dev_fraction` forms `dev` (the
     learning-rate selection's split). No table is in two of train / dev / validation.
-  - `official` (paper profile): `train` / `validation` (the paper's 8,421) / `test` from the hub
+  - `official` (`task.split_policy=official`): `train` / `validation` (the paper's 8,421) / `test` from the hub
     (`Salesforce/wikisql`), or from a data root that has them; `dev` is `dev_fraction` of the
     training tables, held out of `train`. Offline, `validation` is dev without tables: those
     examples cannot be prompted, so they are counted as `missing_header` in the notes and scored
