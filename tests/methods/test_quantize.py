@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 
+from four_bit import WIDE_ENOUGH, assert_computes_with_its_4bit_weights
 from peftrepro.errors import ConfigError
-from peftrepro.methods import apply_method, count_parameters, load_adapter, make_method_config, save_adapter
+from peftrepro.methods import apply_method, count_parameters, load_adapter, make_method_config, quantize, save_adapter
 from peftrepro.methods.accounting import weight_report
-from peftrepro.methods.quantize import INSTALL_HINT, constants_bytes, is_4bit
+from peftrepro.methods.quantize import INSTALL_HINT, constants_bytes, is_4bit, reads_back_as_stored
 from peftrepro.methods.targets import block_linears, unwrapped
 
 bnb = pytest.importorskip("bitsandbytes")
@@ -33,9 +34,8 @@ def layers(model):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("quant_type,double_quant", STORAGE)
 def test_every_block_linear_is_4bit_and_only_lora_trains(family, quant_type, double_quant, tiny_model):
-    model = tiny_model(family)
+    model = tiny_model(family, **WIDE_ENOUGH)
     ids = torch.randint(3, 90, (2, 7))
-    full_precision = model(input_ids=ids).logits
     total_before = count_parameters(model)[1]
     apply_method(model, qlora(quant_type, double_quant))
     quantized = [unwrapped(layer) for layer in layers(model)]
@@ -45,11 +45,24 @@ def test_every_block_linear_is_4bit_and_only_lora_trains(family, quant_type, dou
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_" in name for name in trainable)
     assert count_parameters(model)[1] == total_before + sum(p.numel() for p in model.parameters() if p.requires_grad)
-    # LoRA's B = 0, so the model is the 4-bit base: near the full-precision one, not equal to it
-    logits = model(input_ids=ids).logits
-    assert 0 < (logits - full_precision).abs().max() < 0.5 * full_precision.abs().max()
-    logits.sum().backward()
+    assert_computes_with_its_4bit_weights(model, tiny_model(family, **WIDE_ENOUGH), ids)  # LoRA's B = 0: the 4-bit base alone
+    model(input_ids=ids).logits.sum().backward()
     assert all((p.grad is not None) == p.requires_grad for p in model.parameters())
+
+
+def test_a_4bit_weight_reads_back_as_stored_and_a_misread_is_named(tiny_model, monkeypatch, caplog):
+    model = tiny_model("llama", **WIDE_ENOUGH)
+    assert apply_method(model, qlora()).facts()["quantized"]["misread"] == {}
+    stored = [unwrapped(block.get_submodule(path)) for block, path in block_linears(model)[:3]]
+    assert all(reads_back_as_stored(layer) for layer in stored)
+    read = quantize.dequantized_weight
+    monkeypatch.setattr(quantize, "dequantized_weight", lambda layer: read(layer).flip(0))  # other blocks' weights
+    assert not any(reads_back_as_stored(layer) for layer in stored)
+    monkeypatch.setattr(quantize, "reads_back_as_stored", lambda layer: layer.in_features != 32)
+    facts = apply_method(tiny_model("llama"), qlora()).facts()["quantized"]  # 32 wide, but its MLP's down_proj
+    assert facts["misread"] == {path: 3 for path in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                     "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj")}
+    assert "reads 4-bit weights back wrongly" in caplog.text
 
 
 def test_the_record_names_the_matrices_left_in_full_precision(tiny_model):

@@ -130,6 +130,48 @@ def test_optimizer_holds_only_trainable_parameters_and_frozen_ones_get_no_grad()
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
 
 
+def _fresh_state(num_steps: int = 1, num_warmup_steps: int = 0, **changes):
+    seed_everything(0)
+    model, _ = load_model(TINY_LLAMA)
+    return make_train_state(model, settings(**changes), num_steps=num_steps, num_warmup_steps=num_warmup_steps)
+
+
+def test_the_rate_warms_up_linearly_then_decays_linearly_to_zero() -> None:
+    """The schedule every profile trains with (mini: 20 warmup steps of 250), step by step."""
+    state, rates = _fresh_state(num_steps=10, num_warmup_steps=4, lr=1e-2), []
+    batch = collate(examples(4), 0, 4, [16])
+    for _ in range(10):
+        rates.append(state.optimizer.param_groups[0]["lr"])
+        train_step(state, [batch])
+    expected = [1e-2 * step / 4 for step in range(4)] + [1e-2 * (10 - step) / 6 for step in range(4, 10)]
+    assert rates == pytest.approx(expected, abs=1e-12)
+
+
+def test_weight_decay_shrinks_every_trainable_weight_by_lr_times_decay() -> None:
+    """Decoupled (AdamW) decay: the same step with and without it differs by exactly lr * wd * p0."""
+    batch, updated = collate(examples(4), 0, 4, [16]), []
+    for weight_decay in (0.0, 0.1):
+        state = _fresh_state(lr=1e-2, weight_decay=weight_decay)
+        before = torch.cat([p.detach().flatten() for p in state.parameters])
+        train_step(state, [batch])
+        updated.append(torch.cat([p.detach().flatten() for p in state.parameters]))
+    torch.testing.assert_close(updated[1] - updated[0], -1e-2 * 0.1 * before, atol=1e-7, rtol=1e-4)
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 1e-3])
+def test_gradients_reach_the_optimizer_clipped_to_grad_clip(grad_clip: float) -> None:
+    state, norms = _fresh_state(grad_clip=grad_clip), []
+    step = state.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        norms.append(float(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in state.parameters]))))
+        return step(*args, **kwargs)
+
+    state.optimizer.step = recording_step
+    train_step(state, [collate(examples(4), 0, 4, [16])])
+    assert norms[0] <= 1e-3 * (1 + 1e-4) if grad_clip else norms[0] > 1e-2  # unclipped, far above the limit
+
+
 def test_warmup_tokens_convert_to_steps_with_the_mean_length() -> None:
     assert warmup_steps(examples(4, length=10), settings(batch_size=5, warmup_tokens=1000)) == 20
     assert warmup_steps(examples(4), settings(warmup_steps=7)) == 7

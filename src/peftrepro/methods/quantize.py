@@ -15,7 +15,11 @@
   refuses to merge a quantised base, and QLoRA runs evaluate unmerged (`merge_for_eval=false`).
 
 bitsandbytes is an optional dependency (`pip install 'peft-repro[qlora]'`); only this module imports
-it, and only when a quantised base is asked for. Version 0.50 runs 4-bit layers on CPU as on CUDA.
+it, and only when a quantised base is asked for. Version 0.50 runs 4-bit layers on CPU as on CUDA, but
+its CPU kernel reads some layers back wrongly where their input width is not a multiple of the block
+(64): each layer is checked once after quantising (`reads_back_as_stored`), and those it misreads are
+named in the log and in the record (`quantized.misread`; none in SmolLM2, whose widths are multiples
+of 64).
 """
 
 from __future__ import annotations
@@ -92,16 +96,44 @@ def require_bitsandbytes() -> Any:
 
 def quantize_block_linears(model: nn.Module, config: QuantizeConfig) -> dict[str, Any]:
     """Replace every linear layer of every block (`targets.block_linears`) by a frozen 4-bit copy
-    (in place); what the run record says of it: how many, and the blocks' matrices left as loaded."""
+    (in place); what the run record says of it: how many, the blocks' matrices left as loaded, and the
+    layers bitsandbytes reads back as other weights than it stored (`reads_back_as_stored`)."""
     bnb = require_bitsandbytes()
     layers = block_linears(model)
     not_quantized = uncovered_block_matrices(model)
     if not_quantized:
         log.warning("4-bit storage applies to the blocks' linear layers only; left as loaded: %s",
                     matrices_text(not_quantized))
+    misread: dict[str, int] = {}
     for block, path in layers:
-        block.set_submodule(path, _to_4bit(block.get_submodule(path), config, bnb))
-    return {"quantized_layers": len(layers), "not_quantized": not_quantized}
+        quantized = _to_4bit(block.get_submodule(path), config, bnb)
+        block.set_submodule(path, quantized)
+        if not reads_back_as_stored(quantized):
+            misread[path] = misread.get(path, 0) + 1
+    if misread:  # counted in layers, one per block
+        log.warning("bitsandbytes %s reads 4-bit weights back wrongly in %s: the forward pass computes with other "
+                    "weights than those quantised (its CPU kernel does so for some input widths that are not a "
+                    "multiple of %d, such as 32); use a GPU, or a model whose widths are multiples of %d. The "
+                    "record names them (quantized.misread)", bnb.__version__,
+                    ", ".join(f"{path} ({count} layers)" for path, count in misread.items()),
+                    config.blocksize, config.blocksize)
+    return {"quantized_layers": len(layers), "not_quantized": not_quantized, "misread": misread}
+
+
+def reads_back_as_stored(quantized: nn.Module) -> bool:
+    """Whether bitsandbytes dequantises the 4-bit layer as its packed codes and constants say (decoded here:
+    two codes per byte, high nibble first, each times its block's absmax). bitsandbytes 0.50's CPU kernel
+    does not for some input widths that are not a multiple of its block: from the second block on, it
+    returns weights of other blocks, though what it packed is right."""
+    bnb = require_bitsandbytes()
+    state = quantized.weight.quant_state
+    absmax = state.absmax
+    if state.nested:  # double quantisation: the absmax constants are themselves 8-bit codes
+        absmax = bnb.functional.dequantize_blockwise(state.absmax, state.state2) + state.offset
+    packed = quantized.weight.data.view(torch.uint8).flatten()
+    codes = torch.stack((packed >> 4, packed & 15), dim=1).flatten().long()[:state.shape.numel()]
+    expected = state.code.float()[codes] * absmax.float().repeat_interleave(state.blocksize)[:codes.numel()]
+    return torch.allclose(dequantized_weight(quantized).float().flatten(), expected, rtol=1e-3, atol=1e-8)
 
 
 def _to_4bit(layer: nn.Module, config: QuantizeConfig, bnb: Any) -> nn.Module:
