@@ -203,7 +203,7 @@ def test_wandb_runs_are_finished_one_by_one_even_when_a_run_fails(smoke, tmp_pat
     (["train.lr=-1e-4"], PeftReproError, r"train\.lr=-0\.0001 must be > 0"),
     (["train.epochs=0"], PeftReproError, "zero training steps"),
     (["use_fixtures=false", "data_root=/nonexistent/data"], PeftReproError, "data_root=/nonexistent/data"),
-    (["method.r=0"], PeftReproError, "r"),
+    (["method.r=0"], PeftReproError, r"option r must be an integer >= 1, got 0"),
     (["method=prefix_embed", "method.prefix_length=900"], PeftReproError,
      r"train\.max_length=512 example tokens \+ 908 virtual tokens .* exceed the model's context of 1024"),
     (["method=magnitude_pruning", "method.remaining=1.5"], PeftReproError,
