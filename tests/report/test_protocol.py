@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -102,14 +103,15 @@ def test_the_figures_mark_a_cell_that_did_not_learn(runs_dir, write, make_record
 
 
 def e2e_rows(mrs: int, quality: float) -> list[dict]:
-    """Prediction rows whose BLEU statistics give a per-MR precision of `quality` (n-grams matched)."""
+    """Prediction rows whose BLEU statistics give a per-MR precision of `quality` on average (n-grams matched),
+    half the MRs better and half worse, so that a bootstrap over MRs has a spread to measure."""
     rows = []
     for i in range(mrs):
-        hyp = 10
-        matches = [round(quality * (hyp - n)) for n in range(5)]
+        hyp, mr_quality = 10, quality + (0.2 if i % 2 else -0.2)
+        matches = [round(mr_quality * (hyp - n)) for n in range(5)]
         vector = [*matches, *(hyp - n for n in range(5)), *(0.5 * m for m in matches), 10, 30, 3, 1]
         rows.append({"mr": f"name[{i}]", "prediction": "x", "references": ["y"],
-                     "segment": {"mteval": vector, "rouge_l": quality, "cider": quality, "meteor": quality}})
+                     "segment": {"mteval": vector, "rouge_l": mr_quality, "cider": mr_quality, "meteor": mr_quality}})
     return rows
 
 
@@ -123,6 +125,8 @@ def test_e2e_claims_carry_a_paired_bootstrap_error_over_mrs(runs_dir, write, mak
     claim = next(c for c in evaluate(build_table(TABLES["table_e2e"], runs_dir))
                  if c.text == "LoRA matches or beats full fine-tuning on BLEU")
     assert "paired bootstrap over MRs (1000 resamples)" in claim.evidence and "margin 1" in claim.evidence
+    eval_set = re.search(r"eval set (\d+\.\d+) paired bootstrap over MRs", claim.evidence)
+    assert eval_set and float(eval_set.group(1)) > 0  # the MRs differ, so the resampled difference spreads
 
 
 def search_record(make_record, lr: float, score: float, minutes: int = 0, start: float = 1e-3) -> dict:
@@ -456,8 +460,9 @@ def test_the_scale_of_e2e_differences_is_its_bootstrap_error_and_seed_spread(run
     tables = {name: build_table(TABLES[name], runs_dir, profile="mini") for name in ("table_e2e", "table_qlora")}
     assert tables["table_qlora"].stats("nf4_dq", "e2e")["n"] == 2
     text = provenance.scale_text(study_records(runs_dir, "mini"), tables)
-    assert text.startswith("E2E: one BLEU is computed on 50 test MRs, and a bootstrap over them gives it a standard "
-                           "error of about ")
+    error = re.match(r"E2E: one BLEU is computed on 50 test MRs, and a bootstrap over them gives it a standard "
+                     r"error of about (\d+\.\d) points", text)
+    assert error and float(error.group(1)) > 0
     assert "the paper's GPT-2 M cells of Table 3 span 4.1 BLEU (66.3–70.4); two seeds of one setting differ by up " \
            "to 2.0 BLEU here." in text
     assert "Accuracy differences" not in text
