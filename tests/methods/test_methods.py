@@ -92,6 +92,21 @@ def test_ft_top2_trains_last_two_blocks_only(tiny_gpt2):
     assert trainable == {"1", "2"}  # blocks h.1, h.2 of 3; no ln_f, wte, wpe
 
 
+D, BLOCKS = 32, 3  # the tiny GPT-2: its biases by hand, per block and after the blocks
+LINEAR_BIASES = 3 * D + D + 4 * D + D  # attn.c_attn (q|k|v), attn.c_proj, mlp.c_fc (4d), mlp.c_proj
+NORM_BIASES = 2 * D  # ln_1, ln_2 (ln_f once more, after the blocks)
+
+
+@pytest.mark.parametrize("layernorm_bias,expected", [
+    (True, BLOCKS * (LINEAR_BIASES + NORM_BIASES) + D),
+    (False, BLOCKS * LINEAR_BIASES),
+])
+def test_bitfit_trains_exactly_the_biases_zaken_et_al_name(tiny_gpt2, layernorm_bias, expected):
+    apply_method(tiny_gpt2, make_method_config("bitfit", {"layernorm_bias": layernorm_bias}))
+    assert count_parameters(tiny_gpt2)[0] == expected
+    assert all(name.endswith(".bias") for name, p in tiny_gpt2.named_parameters() if p.requires_grad)
+
+
 BAD_CONFIGS = [
     ("nope", {}, "unknown method 'nope'"),
     ("lora", {"weights": ["W_x"]}, "unknown weight name 'W_x'"),
