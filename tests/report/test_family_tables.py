@@ -66,6 +66,16 @@ def test_qlora_rows_carry_base_bytes_and_peak_memory_beside_each_task(runs_dir, 
     assert result.cells_of(key) == [("nf4_dq", "e2e")]
 
 
+def test_a_qlora_run_whose_4bit_base_was_misread_shows_no_score_and_says_why(runs_dir, write, qlora_record):
+    for seed, misread in ((0, {}), (1, {"self_attn.q_proj": 3, "self_attn.o_proj": 3})):
+        record = qlora_record(stored("nf4", True), "mnli", seed, 0.59, 168.4, 1500)
+        write(record | {"quantized": {"quantized_layers": 21, "not_quantized": {}, "misread": misread}})
+    cell = build_table(TABLES["table_qlora"], runs_dir, "mini", [0, 1]).stats("nf4_dq", "mnli")
+    assert cell["n"] == 1 and cell["mean"] == pytest.approx(59.0)
+    assert "read 6 of its 4-bit layers back as other weights than it stored (self_attn.q_proj, self_attn.o_proj)" \
+        in cell["problems"][0]
+
+
 def test_a_full_precision_lora_record_of_before_quantize_existed_is_the_lora_row(runs_dir, write, qlora_record):
     old = {key: value for key, value in LORA8.items() if key != "quantize"}
     write(qlora_record(old, "mnli", 0, 0.6, 538.1, 2100))

@@ -543,8 +543,12 @@ def _qlora_observe(record: Record) -> list[Obs] | None:
     arm = _arm_of(record, QLORA_ARMS)
     if arm is None or record.task not in QLORA_METRIC:
         return None
-    return [_measured_obs(record, arm.key, BASE_MB, "weights.frozen_bytes", "weight bytes", MB),
-            _metric_obs(record, arm.key, record.task, QLORA_METRIC[record.task]),
+    score = _metric_obs(record, arm.key, record.task, QLORA_METRIC[record.task])
+    if misread := (record.raw.get("quantized") or {}).get("misread"):  # methods.quantize.reads_back_as_stored
+        score = replace(score, value=None, sampling_se=None, examples=None,
+                        problem=f"bitsandbytes read {sum(misread.values())} of its 4-bit layers back as other weights "
+                                f"than it stored ({', '.join(misread)}): the run computed with another base")
+    return [_measured_obs(record, arm.key, BASE_MB, "weights.frozen_bytes", "weight bytes", MB), score,
             _measured_obs(record, arm.key, f"peak_{record.task}", "memory.train_peak_bytes",
                           "training peak memory", MB)]
 
