@@ -263,6 +263,15 @@ def test_cli_multirun_goes_on_after_a_failure_and_exits_nonzero(tmp_path: Path) 
     assert not list((project_root() / "results").glob(f"runs/**/{tmp_path.name}"))
 
 
+def test_cli_sweep_whose_every_job_has_the_same_bad_input_logs_it_once(tmp_path: Path) -> None:
+    result = cli("-m", "task=mnli", "method=lora", "seed=0,1,2", "method.r=0", results=tmp_path / "results")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert output.count("[ERROR]") == 1 and "not logged again" in output  # the log: one line for three jobs
+    assert output.count("option r must be an integer >= 1, got 0") == 2  # that line and Hydra's closing error
+    assert files_under(tmp_path / "results") == []
+
+
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_mini_profile_on_real_data_with_smollm2(compose_config, tmp_path: Path) -> None:

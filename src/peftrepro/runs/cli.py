@@ -40,9 +40,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
               "(finished runs are skipped)", file=sys.stderr)
         sys.exit(130)  # SystemExit passes Hydra's job wrapper: the sweep stops here, as Ctrl-C asks
     except PeftReproError as error:
-        if _in_multirun():  # Hydra reports only the first failed job of a sweep: log each one
-            log.error("%s: %s", type(error).__name__, error)
-        raise RunFailed(f"{type(error).__name__}: {error}") from None
+        message = f"{type(error).__name__}: {error}"
+        if _in_multirun():  # Hydra reports only the first failed job of a sweep: log each distinct error
+            _log_once(message)
+        raise RunFailed(message) from None
     except Exception as error:
         raise RunFailed(f"run failed: {type(error).__name__}: {error} (traceback in the run's record.json "
                         f"and in Hydra's log)") from error
@@ -50,6 +51,18 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
     value = (record.get("metrics") or {}).get(primary_metric(str(record.get("task"))))
     return float(value) if isinstance(value, (int, float)) else None
+
+
+def _log_once(message: str) -> None:
+    """Log a failed job's error unless an earlier job of this sweep failed with the same words (a bad
+    override common to every job, such as a misspelt `+method.key`, is one line, not one per job)."""
+    if message in _LOGGED:
+        return
+    _LOGGED.add(message)
+    log.error("%s (the sweep goes on; jobs failing with these same words are not logged again)", message)
+
+
+_LOGGED: set[str] = set()
 
 
 def _interrupt(signum: int, frame: object) -> None:
