@@ -17,7 +17,7 @@ from peftrepro.errors import PeftReproError
 from peftrepro.methods import load_adapter
 from peftrepro.models import load_model
 from peftrepro.runs.execute import run_one
-from peftrepro.runs.export import PROVENANCE_FILE, export_run
+from peftrepro.runs.export import PROVENANCE_FILE, base_model_name, export_run
 from peftrepro.runs.plan import resolved_config
 from peftrepro.runs.records import run_key
 
@@ -146,3 +146,32 @@ def test_a_run_without_weights_says_where_they_are(runs):
     assert record["weights_kept"] is False and record["checkpoint_bytes"] > 0
     assert not (run_dir / "adapter.safetensors").exists()
     assert runs["lora"][0]["weights_kept"] is True
+
+
+@pytest.mark.parametrize("model_cfg,expected", [
+    ({"source": "hub", "name_or_path": "HuggingFaceTB/SmolLM2-135M"}, "HuggingFaceTB/SmolLM2-135M"),  # a hub id
+    ({"source": "hub", "name_or_path": "{tmp}/local-model"}, "{tmp}/local-model"),  # a directory the run loaded
+    ({"source": "gguf_package", "cache_dir": "{tmp}/cache", "name": "smollm2-135m"}, "{tmp}/cache/smollm2-135m"),
+    ({"source": "random", "family": "gpt2"}, None),  # nothing for peft to load the adapter onto
+])
+def test_an_adapter_names_the_base_its_run_loaded(model_cfg, expected, tmp_path):
+    (tmp_path / "local-model").mkdir()
+    model_cfg = {key: value.format(tmp=tmp_path) for key, value in model_cfg.items()}
+    assert base_model_name(model_cfg) == (expected.format(tmp=tmp_path) if expected else None)
+
+
+@pytest.mark.parametrize("format,writer", [("peft", "export_peft"), ("merged", "save_hf_directory")])
+def test_an_export_failing_while_it_writes_leaves_nothing_behind(runs, format, writer, monkeypatch, tmp_path):
+    import peftrepro.methods.interop as interop
+    import peftrepro.models as models
+
+    def write_some_then_fail(*args, **kwargs):
+        folder = next(arg for arg in args if isinstance(arg, Path))
+        (folder / "adapter_model.safetensors").write_bytes(b"half")  # a half-written file in the staging folder
+        raise OSError("disk full")
+
+    monkeypatch.setattr(interop if writer == "export_peft" else models, writer, write_some_then_fail)
+    (tmp_path / "exports").mkdir()
+    with pytest.raises(OSError, match="disk full"):
+        export_run(runs["lora"][1], tmp_path / "exports" / "out", format)
+    assert list((tmp_path / "exports").iterdir()) == []  # neither OUT nor the staging folder beside it
