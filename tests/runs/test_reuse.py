@@ -167,11 +167,17 @@ def test_a_run_trained_elsewhere_is_evaluated_not_retrained(smoke, monkeypatch) 
     assert retrained["training"]["final_loss"] == pytest.approx(point["training"]["final_loss"], rel=1e-5)
 
 
-@pytest.mark.parametrize("changes", [("reuse_equivalent_runs=false",), ("train.eval_every_epoch=true",)])
-def test_a_run_that_must_train_itself_trains(smoke, changes: tuple[str, ...]) -> None:
-    run_one(smoke(*SELECTION_POINT, *(c for c in changes if "epoch" in c)))
-    trained = run_one(smoke(*TABLE_RUN, *changes))
-    assert "trained_in" not in trained and trained["status"] == "ok"
+@pytest.mark.parametrize("point_changes, run_changes", [
+    ((), ("reuse_equivalent_runs=false",)),  # turned off
+    (("train.eval_every_epoch=true",), ("train.eval_every_epoch=true",)),  # evaluates while it trains
+    (("keep_weights=false",), ()),  # the point kept no weights to evaluate
+    ((), ("lora_factors={layers:[last],weights:[W_q],ranks:[8]}",)),  # keeps LoRA's factors as initialised
+])
+def test_a_run_that_must_train_itself_trains(smoke, point_changes: tuple[str, ...],
+                                             run_changes: tuple[str, ...]) -> None:
+    run_one(smoke(*SELECTION_POINT, *point_changes))
+    trained = run_one(smoke(*TABLE_RUN, *run_changes))
+    assert "trained_in" not in trained and trained["status"] == "ok" and trained["timings"]["train_s"] > 0
 
 
 def test_weights_on_another_file_system_are_copied(smoke, monkeypatch) -> None:
@@ -210,11 +216,6 @@ def test_the_weights_kept_are_the_weights_evaluated_when_the_trainer_is_rerun_me
     assert evaluated["trained_in"]["run_key"] == point["run_key"]
     kept = load_file(str(run_folder(smoke, evaluated) / "adapter.safetensors"))
     assert all(torch.equal(kept[name], trained[name]) for name in trained)
-
-
-def test_weights_not_kept_cannot_be_evaluated(smoke) -> None:
-    run_one(smoke(*SELECTION_POINT, "keep_weights=false"))
-    assert "trained_in" not in run_one(smoke(*TABLE_RUN))
 
 
 def test_a_scheduled_method_trains_itself(smoke) -> None:
@@ -285,12 +286,6 @@ def test_a_checkpoint_that_does_not_load_is_trained_again_not_a_failed_cell(smok
     trained = run_one(smoke(*TABLE_RUN))
     assert trained["status"] == "ok" and "trained_in" not in trained
     assert "its checkpoint does not load here" in caplog.text
-
-
-def test_a_run_keeping_lora_factors_as_initialised_trains_itself(smoke) -> None:
-    run_one(smoke(*SELECTION_POINT))
-    keeps = run_one(smoke(*TABLE_RUN, "lora_factors={layers:[last],weights:[W_q],ranks:[8]}"))
-    assert "trained_in" not in keeps and keeps["status"] == "ok"
 
 
 def test_the_run_that_trained_the_weights_is_named_never_one_that_evaluated_them(smoke) -> None:
