@@ -53,6 +53,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+_LOGGED: set[str] = set()  # the errors this process's jobs have logged
+
+
 def _log_once(message: str) -> None:
     """Log a failed job's error unless an earlier job of this sweep failed with the same words (a bad
     override common to every job, such as a misspelt `+method.key`, is one line, not one per job)."""
@@ -60,9 +63,6 @@ def _log_once(message: str) -> None:
         return
     _LOGGED.add(message)
     log.error("%s (the sweep goes on; jobs failing with these same words are not logged again)", message)
-
-
-_LOGGED: set[str] = set()
 
 
 def _interrupt(signum: int, frame: object) -> None:
