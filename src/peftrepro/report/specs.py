@@ -539,15 +539,19 @@ QLORA_METRIC = {"e2e": "bleu", "mnli": "accuracy_m"}
 QLORA_PAPER_COLUMN = {"mnli": "glue_roberta_large", "e2e": "sni_t5_80m"}
 
 
+def _withheld(obs: Obs, problem: str) -> Obs:
+    """`obs` with no score and the reason why: a run whose result does not measure what its row stands for."""
+    return replace(obs, value=None, sampling_se=None, examples=None, problem=problem)
+
+
 def _qlora_observe(record: Record) -> list[Obs] | None:
     arm = _arm_of(record, QLORA_ARMS)
     if arm is None or record.task not in QLORA_METRIC:
         return None
     score = _metric_obs(record, arm.key, record.task, QLORA_METRIC[record.task])
     if misread := (record.raw.get("quantized") or {}).get("misread"):  # methods.quantize.reads_back_as_stored
-        score = replace(score, value=None, sampling_se=None, examples=None,
-                        problem=f"bitsandbytes read {sum(misread.values())} of its 4-bit layers back as other weights "
-                                f"than it stored ({', '.join(misread)}): the run computed with another base")
+        score = _withheld(score, f"bitsandbytes read {sum(misread.values())} of its 4-bit layers back as other "
+                                 f"weights than it stored ({', '.join(misread)}): the run computed with another base")
     return [_measured_obs(record, arm.key, BASE_MB, "weights.frozen_bytes", "weight bytes", MB), score,
             _measured_obs(record, arm.key, f"peak_{record.task}", "memory.train_peak_bytes",
                           "training peak memory", MB)]
@@ -645,7 +649,7 @@ def _pruning_observe(record: Record) -> list[Obs] | None:
         return None
     accuracy = _metric_obs(record, arm.key, "mnli", ACCURACY_METRIC["mnli"])
     if (problem := sparsity_problem(record)) is not None:
-        accuracy = replace(accuracy, value=None, problem=problem, sampling_se=None, examples=None)
+        accuracy = _withheld(accuracy, problem)
     return [_measured_obs(record, arm.key, "remaining", "weights.block_linear_density",
                           "share of remaining weights", 100.0), accuracy]
 
