@@ -31,18 +31,17 @@ def test_packing_rows_repeat_the_parts_in_order():
     assert rows["W_q"].index().tolist() == [0, 1, 2, 3, 8, 9, 10, 11]
 
 
+def _assert_trains_its_count(model, config) -> None:
+    applied = apply_method(model, config)
+    assert count_parameters(model)[0] == formula_params(model, applied.config) > 0
+
+
 def test_a_family_the_table_does_not_name_is_recognised_by_structure(tiny_model):
     model = tiny_model("olmo2")  # a Llama layout under its own model_type
     found = layout(model)
     assert (found.family, found.recognised_by) == ("olmo2", "structure")
     assert found.weights["W_q"].module == "self_attn.q_proj" and found.weights["W_gate"].module == "mlp.gate_proj"
-    applied = apply_method(model, make_method_config("lora", {"weights": ["W_q", "W_v", "W_gate"], "r": 2}))
-    assert count_parameters(model)[0] == formula_params(model, applied.config)
-
-
-def _assert_trains_its_count(model, config) -> None:
-    applied = apply_method(model, config)
-    assert count_parameters(model)[0] == formula_params(model, applied.config) > 0
+    _assert_trains_its_count(model, make_method_config("lora", {"weights": ["W_q", "W_v", "W_gate"], "r": 2}))
 
 
 def test_q_k_v_fused_in_an_unknown_family_are_refused_with_the_reason(tiny_model):
