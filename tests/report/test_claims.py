@@ -102,6 +102,20 @@ def test_a_claim_knows_a_cell_still_waiting_for_runs_beyond_the_comparisons_it_q
     assert "has no result" not in claim.evidence and "has one seed" not in claim.evidence
 
 
+@pytest.mark.parametrize("last, printed", [(cell(float("nan"), n=0), "— (not all its cells have run yet)"),
+                                           (cell(50.0, n=1), "— (one seed: no spread)")])
+def test_a_claim_waiting_for_runs_prints_no_verdict_yet(last, printed):
+    """Inconclusive for want of runs is not a verdict: pages print "—" with what is missing."""
+    claim = combine("claim", "§0", [matches_or_beats(cell(50.0, std=2.0), last)])
+    assert claim.verdict == INCONCLUSIVE and claim.printed() == printed
+    assert f"| claim | §0 | {printed} |" in render([claim])[2]
+
+
+def test_the_evidence_names_a_missing_cell_before_the_other_s_one_seed():
+    claim = combine("claim", "§0", [matches_or_beats(cell(50.0, n=1), cell(float("nan"), n=0))])
+    assert claim.evidence.endswith("x has no result") and "one seed" not in claim.evidence
+
+
 @pytest.mark.parametrize(("others", "shown", "which"), [
     ([50.5, 51.0, 50.0, 49.5], [51.0, 50.5, 50.0], "those furthest from holding; all 4: 4 inconclusive"),
     ([70.0, 60.0, 80.0, 40.0], [80.0, 70.0, 60.0], "the clearest failures; all 4: 1 held, 3 not held")])

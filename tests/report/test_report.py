@@ -6,6 +6,7 @@ import json
 import socket
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -13,7 +14,7 @@ from peftrepro.report import claims, factors
 from peftrepro.report import page as report
 from peftrepro.report.cells import build_table
 from peftrepro.report.claims import Claim
-from peftrepro.report.progress import claims_text, runs_split
+from peftrepro.report.progress import claims_text, runs_split, troubled_text
 from peftrepro.report.records import at_a_time, hours, plural, rate_text, rates_text
 from peftrepro.report.render import header_lines, layout
 from peftrepro.report.specs import TABLES
@@ -42,15 +43,27 @@ def page(runs_dir: Path, tmp_path: Path, seeds=(0, 1)) -> str:
     return report.render("mini", list(seeds), runs_dir, tmp_path / "tables", tmp_path / "bench")
 
 
+def glance(text: str, table: str) -> dict[str, str]:
+    """The "At a glance" row of `table` ("Table 5"), by column header."""
+    lines = text.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith(f"| [{table}]"))
+    header = next(lines[i] for i in range(row, -1, -1) if lines[i].startswith("| Table "))
+    names, values = ([cell.strip() for cell in line.split("|")[1:-1]] for line in (header, lines[row]))
+    return dict(zip(names, values))
+
+
 def test_counts_devices_time_and_claims_come_from_the_records(weight_type_runs, runs_dir, tmp_path) -> None:
     text = page(runs_dir, tmp_path)
-    table5 = next(line for line in text.splitlines() if line.startswith("| [Table 5]"))
-    cells = [cell.strip() for cell in table5.split("|")[1:-1]]
-    assert cells[1] == "2 / 14" and cells[2] == "0, 1" and cells[3] == "4 / 0 / 0 / 0"
-    assert cells[4] == "0" and cells[5] == "0" and cells[6] == "24"  # none reused or evaluating another's weights
-    assert "CPU: Test CPU, 2 cores (fp32)" in cells[7] and "GPU: NVIDIA H100 80GB HBM3 (bf16 autocast)" in cells[7]
-    assert cells[8] == "1 h 01 min"  # 3 x 20 min on the CPU + 1 min on the GPU
-    assert cells[9] == "1 / 0 / 5 (5 of the inconclusive wait for runs)"  # only MultiNLI W_q,W_v vs W_q has both its cells
+    row = glance(text, "Table 5")
+    assert row["Cells with every seed"] == "2 / 14" and row["Seeds"] == "0, 1"
+    assert row["Runs ok / failed / n/a / unscored"] == "4 / 0 / 0 / 0"
+    assert row["Of the ok: did not learn / failed to train / loss spike"] == "0 / 0 / 0"
+    assert row["Reused from another table"] == "0" and row["Evaluating another run's weights"] == "0"
+    assert row["Cell × seed still empty"] == "24"
+    assert "CPU: Test CPU, 2 cores (fp32)" in row["Ran on"] and "GPU: NVIDIA H100 80GB HBM3 (bf16 autocast)" in row["Ran on"]
+    assert row["Run time (sum)"] == "1 h 01 min"  # 3 x 20 min on the CPU + 1 min on the GPU
+    # only MultiNLI W_q,W_v vs W_q has both its cells
+    assert row["Paper's claims: held / not held / inconclusive"] == "1 / 0 / 5 (5 of the inconclusive wait for runs)"
     assert "MultiNLI: adapting W_q,W_v (r=4) beats W_q alone (r=8) at equal r × #matrices | §7.1, Table 5 | **held**" in text
     assert "On CPU: Test CPU, 2 cores (fp32), a run of this profile (table runs and selection points) took a median of" in text
     assert "20 min on mnli (n = 3)" in text
@@ -134,8 +147,7 @@ def test_a_run_trained_by_another_is_named_and_not_timed_as_a_whole_run(weight_t
     failed = make_record("table_weight_type", "wikisql", QV, 0, profile="mini", status="failed", minutes=6)
     write({**failed, "trained_in": {"experiment": "lr_search", "run_key": "wikisql-lora-s0-failed"}})
     text = page(runs_dir, tmp_path)
-    table5 = next(line for line in text.splitlines() if line.startswith("| [Table 5]"))
-    assert [cell.strip() for cell in table5.split("|")[1:-1]][5] == "1"  # the failed attempt is not counted
+    assert glance(text, "Table 5")["Evaluating another run's weights"] == "1"  # the failed attempt is not counted
     assert "wikisql 1, mnli 3" not in text
     assert "on wikisql (no wikisql run ran there: the median of its 3 runs of other tasks)" in text
     table = "\n".join(header_lines(build_table(TABLES["table_weight_type"], runs_dir, profile="mini")))
@@ -219,8 +231,7 @@ def test_a_seed_beyond_the_expected_ones_is_named_among_the_commands(weight_type
             "python -m peftrepro.runs -m experiment=table_weight_type profile=mini seed=2 task=mnli "
             "'method.ranks={W_q:4,W_v:4}'\n") in text
     assert "seed=0" not in text and "seed=1" not in text  # the expected seeds come from the make commands
-    table5 = next(line for line in text.splitlines() if line.startswith("| [Table 5]"))
-    assert table5.split("|")[3].strip() == "0, 1 (+ seed 2 on 1 setting)"
+    assert glance(text, "Table 5")["Seeds"] == "0, 1 (+ seed 2 on 1 setting)"
     assert "seeds beyond SEEDS" not in page(runs_dir, tmp_path, seeds=(0, 1, 2))
 
 
@@ -230,10 +241,9 @@ def test_reused_runs_count_once(weight_type_runs, runs_dir, tmp_path, write, mak
     copy["reused_from"] = {"experiment": "table_weight_type", "run_key": "x"}
     copy["env"]["hardware"], copy["timings"] = CPU, {"total_s": 1200.0}
     write(copy)
-    table6 = next(line for line in page(runs_dir, tmp_path).splitlines() if line.startswith("| [Table 6]"))
-    cells = [cell.strip() for cell in table6.split("|")[1:-1]]
-    assert cells[4] == "1" and cells[8] == "—"  # one reused run, no run time of its own
-    assert cells[7] == "CPU: Test CPU, 2 cores (fp32)"  # where the original ran
+    row = glance(page(runs_dir, tmp_path), "Table 6")
+    assert row["Reused from another table"] == "1" and row["Run time (sum)"] == "—"  # no run time of its own
+    assert row["Ran on"] == "CPU: Test CPU, 2 cores (fp32)"  # where the original ran
 
 
 def test_runs_scored_later_and_unscored_runs_are_counted(runs_dir, tmp_path, write, make_record) -> None:
@@ -243,8 +253,7 @@ def test_runs_scored_later_and_unscored_runs_are_counted(runs_dir, tmp_path, wri
     write(scored)
     write(make_record("table_e2e", "e2e", lora, 1, profile="mini", key="waiting") | {"status": "unscored"})
     text = page(runs_dir, tmp_path)
-    table3 = next(line for line in text.splitlines() if line.startswith("| [Table 3]"))
-    assert [cell.strip() for cell in table3.split("|")[1:-1]][3] == "1 / 0 / 0 / 1"
+    assert glance(text, "Table 3")["Runs ok / failed / n/a / unscored"] == "1 / 0 / 0 / 1"
     assert "from its saved predictions (`scoring=auto`, no Java where it ran): 1 run(s)." in text
 
 
@@ -352,8 +361,8 @@ def test_without_seeds_the_report_uses_the_seeds_its_tables_found(weight_type_ru
     text = out.read_text(encoding="utf-8")
     assert "(W_q,W_v at r=8 and r=64, seeds 0, 1, each task)" in text
     # a table with no run yet expects those seeds too: its cells are empty, not "every seed" of none
-    table6 = next(line for line in text.splitlines() if line.startswith("| [Table 6]"))
-    assert [cell.strip() for cell in table6.split("|")[1:-1]][1:3] == ["0 / 30", "0, 1"]
+    row = glance(text, "Table 6")
+    assert (row["Cells with every seed"], row["Seeds"]) == ("0 / 30", "0, 1")
     assert "Every cell of the tables above has every expected seed" not in text
 
 
@@ -458,7 +467,21 @@ def test_the_glance_row_counts_marginal_verdicts_and_claims_waiting_for_runs(mon
     found = [Claim("claim", "§0", verdict, "", marginal=marginal) for verdict, marginal in verdicts]
     monkeypatch.setattr(claims, "evaluate", lambda result: [*found, Claim("claim", "§0", "inconclusive", "",
                                                                           waiting="one seed")])
-    assert claims_text(None) == "2 (1 marginal) / 2 (2 marginal) / 2 (1 of the inconclusive wait for runs)"
+    assert claims_text(None) == "2 (1 marginal) / 2 (2 marginal) / 2 (1 of the inconclusive waits for runs)"
+
+
+def test_the_glance_row_names_finished_runs_whose_score_is_not_the_method_s() -> None:
+    """"ok" only says a run finished: those that did not learn (first), failed to train (next) or came
+    through a loss spike are counted once each, beside it."""
+    def run(key, status="ok", failed=None, spike=None):
+        return SimpleNamespace(run_key=key, status=status, failed_training=failed, loss_spike=spike)
+
+    records = [run("sound"), run("no-learn", failed="diverged"), run("diverged", failed="diverged"),
+               run("spiked", spike="0.3 → 0.9"), run("spiked-no-learn", spike="0.3 → 0.9"),
+               run("crashed", status="failed", failed="diverged")]
+    learning = {key: SimpleNamespace(learned=key not in ("no-learn", "spiked-no-learn")) for key in
+                ("sound", "no-learn", "diverged", "spiked", "spiked-no-learn")}
+    assert troubled_text(SimpleNamespace(records=records, learning=learning)) == "2 / 1 / 1"
 
 
 @pytest.mark.parametrize(("lr", "text"), [(3e-5, "3e-5"), (1e-4, "1e-4"), (0.003, "3e-3"), (2.5e-4, "2.5e-4"),
@@ -497,8 +520,8 @@ def test_without_seeds_an_empty_table_expects_the_seeds_every_table_with_runs_ha
     for seed in (0, 1, 2):  # Table 4 with a third seed on one setting: Table 5 has 0 and 1
         write(make_record("table_methods", "mnli", {"name": "ft"}, seed, {"accuracy_m": 0.6}, profile="mini"))
     text = report.render("mini", None, runs_dir, tmp_path / "tables", tmp_path / "bench")
-    table6 = next(line for line in text.splitlines() if line.startswith("| [Table 6]"))
-    assert [cell.strip() for cell in table6.split("|")[1:-1]][1:3] == ["0 / 30", "0, 1"]
+    row = glance(text, "Table 6")
+    assert (row["Cells with every seed"], row["Seeds"]) == ("0 / 30", "0, 1")
 
 
 def test_the_constraints_file_defaults_to_beside_the_page(weight_type_runs, runs_dir, tmp_path) -> None:

@@ -75,6 +75,17 @@ def devices_text(records: Sequence[Record]) -> str:
     return "; ".join(distinct(r.hardware for r in records)) or "—"
 
 
+def troubled_text(result: TableResult) -> str:
+    """The finished runs whose score is not the method's result (did not learn, else failed to train) or
+    carries a recovered loss spike, each run counted once: "ok" says only that the run finished."""
+    counts: Counter[str] = Counter()
+    for r in (r for r in result.records if r.status == "ok"):
+        learning = result.learning.get(r.run_key)
+        counts["did not learn" if learning and not learning.learned else
+               "failed to train" if r.failed_training else "loss spike" if r.loss_spike else "sound"] += 1
+    return " / ".join(str(counts[kind]) for kind in ("did not learn", "failed to train", "loss spike"))
+
+
 def status_table(results: Mapping[str, TableResult]) -> str:
     rows = []
     for name, result in results.items():
@@ -85,6 +96,7 @@ def status_table(results: Mapping[str, TableResult]) -> str:
             "Cells with every seed": f"{int((cells['status'] == 'ok').sum())} / {len(cells)}",
             "Seeds": seeds_text(result),
             "Runs ok / failed / n/a / unscored": " / ".join(map(str, status_counts(records).values())),
+            "Of the ok: did not learn / failed to train / loss spike": troubled_text(result),
             "Reused from another table": str(len(records) - len(own)),
             "Evaluating another run's weights": str(sum(bool(r.trained_in) and r.status == "ok" for r in own)),
             "Cell × seed still empty": str(empty_cell_seeds(result)),
@@ -98,14 +110,14 @@ def status_table(results: Mapping[str, TableResult]) -> str:
 
 def claims_text(result: TableResult) -> str:
     """How the table's claims fare on our numbers, how many of those verdicts are marginal, and how many
-    of the inconclusive ones still wait for a compared cell's runs (Claim.waiting)."""
+    of the inconclusive ones still wait for a compared cell's runs (Claim.pending)."""
     evaluated = claims.evaluate(result)
     counts = Counter(claim.verdict for claim in evaluated)
-    waiting = sum(bool(claim.waiting) and claim.verdict == claims.INCONCLUSIVE for claim in evaluated)
+    waiting = sum(bool(claim.pending) for claim in evaluated)
     marginal = Counter(claim.verdict for claim in evaluated if claim.marginal)
     return (" / ".join(str(counts[v]) + (f" ({marginal[v]} marginal)" if marginal[v] else "")
                        for v in (claims.HELD, claims.NOT_HELD, claims.INCONCLUSIVE))
-            + (f" ({waiting} of the inconclusive wait for runs)" if waiting else ""))
+            + (f" ({waiting} of the inconclusive {'waits' if waiting == 1 else 'wait'} for runs)" if waiting else ""))
 
 
 def seeds_text(result: TableResult) -> str:

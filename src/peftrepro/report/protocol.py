@@ -209,14 +209,9 @@ def changes_text(results: Mapping[str, TableResult], archive: Path) -> str:
     rows = []
     for result in results.values():
         for claim in claims.evaluate(result):
-            now = claim.verdict + (" (marginal)" if claim.marginal else "")
-            if claim.waiting == "no result":  # a compared cell has no run under this protocol yet
-                now = "— (not all its cells have run yet)"
-            elif claim.waiting == "one seed":  # ... or one seed of its expected ones: no verdict yet
-                now = "— (one seed: no spread)"
             if claim.text in before:
                 rows.append({"Table": result.spec.short_title, "Paper's claim": claim.text,
-                             "Untuned protocol": before[claim.text], "Fair protocol": now})
+                             "Untuned protocol": before[claim.text], "Fair protocol": claim.printed()})
     judged = [(row["Untuned protocol"].split(" (")[0], row["Fair protocol"].split(" (")[0]) for row in rows
               if not row["Fair protocol"].startswith("—")]  # verdicts without "(marginal)"
     moves = Counter(f"{before} → {now}" for before, now in judged if before != now)
