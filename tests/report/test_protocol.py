@@ -138,6 +138,10 @@ def search_record(make_record, lr: float, score: float, minutes: int = 0, start:
     return record
 
 
+CPU = {"cpu": "Test CPU", "cpu_count": 2, "torch_threads": 2}
+GPU = {"cpu": "Host CPU", "cpu_count": 16, "gpu": "Test GPU"}
+
+
 @pytest.mark.parametrize("grid, expected", [
     ({3e-4: 0.50, 1e-3: 0.62, 3e-3: 0.58},
      "3e-4: 50.0 · **1e-3: 62.0** · 3e-3: 58.0 → 1e-3; **the table's runs used 3e-3**, not the choice"),
@@ -159,6 +163,24 @@ def test_each_table_shows_its_learning_rate_grid_dev_scores_and_choice(runs_dir,
     lines = lr_lines(build_table(TABLES["table_rank"], runs_dir))
     assert lines[0] == "- wikisql / lora: no selection run yet (`make select-lr`)"
     assert lines[1] == "- mnli / lora (W_q,W_v r=8): dev accuracy_dev " + expected
+
+
+@pytest.mark.parametrize("table_on, says", [
+    ([CPU], ""),
+    ([CPU, GPU], "; the table's runs on GPU: Test GPU (bf16 autocast) use it too, though no point of the grid ran there"),
+])
+def test_a_learning_rate_line_says_where_its_grid_ran_and_where_else_the_choice_was_used(
+        runs_dir, write, make_record, table_on, says):
+    for lr, score in {3e-4: 0.50, 1e-3: 0.62, 3e-3: 0.58}.items():
+        write(search_record(make_record, lr, score) | {"env": {"hardware": CPU}})
+    for seed, hardware in enumerate(table_on):
+        run = make_record("table_rank", "mnli", {"name": "lora", "weights": ["W_q"], "r": 1, "ranks": None}, seed,
+                          {"accuracy_m": 0.6})
+        run["config"]["train"]["lr"], run["config"]["lr_selection"] = 1e-3, True
+        write(run | {"env": {"hardware": hardware}})
+    line = lr_lines(build_table(TABLES["table_rank"], runs_dir))[1]
+    assert line.startswith("- mnli / lora (W_q,W_v r=8), on CPU: Test CPU, 2 cores (fp32): dev accuracy_dev")
+    assert line.endswith("→ 1e-3" + says)
 
 
 def test_lora_runs_that_trained_unstably_are_counted_by_the_scale_of_their_update(runs_dir, write, make_record):

@@ -30,10 +30,10 @@ def selected_lr_text(results: Mapping[str, TableResult]) -> str:
         return fixed_rates_line(records)
     if not records and not any(result.lr_search for result in results.values()):
         return f"- No run yet. {SELECTION_BY_PROFILE}"
-    lines: dict[str, str] = {}
+    lines: dict[str, str] = {}  # "- task / method" -> its line, with the rates and machines of every table's runs
     for result in results.values():
-        for line in lr_lines(result):
-            lines.setdefault(line.split(":")[0], line)
+        for line in lr_lines(result, records):
+            lines.setdefault(line.split(" (")[0].split(":")[0], line)
     return "\n".join(lines.values())
 
 

@@ -310,12 +310,13 @@ def fixed_rates_line(records: Sequence[Record]) -> str:
             f"itself (`lr_selection: false`): {', '.join(rates_text(r.get('train.lr') for r in records))}.")
 
 
-def lr_lines(result: TableResult) -> list[str]:
+def lr_lines(result: TableResult, runs: Sequence[Record] | None = None) -> list[str]:
     """Per (task, method) of the table, and per backbone where it has several: the selection's grid with
-    its dev scores and choice, and the rate the table's runs used (read from the lr_search records and
-    the table's own)."""
+    its dev scores and choice, and the rate the table's runs (or `runs`, e.g. every table's) used and
+    where (read from the lr_search records and the runs' own)."""
     if sets_own_rates(result.records):
         return [fixed_rates_line(result.records)]
+    runs = [r for r in (result.records if runs is None else runs) if r.get("lr_selection")]
     table_backbones = set(distinct(r.model.get("name") for r in result.records))
     lines = []
     for task in result.spec.tasks:
@@ -325,16 +326,17 @@ def lr_lines(result: TableResult) -> list[str]:
                       and (not table_backbones or r.model.get("name") in table_backbones)]
             backbones = distinct(r.model.get("name") for r in points)
             for backbone in backbones or [None]:
-                runs = [r for r in result.records if r.task == task and r.method.get("name") == method
-                        and r.status == "ok" and backbone in (None, r.model.get("name"))]
-                used = rates_text(r.get("train.lr") for r in runs)
+                theirs = [r for r in runs if r.task == task and r.method.get("name") == method
+                          and r.status == "ok" and backbone in (None, r.model.get("name"))]
+                used = rates_text(r.get("train.lr") for r in theirs)
+                ran_on = distinct(r.hardware for r in theirs)
                 label = f"{task} / {method}" + (f" on {backbone}" if len(backbones) > 1 else "")
                 ours = [r for r in points if r.model.get("name") == backbone]
                 if not ours:
                     lines.append(f"- {label}: no selection run yet (`make select-lr`)"
                                  + (f"; the table's runs used {', '.join(used)}" if used else ""))
                     continue
-                lines.append(_search_line(label, metric, ours, used))
+                lines.append(_search_line(label, metric, ours, used, ran_on))
     return lines
 
 
@@ -381,9 +383,10 @@ def replay_points(metric: str, points: Sequence[Record]) -> Replayed | str:
     return Replayed(last, float(start), latest, scores, step_of, state, checks)
 
 
-def _search_line(label: str, metric: str, points: Sequence[Record], used: list[str]) -> str:
-    """One search's grid as the selection sees it, its choice once it has decided, and the points
-    whose training failed (diverged or barely trained)."""
+def _search_line(label: str, metric: str, points: Sequence[Record], used: list[str], ran_on: Sequence[str] = ()) -> str:
+    """One search's grid as the selection sees it, where it ran, its choice once it has decided, the
+    points whose training failed (diverged or barely trained), and the machines (`ran_on`) where the
+    table's runs used the choice though no point of the grid ran there."""
     replayed = replay_points(metric, points)
     if isinstance(replayed, str):
         return f"- {label}: {replayed}"
@@ -392,8 +395,10 @@ def _search_line(label: str, metric: str, points: Sequence[Record], used: list[s
         why = (replayed.last.raw.get("error") or {}).get("message", "no reason recorded")
         return f"- {label} ({_options_text(replayed.last)}): not applicable, so no rate is chosen: {why}"
     chosen = selection.ladder(replayed.start, state.best_step()) if state.decided else None
-    # a grid whose points ran on different machines (or precisions) says where each ran
-    mixed = len({r.hardware for r in latest.values()}) > 1
+    # where the grid ran: once for the line, or per point where its points ran on different machines (or
+    # precisions); a rate found stable in bf16 on a GPU need not be in fp32 on a CPU, or the reverse
+    grid_on = distinct(r.hardware for r in latest.values() if r.hardware_info)  # records old enough say nothing
+    mixed = len(grid_on) > 1
     shown = []
     for lr, r in sorted(latest.items()):
         text = f"{rate_text(lr)}: {scores[lr]:.1f}" if lr in scores else f"{rate_text(lr)}: {r.status}"
@@ -404,7 +409,8 @@ def _search_line(label: str, metric: str, points: Sequence[Record], used: list[s
         if step_of[lr] not in state.scores:
             text += " (outside the current grid)"
         shown.append(f"**{text}**" if lr == chosen else text)
-    line = f"- {label} ({_options_text(replayed.last)}): dev {metric} {' · '.join(shown)}"
+    where = f", on {grid_on[0]}" if len(grid_on) == 1 else ""
+    line = f"- {label} ({_options_text(replayed.last)}){where}: dev {metric} {' · '.join(shown)}"
     if chosen is None:
         failed = [step for step, score in state.scores.items() if score is None and step in step_of.values()]
         return line + ("; not decided: a point failed, and the selection waits for it to be rerun" if failed
@@ -419,6 +425,8 @@ def _search_line(label: str, metric: str, points: Sequence[Record], used: list[s
                  "majority class, so the choice among its rates is noise")
     if used and used != [rate_text(chosen)]:
         line += f"; **the table's runs used {', '.join(used)}**, not the choice"
+    if grid_on and (elsewhere := [device for device in ran_on if device not in grid_on]):
+        line += f"; the table's runs on {' and '.join(elsewhere)} use it too, though no point of the grid ran there"
     return line
 
 
