@@ -356,11 +356,13 @@ def render_markdown(table: pd.DataFrame, record: dict[str, Any], record_path: st
         "round-robin. Ours: the median (interquartile range) over trials; the overhead is the median over rounds "
         "of each round's pass against that round's no-adapter pass, with a distribution-free 95 % interval of "
         "that median, and \"no difference resolvable\" where the interval covers 0 (noise is not reported as an "
-        "overhead). The paper's: mean ± std, as it prints them",
+        "overhead)" + (". The paper's: mean ± std, as it prints them" if with_paper else ""),
         f"- LoRA: {config['lora']}; adapter r chosen per column so that |Θ| is closest to the paper's budget "
         "(values in the CSV)",
         "- paper: NVIDIA Quadro RTX8000 (Table 1; its 'Fine-Tune/LoRA' row is shown for both our 'no adapter' "
-        "and 'LoRA merged'); overheads are relative to the no-adapter mean of the same column",
+        "and 'LoRA merged'); overheads are relative to the no-adapter mean of the same column" if with_paper else
+        "- paper: not shown: its Table 1 measured other batch × sequence shapes than these; `--profile paper` "
+        "measures the paper's shapes and shows its numbers beside ours",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

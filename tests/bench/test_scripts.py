@@ -110,7 +110,10 @@ def test_latency_smoke_writes_record_and_table(latency, tmp_path) -> None:
     table = latency.table_from_record(record)
     assert set(table["variant"]) == set(latency.VARIANTS)
     assert (table.loc[table["variant"] == "none", "overhead_pct"] == 0).all()
-    assert "Adapter^H" in paths["md"].read_text()
+    page = paths["md"].read_text()
+    assert "Adapter^H" in page
+    # shapes the paper did not measure: no paper column, so the legend describes none
+    assert "as it prints them" not in page and "- paper: not shown: its Table 1 measured other" in page
     rebuilt = latency.main(["--from-record", str(paths["record"]), "--results-dir", str(tmp_path / "again")])
     assert rebuilt["csv"].read_text() == paths["csv"].read_text()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections import Counter
 from importlib import resources
@@ -138,14 +139,22 @@ def latency_text(tables_dir: Path, runs_dir: Path) -> str:
     path = tables_dir / "table_latency.md"
     if not path.is_file():
         return "- Table 1 (latency): not generated (`make table-latency`)."
-    runs = sorted((runs_dir / LATENCY_EXPERIMENT).glob("*/record.json"))
-    where = []
-    for run in runs:
+    # the page shows one machine's record (the one `make table-latency` last measured or read there)
+    shown = re.search(r"from `[^`]*/([^/`]+)/record\.json`", path.read_text(encoding="utf-8"))
+    where = {}
+    for run in sorted((runs_dir / LATENCY_EXPERIMENT).glob("*/record.json")):
         record = json.loads(run.read_text(encoding="utf-8"))
         hardware = (record.get("env") or {}).get("hardware") or {}
-        where.append(f"`{record['run_key']}` on {hardware.get('gpu') or hardware.get('cpu', '?')}")
-    return (f"- Table 1, inference latency ([`tables/table_latency.md`](tables/table_latency.md)): "
-            f"{'; '.join(where) or 'no record'}.")
+        where[record["run_key"]] = (f"`{record['run_key']}` on {hardware.get('gpu') or hardware.get('cpu', '?')} "
+                                    f"(profile {(record.get('config') or {}).get('profile', '?')})")
+    text = "- Table 1, inference latency ([`tables/table_latency.md`](tables/table_latency.md)): "
+    if not where:
+        return text + "no record."
+    page_key = shown.group(1) if shown else None
+    others = [w for key, w in where.items() if key != page_key]
+    return (text + (f"shows {where[page_key]}" if page_key in where else "shows a record not under runs/")
+            + (f"; also measured: {'; '.join(others)} (`make table-latency` on that machine shows it)" if others else "")
+            + ".")
 
 
 def bench_text(bench_dir: Path) -> str:
