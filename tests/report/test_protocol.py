@@ -588,3 +588,16 @@ def test_the_report_counts_the_commits_its_runs_were_made_with(make_record, gits
     records = [parse_record(Path(f"runs/x/{i}/record.json"), {**make_record("x", "mnli", LORA8, 0), "env": {"git": git}})
                for i, git in enumerate(gits)]
     assert provenance.commits_text(records).startswith(expected)
+
+
+@pytest.mark.parametrize("table, loop, says", [
+    ([68.0, 69.0], {0.1: [67.0, 67.0], 0.0: [68.5]}, "at or above every loop-budget group (dropout 0.1: 67.0, "
+     "dropout 0.0: 68.5): the mini schedule does not leave"),
+    ([60.0], {0.1: [67.0], 0.0: [61.0]}, "below every loop-budget group (dropout 0.1: 67.0, dropout 0.0: 61.0): "
+     "the loop's budget trains the suite's LoRA further"),
+    ([64.0], {0.1: [67.0], 0.0: [61.0]}, "between the loop-budget groups (dropout 0.1: 67.0, dropout 0.0: 61.0): "
+     "no ordering"),
+])
+def test_the_budget_reading_states_only_the_ordering_of_the_means(monkeypatch, table, loop, says):
+    monkeypatch.setattr(protocol, "first_mrs_bleu", lambda run: run)  # each "run" is its BLEU on the first MRs
+    assert says in protocol.reading_text(table, loop)

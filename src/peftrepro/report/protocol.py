@@ -161,6 +161,25 @@ def seeds_left(expected: Sequence[int], runs: Sequence[Record]) -> str:
     return f"; {'seed' if len(left) == 1 else 'seeds'} {', '.join(map(str, left))} not run yet (`make peft-budget`)"
 
 
+def reading_text(ours: Sequence[Record], loop: Mapping[Any, Sequence[Record]]) -> str:
+    """Where Table 3's LoRA lies against each loop-budget group on the first FIRST_MRS MRs (means over seeds):
+    the question the comparison asks, answered only as far as an ordering of means goes."""
+    def mean(runs: Sequence[Record]) -> float:
+        return statistics.fmean(float(first_mrs_bleu(r)) for r in runs)  # type: ignore[arg-type]
+
+    table = mean(ours)
+    groups = sorted(loop.items(), key=lambda item: -(item[0] or 0))
+    above = all(table >= mean(runs) for _, runs in groups)
+    below = all(table < mean(runs) for _, runs in groups)
+    order = ("at or above every loop-budget group" if above else "below every loop-budget group" if below
+             else "between the loop-budget groups")
+    return (f"- Reading: on the first {FIRST_MRS} MRs Table 3's LoRA ({table:.1f}) lies {order} "
+            f"({', '.join(f'dropout {d}: {mean(runs):.1f}' for d, runs in groups)}): "
+            + ("the mini schedule does not leave the suite's LoRA behind that loop's budget there."
+               if above else "the loop's budget trains the suite's LoRA further than the mini schedule there."
+               if below else "no ordering of the two budgets there."))
+
+
 def budget_text(results: Mapping[str, TableResult], study: Sequence[Record]) -> str:
     """Table 3's LoRA and LoRA at a plain peft loop's budget, on the first FIRST_MRS distinct test MRs and
     on all of them, with what the two setups differ in."""
@@ -190,6 +209,7 @@ def budget_text(results: Mapping[str, TableResult], study: Sequence[Record]) -> 
                          f"{pair_text(*pair)}): {setup_differences(*pair)}. The first {FIRST_MRS} MRs "
                          "are a slice in file order, not a sample: an ordering of the two setups there need not "
                          "hold on all MRs.")
+            lines.append(reading_text(ours, loop))
         if spreads := seed_spreads([table3] if table3 else [], "bleu"):
             lines.append("- These are runs, not intervals: two seeds of one Table 3 setting differ by "
                          f"{largest_spread_text(spreads, 'BLEU', ' on all test MRs')}, so a gap smaller than that "
