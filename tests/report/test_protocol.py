@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from peftrepro.report import protocol, provenance
-from peftrepro.report.cells import build_table, seed_spreads
+from peftrepro.report.cells import SeedSpread, build_table, largest_spread_text, seed_spreads
 from peftrepro.report.claims import INCONCLUSIVE, evaluate
 from peftrepro.report.page import ARCHIVE, study_records
 from peftrepro.report.records import load_records, parse_record
@@ -601,3 +601,27 @@ def test_the_report_counts_the_commits_its_runs_were_made_with(make_record, gits
 def test_the_budget_reading_states_only_the_ordering_of_the_means(monkeypatch, table, loop, says):
     monkeypatch.setattr(protocol, "first_mrs_bleu", lambda run: run)  # each "run" is its BLEU on the first MRs
     assert says in protocol.reading_text(table, loop)
+
+
+@pytest.mark.parametrize("spreads, text", [
+    ([(2.0, False), (10.0, True)], "up to 2.0 points here (10.0 in a cell where a seed's training loss spiked; "
+                                   "its table lists the spike)"),
+    ([(2.0, False), (10.0, True), (7.0, True), (1.0, True)],
+     "up to 2.0 points here (up to 10.0 in 2 cells where a seed's training loss spiked; their tables list the spikes)"),
+    ([(10.0, True)], "up to 10.0 points here (in a cell where a seed's training loss spiked; its table lists the spike)"),
+])
+def test_the_quoted_seed_spread_counts_the_spiked_cells_wider_than_the_steady_ones(spreads, text):
+    assert largest_spread_text([SeedSpread(value, spiked) for value, spiked in spreads], "points", " here") == text
+
+
+def test_a_cell_another_table_copied_is_one_seed_spread(runs_dir, write, make_record):
+    for seed, accuracy in enumerate((0.60, 0.62)):
+        method = {"name": "lora", "ranks": {"W_q": 8}}
+        original = make_record("table_weight_type", "mnli", method, seed, {"accuracy_m": accuracy}, profile="mini",
+                               key=f"original-{seed}")
+        write(original)
+        copy = make_record("table_rank", "mnli", method, seed, {"accuracy_m": accuracy}, profile="mini", key=f"copy-{seed}")
+        write(copy | {"reused_from": {"experiment": "table_weight_type", "run_key": f"original-{seed}"}})
+    tables = [build_table(TABLES[name], runs_dir, profile="mini") for name in ("table_weight_type", "table_rank")]
+    assert [table.stats(*cell)["n"] for table, cell in zip(tables, [("mnli", "W_q"), ("mnli|W_q", "r=8")])] == [2, 2]
+    assert [spread.value for spread in seed_spreads(tables, "accuracy_m")] == [pytest.approx(2.0)]

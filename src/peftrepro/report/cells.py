@@ -29,7 +29,7 @@ from peftrepro.report.records import (
     load_records,
 )
 from peftrepro.report.specs import COUNT_KEYS, TABLES, TableSpec
-from peftrepro.runs.records import NOT_APPLICABLE, UNSCORED
+from peftrepro.runs.records import NOT_APPLICABLE, UNSCORED, copied_from
 
 SUMMARY_COLUMNS = ("row", "column", "mean", "std", "sampling_se", "examples", "n", "seeds", "values",
                    "problems", "paper", "paper_printed", "paper_ref", "status", "hardware", "metric",
@@ -261,13 +261,16 @@ def seed_spreads(results: Iterable[TableResult], metric: str) -> list[SeedSpread
     """The seed spread of every cell of `metric` with several seeds whose runs all trained and beat
     their task's trivial baseline: a run that did not learn widens a cell by failing, which is not the
     seed noise this measures (its table labels it)."""
-    spreads = []
+    spreads, seen = [], set()
     for result in results:
         cells = result.metric_cells
         for (row, column), stats in cells[cells["metric"] == metric].iterrows():
             runs = result.cell_records(row, column)
             trained = not stats["did_not_learn"] and not any(r.failed_training for r in runs)
-            if stats["n"] > 1 and trained:
+            # a cell another table copied (peftrepro.runs.reuse) is one spread, not one per table
+            originals = frozenset(copied_from(r.raw) or (r.experiment, r.run_key) for r in runs)
+            if stats["n"] > 1 and trained and originals not in seen:
+                seen.add(originals)
                 spreads.append(SeedSpread(max(stats["values"]) - min(stats["values"]),
                                           any(r.loss_spike for r in runs)))
     return spreads
@@ -277,11 +280,12 @@ def largest_spread_text(spreads: Sequence[SeedSpread], unit: str, where: str = "
     """"up to 2.8 points here", with a larger spread of a cell whose training loss spiked set apart
     after it: one unstable run is not the seed noise of the settings that trained smoothly."""
     steady = max((s.value for s in spreads if not s.spiked), default=None)
-    spiked = max((s.value for s in spreads if s.spiked), default=None)
-    spike = "in a cell where a seed's training loss spiked; its table lists the spike"
+    wider = [s.value for s in spreads if s.spiked and (steady is None or s.value > steady)]
+    spike = ("in a cell where a seed's training loss spiked; its table lists the spike" if len(wider) == 1 else
+             f"in {len(wider)} cells where a seed's training loss spiked; their tables list the spikes")
     if steady is None:
-        return f"up to {spiked:.1f} {unit}{where} ({spike})"
-    aside = f" ({spiked:.1f} {spike})" if spiked is not None and spiked > steady else ""
+        return f"up to {max(wider):.1f} {unit}{where} ({spike})"
+    aside = f" ({'' if len(wider) == 1 else 'up to '}{max(wider):.1f} {spike})" if wider else ""
     return f"up to {steady:.1f} {unit}{where}{aside}"
 
 
