@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import math
 import re
 from pathlib import Path
 
@@ -90,16 +91,26 @@ def test_the_figures_mark_a_cell_that_did_not_learn(runs_dir, write, make_record
 
     from peftrepro.report import plots
 
-    for seed in (0, 1):  # Table 6's W_q r=1 answers the majority class
+    for seed in (0, 1):  # Table 6's W_q r=1 answers the majority class; W_q r=2 learned, seed 1 through a spike
         record = make_record("table_rank", "mnli", {"name": "lora", "weights": ["W_q"], "r": 1, "ranks": None},
                              seed, {"accuracy_m": 0.4})
         write_predictions(write(record | {"eval_notes": {"examples": {"matched": 300}}}), mnli_rows(None))
+        learned = make_record("table_rank", "mnli", {"name": "lora", "weights": ["W_q"], "r": 2, "ranks": None},
+                              seed, {"accuracy_m": 0.6})
+        if seed == 1:
+            learned["training"] = {"loss_curve": [[10, 1.2], [50, 0.4], [90, 2.4], [250, 0.5]], "final_loss": 0.5}
+        write(learned)
     result = build_table(TABLES["table_rank"], runs_dir)
-    marks, scatter = [], Axes.scatter
-    monkeypatch.setattr(Axes, "scatter", lambda self, *xy, **kw: marks.append((xy, kw.get("marker")))
+    marks, scatter, lines, errorbar = [], Axes.scatter, [], Axes.errorbar
+    monkeypatch.setattr(Axes, "scatter", lambda self, *xy, **kw: marks.append((xy, kw.get("marker"), kw.get("s")))
                         or scatter(self, *xy, **kw))
+    monkeypatch.setattr(Axes, "errorbar", lambda self, x, y, **kw: lines.append((kw["label"], list(y)))
+                        or errorbar(self, x, y, **kw))
     plots.plot_rank(result, tmp_path / "rank.png")
-    assert (((1,), (40.0,)), "x") in marks
+    assert (((1,), (40.0,)), "x", 80) in marks  # the failed fit is marked where it scored ...
+    wq = [y for label, y in lines if label == "W_q"][-1]  # MultiNLI's panel comes after WikiSQL's
+    assert math.isnan(wq[0]) and wq[1] == pytest.approx(60.0)  # ... and the method's line breaks there
+    assert (((2,), (pytest.approx(60.0),)), "o", 160) in marks  # the spiked cell is ringed
 
 
 def e2e_rows(mrs: int, quality: float) -> list[dict]:

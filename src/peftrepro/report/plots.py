@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 def _subtitle(result: TableResult) -> str:
     profiles = sorted({r.profile for r in result.records}) or ["no records"]
-    models = sorted({str(r.model.get("name")) for r in result.records}) or ["—"]
+    models = sorted({r.backbone for r in result.records}) or ["—"]
     return f"ours: {', '.join(models)}, profile {', '.join(profiles)}; paper: GPT-3 175B"
 
 
@@ -37,14 +37,21 @@ def plot_rank(result: TableResult, path: Path) -> Path:
         for weights in RANK_WEIGHTS:
             cells = [result.stats(f"{task.key}|{weights}", f"r={r}") for r in RANKS]
             means = [c["mean"] for c in cells]
-            line = axes[0][column].errorbar(RANKS, means, yerr=seed_error_bars(cells), marker="o", capsize=3,
+            # a failed fit is no point of the method's curve: the line breaks there and a red × marks it
+            learned = [math.nan if c["did_not_learn"] else m for m, c in zip(means, cells)]
+            line = axes[0][column].errorbar(RANKS, learned, yerr=seed_error_bars(cells), marker="o", capsize=3,
                                             label=weights)
             one_seed = [(r, m) for r, m, c in zip(RANKS, means, cells) if c["n"] == 1]
             if one_seed:
                 axes[0][column].scatter(*zip(*one_seed), marker="o", facecolors="white", zorder=3,
                                         edgecolors=line.lines[0].get_color())
+            spiked = [(r, m) for r, m, c in zip(RANKS, means, cells)
+                      if not c["did_not_learn"] and _spiked(result, f"{task.key}|{weights}", f"r={r}")]
+            if spiked:  # it learned, but one seed's loss spiked on the way: its spread is not seed noise
+                axes[0][column].scatter(*zip(*spiked), marker="o", s=160, facecolors="none", edgecolors="orange",
+                                        linewidths=2, zorder=4)
             failed = [(r, m) for r, m, c in zip(RANKS, means, cells) if c["did_not_learn"]]
-            if failed:  # a failed fit is no result of the method: marked, as its table names it
+            if failed:  # marked where it scored, as its table names it
                 axes[0][column].scatter(*zip(*failed), marker="x", s=80, color="red", zorder=4)
             axes[1][column].plot(RANKS, [c["paper"] for c in cells], marker="s", linestyle="--", label=weights)
         for row, who in enumerate(("ours", "paper")):
@@ -57,7 +64,7 @@ def plot_rank(result: TableResult, path: Path) -> Path:
             axis.grid(alpha=0.3)
             axis.legend(title="adapted weights", fontsize=8)
     figure.suptitle(f"Table 6: validation accuracy vs LoRA rank r\n{_subtitle(result)}\n"
-                    "ours: mean ± std over seeds; hollow: one seed; red ×: did not learn")
+                    "ours: mean ± std over seeds; hollow: one seed; red ×: did not learn; orange ring: a seed's loss spiked")
     return _save(figure, path)
 
 
@@ -81,7 +88,7 @@ def plot_weight_type(result: TableResult, path: Path) -> Path:
             axis.set_title(f"{task.name}: {who}")
             axis.grid(axis="y", alpha=0.3)
             _zoom_to_bars(axis, errors if row == 0 else ())
-        _label_seeds(axes[0][column], cells, errors)
+        _label_seeds(axes[0][column], cells, errors, [_spiked(result, task.key, w) for w, _ in WEIGHT_TYPE_COLUMNS])
     figure.suptitle("Table 5: adapted weight matrices at an equal budget (rank × #matrices constant)\n"
                     f"{_subtitle(result)}\nours: mean ± std over seeds; gray, hatched: did not learn")
     return _save(figure, path)
@@ -92,14 +99,21 @@ def seed_error_bars(cells: Sequence[Mapping[str, Any]]) -> list[float]:
     return [c["std"] if c["n"] >= 2 else float("nan") for c in cells]
 
 
-def _label_seeds(axis: plt.Axes, cells: Sequence[Mapping[str, Any]], errors: Sequence[float]) -> None:
-    """How many seeds each bar has ("n=2" above its error bar), and "no run" where there is no bar."""
+def _spiked(result: TableResult, row: str, column: str) -> bool:
+    """Whether a seed of the cell came through a loss spike (records.Record.loss_spike)."""
+    return any(r.loss_spike for r in result.cell_records(row, column))
+
+
+def _label_seeds(axis: plt.Axes, cells: Sequence[Mapping[str, Any]], errors: Sequence[float],
+                 spiked: Sequence[bool]) -> None:
+    """How many seeds each bar has ("n=2" above its error bar, with "did not learn" or "loss spike" where
+    its table says so), and "no run" where there is no bar."""
     bottom = axis.get_ylim()[0]
-    for x, (cell, error) in enumerate(zip(cells, errors)):
+    for x, (cell, error, spike) in enumerate(zip(cells, errors, spiked)):
         if cell["n"]:
             top = cell["mean"] + (0.0 if math.isnan(error) else error)
-            failed = ", did not learn" if cell["did_not_learn"] else ""
-            axis.text(x, top, f"n={cell['n']}{failed}", ha="center", va="bottom", fontsize=7)
+            note = ",\ndid not learn" if cell["did_not_learn"] else ",\nloss spike" if spike else ""
+            axis.text(x, top, f"n={cell['n']}{note}", ha="center", va="bottom", fontsize=7)
         else:
             axis.text(x, bottom, "no run", ha="center", va="bottom", fontsize=7, color="gray")
 

