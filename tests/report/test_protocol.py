@@ -512,6 +512,9 @@ def test_the_seed_spread_the_report_quotes_leaves_out_cells_with_a_run_that_did_
             write_predictions(write(record | {"eval_notes": {"examples": {"matched": 300}}}), mnli_rows(correct))
     table5 = build_table(TABLES["table_weight_type"], runs_dir, profile="mini")
     assert table5.stats("mnli", "W_k")["did_not_learn"]
+    # no mean over a failed fit and a fit: each seed's score
+    assert format_cell(table5.spec, table5.stats("mnli", "W_k"), 2).startswith(
+        "did not learn (1 of 2 seeds): 36.0 / 55.0 (n=2), majority class 40.0")
     assert [spread.value for spread in seed_spreads([table5], "accuracy_m")] == [pytest.approx(2.0)]
     text = provenance.scale_text(study_records(runs_dir, "mini"), {"table_weight_type": table5})
     assert "two seeds of one setting differ by up to 2.0 points here." in text

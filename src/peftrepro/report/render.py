@@ -51,6 +51,8 @@ def format_cell(spec: TableSpec, cell: pd.Series, n_expected: int, runs: Sequenc
     text = f"{cell['mean']:.{digits}f}"
     if cell["n"] > 1:
         text += f" ± {cell['std']:.{digits}f}"
+    if 0 < len(cell["did_not_learn"]) < cell["n"]:  # a mean over a failed fit and a fit is neither: each seed's
+        text = " / ".join(f"{value:.{digits}f}" for value in cell["values"])
     of = f" of {n_expected}" if cell["status"] == "partial" else ""
     devices = Counter(r.device_kind for r in runs) if name_devices else None
     text = f"{text} (n={cell['n']}{of}{devices_text(devices)})"
