@@ -373,7 +373,8 @@ def test_an_accuracy_gap_is_judged_against_the_evaluation_sets_error(runs_dir, w
     ((range(0, 108), range(8, 116), range(100), range(100)), "eval set 1.39 paired over 200 examples)"),
     # every example right in one seed of each cell and wrong in the other: nothing but seed noise
     ((range(100), range(100, 200), range(100), range(100, 200)),
-     "eval set 0.00 paired over 200 examples; the examples' spread is all seed noise, which the seed term counts)"),
+     "eval set 0.00 paired over 200 examples; the paired spread is no larger than the seeds' own noise in it, so 0: "
+     "the seed term counts that noise)"),
 ])
 def test_the_evaluation_sets_error_leaves_out_the_seed_noise_the_seed_term_counts(runs_dir, write, make_record,
                                                                                    right, evidence):

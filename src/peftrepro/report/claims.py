@@ -280,7 +280,8 @@ def _eval_error(a: Cell, b: Cell) -> tuple[float, str]:
 def _less_seed_noise(variance: float, seed_noise: float) -> tuple[float, str]:
     """The variance left once the seeds' share is taken out, at least 0 (a moment estimate can fall below)."""
     left = variance - seed_noise
-    note = "; the examples' spread is all seed noise, which the seed term counts" if left <= 0 < seed_noise else ""
+    note = ("; the paired spread is no larger than the seeds' own noise in it, so 0: the seed term counts that noise"
+            if left <= 0 < seed_noise else "")
     return max(left, 0.0), note
 
 
