@@ -555,3 +555,18 @@ def test_the_speed_section_names_the_latency_record_its_table_shows_and_the_othe
     assert report.latency_text(tmp_path, runs).endswith(
         "shows `cpu-intel-smoke` on Intel Xeon (profile smoke); also measured: `cpu-amd-smoke` on AMD EPYC "
         "(profile smoke) (`make table-latency` on that machine shows it).")
+
+
+@pytest.mark.parametrize("trainable, says", [
+    ({"W_q": 276_480, "W_q,W_v": 230_400}, " [trainable parameters differ: W_q,W_v 0.230M vs W_q 0.276M]"),
+    ({"W_q": 230_400, "W_q,W_v": 230_400}, ""),  # GPT-3's square matrices: equal r × #matrices is an equal count
+])
+def test_a_weight_type_claim_says_where_its_equal_budget_trains_different_counts(write, make_record, runs_dir,
+                                                                                  trainable, says) -> None:
+    for seed in (0, 1):
+        for column, method in (("W_q", WQ), ("W_q,W_v", QV)):
+            record = make_record("table_weight_type", "mnli", method, seed, {"accuracy_m": 0.5 + 0.1 * (method is QV)})
+            write(record | {"params": {"trainable": trainable[column], "total": 10**8}})
+    found = claims.evaluate(build_table(TABLES["table_weight_type"], runs_dir))
+    claim = next(c for c in found if c.text.startswith("MultiNLI: adapting W_q,W_v (r=4) beats W_q alone"))
+    assert claim.evidence.endswith(")" + says)

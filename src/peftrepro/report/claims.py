@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from scipy import stats as scipy_stats
 
-from peftrepro.report.records import PROPORTION_METRICS, training_text
+from peftrepro.report.records import PROPORTION_METRICS, distinct, format_count, training_text
 from peftrepro.report.specs import GPT3_TASK_NAMES, RANK_WEIGHTS
 
 if TYPE_CHECKING:
@@ -416,14 +416,25 @@ def _weight_type_claims(result: TableResult) -> list[Claim]:
         qv, q, k, four = cells["W_q,W_v"], cells["W_q"], cells["W_k"], cells["W_q,W_k,W_v,W_o"]
         others = [cells[c] for c in columns if c != "W_q,W_k,W_v,W_o"]
         claims += [
-            combine(f"{name}: adapting W_q,W_v (r=4) beats W_q alone (r=8) at equal r × #matrices",
-                    "§7.1, Table 5", [beats(qv, q)], WHY_FEWER_MATRICES),
-            combine(f"{name}: adapting W_q,W_v (r=4) beats W_k alone (r=8) at equal r × #matrices",
-                    "§7.1, Table 5", [beats(qv, k)], WHY_FEWER_MATRICES),
+            _with_counts(combine(f"{name}: adapting W_q,W_v (r=4) beats W_q alone (r=8) at equal r × #matrices",
+                                 "§7.1, Table 5", [beats(qv, q)], WHY_FEWER_MATRICES), result, task, ("W_q,W_v", "W_q")),
+            _with_counts(combine(f"{name}: adapting W_q,W_v (r=4) beats W_k alone (r=8) at equal r × #matrices",
+                                 "§7.1, Table 5", [beats(qv, k)], WHY_FEWER_MATRICES), result, task, ("W_q,W_v", "W_k")),
             combine(f"{name}: all four (W_q,W_k,W_v,W_o at r=2) is best or tied",
                     "Table 5", [matches_or_beats(four, other) for other in others if other.status != "n/a"]),
         ]
     return claims
+
+
+def _with_counts(claim: Claim, result: TableResult, task: str, columns: tuple[str, str]) -> Claim:
+    """Where two columns of equal r × #matrices train different counts (grouped-query attention narrows
+    W_k and W_v), the evidence says so: the paper's GPT-3 columns were equal in both."""
+    counts = [distinct(format_count(r.trainable / 1e6) for r in result.cell_records(task, c) if r.trainable)
+              for c in columns]
+    if not all(counts) or counts[0] == counts[1]:
+        return claim
+    trained = " vs ".join(f"{c} {'/'.join(n)}" for c, n in zip(columns, counts))
+    return replace(claim, evidence=f"{claim.evidence} [trainable parameters differ: {trained}]")
 
 
 def _rank_claims(result: TableResult) -> list[Claim]:
