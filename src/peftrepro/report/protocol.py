@@ -49,7 +49,7 @@ def lora_scale(record: Record) -> float | None:
 
 def lora_scale_text(results: Mapping[str, TableResult]) -> str:
     """Per task, LoRA's table runs grouped by α/r with how many of them spiked or failed to train: the one
-    rate per task was chosen at one α/r, and with α fixed the others take larger or smaller steps."""
+    rate per task was chosen at one α/r, and with α fixed the other ranks take other steps."""
     chosen = {r.task: scale for result in results.values() for r in result.lr_search
               if (scale := lora_scale(r)) is not None}
     scaled = {r.path: (r, scale) for result in results.values() for r in result.records
@@ -67,9 +67,11 @@ def lora_scale_text(results: Mapping[str, TableResult]) -> str:
                      + f": {counts}")
     if not lines:
         return ""
-    return ("LoRA keeps one α at every rank, as the paper does (§4.1), so its update BA is scaled by α/r: one\n"
-            "learning rate per task is a larger step at a lower rank. LoRA's table runs that trained unstably\n"
-            "(a loss spike, or a loss that failed to fall), of all its runs at each α/r:\n\n"
+    return ("LoRA keeps one α at every rank, as the paper does (§4.1), so its update BA is scaled by α/r; one\n"
+            "learning rate per task need not be the same step at every rank: α/r falls as r grows while BA sums\n"
+            "more directions (rsLoRA, Kalajdzievski 2023, arXiv:2312.03732, argues the step stays stable across\n"
+            "ranks only at α/√r). LoRA's table runs that trained unstably (a loss spike, or a loss that failed\n"
+            "to fall), of all its runs at each α/r:\n\n"
             + "\n".join(lines) + "\n\n")
 
 
