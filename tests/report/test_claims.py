@@ -36,8 +36,9 @@ from peftrepro.report.render import incomplete_lines
 from peftrepro.report.specs import TABLES
 
 
-def cell(mean: float, std: float = 0.1, n: int = 3, sampling_se: float = 0.0) -> Cell:
-    return Cell("x", mean, std, n, "ok", sampling_se, metric="accuracy_m")
+def cell(mean: float, std: float = 0.1, n: int = 3, sampling_se: float = 0.0, status: str | None = None) -> Cell:
+    status = status or ("missing" if n == 0 else "ok")
+    return Cell("x", mean, std, n, status, sampling_se, metric="accuracy_m")
 
 
 @pytest.mark.parametrize("compare,a,b,verdict", [
@@ -92,8 +93,11 @@ def test_a_claim_not_held_is_marginal_only_if_every_failing_comparison_is():
     assert not combine("claim", "§0", [near, far]).marginal
 
 
-@pytest.mark.parametrize("last, waiting", [(cell(50.0), ""), (cell(50.0, n=1), "one seed"),
-                                           (cell(float("nan"), n=0), "no result")])
+@pytest.mark.parametrize("last, waiting", [
+    (cell(50.0), ""), (cell(50.0, n=1, status="partial"), "one seed"), (cell(float("nan"), n=0), "no result"),
+    (cell(50.0, n=1), ""),  # one seed is all a one-seed profile (smoke) runs: nothing to wait for
+    (cell(float("nan"), n=0, status="failed"), ""),  # its runs ran and failed: a rerun is a choice, not a wait
+])
 def test_a_claim_knows_a_cell_still_waiting_for_runs_beyond_the_comparisons_it_quotes(last, waiting):
     """The evidence quotes at most MAX_SHOWN comparisons; a missing cell in the next one still counts."""
     wide = [matches_or_beats(cell(50.0, std=2.0), cell(50.5, std=2.0)) for _ in range(MAX_SHOWN)]
@@ -103,12 +107,14 @@ def test_a_claim_knows_a_cell_still_waiting_for_runs_beyond_the_comparisons_it_q
 
 
 @pytest.mark.parametrize("last, printed", [(cell(float("nan"), n=0), "— (not all its cells have run yet)"),
-                                           (cell(50.0, n=1), "— (one seed: no spread)")])
+                                           (cell(50.0, n=1, status="partial"), "— (one seed: no spread)"),
+                                           (cell(50.0, n=1), "inconclusive")])
 def test_a_claim_waiting_for_runs_prints_no_verdict_yet(last, printed):
     """Inconclusive for want of runs is not a verdict: pages print "—" with what is missing."""
     claim = combine("claim", "§0", [matches_or_beats(cell(50.0, std=2.0), last)])
     assert claim.verdict == INCONCLUSIVE and claim.printed() == printed
-    assert f"| claim | §0 | {printed} |" in render([claim])[2]
+    shown = printed if printed.startswith("—") else f"**{printed}**"
+    assert f"| claim | §0 | {shown} |" in render([claim])[2]
 
 
 def test_the_evidence_names_a_missing_cell_before_the_other_s_one_seed():

@@ -129,7 +129,7 @@ def _cell(spec: TableSpec, row: str, column: str, obs: pd.DataFrame, seeds: Sequ
         hit = paper_index.loc[ref]
         paper_value, paper_printed = float(hit["value"]), str(hit["printed"])
     mine = obs[(obs["row"] == row) & (obs["column"] == column)]
-    good = mine[mine["value"].notna()]
+    good = mine[mine["value"].notna()].sort_values("seed", kind="stable")  # values in seed order
     values = good["value"].astype(float)
     got = sorted({int(s) for s in good["seed"].dropna()})
     problems = sorted(set(mine.loc[mine["value"].isna(), "problem"].dropna()))
@@ -267,8 +267,10 @@ def seed_spreads(results: Iterable[TableResult], metric: str) -> list[SeedSpread
         for (row, column), stats in cells[cells["metric"] == metric].iterrows():
             runs = result.cell_records(row, column)
             trained = not stats["did_not_learn"] and not any(r.failed_training for r in runs)
-            # a cell another table copied (peftrepro.runs.reuse) is one spread, not one per table
-            originals = frozenset(copied_from(r.raw) or (r.experiment, r.run_key) for r in runs)
+            # a cell another table copied (peftrepro.runs.reuse) is one spread, not one per table; a stale
+            # copy (its original rerun since) has other values, so it stays a spread of its own
+            originals = (frozenset(copied_from(r.raw) or (r.experiment, r.run_key) for r in runs),
+                         tuple(stats["values"]))
             if stats["n"] > 1 and trained and originals not in seen:
                 seen.add(originals)
                 spreads.append(SeedSpread(max(stats["values"]) - min(stats["values"]),

@@ -364,8 +364,10 @@ def combine(text: str, source: str, comparisons: Sequence[Comparison], why: str 
     if not comparisons:
         return Claim(text, source, INCONCLUSIVE, "no comparable cells")
     compared = [cell for c in comparisons for cell in c.cells]
-    waiting = ("no result" if any(cell.n == 0 for cell in compared)
-               else "one seed" if any(cell.n == 1 for cell in compared) else "")
+    # what a compared cell still waits for: a first run, or the profile's other seeds (a cell whose runs
+    # failed waits for nothing, and one seed is all a one-seed profile runs)
+    waiting = ("no result" if any(cell.n == 0 and cell.status in ("missing", "unscored") for cell in compared)
+               else "one seed" if any(cell.n == 1 and cell.status == "partial" for cell in compared) else "")
     verdicts = {c.verdict for c in comparisons}
     verdict = NOT_HELD if NOT_HELD in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts else HELD
     deciding = [c for c in comparisons if c.verdict == verdict]
@@ -416,9 +418,9 @@ def _weight_type_claims(result: TableResult) -> list[Claim]:
         qv, q, k, four = cells["W_q,W_v"], cells["W_q"], cells["W_k"], cells["W_q,W_k,W_v,W_o"]
         others = [cells[c] for c in columns if c != "W_q,W_k,W_v,W_o"]
         claims += [
-            _with_counts(combine(f"{name}: adapting W_q,W_v (r=4) beats W_q alone (r=8) at equal r × #matrices",
+            _noting_unequal_counts(combine(f"{name}: adapting W_q,W_v (r=4) beats W_q alone (r=8) at equal r × #matrices",
                                  "§7.1, Table 5", [beats(qv, q)], WHY_FEWER_MATRICES), result, task, ("W_q,W_v", "W_q")),
-            _with_counts(combine(f"{name}: adapting W_q,W_v (r=4) beats W_k alone (r=8) at equal r × #matrices",
+            _noting_unequal_counts(combine(f"{name}: adapting W_q,W_v (r=4) beats W_k alone (r=8) at equal r × #matrices",
                                  "§7.1, Table 5", [beats(qv, k)], WHY_FEWER_MATRICES), result, task, ("W_q,W_v", "W_k")),
             combine(f"{name}: all four (W_q,W_k,W_v,W_o at r=2) is best or tied",
                     "Table 5", [matches_or_beats(four, other) for other in others if other.status != "n/a"]),
@@ -426,7 +428,7 @@ def _weight_type_claims(result: TableResult) -> list[Claim]:
     return claims
 
 
-def _with_counts(claim: Claim, result: TableResult, task: str, columns: tuple[str, str]) -> Claim:
+def _noting_unequal_counts(claim: Claim, result: TableResult, task: str, columns: tuple[str, str]) -> Claim:
     """Where two columns of equal r × #matrices train different counts (grouped-query attention narrows
     W_k and W_v), the evidence says so: the paper's GPT-3 columns were equal in both."""
     counts = [distinct(format_count(r.trainable / 1e6) for r in result.cell_records(task, c) if r.trainable)

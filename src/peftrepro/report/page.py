@@ -152,7 +152,7 @@ def latency_text(tables_dir: Path, runs_dir: Path) -> str:
         return text + "no record."
     page_key = shown.group(1) if shown else None
     others = [w for key, w in where.items() if key != page_key]
-    return (text + (f"shows {where[page_key]}" if page_key in where else "shows a record not under runs/")
+    return (text + (f"shows {where[page_key]}" if page_key in where else "shows a record it cannot match to one under runs/")
             + (f"; also measured: {'; '.join(others)} (`make table-latency` on that machine shows it)" if others else "")
             + ".")
 

@@ -16,7 +16,7 @@ import pandas as pd
 from peftrepro.report import claims
 from peftrepro.report.cells import TableResult, largest_spread_text, seed_spreads
 from peftrepro.report.records import Record, is_reused, plural, sets_own_rates
-from peftrepro.report.render import SELECTION_BY_PROFILE, baseline_lines, fixed_rates_line, lr_lines
+from peftrepro.report.render import NO_SELECTION_YET, SELECTION_BY_PROFILE, baseline_lines, fixed_rates_line, lr_lines
 
 # a row of a table's "Paper's claims" section, as the archived tables printed it
 CLAIM_ROW = re.compile(r"^\| (?P<claim>[^|]+) \| [^|]+ \| \*\*(?P<verdict>held|not held|inconclusive)\*\*"
@@ -32,8 +32,10 @@ def selected_lr_text(results: Mapping[str, TableResult]) -> str:
         return f"- No run yet. {SELECTION_BY_PROFILE}"
     lines: dict[str, str] = {}  # "- task / method" -> its line, with the rates and machines of every table's runs
     for result in results.values():
-        for line in lr_lines(result, records):
-            lines.setdefault(line.split(" (")[0].split(":")[0], line)
+        for line in lr_lines(result, records, whose="the tables' runs"):
+            key = line.split(" (")[0].split(":")[0]
+            if key not in lines or NO_SELECTION_YET in lines[key]:  # a table that saw the selection's runs wins
+                lines[key] = line
     return "\n".join(lines.values())
 
 
@@ -163,23 +165,24 @@ def seeds_left(expected: Sequence[int], runs: Sequence[Record]) -> str:
     return f"; {'seed' if len(left) == 1 else 'seeds'} {', '.join(map(str, left))} not run yet (`make peft-budget`)"
 
 
-def reading_text(ours: Sequence[Record], loop: Mapping[Any, Sequence[Record]]) -> str:
-    """Where Table 3's LoRA lies against each loop-budget group on the first FIRST_MRS MRs (means over seeds):
-    the question the comparison asks, answered only as far as an ordering of means goes."""
+def reading_text(ours: Sequence[Record], loop: Mapping[Any, Sequence[Record]], noise: float | None = None) -> str:
+    """Where Table 3's LoRA lies against each loop-budget group on the first FIRST_MRS MRs (means over seeds),
+    stated only as an ordering of means, and as within seed noise where every gap is below `noise` (the
+    largest spread of two seeds of one setting)."""
     def mean(runs: Sequence[Record]) -> float:
         return statistics.fmean(float(first_mrs_bleu(r)) for r in runs)  # type: ignore[arg-type]
 
     table = mean(ours)
     groups = sorted(loop.items(), key=lambda item: -(item[0] or 0))
-    above = all(table >= mean(runs) for _, runs in groups)
-    below = all(table < mean(runs) for _, runs in groups)
-    order = ("at or above every loop-budget group" if above else "below every loop-budget group" if below
-             else "between the loop-budget groups")
+    gaps = [table - mean(runs) for _, runs in groups]
+    order = ("at or above each loop-budget group's mean" if all(g >= 0 for g in gaps)
+             else "below each loop-budget group's mean" if all(g < 0 for g in gaps)
+             else "between the loop-budget groups' means")
+    within = (f"; every gap is smaller than the {noise:.1f} BLEU two seeds of one setting differ by on all test "
+              "MRs, so within seed noise"
+              if noise is not None and all(abs(g) < noise for g in gaps) else "")
     return (f"- Reading: on the first {FIRST_MRS} MRs Table 3's LoRA ({table:.1f}) lies {order} "
-            f"({', '.join(f'dropout {d}: {mean(runs):.1f}' for d, runs in groups)}): "
-            + ("the mini schedule does not leave the suite's LoRA behind that loop's budget there."
-               if above else "the loop's budget trains the suite's LoRA further than the mini schedule there."
-               if below else "no ordering of the two budgets there."))
+            f"({', '.join(f'dropout {d}: {mean(runs):.1f}' for d, runs in groups)}){within}.")
 
 
 def budget_text(results: Mapping[str, TableResult], study: Sequence[Record]) -> str:
@@ -211,11 +214,13 @@ def budget_text(results: Mapping[str, TableResult], study: Sequence[Record]) -> 
                          f"{pair_text(*pair)}): {setup_differences(*pair)}. The first {FIRST_MRS} MRs "
                          "are a slice in file order, not a sample: an ordering of the two setups there need not "
                          "hold on all MRs.")
-            lines.append(reading_text(ours, loop))
-        if spreads := seed_spreads([table3] if table3 else [], "bleu"):
+        spreads = seed_spreads([table3] if table3 else [], "bleu")
+        if spreads:
             lines.append("- These are runs, not intervals: two seeds of one Table 3 setting differ by "
                          f"{largest_spread_text(spreads, 'BLEU', ' on all test MRs')}, so a gap smaller than that "
                          "between groups of one or two seeds is within seed noise.")
+        if ours:
+            lines.append(reading_text(ours, loop, max((s.value for s in spreads if not s.spiked), default=None)))
     else:
         lines.append("- LoRA at a plain HF-peft loop's budget (`make peft-budget`): not run yet.")
     return "\n".join(lines)

@@ -51,8 +51,9 @@ def format_cell(spec: TableSpec, cell: pd.Series, n_expected: int, runs: Sequenc
     text = f"{cell['mean']:.{digits}f}"
     if cell["n"] > 1:
         text += f" ± {cell['std']:.{digits}f}"
-    if 0 < len(cell["did_not_learn"]) < cell["n"]:  # a mean over a failed fit and a fit is neither: each seed's
-        text = " / ".join(f"{value:.{digits}f}" for value in cell["values"])
+    if 0 < len(cell["did_not_learn"]) < cell["n"] and len(cell["seeds"]) == len(cell["values"]):
+        # a mean over a failed fit and a fit is neither: each seed's score
+        text = " / ".join(f"seed {seed}: {value:.{digits}f}" for seed, value in zip(cell["seeds"], cell["values"]))
     of = f" of {n_expected}" if cell["status"] == "partial" else ""
     devices = Counter(r.device_kind for r in runs) if name_devices else None
     text = f"{text} (n={cell['n']}{of}{devices_text(devices)})"
@@ -306,16 +307,19 @@ SELECTION_BY_PROFILE = ("A profile that selects its learning rates (`lr_selectio
                         "select-lr` before a table's runs; one that sets them itself (smoke, paper) does not.")
 
 
+NO_SELECTION_YET = "no selection run yet (`make select-lr`)"
+
+
 def fixed_rates_line(records: Sequence[Record]) -> str:
     """The learning-rate line of runs whose profile sets its rates itself (`sets_own_rates`)."""
     return (f"- No selection: profile {', '.join(distinct(r.profile for r in records))} sets its learning rates "
             f"itself (`lr_selection: false`): {', '.join(rates_text(r.get('train.lr') for r in records))}.")
 
 
-def lr_lines(result: TableResult, runs: Sequence[Record] | None = None) -> list[str]:
+def lr_lines(result: TableResult, runs: Sequence[Record] | None = None, whose: str = "the table's runs") -> list[str]:
     """Per (task, method) of the table, and per backbone where it has several: the selection's grid with
-    its dev scores and choice, and the rate the table's runs (or `runs`, e.g. every table's) used and
-    where (read from the lr_search records and the runs' own)."""
+    its dev scores and choice, and the rate the table's runs (or `runs`, e.g. every table's, named
+    `whose`) used and where (read from the lr_search records and the runs' own)."""
     if sets_own_rates(result.records):
         return [fixed_rates_line(result.records)]
     runs = [r for r in (result.records if runs is None else runs) if r.get("lr_selection")]
@@ -331,14 +335,13 @@ def lr_lines(result: TableResult, runs: Sequence[Record] | None = None) -> list[
                 theirs = [r for r in runs if r.task == task and r.method.get("name") == method
                           and r.status == "ok" and backbone in (None, r.model.get("name"))]
                 used = rates_text(r.get("train.lr") for r in theirs)
-                ran_on = distinct(r.hardware for r in theirs)
                 label = f"{task} / {method}" + (f" on {backbone}" if len(backbones) > 1 else "")
                 ours = [r for r in points if r.model.get("name") == backbone]
                 if not ours:
-                    lines.append(f"- {label}: no selection run yet (`make select-lr`)"
-                                 + (f"; the table's runs used {', '.join(used)}" if used else ""))
+                    lines.append(f"- {label}: {NO_SELECTION_YET}"
+                                 + (f"; {whose} used {', '.join(used)}" if used else ""))
                     continue
-                lines.append(_search_line(label, metric, ours, used, ran_on))
+                lines.append(_search_line(label, metric, ours, theirs, whose))
     return lines
 
 
@@ -385,10 +388,11 @@ def replay_points(metric: str, points: Sequence[Record]) -> Replayed | str:
     return Replayed(last, float(start), latest, scores, step_of, state, checks)
 
 
-def _search_line(label: str, metric: str, points: Sequence[Record], used: list[str], ran_on: Sequence[str] = ()) -> str:
+def _search_line(label: str, metric: str, points: Sequence[Record], runs: Sequence[Record],
+                 whose: str = "the table's runs") -> str:
     """One search's grid as the selection sees it, where it ran, its choice once it has decided, the
-    points whose training failed (diverged or barely trained), and the machines (`ran_on`) where the
-    table's runs used the choice though no point of the grid ran there."""
+    points whose training failed (diverged or barely trained), the rates the table's `runs` used where
+    not the choice, and the machines where they used the choice though no point of the grid ran there."""
     replayed = replay_points(metric, points)
     if isinstance(replayed, str):
         return f"- {label}: {replayed}"
@@ -399,8 +403,9 @@ def _search_line(label: str, metric: str, points: Sequence[Record], used: list[s
     chosen = selection.ladder(replayed.start, state.best_step()) if state.decided else None
     # where the grid ran: once for the line, or per point where its points ran on different machines (or
     # precisions); a rate found stable in bf16 on a GPU need not be in fp32 on a CPU, or the reverse
-    grid_on = distinct(r.hardware for r in latest.values() if r.hardware_info)  # records old enough say nothing
+    grid_on = distinct(r.hardware for r in latest.values())
     mixed = len(grid_on) > 1
+    recorded = all(r.hardware_info for r in latest.values())  # records old enough say nothing of it
     shown = []
     for lr, r in sorted(latest.items()):
         text = f"{rate_text(lr)}: {scores[lr]:.1f}" if lr in scores else f"{rate_text(lr)}: {r.status}"
@@ -411,7 +416,7 @@ def _search_line(label: str, metric: str, points: Sequence[Record], used: list[s
         if step_of[lr] not in state.scores:
             text += " (outside the current grid)"
         shown.append(f"**{text}**" if lr == chosen else text)
-    where = f", on {grid_on[0]}" if len(grid_on) == 1 else ""
+    where = f", on {grid_on[0]}" if len(grid_on) == 1 and recorded else ""
     line = f"- {label} ({_options_text(replayed.last)}){where}: dev {metric} {' · '.join(shown)}"
     if chosen is None:
         failed = [step for step, score in state.scores.items() if score is None and step in step_of.values()]
@@ -425,10 +430,11 @@ def _search_line(label: str, metric: str, points: Sequence[Record], used: list[s
     if not state.any_learned and (check := replayed.against_majority.get(chosen)):
         line += (f"; **no rate of the grid learned**: the best, {check}, does not beat the dev split's "
                  "majority class, so the choice among its rates is noise")
-    if used and used != [rate_text(chosen)]:
-        line += f"; **the table's runs used {', '.join(used)}**, not the choice"
-    if grid_on and (elsewhere := [device for device in ran_on if device not in grid_on]):
-        line += f"; the table's runs on {' and '.join(elsewhere)} use it too, though no point of the grid ran there"
+    if (used := rates_text(r.get("train.lr") for r in runs)) and used != [rate_text(chosen)]:
+        line += f"; **{whose} used {', '.join(used)}**, not the choice"
+    with_choice = [r for r in runs if r.hardware_info and rates_text([r.get("train.lr")]) == [rate_text(chosen)]]
+    if recorded and (elsewhere := [d for d in distinct(r.hardware for r in with_choice) if d not in grid_on]):
+        line += f"; {whose} on {' and '.join(elsewhere)} use it too, though no point of the grid ran there"
     return line
 
 
