@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from scipy import stats as scipy_stats
 
-from peftrepro.report.records import PROPORTION_METRICS, distinct, format_count, training_text
+from peftrepro.report.records import PROPORTION_METRICS, trainable_counts, training_text
 from peftrepro.report.specs import GPT3_TASK_NAMES, RANK_WEIGHTS
 
 if TYPE_CHECKING:
@@ -431,8 +431,7 @@ def _weight_type_claims(result: TableResult) -> list[Claim]:
 def _noting_unequal_counts(claim: Claim, result: TableResult, task: str, columns: tuple[str, str]) -> Claim:
     """Where two columns of equal r × #matrices train different counts (grouped-query attention narrows
     W_k and W_v), the evidence says so: the paper's GPT-3 columns were equal in both."""
-    counts = [distinct(format_count(r.trainable / 1e6) for r in result.cell_records(task, c) if r.trainable)
-              for c in columns]
+    counts = [trainable_counts(result.cell_records(task, c)) for c in columns]
     if not all(counts) or counts[0] == counts[1]:
         return claim
     trained = " vs ".join(f"{c} {'/'.join(n)}" for c, n in zip(columns, counts))

@@ -396,12 +396,17 @@ def format_count(millions: float) -> str:
     return f"{count:.0f}"
 
 
+def trainable_counts(records: Sequence[Record]) -> list[str]:
+    """The distinct trainable-parameter counts of `records`, as tables print them ("0.230M")."""
+    return distinct(format_count(r.trainable / 1e6) for r in records if r.trainable)
+
+
 def training_text(records: Sequence[Record]) -> str:
     """How a cell's runs trained, e.g. "0.92M trainable, lr 5e-4, 250 steps, final training loss
     0.94 (mean of 2)": the facts that bear on why two methods' scores differ."""
     if not records:
         return "no run"
-    trainable = distinct(format_count(r.trainable / 1e6) for r in records if r.trainable)
+    trainable = trainable_counts(records)
     steps = distinct((r.raw.get("training") or {}).get("steps") for r in records)
     losses = [float(loss) for r in records if (loss := (r.raw.get("training") or {}).get("final_loss")) is not None]
     parts = [f"{'/'.join(trainable)} trainable", f"lr {'/'.join(rates_text(r.get('train.lr') for r in records))}",
