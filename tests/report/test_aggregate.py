@@ -143,8 +143,9 @@ def test_a_copy_made_before_its_original_was_rerun_is_left_out_and_named(runs_di
     assert [(problem.kind, problem.reason) for problem in rank.problems] == [(
         "stale copy", "a copy of table_methods/lora-r1 made before that run was rerun: left out, its numbers are the "
         "earlier run's; the next sweep of table_rank copies it again")]
-    assert f"- STALE COPY {runs_dir / 'table_rank' / 'lora-r1' / 'record.json'}: a copy of" in \
-        aggregate.render_markdown(rank, [])
+    page = aggregate.render_markdown(rank, [])
+    assert f"- STALE COPY {runs_dir / 'table_rank' / 'lora-r1' / 'record.json'}: a copy of" in page
+    assert "0 unreadable file(s), 1 stale copy\n" in page  # out of date, not unreadable
     assert build_table(TABLES["table_methods"], runs_dir).stats("lora_r1", "mnli")["mean"] == pytest.approx(61.0)
 
 
@@ -412,7 +413,8 @@ def test_hardware_label_and_device_kind_agree(hardware, precision, label, kind):
 
 
 @pytest.mark.parametrize("count,text", [
-    (512, "512"), (1_932, "1.93K"), (58_048, "58.0K"), (58_176, "58.2K"), (99_968, "0.100M"),
+    (512, "512"), (1_932, "1.93K"), (9_996, "0.0100M"), (58_048, "0.0580M"), (58_176, "0.0582M"),
+    (99_968, "0.100M"),
     (182_080, "0.182M"), (7_800_000, "7.80M"), (135_000_000, "135M"),
 ])
 def test_parameter_counts_print_three_significant_figures(count, text):

@@ -387,10 +387,10 @@ def parse_seeds(text: str | None) -> list[int] | None:
 
 def format_count(millions: float) -> str:
     """A parameter count to three significant figures, in M as the paper prints them (0.35M, 11.09M) from
-    100K up, so ours reads beside it."""
-    count = float(f"{millions * 1e6:.3g}")  # three significant figures first: 99,968 reads 0.1M, not 100K
-    if count >= 1e5:
-        return f"{count / 1e6:#.3g}".rstrip(".") + "M"  # '#': 7.80M and 58.0K keep their third figure
+    10K up, so ours reads beside it and a table's column keeps one unit (0.0576M above 0.461M)."""
+    count = float(f"{millions * 1e6:.3g}")  # three significant figures first: 9,996 reads 0.0100M, not 10.0K
+    if count >= 1e4:
+        return f"{count / 1e6:#.3g}".rstrip(".") + "M"  # '#': 7.80M and 0.0580M keep their third figure
     if count >= 1e3:
         return f"{count / 1e3:#.3g}".rstrip(".") + "K"
     return f"{count:.0f}"

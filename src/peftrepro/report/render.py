@@ -19,6 +19,7 @@ from peftrepro.report.cells import TableResult
 from peftrepro.report.paper import to_paper_unit
 from peftrepro.report.records import (
     LOSS_SPIKE_RATIO,
+    Problem,
     Record,
     commit_labels,
     distinct,
@@ -144,13 +145,21 @@ def header_lines(result: TableResult) -> list[str]:
         f"- Records: {statuses['ok']} ok, {statuses['failed']} failed, {statuses[NOT_APPLICABLE]} not applicable, "
         f"{statuses[UNSCORED]} unscored; left out: {result.superseded} older record(s) of "
         f"the same run key, {result.replaced} older run(s) of the same cell and seed under another run key "
-        f"(config or code changed since), {len(result.problems)} unreadable file(s)",
+        f"(config or code changed since), {_problem_counts(result.problems)}",
         *_trained_elsewhere_lines(records),
         f"- Paper values: {result.spec.paper_source}",
         "- Each cell: our mean ± std over seeds (n = number of seeds) · the paper's printed value."
         + (f" Its runs ran on {' and '.join(kinds)}, whose numerics differ: each cell names where its seeds ran."
            if len(kinds := device_kinds(records)) > 1 else ""),
     ]
+
+
+def _problem_counts(problems: Sequence[Problem]) -> str:
+    """How many files were left out as unreadable and how many as stale copies (readable, but of an
+    earlier run of their original), e.g. "0 unreadable file(s), 1 stale copy"."""
+    stale = sum(p.kind == "stale copy" for p in problems)
+    return f"{len(problems) - stale} unreadable file(s)" + (
+        f", {stale} stale cop{'y' if stale == 1 else 'ies'}" if stale else "")
 
 
 def device_kinds(records: Sequence[Record]) -> list[str]:
