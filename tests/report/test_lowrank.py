@@ -7,11 +7,13 @@ import pytest
 
 from peftrepro.report.lowrank import (
     RANDOM_DRAWS,
+    projection_norm,
     projection_norms,
     random_gaussian_pair,
     random_similarity,
     shared_directions,
     subspace_similarity,
+    top_directions,
 )
 
 RNG = np.random.default_rng(0)
@@ -92,3 +94,25 @@ def test_ws_own_directions_carry_the_most_and_random_ones_about_r_norm_over_sqrt
     # E‖UᵀWVᵀ‖²_F = r²‖W‖²_F/(d_out·d_in) for random orthonormal U, V; RANDOM_DRAWS draws averaged
     assert rows.random_directions == pytest.approx(r * np.linalg.norm(W) / np.sqrt(d_out * d_in), rel=0.3)
     assert RANDOM_DRAWS >= 10
+
+
+def test_random_directions_have_the_law_of_a_gaussian_matrixs_top_singular_vectors(monkeypatch) -> None:
+    """Table 7's random column draws orthonormal frames by QR (lowrank.random_directions): the projection
+    norms they give must be distributed as with the top-r singular vectors of Gaussian matrices."""
+    from peftrepro.report import lowrank
+
+    shape, r, draws = (12, 20), 3, 4000
+    W = RNG.standard_normal(shape) * np.linspace(3.0, 0.1, shape[1])  # an anisotropic W, so the law matters
+    by_svd = [projection_norm(W, *top_directions(RNG.standard_normal(shape), r)) for _ in range(draws)]
+    monkeypatch.setattr(lowrank, "RANDOM_DRAWS", draws)
+    lowrank.random_directions.cache_clear()
+    by_qr = [projection_norm(W, U, Vt) for U, Vt in lowrank.random_directions(shape, r, seed=1)]
+    lowrank.random_directions.cache_clear()  # the next caller draws RANDOM_DRAWS again
+    for quantile in (25, 50, 75, 95):
+        assert np.percentile(by_qr, quantile) == pytest.approx(np.percentile(by_svd, quantile), rel=0.06)
+
+
+def test_the_random_columns_95th_percentile_lies_above_its_mean() -> None:
+    W = RNG.standard_normal((30, 40))
+    rows = projection_norms(W, _orthonormal(30, 2) @ _orthonormal(40, 2).T, r=2)
+    assert rows.random_high > rows.random_directions > 0

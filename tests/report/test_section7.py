@@ -72,14 +72,16 @@ def test_a_run_that_did_not_learn_judges_nothing(runs) -> None:
 def table7_rows(weight: str, values: dict[int, tuple[float, float, float, float]], layer: int = MIDDLE) -> list[dict]:
     """Rows as report.amplification.measure writes them: r -> (ΔW's directions, W's, random, amplification)."""
     return [{"task": "mnli", "layer": layer, "n_layers": 4, "weight": weight, "r": r, "seed": seed,
-             "delta_directions": d, "w_directions": w, "random_directions": x, "w_norm": 60.0, "delta_norm": d * a,
+             "delta_directions": d, "w_directions": w, "random_directions": x, "random_high": 1.5 * x,
+             "w_norm": 60.0, "delta_norm": d * a,
              "amplification": a, "middle_layer": layer == MIDDLE, "judges": True, "run": f"r{r}-s{seed}"}
             for r, (d, w, x, a) in values.items() for seed in (0, 1)]
 
 
 def test_table7_statements_on_planted_rows() -> None:
     like_the_paper = {4: (0.32, 21.67, 0.02, 21.5), 64: (1.90, 37.71, 0.33, 1.9)}
-    the_opposite = {4: (0.01, 0.05, 0.02, 1.0), 64: (0.2, 1.0, 0.3, 2.0)}  # below random, W's own, more at r=64
+    # within chance of random, nearer W's top than random on a log scale, amplified more at r=64
+    the_opposite = {4: (0.025, 0.028, 0.02, 1.0), 64: (0.4, 0.45, 0.3, 2.0)}
     elsewhere = {4: (0.0, 1.0, 1.0, 0.1), 64: (0.0, 1.0, 1.0, 9.0)}  # another layer: never judged
     table = pd.DataFrame(table7_rows("W_q", like_the_paper) + table7_rows("W_v", the_opposite)
                          + table7_rows("W_q", elsewhere, layer=3))
@@ -87,6 +89,12 @@ def test_table7_statements_on_planted_rows() -> None:
     assert judged.groupby("weight")["verdict"].apply(list).to_dict() == {
         "W_q": ["held", "held", "held"], "W_v": ["not held", "not held", "not held"]}
     assert "seed 0: 21.5 vs 1.9" in judged.iloc[-2]["ours"]
+
+
+def test_delta_directions_above_the_random_mean_but_not_its_95th_percentile_are_not_stronger_than_random() -> None:
+    within_chance = {4: (0.025, 21.67, 0.02, 21.5), 64: (0.40, 37.71, 0.33, 1.9)}  # random_high: 0.03, 0.495
+    judged = amplification.statement_rows(pd.DataFrame(table7_rows("W_q", within_chance)), 4, 64)
+    assert judged.iloc[0]["verdict"] == "not held" and "r=4 seed 0: 0.03 vs 0.03" in judged.iloc[0]["ours"]
 
 
 # ---- end to end: tiny smoke runs as Table 6 makes them, then both analyses

@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from peftrepro.errors import PeftReproError
@@ -33,14 +34,13 @@ from peftrepro.report.factors import (
     runs_table,
     verdict,
 )
-from peftrepro.report.lowrank import projection_norms
+from peftrepro.report.lowrank import RANDOM_DRAWS, RANDOM_QUANTILE, projection_norms
 from peftrepro.report.paper import load_paper
 from peftrepro.runs.records import atomic_write_text
 
 NAME = "table_amplification"
 PAPER_RANKS = (4, 64)
 SOURCE = "arXiv v2 §7.3"
-NOT_EMPHASISED = 0.1  # "not the top directions of W": ΔW's directions carry under a tenth of W's top ones
 COLUMNS = ("delta_directions", "w_directions", "random_directions", "w_norm", "delta_norm", "amplification")
 HEADERS = ("‖UᵀWVᵀ‖_F, ΔW's directions", "W's top directions", "random directions", "‖W‖_F", "‖ΔW‖_F",
            "amplification ‖ΔW‖_F / ‖UᵀWVᵀ‖_F")
@@ -53,7 +53,7 @@ def measure(runs: dict[tuple[str, int, int], AdaptedRun], weights_of: dict) -> p
         for layer, weight in itertools.product(run.factors.layers, WEIGHTS):
             found = projection_norms(weights_of[(layer, weight)], run.delta(layer, weight), rank)
             rows.append({"task": task, "layer": layer, "n_layers": run.factors.n_layers, "weight": weight, "r": rank,
-                         "seed": seed, **{c: getattr(found, c) for c in COLUMNS},
+                         "seed": seed, **{c: getattr(found, c) for c in COLUMNS}, "random_high": found.random_high,
                          "middle_layer": layer == run.middle_layer, "judges": run.failed_fit is None,
                          "run": run.record.run_key})
     return pd.DataFrame(rows)
@@ -94,6 +94,12 @@ class Check:
     holds: Callable[[pd.DataFrame], list[bool]]  # one outcome per judged seed
 
 
+def middle(random: float, top: float) -> float:
+    """Halfway from random directions to W's top ones on a log scale: what ΔW's directions must stay under
+    to count as not emphasised in W."""
+    return float(np.sqrt(random * top))
+
+
 def checks(low: int, high: int) -> list[Check]:
     def per_seed(frame: pd.DataFrame, test: Callable[[pd.Series], bool]) -> list[bool]:
         return [bool(test(row)) for _, row in frame[frame["judges"]].iterrows()]
@@ -108,15 +114,20 @@ def checks(low: int, high: int) -> list[Check]:
 
     return [
         Check("ΔW has a stronger correlation with W than a random matrix: ‖UᵀWVᵀ‖_F is larger in ΔW's directions "
-              "than in random ones (paper: 0.32 vs 0.02 at r=4, 1.90 vs 0.33 at r=64)",
+              f"than in all but {100 - RANDOM_QUANTILE} % of random ones (ours: above the {RANDOM_QUANTILE}th "
+              f"percentile of {RANDOM_DRAWS} draws; paper: 0.32 vs 0.02 at r=4, 1.90 vs 0.33 at r=64, one draw)",
               lambda f: ", ".join(f"r={r} seed {s}: {d:.2f} vs {x:.2f}" for r, s, d, x in
-                                  f[["r", "seed", "delta_directions", "random_directions"]].itertuples(index=False)),
-              lambda f: per_seed(f, lambda row: row["delta_directions"] > row["random_directions"])),
-        Check(f"ΔW amplifies directions W does not emphasise, not W's top directions: ΔW's directions carry under "
-              f"{NOT_EMPHASISED:.0%} of what W's top-r carry (paper: 0.32/21.67 = 1.5 % at r=4, 1.90/37.71 = 5.0 % at r=64)",
-              lambda f: ", ".join(f"r={r} seed {s}: {100 * d / w:.1f} %" for r, s, d, w in
-                                  f[["r", "seed", "delta_directions", "w_directions"]].itertuples(index=False)),
-              lambda f: per_seed(f, lambda row: row["delta_directions"] < NOT_EMPHASISED * row["w_directions"])),
+                                  f[["r", "seed", "delta_directions", "random_high"]].itertuples(index=False)),
+              lambda f: per_seed(f, lambda row: row["delta_directions"] > row["random_high"])),
+        Check("ΔW amplifies directions W does not emphasise, not W's top directions: ΔW's directions carry less of W "
+              "than the geometric mean of random and W's top-r directions, i.e. nearer random than W's top on a log "
+              "scale (paper: 0.32 < √(0.02·21.67) = 0.66 at r=4, 1.90 < √(0.33·37.71) = 3.53 at r=64). Not a fixed "
+              "share of W's top (paper: 1.5 %, 5.0 %): on a narrower model r random directions alone carry more",
+              lambda f: ", ".join(f"r={r} seed {s}: {d:.2f} vs {middle(x, w):.2f}" for r, s, d, x, w in
+                                  f[["r", "seed", "delta_directions", "random_directions", "w_directions"]]
+                                  .itertuples(index=False)),
+              lambda f: per_seed(f, lambda row: row["delta_directions"]
+                                 < middle(row["random_directions"], row["w_directions"]))),
         Check(f"The amplification is much larger at low rank: r={low} above r={high} (paper: 21.5 vs about 2, App. H.4)",
               lambda f: ", ".join(f"seed {s}: {row[low]:.3g} vs {row[high]:.3g}"
                                   for s, row in amplification_by_rank(f).iterrows()),
@@ -146,7 +157,8 @@ def page(table: pd.DataFrame, judged: pd.DataFrame, runs: dict, ranks: tuple[int
         f"trained; do not edit. Per run: [`{NAME}.csv`]({NAME}.csv).",
         "",
         "W projected on r directions: ‖UᵀWVᵀ‖_F with U, V the top-r left/right singular vectors of (1) ΔW, "
-        "(2) W, (3) a random Gaussian matrix (ours: the mean of 10 seeded draws; the paper: one). ΔW = (α/r)·B·A, "
+        f"(2) W, (3) a random Gaussian matrix (ours: the mean of {RANDOM_DRAWS} seeded draws, their "
+        f"{RANDOM_QUANTILE}th percentile in the CSV and the statements; the paper: one). ΔW = (α/r)·B·A, "
         "the update LoRA's merge() adds. The amplification factor ‖ΔW‖_F / ‖UᵀWVᵀ‖_F (ΔW's own U, V; App. H.4) "
         "says how strongly ΔW scales up the part of W that already lies in its directions. The paper reports "
         "W_q of GPT-3's layer 48 of 96; we add W_v and a second layer. The paper's numbers: Table 7 and §7.3 "
