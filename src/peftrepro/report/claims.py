@@ -242,6 +242,12 @@ class Claim:
         return (f"**{self.verdict}**" if bold else self.verdict) + " (marginal)" * self.marginal
 
 
+def waiting(evaluated: Sequence[Claim]) -> tuple[int, str]:
+    """How many of the claims still wait for runs (Claim.pending), and the verb that agrees: (1, "waits")."""
+    n = sum(bool(claim.pending) for claim in evaluated)
+    return n, "waits" if n == 1 else "wait"
+
+
 def _seed_error(a: Cell, b: Cell) -> tuple[float, float, str]:
     """(SE, degrees of freedom, how) of mean(A) − mean(B) from the seed spread."""
     pool = a.pool if a.pool is not None and a.pool == b.pool else None

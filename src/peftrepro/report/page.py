@@ -71,8 +71,9 @@ def table_section(result: TableResult) -> str:
     evaluated = claims.evaluate(result)
     verdicts = pd.Series([c.verdict for c in evaluated]).value_counts()
     summary = ", ".join(f"{int(verdicts.get(v, 0))} {v}" for v in (claims.HELD, claims.NOT_HELD, claims.INCONCLUSIVE))
-    if waiting := sum(bool(c.pending) for c in evaluated):
-        summary += f" ({waiting} of them still {'waits' if waiting == 1 else 'wait'} for runs: \"—\" below)"
+    waiting, verb = claims.waiting(evaluated)
+    if waiting:
+        summary += f" ({waiting} of them still {verb} for runs: \"—\" below)"
     figure = plots.figure_name(name)
     figure_link = f"; plot: [`tables/{figure}`](tables/{figure})" if figure else ""
     parts = [f"## {spec.title}", "",

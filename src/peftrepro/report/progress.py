@@ -113,11 +113,11 @@ def claims_text(result: TableResult) -> str:
     of the inconclusive ones still wait for a compared cell's runs (Claim.pending)."""
     evaluated = claims.evaluate(result)
     counts = Counter(claim.verdict for claim in evaluated)
-    waiting = sum(bool(claim.pending) for claim in evaluated)
+    waiting, verb = claims.waiting(evaluated)
     marginal = Counter(claim.verdict for claim in evaluated if claim.marginal)
     return (" / ".join(str(counts[v]) + (f" ({marginal[v]} marginal)" if marginal[v] else "")
                        for v in (claims.HELD, claims.NOT_HELD, claims.INCONCLUSIVE))
-            + (f" ({waiting} of the inconclusive {'waits' if waiting == 1 else 'wait'} for runs)" if waiting else ""))
+            + (f" ({waiting} of the inconclusive {verb} for runs)" if waiting else ""))
 
 
 def seeds_text(result: TableResult) -> str:
