@@ -51,14 +51,32 @@ def test_figure_statements_on_planted_factors(runs) -> None:
     assert {(s.statement.split(":")[0], s.weight): s.verdict for s in found} == {
         (f"The top direction of A_{{r={LOW}}} is shared with A_{{r={HIGH}}}", "W_q"): "held",
         (f"The top direction of A_{{r={LOW}}} is shared with A_{{r={HIGH}}}", "W_v"): "not held",
-        (f"Two seeds at r={HIGH} share more directions than two random Gaussian matrices (those share 0)", "W_q"):
-            "held",
-        (f"Two seeds at r={HIGH} share more directions than two random Gaussian matrices (those share 0)", "W_v"):
-            "not held",
+        (f"Two seeds at r={HIGH} share more directions than two random Gaussian matrices", "W_q"): "held",
+        (f"Two seeds at r={HIGH} share more directions than two random Gaussian matrices", "W_v"): "not held",
         ("ΔW_q has a higher intrinsic rank than ΔW_v", "W_q vs W_v"): "held",
     }
     shared = next(s for s in found if s.weight == "W_q vs W_v")
     assert shared.ours == "seeds 0/1: 3 vs 0"
+
+
+@pytest.mark.parametrize("outcomes,expected", [
+    ([True, np.True_], "held"), ([False, np.False_], "not held"), ([True, False], "inconclusive (held in 1 of 2)"),
+    ([None], "inconclusive (held in 0 of 1, 1 tied)"), ([True, None], "inconclusive (held in 1 of 2, 1 tied)"),
+    ([], "inconclusive (no run that learned)"),
+])
+def test_a_verdict_over_seeds_holds_only_where_every_run_says_so(outcomes, expected) -> None:
+    from peftrepro.report.factors import verdict
+
+    assert verdict(outcomes, "tied") == expected
+
+
+def test_two_seeds_sharing_as_many_directions_of_w_q_as_of_w_v_say_neither_has_the_higher_rank(
+        runs, make_record) -> None:
+    for (task, rank, seed), run in list(runs.items()):  # ΔW_v's A as ΔW_q's: as many shared directions
+        q = run.A(MIDDLE, "W_q")
+        runs[(task, rank, seed)] = adapted(make_record, task, rank, seed, {"W_q": q, "W_v": q.copy()})
+    shared = next(s for s in subspace.statements(runs, ["mnli"], [0, 1], (LOW, HIGH)) if s.weight == "W_q vs W_v")
+    assert (shared.ours, shared.verdict) == ("seeds 0/1: 3 vs 3", "inconclusive (held in 0 of 1, 1 tied)")
 
 
 def test_a_run_that_did_not_learn_judges_nothing(runs) -> None:
@@ -73,21 +91,21 @@ def table7_rows(weight: str, values: dict[int, tuple[float, float, float, float]
     """Rows as report.amplification.measure writes them: r -> (ΔW's directions, W's, random, amplification)."""
     return [{"task": "mnli", "layer": layer, "n_layers": 4, "weight": weight, "r": r, "seed": seed,
              "delta_directions": d, "w_directions": w, "random_directions": x, "random_high": 1.5 * x,
-             "w_norm": 60.0, "delta_norm": d * a,
+             "random_amplification": d * a / x, "w_norm": 60.0, "delta_norm": d * a,
              "amplification": a, "middle_layer": layer == MIDDLE, "judges": True, "run": f"r{r}-s{seed}"}
             for r, (d, w, x, a) in values.items() for seed in (0, 1)]
 
 
 def test_table7_statements_on_planted_rows() -> None:
     like_the_paper = {4: (0.32, 21.67, 0.02, 21.5), 64: (1.90, 37.71, 0.33, 1.9)}
-    # within chance of random, nearer W's top than random on a log scale, amplified more at r=64
-    the_opposite = {4: (0.025, 0.028, 0.02, 1.0), 64: (0.4, 0.45, 0.3, 2.0)}
+    # beyond chance, but nearer W's top than random on a log scale, and amplified more at r=64
+    the_opposite = {4: (0.5, 0.55, 0.02, 1.0), 64: (3.0, 3.5, 0.33, 2.0)}
     elsewhere = {4: (0.0, 1.0, 1.0, 0.1), 64: (0.0, 1.0, 1.0, 9.0)}  # another layer: never judged
     table = pd.DataFrame(table7_rows("W_q", like_the_paper) + table7_rows("W_v", the_opposite)
                          + table7_rows("W_q", elsewhere, layer=3))
     judged = amplification.statement_rows(table, 4, 64)
     assert judged.groupby("weight")["verdict"].apply(list).to_dict() == {
-        "W_q": ["held", "held", "held"], "W_v": ["not held", "not held", "not held"]}
+        "W_q": ["held", "held", "held"], "W_v": ["held", "not held", "not held"]}
     assert "seed 0: 21.5 vs 1.9" in judged.iloc[-2]["ours"]
 
 
@@ -95,6 +113,9 @@ def test_delta_directions_above_the_random_mean_but_not_its_95th_percentile_are_
     within_chance = {4: (0.025, 21.67, 0.02, 21.5), 64: (0.40, 37.71, 0.33, 1.9)}  # random_high: 0.03, 0.495
     judged = amplification.statement_rows(pd.DataFrame(table7_rows("W_q", within_chance)), 4, 64)
     assert judged.iloc[0]["verdict"] == "not held" and "r=4 seed 0: 0.03 vs 0.03" in judged.iloc[0]["ours"]
+    # a ΔW at chance level says nothing of what it amplifies, nor of how that changes with the rank
+    assert list(judged["verdict"][1:]) == ["inconclusive (held in 0 of 4, 4 at chance level)",
+                                           "inconclusive (held in 0 of 2, 2 at chance level)"]
 
 
 # ---- end to end: tiny smoke runs as Table 6 makes them, then both analyses

@@ -158,14 +158,18 @@ def pretrained_weights(runs: Iterable[AdaptedRun], layers: Iterable[int], weight
     return {(layer, w): frozen_weight(model, layer, w).double().numpy() for layer in layers for w in weights}
 
 
-def verdict(outcomes: Sequence[bool]) -> str:
-    """A statement over seeds: held where every run says so, not held where none does, else inconclusive."""
-    held = sum(outcomes)
+def verdict(outcomes: Sequence[bool | None], undecided: str = "undecided") -> str:
+    """A statement over seeds: held where every run says so, not held where none does, else inconclusive.
+    None is a run that can say neither (a tie, a value at chance level): `undecided` names why."""
     if not outcomes:
         return f"{INCONCLUSIVE} (no run that learned)"
+    open_ = sum(o is None for o in outcomes)
+    held = sum(bool(o) for o in outcomes if o is not None)  # numpy's bools too
     if held == len(outcomes):
         return HELD
-    return NOT_HELD if held == 0 else f"{INCONCLUSIVE} (held in {held} of {len(outcomes)})"
+    if held == 0 and not open_:
+        return NOT_HELD
+    return f"{INCONCLUSIVE} (held in {held} of {len(outcomes)}" + (f", {open_} {undecided}" if open_ else "") + ")"
 
 
 def runs_table(runs: Mapping[tuple[str, int, int], AdaptedRun]) -> list[str]:

@@ -1,7 +1,8 @@
 """The linear algebra of the paper's §7 (arXiv 2106.09685 v2), in float64 NumPy.
 
     subspace_similarity(A1, A2)     φ(A1, A2, i, j) for every i, j (§7.2 eq. 4, App. G)
-    shared_directions(A1, A2)       how many directions two row spaces share (principal angles under 45°)
+    shared_directions(A1, A2)       how many directions two row spaces share (principal angles under 45°,
+                                    or under what two random matrices reach: chance_cosine)
     projection_norms(W, ΔW, r)      ‖Uᵀ W Vᵀ‖_F for the top-r directions of ΔW, of W and of random
                                     matrices, ‖W‖_F, ‖ΔW‖_F and the amplification factor (§7.3 Table 7, App. H.4)
 
@@ -44,6 +45,19 @@ def shared_directions(A1: np.ndarray, A2: np.ndarray, threshold: float = SHARED)
     `threshold`). The cos² are the squared singular values of U1ᵀU2, whose sum is φ's numerator (App. G)."""
     cosines = np.linalg.svd(right_singular_basis(A1).T @ right_singular_basis(A2), compute_uv=False)
     return int(np.sum(cosines ** 2 > threshold))
+
+
+@lru_cache(maxsize=16)
+def chance_cosine(r: int, d: int, seed: int = 0) -> float:
+    """The largest cos² between the row spaces of two random Gaussian r × d matrices that only
+    100 − RANDOM_QUANTILE % of RANDOM_DRAWS pairs exceed: two matrices share a direction beyond chance
+    where a principal angle's cos² lies above it. (At r=64, d=576 random pairs stay near 0.4, under the
+    paper's 0.5, which therefore cannot tell two seeds from two random matrices.)"""
+    rng = np.random.default_rng(seed)
+    largest = [np.linalg.svd(right_singular_basis(rng.standard_normal((r, d))).T
+                             @ right_singular_basis(rng.standard_normal((r, d))), compute_uv=False)[0] ** 2
+               for _ in range(RANDOM_DRAWS)]
+    return float(np.percentile(largest, RANDOM_QUANTILE))
 
 
 def random_gaussian_pair(r: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
