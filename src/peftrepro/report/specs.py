@@ -597,7 +597,8 @@ TABLE_QLORA = TableSpec(
         "and prints \"–\" for NF4 + DQ on GLUE, so those cells have no paper value. Its Table 4 (5-shot MMLU, "
         "LLaMA 7B–65B; mean BFloat16 53.0, Float4 52.2, NFloat4 + DQ 53.1) is in paper.csv as well.",
         "Every row is LoRA r_q=r_v=8, α 32 (Table 4's configuration) at the LoRA learning rate selected for the "
-        "task: only the base's storage changes. QLoRA adapts every linear layer of the blocks, which its §4 "
+        "task, on the configuration its line below names (E2E: Table 3's r=4, so α/r = 8 there and 4 here): "
+        "only the base's storage changes. QLoRA adapts every linear layer of the blocks, which its §4 "
         "finds necessary to match 16-bit performance on LLaMA; here W_q and W_v, as in the LoRA paper.",
         "Quantised: every linear layer of the blocks (bitsandbytes Linear4bit, 64 weights per constant; DQ: "
         "those constants in 8 bits, 256 per fp32 constant); the embedding and the LM head tied to it stay in "
@@ -606,8 +607,10 @@ TABLE_QLORA = TableSpec(
         "4-bit W0 cannot hold W0 + s·BA); the full-precision row merges, which computes the same function.",
         "Base weights: the frozen parameters as stored (a 4-bit weight packed two to a byte, plus its "
         "quantisation constants), in MB (10^6 bytes). Training peak: on a GPU, torch's peak allocated memory "
-        "while training; on a CPU, the process's peak resident set while training (indicative: the "
-        "allocator may keep memory it freed).",
+        "while training; on a CPU, the process's peak resident set while training, from what is live when it "
+        "starts (memory freed before, such as the fp32 weights a 4-bit row replaced, is handed back to the OS "
+        "first); indicative, as activations dominate it and the allocator's caching still counts. Base "
+        "weights is the exact measure of what 4 bits save.",
         "The runs of this table never copy an equivalent run of another table (reuse_equivalent_runs: false), "
         "so every row's memory was measured by the same code.",
     ),

@@ -11,6 +11,9 @@ the package versions, so that a figure is never separated from what produced it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import re
 import statistics
 import time
@@ -155,6 +158,17 @@ def _proc_status_bytes(field: str) -> int | None:
     return int(match.group(1)) * 1024 if match else None
 
 
+def release_freed_memory() -> None:
+    """Hand memory the process freed back to the OS, so that a resident-set measurement starts from what
+    is live: glibc keeps freed small and mid-sized blocks (a model's fp32 weights replaced by 4-bit ones,
+    an earlier run of the same sweep) in its heap, where they count in the RSS until reused. Python has
+    no binding for malloc_trim, hence ctypes; elsewhere than glibc only the garbage collector runs."""
+    gc.collect()
+    if (libc := ctypes.util.find_library("c")) is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(libc).malloc_trim(0)
+
+
 def _reset_rss_high_water() -> bool:
     """Linux resets VmHWM to the current RSS when "5" is written to clear_refs (since 4.0)."""
     try:
@@ -170,8 +184,9 @@ class PeakMemory:
 
     CUDA: `torch.cuda.max_memory_allocated` after a reset (tensors only; the allocator's cache
     and the CUDA context are not counted). CPU: the process's peak resident set size (VmHWM),
-    reset on entry; memory the allocator kept from earlier work is reused without growing the
-    RSS, so on CPU the figure is indicative. None where unavailable (CPU outside Linux).
+    reset on entry after freed memory is handed back to the OS (release_freed_memory), so that it
+    starts from what is live; the allocator's own caching and fragmentation still count, so on CPU
+    the figure is indicative. None where unavailable (CPU outside Linux).
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -185,8 +200,10 @@ class PeakMemory:
             synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start_bytes = torch.cuda.memory_allocated(self.device)
-        elif _reset_rss_high_water():
-            self.start_bytes = _proc_status_bytes("VmRSS")
+        else:
+            release_freed_memory()
+            if _reset_rss_high_water():
+                self.start_bytes = _proc_status_bytes("VmRSS")
         return self
 
     def __exit__(self, *exc: object) -> None:
