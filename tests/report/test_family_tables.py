@@ -131,8 +131,8 @@ def test_pruning_claims_on_high_and_low_sparsity(runs_dir, write, pruning_record
     assert verdicts["Movement pruning beats magnitude pruning at 10 % remaining weights"] == claims.HELD
     assert verdicts["Movement pruning beats magnitude pruning at 3 % remaining weights"] == claims.INCONCLUSIVE
     assert verdicts["At low sparsity (80 % remaining) magnitude pruning matches or beats movement pruning"] == claims.HELD
-    assert verdicts["At low sparsity (80 % remaining) magnitude pruning matches dense fine-tuning (little or no loss)"] \
-        == claims.HELD
+    dense = next(text for text in verdicts if "magnitude pruning matches dense fine-tuning" in text)
+    assert verdicts[dense] == claims.HELD and "the dense row also trains the embeddings" in dense
 
 
 def test_the_report_shows_the_other_papers_tables_once_they_have_runs(runs_dir, write, pruning_record, tmp_path):
