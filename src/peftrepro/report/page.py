@@ -29,6 +29,7 @@ import pandas as pd
 
 from peftrepro.report import amplification, claims, factors, plots, subspace
 from peftrepro.report.cells import TableResult, all_tables
+from peftrepro.report.devices import device_pairs, device_pairs_text
 from peftrepro.report.progress import pending_text, shown, status_table
 from peftrepro.report.protocol import baselines_text, budget_text, changes_text, lora_scale_text, selected_lr_text
 from peftrepro.report.provenance import (
@@ -247,6 +248,7 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
         latest_record=latest.isoformat() if latest is not None else "none",
         status_table=status_table(results), pending=pending_text(every, records),
         where=where_text(study), commands=commands_text(profile, seeds, results),
+        device_pairs=device_pairs_text(device_pairs(runs, profile)),
         models=models_text(study), data_lines=data_text(records), schedule=schedule_text(records),
         decoding=decoding_text(records), scale=scale_text(records, results), lr_protocol=lr_protocol_text(records),
         sections="".join(table_section(r) for r in results.values()), claim_rule="\n".join(claims.rule_lines()),

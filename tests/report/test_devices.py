@@ -1,0 +1,64 @@
+"""report.devices: a run rerun on another device pairs with the record it replaced (kept in the archive)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from peftrepro.report.devices import ARCHIVE, device_pairs, device_pairs_text
+
+LORA = {"name": "lora", "weights": ["W_q", "W_v"], "r": 8, "ranks": None, "alpha": 32}
+GPU = {"gpu": "NVIDIA H200", "cpu_count": 16}
+CPU = {"cpu": "AMD EPYC", "cpu_count": 2}
+
+
+def store(folder: Path, record: dict, predictions: list[str] | None = None) -> None:
+    path = folder / record["experiment"] / record["run_key"]
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "record.json").write_text(json.dumps(record), encoding="utf-8")
+    if predictions is not None:
+        rows = [{"id": f"matched/{i}", "subset": "matched", "prediction": p} for i, p in enumerate(predictions)]
+        with gzip.open(path / "predictions.jsonl.gz", "wt", encoding="utf-8") as file:
+            file.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def run(make_record, seed: int, accuracy: float, hardware: dict, minutes: int = 0, key: str | None = None) -> dict:
+    record = make_record("table_methods", "mnli", LORA, seed, {"accuracy_m": accuracy}, profile="mini",
+                         minutes=minutes, key=key or f"mnli-lora-s{seed}")
+    return {**record, "env": {**record["env"], "hardware": hardware}}
+
+
+@pytest.fixture
+def archive(runs_dir: Path) -> Path:
+    return runs_dir.parent / ARCHIVE / "runs"
+
+
+def test_a_rerun_on_another_device_pairs_with_the_record_it_replaced(make_record, runs_dir, archive) -> None:
+    for seed, (gpu, cpu) in enumerate(((0.62, 0.60), (0.61, 0.62))):
+        store(archive, run(make_record, seed, gpu, GPU), ["entailment", "neutral", "neutral", "contradiction"])
+        store(runs_dir, run(make_record, seed, cpu, CPU, minutes=60),
+              ["entailment", "neutral", "entailment", "contradiction"])
+    store(archive, run(make_record, 2, 0.5, GPU))  # no rerun of it yet: no pair
+    store(runs_dir, run(make_record, 3, 0.5, CPU))  # no archived record: no pair
+    pairs = device_pairs(runs_dir, "mini")
+    assert [(p.later.seed, round(p.gap, 6), p.agreement) for p in pairs] == [(0, -2.0, 0.75), (1, 1.0, 0.75)]
+    text = device_pairs_text(pairs)
+    assert "Table 4, LoRA (r_q=r_v=8) × MNLI-m Acc. (%), seed 0" in text
+    assert "GPU bf16 62.0 → CPU fp32 60.0 (-2.0; the same prediction on 75.0 % of examples)" in text
+    # mean -0.5, std 2.12 over 2 pairs: t(1 df) 12.71 · 2.12 / √2 = 19.06
+    assert "Mean gap (CPU fp32 − GPU bf16): -0.50 ± 19.06 points (95 %, t with 1 df" in text
+
+
+@pytest.mark.parametrize("case", ["same device", "other profile", "a copy", "none archived"])
+def test_no_pair_without_two_devices_of_one_profile(make_record, runs_dir, archive, case) -> None:
+    later = run(make_record, 0, 0.60, CPU, minutes=60)
+    if case == "a copy":  # another table's copy of the rerun is not a run of its own
+        later = {**later, "reused_from": {"experiment": "table_rank", "run_key": later["run_key"]}}
+    store(runs_dir, later)
+    if case != "none archived":
+        earlier = run(make_record, 0, 0.62, CPU if case == "same device" else GPU)
+        store(archive, {**earlier, "profile": "smoke"} if case == "other profile" else earlier)
+    assert device_pairs(runs_dir, "mini") == [] and device_pairs_text([]) == ""
