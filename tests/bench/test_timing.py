@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import statistics
 from pathlib import Path
 
@@ -66,30 +67,34 @@ def test_peak_memory_sees_an_allocation_inside_the_block() -> None:
 
 def test_peak_memory_starts_from_live_memory_not_from_what_the_allocator_kept() -> None:
     """Freed blocks pinned in the heap by live neighbours (a replaced fp32 weight, an earlier run of the
-    sweep) stay resident until trimmed: the measurement must not count them."""
-    status = Path("/proc/self/status")
-    if not status.is_file():
-        pytest.skip("no /proc resident-set figures on this platform")
+    sweep) stay resident until trimmed: the measurement must not count them. The blocks come from libc's
+    malloc itself, so that no other allocator's caching decides the outcome."""
+    status, libc = Path("/proc/self/status"), ctypes.CDLL(None)
+    if not status.is_file() or not hasattr(libc, "malloc_trim"):
+        pytest.skip("no /proc resident-set figures or no glibc malloc_trim on this platform")
 
     def resident() -> int:
         return int(next(ln for ln in status.read_text().splitlines() if ln.startswith("VmRSS")).split()[1]) * 1024
 
-    first = torch.ones(2**20)  # freed at once: raises glibc's mmap threshold, so the blocks below go to the heap
-    del first
-    freed, kept = [], []
-    for _ in range(300):
-        freed.append(torch.ones(330_000))  # 1.3 MB each, about 400 MB
-        kept.append(torch.ones(1000))  # pins the heap between them
-    held = sum(t.numel() * 4 for t in freed)
-    before = resident()
-    del freed
-    kept_by_allocator = resident() > before - held // 2
-    with PeakMemory(CPU) as memory:
-        pass
-    if memory.start_bytes is None or not kept_by_allocator:
-        pytest.skip("this platform's allocator returned the freed blocks by itself")
-    assert memory.start_bytes < before - held // 2  # the ~400 MB freed before are not counted
-    assert len(kept) == 300
+    libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+    block, freed, kept = 100_000, [], []  # under glibc's mmap threshold: from the heap
+    for _ in range(4000):  # about 400 MB, each block followed by a small live one that pins the heap
+        freed.append(libc.malloc(block))
+        ctypes.memset(freed[-1], 1, block)
+        kept.append(libc.malloc(1000))
+    try:
+        for pointer in freed:
+            libc.free(pointer)
+        before = resident()
+        with PeakMemory(CPU) as memory:
+            pass
+    finally:
+        for pointer in kept:
+            libc.free(pointer)
+    if memory.start_bytes is None:
+        pytest.skip("no /proc peak-RSS reset on this platform")
+    assert memory.start_bytes < before - len(freed) * block // 2  # the ~400 MB freed before are not counted
+    assert memory.kind == "cpu_peak_rss_trimmed"  # and the record says so
 
 
 def test_resolve_device_explains_a_missing_gpu() -> None:

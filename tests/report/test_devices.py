@@ -47,16 +47,46 @@ def test_a_rerun_on_another_device_pairs_with_the_record_it_replaced(make_record
     assert [(p.later.seed, round(p.gap, 6), p.agreement) for p in pairs] == [(0, -2.0, 0.75), (1, 1.0, 0.75)]
     text = device_pairs_text(pairs)
     assert "Table 4, LoRA (r_q=r_v=8) × MNLI-m Acc. (%), seed 0" in text
-    assert "GPU bf16 62.0 → CPU fp32 60.0 (-2.0; the same prediction on 75.0 % of examples)" in text
+    assert "GPU bf16 62.0 → CPU fp32 60.0; the same prediction on 75.0 % of examples" in text
     # mean -0.5, std 2.12 over 2 pairs: t(1 df) 12.71 · 2.12 / √2 = 19.06
     assert "Mean gap (CPU fp32 − GPU bf16): -0.50 ± 19.06 points (95 %, t with 1 df" in text
 
 
-@pytest.mark.parametrize("case", ["same device", "other profile", "a copy", "none archived"])
+def test_gaps_keep_one_orientation_whichever_device_ran_first(make_record, runs_dir, archive) -> None:
+    store(archive, run(make_record, 0, 0.62, GPU))
+    store(runs_dir, run(make_record, 0, 0.60, CPU, minutes=60))
+    store(archive, run(make_record, 1, 0.58, CPU))  # the other way round: CPU first, GPU rerun
+    store(runs_dir, run(make_record, 1, 0.61, GPU, minutes=60))
+    pairs = device_pairs(runs_dir, "mini")
+    assert [round(p.gap, 6) for p in pairs] == [-2.0, -3.0]  # both CPU fp32 − GPU bf16
+    assert "Mean gap (CPU fp32 − GPU bf16): -2.50 ±" in device_pairs_text(pairs)
+
+
+def test_examples_without_an_id_are_matched_by_what_names_them(make_record, runs_dir, archive) -> None:
+    """E2E predictions carry no id: the MR names each one, and runs of other MRs are not compared."""
+    def e2e(seed: int, hardware: dict, mrs: list[str], outputs: list[str], minutes: int = 0) -> None:
+        record = {**make_record("table_e2e", "e2e", LORA, seed, {"bleu": 0.6}, profile="mini", minutes=minutes,
+                                key=f"e2e-s{seed}"), "env": {"git": {}, "hardware": hardware}}
+        folder = (archive if minutes == 0 else runs_dir) / "table_e2e" / record["run_key"]
+        folder.mkdir(parents=True)
+        (folder / "record.json").write_text(json.dumps(record), encoding="utf-8")
+        with gzip.open(folder / "predictions.jsonl.gz", "wt", encoding="utf-8") as file:
+            file.writelines(json.dumps({"mr": mr, "prediction": out}) + "\n" for mr, out in zip(mrs, outputs))
+
+    e2e(0, GPU, ["a", "b"], ["x", "y"])
+    e2e(0, CPU, ["a", "b"], ["x", "z"], minutes=60)
+    e2e(1, GPU, ["a", "b"], ["x", "y"])
+    e2e(1, CPU, ["c", "d"], ["x", "y"], minutes=60)  # other MRs: no agreement to compute
+    assert [p.agreement for p in device_pairs(runs_dir, "mini")] == [0.5, None]
+
+
+@pytest.mark.parametrize("case", ["same device", "other profile", "a copy", "none archived", "failed rerun"])
 def test_no_pair_without_two_devices_of_one_profile(make_record, runs_dir, archive, case) -> None:
     later = run(make_record, 0, 0.60, CPU, minutes=60)
     if case == "a copy":  # another table's copy of the rerun is not a run of its own
         later = {**later, "reused_from": {"experiment": "table_rank", "run_key": later["run_key"]}}
+    if case == "failed rerun":  # its metrics, if any, are not a result
+        later = {**later, "status": "failed", "metrics": {"accuracy_m": None}}
     store(runs_dir, later)
     if case != "none archived":
         earlier = run(make_record, 0, 0.62, CPU if case == "same device" else GPU)

@@ -90,7 +90,7 @@ def test_a_run_that_did_not_learn_judges_nothing(runs) -> None:
 def table7_rows(weight: str, values: dict[int, tuple[float, float, float, float]], layer: int = MIDDLE) -> list[dict]:
     """Rows as report.amplification.measure writes them: r -> (ΔW's directions, W's, random, amplification)."""
     return [{"task": "mnli", "layer": layer, "n_layers": 4, "weight": weight, "r": r, "seed": seed,
-             "delta_directions": d, "w_directions": w, "random_directions": x, "random_high": 1.5 * x,
+             "delta_directions": d, "w_directions": w, "random_directions": x, "random_high": 1.5 * x, "random_low": 0.5 * x,
              "random_amplification": d * a / x, "w_norm": 60.0, "delta_norm": d * a,
              "amplification": a, "middle_layer": layer == MIDDLE, "judges": True, "run": f"r{r}-s{seed}"}
             for r, (d, w, x, a) in values.items() for seed in (0, 1)]
@@ -109,13 +109,20 @@ def test_table7_statements_on_planted_rows() -> None:
     assert "seed 0: 21.5 vs 1.9" in judged.iloc[-2]["ours"]
 
 
-def test_delta_directions_above_the_random_mean_but_not_its_95th_percentile_are_not_stronger_than_random() -> None:
-    within_chance = {4: (0.025, 21.67, 0.02, 21.5), 64: (0.40, 37.71, 0.33, 1.9)}  # random_high: 0.03, 0.495
+def test_delta_directions_within_the_random_draws_are_not_told_from_chance() -> None:
+    within_chance = {4: (0.025, 21.67, 0.02, 21.5), 64: (0.40, 37.71, 0.33, 1.9)}  # random 0.01–0.03, 0.165–0.495
     judged = amplification.statement_rows(pd.DataFrame(table7_rows("W_q", within_chance)), 4, 64)
-    assert judged.iloc[0]["verdict"] == "not held" and "r=4 seed 0: 0.03 vs 0.03" in judged.iloc[0]["ours"]
-    # a ΔW at chance level says nothing of what it amplifies, nor of how that changes with the rank
-    assert list(judged["verdict"][1:]) == ["inconclusive (held in 0 of 4, 4 at chance level)",
-                                           "inconclusive (held in 0 of 2, 2 at chance level)"]
+    assert "r=4 seed 0: 0.025 vs 0.01–0.03" in judged.iloc[0]["ours"]
+    # neither stronger nor weaker than random: and then nothing said of what ΔW amplifies, or how with the rank
+    assert list(judged["verdict"]) == ["inconclusive (held in 0 of 4, 4 at chance level)",
+                                       "inconclusive (held in 0 of 4, 4 at chance level)",
+                                       "inconclusive (held in 0 of 2, 2 at chance level)"]
+
+
+def test_delta_directions_under_the_random_draws_correlate_less_than_random() -> None:
+    avoiding_w = {4: (0.005, 21.67, 0.02, 21.5), 64: (0.1, 37.71, 0.33, 1.9)}  # under 0.01 and 0.165
+    judged = amplification.statement_rows(pd.DataFrame(table7_rows("W_q", avoiding_w)), 4, 64)
+    assert judged.iloc[0]["verdict"] == "not held"
 
 
 # ---- end to end: tiny smoke runs as Table 6 makes them, then both analyses

@@ -9,6 +9,7 @@ interval (Student's t, one degree of freedom fewer than pairs), beside the seed 
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Sequence
 
 from peftrepro.report.claims import quantile
 from peftrepro.report.paper import to_paper_unit
-from peftrepro.report.records import Record, is_reused, load_records
+from peftrepro.report.records import Record, is_reused, load_records, plural
 from peftrepro.report.specs import TABLES
 from peftrepro.tasks import primary_metric
 
@@ -41,23 +42,29 @@ class DevicePair:
     def cell(self) -> str:
         """Where the tables show it: "Table 4, LoRA (r_q=r_v=8) × MNLI-m Acc. (%), seed 0"."""
         spec = TABLES.get(self.later.experiment)
-        value = self.value(self.later)  # the cell that shows the primary metric, not the run's other cells
-        placed = [(o.row, o.column) for o in (spec.observe(self.later) or []) if o.value is not None
-                  and abs(o.value - value) < 1e-9] if spec else []
+        placed = [(o.row, o.column) for o in (spec.observe(self.later) or [])  # the primary metric's cell
+                  if o.metric == self.metric] if spec else []
         where = f"{spec.short_title}, {spec.cells_label(placed[:1])}" if placed else self.later.experiment
         return f"{where}, seed {self.later.seed} (run {self.later.run_key})"
 
     @property
+    def kinds(self) -> tuple[str, str]:
+        """The two devices, in one fixed order whichever ran first: ("CPU fp32", "GPU bf16")."""
+        return tuple(sorted((self.earlier.device_kind, self.later.device_kind)))  # type: ignore[return-value]
+
+    @property
     def gap(self) -> float:
-        """later − earlier, in the paper's unit."""
-        return self.value(self.later) - self.value(self.earlier)
+        """The metric on the first of `kinds` minus on the second, in the paper's unit."""
+        first, second = (self.earlier, self.later) if self.earlier.device_kind == self.kinds[0] else (
+            self.later, self.earlier)
+        return self.value(first) - self.value(second)
 
     @property
     def agreement(self) -> float | None:
         """The share of evaluated examples whose prediction is the same on both devices; None where a
         run's predictions are missing or name other examples."""
         rows = [r.prediction_rows() for r in (self.earlier, self.later)]
-        if any(not r for r in rows) or [row.get("id") for row in rows[0]] != [row.get("id") for row in rows[1]]:
+        if any(not r for r in rows) or self.earlier.example_ids() != self.later.example_ids():
             return None
         return statistics.fmean(a.get("prediction") == b.get("prediction") for a, b in zip(*rows))
 
@@ -73,37 +80,38 @@ def device_pairs(runs_dir: Path, profile: str) -> list[DevicePair]:
     for earlier in load_records(archive)[0]:
         later = current.get((earlier.experiment, earlier.run_key))
         if (later is None or earlier.profile != profile or later.device_kind == earlier.device_kind
-                or any(primary_metric(r.task) not in r.metrics for r in (earlier, later))):
+                or any(r.status != "ok" or not isinstance(r.metrics.get(primary_metric(r.task)), (int, float))
+                       for r in (earlier, later))):
             continue
         pairs.append(DevicePair(earlier, later))
     return sorted(pairs, key=lambda p: (p.later.experiment, p.later.seed or 0, p.later.run_key))
 
 
 def device_pairs_text(pairs: Sequence[DevicePair]) -> str:
-    """The REPORT's paragraph (after a blank line): each pair, then the mean gap with its interval; ""
-    without pairs."""
+    """The REPORT's paragraph (after a blank line): each pair, then per pair of devices the mean gap
+    with its interval; "" without pairs."""
     if not pairs:
         return ""
-    kinds = sorted({(p.earlier.device_kind, p.later.device_kind) for p in pairs})
-    lines = [f"**The same runs on two devices.** {len(pairs)} runs were rerun (force=true) on another device; "
-             f"the records they replaced are kept under `{ARCHIVE.as_posix()}/`. Each pair has the same "
-             "configuration, data and seed:", ""]
+    lines = [f"**The same runs on two devices.** {plural(len(pairs), 'run')} rerun (force=true) on another "
+             f"device; the records they replaced are kept under `{ARCHIVE.as_posix()}/`. Each pair is one "
+             "configuration and seed (one run key):", ""]
     for pair in pairs:
         agreement = pair.agreement
         same = "" if agreement is None else f"; the same prediction on {100 * agreement:.1f} % of examples"
-        lines.append(f"- {pair.cell}: "
-                     f"{pair.earlier.device_kind} {pair.value(pair.earlier):.1f} → {pair.later.device_kind} "
-                     f"{pair.value(pair.later):.1f} ({pair.gap:+.1f}{same})")
-    gaps = [p.gap for p in pairs]
-    direction = " and ".join(f"{later} − {earlier}" for earlier, later in kinds)
-    if len(gaps) > 1:
-        half = quantile(len(gaps) - 1) * statistics.stdev(gaps) / len(gaps) ** 0.5
-        summary = (f"Mean gap ({direction}): {statistics.fmean(gaps):+.2f} ± {half:.2f} points (95 %, t with "
-                   f"{len(gaps) - 1} df; the gaps' std {statistics.stdev(gaps):.2f}). A gap of this size mixes "
-                   "the devices' numerics with the run-to-run noise that one device shows too. The tables name "
-                   "each cell's device; a claim that compares cells of different devices has no term for "
-                   "a device gap in its interval, so a difference between such cells no larger than these "
-                   "gaps may be the devices'.")
-    else:
-        summary = f"Gap ({direction}): {gaps[0]:+.2f} points; one pair gives no interval."
-    return "\n\n" + "\n".join([*lines, "", summary])
+        lines.append(f"- {pair.cell}: {pair.earlier.device_kind} {pair.value(pair.earlier):.1f} → "
+                     f"{pair.later.device_kind} {pair.value(pair.later):.1f}{same}")
+    lines.append("")
+    for (first, second), group in itertools.groupby(sorted(pairs, key=lambda p: p.kinds), key=lambda p: p.kinds):
+        gaps = [p.gap for p in group]
+        if len(gaps) == 1:
+            lines.append(f"Gap ({first} − {second}): {gaps[0]:+.2f} points; one pair gives no interval.")
+            continue
+        spread = statistics.stdev(gaps)
+        lines.append(f"Mean gap ({first} − {second}): {statistics.fmean(gaps):+.2f} ± "
+                     f"{quantile(len(gaps) - 1) * spread / len(gaps) ** 0.5:.2f} points (95 %, t with "
+                     f"{len(gaps) - 1} df; the gaps' std {spread:.2f}).")
+    lines.append("A gap mixes the devices' numerics with the run-to-run noise that one device shows too. The "
+                 "tables name each cell's device; a claim that compares cells of different devices has no term "
+                 "for a device gap in its interval, so a difference between such cells no larger than these "
+                 "gaps may be the devices'.")
+    return "\n\n" + "\n".join(lines)

@@ -91,6 +91,7 @@ class Projections:
     w_directions: float
     random_directions: float  # mean over RANDOM_DRAWS Gaussian matrices
     random_high: float  # their RANDOM_QUANTILE-th percentile: what beats it is unlikely to be chance
+    random_low: float  # their (100 − RANDOM_QUANTILE)-th percentile: what stays under it is unlikely too
     w_norm: float
     delta_norm: float
 
@@ -124,4 +125,5 @@ def projection_norms(W: np.ndarray, delta: np.ndarray, r: int, seed: int = 0) ->
     return Projections(rank=r, delta_directions=projection_norm(W, *top_directions(delta, r)),
                        w_directions=projection_norm(W, *top_directions(W, r)), random_directions=float(np.mean(random)),
                        random_high=float(np.percentile(random, RANDOM_QUANTILE)),
+                       random_low=float(np.percentile(random, 100 - RANDOM_QUANTILE)),
                        w_norm=float(np.linalg.norm(W)), delta_norm=float(np.linalg.norm(delta)))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import gc
 import re
 import statistics
@@ -158,15 +157,18 @@ def _proc_status_bytes(field: str) -> int | None:
     return int(match.group(1)) * 1024 if match else None
 
 
-def release_freed_memory() -> None:
+def release_freed_memory() -> bool:
     """Hand memory the process freed back to the OS, so that a resident-set measurement starts from what
     is live: glibc keeps freed small and mid-sized blocks (a model's fp32 weights replaced by 4-bit ones,
     an earlier run of the same sweep) in its heap, where they count in the RSS until reused. Python has
-    no binding for malloc_trim, hence ctypes; elsewhere than glibc only the garbage collector runs."""
+    no binding for malloc_trim, hence ctypes. Whether it ran: elsewhere than glibc only the garbage
+    collector does."""
     gc.collect()
-    if (libc := ctypes.util.find_library("c")) is not None:
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(libc).malloc_trim(0)
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols, which hold libc's on Linux
+    except (OSError, AttributeError):
+        return False
+    return True
 
 
 def _reset_rss_high_water() -> bool:
@@ -191,6 +193,7 @@ class PeakMemory:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
+        # on CPU "cpu_peak_rss_trimmed" once entered, where freed memory could be handed back first
         self.kind = "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss"
         self.start_bytes: int | None = None
         self.peak_bytes: int | None = None
@@ -201,7 +204,8 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start_bytes = torch.cuda.memory_allocated(self.device)
         else:
-            release_freed_memory()
+            if release_freed_memory():  # the record says which measurement it holds
+                self.kind = "cpu_peak_rss_trimmed"
             if _reset_rss_high_water():
                 self.start_bytes = _proc_status_bytes("VmRSS")
         return self
