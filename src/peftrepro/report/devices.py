@@ -92,8 +92,9 @@ def device_pairs_text(pairs: Sequence[DevicePair]) -> str:
     with its interval; "" without pairs."""
     if not pairs:
         return ""
-    lines = [f"**The same runs on two devices.** {plural(len(pairs), 'run')} rerun (force=true) on another "
-             f"device; the records they replaced are kept under `{ARCHIVE.as_posix()}/`. Each pair is one "
+    were = "was" if len(pairs) == 1 else "were"
+    lines = [f"**The same runs on two devices.** {plural(len(pairs), 'run')} {were} rerun (force=true) on "
+             f"another device; the records they replaced are kept under `{ARCHIVE.as_posix()}/`. Each pair is one "
              "configuration and seed (one run key):", ""]
     for pair in pairs:
         agreement = pair.agreement
