@@ -570,3 +570,14 @@ def test_a_weight_type_claim_says_where_its_equal_budget_trains_different_counts
     found = claims.evaluate(build_table(TABLES["table_weight_type"], runs_dir))
     claim = next(c for c in found if c.text.startswith("MultiNLI: adapting W_q,W_v (r=4) beats W_q alone"))
     assert claim.evidence.endswith(")" + says)
+
+
+def test_the_commands_regenerate_a_section7_page_only_once_it_exists(tmp_path, runs_dir) -> None:
+    def commands() -> list[str]:
+        text = report.render("mini", [0, 1], runs_dir, tmp_path / "tables", tmp_path / "bench")
+        return [line for line in text.split("```")[1].splitlines() if line]
+
+    (tmp_path / "tables").mkdir()
+    assert not any("figure-subspace" in line or "amplification" in line for line in commands())
+    (tmp_path / "tables" / "figure_subspace.md").write_text("# Figures 3 and 4\n")
+    assert commands()[-2:] == ["make figure-subspace PROFILE=mini SEEDS=0,1", "make report PROFILE=mini"]

@@ -247,7 +247,8 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
         constraints=(constraints_path or tables_dir.parent / "constraints.txt").as_posix(),
         latest_record=latest.isoformat() if latest is not None else "none",
         status_table=status_table(results), pending=pending_text(every, records),
-        where=where_text(study), commands=commands_text(profile, seeds, results),
+        where=where_text(study), commands=commands_text(profile, seeds, results, [
+            target for module, target, _ in SECTION7 if (tables / f"{module.NAME}.md").is_file()]),
         device_pairs=device_pairs_text(device_pairs(runs, profile)),
         models=models_text(study), data_lines=data_text(records), schedule=schedule_text(records),
         decoding=decoding_text(records), scale=scale_text(records, results), lr_protocol=lr_protocol_text(records),

@@ -91,9 +91,13 @@ def threads_text(records: Sequence[Record]) -> str:
     return "torch threads per run: " + counted(Counter("unrecorded" if n is None else str(n) for n in threads))
 
 
-def commands_text(profile: str, seeds: Sequence[int] | None, results: Mapping[str, TableResult]) -> str:
+def commands_text(profile: str, seeds: Sequence[int] | None, results: Mapping[str, TableResult],
+                  analyses: Sequence[str] = ()) -> str:
+    """The make commands that regenerate the page: each table's, then the `analyses` (targets that read
+    the tables' runs, such as §7's), then the report."""
     seed_arg = f" SEEDS={','.join(map(str, seeds))}" if seeds else ""
-    targets = [f"make {result.spec.make_target} PROFILE={profile}{seed_arg}" for result in results.values()]
+    targets = [f"make {target} PROFILE={profile}{seed_arg}"
+               for target in [*(result.spec.make_target for result in results.values()), *analyses]]
     lines = ["make table-params", "make table-latency", *targets, f"make report PROFILE={profile}"]
     return "\n".join(lines + extra_seed_lines(profile, results))
 
