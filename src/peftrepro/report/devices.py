@@ -3,8 +3,8 @@
 A run rerun with force=true on another device replaces its record; the one it replaced, kept under
 `results/archive/device-pairs/runs/` (as the code wrote it, only moved), pairs with it: same experiment,
 run key, configuration and seed, another device. Per pair the primary metric on each device and the
-share of evaluated examples whose prediction is the same; over the pairs the mean gap with its 95 %
-interval (Student's t, one degree of freedom fewer than pairs), beside the seed spread it competes with.
+share of evaluated examples whose prediction is the same; over the pairs of each two devices the mean
+gap with its 95 % interval (Student's t, one degree of freedom fewer than pairs) and the gaps' spread.
 """
 
 from __future__ import annotations
