@@ -84,7 +84,7 @@ def device_pairs(runs_dir: Path, profile: str) -> list[DevicePair]:
                        for r in (earlier, later))):
             continue
         pairs.append(DevicePair(earlier, later))
-    return sorted(pairs, key=lambda p: (p.later.experiment, p.later.seed or 0, p.later.run_key))
+    return sorted(pairs, key=lambda p: p.cell)  # "Table 4, …, seed 0" first: in the tables' order
 
 
 def device_pairs_text(pairs: Sequence[DevicePair]) -> str:
