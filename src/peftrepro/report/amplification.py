@@ -160,7 +160,7 @@ def checks(low: int, high: int) -> list[Check]:
               "scale (paper: 0.32 < √(0.02·21.67) = 0.66 at r=4, 1.90 < √(0.33·37.71) = 3.53 at r=64). Not a fixed "
               "share of W's top (paper: 1.5 %, 5.0 %): on a narrower model r random directions alone carry more. "
               "Judged where ΔW beats chance (the first statement): a ΔW at chance level amplifies nothing of W",
-              lambda f: ", ".join(f"r={r} seed {s}: {d:.2f} vs {middle(x, w):.2f}" for r, s, d, x, w in
+              lambda f: ", ".join(f"r={r} seed {s}: {d:.3g} vs {middle(x, w):.3g}" for r, s, d, x, w in
                                   f[["r", "seed", "delta_directions", "random_directions", "w_directions"]]
                                   .itertuples(index=False)),
               lambda f: per_seed(f, not_top)),
