@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import ctypes
+import json
+import os
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,36 +69,47 @@ def test_peak_memory_sees_an_allocation_inside_the_block() -> None:
     assert memory.peak_above_start >= 48 * 2**20
 
 
+FREED_BUT_RESIDENT = """
+import ctypes, json
+from pathlib import Path
+import torch
+from peftrepro.runs.timing import PeakMemory
+
+def resident():
+    status = Path("/proc/self/status").read_text().splitlines()
+    return int(next(ln for ln in status if ln.startswith("VmRSS")).split()[1]) * 1024
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+block, freed, kept = 100_000, [], []  # under glibc's mmap threshold: from the heap
+for _ in range(4000):  # about 400 MB, each block followed by a small live one that pins the heap
+    freed.append(libc.malloc(block))
+    ctypes.memset(freed[-1], 1, block)
+    kept.append(libc.malloc(1000))
+for pointer in freed:
+    libc.free(pointer)
+before = resident()
+with PeakMemory(torch.device("cpu")) as memory:
+    pass
+print(json.dumps({"freed": len(freed) * block, "before": before, "start": memory.start_bytes,
+                  "kind": memory.kind}))
+"""
+
+
 def test_peak_memory_starts_from_live_memory_not_from_what_the_allocator_kept() -> None:
     """Freed blocks pinned in the heap by live neighbours (a replaced fp32 weight, an earlier run of the
     sweep) stay resident until trimmed: the measurement must not count them. The blocks come from libc's
-    malloc itself, so that no other allocator's caching decides the outcome."""
-    status, libc = Path("/proc/self/status"), ctypes.CDLL(None)
-    if not status.is_file() or not hasattr(libc, "malloc_trim"):
+    malloc itself, in a fresh process, so that neither another allocator nor what the tests before left
+    in the heap decides the outcome."""
+    if not Path("/proc/self/status").is_file() or not hasattr(ctypes.CDLL(None), "malloc_trim"):
         pytest.skip("no /proc resident-set figures or no glibc malloc_trim on this platform")
-
-    def resident() -> int:
-        return int(next(ln for ln in status.read_text().splitlines() if ln.startswith("VmRSS")).split()[1]) * 1024
-
-    libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
-    block, freed, kept = 100_000, [], []  # under glibc's mmap threshold: from the heap
-    for _ in range(4000):  # about 400 MB, each block followed by a small live one that pins the heap
-        freed.append(libc.malloc(block))
-        ctypes.memset(freed[-1], 1, block)
-        kept.append(libc.malloc(1000))
-    try:
-        for pointer in freed:
-            libc.free(pointer)
-        before = resident()
-        with PeakMemory(CPU) as memory:
-            pass
-    finally:
-        for pointer in kept:
-            libc.free(pointer)
-    if memory.start_bytes is None:
+    done = subprocess.run([sys.executable, "-c", FREED_BUT_RESIDENT], capture_output=True, text=True, check=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    if found["start"] is None:
         pytest.skip("no /proc peak-RSS reset on this platform")
-    assert memory.start_bytes < before - len(freed) * block // 2  # the ~400 MB freed before are not counted
-    assert memory.kind == "cpu_peak_rss_trimmed"  # and the record says so
+    assert found["start"] < found["before"] - found["freed"] // 2  # the ~400 MB freed before are not counted
+    assert found["kind"] == "cpu_peak_rss_trimmed"  # and the record says so
 
 
 def test_resolve_device_explains_a_missing_gpu() -> None:
