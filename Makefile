@@ -152,7 +152,7 @@ table-qlora: ## QLoRA: LoRA on a full-precision vs a 4-bit base (NF4+DQ, NF4, FP
 	$(call select_lr,e2e$(COMMA)mnli,lora)
 	$(call sweep_and_aggregate,table_qlora)
 
-table-pruning: ## Pruning: magnitude vs movement at 80/50/10/3 % remaining weights, and dense FT (MNLI)
+table-pruning: ## Pruning: magnitude vs movement at 80/50/10/3 % remaining weights, and two dense rows (MNLI)
 	$(call baselines,mnli)
 	$(call select_lr,mnli,$(call table_methods,table_pruning))
 	$(call sweep_and_aggregate,table_pruning)

@@ -165,3 +165,20 @@ def test_the_embeddings_stay_frozen_and_every_block_trains(tiny_model):
     apply_method(model, make_method_config("movement_pruning", {}))
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable == {name for name, _ in model.named_parameters() if ".layers." in name}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_keeping_every_weight_fine_tunes_the_same_weights_densely(method, tiny_model):
+    # remaining=1: the pruned rows' dense reference, with their trainable weights and nothing masked
+    model = tiny_model("llama")
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    applied = apply_method(model, make_method_config(method, {"remaining": 1.0, "update_every": 2}))
+    assert applied.is_final()  # at its target from the first step: every evaluation counts
+    train_steps(applied, range(1, 11), total=10)
+    facts = applied.facts()["pruning"]
+    assert facts["mask_updates"] == 0 and facts["measured_remaining"] == 1.0
+    assert weight_report(model)["block_linear_density"] == 1.0
+    after = {name.replace("weight_orig", "weight"): p for name, p in model.named_parameters()}
+    assert after.keys() == before.keys()
+    changed = {name for name, p in after.items() if not torch.equal(p, before[name])}
+    assert changed == {name for name in before if ".layers." in name}  # every block weight moved, nothing else

@@ -207,7 +207,7 @@ def test_wandb_runs_are_finished_one_by_one_even_when_a_run_fails(smoke, tmp_pat
     (["method=prefix_embed", "method.prefix_length=900"], PeftReproError,
      r"train\.max_length=512 example tokens \+ 908 virtual tokens .* exceed the model's context of 1024"),
     (["method=magnitude_pruning", "method.remaining=1.5"], PeftReproError,
-     r"magnitude_pruning: method\.remaining .* strictly between 0 and 1"),
+     r"magnitude_pruning: method\.remaining .* above 0 and at most 1"),
     (["method=qlora", "merge_for_eval=true"], PeftReproError, "set merge_for_eval=false"),
     (["method=prompt_tuning", "method.infix_length=4"], PeftReproError, "infix_length must be 0"),
     (["model.dtype=fp8"], PeftReproError, r"model\.dtype='fp8' must be one of \['fp32', 'bf16', 'fp16'\]"),

@@ -8,7 +8,8 @@ weight gets no loss gradient (W' = W ⊙ M); only weight decay and Adam's remain
 it comes back only when the scores re-rank it above a kept one (Zhu & Gupta's gradual pruning). The embeddings,
 and the LM head tied to them, stay frozen, as Sanh et al. freeze the embedding modules (§5). A block matrix
 that is no linear layer of the layout (a mixture of experts' MLPs) stays dense: the facts name it
-(`not_pruned`), and the pruning table shows no accuracy for such a run.
+(`not_pruned`), and the pruning table shows no accuracy for such a run. `remaining: 1` prunes nothing:
+the same trainable weights and rate with no sparsity, the dense point the pruned rows are measured from.
 - Magnitude pruning (MaP, zeroth order): S = |W|, the weights farthest from 0.
 - Movement pruning (MvP, first order): S = −Σ_t (∂L/∂W')⁽ᵗ⁾ ⊙ W⁽ᵗ⁾, accumulated over every training
   step (Eq. 3), where W' = W ⊙ M is the weight the forward uses. ∂L/∂W' reaches every entry, masked
@@ -46,16 +47,18 @@ log = logging.getLogger(__name__)
 @dataclass
 class PruningConfig(MethodConfig):
     scheduled: ClassVar[bool] = True  # the sparsity ramp (Pruner)
-    remaining: float = 0.1  # v_f: the share of each pruned matrix's weights kept at the end
+    # v_f: the share of each pruned matrix's weights kept at the end; 1 prunes nothing, which leaves the
+    # blocks fine-tuned with the embeddings frozen: the pruned rows' dense reference
+    remaining: float = 0.1
     warmup: float = 0.1  # t_i / T: steps before pruning starts (the authors' command: 1 of 10 epochs)
     cooldown: float = 0.2  # t_f / T: steps at v_f at the end (the authors' command: 2 of 10 epochs)
     update_every: int = 10  # steps between mask updates while v falls (Zhu & Gupta's Δt)
 
     def validate(self) -> None:
         if isinstance(self.remaining, bool) or not isinstance(self.remaining, (int, float)) \
-                or not 0 < self.remaining < 1:
-            raise ConfigError(f"{self.name}: method.remaining (the share of weights kept) must lie strictly between "
-                              f"0 and 1, e.g. 0.1 for 10 % of the weights, got {self.remaining!r}")
+                or not 0 < self.remaining <= 1:
+            raise ConfigError(f"{self.name}: method.remaining (the share of weights kept) must be above 0 and at "
+                              f"most 1, e.g. 0.1 for 10 % of the weights (1 keeps them all), got {self.remaining!r}")
         for option in ("warmup", "cooldown"):
             value = getattr(self, option)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
