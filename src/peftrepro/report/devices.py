@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import statistics
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -38,7 +39,7 @@ class DevicePair:
     def value(self, record: Record) -> float:
         return to_paper_unit(self.metric, float(record.metrics[self.metric]))
 
-    @property
+    @cached_property  # sorting the pairs and printing them both read it; observe() parses the record
     def cell(self) -> str:
         """Where the tables show it: "Table 4, LoRA (r_q=r_v=8) × MNLI-m Acc. (%), seed 0"."""
         spec = TABLES.get(self.later.experiment)

@@ -90,17 +90,22 @@ SECTION7 = ((subspace, "figure-subspace", "Figures 3 and 4, subspace similarity 
             (amplification, "table-amplification", "Table 7, how ΔW_q compares to W_q (r=4 and r=64)"))
 
 
+def section7_generated(module: Any, tables_dir: Path) -> bool:
+    """Whether a §7 analysis's page and the verdicts the REPORT counts are both there."""
+    return all((tables_dir / f"{module.NAME}{suffix}").is_file() for suffix in (".md", "_statements.csv"))
+
+
 def section7_text(tables_dir: Path, runs_dir: Path, profile: str, seeds: Sequence[int]) -> str:
     """The §7 pages with their verdicts where generated, else the command that generates them and what
     it still lacks."""
     lines = []
     for module, target, what in SECTION7:
-        name, statements = module.NAME, tables_dir / f"{module.NAME}_statements.csv"
-        if not (tables_dir / f"{name}.md").is_file() or not statements.is_file():
+        name = module.NAME
+        if not section7_generated(module, tables_dir):
             lines.append(f"- {what}: not yet generated: `make {target}`{section7_gaps(module, runs_dir, profile, seeds)}.")
             continue
         verdicts = Counter(next(v for v in (claims.HELD, claims.NOT_HELD, claims.INCONCLUSIVE) if verdict.startswith(v))
-                           for verdict in pd.read_csv(statements)["verdict"])
+                           for verdict in pd.read_csv(tables_dir / f"{name}_statements.csv")["verdict"])
         counted_verdicts = ", ".join(f"{verdicts[v]} {v}" for v in (claims.HELD, claims.NOT_HELD, claims.INCONCLUSIVE))
         lines.append(f"- {what}: [`tables/{name}.md`](tables/{name}.md); the paper's statements: {counted_verdicts}.")
     return "\n".join(lines)
@@ -248,7 +253,7 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
         latest_record=latest.isoformat() if latest is not None else "none",
         status_table=status_table(results), pending=pending_text(every, records),
         where=where_text(study), commands=commands_text(profile, seeds, results, [
-            target for module, target, _ in SECTION7 if (tables / f"{module.NAME}.md").is_file()]),
+            target for module, target, _ in SECTION7 if section7_generated(module, tables)]),
         device_pairs=device_pairs_text(device_pairs(runs, profile)),
         models=models_text(study), data_lines=data_text(records), schedule=schedule_text(records),
         decoding=decoding_text(records), scale=scale_text(records, results), lr_protocol=lr_protocol_text(records),
