@@ -140,10 +140,11 @@ def test_movement_keeps_weights_moving_away_from_zero_where_magnitude_keeps_the_
     assert torch.equal(kept["movement_pruning"], growing) and torch.equal(kept["magnitude_pruning"], ~growing)
 
 
+@pytest.mark.parametrize("remaining", [0.3, 1.0])  # 1.0: the dense reference, every mask 1
 @pytest.mark.parametrize("method", METHODS)
-def test_a_pruned_checkpoint_restores_its_masks(method, tiny_model, tmp_path):
+def test_a_pruned_checkpoint_restores_its_masks(method, remaining, tiny_model, tmp_path):
     model = tiny_model("gpt2")
-    applied = apply_method(model, make_method_config(method, {"remaining": 0.3}))
+    applied = apply_method(model, make_method_config(method, {"remaining": remaining}))
     train_steps(applied, range(1, 5), total=4)
     ids = torch.randint(3, 90, (2, 7))
     expected = model(input_ids=ids).logits
@@ -173,8 +174,11 @@ def test_keeping_every_weight_fine_tunes_the_same_weights_densely(method, tiny_m
     model = tiny_model("llama")
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     applied = apply_method(model, make_method_config(method, {"remaining": 1.0, "update_every": 2}))
-    assert applied.is_final()  # at its target from the first step: every evaluation counts
-    train_steps(applied, range(1, 11), total=10)
+    train_steps(applied, range(1, 8), total=10)
+    # at its target from the start, yet no evaluation counts before the cool-down, as for the pruned rows
+    assert not applied.is_final()
+    train_steps(applied, range(8, 11), total=10, seed=1)
+    assert applied.is_final()
     facts = applied.facts()["pruning"]
     assert facts["mask_updates"] == 0 and facts["measured_remaining"] == 1.0
     assert weight_report(model)["block_linear_density"] == 1.0

@@ -125,7 +125,7 @@ def test_pruning_claims_on_high_and_low_sparsity(runs_dir, write, pruning_record
     for seed in (0, 1):
         for (method, remaining), value in accuracy.items():
             write(pruning_record(method, remaining, seed, value + seed * 0.004))
-        write(pruning_record("ft", None, seed, 0.50 + seed * 0.004))  # not the reference of the 80 % claim
+        write(pruning_record("ft", None, seed, 0.90 + seed * 0.004))  # not the reference of the 80 % claim
         write(pruning_record("magnitude_pruning", 1.0, seed, 0.705 + seed * 0.004))
     verdicts = {c.text: c.verdict for c in claims.evaluate(build_table(TABLES["table_pruning"], runs_dir, "mini",
                                                                        [0, 1]))}
@@ -136,7 +136,7 @@ def test_pruning_claims_on_high_and_low_sparsity(runs_dir, write, pruning_record
     assert verdicts[dense] == claims.HELD and "the same trainable weights and rate, embeddings frozen" in dense
     table = build_table(TABLES["table_pruning"], runs_dir, "mini", [0, 1])
     assert table.stats("dense_blocks", "remaining")["mean"] == pytest.approx(100.0)
-    assert table.stats("dense_blocks", "mnli")["paper"] == table.stats("ft", "mnli")["paper"] == 84.5
+    assert pd.isna(table.stats("dense_blocks", "mnli")["paper"]) and table.stats("ft", "mnli")["paper"] == 84.5
 
 
 def test_the_report_shows_the_other_papers_tables_once_they_have_runs(runs_dir, write, pruning_record, tmp_path):

@@ -80,9 +80,14 @@ class MovementPruningConfig(PruningConfig):
     name: ClassVar[str] = "movement_pruning"
 
 
+def cooldown_start(total: int, config: PruningConfig) -> int:
+    """The step from which the share kept stays at v_f (t_f: the last `cooldown` share of the steps)."""
+    return total - round(config.cooldown * total)
+
+
 def scheduled_remaining(step: int, total: int, config: PruningConfig) -> float:
     """The share of weights kept after `step` of `total` optimizer steps (Sanh et al. Eq. 5)."""
-    start, end = round(config.warmup * total), total - round(config.cooldown * total)
+    start, end = round(config.warmup * total), cooldown_start(total, config)
     if step <= start:
         return 1.0
     if step >= end:
@@ -144,6 +149,7 @@ class Pruner:
                         matrices_text(self.not_pruned))
         self.current = 1.0
         self.updates = 0
+        self.cooling = False  # in the cool-down: the steps whose evaluations count (is_final)
         for layer in self.layers:
             prune.custom_from_mask(layer, "weight", torch.ones_like(layer.weight))
             if isinstance(config, MovementPruningConfig):
@@ -156,6 +162,7 @@ class Pruner:
         return layer.weight_orig.detach().abs()
 
     def after_step(self, step: int, total: int) -> None:
+        self.cooling = step >= cooldown_start(total, self.config)
         remaining = scheduled_remaining(step, total, self.config)
         reaches_final = remaining == self.config.remaining != self.current
         if remaining < 1 and (step % self.config.update_every == 0 or step == total or reaches_final):
@@ -170,13 +177,18 @@ class Pruner:
         self.updates += 1
 
     def schedule_state(self) -> dict[str, Any]:
-        return {"current": self.current, "updates": self.updates}
+        return {"current": self.current, "updates": self.updates, "cooling": self.cooling}
 
     def restore_schedule(self, saved: Mapping[str, Any]) -> None:
         self.current, self.updates = float(saved["current"]), int(saved["updates"])
+        # a state saved before the flag existed: a pruned run reaches v_f only in the cool-down
+        self.cooling = bool(saved.get("cooling", self.current == self.config.remaining < 1))
 
     def is_final(self) -> bool:
-        return self.current == self.config.remaining
+        """At v_f and in the cool-down: a pruned run reaches both on the same step; remaining=1 is at v_f
+        from the start, so the cool-down alone decides, and the dense row reports the epochs the pruned
+        rows report (with every epoch evaluated, it would otherwise pick its best of more epochs)."""
+        return self.cooling and self.current == self.config.remaining
 
     @torch.no_grad()
     def facts(self) -> dict[str, Any]:
