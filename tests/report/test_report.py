@@ -132,7 +132,7 @@ def test_the_time_left_is_estimated_from_each_task_own_runs(weight_type_runs, ru
             "20 min on mnli (n = 3), 1 h 00 min on wikisql (n = 1), so the rest (145 table runs) would take about "
             f"{hours(60 * (40 * (14 + 8) + 20 * (46 + 28) + 60 * 49))} there" in text)
     # a task with no run on the GPU: the median of the GPU's runs of other tasks
-    assert "1 min on e2e (no e2e run ran there: the median of its 1 runs of other tasks)" in text
+    assert "1 min on e2e (no e2e run ran there: the median of its 1 run of other tasks)" in text
 
 
 def test_a_run_trained_by_another_is_named_and_not_timed_as_a_whole_run(weight_type_runs, runs_dir, tmp_path,
@@ -320,7 +320,7 @@ def test_a_cell_whose_seeds_ran_on_different_hardware_is_flagged(weight_type_run
         "- MIXED HARDWARE MultiNLI (±0.1%) × W_q,W_v: its seeds ran on CPU: Test CPU, 2 cores (fp32) and "
         "GPU: NVIDIA H100 80GB HBM3 (bf16 autocast); the spread includes the difference") == 1
     assert not [line for line in incomplete_lines(result) if "MIXED" in line and "× W_q:" in line]
-    assert "- Ran on: CPU: Test CPU, 2 cores (fp32) (3 runs); GPU: NVIDIA H100 80GB HBM3 (bf16 autocast) (1 runs)" \
+    assert "- Ran on: CPU: Test CPU, 2 cores (fp32) (3 runs); GPU: NVIDIA H100 80GB HBM3 (bf16 autocast) (1 run)" \
         in header_lines(result)
 
 

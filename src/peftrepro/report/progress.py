@@ -210,7 +210,8 @@ def device_estimate(device: str, runs: Sequence[Record], todo: Mapping[str, int]
         times = [run_seconds(r) for r in runs if r.task == task]
         medians[task] = statistics.median(times) if times else overall
         parts.append(f"{hours(medians[task])} on {task} (n = {len(times)})" if times else
-                     f"{hours(overall)} on {task} (no {task} run ran there: the median of its {len(runs)} runs of other tasks)")
+                     f"{hours(overall)} on {task} (no {task} run ran there: the median of its "
+                     f"{plural(len(runs), 'run')} of other tasks)")
     total = sum(count * medians[task] for counts in (todo, points_left) for task, count in counts.items())
     points = f" and at least {plural(sum(points_left.values()), 'selection point')}" if points_left else ""
     what = f"the rest ({plural(sum(todo.values()), 'table run')}{points})"

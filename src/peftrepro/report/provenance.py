@@ -55,7 +55,7 @@ def where_text(records: Sequence[Record]) -> str:
         details = "; ".join(part for part in (versions, threads_text(mine)) if part)
         skipped = sum(r.status == NOT_APPLICABLE for r in mine)
         stopped = f" ({skipped} of them not applicable: they stopped before training)" if skipped else ""
-        lines.append(f"- {device}: {len(mine)} runs{stopped}, {hours(sum(run_seconds(r) for r in mine))} in all"
+        lines.append(f"- {device}: {plural(len(mine), 'run')}{stopped}, {hours(sum(run_seconds(r) for r in mine))} in all"
                      f"{parallel_text(mine)} ({details}).")
     scored_later = [r for r in records if r.raw.get("scoring") and not is_reused(r)]
     if scored_later:  # decoded where Java was missing, scored afterwards (peftrepro.runs.scoring)

@@ -132,6 +132,7 @@ def header_lines(result: TableResult) -> list[str]:
                     for r in records for d in [r.raw.get("data") or {}]
                     if d.get("train_examples") is not None)  # not an n/a run, which loads no data
     commits = commit_labels(records)
+    ran_on = [f"{where} ({plural(n, 'run')})" for where, n in _count(r.hardware for r in records)]
     statuses = status_counts(records)
     return [
         f"- Profile: {', '.join(distinct(r.profile for r in records)) or '— (no records)'}"
@@ -141,7 +142,7 @@ def header_lines(result: TableResult) -> list[str]:
         f"- Data: {'; '.join(data) or '—'}",
         f"- Commit(s): {', '.join(commits) or '—'}",
         f"- Seeds expected: {', '.join(map(str, result.expected_seeds)) or '—'}",
-        f"- Ran on: {'; '.join(f'{where} ({n} runs)' for where, n in _count(r.hardware for r in records)) or '—'}",
+        f"- Ran on: {'; '.join(ran_on) or '—'}",
         f"- Records: {statuses['ok']} ok, {statuses['failed']} failed, {statuses[NOT_APPLICABLE]} not applicable, "
         f"{statuses[UNSCORED]} unscored; left out: {result.superseded} older record(s) of "
         f"the same run key, {result.replaced} older run(s) of the same cell and seed under another run key "
