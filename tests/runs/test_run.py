@@ -320,6 +320,17 @@ def test_record_names_the_data_root_by_its_variable_not_this_machines_path(smoke
     assert record["config"]["data_root"] == record["data"]["source"] == named
 
 
+@pytest.mark.parametrize("from_variable", [True, False])
+def test_record_names_the_results_folder_by_its_variable_not_this_machines_path(smoke, monkeypatch, tmp_path,
+                                                                               from_variable) -> None:
+    results = tmp_path / "results"  # the smoke fixture's results_dir, an absolute path
+    monkeypatch.setenv("PEFTREPRO_RESULTS", str(results) if from_variable else str(tmp_path / "elsewhere"))
+    record = run_one(smoke("task=mnli", "method=lora"))
+    assert record["status"] == "ok"
+    assert record["config"]["results_dir"] == ("$PEFTREPRO_RESULTS" if from_variable else str(results))
+    assert (results / "runs").is_dir()  # only the record's name for it changed, not where it went
+
+
 def test_a_data_root_naming_an_unset_variable_is_one_clear_error(smoke, monkeypatch) -> None:
     """A record's config fed back names `$PEFTREPRO_DATA_ROOT`: expanded when set, named when not."""
     monkeypatch.delenv("PEFTREPRO_DATA_ROOT", raising=False)

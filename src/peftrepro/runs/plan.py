@@ -25,6 +25,8 @@ from peftrepro.runs import records
 from peftrepro.runs.train import TrainSettings
 from peftrepro.tasks.data import DATA_ROOT_ENV
 
+RESULTS_ENV = "PEFTREPRO_RESULTS"  # results_dir's default in conf/config.yaml (the Makefile sets it)
+
 LOGGERS = ("none", "wandb")
 FAIL_PHASES = (None, "setup", "train", "eval", "interrupt")  # interrupt: as Ctrl-C at the start of training
 DEVICES = ("auto", "cpu", "cuda")
@@ -59,8 +61,10 @@ class RunPlan:
 
     @property
     def recorded_config(self) -> dict[str, Any]:
-        """The config as a record keeps it: the data root named as `recorded_data_root` names it."""
-        return {**self.config, "data_root": recorded_data_root(self.config.get("data_root"))}
+        """The config as a record keeps it: the data root and the results folder named by their variables
+        where they are those variables' folders (`recorded_data_root`, `recorded_results_dir`)."""
+        return {**self.config, "data_root": recorded_data_root(self.config.get("data_root")),
+                "results_dir": recorded_results_dir(self.config.get("results_dir"))}
 
 
 def plan_run(cfg: DictConfig | Mapping[str, Any]) -> RunPlan:
@@ -194,6 +198,16 @@ def recorded_data_root(path: str | None) -> str | None:
     variable = os.environ.get(DATA_ROOT_ENV)
     if path and variable and resolve_path(path) == resolve_path(variable):
         return f"${DATA_ROOT_ENV}"
+    return path
+
+
+def recorded_results_dir(path: Any) -> Any:
+    """How a record names the results folder it was written to: a relative path as given (`results`, the
+    same in every clone), `$PEFTREPRO_RESULTS` where an absolute path is that variable's folder (as for the
+    data root: this machine's path means nothing on another), else the path."""
+    variable = os.environ.get(RESULTS_ENV)
+    if path and variable and os.path.isabs(str(path)) and resolve_path(str(path)) == resolve_path(variable):
+        return f"${RESULTS_ENV}"
     return path
 
 
