@@ -195,20 +195,20 @@ def _data_root(config: Mapping[str, Any]) -> tuple[str | None, str]:
 def recorded_data_root(path: str | None) -> str | None:
     """How a record names a data root: `$PEFTREPRO_DATA_ROOT` where it is that variable's folder, since
     records move between machines and the folder's path is only this machine's; else the path."""
-    variable = os.environ.get(DATA_ROOT_ENV)
-    if path and variable and resolve_path(path) == resolve_path(variable):
-        return f"${DATA_ROOT_ENV}"
-    return path
+    return f"${DATA_ROOT_ENV}" if _is_folder_of(DATA_ROOT_ENV, path) else path
+
+
+def _is_folder_of(variable: str, path: Any) -> bool:
+    """Whether `path` is the folder the environment variable `variable` names."""
+    value = os.environ.get(variable)
+    return bool(path and value and resolve_path(str(path)) == resolve_path(value))
 
 
 def recorded_results_dir(path: Any) -> Any:
     """How a record names the results folder it was written to: a relative path as given (`results`, the
     same in every clone), `$PEFTREPRO_RESULTS` where an absolute path is that variable's folder (as for the
     data root: this machine's path means nothing on another), else the path."""
-    variable = os.environ.get(RESULTS_ENV)
-    if path and variable and os.path.isabs(str(path)) and resolve_path(str(path)) == resolve_path(variable):
-        return f"${RESULTS_ENV}"
-    return path
+    return f"${RESULTS_ENV}" if os.path.isabs(str(path)) and _is_folder_of(RESULTS_ENV, path) else path
 
 
 def fixture_root(cache_dir: Path) -> Path:
