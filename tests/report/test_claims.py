@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import replace
 
@@ -31,6 +32,7 @@ from peftrepro.report.claims import (
     quantile,
     render,
 )
+from peftrepro.report.devices import DeviceGap
 from peftrepro.report.records import parse_record
 from peftrepro.report.render import incomplete_lines
 from peftrepro.report.specs import TABLES
@@ -132,12 +134,55 @@ def test_a_claim_quotes_the_comparisons_that_weigh_most(others, shown, which):
     assert claim.evidence.endswith(f"(shown: 3 of 4 comparisons, {which})")
 
 
+CPU_GPU = DeviceGap(("CPU fp32", "GPU bf16"), "accuracy_m", (-3.0, 1.0, 2.0, -1.0))  # mean -0.25, SE 1.11
+
+
+def on(devices: tuple[str, ...], mean: float, gaps: tuple[DeviceGap, ...] = (CPU_GPU,)) -> Cell:
+    """A cell of 2 seeds whose runs ran on `devices` (kinds), with its table's measured offsets."""
+    return replace(cell(mean, std=1.0, n=2), devices=devices, device_gaps=gaps)
+
+
+CPU2, GPU2, MIXED = ("CPU fp32",) * 2, ("GPU bf16",) * 2, ("CPU fp32", "GPU bf16")
+
+
+@pytest.mark.parametrize("a, b, device_se, how", [
+    (on(CPU2, 56.0), on(CPU2, 50.0), 0.0, ""),  # one kind of device: no offset to fear
+    (on(MIXED, 56.0), on(MIXED, 50.0), 0.0, ""),  # the same shares of each: an offset cancels
+    (on(CPU2, 56.0), on(GPU2, 50.0), CPU_GPU.root_mean_squared_error, "over 4 device pairs)"),
+    (on(MIXED, 56.0), on(GPU2, 50.0), 0.5 * CPU_GPU.root_mean_squared_error, "× 0.50: the cells' shares"),
+    (on(CPU2, 56.0, gaps=()), on(GPU2, 50.0, gaps=()), 0.0, "not estimated (no two runs of this metric rerun on"),
+    (on(CPU2, 56.0, gaps=(replace(CPU_GPU, gaps=(1.0,)),)), on(GPU2, 50.0), 0.0, "not estimated"),  # one pair
+    (on(CPU2, 56.0, gaps=(replace(CPU_GPU, metric="bleu"),)), on(GPU2, 50.0), 0.0, "not estimated"),
+])
+def test_cells_run_on_different_kinds_of_device_carry_the_offsets_error(a, b, device_se, how):
+    """The term is (share_A − share_B) × sqrt(mean gap² + SE²); it adds to the seed and evaluation terms."""
+    from peftrepro.report.claims import _difference
+
+    difference = _difference(a, b)
+    assert difference.device_se == pytest.approx(device_se)
+    assert difference.se == pytest.approx(math.hypot(difference.seed_se, device_se))  # no evaluation-set term here
+    compared = beats(a, b)
+    assert compared.half_width == pytest.approx(difference.half_width)
+    assert (f"device gap {device_se:.2f}" in compared.evidence and how in compared.evidence) if how \
+        else "device gap" not in compared.evidence
+
+
+def test_an_offset_between_devices_can_undo_a_verdict():
+    """6 points apart at a seed SD of 1 is held on one device; across devices whose offset is uncertain by
+    about 3 points it is not."""
+    far = DeviceGap(("CPU fp32", "GPU bf16"), "accuracy_m", (-4.0, 4.0, -4.0, 4.0))  # mean 0, SE 2.31
+    assert beats(on(CPU2, 56.0, (far,)), on(CPU2, 50.0, (far,))).verdict == HELD
+    assert beats(on(CPU2, 56.0, (far,)), on(GPU2, 50.0, (far,))).verdict == INCONCLUSIVE
+
+
 def test_the_printed_degrees_of_freedom_give_the_printed_interval():
     """With an evaluation-set term the df are fractional (Welch–Satterthwaite): printed as used."""
     difference = Difference(delta=2.0, seed_se=1.0, seed_df=2, eval_se=0.6)
     df = float(str(difference).split("t with ")[1].split(" df")[0])
     assert df == pytest.approx(3.7, abs=0.05)  # (1² + 0.6²)² / (1⁴ / 2)
     assert quantile(df) * difference.se == pytest.approx(difference.half_width, rel=1e-2)
+    with_devices = replace(difference, eval_se=0.0, device_se=1.0, device_df=5, device_how=" (offset)")
+    assert with_devices.df == pytest.approx(4 / (1 / 2 + 1 / 5))  # (1² + 1²)² / (1⁴/2 + 1⁴/5): both terms estimated
 
 
 @pytest.mark.parametrize("n, df, quantile_", [(2, 2, 4.303), (3, 4, 2.776), (11, 20, 2.086)])
@@ -295,7 +340,8 @@ def test_a_comparison_across_machines_says_where_each_side_ran(runs_dir, write, 
         write(record)
     claim = next(c for c in evaluate(build_table(TABLES["table_weight_type"], runs_dir))
                  if c.text.startswith("WikiSQL: adapting W_q,W_v (r=4) beats W_q alone"))
-    assert claim.verdict == HELD  # the verdict is the same; the evidence says what the interval does not cover
+    assert claim.verdict == HELD  # no device pairs measured an offset: the evidence says so, and where each ran
+    assert ("device gap 0.00 not estimated" in claim.evidence) == (bracket is not None)
     assert (bracket in claim.evidence) if bracket else ("ran on" not in claim.evidence)
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from peftrepro.report.devices import ARCHIVE, device_pairs, device_pairs_text
+from peftrepro.report.cells import build_table
+from peftrepro.report.devices import ARCHIVE, DeviceGap, device_gaps, device_pairs, device_pairs_text
+from peftrepro.report.specs import TABLES
 
 LORA = {"name": "lora", "weights": ["W_q", "W_v"], "r": 8, "ranks": None, "alpha": 32}
 GPU = {"gpu": "NVIDIA H200", "cpu_count": 16}
@@ -92,3 +94,20 @@ def test_no_pair_without_two_devices_of_one_profile(make_record, runs_dir, archi
         earlier = run(make_record, 0, 0.62, CPU if case == "same device" else GPU)
         store(archive, {**earlier, "profile": "smoke"} if case == "other profile" else earlier)
     assert device_pairs(runs_dir, "mini") == [] and device_pairs_text([]) == ""
+
+
+def test_a_table_carries_the_offsets_its_profile_measured_per_metric(make_record, runs_dir, archive) -> None:
+    for seed, (gpu, cpu) in enumerate(((0.62, 0.60), (0.61, 0.62))):
+        store(archive, run(make_record, seed, gpu, GPU))
+        store(runs_dir, run(make_record, seed, cpu, CPU, minutes=60))
+    e2e = {**run(make_record, 0, 0.0, GPU, key="e2e-s0"), "task": "e2e", "metrics": {"bleu": 0.60}}
+    store(archive, e2e)
+    store(runs_dir, {**e2e, "env": {**e2e["env"], "hardware": CPU}, "metrics": {"bleu": 0.65},
+                     "created_at": run(make_record, 0, 0.0, CPU, minutes=60)["created_at"]})
+    gaps = device_gaps(device_pairs(runs_dir, "mini"))
+    assert gaps == (DeviceGap(("CPU fp32", "GPU bf16"), "accuracy_m", (-2.0, 1.0)),
+                    DeviceGap(("CPU fp32", "GPU bf16"), "bleu", (5.0,)))
+    assert build_table(TABLES["table_methods"], runs_dir, "mini").device_gaps == gaps
+    text = device_pairs_text(device_pairs(runs_dir, "mini"))  # two metrics: each gap names its own
+    assert "Mean gap on accuracy_m (CPU fp32 − GPU bf16): -0.50 ±" in text
+    assert "Gap on bleu (CPU fp32 − GPU bf16): +5.00 points; one pair gives no interval." in text

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from peftrepro.report.baselines import Learning, learning_check
+from peftrepro.report.devices import DeviceGap, device_gaps, device_pairs
 from peftrepro.report.paper import load_paper
 from peftrepro.report.records import (
     BASELINES_EXPERIMENT,
@@ -53,6 +54,7 @@ class TableResult:
     baselines: list[Record] = field(default_factory=list)  # the zero-shot runs of the same profile
     lr_search: list[Record] = field(default_factory=list)  # the learning-rate selection's runs (same profile)
     learning: dict[str, Learning] = field(default_factory=dict)  # run key -> against its trivial baseline
+    device_gaps: tuple[DeviceGap, ...] = ()  # offsets between kinds of device, from the same runs on both
 
     def stats(self, row: str, column: str) -> pd.Series:
         return self.cells.loc[(row, column)]
@@ -226,6 +228,7 @@ def build_table(spec: TableSpec, runs_dir: Path, profile: str | None = None,
     result.other_profiles = sorted({r.profile for r in of_table} - {chosen})
     result.profile = chosen
     result.lr_search = [r for r in same_profile if r.experiment == LR_SEARCH_EXPERIMENT]
+    result.device_gaps = device_gaps(device_pairs(runs_dir, chosen, records))
     return result
 
 

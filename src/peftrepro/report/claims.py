@@ -29,6 +29,12 @@ The interval is Δ ± t·SE with SE² = SE_seeds² + SE_eval²:
   the unpaired binomial bound. E2E's corpus metrics: a paired bootstrap over the MRs
   (`peftrepro.report.resampling`: 1,000 seeded resamples, both cells on the same ones), the variance of
   the difference over resamples less, per cell, the mean over resamples of its seeds' variance / n.
+- SE_device: where the two cells ran on two kinds of device (fp32 on a CPU, bf16 autocast on a GPU) in
+  different shares, the offset between the kinds could make part of Δ: (share_A − share_B) × the offset.
+  The same runs on both kinds (`report.devices`) estimate it; its error if taken as 0 is the mean gap²
+  + the mean gap's SE² (k pairs, k − 1 degrees of freedom). The run-to-run noise within each gap is the
+  seed term's. With fewer than two pairs on the metric the term is "not estimated" and the evidence
+  says so.
 - t: Student's t quantile for a two-sided 95 % interval, its degrees of freedom from the
   Welch–Satterthwaite rule (the evaluation-set term counts as known exactly); 1.96 with no seed term.
 A claim over several comparisons is not held if any is not held, else inconclusive if any is
@@ -49,14 +55,15 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from scipy import stats as scipy_stats
 
+from peftrepro.report.intervals import quantile
 from peftrepro.report.records import PROPORTION_METRICS, trainable_counts, training_text
 from peftrepro.report.specs import GPT3_TASK_NAMES, RANK_WEIGHTS
 
 if TYPE_CHECKING:
     from peftrepro.report.cells import Resampled, TableResult
+    from peftrepro.report.devices import DeviceGap
     from peftrepro.report.records import ExampleScores
 
-CONFIDENCE = 0.95  # two-sided
 # Cochran's test for one outlying spread among a pool's cells; 1 % is ISO 5725-2's level for an
 # outlier (5 % only marks a "straggler", which it keeps in the pool).
 OUTLYING_SPREAD_LEVEL = 0.01
@@ -76,12 +83,6 @@ def equivalence_margin(metric: str) -> float:
         return EQUIVALENCE["accuracy"]
     raise ValueError(f"no equivalence margin is stated for metric {metric!r}: add one to "
                      "peftrepro.report.claims.EQUIVALENCE before judging a claim on it")
-
-
-def quantile(df: float) -> float:
-    """The two-sided CONFIDENCE quantile of Student's t with `df` degrees of freedom (normal when infinite)."""
-    level = 0.5 + CONFIDENCE / 2
-    return float(scipy_stats.norm.ppf(level) if math.isinf(df) else scipy_stats.t.ppf(level, df))
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,8 @@ class Cell:
     pool: Pool | None = None  # the seed spread pooled over its table's cells of the same metric
     own_spread: bool = False  # set apart from the pool (an outlying spread): judged on its own spread
     hardware: tuple[str, ...] = ()  # where and in which precision its runs ran (records.Record.hardware)
+    devices: tuple[str, ...] = ()  # each run's kind of device (records.Record.device_kind): its numerics
+    device_gaps: tuple[DeviceGap, ...] = ()  # the offsets between kinds of device its table's profile measured
 
     @property
     def failed_fit(self) -> str:
@@ -176,17 +179,22 @@ class Difference:
     eval_se: float  # SE from the evaluation set alone (0: not estimated)
     seed_how: str = ""  # how each was estimated
     eval_how: str = ""
+    device_se: float = 0.0  # from an offset between kinds of device (0: none, or not estimated)
+    device_df: float = math.inf
+    device_how: str = ""  # "": both cells ran on one kind of device in the same shares
 
     @property
     def se(self) -> float:
-        return math.hypot(self.seed_se, self.eval_se)
+        return math.sqrt(self.seed_se ** 2 + self.eval_se ** 2 + self.device_se ** 2)
 
     @property
     def df(self) -> float:
         """Welch–Satterthwaite, the evaluation-set term taken as known (infinite degrees of freedom)."""
-        if self.seed_se == 0 or math.isinf(self.seed_df):
+        estimated = [(se, df) for se, df in ((self.seed_se, self.seed_df), (self.device_se, self.device_df))
+                     if se and not math.isinf(df)]
+        if not estimated:
             return math.inf
-        return self.se ** 4 / (self.seed_se ** 4 / self.seed_df)
+        return self.se ** 4 / sum(se ** 4 / df for se, df in estimated)
 
     @property
     def half_width(self) -> float:
@@ -195,8 +203,9 @@ class Difference:
 
     def __str__(self) -> str:
         df = "∞" if math.isinf(self.df) else f"{self.df:.1f}"  # fractional (Welch–Satterthwaite): the quantile used
+        device = f"; device gap {self.device_se:.2f}{self.device_how}" if self.device_how else ""
         return (f"Δ = {self.delta:+.2f} ± {self.half_width:.2f} (95 %, t with {df} df; SE: seeds {self.seed_se:.2f}"
-                f"{self.seed_how}, eval set {self.eval_se:.2f}{self.eval_how})")
+                f"{self.seed_how}, eval set {self.eval_se:.2f}{self.eval_how}{device})")
 
 
 @dataclass(frozen=True)
@@ -291,6 +300,25 @@ def _less_seed_noise(variance: float, seed_noise: float) -> tuple[float, str]:
     return max(left, 0.0), note
 
 
+def _device_error(a: Cell, b: Cell) -> tuple[float, float, str]:
+    """(SE, degrees of freedom, how) of the part of mean(A) − mean(B) an offset between kinds of device
+    could make; how is "" where the cells ran on one kind, or on two in the same shares (it cancels)."""
+    kinds = tuple(sorted(set(a.devices) | set(b.devices)))
+    if len(kinds) < 2 or not (a.devices and b.devices):
+        return 0.0, math.inf, ""
+    share = [c.devices.count(kinds[0]) / len(c.devices) for c in (a, b)]
+    if len(kinds) == 2 and share[0] == share[1]:
+        return 0.0, math.inf, ""
+    gap = next((g for g in a.device_gaps if g.kinds == kinds and g.metric == a.metric and len(g.gaps) > 1), None)
+    if gap is None:
+        return 0.0, math.inf, f" not estimated (no two runs of this metric rerun on {' and '.join(kinds)})"
+    weight = abs(share[0] - share[1])
+    of_cell = "" if weight == 1 else f", × {weight:.2f}: the cells' shares of {kinds[0]} runs differ by that"
+    return (weight * gap.root_mean_squared_error, len(gap.gaps) - 1,
+            f" (the {kinds[0]} − {kinds[1]} offset {gap.mean:+.2f}, SE {gap.mean_se:.2f}, over {len(gap.gaps)} "
+            f"device pairs{of_cell})")
+
+
 def _difference(a: Cell, b: Cell) -> Difference | str:
     """The difference of means with its errors, or why no judgement is possible."""
     for cell in (a, b):  # a missing cell first: it says more of what is left than the other's one seed
@@ -307,7 +335,7 @@ def _difference(a: Cell, b: Cell) -> Difference | str:
             return f"{cell.label}'s training failed ({cell.failed_training}), so its score says nothing of the method"
     seed_se, seed_df, seed_how = _seed_error(a, b)
     eval_se, eval_how = _eval_error(a, b)
-    return Difference(a.mean - b.mean, seed_se, seed_df, eval_se, seed_how, eval_how)
+    return Difference(a.mean - b.mean, seed_se, seed_df, eval_se, seed_how, eval_how, *_device_error(a, b))
 
 
 def _evidence(a: Cell, b: Cell, diff: Difference | str, margin: str = "") -> str:
@@ -408,7 +436,8 @@ def _cell(result: TableResult, row: str, column: str, label: str) -> Cell:
                 int(stats["n"]), str(stats["status"]), 0.0 if math.isnan(sampling_se) else sampling_se,
                 stats["examples"], training_text(records), failed, str(stats["metric"] or ""),
                 tuple(stats["did_not_learn"]), stats["resampled"],
-                hardware=tuple(sorted({r.hardware for r in records})))
+                hardware=tuple(sorted({r.hardware for r in records})),
+                devices=tuple(sorted(r.device_kind for r in records)), device_gaps=result.device_gaps)
 
 
 def _cells(result: TableResult, keys: Sequence[tuple[str, str, str]]) -> dict[str, Cell]:
@@ -584,9 +613,10 @@ def rule_lines() -> list[str]:
             "(per example for accuracies, a bootstrap over MRs for E2E; the evidence says \"not estimated\" where "
             "the saved predictions do not allow it), less the seeds' own noise in it, which the seed term counts. "
             "A cell whose seed spread Cochran's test (1 %) finds outlying is set apart from the pool: its "
-            "comparisons use its own spread (Welch). Where the two cells ran on different machines or precisions "
-            "(fp32 on a CPU, bf16 autocast on a GPU), the evidence says so in brackets: a difference of numerics "
-            "the interval does not cover.",
+            "comparisons use its own spread (Welch). Where the two cells ran on different kinds of device (fp32 "
+            "on a CPU, bf16 autocast on a GPU) in different shares, a third term: the offset between them, as the "
+            "same runs on both estimate it (mean gap² + its SE², times the difference in shares); the evidence "
+            "names each side's machines in brackets.",
             "", "Verdict: 'beats' held above 0, not held below 0; 'matches or beats' held above −m, not held below −m "
             "(m: accuracy 2, BLEU / METEOR / ROUGE-L 1, NIST 0.1, CIDEr 0.05); otherwise, or with one seed or a run "
             "that did not learn or failed to train (diverged, barely trained), inconclusive; (marginal): the "

@@ -5,24 +5,51 @@ A run rerun with force=true on another device replaces its record; the one it re
 run key, configuration and seed, another device. Per pair the primary metric on each device and the
 share of evaluated examples whose prediction is the same; over the pairs of each two devices the mean
 gap with its 95 % interval (Student's t, one degree of freedom fewer than pairs) and the gaps' spread.
+The claims take that mean gap's error into a comparison of cells run on different kinds of device
+(`DeviceGap`).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
-from peftrepro.report.claims import quantile
+from peftrepro.report.intervals import quantile
 from peftrepro.report.paper import to_paper_unit
 from peftrepro.report.records import Record, is_reused, load_records, plural
 from peftrepro.report.specs import TABLES
 from peftrepro.tasks import primary_metric
 
 ARCHIVE = Path("archive/device-pairs")  # under the results folder
+
+
+@dataclass(frozen=True)
+class DeviceGap:
+    """How one kind of device scores against another on one metric, from the same runs on both
+    (report.devices): what a comparison of cells run on different kinds adds to its error."""
+
+    kinds: tuple[str, str]  # in sorted order, e.g. ("CPU fp32", "GPU bf16"); a gap is the first's − the second's
+    metric: str
+    gaps: tuple[float, ...]  # one per pair, in the paper's unit
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.gaps)
+
+    @property
+    def mean_se(self) -> float:
+        """The standard error of the mean gap (nan with one pair)."""
+        return statistics.stdev(self.gaps) / math.sqrt(len(self.gaps)) if len(self.gaps) > 1 else math.nan
+
+    @property
+    def root_mean_squared_error(self) -> float:
+        """Of taking the offset as 0: sqrt(mean² + SE²)."""
+        return math.hypot(self.mean, self.mean_se)
 
 
 @dataclass(frozen=True)
@@ -70,13 +97,15 @@ class DevicePair:
         return statistics.fmean(a.get("prediction") == b.get("prediction") for a, b in zip(*rows))
 
 
-def device_pairs(runs_dir: Path, profile: str) -> list[DevicePair]:
+def device_pairs(runs_dir: Path, profile: str | None, records: Sequence[Record] | None = None) -> list[DevicePair]:
     """The pairs of the profile: each archived record (beside `runs_dir`'s parent) whose experiment and run
-    key a current record has, on another kind of device, both scored on the task's primary metric."""
+    key a current record has, on another kind of device, both scored on the task's primary metric.
+    `records`: those of `runs_dir`, where the caller has read them already."""
     archive = runs_dir.parent / ARCHIVE / "runs"
     if not archive.is_dir():
         return []
-    current = {(r.experiment, r.run_key): r for r in load_records(runs_dir)[0] if not is_reused(r)}
+    records = load_records(runs_dir)[0] if records is None else records
+    current = {(r.experiment, r.run_key): r for r in records if not is_reused(r)}
     pairs = []
     for earlier in load_records(archive)[0]:
         later = current.get((earlier.experiment, earlier.run_key))
@@ -86,6 +115,13 @@ def device_pairs(runs_dir: Path, profile: str) -> list[DevicePair]:
             continue
         pairs.append(DevicePair(earlier, later))
     return sorted(pairs, key=lambda p: p.cell)  # "Table 4, …, seed 0" first: in the tables' order
+
+
+def device_gaps(pairs: Sequence[DevicePair]) -> tuple[DeviceGap, ...]:
+    """The pairs' gaps, one DeviceGap per two kinds of device and metric."""
+    group = lambda pair: (pair.kinds, pair.metric)  # noqa: E731
+    return tuple(DeviceGap(kinds, metric, tuple(p.gap for p in same))
+                 for (kinds, metric), same in itertools.groupby(sorted(pairs, key=group), key=group))
 
 
 def device_pairs_text(pairs: Sequence[DevicePair]) -> str:
@@ -103,17 +139,18 @@ def device_pairs_text(pairs: Sequence[DevicePair]) -> str:
         lines.append(f"- {pair.cell}: {pair.earlier.device_kind} {pair.value(pair.earlier):.1f} → "
                      f"{pair.later.device_kind} {pair.value(pair.later):.1f}{same}")
     lines.append("")
-    for (first, second), group in itertools.groupby(sorted(pairs, key=lambda p: p.kinds), key=lambda p: p.kinds):
-        gaps = [p.gap for p in group]
-        if len(gaps) == 1:
-            lines.append(f"Gap ({first} − {second}): {gaps[0]:+.2f} points; one pair gives no interval.")
+    gaps = device_gaps(pairs)
+    for gap in gaps:
+        first, second = gap.kinds
+        on = f" on {gap.metric}" if len(gaps) > len({g.kinds for g in gaps}) else ""  # several metrics: name each
+        if len(gap.gaps) == 1:
+            lines.append(f"Gap{on} ({first} − {second}): {gap.mean:+.2f} points; one pair gives no interval.")
             continue
-        spread = statistics.stdev(gaps)
-        lines.append(f"Mean gap ({first} − {second}): {statistics.fmean(gaps):+.2f} ± "
-                     f"{quantile(len(gaps) - 1) * spread / len(gaps) ** 0.5:.2f} points (95 %, t with "
-                     f"{len(gaps) - 1} df; the gaps' std {spread:.2f}).")
-    lines.append("A gap mixes the devices' numerics with the run-to-run noise that one device shows too. The "
-                 "tables name each cell's device; a claim that compares cells of different devices has no term "
-                 "for a device gap in its interval, so a difference between such cells no larger than these "
-                 "gaps may be the devices'.")
+        k = len(gap.gaps)
+        lines.append(f"Mean gap{on} ({first} − {second}): {gap.mean:+.2f} ± {quantile(k - 1) * gap.mean_se:.2f} "
+                     f"points (95 %, t with {k - 1} df; the gaps' std {statistics.stdev(gap.gaps):.2f}).")
+    lines.append("A gap mixes the devices' numerics with the run-to-run noise that one device shows too, which a "
+                 "claim's seed term counts. The tables name each cell's device; a claim that compares cells run on "
+                 "different kinds of device in different shares adds to its interval the error of taking the "
+                 "offset as 0: the mean gap² + its SE² (from two pairs on).")
     return "\n\n" + "\n".join(lines)
