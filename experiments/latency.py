@@ -330,10 +330,15 @@ def _ours(cell: pd.Series) -> str:
     text = f"{cell['median_ms']:.1f} ({cell['q1_ms']:.1f}–{cell['q3_ms']:.1f})"
     if cell["variant"] == "none":
         return text
-    spread = f"95 %: {cell['overhead_low_pct']:+.1f} … {cell['overhead_high_pct']:+.1f} %"
+    spread = f"95 %: {_bound(cell['overhead_low_pct'])} … {_bound(cell['overhead_high_pct'])} %"
     if not cell["resolved"]:
         return f"{text}, no difference resolvable ({spread})"
     return f"{text}, {cell['overhead_pct']:+.1f} % ({spread})"
+
+
+def _bound(percent: float) -> str:
+    """An interval's end, "+3.7"; one that would print as ±0.0 gets the digits that show its side of 0."""
+    return f"{percent:+.1f}" if abs(percent) >= 0.05 or percent == 0 else f"{percent:+.2g}"
 
 
 def render_markdown(table: pd.DataFrame, record: dict[str, Any], record_path: str) -> str:

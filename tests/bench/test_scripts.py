@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 
+import pandas as pd
 import pytest
 import torch
 
@@ -196,3 +197,11 @@ def test_bench_runs_on_the_real_smollm2_weights(bench, tmp_path) -> None:
     assert saved["setup"]["weights"]["source"] == "gguf" and len(saved["setup"]["weights"]["sha256"]) == 64
     assert saved["setup"]["model_config"]["num_hidden_layers"] == 1
     assert "real, from SmolLM2-135M-Instruct.Q4_1.gguf" in (tmp_path / "cpu-smollm2-gguf.md").read_text()
+
+
+@pytest.mark.parametrize("low, printed", [(3.7, "+3.7"), (0.03, "+0.03"), (-0.004, "-0.004"), (0.0, "+0.0")])
+def test_an_overhead_interval_shows_which_side_of_0_its_end_lies(latency, low, printed) -> None:
+    """An end that rounds to +0.0 at one decimal would read as touching 0 where the overhead is resolved."""
+    cell = {"variant": "adapter_l", "median_ms": 906.2, "q1_ms": 894.4, "q3_ms": 926.3, "resolved": low > 0,
+            "overhead_pct": 3.9, "overhead_low_pct": low, "overhead_high_pct": 16.1}
+    assert f"(95 %: {printed} … +16.1 %)" in latency._ours(pd.Series(cell))

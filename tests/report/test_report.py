@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from datetime import datetime, timezone
 from pathlib import Path
@@ -122,7 +123,7 @@ def test_the_time_left_is_estimated_from_each_task_own_runs(weight_type_runs, ru
     # Copies fill 20 of them: Table 6's three settings shared with Table 5 (2 tasks x 2 seeds; Table 5 made 5
     # of those 12 runs or makes them) and Table 4's W_q,W_v r=1 and r=8 rows, which Table 6 makes (8)
     assert "**185 (cell, seed) pairs are still empty**. 20 of them will be filled by copying another table's finished run" in text
-    assert ("the rest, by 109 runs (e2e 14, mnli 46, wikisql 49; a Table 3 run fills its row's five metrics).\n"
+    assert ("the rest, by 109 runs (e2e 14, mnli 46, wikisql 49; a run fills every cell its configuration has).\n"
             in text)
     # the QLoRA and pruning tables, shown from their first run, count too: 8 + 10 runs per seed
     assert ("The QLoRA and Pruning tables, which join this page with their first run (`make table-qlora "
@@ -194,9 +195,24 @@ def test_runs_that_shared_a_device_say_so_with_their_wall_time(runs_dir, tmp_pat
             f"{hours(146 * 180 / 4)} there with as many at once.") in text
 
 
+def test_the_time_left_and_where_it_ran_count_the_same_runs_at_once(weight_type_runs, runs_dir, tmp_path, write,
+                                                                   make_record) -> None:
+    """How many ran at once on a device counts every run made there, zero-shot baselines too, in both
+    sections: the GPU's one table run shared it with three baselines."""
+    for i in range(3):
+        baseline = make_record("baselines", "mnli", {"name": "none"}, 0, {"accuracy_m": 0.35}, profile="mini",
+                               minutes=60, key=f"mnli-baseline-{i}")
+        baseline["env"]["hardware"], baseline["timings"] = GPU, {"total_s": 60.0}
+        write(baseline)
+    text = page(runs_dir, tmp_path)
+    where = re.findall(r"- GPU: [^\n]*?, about (\d+) at once", text)
+    left = re.findall(r"On GPU: [^\n]*?, where its runs ran about (\d+) at once", text)
+    assert where == left == ["4"]
+
+
 @pytest.mark.parametrize(("todo", "text"), [
-    ({"mnli": 2, "e2e": 1}, "e2e 1, mnli 2; a Table 3 run fills its row's five metrics"),
-    ({"wikisql": 9, "mnli": 2}, "mnli 2, wikisql 9"),  # no Table 3 run left: nothing to explain
+    ({"mnli": 2, "e2e": 1}, "e2e 1, mnli 2"),
+    ({"wikisql": 9, "mnli": 2}, "mnli 2, wikisql 9"),
 ])
 def test_the_runs_left_name_their_tasks(todo, text) -> None:
     assert runs_split(todo) == text
@@ -584,3 +600,17 @@ def test_the_commands_regenerate_a_section7_page_only_once_it_exists(tmp_path, r
     assert not any("figure-subspace" in line for line in commands())
     (tmp_path / "tables" / "figure_subspace_statements.csv").write_text("statement,verdict\n")
     assert commands()[-2:] == ["make figure-subspace PROFILE=mini SEEDS=0,1", "make report PROFILE=mini"]
+
+
+def test_a_benchmark_line_names_its_threads_and_its_largest_difference_as_measured(tmp_path) -> None:
+    hardware = {"cpu": "AMD EPYC", "cpu_count": 2, "torch_threads": 1}
+    scoring = {"setup": {"layers": 30, "weights": "gguf", "examples": 32}, "env": {"hardware": hardware},
+               "speedup": 2.5, "max_abs_logprob_difference": 1.3e-5}
+    training = {"setup": {"model": "smollm2", "model_config": {"num_hidden_layers": 4}, "batch": 8, "seq": 64,
+                          "dtype": "fp32"}, "env": {"hardware": {**hardware, "torch_threads": 2}},
+                "training": [{"method": "lora", "speedup": 1.52}]}
+    for name, bench in (("cpu-mnli-scoring", scoring), ("cpu-smollm2", training)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(bench), encoding="utf-8")
+    lines = report.bench_text(tmp_path).splitlines()
+    assert "AMD EPYC (1 torch thread), SmolLM2 shape" in lines[0] and "(largest difference 1.3e-05)" in lines[0]
+    assert "AMD EPYC (2 torch threads), smollm2 (4 layers)" in lines[1] and "lora 1.52×" in lines[1]

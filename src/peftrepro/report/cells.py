@@ -28,6 +28,7 @@ from peftrepro.report.records import (
     Problem,
     Record,
     load_records,
+    plural,
 )
 from peftrepro.report.specs import COUNT_KEYS, TABLES, TableSpec
 from peftrepro.runs.records import NOT_APPLICABLE, UNSCORED, copied_from
@@ -254,16 +255,17 @@ def all_tables(runs_dir: Path, profile: str | None, seeds: Sequence[int] | None,
 
 @dataclass(frozen=True)
 class SeedSpread:
-    """max - min over one cell's seeds (paper units); `spiked`: a seed's training loss spiked."""
+    """max - min over one cell's seeds (paper units); `spiked`: a seed's training loss spiked; `failed`: a
+    run did not learn or failed to train (it widens the cell by failing, which is not seed noise)."""
 
     value: float
     spiked: bool
+    failed: bool = False
 
 
 def seed_spreads(results: Iterable[TableResult], metric: str) -> list[SeedSpread]:
-    """The seed spread of every cell of `metric` with several seeds whose runs all trained and beat
-    their task's trivial baseline: a run that did not learn widens a cell by failing, which is not the
-    seed noise this measures (its table labels it)."""
+    """The seed spread of every cell of `metric` with several seeds, those with a run that did not learn
+    or failed to train marked `failed` (its table labels it)."""
     spreads, seen = [], set()
     for result in results:
         cells = result.metric_cells
@@ -274,16 +276,26 @@ def seed_spreads(results: Iterable[TableResult], metric: str) -> list[SeedSpread
             # copy (its original rerun since) has other values, so it stays a spread of its own
             originals = (frozenset(copied_from(r.raw) or (r.experiment, r.run_key) for r in runs),
                          tuple(stats["values"]))
-            if stats["n"] > 1 and trained and originals not in seen:
+            if stats["n"] > 1 and originals not in seen:
                 seen.add(originals)
                 spreads.append(SeedSpread(max(stats["values"]) - min(stats["values"]),
-                                          any(r.loss_spike for r in runs)))
+                                          any(r.loss_spike for r in runs), not trained))
     return spreads
 
 
 def largest_spread_text(spreads: Sequence[SeedSpread], unit: str, where: str = "") -> str:
     """"up to 2.8 points here", with a larger spread of a cell whose training loss spiked set apart
-    after it: one unstable run is not the seed noise of the settings that trained smoothly."""
+    after it: one unstable run is not the seed noise of the settings that trained smoothly. Cells with
+    a failed fit are left out, and counted."""
+    failed = sum(s.failed for s in spreads)
+    left_out = f", leaving out {plural(failed, 'cell')} with a run that did not learn or failed to train" if failed else ""
+    spreads = [s for s in spreads if not s.failed]
+    if not spreads:
+        return f"an unknown amount{where} (every cell with several seeds has a run that did not learn or failed to train)"
+    return _largest_spread(spreads, unit, where) + left_out
+
+
+def _largest_spread(spreads: Sequence[SeedSpread], unit: str, where: str) -> str:
     steady = max((s.value for s in spreads if not s.spiked), default=None)
     wider = [s.value for s in spreads if s.spiked and (steady is None or s.value > steady)]
     spike = ("in a cell where a seed's training loss spiked; its table lists the spike" if len(wider) == 1 else

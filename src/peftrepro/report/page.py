@@ -43,7 +43,7 @@ from peftrepro.report.provenance import (
     schedule_text,
     where_text,
 )
-from peftrepro.report.records import Record, counted, is_reused, load_records, parse_seeds
+from peftrepro.report.records import Record, counted, is_reused, load_records, parse_seeds, plural
 from peftrepro.report.render import layout
 from peftrepro.report.specs import GPT3_TASK_NAMES, REPORT_NOTES, TABLES
 from peftrepro.runs.records import atomic_write_text
@@ -171,12 +171,14 @@ def bench_text(bench_dir: Path) -> str:
         setup = bench.get("setup") or {}
         hardware = (bench.get("env") or {}).get("hardware") or {}
         device = hardware.get("gpu") or hardware.get("cpu", "?")
+        if threads := hardware.get("torch_threads"):  # on a small CPU the thread count moves every timing
+            device += f" ({plural(threads, 'torch thread')})"
         if "training" not in bench:  # experiments/bench_scoring.py: MultiNLI label scoring
             lines.append(f"- [`bench/{path.stem}.md`](bench/{path.stem}.md): {device}, SmolLM2 shape "
                          f"({setup.get('layers')} layers, {setup.get('weights')} weights), {setup.get('examples')} "
                          f"MultiNLI prompts: one forward pass per example scores the three labels "
                          f"{bench['speedup']:.2f}× faster than one pass per label, with the same log-likelihoods "
-                         f"(largest difference {bench['max_abs_logprob_difference']:.0e}).")
+                         f"(largest difference {bench['max_abs_logprob_difference']:.1e}).")
             continue
         ratios = ", ".join(f"{row['method']} {row['speedup']:.2f}×" for row in bench.get("training") or [])
         lines.append(f"- [`bench/{path.stem}.md`](bench/{path.stem}.md): {device}, "
@@ -251,7 +253,7 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
         profile=profile, runs_dir=runs_dir.as_posix(), tables_dir=tables_dir.as_posix(),
         constraints=(constraints_path or tables_dir.parent / "constraints.txt").as_posix(),
         latest_record=latest.isoformat() if latest is not None else "none",
-        status_table=status_table(results), pending=pending_text(every, records),
+        status_table=status_table(results), pending=pending_text(every, records, study),
         where=where_text(study), commands=commands_text(profile, seeds, results, [
             target for module, target, _ in SECTION7 if section7_generated(module, tables)]),
         device_pairs=device_pairs_text(device_pairs(runs, profile)),

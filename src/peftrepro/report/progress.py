@@ -20,6 +20,7 @@ from peftrepro.report.records import (
     is_reused,
     plural,
     run_seconds,
+    runs_on,
     sets_own_rates,
     status_counts,
 )
@@ -128,8 +129,10 @@ def seeds_text(result: TableResult) -> str:
         f" (+ seed {seed} on {plural(n, 'setting')})" for seed, n in sorted(extra.items()))
 
 
-def pending_text(every: Mapping[str, TableResult], records: Sequence[Record]) -> str:
-    """What is left to run: the shown tables' empty cells, the hidden tables' runs, the selection points."""
+def pending_text(every: Mapping[str, TableResult], records: Sequence[Record], study: Sequence[Record] = ()) -> str:
+    """What is left to run: the shown tables' empty cells, the hidden tables' runs, the selection points.
+    `records`: the tables' runs; `study`: every run of the profile, which tells how many ran at once on a
+    device (as "Where, how and on what it ran" says; default: `records`)."""
     results = shown(every)
     hidden = [result for name, result in every.items() if name not in results]
     pairs = sum(empty_cell_seeds(result) for result in results.values())
@@ -149,7 +152,10 @@ def pending_text(every: Mapping[str, TableResult], records: Sequence[Record]) ->
     if pairs:
         lead = "A cell \"—\" has no finished run yet; each table's page lists every such cell."
         empty = f"**{plural(pairs, '(cell, seed) pair')} {'is' if pairs == 1 else 'are'} still empty**"
-        runs = f"{plural(sum(todo.values()), 'run')} ({runs_split(todo)})"
+        # fewer runs than pairs: a run fills every cell of its configuration (a Table 3 row's five metrics,
+        # a QLoRA row's score and memory peak)
+        several = "; a run fills every cell its configuration has" if pairs > sum(todo.values()) + copies else ""
+        runs = f"{plural(sum(todo.values()), 'run')} ({runs_split(todo)}{several})"
         lines = [f"{empty}, which {runs} would fill." if not copies else
                  f"{empty}. {copies} of them will be filled by copying another table's finished run when the "
                  "table's sweep reaches them (a LoRA setting two tables share, as Table 6 shares three with Table 5 "
@@ -160,11 +166,12 @@ def pending_text(every: Mapping[str, TableResult], records: Sequence[Record]) ->
         titles = " and ".join(result.spec.short_title for result in hidden)
         targets = ", ".join(f"`{make_command(result)}`" for result in hidden)
         lines.append(f"The {titles} tables, which join this page with their first run ({targets}), need "
-                     f"{plural(sum(later.values()), 'more run')} ({runs_split(later, False)}).")
+                     f"{plural(sum(later.values()), 'more run')} ({runs_split(later)}).")
     points_left = selection_points_left(every.values())
     devices = distinct(r.hardware for r in own) if sum((todo + later).values()) or points_left else []
     for device in devices:  # none where nothing is left to run (e.g. copies fill every empty pair)
-        lines.append(device_estimate(device, [r for r in own if r.hardware == device], todo + later, points_left))
+        lines.append(device_estimate(device, [r for r in own if r.hardware == device], todo + later, points_left,
+                                     at_a_time(runs_on(study or records, device))))
     lines.append(selection_text(records, points_run.values(), points_left))
     return f"{lead} What is left:\n\n" + "\n".join(f"- {line}" for line in lines)
 
@@ -179,7 +186,7 @@ def selection_text(records: Sequence[Record], points: Iterable[Record], points_l
     if not records and not points:
         return f"{SELECTION_BY_PROFILE} Each task's zero-shot baseline is run once (`make baselines`)."
     finished = sum(r.status == "ok" for r in points)
-    left = (f", at least {plural(sum(points_left.values()), 'point')} still to run ({runs_split(points_left, False)})"
+    left = (f", at least {plural(sum(points_left.values()), 'point')} still to run ({runs_split(points_left)})"
             if points_left else "")
     return (f"Before a table's runs, its learning rates are selected (`make select-lr`: at least three "
             "dev-split runs per task and method, more while the best rate sits on the grid's edge or, on "
@@ -190,19 +197,19 @@ def selection_text(records: Sequence[Record], points: Iterable[Record], points_l
             "evaluates them (`trained_in`), in minutes: the estimate above counts it as a whole run.")
 
 
-def runs_split(todo: Mapping[str, int], table_runs: bool = True) -> str:
-    """Runs left per task, and while a Table 3 run is among them, why its count is lower than its cells'."""
-    split = ", ".join(f"{task} {count}" for task, count in sorted(todo.items()))
-    return split + ("; a Table 3 run fills its row's five metrics" if table_runs and "e2e" in todo else "")
+def runs_split(todo: Mapping[str, int]) -> str:
+    """Runs left per task: "e2e 1, mnli 8"."""
+    return ", ".join(f"{task} {count}" for task, count in sorted(todo.items()))
 
 
 def device_estimate(device: str, runs: Sequence[Record], todo: Mapping[str, int],
-                    points_left: Mapping[str, int] | None = None) -> str:
+                    points_left: Mapping[str, int] | None = None, at_once: float | None = None) -> str:
     """The time the table runs and selection points left would take on one device, from the median per
     task of its own runs, table runs and selection points alike (E2E decodes its outputs, WikiSQL's
     inputs are long: one median over every task would not do). A task with no run there is counted at
     the median over all of that device's runs. Where those runs ran several at once, their times are
-    those of runs sharing the device, so the estimate is for as many at once (alone each would be faster)."""
+    those of runs sharing the device, so the estimate is for as many at once (alone each would be faster);
+    `at_once`: how many at once, from every run there (default: from `runs`)."""
     points_left = points_left or {}
     overall = statistics.median(run_seconds(r) for r in runs)
     medians, parts = {}, []
@@ -215,7 +222,7 @@ def device_estimate(device: str, runs: Sequence[Record], todo: Mapping[str, int]
     total = sum(count * medians[task] for counts in (todo, points_left) for task, count in counts.items())
     points = f" and at least {plural(sum(points_left.values()), 'selection point')}" if points_left else ""
     what = f"the rest ({plural(sum(todo.values()), 'table run')}{points})"
-    at_once = at_a_time(runs)
+    at_once = at_a_time(runs) if at_once is None else at_once
     if at_once >= SHARED_AT:
         return (f"On {device}, where its runs ran about {round(at_once)} at once, a run of this profile (table runs "
                 f"and selection points) took a median of {', '.join(parts)}, so {what} would take about "

@@ -26,6 +26,7 @@ from peftrepro.report.records import (
     plural,
     rates_text,
     run_seconds,
+    runs_on,
 )
 from peftrepro.report.render import dev_splits_text
 from peftrepro.report.specs import GPT3_TASKS
@@ -47,7 +48,7 @@ def where_text(records: Sequence[Record]) -> str:
         return "No records yet."
     lines = []
     for device in distinct(r.hardware for r in records):
-        mine = [r for r in records if r.hardware == device and not is_reused(r)]
+        mine = runs_on(records, device)
         if not mine:
             continue
         packages = mine[-1].env.get("packages") or {}

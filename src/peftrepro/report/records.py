@@ -522,6 +522,11 @@ def is_reused(record: Record) -> bool:
     return copied_from(record.raw) is not None
 
 
+def runs_on(records: Iterable[Record], hardware: str) -> list[Record]:
+    """The runs made on `hardware` (Record.hardware): copies of another table's run are not runs of their own."""
+    return [r for r in records if r.hardware == hardware and not is_reused(r)]
+
+
 def sets_own_rates(records: Iterable[Record]) -> bool:
     """Whether the runs' profile sets its learning rates itself (`lr_selection: false`, as smoke and paper
     do): there are runs and none of them used a selected rate. Without runs nothing says so."""

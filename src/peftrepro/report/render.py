@@ -398,6 +398,10 @@ def replay_points(metric: str, points: Sequence[Record]) -> Replayed | str:
     return Replayed(last, float(start), latest, scores, step_of, state, checks)
 
 
+# the selection metrics (tasks' `selection_metric`) as a reader of the paper names them
+DEV_METRIC_NAMES = {"bleu": "BLEU", "accuracy_dev": "accuracy (%)", "lf_accuracy": "logical-form accuracy (%)"}
+
+
 def _search_line(label: str, metric: str, points: Sequence[Record], runs: Sequence[Record],
                  whose: str = "the table's runs") -> str:
     """One search's grid as the selection sees it, where it ran, its choice once it has decided, the
@@ -427,7 +431,7 @@ def _search_line(label: str, metric: str, points: Sequence[Record], runs: Sequen
             text += " (outside the current grid)"
         shown.append(f"**{text}**" if lr == chosen else text)
     where = f", on {grid_on[0]}" if len(grid_on) == 1 and recorded else ""
-    line = f"- {label} ({_options_text(replayed.last)}){where}: dev {metric} {' · '.join(shown)}"
+    line = f"- {label} ({_options_text(replayed.last)}){where}: dev {DEV_METRIC_NAMES.get(metric, metric)} {' · '.join(shown)}"
     if chosen is None:
         failed = [step for step, score in state.scores.items() if score is None and step in step_of.values()]
         return line + ("; not decided: a point failed, and the selection waits for it to be rerun" if failed

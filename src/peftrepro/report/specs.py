@@ -239,8 +239,9 @@ PREFIX_LENGTH_NOTE = ("Sequence length: task.max_length bounds each example's ow
 ACCURACY_NOTES = (
     "Paper numbers are GPT-3 175B (96 layers, d_model 12288); ours come from a much smaller model, "
     "so compare the ordering of cells, not their level.",
-    "WikiSQL: logical-form exact-match accuracy (the paper's metric; its normalisation is UNCONFIRMED, "
-    "see paper-reference.md §7); MultiNLI: matched-validation accuracy. The paper reports the best "
+    "WikiSQL: logical-form exact-match accuracy (the paper's metric), compared as the official evaluator "
+    "compares queries; whether the paper normalised anything more is UNCONFIRMED (paper-reference.md §7); "
+    "MultiNLI: matched-validation accuracy. The paper reports the best "
     "validation performance of each run (D.4); ours do when 'evaluate every epoch' above is true.",
     "LoRA α: the paper sets α to the first r tried and never tunes it (§4.1; its GPT-3 value is not "
     "given): we keep one α for every r (see the α line above), so the scale α/r shrinks as r grows, and "
@@ -256,8 +257,12 @@ EQUAL_BUDGET_NOTE = ("Equal budget: r × (number of adapted matrices) is the sam
                      "In GPT-3 every matrix is d_model × d_model so that also fixes the count (18,874,368). In models "
                      "with grouped-query attention W_k and W_v are narrower, so the counts differ: see the "
                      "'# Trainable Parameters' row (ours).")
+# QLoRA's memory columns: the 4-bit rows' CPU peaks can exceed the full-precision row's, which would mislead alone
+MEMORY_NOTE = ("Base weights is the exact measure of what 4 bits save. A training peak on a CPU is the process's "
+               "resident set, which activations (and a 4-bit row's weights dequantised for each matmul) dominate, "
+               "so it need not fall with the base's size; the table's page says how each was measured.")
 # the notes the REPORT repeats under its copy of a table (the rest stay on the table's own page)
-REPORT_NOTES = (ROW_LABEL_NOTE, EQUAL_BUDGET_NOTE)
+REPORT_NOTES = (ROW_LABEL_NOTE, EQUAL_BUDGET_NOTE, MEMORY_NOTE)
 TASK_CHOICES = (
     LORA_ALPHA,
     Choice("LoRA init of A (paper: Gaussian; official code: kaiming-uniform)", "method.init", ("lora",)),
@@ -609,8 +614,8 @@ TABLE_QLORA = TableSpec(
         "quantisation constants), in MB (10^6 bytes). Training peak: on a GPU, torch's peak allocated memory "
         "while training; on a CPU, the process's peak resident set while training, from what is live when it "
         "starts (memory freed before, such as the fp32 weights a 4-bit row replaced, is handed back to the OS "
-        "first); indicative, as activations dominate it and the allocator's caching still counts. Base "
-        "weights is the exact measure of what 4 bits save.",
+        "first); indicative, as the allocator's caching still counts.",
+        MEMORY_NOTE,
         "The runs of this table never copy an equivalent run of another table (reuse_equivalent_runs: false), "
         "so every row's memory was measured by the same code.",
     ),
