@@ -134,7 +134,8 @@ def test_a_claim_quotes_the_comparisons_that_weigh_most(others, shown, which):
     assert claim.evidence.endswith(f"(shown: 3 of 4 comparisons, {which})")
 
 
-CPU_GPU = DeviceGap(("CPU fp32", "GPU bf16"), "accuracy_m", (-3.0, 1.0, 2.0, -1.0))  # mean -0.25, SE 1.11
+# gaps −3, 1, 2, −1: mean −0.25, std 2.2174, so the mean's standard error 2.2174 / √4 = 1.1087
+CPU_GPU = DeviceGap(("CPU fp32", "GPU bf16"), "accuracy_m", (-3.0, 1.0, 2.0, -1.0))
 
 
 def on(devices: tuple[str, ...], mean: float, gaps: tuple[DeviceGap, ...] = (CPU_GPU,)) -> Cell:
@@ -143,36 +144,41 @@ def on(devices: tuple[str, ...], mean: float, gaps: tuple[DeviceGap, ...] = (CPU
 
 
 CPU2, GPU2, MIXED = ("CPU fp32",) * 2, ("GPU bf16",) * 2, ("CPU fp32", "GPU bf16")
+UNKNOWN = ("CPU fp32", "unrecorded hardware")
 
 
-@pytest.mark.parametrize("a, b, device_se, how", [
-    (on(CPU2, 56.0), on(CPU2, 50.0), 0.0, ""),  # one kind of device: no offset to fear
-    (on(MIXED, 56.0), on(MIXED, 50.0), 0.0, ""),  # the same shares of each: an offset cancels
-    (on(CPU2, 56.0), on(GPU2, 50.0), CPU_GPU.root_mean_squared_error, "over 4 device pairs)"),
-    (on(MIXED, 56.0), on(GPU2, 50.0), 0.5 * CPU_GPU.root_mean_squared_error, "× 0.50: the cells' shares"),
-    (on(CPU2, 56.0, gaps=()), on(GPU2, 50.0, gaps=()), 0.0, "not estimated (no two runs of this metric rerun on"),
-    (on(CPU2, 56.0, gaps=(replace(CPU_GPU, gaps=(1.0,)),)), on(GPU2, 50.0), 0.0, "not estimated"),  # one pair
-    (on(CPU2, 56.0, gaps=(replace(CPU_GPU, metric="bleu"),)), on(GPU2, 50.0), 0.0, "not estimated"),
+@pytest.mark.parametrize("a, b, delta, device_se, how", [
+    (on(CPU2, 56.0), on(CPU2, 50.0), 6.0, 0.0, ""),  # one kind of device: no offset to fear
+    (on(MIXED, 56.0), on(MIXED, 50.0), 6.0, 0.0, ""),  # the same shares of each: an offset cancels
+    (on(CPU2, 56.0), on(GPU2, 50.0), 6.25, 1.1087, "(Δ corrected by +0.25: +1.00 × the CPU fp32 − GPU bf16 offset -0.25"),
+    (on(GPU2, 56.0), on(CPU2, 50.0), 5.75, 1.1087, "(Δ corrected by -0.25: -1.00 ×"),
+    (on(MIXED, 56.0), on(GPU2, 50.0), 6.125, 0.5543, "(Δ corrected by +0.12: +0.50 ×"),
+    (on(CPU2, 56.0, gaps=()), on(GPU2, 50.0, gaps=()), 6.0, 0.0,
+     "device offset not estimated (no two runs of this metric rerun on CPU fp32 and GPU bf16)"),
+    (on(CPU2, 56.0, gaps=(replace(CPU_GPU, gaps=(1.0,)),)), on(GPU2, 50.0), 6.0, 0.0, "not estimated"),  # one pair
+    (on(CPU2, 56.0, gaps=(replace(CPU_GPU, metric="bleu"),)), on(GPU2, 50.0), 6.0, 0.0, "not estimated"),
+    (on((*UNKNOWN, "GPU bf16"), 56.0), on(GPU2, 50.0), 6.0, 0.0, "not estimated (runs of 3 kinds of device"),
+    (on(UNKNOWN, 56.0), on(UNKNOWN, 50.0), 6.0, 0.0, ""),  # unknown, but the same on both sides
 ])
-def test_cells_run_on_different_kinds_of_device_carry_the_offsets_error(a, b, device_se, how):
-    """The term is (share_A − share_B) × sqrt(mean gap² + SE²); it adds to the seed and evaluation terms."""
+def test_cells_run_on_different_kinds_of_device_are_corrected_by_the_measured_offset(a, b, delta, device_se, how):
+    """Δ less (share_A − share_B) × the mean gap; the mean's standard error joins the seed and evaluation terms."""
     from peftrepro.report.claims import _difference
 
     difference = _difference(a, b)
-    assert difference.device_se == pytest.approx(device_se)
-    assert difference.se == pytest.approx(math.hypot(difference.seed_se, device_se))  # no evaluation-set term here
-    compared = beats(a, b)
-    assert compared.half_width == pytest.approx(difference.half_width)
-    assert (f"device gap {device_se:.2f}" in compared.evidence and how in compared.evidence) if how \
-        else "device gap" not in compared.evidence
+    assert difference.delta == pytest.approx(delta)
+    assert difference.device_se == pytest.approx(device_se, abs=1e-4)
+    assert difference.se == pytest.approx(math.hypot(difference.seed_se, device_se), abs=1e-4)  # no eval term here
+    evidence = beats(a, b).evidence
+    assert (how in evidence and "device offset 0.00" not in evidence) if how else "device offset" not in evidence
 
 
-def test_an_offset_between_devices_can_undo_a_verdict():
-    """6 points apart at a seed SD of 1 is held on one device; across devices whose offset is uncertain by
-    about 3 points it is not."""
-    far = DeviceGap(("CPU fp32", "GPU bf16"), "accuracy_m", (-4.0, 4.0, -4.0, 4.0))  # mean 0, SE 2.31
-    assert beats(on(CPU2, 56.0, (far,)), on(CPU2, 50.0, (far,))).verdict == HELD
-    assert beats(on(CPU2, 56.0, (far,)), on(GPU2, 50.0, (far,))).verdict == INCONCLUSIVE
+def test_a_measured_offset_between_devices_can_undo_a_verdict():
+    """6 points apart at a seed SD of 1 is held on one device. Across devices whose runs of one setting differ by
+    5 points (measured closely), the same 6 points are 1 point of method: inconclusive."""
+    offset = DeviceGap(("CPU fp32", "GPU bf16"), "accuracy_m", (5.0, 5.2, 4.8, 5.1))
+    assert beats(on(CPU2, 56.0, (offset,)), on(CPU2, 50.0, (offset,))).verdict == HELD
+    across = beats(on(CPU2, 56.0, (offset,)), on(GPU2, 50.0, (offset,)))
+    assert across.verdict == INCONCLUSIVE and "Δ = +0.97" in across.evidence  # 6 − 5.025
 
 
 def test_the_printed_degrees_of_freedom_give_the_printed_interval():
@@ -341,7 +347,7 @@ def test_a_comparison_across_machines_says_where_each_side_ran(runs_dir, write, 
     claim = next(c for c in evaluate(build_table(TABLES["table_weight_type"], runs_dir))
                  if c.text.startswith("WikiSQL: adapting W_q,W_v (r=4) beats W_q alone"))
     assert claim.verdict == HELD  # no device pairs measured an offset: the evidence says so, and where each ran
-    assert ("device gap 0.00 not estimated" in claim.evidence) == (bracket is not None)
+    assert ("device offset not estimated" in claim.evidence) == (bracket is not None)
     assert (bracket in claim.evidence) if bracket else ("ran on" not in claim.evidence)
 
 

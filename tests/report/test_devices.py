@@ -111,3 +111,18 @@ def test_a_table_carries_the_offsets_its_profile_measured_per_metric(make_record
     text = device_pairs_text(device_pairs(runs_dir, "mini"))  # two metrics: each gap names its own
     assert "Mean gap on accuracy_m (CPU fp32 − GPU bf16): -0.50 ±" in text
     assert "Gap on bleu (CPU fp32 − GPU bf16): +5.00 points; one pair gives no interval." in text
+
+
+def test_every_metric_both_runs_scored_has_its_gap_and_a_nan_makes_no_pair(make_record, runs_dir, archive) -> None:
+    for seed, (gpu, cpu) in enumerate(((0.62, 0.60), (0.61, 0.62))):
+        store(archive, {**run(make_record, seed, gpu, GPU), "metrics": {"accuracy_m": gpu, "accuracy_mm": gpu + 0.01}})
+        store(runs_dir, {**run(make_record, seed, cpu, CPU, minutes=60),
+                         "metrics": {"accuracy_m": cpu, "accuracy_mm": cpu - 0.01}})
+    store(archive, run(make_record, 2, float("nan"), GPU))  # a failed score: no pair, and nothing breaks
+    store(runs_dir, run(make_record, 2, 0.6, CPU, minutes=60))
+    pairs = device_pairs(runs_dir, "mini")
+    assert [p.later.seed for p in pairs] == [0, 1]
+    assert [(g.metric, g.gaps) for g in device_gaps(pairs)] == [("accuracy_m", (-2.0, 1.0)),
+                                                                ("accuracy_mm", (-4.0, -1.0))]
+    assert [g.metric for g in device_gaps(pairs, primary_only=True)] == ["accuracy_m"]
+    assert build_table(TABLES["table_methods"], runs_dir, "mini").device_gaps == device_gaps(pairs)

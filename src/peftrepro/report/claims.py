@@ -11,7 +11,7 @@ difference of their means, Δ = mean(A) − mean(B):
 - Either is inconclusive when a cell is missing, has fewer than 2 seeds, or holds a run that did not
   learn (it does not beat its task's trivial baseline, `baselines.learning_check`) or barely lowered
   its training loss: a failed fit says nothing of the method.
-The interval is Δ ± t·SE with SE² = SE_seeds² + SE_eval²:
+The interval is Δ ± t·SE with SE² = SE_seeds² + SE_eval² + SE_device²:
 - SE_seeds: the seed spread, pooled over the table's cells of the same metric (s_p² = Σ(n_i−1)s_i² /
   Σ(n_i−1); cells whose runs did not learn are left out), SE_seeds = s_p·sqrt(1/n_A + 1/n_B), with
   Σ(n_i−1) degrees of freedom: two seeds per cell give one degree of freedom each, and pooling is what
@@ -30,13 +30,17 @@ The interval is Δ ± t·SE with SE² = SE_seeds² + SE_eval²:
   (`peftrepro.report.resampling`: 1,000 seeded resamples, both cells on the same ones), the variance of
   the difference over resamples less, per cell, the mean over resamples of its seeds' variance / n.
 - SE_device: where the two cells ran on two kinds of device (fp32 on a CPU, bf16 autocast on a GPU) in
-  different shares, the offset between the kinds could make part of Δ: (share_A − share_B) × the offset.
-  The same runs on both kinds (`report.devices`) estimate it; its error if taken as 0 is the mean gap²
-  + the mean gap's SE² (k pairs, k − 1 degrees of freedom). The run-to-run noise within each gap is the
-  seed term's. With fewer than two pairs on the metric the term is "not estimated" and the evidence
-  says so.
+  different shares, an offset δ between the kinds makes (share_A − share_B)·δ of mean(A) − mean(B). The
+  same runs on both kinds (`report.devices`: k pairs of one configuration and seed) estimate δ by their
+  mean gap; Δ is corrected by (share_A − share_B) × that mean, and SE_device = |share_A − share_B| ×
+  the mean's standard error, with k − 1 degrees of freedom (the run-to-run noise within each gap is what
+  that error measures). Assumed: one δ per metric for every setup of a table (the pairs are whatever
+  was rerun); a cell whose runs ran on both kinds keeps part of δ in its seed spread, and a pair's run
+  may be one of a compared cell's, correlations left out. With fewer than two pairs on the metric, or
+  runs of more than two kinds, the term is "not estimated" and the evidence says so.
 - t: Student's t quantile for a two-sided 95 % interval, its degrees of freedom from the
-  Welch–Satterthwaite rule (the evaluation-set term counts as known exactly); 1.96 with no seed term.
+  Welch–Satterthwaite rule over the seed and device terms (the evaluation-set term counts as known
+  exactly); 1.96 with neither.
 A claim over several comparisons is not held if any is not held, else inconclusive if any is
 inconclusive, else held. Cells marked n/a (method not applicable to the model) are left out.
 A verdict decided by less than MARGINAL of its interval's half-width is marked marginal: one more
@@ -173,13 +177,13 @@ def pooled(cells: dict[str, Cell]) -> dict[str, Cell]:
 
 @dataclass(frozen=True)
 class Difference:
-    delta: float    # mean(A) − mean(B)
+    delta: float    # mean(A) − mean(B), less what a measured device offset makes of it (device_how says)
     seed_se: float  # SE from the seed spread alone
     seed_df: float  # its degrees of freedom
     eval_se: float  # SE from the evaluation set alone (0: not estimated)
     seed_how: str = ""  # how each was estimated
     eval_how: str = ""
-    device_se: float = 0.0  # from an offset between kinds of device (0: none, or not estimated)
+    device_se: float = 0.0  # the error of the device offset Δ was corrected by (0: none, or not estimated)
     device_df: float = math.inf
     device_how: str = ""  # "": both cells ran on one kind of device in the same shares
 
@@ -203,9 +207,9 @@ class Difference:
 
     def __str__(self) -> str:
         df = "∞" if math.isinf(self.df) else f"{self.df:.1f}"  # fractional (Welch–Satterthwaite): the quantile used
-        device = f"; device gap {self.device_se:.2f}{self.device_how}" if self.device_how else ""
+        device = f"; device offset {self.device_se:.2f}" if self.device_se else "; device offset" if self.device_how else ""
         return (f"Δ = {self.delta:+.2f} ± {self.half_width:.2f} (95 %, t with {df} df; SE: seeds {self.seed_se:.2f}"
-                f"{self.seed_how}, eval set {self.eval_se:.2f}{self.eval_how}{device})")
+                f"{self.seed_how}, eval set {self.eval_se:.2f}{self.eval_how}{device}{self.device_how})")
 
 
 @dataclass(frozen=True)
@@ -300,23 +304,25 @@ def _less_seed_noise(variance: float, seed_noise: float) -> tuple[float, str]:
     return max(left, 0.0), note
 
 
-def _device_error(a: Cell, b: Cell) -> tuple[float, float, str]:
-    """(SE, degrees of freedom, how) of the part of mean(A) − mean(B) an offset between kinds of device
-    could make; how is "" where the cells ran on one kind, or on two in the same shares (it cancels)."""
+def _device_error(a: Cell, b: Cell) -> tuple[float, float, float, str]:
+    """(shift, SE, degrees of freedom, how): the part of mean(A) − mean(B) the offset between two kinds of
+    device makes, as the same runs on both measure it, and that measure's error; how is "" where the cells
+    ran on the kinds in the same shares (an offset cancels)."""
+    if not (a.devices and b.devices):
+        return 0.0, 0.0, math.inf, ""
     kinds = tuple(sorted(set(a.devices) | set(b.devices)))
-    if len(kinds) < 2 or not (a.devices and b.devices):
-        return 0.0, math.inf, ""
-    share = [c.devices.count(kinds[0]) / len(c.devices) for c in (a, b)]
-    if len(kinds) == 2 and share[0] == share[1]:
-        return 0.0, math.inf, ""
+    weights = [a.devices.count(kind) / len(a.devices) - b.devices.count(kind) / len(b.devices) for kind in kinds]
+    if not any(weights):
+        return 0.0, 0.0, math.inf, ""
+    if len(kinds) > 2:
+        return 0.0, 0.0, math.inf, f" not estimated (runs of {len(kinds)} kinds of device: {', '.join(kinds)})"
     gap = next((g for g in a.device_gaps if g.kinds == kinds and g.metric == a.metric and len(g.gaps) > 1), None)
     if gap is None:
-        return 0.0, math.inf, f" not estimated (no two runs of this metric rerun on {' and '.join(kinds)})"
-    weight = abs(share[0] - share[1])
-    of_cell = "" if weight == 1 else f", × {weight:.2f}: the cells' shares of {kinds[0]} runs differ by that"
-    return (weight * gap.root_mean_squared_error, len(gap.gaps) - 1,
-            f" (the {kinds[0]} − {kinds[1]} offset {gap.mean:+.2f}, SE {gap.mean_se:.2f}, over {len(gap.gaps)} "
-            f"device pairs{of_cell})")
+        return 0.0, 0.0, math.inf, f" not estimated (no two runs of this metric rerun on {' and '.join(kinds)})"
+    weight = weights[0]  # the difference in the first kind's share; a gap is the first kind's − the second's
+    return (weight * gap.mean, abs(weight) * gap.mean_se, len(gap.gaps) - 1,
+            f" (Δ corrected by {-weight * gap.mean:+.2f}: {weight:+.2f} × the {kinds[0]} − {kinds[1]} offset "
+            f"{gap.mean:+.2f}, the mean gap of {len(gap.gaps)} device pairs)")
 
 
 def _difference(a: Cell, b: Cell) -> Difference | str:
@@ -335,7 +341,9 @@ def _difference(a: Cell, b: Cell) -> Difference | str:
             return f"{cell.label}'s training failed ({cell.failed_training}), so its score says nothing of the method"
     seed_se, seed_df, seed_how = _seed_error(a, b)
     eval_se, eval_how = _eval_error(a, b)
-    return Difference(a.mean - b.mean, seed_se, seed_df, eval_se, seed_how, eval_how, *_device_error(a, b))
+    shift, device_se, device_df, device_how = _device_error(a, b)
+    return Difference(a.mean - b.mean - shift, seed_se, seed_df, eval_se, seed_how, eval_how, device_se, device_df,
+                      device_how)
 
 
 def _evidence(a: Cell, b: Cell, diff: Difference | str, margin: str = "") -> str:
@@ -608,15 +616,15 @@ def render(claims: Sequence[Claim], with_rule: bool = True) -> list[str]:
 def rule_lines() -> list[str]:
     """How a claim is judged: the interval, then the verdict rule (two paragraphs)."""
     return ["Interval: 95 % on the difference of two cells' means, Student's t with Welch–Satterthwaite degrees "
-            "of freedom (the seed term's, the evaluation set's error taken as known); SE² = the seed spread "
+            "of freedom (the seed and device terms', the evaluation set's error taken as known); SE² = the seed spread "
             "pooled over the table's cells of that metric × (1/n_A + 1/n_B) + the evaluation set's error, paired "
             "(per example for accuracies, a bootstrap over MRs for E2E; the evidence says \"not estimated\" where "
             "the saved predictions do not allow it), less the seeds' own noise in it, which the seed term counts. "
             "A cell whose seed spread Cochran's test (1 %) finds outlying is set apart from the pool: its "
             "comparisons use its own spread (Welch). Where the two cells ran on different kinds of device (fp32 "
-            "on a CPU, bf16 autocast on a GPU) in different shares, a third term: the offset between them, as the "
-            "same runs on both estimate it (mean gap² + its SE², times the difference in shares); the evidence "
-            "names each side's machines in brackets.",
+            "on a CPU, bf16 autocast on a GPU) in different shares, Δ is corrected by the offset between them as "
+            "the same runs on both measure it (their mean gap, times the difference in shares), and that mean's "
+            "standard error is a third term; the evidence names each side's machines in brackets.",
             "", "Verdict: 'beats' held above 0, not held below 0; 'matches or beats' held above −m, not held below −m "
             "(m: accuracy 2, BLEU / METEOR / ROUGE-L 1, NIST 0.1, CIDEr 0.05); otherwise, or with one seed or a run "
             "that did not learn or failed to train (diverged, barely trained), inconclusive; (marginal): the "

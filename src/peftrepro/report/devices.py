@@ -11,7 +11,6 @@ The claims take that mean gap's error into a comparison of cells run on differen
 
 from __future__ import annotations
 
-import itertools
 import math
 import statistics
 from dataclasses import dataclass
@@ -30,8 +29,8 @@ ARCHIVE = Path("archive/device-pairs")  # under the results folder
 
 @dataclass(frozen=True)
 class DeviceGap:
-    """How one kind of device scores against another on one metric, from the same runs on both
-    (report.devices): what a comparison of cells run on different kinds adds to its error."""
+    """How one kind of device scores against another on one metric, from the same runs on both: the
+    offset a comparison of cells run on different kinds is corrected by (claims), with its error."""
 
     kinds: tuple[str, str]  # in sorted order, e.g. ("CPU fp32", "GPU bf16"); a gap is the first's − the second's
     metric: str
@@ -46,11 +45,6 @@ class DeviceGap:
         """The standard error of the mean gap (nan with one pair)."""
         return statistics.stdev(self.gaps) / math.sqrt(len(self.gaps)) if len(self.gaps) > 1 else math.nan
 
-    @property
-    def root_mean_squared_error(self) -> float:
-        """Of taking the offset as 0: sqrt(mean² + SE²)."""
-        return math.hypot(self.mean, self.mean_se)
-
 
 @dataclass(frozen=True)
 class DevicePair:
@@ -63,8 +57,15 @@ class DevicePair:
     def metric(self) -> str:
         return primary_metric(self.later.task) or ""
 
-    def value(self, record: Record) -> float:
-        return to_paper_unit(self.metric, float(record.metrics[self.metric]))
+    def value(self, record: Record, metric: str | None = None) -> float:
+        metric = metric or self.metric
+        return to_paper_unit(metric, float(record.metrics[metric]))
+
+    @property
+    def metrics(self) -> list[str]:
+        """The metrics both runs scored (a finite number in each): the primary one and any other."""
+        return sorted(m for m in self.earlier.metrics if _finite(self.earlier.metrics.get(m))
+                      and _finite(self.later.metrics.get(m)))
 
     @cached_property  # sorting the pairs and printing them both read it; observe() parses the record
     def cell(self) -> str:
@@ -82,10 +83,13 @@ class DevicePair:
 
     @property
     def gap(self) -> float:
-        """The metric on the first of `kinds` minus on the second, in the paper's unit."""
+        """The primary metric on the first of `kinds` minus on the second, in the paper's unit."""
+        return self.gap_on(self.metric)
+
+    def gap_on(self, metric: str) -> float:
         first, second = (self.earlier, self.later) if self.earlier.device_kind == self.kinds[0] else (
             self.later, self.earlier)
-        return self.value(first) - self.value(second)
+        return self.value(first, metric) - self.value(second, metric)
 
     @property
     def agreement(self) -> float | None:
@@ -110,18 +114,25 @@ def device_pairs(runs_dir: Path, profile: str | None, records: Sequence[Record] 
     for earlier in load_records(archive)[0]:
         later = current.get((earlier.experiment, earlier.run_key))
         if (later is None or earlier.profile != profile or later.device_kind == earlier.device_kind
-                or any(r.status != "ok" or not isinstance(r.metrics.get(primary_metric(r.task)), (int, float))
+                or any(r.status != "ok" or not _finite(r.metrics.get(primary_metric(r.task)))
                        for r in (earlier, later))):
             continue
         pairs.append(DevicePair(earlier, later))
     return sorted(pairs, key=lambda p: p.cell)  # "Table 4, …, seed 0" first: in the tables' order
 
 
-def device_gaps(pairs: Sequence[DevicePair]) -> tuple[DeviceGap, ...]:
-    """The pairs' gaps, one DeviceGap per two kinds of device and metric."""
-    group = lambda pair: (pair.kinds, pair.metric)  # noqa: E731
-    return tuple(DeviceGap(kinds, metric, tuple(p.gap for p in same))
-                 for (kinds, metric), same in itertools.groupby(sorted(pairs, key=group), key=group))
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def device_gaps(pairs: Sequence[DevicePair], primary_only: bool = False) -> tuple[DeviceGap, ...]:
+    """The pairs' gaps, one DeviceGap per two kinds of device and metric (every metric both runs of a
+    pair scored, or only the primary one)."""
+    gaps: dict[tuple[tuple[str, str], str], list[float]] = {}
+    for pair in pairs:
+        for metric in [pair.metric] if primary_only else pair.metrics:
+            gaps.setdefault((pair.kinds, metric), []).append(pair.gap_on(metric))
+    return tuple(DeviceGap(kinds, metric, tuple(values)) for (kinds, metric), values in sorted(gaps.items()))
 
 
 def device_pairs_text(pairs: Sequence[DevicePair]) -> str:
@@ -139,7 +150,7 @@ def device_pairs_text(pairs: Sequence[DevicePair]) -> str:
         lines.append(f"- {pair.cell}: {pair.earlier.device_kind} {pair.value(pair.earlier):.1f} → "
                      f"{pair.later.device_kind} {pair.value(pair.later):.1f}{same}")
     lines.append("")
-    gaps = device_gaps(pairs)
+    gaps = device_gaps(pairs, primary_only=True)
     for gap in gaps:
         first, second = gap.kinds
         on = f" on {gap.metric}" if len(gaps) > len({g.kinds for g in gaps}) else ""  # several metrics: name each
@@ -149,8 +160,8 @@ def device_pairs_text(pairs: Sequence[DevicePair]) -> str:
         k = len(gap.gaps)
         lines.append(f"Mean gap{on} ({first} − {second}): {gap.mean:+.2f} ± {quantile(k - 1) * gap.mean_se:.2f} "
                      f"points (95 %, t with {k - 1} df; the gaps' std {statistics.stdev(gap.gaps):.2f}).")
-    lines.append("A gap mixes the devices' numerics with the run-to-run noise that one device shows too, which a "
-                 "claim's seed term counts. The tables name each cell's device; a claim that compares cells run on "
-                 "different kinds of device in different shares adds to its interval the error of taking the "
-                 "offset as 0: the mean gap² + its SE² (from two pairs on).")
+    lines.append("A gap mixes the devices' numerics with the run-to-run noise that one device shows too. The tables "
+                 "name each cell's device; a claim that compares cells run on different kinds of device in different "
+                 "shares corrects its difference by the mean gap (times the difference in shares) and adds that "
+                 "mean's standard error to its interval (from two pairs on a metric).")
     return "\n\n" + "\n".join(lines)
