@@ -5,8 +5,8 @@ A run rerun with force=true on another device replaces its record; the one it re
 run key, configuration and seed, another device. Per pair the primary metric on each device and the
 share of evaluated examples whose prediction is the same; over the pairs of each two devices the mean
 gap with its 95 % interval (Student's t, one degree of freedom fewer than pairs) and the gaps' spread.
-The claims take that mean gap's error into a comparison of cells run on different kinds of device
-(`DeviceGap`).
+The claims correct a comparison of cells run on different kinds of device by that mean gap, and take
+its standard error into the interval (`DeviceGap`, per metric both runs of a pair scored).
 """
 
 from __future__ import annotations
