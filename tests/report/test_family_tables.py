@@ -151,4 +151,4 @@ def test_the_report_shows_the_other_papers_tables_once_they_have_runs(runs_dir, 
     text = report.render("mini", [0, 1], runs_dir, tmp_path / "tables", tmp_path / "bench")
     # the commands name a table's make target once it has a run (QLoRA's is still among what is left)
     assert "make table-pruning PROFILE=mini SEEDS=0,1" in text and "make table-qlora PROFILE=mini SEEDS" not in text
-    assert "which join this page with their first run (`make table-qlora PROFILE=mini`)" in text
+    assert "The QLoRA table, which joins this page with its first run (`make table-qlora PROFILE=mini`), needs" in text

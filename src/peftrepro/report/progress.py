@@ -165,7 +165,9 @@ def pending_text(every: Mapping[str, TableResult], records: Sequence[Record], st
     if sum(later.values()):
         titles = " and ".join(result.spec.short_title for result in hidden)
         targets = ", ".join(f"`{make_command(result)}`" for result in hidden)
-        lines.append(f"The {titles} tables, which join this page with their first run ({targets}), need "
+        which = ("tables, which join this page with their first run" if len(hidden) > 1
+                 else "table, which joins this page with its first run")
+        lines.append(f"The {titles} {which} ({targets}), need{'s' if len(hidden) == 1 else ''} "
                      f"{plural(sum(later.values()), 'more run')} ({runs_split(later)}).")
     points_left = selection_points_left(every.values())
     devices = distinct(r.hardware for r in own) if sum((todo + later).values()) or points_left else []
