@@ -295,8 +295,13 @@ def largest_spread_text(spreads: Sequence[SeedSpread], unit: str, where: str = "
     return _largest_spread(spreads, unit, where) + left_out
 
 
+def steady_spread(spreads: Sequence[SeedSpread]) -> float | None:
+    """The largest seed spread of the cells that trained smoothly (no spike, no failed fit); None without any."""
+    return max((s.value for s in spreads if not s.spiked and not s.failed), default=None)
+
+
 def _largest_spread(spreads: Sequence[SeedSpread], unit: str, where: str) -> str:
-    steady = max((s.value for s in spreads if not s.spiked), default=None)
+    steady = steady_spread(spreads)
     wider = [s.value for s in spreads if s.spiked and (steady is None or s.value > steady)]
     spike = ("in a cell where a seed's training loss spiked; its table lists the spike" if len(wider) == 1 else
              f"in {len(wider)} cells where a seed's training loss spiked; their tables list the spikes")

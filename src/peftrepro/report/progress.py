@@ -129,10 +129,10 @@ def seeds_text(result: TableResult) -> str:
         f" (+ seed {seed} on {plural(n, 'setting')})" for seed, n in sorted(extra.items()))
 
 
-def pending_text(every: Mapping[str, TableResult], records: Sequence[Record], study: Sequence[Record] = ()) -> str:
+def pending_text(every: Mapping[str, TableResult], records: Sequence[Record], study: Sequence[Record]) -> str:
     """What is left to run: the shown tables' empty cells, the hidden tables' runs, the selection points.
     `records`: the tables' runs; `study`: every run of the profile, which tells how many ran at once on a
-    device (as "Where, how and on what it ran" says; default: `records`)."""
+    device (as "Where, how and on what it ran" says)."""
     results = shown(every)
     hidden = [result for name, result in every.items() if name not in results]
     pairs = sum(empty_cell_seeds(result) for result in results.values())
@@ -173,7 +173,7 @@ def pending_text(every: Mapping[str, TableResult], records: Sequence[Record], st
     devices = distinct(r.hardware for r in own) if sum((todo + later).values()) or points_left else []
     for device in devices:  # none where nothing is left to run (e.g. copies fill every empty pair)
         lines.append(device_estimate(device, [r for r in own if r.hardware == device], todo + later, points_left,
-                                     at_a_time(runs_on(study or records, device))))
+                                     at_a_time(runs_on(study, device))))
     lines.append(selection_text(records, points_run.values(), points_left))
     return f"{lead} What is left:\n\n" + "\n".join(f"- {line}" for line in lines)
 

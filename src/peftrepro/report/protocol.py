@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from peftrepro.report import claims
-from peftrepro.report.cells import TableResult, largest_spread_text, seed_spreads
+from peftrepro.report.cells import TableResult, largest_spread_text, seed_spreads, steady_spread
 from peftrepro.report.records import Record, is_reused, plural, sets_own_rates
 from peftrepro.report.render import NO_SELECTION_YET, SELECTION_BY_PROFILE, baseline_lines, fixed_rates_line, lr_lines
 
@@ -221,7 +221,7 @@ def budget_text(results: Mapping[str, TableResult], study: Sequence[Record]) -> 
                          "between groups of one or two seeds is within seed noise (on 100 MRs a BLEU also carries "
                          "more evaluation-set noise than on all of them).")
         if ours:
-            lines.append(reading_text(ours, loop, max((s.value for s in spreads if not s.spiked and not s.failed), default=None)))
+            lines.append(reading_text(ours, loop, steady_spread(spreads)))
     else:
         lines.append("- LoRA at a plain HF-peft loop's budget (`make peft-budget`): not run yet.")
     return "\n".join(lines)
