@@ -326,6 +326,18 @@ def test_an_empty_results_folder_still_renders(runs_dir, tmp_path) -> None:
             "`archive/` beside its runs), so no verdicts to compare") in text
 
 
+def test_the_thresholds_the_page_states_are_the_ones_the_code_applies(runs_dir, tmp_path, monkeypatch) -> None:
+    defaults = page(runs_dir, tmp_path)
+    assert "by 1.96 standard errors" in defaults and "on a 95 % interval" in defaults
+    assert "ended above 90 % of it / rose above 2× its lowest" in defaults
+    for module, name, value in ((report, "LEARNED_Z", 2.58), (report, "CONFIDENCE", 0.99),
+                                (report, "BARELY_TRAINED_RATIO", 0.8), (report, "LOSS_SPIKE_RATIO", 3.0)):
+        monkeypatch.setattr(module, name, value)
+    text = page(runs_dir, tmp_path)
+    assert "by 2.58 standard errors" in text and "on a 99 % interval" in text and "its 99 %\n" in text
+    assert "ended above 80 % of it / rose above 3× its lowest" in text
+
+
 def test_a_cell_whose_seeds_ran_on_different_hardware_is_flagged(weight_type_runs, runs_dir) -> None:
     from peftrepro.report.cells import build_table
     from peftrepro.report.render import header_lines, incomplete_lines

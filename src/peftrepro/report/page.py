@@ -27,9 +27,11 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from peftrepro.metrics.majority import LEARNED_Z
 from peftrepro.report import amplification, claims, factors, plots, subspace
 from peftrepro.report.cells import TableResult, all_tables
 from peftrepro.report.devices import device_pairs, device_pairs_text
+from peftrepro.report.intervals import CONFIDENCE
 from peftrepro.report.progress import pending_text, shown, status_table
 from peftrepro.report.protocol import baselines_text, budget_text, changes_text, lora_scale_text, selected_lr_text
 from peftrepro.report.provenance import (
@@ -43,7 +45,16 @@ from peftrepro.report.provenance import (
     schedule_text,
     where_text,
 )
-from peftrepro.report.records import Record, counted, is_reused, load_records, parse_seeds, plural
+from peftrepro.report.records import (
+    BARELY_TRAINED_RATIO,
+    LOSS_SPIKE_RATIO,
+    Record,
+    counted,
+    is_reused,
+    load_records,
+    parse_seeds,
+    plural,
+)
 from peftrepro.report.render import layout
 from peftrepro.report.specs import GPT3_TASK_NAMES, REPORT_NOTES, TABLES
 from peftrepro.runs.records import atomic_write_text
@@ -262,7 +273,14 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
         sections="".join(table_section(r) for r in results.values()), claim_rule="\n".join(claims.rule_lines()),
         section7=section7_text(tables, runs, profile, seeds or section7_seeds(every)),
         speed="\n".join([params_text(tables), latency_text(tables, runs), bench_text(bench)]),
+        **rule_constants(),
     )
+
+
+def rule_constants() -> dict[str, str]:
+    """The thresholds the prose states, read from the code that applies them (so the two cannot drift)."""
+    return {"learned_z": f"{LEARNED_Z:g}", "confidence": f"{CONFIDENCE * 100:g} %",
+            "barely_share": f"{BARELY_TRAINED_RATIO * 100:g} %", "spike_multiple": f"{LOSS_SPIKE_RATIO:g}×"}
 
 
 def section7_seeds(every: Mapping[str, TableResult]) -> list[int]:
