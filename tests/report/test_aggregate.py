@@ -412,6 +412,33 @@ def test_hardware_label_and_device_kind_agree(hardware, precision, label, kind):
     assert (record.hardware, record.device_kind) == (label, kind)
 
 
+# a pruned run's loss climbs while its schedule removes weights (steps 30-200 of 250, cool-down 0.2) and falls
+# once the masks settle: what pruning costs, judged by the score and its baseline, not a failed fit
+PRUNED_RAMP = [[10, 1.9], [100, 5.7], [160, 13.5], [200, 3.9], [210, 3.4], [250, 2.6]]
+RISING_COOLDOWN = [[10, 1.9], [100, 5.7], [200, 3.9], [210, 1.0], [220, 2.5], [250, 3.0]]
+FLAT = [[10, 1.9], [100, 1.9], [250, 1.8]]
+
+
+@pytest.mark.parametrize("remaining,curve,failed,spike", [
+    (0.1, PRUNED_RAMP, None, None),
+    (0.1, RISING_COOLDOWN, "diverged, loss 1.00 at step 210, the first logged at the target sparsity → 3.00 at "
+                           "step 250", None),
+    (0.1, [[10, 1.9], [210, 3.0], [220, 0.8], [230, 2.4], [250, 1.2]], None,
+     "loss 0.80 → 2.40 at step 230, 1.20 at step 250"),
+    (1.0, PRUNED_RAMP, "diverged, loss 1.90 at step 10 → 2.60 at step 250", None),  # nothing pruned: whole curve
+    (1.0, FLAT, "barely trained, loss 1.90 at step 10 → 1.80 at step 250", None),
+    (None, PRUNED_RAMP, "diverged, loss 1.90 at step 10 → 2.60 at step 250", None),  # no pruning at all
+])
+def test_a_pruned_run_s_loss_is_judged_from_its_target_sparsity_on(remaining, curve, failed, spike):
+    raw = {"config": {"method": {"name": "magnitude_pruning", "cooldown": 0.2}},
+           "training": {"loss_curve": curve, "final_loss": curve[-1][1], "steps": 250}}
+    if remaining is not None:
+        raw["pruning"] = {"target_remaining": remaining}
+    record = Record(path=Path("r"), run_key="k", experiment="e", status="ok", created_at=pd.Timestamp(0), seed=0,
+                    profile="mini", task="mnli", method={}, metrics={}, raw=raw)
+    assert (str(record.failed_training) if record.failed_training else None, record.loss_spike) == (failed, spike)
+
+
 @pytest.mark.parametrize("count,text", [
     (512, "512"), (1_932, "1.93K"), (9_996, "0.0100M"), (58_048, "0.0580M"), (58_176, "0.0582M"),
     (99_968, "0.100M"),

@@ -20,7 +20,9 @@ the same trainable weights and rate with no sparsity, the dense point the pruned
   first `warmup` share of the steps, then v_f + (1 − v_f)(1 − (t − t_i)/(T − t_i − t_f))³, and v_f
   for the last `cooldown` share ("a few steps of cool-down ... improves the performance"). Masks are
   recomputed every `update_every` steps, on the step v reaches v_f and on the last step, each matrix
-  ranked on its own ("local" Top_v: §7 finds local and global alike).
+  ranked on its own ("local" Top_v: §7 finds local and global alike). They are recomputed through the
+  cool-down too, at v_f: the authors' code ranks the scores on every forward pass, where Zhu & Gupta fix
+  the mask once v_f is reached.
 The masking is torch.nn.utils.prune's reparametrisation (weight = weight_orig ⊙ weight_mask, computed in
 a forward pre-hook before every forward); the schedule rewrites `weight_mask` in place. torch's own
 pruning methods rank by |·| (L1Unstructured), which suits MaP but not MvP's signed scores (App. A.1:
@@ -80,14 +82,14 @@ class MovementPruningConfig(PruningConfig):
     name: ClassVar[str] = "movement_pruning"
 
 
-def cooldown_start(total: int, config: PruningConfig) -> int:
-    """The step from which the share kept stays at v_f (t_f: the last `cooldown` share of the steps)."""
-    return total - round(config.cooldown * total)
+def cooldown_start(total: int, cooldown: float) -> int:
+    """The step from which the share kept stays at v_f (t_f: the last `cooldown` share of the `total` steps)."""
+    return total - round(cooldown * total)
 
 
 def scheduled_remaining(step: int, total: int, config: PruningConfig) -> float:
     """The share of weights kept after `step` of `total` optimizer steps (Sanh et al. Eq. 5)."""
-    start, end = round(config.warmup * total), cooldown_start(total, config)
+    start, end = round(config.warmup * total), cooldown_start(total, config.cooldown)
     if step <= start:
         return 1.0
     if step >= end:
@@ -162,7 +164,7 @@ class Pruner:
         return layer.weight_orig.detach().abs()
 
     def after_step(self, step: int, total: int) -> None:
-        self.cooling = step >= cooldown_start(total, self.config)
+        self.cooling = step >= cooldown_start(total, self.config.cooldown)
         remaining = scheduled_remaining(step, total, self.config)
         reaches_final = remaining == self.config.remaining != self.current
         if remaining < 1 and (step % self.config.update_every == 0 or step == total or reaches_final):

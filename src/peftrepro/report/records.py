@@ -1,8 +1,9 @@
 """The records as the report side reads them: one `Record` per record.json (plus its predictions),
 read and de-duplicated, and the small facts about runs that every table and the REPORT print.
 
-The bottom of the report side: it reads the files the run side writes (`peftrepro.runs.records`)
-and imports of the report only what sits below it (`paper`, `resampling`).
+The bottom of the report side: it reads the files the run side writes (`peftrepro.runs.records`),
+judges a pruned run's loss curve by the pruning schedule's own rule (`peftrepro.methods.pruning`), and
+imports of the report only what sits below it (`paper`, `resampling`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from peftrepro.methods.pruning import cooldown_start
 from peftrepro.report.paper import to_paper_unit
 from peftrepro.runs.records import (
     NOT_APPLICABLE,
@@ -178,23 +180,43 @@ class Record:
         return self.raw.get("trained_in") or {}
 
     @property
+    def pruned_from(self) -> int | None:
+        """For a run that pruned weights away: the step from which its kept share stayed at its target (the
+        cool-down); None for any other run, a run that kept every weight included."""
+        pruning, steps = self.raw.get("pruning") or {}, (self.raw.get("training") or {}).get("steps")
+        if pruning.get("target_remaining", 1) >= 1 or not steps:
+            return None
+        return cooldown_start(int(steps), float(self.get("method.cooldown", 0.0)))
+
+    @property
+    def _judged_curve(self) -> list[list[float]]:
+        """The logged losses the failed-fit labels read: all of them, but for a pruned run those logged after
+        its kept share reached the target only. While the schedule removes weights the loss rises by design
+        (what pruning costs, which the score and its trivial baseline judge), not because the fit failed."""
+        curve = (self.raw.get("training") or {}).get("loss_curve") or []
+        start = self.pruned_from
+        return curve if start is None else [point for point in curve if point[0] > start]
+
+    @property
     def failed_training(self) -> FailedTraining | None:
         """Whether and how the run's training loss failed to fall; None if it trained."""
         training = self.raw.get("training") or {}
-        curve, last = training.get("loss_curve") or [], training.get("final_loss")
+        curve, last = self._judged_curve, training.get("final_loss")
         if not curve or last is None or last <= BARELY_TRAINED_RATIO * curve[0][1]:
             return None
         first_step, first = curve[0]
+        since = "" if self.pruned_from is None else ", the first logged at the target sparsity"
         return FailedTraining("diverged" if last > first else "barely trained",
-                              f"loss {first:.2f} at step {first_step} → {last:.2f} at step {training.get('steps')}")
+                              f"loss {first:.2f} at step {first_step}{since} → {last:.2f} at step "
+                              f"{training.get('steps')}")
 
     @property
     def loss_spike(self) -> str | None:
         """How the training loss spiked and where it ended, e.g. "loss 0.45 → 3.96 at step 70, 0.29 at step
-        250"; None where no logged loss rose above LOSS_SPIKE_RATIO × the lowest before it, or where the
-        run failed to train (`failed_training` names that)."""
+        250"; None where no logged loss rose above LOSS_SPIKE_RATIO × the lowest before it (for a pruned run:
+        logged at its target sparsity), or where the run failed to train (`failed_training` names that)."""
         training = self.raw.get("training") or {}
-        curve, last = training.get("loss_curve") or [], training.get("final_loss")
+        curve, last = self._judged_curve, training.get("final_loss")
         if len(curve) < 2 or last is None or self.failed_training:
             return None
         lowest = accumulate((loss for _, loss in curve[:-1]), min)  # the lowest before each later point
