@@ -242,6 +242,25 @@ def test_a_grid_where_no_rate_beats_the_dev_majority_class_grows_then_says_so(
     assert line == "- mnli / lora (W_q,W_v r=8): dev accuracy (%) " + expected
 
 
+def test_points_of_a_configuration_the_search_moved_from_are_set_aside_and_listed(runs_dir, write, make_record):
+    """A search moved to another representative (its earlier one learned at no rate): the grid is the new
+    configuration's, and the earlier points stay on the line as the evidence for the move."""
+    for minutes, (r, grid) in enumerate([(4, {3e-4: (90, 0.30), 1e-3: (96, 0.32)}),
+                                         (8, {3e-4: (90, 0.50), 1e-3: (150, 0.62), 3e-3: (96, 0.58)})]):
+        for lr, (correct, score) in grid.items():
+            record = search_record(make_record, lr, score, minutes=10 * minutes) | {"method": {**LORA8, "r": r}}
+            record["config"]["method"] = {**LORA8, "r": r}
+            write_predictions(write(record), [row | {"subset": "dev"} for row in mnli_rows(correct)])
+    run = make_record("table_rank", "mnli", {"name": "lora", "weights": ["W_q"], "r": 1, "ranks": None}, 0,
+                      {"accuracy_m": 0.6})
+    run["config"]["train"]["lr"], run["config"]["lr_selection"] = 1e-3, True
+    write(run)
+    line = next(line for line in lr_lines(build_table(TABLES["table_rank"], runs_dir)) if "dev accuracy (%)" in line)
+    assert line == ("- mnli / lora (W_q,W_v r=8): dev accuracy (%) 3e-4: 50.0 · **1e-3: 62.0** · 3e-3: 58.0 → 1e-3; "
+                    "set aside, from an earlier configuration of this search: W_q,W_v r=4: 3e-4: 30.0 (majority class "
+                    "not beaten) · 1e-3: 32.0 (majority class not beaten)")
+
+
 @pytest.mark.parametrize("grid, mnli_left", [
     ({}, 3),  # not started: its first window
     ({3e-4: 0.50, 1e-3: 0.62}, 1),  # one point of the first window left

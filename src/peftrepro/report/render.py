@@ -406,7 +406,31 @@ def _search_line(label: str, metric: str, points: Sequence[Record], runs: Sequen
                  whose: str = "the table's runs") -> str:
     """One search's grid as the selection sees it, where it ran, its choice once it has decided, the
     points whose training failed (diverged or barely trained), the rates the table's `runs` used where
-    not the choice, and the machines where they used the choice though no point of the grid ran there."""
+    not the choice, the machines where they used the choice though no point of the grid ran there, and
+    the points of an earlier configuration the search was moved from."""
+    return _grid_line(label, metric, points, runs, whose) + _set_aside_text(metric, points)
+
+
+def _set_aside_text(metric: str, points: Sequence[Record]) -> str:
+    """The dev scores of points run on another configuration than the search's latest (its representative
+    was changed since): kept, as the evidence for the change, but not part of the grid."""
+    last = max(points, key=lambda r: r.created_at)
+    earlier: dict[str, dict[float, Record]] = {}
+    for r in sorted(points, key=lambda r: r.created_at):
+        if r.method != last.method and r.get("task.eval_split") == "dev" and r.status == "ok" and metric in r.metrics:
+            earlier.setdefault(_options_text(r), {})[float(r.get("train.lr"))] = r
+    parts = []
+    for options, by_rate in earlier.items():
+        scores = []
+        for lr, r in sorted(by_rate.items()):
+            check = against_majority(r, metric) if r.task == "mnli" else None
+            missed = " (majority class not beaten)" if check is not None and not check.learned else ""
+            scores.append(f"{rate_text(lr)}: {to_paper_unit(metric, float(r.metrics[metric])):.1f}{missed}")
+        parts.append(f"{options}: {' · '.join(scores)}")
+    return f"; set aside, from an earlier configuration of this search: {'; '.join(parts)}" if parts else ""
+
+
+def _grid_line(label: str, metric: str, points: Sequence[Record], runs: Sequence[Record], whose: str) -> str:
     replayed = replay_points(metric, points)
     if isinstance(replayed, str):
         return f"- {label}: {replayed}"
@@ -489,7 +513,7 @@ def _options_text(record: Record) -> str:
     if method.get("name") == "lora":
         ranks = lora_ranks(method)
         return f"{weights_label(ranks)} r={'/'.join(map(str, sorted(set(ranks.values()))))}"
-    shown = {k: v for k, v in method.items() if k in ("r", "k", "prefix_length", "infix_length")}
+    shown = {k: v for k, v in method.items() if k in ("r", "k", "prefix_length", "infix_length", "remaining")}
     return ", ".join(f"{k}={v}" for k, v in shown.items()) or "its defaults"
 
 

@@ -699,7 +699,7 @@ TABLE_PRUNING = TableSpec(
         "Its dense row is BERT-base fine-tuned, shown beside our FT of every weight (at FT's rate). Sanh et al. "
         "freeze the embeddings in their experiments (§5) and do not say whether that row did, so a second dense "
         "row is the pruned rows' own method keeping 100 % of the weights: the blocks fine-tuned, the embeddings "
-        "frozen, at magnitude pruning's rate (chosen at 10 % remaining), its evaluations counted from the "
+        "frozen, at magnitude pruning's rate (chosen at 80 % remaining), its evaluations counted from the "
         "cool-down as theirs are. A pruned row differs from it in sparsity alone; the 80 % claim is judged "
         "against it.",
         "Pruned: every linear layer of every block (W_q ... W_down), each matrix ranked on its own; the rest of "
