@@ -416,22 +416,30 @@ def test_hardware_label_and_device_kind_agree(hardware, precision, label, kind):
 # once the masks settle: what pruning costs, judged by the score and its baseline, not a failed fit
 PRUNED_RAMP = [[10, 1.9], [100, 5.7], [160, 13.5], [200, 3.9], [210, 3.4], [250, 2.6]]
 RISING_COOLDOWN = [[10, 1.9], [100, 5.7], [200, 3.9], [210, 1.0], [220, 2.5], [250, 3.0]]
+# 80 % remaining: the loss hardly rises while pruning, so the run has trained long before its target
+HEALTHY = [[10, 1.9], [100, 0.9], [200, 0.66], [210, 0.66], [250, 0.61]]
 FLAT = [[10, 1.9], [100, 1.9], [250, 1.8]]
+AT_TARGET = "the first logged at the target sparsity"
 
 
-@pytest.mark.parametrize("remaining,curve,failed,spike", [
-    (0.1, PRUNED_RAMP, None, None),
-    (0.1, RISING_COOLDOWN, "diverged, loss 1.00 at step 210, the first logged at the target sparsity → 3.00 at "
-                           "step 250", None),
-    (0.1, [[10, 1.9], [210, 3.0], [220, 0.8], [230, 2.4], [250, 1.2]], None,
+@pytest.mark.parametrize("remaining,cooldown,curve,failed,spike", [
+    (0.1, 0.2, PRUNED_RAMP, None, None),
+    (0.1, None, PRUNED_RAMP, None, None),  # a config without the option: the method's default cool-down
+    (0.8, 0.2, HEALTHY, None, None),
+    (0.1, 0.2, RISING_COOLDOWN, f"diverged, loss 1.90 at step 10 → 3.00 at step 250; 1.00 at step 210, {AT_TARGET}",
+     None),
+    # one point at the target, the last: no fall to judge there, so the whole curve decides
+    (0.1, 0.2, [[10, 1.9], [200, 2.2], [250, 2.1]], "diverged, loss 1.90 at step 10 → 2.10 at step 250", None),
+    # the point at 210 averages steps 11-210, most of them before the target: not one at the target
+    (0.1, 0.2, [[10, 1.9], [210, 3.0], [220, 0.8], [230, 2.4], [250, 1.2]], None,
      "loss 0.80 → 2.40 at step 230, 1.20 at step 250"),
-    (1.0, PRUNED_RAMP, "diverged, loss 1.90 at step 10 → 2.60 at step 250", None),  # nothing pruned: whole curve
-    (1.0, FLAT, "barely trained, loss 1.90 at step 10 → 1.80 at step 250", None),
-    (None, PRUNED_RAMP, "diverged, loss 1.90 at step 10 → 2.60 at step 250", None),  # no pruning at all
+    (1.0, 0.2, PRUNED_RAMP, "diverged, loss 1.90 at step 10 → 2.60 at step 250", None),  # nothing pruned
+    (1.0, 0.2, FLAT, "barely trained, loss 1.90 at step 10 → 1.80 at step 250", None),
+    (None, 0.2, PRUNED_RAMP, "diverged, loss 1.90 at step 10 → 2.60 at step 250", None),  # no pruning at all
 ])
-def test_a_pruned_run_s_loss_is_judged_from_its_target_sparsity_on(remaining, curve, failed, spike):
-    raw = {"config": {"method": {"name": "magnitude_pruning", "cooldown": 0.2}},
-           "training": {"loss_curve": curve, "final_loss": curve[-1][1], "steps": 250}}
+def test_a_pruned_run_s_loss_is_judged_again_from_its_target_sparsity_on(remaining, cooldown, curve, failed, spike):
+    method = {"name": "magnitude_pruning"} | ({} if cooldown is None else {"cooldown": cooldown})
+    raw = {"config": {"method": method}, "training": {"loss_curve": curve, "final_loss": curve[-1][1], "steps": 250}}
     if remaining is not None:
         raw["pruning"] = {"target_remaining": remaining}
     record = Record(path=Path("r"), run_key="k", experiment="e", status="ok", created_at=pd.Timestamp(0), seed=0,

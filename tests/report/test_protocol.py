@@ -10,6 +10,7 @@ import json
 import math
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -251,6 +252,8 @@ def test_points_of_a_configuration_the_search_moved_from_are_set_aside_and_liste
             record = search_record(make_record, lr, score, minutes=10 * minutes) | {"method": {**LORA8, "r": r}}
             record["config"]["method"] = {**LORA8, "r": r}
             write_predictions(write(record), [row | {"subset": "dev"} for row in mnli_rows(correct)])
+    failed = search_record(make_record, 3e-3, 0.0, minutes=5) | {"method": {**LORA8, "r": 4}, "status": "failed"}
+    write(failed | {"config": {**failed["config"], "method": {**LORA8, "r": 4}}})
     run = make_record("table_rank", "mnli", {"name": "lora", "weights": ["W_q"], "r": 1, "ranks": None}, 0,
                       {"accuracy_m": 0.6})
     run["config"]["train"]["lr"], run["config"]["lr_selection"] = 1e-3, True
@@ -258,7 +261,18 @@ def test_points_of_a_configuration_the_search_moved_from_are_set_aside_and_liste
     line = next(line for line in lr_lines(build_table(TABLES["table_rank"], runs_dir)) if "dev accuracy (%)" in line)
     assert line == ("- mnli / lora (W_q,W_v r=8): dev accuracy (%) 3e-4: 50.0 · **1e-3: 62.0** · 3e-3: 58.0 → 1e-3; "
                     "set aside, from an earlier configuration of this search: W_q,W_v r=4: 3e-4: 30.0 (majority class "
-                    "not beaten) · 1e-3: 32.0 (majority class not beaten)")
+                    "not beaten) · 1e-3: 32.0 (majority class not beaten) · 3e-3: failed")
+
+
+@pytest.mark.parametrize("method, text", [
+    ({"name": "magnitude_pruning", "remaining": 0.8, "warmup": 0.1, "cooldown": 0.2}, "remaining=0.8"),
+    ({"name": "adapter_h", "r": 8}, "r=8"),
+    ({"name": "ft"}, "its defaults"),
+])
+def test_a_search_names_the_configuration_it_ran_on(method, text) -> None:
+    from peftrepro.report.render import _options_text
+
+    assert _options_text(SimpleNamespace(method=method)) == text
 
 
 @pytest.mark.parametrize("grid, mnli_left", [

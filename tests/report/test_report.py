@@ -326,11 +326,16 @@ def test_an_empty_results_folder_still_renders(runs_dir, tmp_path) -> None:
             "`archive/` beside its runs), so no verdicts to compare") in text
 
 
-def test_the_thresholds_the_page_states_are_the_ones_the_code_applies(runs_dir, tmp_path, monkeypatch) -> None:
+def test_the_thresholds_the_page_states_are_filled_in_from_the_code_s_constants(runs_dir, tmp_path,
+                                                                               monkeypatch) -> None:
+    from importlib import resources
+
+    template = resources.files("peftrepro").joinpath("data/report_template.md").read_text(encoding="utf-8")
+    assert not any(typed in template for typed in ("1.96", "95 %", "90 %"))
     defaults = page(runs_dir, tmp_path)
     assert "by 1.96 standard errors" in defaults and "on a 95 % interval" in defaults
     assert "ended above 90 % of it / rose above 2× its lowest" in defaults
-    for module, name, value in ((report, "LEARNED_Z", 2.58), (report, "CONFIDENCE", 0.99),
+    for module, name, value in ((report, "LEARNED_Z", 2.58), (report, "CONFIDENCE_TEXT", "99 %"),
                                 (report, "BARELY_TRAINED_RATIO", 0.8), (report, "LOSS_SPIKE_RATIO", 3.0)):
         monkeypatch.setattr(module, name, value)
     text = page(runs_dir, tmp_path)

@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from scipy import stats as scipy_stats
 
-from peftrepro.report.intervals import quantile
+from peftrepro.report.intervals import CONFIDENCE_TEXT, quantile
 from peftrepro.report.records import PROPORTION_METRICS, trainable_counts, training_text
 from peftrepro.report.specs import GPT3_TASK_NAMES, RANK_WEIGHTS
 
@@ -208,7 +208,7 @@ class Difference:
     def __str__(self) -> str:
         df = "∞" if math.isinf(self.df) else f"{self.df:.1f}"  # fractional (Welch–Satterthwaite): the quantile used
         device = f"; device offset {self.device_se:.2f}" if self.device_se else "; device offset" if self.device_how else ""
-        return (f"Δ = {self.delta:+.2f} ± {self.half_width:.2f} (95 %, t with {df} df; SE: seeds {self.seed_se:.2f}"
+        return (f"Δ = {self.delta:+.2f} ± {self.half_width:.2f} ({CONFIDENCE_TEXT}, t with {df} df; SE: seeds {self.seed_se:.2f}"
                 f"{self.seed_how}, eval set {self.eval_se:.2f}{self.eval_how}{device}{self.device_how})")
 
 
@@ -601,7 +601,8 @@ def evaluate(result: TableResult) -> list[Claim]:
 def render(claims: Sequence[Claim], with_rule: bool = True) -> list[str]:
     """Markdown lines: one table row per claim, why those not held may be so at this scale (once per
     reason), then the decision rule (`with_rule`: a page that states it once leaves it out)."""
-    lines = ["| Paper's claim | Where | On our numbers | Evidence (mean ± std (n); Δ ± the 95 % interval's half-width) |",
+    lines = ["| Paper's claim | Where | On our numbers | Evidence (mean ± std (n); Δ ± the "
+             f"{CONFIDENCE_TEXT} interval's half-width) |",
              "|---|---|---|---|"]
     lines += [f"| {c.text} | {c.source} | {c.printed(bold=True)} | {c.evidence} |" for c in claims]
     not_held: dict[str, list[str]] = {}  # two claims on the same cells share their reason
@@ -615,7 +616,7 @@ def render(claims: Sequence[Claim], with_rule: bool = True) -> list[str]:
 
 def rule_lines() -> list[str]:
     """How a claim is judged: the interval, then the verdict rule (two paragraphs)."""
-    return ["Interval: 95 % on the difference of two cells' means, Student's t with Welch–Satterthwaite degrees "
+    return [f"Interval: {CONFIDENCE_TEXT} on the difference of two cells' means, Student's t with Welch–Satterthwaite degrees "
             "of freedom (the seed and device terms', the evaluation set's error taken as known); SE² = the seed spread "
             "pooled over the table's cells of that metric × (1/n_A + 1/n_B) + the evaluation set's error, paired "
             "(per example for accuracies, a bootstrap over MRs for E2E; the evidence says \"not estimated\" where "

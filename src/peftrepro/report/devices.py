@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
-from peftrepro.report.intervals import quantile
+from peftrepro.report.intervals import CONFIDENCE_TEXT, quantile
 from peftrepro.report.paper import to_paper_unit
 from peftrepro.report.records import Record, is_reused, load_records, plural
 from peftrepro.report.specs import TABLES
@@ -159,7 +159,7 @@ def device_pairs_text(pairs: Sequence[DevicePair]) -> str:
             continue
         k = len(gap.gaps)
         lines.append(f"Mean gap{on} ({first} − {second}): {gap.mean:+.2f} ± {quantile(k - 1) * gap.mean_se:.2f} "
-                     f"points (95 %, t with {k - 1} df; the gaps' std {statistics.stdev(gap.gaps):.2f}).")
+                     f"points ({CONFIDENCE_TEXT}, t with {k - 1} df; the gaps' std {statistics.stdev(gap.gaps):.2f}).")
     lines.append("A gap mixes the devices' numerics with the run-to-run noise that one device shows too. The tables "
                  "name each cell's device; a claim that compares cells run on different kinds of device in different "
                  "shares corrects its difference by the mean gap (times the difference in shares) and adds that "

@@ -7,6 +7,7 @@ import math
 from scipy import stats as scipy_stats
 
 CONFIDENCE = 0.95  # two-sided
+CONFIDENCE_TEXT = f"{CONFIDENCE * 100:g} %"  # as the pages print it
 
 
 def quantile(df: float) -> float:

@@ -27,11 +27,11 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from peftrepro.metrics.majority import LEARNED_Z
 from peftrepro.report import amplification, claims, factors, plots, subspace
+from peftrepro.report.baselines import LEARNED_Z
 from peftrepro.report.cells import TableResult, all_tables
 from peftrepro.report.devices import device_pairs, device_pairs_text
-from peftrepro.report.intervals import CONFIDENCE
+from peftrepro.report.intervals import CONFIDENCE_TEXT
 from peftrepro.report.progress import pending_text, shown, status_table
 from peftrepro.report.protocol import baselines_text, budget_text, changes_text, lora_scale_text, selected_lr_text
 from peftrepro.report.provenance import (
@@ -279,7 +279,7 @@ def render(profile: str, seeds: Sequence[int] | None, runs_dir: Path, tables_dir
 
 def rule_constants() -> dict[str, str]:
     """The thresholds the prose states, read from the code that applies them (so the two cannot drift)."""
-    return {"learned_z": f"{LEARNED_Z:g}", "confidence": f"{CONFIDENCE * 100:g} %",
+    return {"learned_z": f"{LEARNED_Z:g}", "confidence": CONFIDENCE_TEXT,
             "barely_share": f"{BARELY_TRAINED_RATIO * 100:g} %", "spike_multiple": f"{LOSS_SPIKE_RATIO:g}×"}
 
 

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from peftrepro.methods.pruning import cooldown_start
+from peftrepro.methods.pruning import PruningConfig, cooldown_start
 from peftrepro.report.paper import to_paper_unit
 from peftrepro.runs.records import (
     NOT_APPLICABLE,
@@ -186,37 +186,47 @@ class Record:
         pruning, steps = self.raw.get("pruning") or {}, (self.raw.get("training") or {}).get("steps")
         if pruning.get("target_remaining", 1) >= 1 or not steps:
             return None
-        return cooldown_start(int(steps), float(self.get("method.cooldown", 0.0)))
+        cooldown = self.get("method.cooldown")
+        return cooldown_start(int(steps), PruningConfig.cooldown if cooldown is None else float(cooldown))
 
     @property
-    def _judged_curve(self) -> list[list[float]]:
-        """The logged losses the failed-fit labels read: all of them, but for a pruned run those logged after
-        its kept share reached the target only. While the schedule removes weights the loss rises by design
-        (what pruning costs, which the score and its trivial baseline judge), not because the fit failed."""
-        curve = (self.raw.get("training") or {}).get("loss_curve") or []
+    def _settled_curve(self) -> list[list[float]] | None:
+        """For a pruned run, its logged losses whose steps all ran at the target sparsity (each is the mean
+        since the one logged before it); None for any other run. While the schedule removes weights the loss
+        rises by design: what pruning costs, which the score and its trivial baseline judge."""
         start = self.pruned_from
-        return curve if start is None else [point for point in curve if point[0] > start]
+        if start is None:
+            return None
+        curve = (self.raw.get("training") or {}).get("loss_curve") or []
+        return [point for before, point in zip([[0, None], *curve], curve) if before[0] >= start]
 
     @property
     def failed_training(self) -> FailedTraining | None:
-        """Whether and how the run's training loss failed to fall; None if it trained."""
+        """Whether and how the run's training loss failed to fall; None if it trained. A pruned run fails only
+        where its loss also failed to fall from the first logged at its target sparsity."""
         training = self.raw.get("training") or {}
-        curve, last = self._judged_curve, training.get("final_loss")
+        curve, last = training.get("loss_curve") or [], training.get("final_loss")
         if not curve or last is None or last <= BARELY_TRAINED_RATIO * curve[0][1]:
             return None
-        first_step, first = curve[0]
-        since = "" if self.pruned_from is None else ", the first logged at the target sparsity"
-        return FailedTraining("diverged" if last > first else "barely trained",
-                              f"loss {first:.2f} at step {first_step}{since} → {last:.2f} at step "
-                              f"{training.get('steps')}")
+        (first_step, first), settled = curve[0], self._settled_curve
+        text = f"loss {first:.2f} at step {first_step} → {last:.2f} at step {training.get('steps')}"
+        if len(settled or []) > 1:  # one point at the target is the last: nothing to judge a fall by
+            settled_step, at_target = settled[0]
+            if last <= BARELY_TRAINED_RATIO * at_target:
+                return None
+            first = max(first, at_target)  # diverged: above both
+            text += f"; {at_target:.2f} at step {settled_step}, the first logged at the target sparsity"
+        return FailedTraining("diverged" if last > first else "barely trained", text)
 
     @property
     def loss_spike(self) -> str | None:
         """How the training loss spiked and where it ended, e.g. "loss 0.45 → 3.96 at step 70, 0.29 at step
         250"; None where no logged loss rose above LOSS_SPIKE_RATIO × the lowest before it (for a pruned run:
-        logged at its target sparsity), or where the run failed to train (`failed_training` names that)."""
+        among those logged at its target sparsity), or where the run failed to train (`failed_training`
+        names that)."""
         training = self.raw.get("training") or {}
-        curve, last = self._judged_curve, training.get("final_loss")
+        settled, last = self._settled_curve, training.get("final_loss")
+        curve = (training.get("loss_curve") or []) if settled is None else settled
         if len(curve) < 2 or last is None or self.failed_training:
             return None
         lowest = accumulate((loss for _, loss in curve[:-1]), min)  # the lowest before each later point

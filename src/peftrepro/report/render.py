@@ -213,7 +213,7 @@ def incomplete_lines(result: TableResult) -> list[str]:
             cells = spec.cells_label(result.cells_of(record.run_key))
             failed = f"; it {problem.kind} ({problem.curve})" if (problem := record.failed_training) else ""
             lines.append(f"- DID NOT LEARN {cells}, seed {record.seed} (`{record.run_key}`): {learning}, not above "
-                         f"its trivial baseline by {LEARNED_Z} standard errors (see Trivial baselines), so its cell "
+                         f"its trivial baseline by {LEARNED_Z:g} standard errors (see Trivial baselines), so its cell "
                          f"judges no claim{failed}")
     for record in result.records:  # how the loss of a run that learned (or was not judged so) went wrong
         learning = result.learning.get(record.run_key)
@@ -415,18 +415,22 @@ def _set_aside_text(metric: str, points: Sequence[Record]) -> str:
     """The dev scores of points run on another configuration than the search's latest (its representative
     was changed since): kept, as the evidence for the change, but not part of the grid."""
     last = max(points, key=lambda r: r.created_at)
-    earlier: dict[str, dict[float, Record]] = {}
+    earlier: dict[str, dict[float, Record]] = {}  # per configuration (its options in full), the latest per rate
     for r in sorted(points, key=lambda r: r.created_at):
-        if r.method != last.method and r.get("task.eval_split") == "dev" and r.status == "ok" and metric in r.metrics:
-            earlier.setdefault(_options_text(r), {})[float(r.get("train.lr"))] = r
+        if r.method != last.method and r.get("task.eval_split") == "dev" and r.get("train.lr") is not None:
+            earlier.setdefault(json.dumps(r.method, sort_keys=True), {})[float(r.get("train.lr"))] = r
     parts = []
-    for options, by_rate in earlier.items():
+    for by_rate in earlier.values():
         scores = []
         for lr, r in sorted(by_rate.items()):
+            if r.status != "ok" or metric not in r.metrics:
+                scores.append(f"{rate_text(lr)}: {r.status}")
+                continue
             check = against_majority(r, metric) if r.task == "mnli" else None
             missed = " (majority class not beaten)" if check is not None and not check.learned else ""
-            scores.append(f"{rate_text(lr)}: {to_paper_unit(metric, float(r.metrics[metric])):.1f}{missed}")
-        parts.append(f"{options}: {' · '.join(scores)}")
+            failed = f" ({why})" if (why := r.failed_training) else ""
+            scores.append(f"{rate_text(lr)}: {to_paper_unit(metric, float(r.metrics[metric])):.1f}{missed}{failed}")
+        parts.append(f"{_options_text(next(iter(by_rate.values())))}: {' · '.join(scores)}")
     return f"; set aside, from an earlier configuration of this search: {'; '.join(parts)}" if parts else ""
 
 
@@ -538,7 +542,7 @@ def render_markdown(result: TableResult, claim_lines: Sequence[str]) -> str:
               "they used that is not the choice is flagged.", "", *lr_lines(result)]
     parts += ["", "## Trivial baselines", "",
               "A run \"did not learn\" when its score does not beat its task's trivial baseline on the same "
-              f"examples by {LEARNED_Z} standard errors of the paired difference; its cell says so and judges no claim.",
+              f"examples by {LEARNED_Z:g} standard errors of the paired difference; its cell says so and judges no claim.",
               "", *(baseline_lines(result) or ["- no finished run yet"])]
     parts += ["", "## Paper's claims on our numbers", "", *claim_lines, ""]
     parts += ["## Choices and ambiguities", "", *choice_lines(result), ""]
