@@ -196,7 +196,8 @@ def selection_text(records: Sequence[Record], points: Iterable[Record], points_l
             f"{plural(finished, 'point')} finished so far{left}) and each "
             "task's zero-shot baseline is run once (`make baselines`). A seed-0 table run trains as its "
             "method's chosen selection point did, so where that point kept its weights the run only "
-            "evaluates them (`trained_in`), in minutes: the estimate above counts it as a whole run.")
+            "evaluates them (`trained_in`), in minutes, unless its method changes the model on a schedule "
+            "(pruning), which trains again: the estimate above counts each such run as a whole run.")
 
 
 def runs_split(todo: Mapping[str, int]) -> str:
