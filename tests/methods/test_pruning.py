@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from peftrepro.errors import ConfigError
 from peftrepro.methods import apply_method, load_adapter, make_method_config, save_adapter, weight_report
 from peftrepro.methods.checkpoint import pruning_masks
 from peftrepro.methods.pruning import (
@@ -104,7 +105,7 @@ def test_magnitude_keeps_the_largest_weights(tiny_model):
 
 def test_movement_scores_add_minus_gradient_times_weight_for_masked_weights_too(tiny_model):
     model = tiny_model("llama")
-    applied = apply_method(model, make_method_config("movement_pruning", {"remaining": 0.5}))
+    applied = apply_method(model, make_method_config("movement_pruning", {"remaining": 0.5, "scores": "sum"}))
     applied.after_step(10, 10)  # prune to half first: the straight-through gradient must reach masked weights
     # W_down: its masked entries still see a gradient (W_q's would not: with ties pruned by position, the
     # masked query heads read key/value heads whose rows are masked too, so their gradient is 0)
@@ -122,12 +123,14 @@ def test_movement_scores_add_minus_gradient_times_weight_for_masked_weights_too(
     assert layer.weight_orig.grad[masked].eq(0).all()  # ... but the loss does not move them
 
 
-def test_movement_keeps_weights_moving_away_from_zero_where_magnitude_keeps_the_large_ones(tiny_model):
+@pytest.mark.parametrize("scores", ["adam", "sum"])
+def test_movement_keeps_weights_moving_away_from_zero_where_magnitude_keeps_the_large_ones(tiny_model, scores):
     # one matrix, two halves: small weights pushed away from 0, large ones pulled towards it
     kept = {}
     for method in METHODS:
         model = tiny_model("llama")
-        applied = apply_method(model, make_method_config(method, {"remaining": 0.5}))
+        options = {"remaining": 0.5} | ({"scores": scores} if method == "movement_pruning" else {})
+        applied = apply_method(model, make_method_config(method, options))
         layer = pruned_layers(model)[0]
         with torch.no_grad():
             layer.weight_orig.copy_(torch.where(torch.arange(layer.weight_orig.numel()).view_as(layer.weight_orig) % 2 == 0,
@@ -138,6 +141,31 @@ def test_movement_keeps_weights_moving_away_from_zero_where_magnitude_keeps_the_
         applied.after_step(10, 10)
         kept[method] = layer.weight_mask.bool()
     assert torch.equal(kept["movement_pruning"], growing) and torch.equal(kept["magnitude_pruning"], ~growing)
+
+
+def test_adam_scores_step_as_torch_adam_on_the_summed_straight_through_gradient(tiny_model):
+    model = tiny_model("llama")
+    applied = apply_method(model, make_method_config("movement_pruning", {"remaining": 0.5, "score_lr": 0.05}))
+    layer = pruned_layers(model)[0]
+    reference = torch.zeros_like(layer.weight_orig, requires_grad=True)
+    adam = torch.optim.Adam([reference], lr=0.05, betas=(0.9, 0.999), eps=1e-8)
+    weight = layer.weight_orig.detach()
+    for step in range(1, 4):
+        grads = [torch.randn_like(weight) for _ in range(2)]  # two micro-batches of one optimizer step
+        for grad in grads:
+            _ScoreUpdate(layer)(grad)
+        applied.after_step(step, 100)
+        reference.grad = sum(grad * weight for grad in grads)
+        adam.step()
+        torch.testing.assert_close(layer.weight_scores, reference.detach())
+        assert layer.score_grad.eq(0).all()  # summed anew for the next step
+
+
+@pytest.mark.parametrize("options, fragment", [({"scores": "sgd"}, "method.scores must be one of"),
+                                               ({"score_lr": 0}, "score_lr")])
+def test_movement_score_options_are_checked(options, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        make_method_config("movement_pruning", options)
 
 
 @pytest.mark.parametrize("remaining", [0.3, 1.0])  # 1.0: the dense reference, every mask 1

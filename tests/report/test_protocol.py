@@ -266,6 +266,7 @@ def test_points_of_a_configuration_the_search_moved_from_are_set_aside_and_liste
 
 @pytest.mark.parametrize("method, text", [
     ({"name": "magnitude_pruning", "remaining": 0.8, "warmup": 0.1, "cooldown": 0.2}, "remaining=0.8"),
+    ({"name": "movement_pruning", "remaining": 0.8, "scores": "adam", "score_lr": 0.01}, "remaining=0.8, scores=adam"),
     ({"name": "adapter_h", "r": 8}, "r=8"),
     ({"name": "ft"}, "its defaults"),
 ])

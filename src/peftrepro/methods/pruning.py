@@ -11,11 +11,14 @@ that is no linear layer of the layout (a mixture of experts' MLPs) stays dense: 
 (`not_pruned`), and the pruning table shows no accuracy for such a run. `remaining: 1` prunes nothing:
 the same trainable weights and rate with no sparsity, the dense point the pruned rows are measured from.
 - Magnitude pruning (MaP, zeroth order): S = |W|, the weights farthest from 0.
-- Movement pruning (MvP, first order): S = −Σ_t (∂L/∂W')⁽ᵗ⁾ ⊙ W⁽ᵗ⁾, accumulated over every training
-  step (Eq. 3), where W' = W ⊙ M is the weight the forward uses. ∂L/∂W' reaches every entry, masked
-  or not: the straight-through estimator of Eq. 2 (∂L/∂S = ∂L/∂W' ⊙ W) that lets masked weights
-  score their way back. S is Eq. 3's sum itself, its learning rate taken as 1 (Top_v is blind to
-  the scale); the authors' code trains S with Adam instead, which reshapes each score's steps.
+- Movement pruning (MvP, first order): scores S learned from the straight-through gradient of Eq. 2,
+  ∂L/∂S = ∂L/∂W' ⊙ W, where W' = W ⊙ M is the weight the forward uses; it reaches every entry, masked or
+  not, so masked weights can score their way back. `scores: adam` (the default) steps S with Adam at
+  `score_lr` once per optimizer step, as the authors' code trains its mask scores (AdamW, 1e-2, no
+  weight decay; theirs also follows the training's warm-up and decay, ours stays constant). `scores: sum`
+  is Eq. 3 as written, S = −Σ_t (∂L/∂W')⁽ᵗ⁾ ⊙ W⁽ᵗ⁾ (plain gradient steps, rate 1: Top_v is blind to the
+  scale). The sum grows with |W|, so on a backbone with outlier weights (SmolLM2's reach |W| ≈ 9) it
+  prunes the largest weights first; Adam's per-weight normalisation removes that scale.
 - Schedule (§5, Eq. 5; the cubic schedule of Zhu & Gupta 2018, used for both): v = 1 for the
   first `warmup` share of the steps, then v_f + (1 − v_f)(1 − (t − t_i)/(T − t_i − t_f))³, and v_f
   for the last `cooldown` share ("a few steps of cool-down ... improves the performance"). Masks are
@@ -80,6 +83,23 @@ class MagnitudePruningConfig(PruningConfig):
 @dataclass
 class MovementPruningConfig(PruningConfig):
     name: ClassVar[str] = "movement_pruning"
+    scores: str = "adam"  # how S learns from ∂L/∂W' ⊙ W: "adam" (the authors' code) or "sum" (Eq. 3 as written)
+    score_lr: float = 1e-2  # Adam's rate for the scores (the authors' mask_scores_learning_rate)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.scores not in SCORE_RULES:
+            raise ConfigError(f"{self.name}: method.scores must be one of {list(SCORE_RULES)}, got {self.scores!r}")
+        if isinstance(self.score_lr, bool) or not isinstance(self.score_lr, (int, float)) or not self.score_lr > 0:
+            raise ConfigError(f"{self.name}: method.score_lr (Adam's rate for the scores) must be a number above 0, "
+                              f"e.g. 1e-2, got {self.score_lr!r}")
+
+
+# the buffers each way of learning the scores keeps per pruned matrix (Adam: the step's summed gradient
+# and its moments); non-persistent, yet saved and restored with a run's training state like the masks
+SCORE_RULES = {"sum": ("weight_scores",),
+               "adam": ("weight_scores", "score_grad", "score_exp_avg", "score_exp_avg_sq")}
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch's defaults, and the authors' adam_epsilon
 
 
 def cooldown_start(total: int, cooldown: float) -> int:
@@ -136,7 +156,11 @@ class _ScoreUpdate:
         self.module = module
 
     def __call__(self, grad: torch.Tensor) -> None:
-        self.module.weight_scores.sub_(grad * self.module.weight_orig.detach())
+        score_grad = grad * self.module.weight_orig.detach()  # ∂L/∂S (Eq. 2's straight-through estimator)
+        if hasattr(self.module, "score_grad"):  # Adam steps once per optimizer step, on the summed micro-batches
+            self.module.score_grad.add_(score_grad)
+        else:  # Eq. 3: S −= ∂L/∂S, at once
+            self.module.weight_scores.sub_(score_grad)
 
 
 class Pruner:
@@ -155,7 +179,8 @@ class Pruner:
         for layer in self.layers:
             prune.custom_from_mask(layer, "weight", torch.ones_like(layer.weight))
             if isinstance(config, MovementPruningConfig):
-                layer.register_buffer("weight_scores", torch.zeros_like(layer.weight_orig), persistent=False)
+                for buffer in SCORE_RULES[config.scores]:
+                    layer.register_buffer(buffer, torch.zeros_like(layer.weight_orig), persistent=False)
                 layer.register_forward_pre_hook(AccumulateMovement())
 
     def scores(self, layer: nn.Module) -> torch.Tensor:
@@ -164,11 +189,26 @@ class Pruner:
         return layer.weight_orig.detach().abs()
 
     def after_step(self, step: int, total: int) -> None:
+        if isinstance(self.config, MovementPruningConfig) and self.config.scores == "adam":
+            self.step_scores(step)
         self.cooling = step >= cooldown_start(total, self.config.cooldown)
         remaining = scheduled_remaining(step, total, self.config)
         reaches_final = remaining == self.config.remaining != self.current
         if remaining < 1 and (step % self.config.update_every == 0 or step == total or reaches_final):
             self.update_masks(remaining)
+
+    @torch.no_grad()
+    def step_scores(self, step: int) -> None:
+        """One Adam step of every score on the gradient summed since the last (`step`: optimizer steps done,
+        so a resumed run corrects its moments' bias as the uninterrupted one does)."""
+        (beta1, beta2), lr = ADAM_BETAS, self.config.score_lr
+        for layer in self.layers:
+            grad, mean, square = layer.score_grad, layer.score_exp_avg, layer.score_exp_avg_sq
+            mean.mul_(beta1).add_(grad, alpha=1 - beta1)
+            square.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denominator = (square / (1 - beta2 ** step)).sqrt_().add_(ADAM_EPS)
+            layer.weight_scores.addcdiv_(mean, denominator, value=-lr / (1 - beta1 ** step))
+            grad.zero_()
 
     @torch.no_grad()
     def update_masks(self, remaining: float) -> None:
@@ -209,7 +249,9 @@ def remove_masks(model: nn.Module) -> None:
             prune.remove(module, "weight")
         for key in [key for key, hook in module._forward_pre_hooks.items() if isinstance(hook, AccumulateMovement)]:
             del module._forward_pre_hooks[key]  # movement's scoring, and its scores
-            del module.weight_scores
+            for buffer in {name for rule in SCORE_RULES.values() for name in rule}:
+                if hasattr(module, buffer):
+                    delattr(module, buffer)
 
 
 def _apply_pruning(model: nn.Module, config: PruningConfig) -> AppliedMethod:

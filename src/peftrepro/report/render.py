@@ -517,7 +517,7 @@ def _options_text(record: Record) -> str:
     if method.get("name") == "lora":
         ranks = lora_ranks(method)
         return f"{weights_label(ranks)} r={'/'.join(map(str, sorted(set(ranks.values()))))}"
-    shown = {k: v for k, v in method.items() if k in ("r", "k", "prefix_length", "infix_length", "remaining")}
+    shown = {k: v for k, v in method.items() if k in ("r", "k", "prefix_length", "infix_length", "remaining", "scores")}
     return ", ".join(f"{k}={v}" for k, v in shown.items()) or "its defaults"
 
 

@@ -691,6 +691,9 @@ TABLE_PRUNING = TableSpec(
         Choice("share of steps before pruning starts (t_i / T)", "method.warmup", tuple(PRUNING_METHODS)),
         Choice("share of steps at the final sparsity (cool-down, t_f / T)", "method.cooldown", tuple(PRUNING_METHODS)),
         Choice("steps between mask updates", "method.update_every", tuple(PRUNING_METHODS)),
+        Choice("how movement's scores learn (adam: the authors' code; sum: Eq. 3 as written)", "method.scores",
+               ("movement_pruning",)),
+        Choice("Adam's rate for movement's scores", "method.score_lr", ("movement_pruning",)),
         Choice("MNLI prompt", "task.prompt_template"),
     ),
     notes=(
@@ -704,9 +707,10 @@ TABLE_PRUNING = TableSpec(
         "against it.",
         "Pruned: every linear layer of every block (W_q ... W_down), each matrix ranked on its own; the rest of "
         "the blocks fine-tunes, the embeddings and the LM head tied to them stay frozen, as Sanh et al. freeze "
-        "the embeddings. Magnitude: the largest |W|; movement: the largest S = −Σ_t ∂L/∂W'·W accumulated over "
-        "every step (Eq. 3, the straight-through gradient through the mask); both on the cubic schedule "
-        "(Eq. 5) with the warm-up and cool-down above.",
+        "the embeddings. Magnitude: the largest |W|; movement: the largest scores S, learned from the "
+        "straight-through gradient ∂L/∂W'·W (Eq. 2) by Adam, as the authors' code trains them (Eq. 3's plain sum "
+        "grows with |W| and prunes a backbone's outlier weights first); both on the cubic schedule (Eq. 5) with "
+        "the warm-up and cool-down above.",
         "Remaining weights (measured): the share of nonzero weights in the blocks' linear layers as the "
         "evaluated model used them. A pruning run whose measured share is more than "
         f"{100 * SPARSITY_TOLERANCE:g} point off its target shows no accuracy (the reason is listed above).",
