@@ -14,6 +14,7 @@ import torch
 from peftrepro.errors import ConfigError
 from peftrepro.methods import apply_method, count_parameters, make_method_config, weight_report
 from peftrepro.methods.interop import PEFT_WEIGHTS_FILE, check_exportable, export_peft, merged_model
+from peftrepro.methods.pruning import SCORE_RULES
 from peftrepro.methods.quantize import QuantizeConfig, quantize_block_linears
 from peftrepro.methods.targets import layout
 from tiny_models import CAUSAL_FAMILIES, FUSED_QKV
@@ -111,7 +112,9 @@ def test_a_pruned_model_merges_into_plain_weights_with_its_zeros(family, tiny_mo
     expected = model(input_ids=IDS).logits
     merged = merged_model(applied)
     assert merged.state_dict().keys() == tiny_model(family).state_dict().keys()  # what from_pretrained reads
-    assert not any(hasattr(module, "weight_scores") or module._forward_pre_hooks for module in merged.modules())
+    score_buffers = {name for rule in SCORE_RULES.values() for name in rule}  # Adam's moments too
+    assert not any(any(hasattr(module, name) for name in score_buffers) or module._forward_pre_hooks
+                   for module in merged.modules())
     torch.testing.assert_close(merged(input_ids=IDS).logits, expected, rtol=0, atol=0)
     assert weight_report(merged)["block_linear_density"] == 0.5
 

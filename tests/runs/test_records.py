@@ -57,6 +57,16 @@ def test_a_partial_quantize_node_has_the_key_of_its_spelled_out_form() -> None:
     assert key_with(method__quantize={"quant_type": "fp4"}) != key_with(method__quantize=spelled_out)
 
 
+def test_movement_scores_as_a_plain_sum_keep_the_key_of_runs_made_before_the_option() -> None:
+    before = {"name": "movement_pruning", "remaining": 0.8}
+    assert key_with(method=before | {"scores": "sum", "score_lr": 0.01}) == key_with(method=before)
+    assert key_with(method=before | {"scores": "sum", "score_lr": 0.5}) == key_with(method=before)  # Adam's alone
+    adam = key_with(method=before | {"scores": "adam", "score_lr": 0.01})
+    assert adam != key_with(method=before) and adam != key_with(method=before | {"scores": "adam", "score_lr": 0.1})
+    magnitude = {"name": "magnitude_pruning", "remaining": 0.8, "scores": "sum"}  # another method's option: kept
+    assert key_with(method=magnitude) != key_with(method={"name": "magnitude_pruning", "remaining": 0.8})
+
+
 def test_key_holds_the_model_cache_folder_at_one_value() -> None:
     """A converted model cached elsewhere (PEFTREPRO_CACHE) is the same model: it finds the same run."""
     assert key_with(model__cache_dir="/scratch/models") == key_with(model__cache_dir=".cache/models") != key_with()

@@ -15,7 +15,8 @@ the same trainable weights and rate with no sparsity, the dense point the pruned
   ∂L/∂S = ∂L/∂W' ⊙ W, where W' = W ⊙ M is the weight the forward uses; it reaches every entry, masked or
   not, so masked weights can score their way back. `scores: adam` (the default) steps S with Adam at
   `score_lr` once per optimizer step, as the authors' code trains its mask scores (AdamW, 1e-2, no
-  weight decay; theirs also follows the training's warm-up and decay, ours stays constant). `scores: sum`
+  weight decay; theirs also follows the training's warm-up and decay and is clipped with the weights'
+  gradients, ours stays constant and unclipped). `scores: sum`
   is Eq. 3 as written, S = −Σ_t (∂L/∂W')⁽ᵗ⁾ ⊙ W⁽ᵗ⁾ (plain gradient steps, rate 1: Top_v is blind to the
   scale). The sum grows with |W|, so on a backbone with outlier weights (SmolLM2's reach |W| ≈ 9) it
   prunes the largest weights first; Adam's per-weight normalisation removes that scale.
@@ -99,7 +100,9 @@ class MovementPruningConfig(PruningConfig):
 # and its moments); non-persistent, yet saved and restored with a run's training state like the masks
 SCORE_RULES = {"sum": ("weight_scores",),
                "adam": ("weight_scores", "score_grad", "score_exp_avg", "score_exp_avg_sq")}
-ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch's defaults, and the authors' adam_epsilon
+# torch's defaults; 1e-8 is also the authors' adam_epsilon, added here where torch.optim.Adam adds it (theirs
+# adds it before the bias correction: a difference only for scores whose gradient is near 1e-7)
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
 
 def cooldown_start(total: int, cooldown: float) -> int:
@@ -143,7 +146,8 @@ def masked_weight(module: nn.Module) -> torch.Tensor:
 
 class AccumulateMovement:
     """Forward pre-hook after prune's: hook the weight it just computed (W' = W ⊙ M) so that the
-    backward adds −∂L/∂W' ⊙ W to the scores. A plain object, so the model deep-copies and pickles."""
+    backward hands ∂L/∂W' ⊙ W to the scores (`_ScoreUpdate`). A plain object, so the model deep-copies
+    and pickles."""
 
     def __call__(self, module: nn.Module, args: tuple) -> None:
         weight = module.weight
@@ -180,7 +184,10 @@ class Pruner:
             prune.custom_from_mask(layer, "weight", torch.ones_like(layer.weight))
             if isinstance(config, MovementPruningConfig):
                 for buffer in SCORE_RULES[config.scores]:
-                    layer.register_buffer(buffer, torch.zeros_like(layer.weight_orig), persistent=False)
+                    # fp32 whatever the base's dtype, as a method's own state is (base.trainable_dtype): in
+                    # bf16, Adam's second moment would not decay (v * 0.999 rounds back to v)
+                    layer.register_buffer(buffer, torch.zeros_like(layer.weight_orig, dtype=torch.float32),
+                                          persistent=False)
                 layer.register_forward_pre_hook(AccumulateMovement())
 
     def scores(self, layer: nn.Module) -> torch.Tensor:

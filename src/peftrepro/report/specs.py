@@ -709,7 +709,8 @@ TABLE_PRUNING = TableSpec(
         "the blocks fine-tunes, the embeddings and the LM head tied to them stay frozen, as Sanh et al. freeze "
         "the embeddings. Magnitude: the largest |W|; movement: the largest scores S, learned from the "
         "straight-through gradient ∂L/∂W'·W (Eq. 2) by Adam, as the authors' code trains them (Eq. 3's plain sum "
-        "grows with |W| and prunes a backbone's outlier weights first); both on the cubic schedule (Eq. 5) with "
+        "grows with |W| and prunes a backbone's outlier weights first), at a constant, unclipped rate where "
+        "theirs follows the training's warm-up and decay; both on the cubic schedule (Eq. 5) with "
         "the warm-up and cool-down above.",
         "Remaining weights (measured): the share of nonzero weights in the blocks' linear layers as the "
         "evaluated model used them. A pruning run whose measured share is more than "

@@ -91,9 +91,16 @@ HALF_DTYPES = ("bf16", "fp16")
 _METHOD_DEFAULTS_OUT_OF_KEY = {"quantize": None}  # LoRA's base as loaded (methods/quantize.py: QLoRA's 4 bits)
 
 
+# movement pruning's scores as Eq. 3's plain sum: what its runs computed before `scores` existed (score_lr
+# is Adam's alone), so those runs keep their keys
+_PLAIN_SUM_SCORES = {"name": "movement_pruning", "scores": "sum"}
+
+
 def _method_for_key(method: Mapping[str, Any]) -> dict[str, Any]:
     keyed = {key: value for key, value in method.items()
              if not (key in _METHOD_DEFAULTS_OUT_OF_KEY and value == _METHOD_DEFAULTS_OUT_OF_KEY[key])}
+    if all(keyed.get(key) == value for key, value in _PLAIN_SUM_SCORES.items()):
+        keyed = {key: value for key, value in keyed.items() if key not in ("scores", "score_lr")}
     if keyed.get("quantize") is not None:  # `{quant_type: nf4}` stores the base as its spelled-out form does
         from peftrepro.methods.quantize import QuantizeConfig  # here: only a 4-bit base's key needs torch
 
