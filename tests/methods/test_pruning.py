@@ -161,6 +161,23 @@ def test_adam_scores_step_as_torch_adam_on_the_summed_straight_through_gradient(
         assert layer.score_grad.eq(0).all()  # summed anew for the next step
 
 
+def test_adam_scores_take_autograds_straight_through_gradient_summed_over_micro_batches(tiny_model):
+    """Through a real backward: before the first mask update (M = 1), ∂L/∂W' is W_orig's own gradient, so
+    the summed score gradient is Σ ∂L/∂W_orig ⊙ W_orig, and Adam's first step moves each score by
+    −lr·g / (|g| + ε)."""
+    model = tiny_model("llama")
+    applied = apply_method(model, make_method_config("movement_pruning", {"remaining": 0.5, "score_lr": 0.05}))
+    layer = pruned_layers(model)[0]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(2):  # two micro-batches of one optimizer step
+        ids = torch.randint(3, 90, (4, 8), generator=generator)
+        model(input_ids=ids, labels=ids).loss.backward()
+    expected = layer.weight_orig.grad * layer.weight_orig.detach()
+    torch.testing.assert_close(layer.score_grad, expected)
+    applied.after_step(1, 100)
+    torch.testing.assert_close(layer.weight_scores, -0.05 * expected / (expected.abs() + 1e-8))
+
+
 @pytest.mark.parametrize("options, fragment", [({"scores": "sgd"}, "method.scores must be one of"),
                                                ({"score_lr": 0}, "score_lr")])
 def test_movement_score_options_are_checked(options, fragment):

@@ -83,6 +83,11 @@ def assert_same_training(a, b) -> None:
     assert list(weights) == list(other_weights)
     for name, tensor in weights.items():
         assert torch.equal(tensor, other_weights[name]), name
+    # the state dict leaves out non-persistent buffers: movement's scores and their Adam moments
+    buffers, other_buffers = dict(model.named_buffers()), dict(other_model.named_buffers())
+    assert list(buffers) == list(other_buffers)
+    for name, tensor in buffers.items():
+        assert torch.equal(tensor, other_buffers[name]), name
     assert other_applied.facts() == applied.facts()  # pruning: mask updates and sparsity reached
 
 
@@ -103,6 +108,16 @@ def test_a_resumed_loop_ends_as_one_that_never_stopped(tmp_path: Path, method: s
     assert [entry["from_step"] for entry in resumed[3].resumptions] == [saved_at]
     assert resumed[0].steps == STEPS
     assert_same_training(whole, resumed)
+
+
+def test_a_saved_state_leaves_out_only_the_buffers_zero_at_every_step_end(tmp_path: Path) -> None:
+    with pytest.raises(Killed):
+        train("movement_pruning", tmp_path, kill_after_save=5)
+    saved = set(torch.load(resume.path_in(tmp_path), weights_only=True)["buffers"])
+    state, applied, _ = start_training("movement_pruning")
+    left_out = set(dict(state.model.named_buffers())) - saved
+    assert left_out and {name.rpartition(".")[2] for name in left_out} == {"score_grad"}
+    assert any(name.endswith("score_exp_avg_sq") for name in saved)  # the moments are kept
 
 
 @pytest.mark.parametrize("loop", [{"grad_accum": 2}, {"max_steps": 7}])  # 2 batches a step; ends mid-epoch 2

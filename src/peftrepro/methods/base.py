@@ -73,6 +73,9 @@ class AppliedMethod:
     # saved and restored with them when a killed run resumes its training (peftrepro.runs.resume)
     schedule_state: Callable[[], dict[str, Any]] | None = None
     restore_schedule: Callable[[Mapping[str, Any]], None] | None = None
+    # buffers (by their last name) that are zero at the end of every optimizer step, so a saved training
+    # state leaves them out (movement's score gradient, summed over a step's micro-batches: 4 bytes a weight)
+    step_buffers: frozenset[str] = frozenset()
     # where the method's weights came from, when it loads them rather than trains them (peft_adapter)
     provenance: dict[str, Any] | None = None
 

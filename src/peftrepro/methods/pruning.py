@@ -97,9 +97,11 @@ class MovementPruningConfig(PruningConfig):
 
 
 # the buffers each way of learning the scores keeps per pruned matrix (Adam: the step's summed gradient
-# and its moments); non-persistent, yet saved and restored with a run's training state like the masks
+# and its moments); non-persistent, yet saved and restored with a run's training state like the masks, but
+# for the summed gradient: zero after every optimizer step (`Pruner.step_scores`), so a save leaves it out
 SCORE_RULES = {"sum": ("weight_scores",),
                "adam": ("weight_scores", "score_grad", "score_exp_avg", "score_exp_avg_sq")}
+STEP_BUFFERS = frozenset({"score_grad"})
 # torch's defaults; 1e-8 is also the authors' adam_epsilon, added here where torch.optim.Adam adds it (theirs
 # adds it before the bias correction: a difference only for scores whose gradient is near 1e-7)
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
@@ -268,7 +270,7 @@ def _apply_pruning(model: nn.Module, config: PruningConfig) -> AppliedMethod:
     pruner = Pruner(model, config)
     return AppliedMethod(model=model, config=config, after_step=pruner.after_step, is_final=pruner.is_final,
                          facts=pruner.facts, schedule_state=pruner.schedule_state,
-                         restore_schedule=pruner.restore_schedule)
+                         restore_schedule=pruner.restore_schedule, step_buffers=STEP_BUFFERS)
 
 
 def apply_magnitude_pruning(model: nn.Module, config: MagnitudePruningConfig) -> AppliedMethod:

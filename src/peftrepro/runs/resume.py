@@ -3,7 +3,8 @@
 its last save when the same command runs again, instead of training from the start.
 
 `<run dir>/.resume.pt` (gitignored; one file, replaced atomically) holds, at a step boundary:
-  - the model's trainable tensors and every buffer (pruning's masks and movement scores are buffers);
+  - the model's trainable tensors and every buffer (pruning's masks and movement scores are buffers) but
+    those a method declares zero at every step's end (`AppliedMethod.step_buffers`);
   - the optimizer's and the learning-rate schedule's states, and a scheduled method's own state
     (`AppliedMethod.schedule_state`: pruning's sparsity reached);
   - the loop's position (`train.LoopPosition`) and the RNG states (torch CPU and CUDA, Python, NumPy),
@@ -136,7 +137,7 @@ def save(directory: Path, fingerprint: Fingerprint, state: TrainState, applied: 
     payload = {
         "fingerprint": asdict(fingerprint),
         "parameters": {name: p.detach() for name, p in model.named_parameters() if p.requires_grad},
-        "buffers": {name: b.detach() for name, b in model.named_buffers()},
+        "buffers": {name: b.detach() for name, b in saved_buffers(model, applied).items()},
         "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
         "schedule": applied.schedule_state() if applied.schedule_state else None,
         "step": state.step,
@@ -172,7 +173,7 @@ def restore(directory: Path, fingerprint: Fingerprint, state: TrainState, applie
     else:
         changed = [name for name, value in asdict(saved).items() if value != getattr(fingerprint, name)]
         # checked before anything changes: a refused state leaves the model as it was built
-        problem = f"it was saved by another {' and '.join(changed)}" if changed else _mismatch(state, payload)
+        problem = f"it was saved by another {' and '.join(changed)}" if changed else _mismatch(state, applied, payload)
     if problem:
         _set_aside(path, problem)
         return None
@@ -205,10 +206,17 @@ def _set_aside(path: Path, why: str) -> None:
     path.replace(path.with_name(SET_ASIDE_FILE))
 
 
-def _mismatch(state: TrainState, payload: Mapping[str, Any]) -> str | None:
+def saved_buffers(model: torch.nn.Module, applied: Any) -> dict[str, torch.Tensor]:
+    """The buffers a training state holds: all but the method's `step_buffers` (zero at every save, as a
+    save follows an optimizer step; a restored run starts them at zero as built)."""
+    return {name: buffer for name, buffer in model.named_buffers()
+            if name.rpartition(".")[2] not in applied.step_buffers}
+
+
+def _mismatch(state: TrainState, applied: Any, payload: Mapping[str, Any]) -> str | None:
     """Why the saved tensors cannot load into this model and optimizer (names, shapes, groups); None if they can."""
     parameters = {name: p for name, p in state.model.named_parameters() if p.requires_grad}
-    buffers = dict(state.model.named_buffers())
+    buffers = saved_buffers(state.model, applied)
     for kind, ours, theirs in (("trainable tensors", parameters, payload["parameters"]),
                                ("buffers", buffers, payload["buffers"])):
         if set(ours) != set(theirs):
