@@ -56,9 +56,9 @@ def train(method: str, directory: Path, kill_before_save: int | None = None, kil
     state, applied, rows = start_training(method, **loop_changes)
     restored = resume.restore(directory, FINGERPRINT, state, applied)
 
-    def after_step(step: int, total: int) -> None:
+    def after_step(step: int, total: int, rate_scale: float) -> None:
         if applied.after_step:
-            applied.after_step(step, total)
+            applied.after_step(step, total, rate_scale)
         if step == kill_before_save:
             raise Killed
         if step == sigterm_at:

@@ -106,17 +106,18 @@ def test_gradient_accumulation_matches_the_large_batch() -> None:
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=0)
 
 
-def test_the_method_hook_runs_after_every_optimizer_step() -> None:
+def test_the_method_hook_runs_after_every_optimizer_step_with_the_share_of_the_rate_it_used() -> None:
     seed_everything(0)
     model, _ = load_model(TINY_LLAMA)
-    state = make_train_state(model, settings(epochs=2, grad_accum=2), num_steps=4)
+    state = make_train_state(model, settings(epochs=2, grad_accum=2), num_steps=4, num_warmup_steps=2)
     seen = []
 
-    def after_step(step: int, total: int) -> None:  # the weights of this step are updated already
-        seen.append((step, total, state.step, state.optimizer.state_dict()["state"][0]["step"].item()))
+    def after_step(step: int, total: int, rate_scale: float) -> None:  # the weights of this step are updated already
+        seen.append((step, total, state.step, state.optimizer.state_dict()["state"][0]["step"].item(), rate_scale))
 
     fit(state, examples(16), pad_id=0, seed=0, after_step=after_step)
-    assert seen == [(step, 4, step, step) for step in range(1, 5)]
+    # linear warm-up over 2 steps, then linear decay to 0 at step 4: the rates steps 1-4 used
+    assert seen == [(step, 4, step, step, share) for step, share in zip(range(1, 5), [0.0, 0.5, 1.0, 0.5])]
 
 
 def test_optimizer_holds_only_trainable_parameters_and_frozen_ones_get_no_grad() -> None:

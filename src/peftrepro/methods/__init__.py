@@ -5,7 +5,7 @@ compares, QLoRA (a LoRA option), prompt tuning, and magnitude / movement pruning
     applied = apply_method(model, cfg)      # in place; everything else frozen
     applied.prompt                          # virtual tokens for the task (prefix methods)
     applied.merge(); applied.merge_and_unload()   # LoRA only (not on a 4-bit base)
-    applied.after_step(step, total_steps)   # a method's own schedule (pruning), called by the training loop
+    applied.after_step(step, total_steps, rate_scale)   # a method's own schedule (pruning), called by the training loop
 
 Modules: targets (paper weight names -> modules per architecture), lora, quantize (QLoRA's 4-bit
 base), adapters, prefix (PreEmbed, PreLayer, prompt tuning), selective (ft, ft_top, bitfit), pruning

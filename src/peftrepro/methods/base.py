@@ -60,9 +60,10 @@ class AppliedMethod:
     prompt: PromptWrap = NO_PROMPT_WRAP
     # set by LoRA only: the wrappers that can fold their update into the base weight
     mergeable: list[Any] = field(default_factory=list)
-    # called by the training loop after each optimizer step with (steps done, total steps): a
-    # method that changes the model on a schedule (pruning's sparsity ramp) does it here
-    after_step: Callable[[int, int], None] | None = None
+    # called by the training loop after each optimizer step with (steps done, total steps, the share of
+    # its peak learning rate that step used): a method that changes the model on a schedule (pruning's
+    # sparsity ramp, movement's scores at a rate following the weights') does it here
+    after_step: Callable[[int, int, float], None] | None = None
     # False while that schedule has not reached its end: an evaluation then sees an intermediate
     # model (e.g. a pruned model short of its sparsity), which a run never reports as its result
     is_final: Callable[[], bool] = lambda: True

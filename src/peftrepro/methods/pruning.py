@@ -15,8 +15,10 @@ the same trainable weights and rate with no sparsity, the dense point the pruned
   ∂L/∂S = ∂L/∂W' ⊙ W, where W' = W ⊙ M is the weight the forward uses; it reaches every entry, masked or
   not, so masked weights can score their way back. `scores: adam` (the default) steps S with Adam at
   `score_lr` once per optimizer step, as the authors' code trains its mask scores (AdamW, 1e-2, no
-  weight decay; theirs also follows the training's warm-up and decay and is clipped with the weights'
-  gradients, ours stays constant and unclipped). `scores: sum`
+  weight decay, the rate following the training's warm-up and linear decay: their scores share the
+  weights' optimizer and schedule). Theirs are also clipped with the weights' gradients (max norm 1);
+  ours are not: Adam divides each step by the gradient's own scale, so a clipping factor changes a step
+  only where it changes from one step to the next. `scores: sum`
   is Eq. 3 as written, S = −Σ_t (∂L/∂W')⁽ᵗ⁾ ⊙ W⁽ᵗ⁾ (plain gradient steps, rate 1: Top_v is blind to the
   scale). The sum grows with |W|, so on a backbone with outlier weights (SmolLM2's reach |W| ≈ 9) it
   prunes the largest weights first; Adam's per-weight normalisation removes that scale.
@@ -197,9 +199,9 @@ class Pruner:
             return layer.weight_scores
         return layer.weight_orig.detach().abs()
 
-    def after_step(self, step: int, total: int) -> None:
+    def after_step(self, step: int, total: int, rate_scale: float = 1.0) -> None:
         if isinstance(self.config, MovementPruningConfig) and self.config.scores == "adam":
-            self.step_scores(step)
+            self.step_scores(step, rate_scale)
         self.cooling = step >= cooldown_start(total, self.config.cooldown)
         remaining = scheduled_remaining(step, total, self.config)
         reaches_final = remaining == self.config.remaining != self.current
@@ -207,10 +209,11 @@ class Pruner:
             self.update_masks(remaining)
 
     @torch.no_grad()
-    def step_scores(self, step: int) -> None:
+    def step_scores(self, step: int, rate_scale: float) -> None:
         """One Adam step of every score on the gradient summed since the last (`step`: optimizer steps done,
-        so a resumed run corrects its moments' bias as the uninterrupted one does)."""
-        (beta1, beta2), lr = ADAM_BETAS, self.config.score_lr
+        so a resumed run corrects its moments' bias as the uninterrupted one does), at `score_lr` times the
+        share of its peak rate the weights' step used (`rate_scale`: the training's warm-up and decay)."""
+        (beta1, beta2), lr = ADAM_BETAS, self.config.score_lr * rate_scale
         for layer in self.layers:
             grad, mean, square = layer.score_grad, layer.score_exp_avg, layer.score_exp_avg_sq
             mean.mul_(beta1).add_(grad, alpha=1 - beta1)

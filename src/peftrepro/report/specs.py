@@ -693,7 +693,7 @@ TABLE_PRUNING = TableSpec(
         Choice("steps between mask updates", "method.update_every", tuple(PRUNING_METHODS)),
         Choice("how movement's scores learn (adam: the authors' code; sum: Eq. 3 as written)", "method.scores",
                ("movement_pruning",)),
-        Choice("Adam's rate for movement's scores", "method.score_lr", ("movement_pruning",)),
+        Choice("Adam's peak rate for movement's scores", "method.score_lr", ("movement_pruning",)),
         Choice("MNLI prompt", "task.prompt_template"),
     ),
     notes=(
@@ -709,8 +709,8 @@ TABLE_PRUNING = TableSpec(
         "the blocks fine-tunes, the embeddings and the LM head tied to them stay frozen, as Sanh et al. freeze "
         "the embeddings. Magnitude: the largest |W|; movement: the largest scores S, learned from the "
         "straight-through gradient ∂L/∂W'·W (Eq. 2) by Adam, as the authors' code trains them (Eq. 3's plain sum "
-        "grows with |W| and prunes a backbone's outlier weights first), at a constant, unclipped rate where "
-        "theirs follows the training's warm-up and decay; both on the cubic schedule (Eq. 5) with "
+        "grows with |W| and prunes a backbone's outlier weights first), at a rate that follows the training's "
+        "warm-up and decay as theirs does, though unclipped; both on the cubic schedule (Eq. 5) with "
         "the warm-up and cool-down above.",
         "Remaining weights (measured): the share of nonzero weights in the blocks' linear layers as the "
         "evaluated model used them. A pruning run whose measured share is more than "

@@ -387,19 +387,25 @@ class _Loop:
         _synchronize(self.state.device)
         self.stats.seconds += time.perf_counter() - self.started
 
-    def step(self, micro_batches: Sequence[Batch], after_step: Callable[[int, int], None] | None) -> None:
+    def step(self, micro_batches: Sequence[Batch], after_step: Callable[[int, int, float], None] | None) -> None:
         """One optimizer step, counted, and logged when `log_every` steps have passed (or at the end)."""
+        rate_scale = self.rate_scale()  # the rate this step uses, before the schedule moves on
         self.pending += train_step(self.state, [batch.to(self.state.device) for batch in micro_batches])
         self.pending_steps += 1
         self.stats.steps += 1
         if after_step:
-            after_step(self.stats.steps, self.num_steps)
+            after_step(self.stats.steps, self.num_steps, rate_scale)
         self.stats.tokens += sum(batch.tokens for batch in micro_batches)
         self.stats.padded_tokens += sum(batch.input_ids.numel() for batch in micro_batches)
         self.progress.update(1)
         # >=: a resumed run may log more often (log_every is not in the run key) than its saved loss sum
         if self.pending_steps >= self.state.settings.log_every or self.done:
             self._log()
+
+    def rate_scale(self) -> float:
+        """The share of its peak learning rate the next step uses (the schedule's warm-up and decay)."""
+        group = self.state.optimizer.param_groups[0]
+        return group["lr"] / group["initial_lr"] if group["initial_lr"] else 1.0
 
     def _log(self) -> None:
         stats = self.stats
@@ -433,14 +439,14 @@ class _Loop:
 def fit(state: TrainState, examples: Sequence[EncodedExample], pad_id: int, seed: int, *,
         on_epoch_end: Callable[[int], None] | None = None,
         on_log: Callable[[dict[str, float], int], None] | None = None,
-        after_step: Callable[[int, int], None] | None = None,
+        after_step: Callable[[int, int, float], None] | None = None,
         start: LoopPosition | None = None,
         save_position: Callable[[LoopPosition], None] | None = None,
         save_every_s: float | None = None) -> TrainStats:
     """Train for `total_steps`; call `on_epoch_end(epoch)` (1-based) after each epoch (its time is
     not counted as training time), `on_log(metrics, step)` every `log_every` steps, and
-    `after_step(steps done, total steps)` after every optimizer step (the method's own schedule,
-    `AppliedMethod.after_step`, e.g. pruning's).
+    `after_step(steps done, total steps, share of the peak rate that step used)` after every optimizer step
+    (the method's own schedule, `AppliedMethod.after_step`, e.g. pruning's).
 
     Resumable: `save_position(position)` is called after a step once `save_every_s` seconds have passed
     since the last call (0: after every step; its time is not training time), after an epoch's last step
