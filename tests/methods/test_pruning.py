@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
-from transformers import get_linear_schedule_with_warmup
+from transformers import get_constant_schedule, get_linear_schedule_with_warmup
 
 from peftrepro.errors import ConfigError
 from peftrepro.methods import apply_method, load_adapter, make_method_config, save_adapter, weight_report
@@ -144,41 +146,28 @@ def test_movement_keeps_weights_moving_away_from_zero_where_magnitude_keeps_the_
     assert torch.equal(kept["movement_pruning"], growing) and torch.equal(kept["magnitude_pruning"], ~growing)
 
 
-def test_adam_scores_step_as_torch_adam_on_the_summed_straight_through_gradient(tiny_model):
+@pytest.mark.parametrize("schedule", [get_constant_schedule,  # the rate the scores' steps scale (the authors':
+                                      # their scores share the weights' scheduler)
+                                      partial(get_linear_schedule_with_warmup, num_warmup_steps=2, num_training_steps=6)])
+def test_adam_scores_step_as_torch_adam_under_the_trainings_schedule_on_the_summed_gradient(tiny_model, schedule):
     model = tiny_model("llama")
     applied = apply_method(model, make_method_config("movement_pruning", {"remaining": 0.5, "score_lr": 0.05}))
     layer = pruned_layers(model)[0]
     reference = torch.zeros_like(layer.weight_orig, requires_grad=True)
     adam = torch.optim.Adam([reference], lr=0.05, betas=(0.9, 0.999), eps=1e-8)
+    scheduler = schedule(adam)
     weight = layer.weight_orig.detach()
-    for step in range(1, 4):
+    for step in range(1, 7):
         grads = [torch.randn_like(weight) for _ in range(2)]  # two micro-batches of one optimizer step
         for grad in grads:
             _ScoreUpdate(layer)(grad)
-        applied.after_step(step, 100)
+        rate_scale = adam.param_groups[0]["lr"] / 0.05  # the share of the peak rate this step uses
+        applied.after_step(step, 100, rate_scale)
         reference.grad = sum(grad * weight for grad in grads)
         adam.step()
+        scheduler.step()
         torch.testing.assert_close(layer.weight_scores, reference.detach())
         assert layer.score_grad.eq(0).all()  # summed anew for the next step
-
-
-def test_adam_scores_follow_the_training_schedule_as_the_authors_share_the_weights_scheduler(tiny_model):
-    model = tiny_model("llama")
-    applied = apply_method(model, make_method_config("movement_pruning", {"remaining": 0.5, "score_lr": 0.05}))
-    layer = pruned_layers(model)[0]
-    reference = torch.zeros_like(layer.weight_orig, requires_grad=True)
-    adam = torch.optim.Adam([reference], lr=0.05, betas=(0.9, 0.999), eps=1e-8)
-    schedule = get_linear_schedule_with_warmup(adam, num_warmup_steps=2, num_training_steps=6)
-    weight = layer.weight_orig.detach()
-    for step in range(1, 7):
-        grad = torch.randn_like(weight)
-        _ScoreUpdate(layer)(grad)
-        rate_scale = adam.param_groups[0]["lr"] / 0.05  # what the weights' step used (0 on the first)
-        applied.after_step(step, 100, rate_scale)
-        reference.grad = grad * weight
-        adam.step()
-        schedule.step()
-        torch.testing.assert_close(layer.weight_scores, reference.detach())
 
 
 def test_adam_scores_take_autograds_straight_through_gradient_summed_over_micro_batches(tiny_model):
