@@ -146,6 +146,18 @@ def test_movement_keeps_weights_moving_away_from_zero_where_magnitude_keeps_the_
     assert torch.equal(kept["movement_pruning"], growing) and torch.equal(kept["magnitude_pruning"], ~growing)
 
 
+@pytest.mark.parametrize("method, largest_pruned", [("magnitude_pruning", 0.0), ("movement_pruning", 1.0)])
+def test_the_facts_say_which_share_of_each_matrixs_largest_weights_the_masks_removed(method, largest_pruned,
+                                                                                      tiny_model):
+    model = tiny_model("llama")
+    applied = apply_method(model, make_method_config(method, {"remaining": 0.5}))
+    if method == "movement_pruning":  # scores that rank the largest weights last
+        for layer in pruned_layers(model):
+            layer.weight_scores.copy_(-layer.weight_orig.detach().abs())
+    applied.after_step(10, 10)
+    assert applied.facts()["pruning"]["largest_pruned"] == largest_pruned
+
+
 @pytest.mark.parametrize("schedule", [get_constant_schedule,  # the rate the scores' steps scale (the authors':
                                       # their scores share the weights' scheduler)
                                       partial(get_linear_schedule_with_warmup, num_warmup_steps=2, num_training_steps=6)])

@@ -110,6 +110,21 @@ def test_a_pruning_run_off_its_target_sparsity_shows_no_accuracy_and_says_why(ru
     assert pd.isna(result.stats("magnitude_50", "mnli")["paper"])  # Figure 2 only: no printed number
 
 
+def test_the_largest_weights_pruned_show_on_masked_rows_and_are_not_applicable_to_ft(runs_dir, write,
+                                                                                    pruning_record):
+    for seed, share in ((0, 0.214), (1, 0.226)):
+        record = pruning_record("movement_pruning", 0.8, seed, 0.40)
+        write(record | {"pruning": record["pruning"] | {"largest_pruned": share}})
+    write(pruning_record("ft", None, 0, 0.70))
+    result = build_table(TABLES["table_pruning"], runs_dir, "mini", [0, 1])
+    assert render.format_cell(result.spec, result.stats("movement_80", "largest_pruned"), 2) == "22.0 ± 0.8 (n=2)"
+    assert result.stats("ft", "largest_pruned")["status"] == "n/a"
+    assert render.layout(result).loc[0, "Largest 0.1 % of weights pruned (%, measured)"] == "n/a"
+    assert ("ft", "largest_pruned") not in result.incomplete.index  # never counted as missing
+    assert "Fine-tuned, dense (100 % remaining) × Largest" not in "\n".join(render.incomplete_lines(result))
+    assert result.stats("magnitude_80", "largest_pruned")["status"] == "missing"  # a masked row without its run
+
+
 def test_a_pruning_run_that_left_matrices_dense_shows_no_accuracy(runs_dir, write, pruning_record):
     record = pruning_record("magnitude_pruning", 0.1, 0, 0.55)
     record["pruning"]["not_pruned"] = {"mlp.experts.gate_up_proj": 98304, "mlp.experts.down_proj": 49152}

@@ -136,7 +136,7 @@ def _cell(spec: TableSpec, row: str, column: str, obs: pd.DataFrame, seeds: Sequ
     values = good["value"].astype(float)
     got = sorted({int(s) for s in good["seed"].dropna()})
     problems = sorted(set(mine.loc[mine["value"].isna(), "problem"].dropna()))
-    status = _status(row, column, mine, good, got, seeds)
+    status = _status(spec, row, column, mine, good, got, seeds)
     std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
     # every seed is scored on the same examples, so their sampling error does not average out
     sampling = good["sampling_se"].dropna().astype(float)
@@ -196,8 +196,10 @@ def _seed_noise(per_seed: Any) -> float:
 FINAL_CELL_STATUS = {NOT_APPLICABLE: "n/a", UNSCORED: "unscored"}
 
 
-def _status(row: str, column: str, mine: pd.DataFrame, good: pd.DataFrame, got: list[int],
+def _status(spec: TableSpec, row: str, column: str, mine: pd.DataFrame, good: pd.DataFrame, got: list[int],
             seeds: Sequence[int]) -> str:
+    if not spec.applies(row, column):
+        return "n/a"
     if mine.empty:
         return "missing"
     if good.empty:  # every run of the cell is "not_applicable" (e.g. BitFit, no biases), "unscored" or failed
