@@ -67,6 +67,15 @@ def test_movement_scores_as_a_plain_sum_keep_the_key_of_runs_made_before_the_opt
     assert key_with(method=magnitude) != key_with(method={"name": "magnitude_pruning", "remaining": 0.8})
 
 
+@pytest.mark.parametrize("recorded, as_run", [
+    ({"name": "movement_pruning", "remaining": 0.8}, {"name": "movement_pruning", "remaining": 0.8, "scores": "sum"}),
+    ({"name": "movement_pruning", "scores": "adam"}, {"name": "movement_pruning", "scores": "adam"}),
+    ({"name": "magnitude_pruning", "remaining": 0.8}, {"name": "magnitude_pruning", "remaining": 0.8}),
+])
+def test_a_movement_record_of_before_the_scores_option_reads_as_the_plain_sum_it_ran(recorded, as_run) -> None:
+    assert records.method_as_run(recorded) == as_run
+
+
 def test_key_holds_the_model_cache_folder_at_one_value() -> None:
     """A converted model cached elsewhere (PEFTREPRO_CACHE) is the same model: it finds the same run."""
     assert key_with(model__cache_dir="/scratch/models") == key_with(model__cache_dir=".cache/models") != key_with()

@@ -28,6 +28,7 @@ from peftrepro.runs.records import (
     UNSCORED,
     copied_from,
     is_stale_copy,
+    method_as_run,
     predictions_path,
     read_predictions,
     run_folder,
@@ -358,7 +359,7 @@ def parse_record(path: Path, data: Any) -> Record:
     if missing:
         raise ValueError(f"missing key(s) {missing}")
     created_at = pd.to_datetime(data["created_at"], utc=True)  # ValueError when unparseable
-    method = data.get("method") or (data.get("config") or {}).get("method") or {}
+    method = method_as_run(data.get("method") or (data.get("config") or {}).get("method") or {})
     task = data.get("task")
     if isinstance(task, Mapping):  # tolerate a whole task config in place of its name
         task = task.get("name")

@@ -96,6 +96,14 @@ _METHOD_DEFAULTS_OUT_OF_KEY = {"quantize": None}  # LoRA's base as loaded (metho
 _PLAIN_SUM_SCORES = {"name": "movement_pruning", "scores": "sum"}
 
 
+def method_as_run(method: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded method config with what it ran under though recorded before the option existed (a movement
+    run's scores before `scores`: Eq. 3's plain sum), so a reader tells it from a run of today's default."""
+    if method.get("name") == _PLAIN_SUM_SCORES["name"] and "scores" not in method:
+        return {**method, "scores": _PLAIN_SUM_SCORES["scores"]}
+    return dict(method)
+
+
 def _method_for_key(method: Mapping[str, Any]) -> dict[str, Any]:
     keyed = {key: value for key, value in method.items()
              if not (key in _METHOD_DEFAULTS_OUT_OF_KEY and value == _METHOD_DEFAULTS_OUT_OF_KEY[key])}
