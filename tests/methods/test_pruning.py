@@ -9,7 +9,7 @@ import torch
 from transformers import get_constant_schedule, get_linear_schedule_with_warmup
 
 from peftrepro.errors import ConfigError
-from peftrepro.methods import apply_method, load_adapter, make_method_config, save_adapter, weight_report
+from peftrepro.methods import apply_method, load_adapter, make_method_config, pruning, save_adapter, weight_report
 from peftrepro.methods.checkpoint import pruning_masks
 from peftrepro.methods.pruning import (
     MagnitudePruningConfig,
@@ -156,6 +156,22 @@ def test_the_facts_say_which_share_of_each_matrixs_largest_weights_the_masks_rem
             layer.weight_scores.copy_(-layer.weight_orig.detach().abs())
     applied.after_step(10, 10)
     assert applied.facts()["pruning"]["largest_pruned"] == largest_pruned
+
+
+def test_the_largest_weights_pruned_are_counted_per_matrix_and_pooled_over_matrices(tiny_model, monkeypatch):
+    monkeypatch.setattr(pruning, "LARGEST_SHARE", 0.01)  # tiny matrices: several largest weights each
+    model = tiny_model("llama")
+    applied = apply_method(model, make_method_config("magnitude_pruning", {"remaining": 0.5}))
+    applied.after_step(10, 10)  # magnitude: every largest weight kept
+    layers = pruned_layers(model)
+    small, large = (min(layers, key=lambda layer: layer.weight_orig.numel()),
+                    max(layers, key=lambda layer: layer.weight_orig.numel()))
+    counts = [round(0.01 * layer.weight_orig.numel()) for layer in layers]
+    assert min(counts) >= 5 and small.weight_orig.numel() < large.weight_orig.numel()
+    with torch.no_grad():  # mask 3 of the small matrix's largest weights and 5 of the large one's
+        for layer, masked in ((small, 3), (large, 5)):
+            layer.weight_mask.view(-1)[layer.weight_orig.abs().flatten().topk(masked).indices] = 0
+    assert applied.facts()["pruning"]["largest_pruned"] == pytest.approx(8 / sum(counts))
 
 
 @pytest.mark.parametrize("schedule", [get_constant_schedule,  # the rate the scores' steps scale (the authors':

@@ -245,6 +245,14 @@ def test_config_error_failure_is_a_failed_cell(runs_dir, write, make_record):
     assert build_table(TABLES["table_methods"], runs_dir).stats("bitfit", "wikisql")["status"] == "failed"
 
 
+@pytest.mark.parametrize("recorded, scores", [({}, "sum"), ({"scores": "adam"}, "adam")])
+def test_a_movement_record_reads_with_the_scores_it_ran(runs_dir, write, make_record, recorded, scores):
+    """A record made before `scores` existed ran Eq. 3's plain sum: its method and its config say so."""
+    write(make_record("lr_search", "mnli", {"name": "movement_pruning", "remaining": 0.8, **recorded}, 0))
+    (record,), _, _ = load_records(runs_dir)
+    assert record.method["scores"] == scores and record.get("method.scores") == scores
+
+
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", json.dumps({"run_key": "x"}),
                                      json.dumps({"run_key": "x", "experiment": "e", "status": "ok",
                                                  "created_at": "not a date"})])

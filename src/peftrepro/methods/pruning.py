@@ -87,14 +87,14 @@ class MagnitudePruningConfig(PruningConfig):
 class MovementPruningConfig(PruningConfig):
     name: ClassVar[str] = "movement_pruning"
     scores: str = "adam"  # how S learns from ∂L/∂W' ⊙ W: "adam" (the authors' code) or "sum" (Eq. 3 as written)
-    score_lr: float = 1e-2  # Adam's rate for the scores (the authors' mask_scores_learning_rate)
+    score_lr: float = 1e-2  # Adam's peak rate for the scores (the authors' mask_scores_learning_rate)
 
     def validate(self) -> None:
         super().validate()
         if self.scores not in SCORE_RULES:
             raise ConfigError(f"{self.name}: method.scores must be one of {list(SCORE_RULES)}, got {self.scores!r}")
         if isinstance(self.score_lr, bool) or not isinstance(self.score_lr, (int, float)) or not self.score_lr > 0:
-            raise ConfigError(f"{self.name}: method.score_lr (Adam's rate for the scores) must be a number above 0, "
+            raise ConfigError(f"{self.name}: method.score_lr (Adam's peak rate for the scores) must be a number above 0, "
                               f"e.g. 1e-2, got {self.score_lr!r}")
 
 
@@ -203,6 +203,8 @@ class Pruner:
         return layer.weight_orig.detach().abs()
 
     def after_step(self, step: int, total: int, rate_scale: float = 1.0) -> None:
+        """The training loop's hook after optimizer step `step` of `total`; `rate_scale`: the share of the peak
+        learning rate that step used (the loop always passes it; 1, the full rate, for a caller outside one)."""
         if isinstance(self.config, MovementPruningConfig) and self.config.scores == "adam":
             self.step_scores(step, rate_scale)
         self.cooling = step >= cooldown_start(total, self.config.cooldown)

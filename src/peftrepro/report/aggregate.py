@@ -19,7 +19,8 @@ the tables with runs agree on, where --seeds and --profile do not say.
 
 Exit status: 0 when every table was written; with --strict, 1 when some expected cell is missing,
 failed or short of seeds (cells whose runs recorded status "not_applicable", e.g. BitFit on a model
-without biases, show "n/a": listed, not an error).
+without biases, show "n/a": listed, not an error; a cell the table does not measure by design, e.g. FT's
+largest weights pruned, shows "n/a" and is neither listed nor expected).
 """
 
 from __future__ import annotations

@@ -42,7 +42,8 @@ The interval is Δ ± t·SE with SE² = SE_seeds² + SE_eval² + SE_device²:
   Welch–Satterthwaite rule over the seed and device terms (the evaluation-set term counts as known
   exactly); 1.96 with neither.
 A claim over several comparisons is not held if any is not held, else inconclusive if any is
-inconclusive, else held. Cells marked n/a (method not applicable to the model) are left out.
+inconclusive, else held. Cells marked n/a (method not applicable to the model, or a cell the table does not
+measure by design) are left out.
 A verdict decided by less than MARGINAL of its interval's half-width is marked marginal: one more
 seed may flip it, which the verdict word alone would not say.
 A claim that is not held also says why that may be at this scale, and how the compared cells

@@ -140,8 +140,8 @@ def pending_text(every: Mapping[str, TableResult], records: Sequence[Record], st
         return ("No table has a run yet and no seeds were given (`--seeds`; `make report` passes the profile's), "
                 "so what is left cannot be counted.")
     if not pairs and not hidden:
-        return ("Every cell has every expected seed; a cell \"n/a\" is a method the model cannot run, and its "
-                "table's page says why.")
+        return ("Every cell has every expected seed; a cell \"n/a\" is a method the model cannot run, or one its "
+                "table does not measure by design, and its table's page says why.")
     todo, copies = runs_to_make(list(results.values()))
     later, _ = runs_to_make(hidden)
     # the time of a whole run: not a copy, nor an evaluation of weights another run trained; a selection

@@ -316,8 +316,11 @@ class Record:
 
     def get(self, dotted: str, default: Any = None) -> Any:
         """A value of the resolved config by dotted path (`method.alpha`), or `default` where the
-        config has no such key (a recorded null stays None)."""
+        config has no such key (a recorded null stays None). The method's options read as the run computed
+        them (`method_as_run`), as `method` does."""
         node: Any = self.raw.get("config") or {}
+        if isinstance(node.get("method"), Mapping):
+            node = {**node, "method": method_as_run(node["method"])}
         for part in dotted.split("."):
             if not isinstance(node, Mapping) or part not in node:
                 return default

@@ -731,7 +731,7 @@ TABLE_PRUNING = TableSpec(
         "(under the mask, W_orig), the share its final mask removes, over every matrix; a random mask at 80 % "
         "remaining removes 20 %. Magnitude pruning never removes them; movement pruning's scores do not see |W|, "
         "so on a backbone with outlier weights (SmolLM2's reach |W| ≈ 9) its masks can remove those the model "
-        "depends on. FT masks nothing (n/a).",
+        "depends on. FT masks nothing (n/a); the dense_blocks row masks nothing either and measures 0.",
         "The runs of this table never copy an equivalent run of another table (reuse_equivalent_runs: false), "
         "so the dense rows' shares were measured by the same code.",
         "Rates: each pruning method's is chosen on its 80 % row and used at every sparsity, as the authors' "

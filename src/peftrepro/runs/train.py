@@ -405,7 +405,8 @@ class _Loop:
     def rate_scale(self) -> float:
         """The share of its peak learning rate the next step uses (the schedule's warm-up and decay)."""
         group = self.state.optimizer.param_groups[0]
-        return group["lr"] / group["initial_lr"] if group["initial_lr"] else 1.0
+        peak = group.get("initial_lr", group["lr"])  # set by the schedule; a run without one keeps its rate
+        return group["lr"] / peak if peak else 0.0
 
     def _log(self) -> None:
         stats = self.stats
