@@ -677,7 +677,7 @@ def _pruning_observe(record: Record) -> list[Obs] | None:
         accuracy = _withheld(accuracy, problem)
     observed = [_measured_obs(record, arm.key, "remaining", "weights.block_linear_density",
                               "share of remaining weights", 100.0), accuracy]
-    if arm.method in PRUNING_METHODS:
+    if arm.key in MASKED_ROWS:  # the rows `applies` expects it of
         observed.append(_measured_obs(record, arm.key, LARGEST_PRUNED, "pruning.largest_pruned",
                                       "share of the largest weights pruned", 100.0))
     return observed
