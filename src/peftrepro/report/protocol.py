@@ -141,7 +141,7 @@ NOT_SETUP = {"train.progress"}
 
 def setup_differences(ours: Record, theirs: Record) -> str:
     """The resolved-config values two runs differ in (SETUP_PREFIXES), `key ours vs theirs`."""
-    a, b = (pd.json_normalize(r.raw.get("config") or {}).iloc[0].to_dict() for r in (ours, theirs))
+    a, b = (pd.json_normalize(r.config).iloc[0].to_dict() for r in (ours, theirs))
     keys = sorted(k for k in set(a) | set(b) if k.startswith(SETUP_PREFIXES) and k not in NOT_SETUP
                   and not same_value(a.get(k), b.get(k)))
     return ", ".join(f"`{k}` {a.get(k)} vs {b.get(k)}" for k in keys) or "nothing"

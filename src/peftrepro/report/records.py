@@ -13,7 +13,7 @@ import json
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from itertools import accumulate
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -314,13 +314,19 @@ class Record:
             return None
         return ExampleScores(hashlib.sha1(json.dumps(ids).encode()).hexdigest(), scores)
 
+    @cached_property
+    def config(self) -> Mapping[str, Any]:
+        """The resolved config with the method's options as the run computed them (`method_as_run`), as
+        `method` reads them; built once per record."""
+        config = self.raw.get("config") or {}
+        if isinstance(config.get("method"), Mapping):
+            config = {**config, "method": method_as_run(config["method"])}
+        return config
+
     def get(self, dotted: str, default: Any = None) -> Any:
-        """A value of the resolved config by dotted path (`method.alpha`), or `default` where the
-        config has no such key (a recorded null stays None). The method's options read as the run computed
-        them (`method_as_run`), as `method` does."""
-        node: Any = self.raw.get("config") or {}
-        if isinstance(node.get("method"), Mapping):
-            node = {**node, "method": method_as_run(node["method"])}
+        """A value of the resolved config (`config`) by dotted path (`method.alpha`), or `default` where the
+        config has no such key (a recorded null stays None)."""
+        node: Any = self.config
         for part in dotted.split("."):
             if not isinstance(node, Mapping) or part not in node:
                 return default
