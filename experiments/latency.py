@@ -292,14 +292,28 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
     return q1, q3
 
 
-def median_interval(values: list[float]) -> tuple[float, float]:
-    """A distribution-free ~95 % confidence interval for the median: the order statistics whose ranks a
-    binomial(n, 1/2) puts at the 2.5 % tails (with 5 or fewer values, their whole range, ~94 %)."""
+def _outer_ranks(n: int) -> int:
+    """How many order statistics each end of the median's interval leaves out: those a binomial(n, 1/2)
+    puts in its 2.5 % tails (none with 5 or fewer values)."""
     from scipy.stats import binom
 
-    ordered = sorted(values)
-    k = max(int(binom.ppf(0.025, len(ordered), 0.5)) - 1, 0)
+    return max(int(binom.ppf(0.025, n, 0.5)) - 1, 0)
+
+
+def median_interval(values: list[float]) -> tuple[float, float]:
+    """A distribution-free confidence interval for the median of about 95 % (`median_coverage`): the order
+    statistics `_outer_ranks` in from each end."""
+    ordered, k = sorted(values), _outer_ranks(len(values))
     return ordered[k], ordered[len(ordered) - 1 - k]
+
+
+def median_coverage(n: int) -> float:
+    """The exact coverage of `median_interval` of n values: P(k < B < n - k) for B ~ binomial(n, 1/2), the
+    median lying between the (k+1)-th and the (n-k)-th value (5 values: their whole range, 93.75 %)."""
+    from scipy.stats import binom
+
+    k = _outer_ranks(n)
+    return float(binom.cdf(n - k - 1, n, 0.5) - binom.cdf(k, n, 0.5))
 
 
 def _round_overheads(samples: list[float], base: list[float]) -> list[float]:
@@ -325,12 +339,13 @@ def _ms(mean: float | None, std: float | None, overhead: float | None) -> str:
 
 
 def _ours(cell: pd.Series) -> str:
-    """Our cell: median (interquartile range) ms, and the overhead's median over rounds with its 95 %
-    interval, or "no difference resolvable" where that interval covers 0."""
+    """Our cell: median (interquartile range) ms, and the overhead's median over rounds with its interval
+    (at the coverage its trials allow), or "no difference resolvable" where that interval covers 0."""
     text = f"{cell['median_ms']:.1f} ({cell['q1_ms']:.1f}–{cell['q3_ms']:.1f})"
     if cell["variant"] == "none":
         return text
-    spread = f"95 %: {_bound(cell['overhead_low_pct'])} … {_bound(cell['overhead_high_pct'])} %"
+    spread = (f"{100 * median_coverage(int(cell['trials'])):.3g} %: {_bound(cell['overhead_low_pct'])} … "
+              f"{_bound(cell['overhead_high_pct'])} %")
     if not cell["resolved"]:
         return f"{text}, no difference resolvable ({spread})"
     return f"{text}, {cell['overhead_pct']:+.1f} % ({spread})"
@@ -359,8 +374,9 @@ def render_markdown(table: pd.DataFrame, record: dict[str, Any], record_path: st
         f"inference mode, no KV cache, logits included",
         f"- trials: {config['trials']} per cell after {config['warmup']} warm-up passes, variants timed "
         "round-robin. Ours: the median (interquartile range) over trials; the overhead is the median over rounds "
-        "of each round's pass against that round's no-adapter pass, with a distribution-free 95 % interval of "
-        "that median, and \"no difference resolvable\" where the interval covers 0 (noise is not reported as an "
+        "of each round's pass against that round's no-adapter pass, with a distribution-free interval of that "
+        f"median (the order statistics nearest a 95 % one: {100 * median_coverage(config['trials']):.3g} % with "
+        f"{config['trials']} trials), and \"no difference resolvable\" where the interval covers 0 (noise is not reported as an "
         "overhead)" + (". The paper's: mean ± std, as it prints them" if with_paper else ""),
         f"- LoRA: {config['lora']}; adapter r chosen per column so that |Θ| is closest to the paper's budget "
         "(values in the CSV)",

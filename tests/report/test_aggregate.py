@@ -239,6 +239,13 @@ def test_a_recorded_null_limit_reads_all_not_unrecorded(runs_dir, write, make_re
     assert "- eval examples (limit) (`task.max_eval_examples`): all" in lines
 
 
+def test_a_choice_of_methods_that_have_not_run_yet_says_so_not_that_it_is_unrecorded(runs_dir, write, make_record):
+    write(make_record("table_pruning", "mnli", {"name": "magnitude_pruning", "remaining": 0.8}, 0, {"accuracy_m": 50}))
+    lines = aggregate.choice_lines(build_table(TABLES["table_pruning"], runs_dir))
+    movement = [line for line in lines if "(`method.score" in line]  # scores and score_lr: movement's alone
+    assert len(movement) == 2 and all(line.endswith("`): no run of movement_pruning yet") for line in movement)
+
+
 def test_config_error_failure_is_a_failed_cell(runs_dir, write, make_record):
     write(make_record("table_methods", "wikisql", {"name": "bitfit"}, 0, status="failed",
                       error_type="ConfigError"))

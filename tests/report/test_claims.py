@@ -268,6 +268,25 @@ def test_a_cell_that_did_not_learn_is_left_out_of_the_pool_and_judges_nothing():
             in matches_or_beats(good, both).evidence)
 
 
+@pytest.mark.parametrize("why_unlearned, listed", [(True, True), (False, False)])
+def test_a_claim_left_inconclusive_by_a_cell_that_did_not_learn_says_why_only_where_it_explains_that(
+        why_unlearned, listed):
+    """The pruning claims' reason (movement's masks removing the largest weights) explains a cell that does
+    not learn; a claim whose reason speaks only of a gap (every other table) keeps it for 'not held'."""
+    good = replace(cell(60.0, std=1.0, n=2), label="magnitude", training="lr 3e-4")
+    failed = replace(cell(35.0, std=1.0, n=2), label="movement", training="lr 1e-3",
+                     did_not_learn=("seed 0: 35.0 vs 35.5", "seed 1: 35.0 vs 35.5"))
+    claim = combine("magnitude matches or beats movement", "§6", [matches_or_beats(good, failed)], "Reason.",
+                    why_unlearned=why_unlearned)
+    assert claim.verdict == INCONCLUSIVE
+    assert claim.why == ("Reason. As trained here: magnitude: lr 3e-4; movement: lr 1e-3." if listed else "")
+    reasons = [line for line in render([claim]) if line.startswith("- ")]
+    assert reasons == ([f"- Inconclusive, as a compared cell did not learn: {claim.text}. {claim.why}"] if listed else [])
+    held = combine("magnitude beats nothing", "§6", [matches_or_beats(good, replace(good, mean=50.0))], "Reason.",
+                   why_unlearned=True)
+    assert held.verdict == HELD and not held.why
+
+
 def weight_type_records(make_record, qv: float, q: float):
     for seed in range(3):
         for ranks, accuracy in (({"W_q": 4, "W_v": 4}, qv), ({"W_q": 8}, q)):

@@ -282,7 +282,7 @@ def test_the_page_says_how_large_a_difference_the_runs_can_resolve(runs_dir, tmp
     assert "mnli: 32 training examples, 400 evaluated, 200 matched and 200 mismatched (validation split)." in text
     assert ("MultiNLI: one accuracy is computed on 200 examples, so near 54% it has a binomial standard error of "
             "3.5 points against the whole evaluation split, while the paper's Table 5 cells span 0.9 points "
-            "(90.8–91.7); two seeds of one setting differ by up to 8.0 points here.") in text
+            "(90.8–91.7); two seeds of one setting of Tables 4–6 differ by up to 8.0 points here.") in text
     assert "Scale of the differences.** No evaluated run yet." in page(tmp_path / "none", tmp_path)
 
 

@@ -236,7 +236,9 @@ class Claim:
     source: str
     verdict: str
     evidence: str
-    why: str = ""  # not held: why that may be at this scale, with how the compared cells trained
+    # not held (or inconclusive as a cell did not learn, where the claim explains that): why that may be at
+    # this scale, with how the compared cells trained
+    why: str = ""
     marginal: bool = False  # every comparison deciding the verdict is marginal
     # what some compared cell still lacks, in any comparison (the evidence quotes only those deciding
     # the verdict): "no result" or "one seed"; "" once every cell has its seeds
@@ -401,9 +403,11 @@ WHY_FT_E2E = ("On E2E the paper's LoRA edges out full fine-tuning on GPT-2 M/L t
               f"against an FT row it cites from Li & Liang (2021); {_LARGER_UPDATE}")
 
 
-def combine(text: str, source: str, comparisons: Sequence[Comparison], why: str = SCALE_WHY) -> Claim:
+def combine(text: str, source: str, comparisons: Sequence[Comparison], why: str = SCALE_WHY,
+            why_unlearned: bool = False) -> Claim:
     """One verdict from several comparisons; the evidence shows the comparisons that decide it.
-    A claim that is not held also says why that may be (`why`) and how the deciding cells trained."""
+    A claim that is not held also says why that may be (`why`) and how the deciding cells trained; so does
+    one left inconclusive by a cell that did not learn where `why` also explains that (`why_unlearned`)."""
     if not comparisons:
         return Claim(text, source, INCONCLUSIVE, "no comparable cells")
     compared = [cell for c in comparisons for cell in c.cells]
@@ -429,7 +433,8 @@ def combine(text: str, source: str, comparisons: Sequence[Comparison], why: str 
         evidence += f" (shown: {len(shown)} of {len(comparisons)} comparisons, {which}; all {len(comparisons)}: {of_all})"
     # held rests on its weakest comparison (shown); not held on its strongest (any of the deciding)
     marginal = shown[0].marginal if verdict == HELD else verdict == NOT_HELD and all(c.marginal for c in deciding)
-    if verdict != NOT_HELD:
+    unlearned = verdict == INCONCLUSIVE and why_unlearned and any(cell.did_not_learn for c in shown for cell in c.cells)
+    if verdict != NOT_HELD and not unlearned:
         return Claim(text, source, verdict, evidence, marginal=marginal, waiting=waiting)
     cells = {cell.label: cell for c in shown for cell in c.cells}  # each cell once, in order
     trained = "; ".join(f"{label}: {cell.training}" for label, cell in cells.items())
@@ -548,10 +553,16 @@ WHY_QLORA = ("QLoRA's parity is shown on RoBERTa-large, T5 (80M-11B) and LLaMA (
              "with LoRA on every linear layer of the blocks; here a 135M model whose weights already sat on a "
              "4-bit grid (GGUF) is re-quantised, with LoRA on W_q and W_v only and one short schedule, so the "
              "quantisation error is a larger share of what LoRA has to absorb.")
-WHY_PRUNING = ("Sanh et al. prune BERT-base over 6-10 epochs of MNLI's 393K pairs, training the scores with their "
-               "own learning rate; here a 135M decoder scored by label likelihood sees 4,000 examples once "
-               "(a few hundred steps), so movement scores accumulate over few steps and the masks have little "
-               "time to settle, while magnitude pruning needs no such history.")
+_PRUNING_SCALE = ("Sanh et al. prune BERT-base over 6-10 epochs of MNLI's 393K pairs; here a 135M decoder scored by "
+                  "label likelihood sees 4,000 examples once (a few hundred steps), so a pruned model has little time "
+                  "to recover what its masks removed.")
+WHY_PRUNING = _PRUNING_SCALE
+# what docs/paper-reference.md §13 measured of movement's masks on SmolLM2, which the table's column shows per run
+WHY_MOVEMENT = (f"{_PRUNING_SCALE} Movement's Adam-trained scores rank weights without regard to their size, so on "
+                "a backbone whose matrices carry a few very large weights its masks remove about as many of each "
+                "matrix's largest 0.1 % as a random mask would (the column \"Largest 0.1 % of weights pruned\"; "
+                "docs/paper-reference.md §13), which costs the untrained backbone far more than removing as many "
+                "small weights; magnitude pruning never removes them.")
 
 
 def _qlora_claims(result: TableResult) -> list[Claim]:
@@ -574,13 +585,14 @@ def _pruning_claims(result: TableResult) -> list[Claim]:
     return [
         *(combine(f"Movement pruning beats magnitude pruning at {percent} % remaining weights",
                   "Sanh et al. §6, Table 2", [beats(cells[f"movement_{percent}"], cells[f"magnitude_{percent}"])],
-                  WHY_PRUNING) for percent in (10, 3)),
+                  WHY_MOVEMENT, why_unlearned=True) for percent in (10, 3)),
         combine("At low sparsity (80 % remaining) magnitude pruning matches or beats movement pruning",
-                "Sanh et al. §6, Figure 2", [matches_or_beats(cells["magnitude_80"], cells["movement_80"])], WHY_PRUNING),
+                "Sanh et al. §6, Figure 2", [matches_or_beats(cells["magnitude_80"], cells["movement_80"])],
+                WHY_MOVEMENT, why_unlearned=True),
         combine("At low sparsity (80 % remaining) magnitude pruning matches dense fine-tuning (little or no loss; "
-                "against the dense row with the same trainable weights and rate, embeddings frozen)",
+                "against the dense row with the same trainable weights and rate, all but the blocks frozen)",
                 "Sanh et al. §6, Figure 2", [matches_or_beats(cells["magnitude_80"], cells["dense_blocks"])],
-                WHY_PRUNING),
+                WHY_PRUNING, why_unlearned=True),
     ]
 
 
@@ -600,18 +612,19 @@ def evaluate(result: TableResult) -> list[Claim]:
 
 
 def render(claims: Sequence[Claim], with_rule: bool = True) -> list[str]:
-    """Markdown lines: one table row per claim, why those not held may be so at this scale (once per
-    reason), then the decision rule (`with_rule`: a page that states it once leaves it out)."""
+    """Markdown lines: one table row per claim, why those not held (or not judged, a cell not learning) may be
+    so at this scale (once per reason), then the decision rule (`with_rule`: a page that states it once leaves it out)."""
     lines = ["| Paper's claim | Where | On our numbers | Evidence (mean ± std (n); Δ ± the "
              f"{CONFIDENCE_TEXT} interval's half-width) |",
              "|---|---|---|---|"]
     lines += [f"| {c.text} | {c.source} | {c.printed(bold=True)} | {c.evidence} |" for c in claims]
-    not_held: dict[str, list[str]] = {}  # two claims on the same cells share their reason
+    reasons: dict[tuple[str, str], list[str]] = {}  # two claims on the same cells share their reason
     for claim in claims:
         if claim.why:
-            not_held.setdefault(claim.why, []).append(claim.text)
-    if not_held:
-        lines += ["", *(f"- Not held: {'; '.join(texts)}. {why}" for why, texts in not_held.items())]
+            kind = "Not held" if claim.verdict == NOT_HELD else "Inconclusive, as a compared cell did not learn"
+            reasons.setdefault((kind, claim.why), []).append(claim.text)
+    if reasons:
+        lines += ["", *(f"- {kind}: {'; '.join(texts)}. {why}" for (kind, why), texts in reasons.items())]
     return lines + (["", *rule_lines()] if with_rule else [])
 
 

@@ -216,7 +216,7 @@ def e2e_scale_text(records: Sequence[Record], table3: TableResult | None, paper:
             f"it a standard error of about {statistics.median(errors):.1f} points, while the paper's GPT-2 M cells "
             f"of Table 3 span {cells.max() - cells.min():.1f} BLEU ({cells.min():.1f}–{cells.max():.1f})")
     if spreads := seed_spreads([table3] if table3 else [], "bleu"):
-        text += f"; two seeds of one setting differ by {largest_spread_text(spreads, 'BLEU', ' here')}"
+        text += f"; two seeds of one Table 3 setting differ by {largest_spread_text(spreads, 'BLEU', ' here')}"
     return text + "."
 
 
@@ -240,7 +240,7 @@ def scale_text(records: Sequence[Record], results: Mapping[str, TableResult]) ->
                 f"while the paper's Table 5 cells span {cells.max() - cells.min():.1f} points "
                 f"({cells.min():.1f}–{cells.max():.1f})")
         if spreads := seed_spreads(lora_paper_tables, metric):
-            text += f"; two seeds of one setting differ by {largest_spread_text(spreads, 'points', ' here')}"
+            text += f"; two seeds of one setting of Tables 4–6 differ by {largest_spread_text(spreads, 'points', ' here')}"
         lines.append(text + ".")
     if lines:
         lines.append("Accuracy differences of the size the paper reports cannot be resolved at this scale; such "

@@ -256,8 +256,9 @@ def choice_lines(result: TableResult) -> list[str]:
                               else json.dumps(value, default=str, ensure_ascii=False))
                 per_task.setdefault(record.task, {}).setdefault(value_text, set()).add(method)
         shown_per_task = {task: _values_text(values) for task, values in sorted(per_task.items())}
-        if not shown_per_task:
-            shown = "not recorded"
+        if not shown_per_task:  # a choice of some methods only waits for their first run
+            some_ran = not choice.methods or any(record.method.get("name") in choice.methods for record in ran)
+            shown = "not recorded" if some_ran else f"no run of {', '.join(choice.methods)} yet"
         elif len(set(shown_per_task.values())) == 1:
             shown = next(iter(shown_per_task.values()))
         else:

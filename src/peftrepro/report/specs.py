@@ -642,7 +642,7 @@ LARGEST_PRUNED = "largest_pruned"  # the column of a pruning run's pruned share 
 # two dense rows: every weight trained (ft, beside the paper's "BERT base fine-tuned"), and the pruned rows' own
 # method at 100 % remaining (their trainable weights and rate, nothing masked), which the paper does not print
 PRUNING_ARMS = (Arm("ft", "Fine-tuned, dense (100 % remaining)", "BERT base fine-tuned", "ft"),
-                Arm("dense_blocks", "Blocks fine-tuned, embeddings frozen, dense (100 % remaining)", None,
+                Arm("dense_blocks", "Blocks fine-tuned, the rest frozen, dense (100 % remaining)", None,
                     "magnitude_pruning", {"remaining": 1.0})) + tuple(
     Arm(f"{key}_{percent}", f"{label}, {percent} % remaining", f"{short} {percent}%" if percent in (10, 3) else None,
         method, {"remaining": percent / 100})
