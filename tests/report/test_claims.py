@@ -268,22 +268,24 @@ def test_a_cell_that_did_not_learn_is_left_out_of_the_pool_and_judges_nothing():
             in matches_or_beats(good, both).evidence)
 
 
-@pytest.mark.parametrize("why_unlearned, listed", [(True, True), (False, False)])
+@pytest.mark.parametrize("why_unlearned, seeds, listed", [("Failed fit.", 2, True), ("", 2, False),
+                                                         ("Failed fit.", 1, False)])
 def test_a_claim_left_inconclusive_by_a_cell_that_did_not_learn_says_why_only_where_it_explains_that(
-        why_unlearned, listed):
-    """The pruning claims' reason (movement's masks removing the largest weights) explains a cell that does
-    not learn; a claim whose reason speaks only of a gap (every other table) keeps it for 'not held'."""
+        why_unlearned, seeds, listed):
+    """The pruning claims explain a cell that does not learn (movement's masks removing the largest weights);
+    a claim whose reason speaks only of a gap (every other table) keeps it for 'not held', and one still
+    waiting for a seed explains nothing yet."""
     good = replace(cell(60.0, std=1.0, n=2), label="magnitude", training="lr 3e-4")
-    failed = replace(cell(35.0, std=1.0, n=2), label="movement", training="lr 1e-3",
-                     did_not_learn=("seed 0: 35.0 vs 35.5", "seed 1: 35.0 vs 35.5"))
-    claim = combine("magnitude matches or beats movement", "§6", [matches_or_beats(good, failed)], "Reason.",
-                    why_unlearned=why_unlearned)
+    failed = replace(cell(35.0, std=1.0, n=seeds, status="ok" if seeds == 2 else "partial"), label="movement",
+                     training="lr 1e-3", did_not_learn=("seed 0: 35.0 vs 35.5",) * seeds)
+    claim = combine("magnitude matches or beats movement", "§6", [matches_or_beats(good, failed)], "Gap.",
+                    why_unlearned)
     assert claim.verdict == INCONCLUSIVE
-    assert claim.why == ("Reason. As trained here: magnitude: lr 3e-4; movement: lr 1e-3." if listed else "")
+    assert claim.why == ("Failed fit. As trained here: magnitude: lr 3e-4; movement: lr 1e-3." if listed else "")
     reasons = [line for line in render([claim]) if line.startswith("- ")]
     assert reasons == ([f"- Inconclusive, as a compared cell did not learn: {claim.text}. {claim.why}"] if listed else [])
-    held = combine("magnitude beats nothing", "§6", [matches_or_beats(good, replace(good, mean=50.0))], "Reason.",
-                   why_unlearned=True)
+    held = combine("magnitude beats nothing", "§6", [matches_or_beats(good, replace(good, mean=50.0))], "Gap.",
+                   why_unlearned)
     assert held.verdict == HELD and not held.why
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from peftrepro.report import protocol, provenance
 from peftrepro.report.cells import SeedSpread, build_table, largest_spread_text, seed_spreads
-from peftrepro.report.claims import INCONCLUSIVE, evaluate
+from peftrepro.report.claims import INCONCLUSIVE, WHY_MOVEMENT, WHY_PRUNING, evaluate
 from peftrepro.report.page import ARCHIVE, study_records
 from peftrepro.report.records import load_records, parse_record
 from peftrepro.report.render import (
@@ -85,6 +85,22 @@ def test_an_mnli_run_at_its_majority_class_did_not_learn_and_judges_no_claim(run
     claim = next(c for c in evaluate(result) if c.text == "MultiNLI: LoRA (r_q=r_v=8) matches or beats full fine-tuning")
     assert claim.verdict == INCONCLUSIVE and "FT did not learn (seed 0: 40.0 vs majority class 40.0" in claim.evidence
     assert "- mnli (`accuracy_m`): majority class 40.0 (the share of its most frequent label)" in render_markdown(result, [])
+
+
+@pytest.mark.parametrize("movement_learns, why", [(False, WHY_MOVEMENT), (True, WHY_PRUNING)])
+def test_a_pruning_cell_that_did_not_learn_is_explained_by_its_own_method(runs_dir, write, make_record,
+                                                                         movement_learns, why):
+    """At 10 % remaining: movement's failed fit by its masks, magnitude's (movement learning) by the budget."""
+    for seed in (0, 1):
+        for name, learns in (("movement_pruning", movement_learns), ("magnitude_pruning", not movement_learns)):
+            record = make_record("table_pruning", "mnli", {"name": name, "remaining": 0.1}, seed,
+                                 {"accuracy_m": 0.6 if learns else 0.4})
+            record["pruning"] = {"target_remaining": 0.1, "measured_remaining": 0.1, "largest_pruned": 0.0}
+            write_predictions(write(record | {"eval_notes": {"examples": {"matched": 300}}}),
+                              mnli_rows(180 if learns else None))
+    claim = next(c for c in evaluate(build_table(TABLES["table_pruning"], runs_dir))
+                 if c.text == "Movement pruning beats magnitude pruning at 10 % remaining weights")
+    assert claim.verdict == INCONCLUSIVE and claim.why.startswith(f"{why} As trained here: ")
 
 
 def test_the_figures_mark_a_cell_that_did_not_learn(runs_dir, write, make_record, tmp_path, monkeypatch):
@@ -535,7 +551,7 @@ def test_the_scale_of_e2e_differences_is_its_bootstrap_error_and_seed_spread(run
     error = re.match(r"E2E: one BLEU is computed on 50 test MRs, and a bootstrap over them gives it a standard "
                      r"error of about (\d+\.\d) points", text)
     assert error and float(error.group(1)) > 0
-    assert "the paper's GPT-2 M cells of Table 3 span 4.1 BLEU (66.3–70.4); two seeds of one setting differ by up " \
+    assert "the paper's GPT-2 M cells of Table 3 span 4.1 BLEU (66.3–70.4); two seeds of one Table 3 setting differ by up " \
            "to 2.0 BLEU here." in text
     assert "Accuracy differences" not in text
 

@@ -404,10 +404,10 @@ WHY_FT_E2E = ("On E2E the paper's LoRA edges out full fine-tuning on GPT-2 M/L t
 
 
 def combine(text: str, source: str, comparisons: Sequence[Comparison], why: str = SCALE_WHY,
-            why_unlearned: bool = False) -> Claim:
+            why_unlearned: str = "") -> Claim:
     """One verdict from several comparisons; the evidence shows the comparisons that decide it.
-    A claim that is not held also says why that may be (`why`) and how the deciding cells trained; so does
-    one left inconclusive by a cell that did not learn where `why` also explains that (`why_unlearned`)."""
+    A claim that is not held also says why that may be (`why`) and how the deciding cells trained; one left
+    inconclusive, all its cells run, by a cell that did not learn does so with `why_unlearned` where given."""
     if not comparisons:
         return Claim(text, source, INCONCLUSIVE, "no comparable cells")
     compared = [cell for c in comparisons for cell in c.cells]
@@ -433,12 +433,15 @@ def combine(text: str, source: str, comparisons: Sequence[Comparison], why: str 
         evidence += f" (shown: {len(shown)} of {len(comparisons)} comparisons, {which}; all {len(comparisons)}: {of_all})"
     # held rests on its weakest comparison (shown); not held on its strongest (any of the deciding)
     marginal = shown[0].marginal if verdict == HELD else verdict == NOT_HELD and all(c.marginal for c in deciding)
-    unlearned = verdict == INCONCLUSIVE and why_unlearned and any(cell.did_not_learn for c in shown for cell in c.cells)
+    # with every cell run, a shown comparison with a cell that did not learn is one that the failed fit stopped
+    unlearned = (verdict == INCONCLUSIVE and why_unlearned and not waiting
+                 and any(cell.did_not_learn for c in shown for cell in c.cells))
     if verdict != NOT_HELD and not unlearned:
         return Claim(text, source, verdict, evidence, marginal=marginal, waiting=waiting)
     cells = {cell.label: cell for c in shown for cell in c.cells}  # each cell once, in order
     trained = "; ".join(f"{label}: {cell.training}" for label, cell in cells.items())
-    return Claim(text, source, verdict, evidence, f"{why} As trained here: {trained}.", marginal, waiting)
+    reason = why_unlearned if unlearned else why
+    return Claim(text, source, verdict, evidence, f"{reason} As trained here: {trained}.", marginal, waiting)
 
 
 def _cell(result: TableResult, row: str, column: str, label: str) -> Cell:
@@ -582,17 +585,22 @@ def _qlora_claims(result: TableResult) -> list[Claim]:
 
 def _pruning_claims(result: TableResult) -> list[Claim]:
     cells = _arm_cells(result, "mnli")
+
+    def unlearned(percent: int) -> str:
+        """Why a cell of this sparsity may not learn: movement's masks when its own cell fails, else the budget."""
+        return WHY_MOVEMENT if cells[f"movement_{percent}"].did_not_learn else WHY_PRUNING
+
     return [
         *(combine(f"Movement pruning beats magnitude pruning at {percent} % remaining weights",
                   "Sanh et al. §6, Table 2", [beats(cells[f"movement_{percent}"], cells[f"magnitude_{percent}"])],
-                  WHY_MOVEMENT, why_unlearned=True) for percent in (10, 3)),
+                  WHY_MOVEMENT, unlearned(percent)) for percent in (10, 3)),
         combine("At low sparsity (80 % remaining) magnitude pruning matches or beats movement pruning",
                 "Sanh et al. §6, Figure 2", [matches_or_beats(cells["magnitude_80"], cells["movement_80"])],
-                WHY_MOVEMENT, why_unlearned=True),
+                WHY_MOVEMENT, unlearned(80)),
         combine("At low sparsity (80 % remaining) magnitude pruning matches dense fine-tuning (little or no loss; "
                 "against the dense row with the same trainable weights and rate, all but the blocks frozen)",
                 "Sanh et al. §6, Figure 2", [matches_or_beats(cells["magnitude_80"], cells["dense_blocks"])],
-                WHY_PRUNING, why_unlearned=True),
+                WHY_PRUNING, WHY_PRUNING),
     ]
 
 
