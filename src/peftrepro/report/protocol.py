@@ -173,8 +173,8 @@ def reading_text(ours: Sequence[Record], loop: Mapping[Any, Sequence[Record]]) -
         return [float(first_mrs_bleu(r)) for r in runs]  # type: ignore[arg-type]
 
     table = statistics.fmean(bleus(ours))
-    groups = sorted(loop.items(), key=lambda item: -(item[0] or 0))
-    gaps = [table - statistics.fmean(bleus(runs)) for _, runs in groups]
+    means = {dropout: statistics.fmean(bleus(runs)) for dropout, runs in sorted(loop.items(), key=lambda item: -(item[0] or 0))}
+    gaps = [table - mean for mean in means.values()]
     order = ("at or above each loop-budget group's mean" if all(g >= 0 for g in gaps)
              else "below each loop-budget group's mean" if all(g < 0 for g in gaps)
              else "between the loop-budget groups' means")
@@ -182,7 +182,7 @@ def reading_text(ours: Sequence[Record], loop: Mapping[Any, Sequence[Record]]) -
     within = (f"; every gap is smaller than the {noise:.1f} BLEU by which two seeds of one of these setups differ "
               "on the same MRs, so within seed noise" if noise is not None and all(abs(g) < noise for g in gaps) else "")
     return (f"- Reading: on the first {FIRST_MRS} MRs Table 3's LoRA ({table:.1f}) lies {order} "
-            f"({', '.join(f'dropout {d}: {statistics.fmean(bleus(runs)):.1f}' for d, runs in groups)}){within}.")
+            f"({', '.join(f'dropout {d}: {mean:.1f}' for d, mean in means.items())}){within}.")
 
 
 def budget_text(results: Mapping[str, TableResult], study: Sequence[Record]) -> str:
