@@ -715,8 +715,8 @@ TABLE_PRUNING = TableSpec(
         "freeze the embeddings in their experiments (§5) and do not say whether that row did, so a second dense "
         "row is the pruned rows' own method keeping 100 % of the weights: the blocks fine-tuned, everything "
         "outside them frozen (the embeddings, and a decoder's final norm, which BERT lacks), at magnitude "
-        "pruning's rate (chosen at 80 % remaining), its evaluations counted from the cool-down as theirs are. A pruned row differs from it in sparsity alone; the 80 % claim is judged "
-        "against it.",
+        "pruning's rate (chosen at 80 % remaining), its evaluations counted from the cool-down as theirs are. "
+        "A pruned row differs from it in sparsity alone; the 80 % claim is judged against it.",
         "Pruned: every linear layer of every block (W_q ... W_down), each matrix ranked on its own; the rest of "
         "the blocks fine-tunes, the embeddings and the LM head tied to them stay frozen, as Sanh et al. freeze "
         "the embeddings. Magnitude: the largest |W|; movement: the largest scores S, learned from the "
