@@ -166,9 +166,13 @@ def test_a_latency_difference_inside_the_noise_is_not_reported_as_an_overhead(la
 def test_the_median_interval_is_distribution_free_at_the_coverage_it_prints(latency, values, interval, coverage) -> None:
     assert latency.median_interval(values) == interval
     assert latency.median_coverage(len(values)) == pytest.approx(coverage, abs=1e-4)
-    # the coverage by simulation: how often the interval of n uniform draws holds their median, 0.5
+    # the coverage by simulation: how often the interval of n uniform draws holds their median, 0.5 (the
+    # draws' order statistics at median_interval's ranks, which its first rows confirm)
     draws = np.random.default_rng(0).random((20_000, len(values)))
-    held = np.mean([low <= 0.5 <= high for low, high in map(latency.median_interval, draws.tolist())])
+    ordered, k = np.sort(draws, axis=1), sorted(values).index(interval[0])  # k: the low end's rank
+    assert all(latency.median_interval(row) == (low, high)
+               for row, low, high in zip(draws[:20].tolist(), ordered[:20, k], ordered[:20, -1 - k]))
+    held = np.mean((ordered[:, k] <= 0.5) & (0.5 <= ordered[:, -1 - k]))
     assert held == pytest.approx(coverage, abs=0.01)
 
 

@@ -268,24 +268,24 @@ def test_a_cell_that_did_not_learn_is_left_out_of_the_pool_and_judges_nothing():
             in matches_or_beats(good, both).evidence)
 
 
-@pytest.mark.parametrize("why_unlearned, seeds, listed", [("Failed fit.", 2, True), ("", 2, False),
-                                                         ("Failed fit.", 1, False)])
+@pytest.mark.parametrize("reason, seeds, listed", [("Failed fit.", 2, True), ("", 2, False), ("Failed fit.", 1, False)])
 def test_a_claim_left_inconclusive_by_a_cell_that_did_not_learn_says_why_only_where_it_explains_that(
-        why_unlearned, seeds, listed):
-    """The pruning claims explain a cell that does not learn (movement's masks removing the largest weights);
-    a claim whose reason speaks only of a gap (every other table) keeps it for 'not held', and one still
-    waiting for a seed explains nothing yet."""
+        reason, seeds, listed):
+    """The pruning claims explain a cell that does not learn (`why_unlearned`, given the failed cells); no
+    reason where it names none, and none while a cell has one seed (no spread: that, not the fit, stops it)."""
     good = replace(cell(60.0, std=1.0, n=2), label="magnitude", training="lr 3e-4")
-    failed = replace(cell(35.0, std=1.0, n=seeds, status="ok" if seeds == 2 else "partial"), label="movement",
-                     training="lr 1e-3", did_not_learn=("seed 0: 35.0 vs 35.5",) * seeds)
+    failed = replace(cell(35.0, std=1.0, n=seeds), label="movement", training="lr 1e-3",
+                     did_not_learn=("seed 0: 35.0 vs 35.5",) * seeds)
+    given = []
     claim = combine("magnitude matches or beats movement", "§6", [matches_or_beats(good, failed)], "Gap.",
-                    why_unlearned)
+                    lambda cells: given.extend(cells) or reason)
     assert claim.verdict == INCONCLUSIVE
     assert claim.why == ("Failed fit. As trained here: magnitude: lr 3e-4; movement: lr 1e-3." if listed else "")
+    assert given == ([failed] if seeds == 2 else [])
     reasons = [line for line in render([claim]) if line.startswith("- ")]
     assert reasons == ([f"- Inconclusive, as a compared cell did not learn: {claim.text}. {claim.why}"] if listed else [])
     held = combine("magnitude beats nothing", "§6", [matches_or_beats(good, replace(good, mean=50.0))], "Gap.",
-                   why_unlearned)
+                   lambda cells: reason)
     assert held.verdict == HELD and not held.why
 
 

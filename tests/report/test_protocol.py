@@ -16,7 +16,7 @@ import pytest
 
 from peftrepro.report import protocol, provenance
 from peftrepro.report.cells import SeedSpread, build_table, largest_spread_text, seed_spreads
-from peftrepro.report.claims import INCONCLUSIVE, WHY_MOVEMENT, WHY_PRUNING, evaluate
+from peftrepro.report.claims import INCONCLUSIVE, NOT_HELD, WHY_MOVEMENT, WHY_PRUNING, evaluate
 from peftrepro.report.page import ARCHIVE, study_records
 from peftrepro.report.records import load_records, parse_record
 from peftrepro.report.render import (
@@ -87,20 +87,38 @@ def test_an_mnli_run_at_its_majority_class_did_not_learn_and_judges_no_claim(run
     assert "- mnli (`accuracy_m`): majority class 40.0 (the share of its most frequent label)" in render_markdown(result, [])
 
 
-@pytest.mark.parametrize("movement_learns, why", [(False, WHY_MOVEMENT), (True, WHY_PRUNING)])
-def test_a_pruning_cell_that_did_not_learn_is_explained_by_its_own_method(runs_dir, write, make_record,
-                                                                         movement_learns, why):
-    """At 10 % remaining: movement's failed fit by its masks, magnitude's (movement learning) by the budget."""
+@pytest.mark.parametrize("movement, magnitude, largest_pruned, why", [
+    (False, True, 0.21, WHY_MOVEMENT),  # movement's masks removed a fifth of the largest weights, magnitude learned
+    (False, True, 0.0, WHY_PRUNING),  # ... removed none of them: the column does not back movement's reason
+    (True, False, 0.21, WHY_PRUNING),  # magnitude failed: the budget
+    (False, False, 0.21, WHY_PRUNING),  # both failed: nothing singles out movement's masks
+])
+def test_a_pruning_cell_that_did_not_learn_is_explained_by_what_its_row_measured(runs_dir, write, make_record,
+                                                                                movement, magnitude, largest_pruned, why):
     for seed in (0, 1):
-        for name, learns in (("movement_pruning", movement_learns), ("magnitude_pruning", not movement_learns)):
+        for name, learns in (("movement_pruning", movement), ("magnitude_pruning", magnitude)):
             record = make_record("table_pruning", "mnli", {"name": name, "remaining": 0.1}, seed,
                                  {"accuracy_m": 0.6 if learns else 0.4})
-            record["pruning"] = {"target_remaining": 0.1, "measured_remaining": 0.1, "largest_pruned": 0.0}
+            largest = largest_pruned if name == "movement_pruning" else 0.0
+            record["pruning"] = {"target_remaining": 0.1, "measured_remaining": 0.1, "largest_pruned": largest}
             write_predictions(write(record | {"eval_notes": {"examples": {"matched": 300}}}),
                               mnli_rows(180 if learns else None))
     claim = next(c for c in evaluate(build_table(TABLES["table_pruning"], runs_dir))
                  if c.text == "Movement pruning beats magnitude pruning at 10 % remaining weights")
     assert claim.verdict == INCONCLUSIVE and claim.why.startswith(f"{why} As trained here: ")
+
+
+def test_movement_beating_magnitude_at_80_percent_is_not_explained_by_movements_masks(runs_dir, write, make_record):
+    """Not held at 80 % means movement won: the reason is the budget's, not movement's failing masks."""
+    for seed in (0, 1):
+        for name, correct in (("magnitude_pruning", 180), ("movement_pruning", 210)):
+            record = make_record("table_pruning", "mnli", {"name": name, "remaining": 0.8}, seed,
+                                 {"accuracy_m": correct / 300})
+            record["pruning"] = {"target_remaining": 0.8, "measured_remaining": 0.8, "largest_pruned": 0.2}
+            write_predictions(write(record | {"eval_notes": {"examples": {"matched": 300}}}), mnli_rows(correct))
+    claim = next(c for c in evaluate(build_table(TABLES["table_pruning"], runs_dir))
+                 if c.text.startswith("At low sparsity (80 % remaining) magnitude pruning matches or beats movement"))
+    assert claim.verdict == NOT_HELD and claim.why.startswith(f"{WHY_PRUNING} As trained here: ")
 
 
 def test_the_figures_mark_a_cell_that_did_not_learn(runs_dir, write, make_record, tmp_path, monkeypatch):

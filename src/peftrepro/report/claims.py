@@ -62,7 +62,7 @@ from scipy import stats as scipy_stats
 
 from peftrepro.report.intervals import CONFIDENCE_TEXT, quantile
 from peftrepro.report.records import PROPORTION_METRICS, trainable_counts, training_text
-from peftrepro.report.specs import GPT3_TASK_NAMES, RANK_WEIGHTS
+from peftrepro.report.specs import GPT3_TASK_NAMES, LARGEST_PRUNED, RANK_WEIGHTS
 
 if TYPE_CHECKING:
     from peftrepro.report.cells import Resampled, TableResult
@@ -404,10 +404,11 @@ WHY_FT_E2E = ("On E2E the paper's LoRA edges out full fine-tuning on GPT-2 M/L t
 
 
 def combine(text: str, source: str, comparisons: Sequence[Comparison], why: str = SCALE_WHY,
-            why_unlearned: str = "") -> Claim:
+            why_unlearned: Callable[[Sequence[Cell]], str] | None = None) -> Claim:
     """One verdict from several comparisons; the evidence shows the comparisons that decide it.
     A claim that is not held also says why that may be (`why`) and how the deciding cells trained; one left
-    inconclusive, all its cells run, by a cell that did not learn does so with `why_unlearned` where given."""
+    inconclusive by cells that did not learn (every cell with its seeds) does so where `why_unlearned`,
+    given those cells, names a reason."""
     if not comparisons:
         return Claim(text, source, INCONCLUSIVE, "no comparable cells")
     compared = [cell for c in comparisons for cell in c.cells]
@@ -433,14 +434,17 @@ def combine(text: str, source: str, comparisons: Sequence[Comparison], why: str 
         evidence += f" (shown: {len(shown)} of {len(comparisons)} comparisons, {which}; all {len(comparisons)}: {of_all})"
     # held rests on its weakest comparison (shown); not held on its strongest (any of the deciding)
     marginal = shown[0].marginal if verdict == HELD else verdict == NOT_HELD and all(c.marginal for c in deciding)
-    # with every cell run, a shown comparison with a cell that did not learn is one that the failed fit stopped
-    unlearned = (verdict == INCONCLUSIVE and why_unlearned and not waiting
-                 and any(cell.did_not_learn for c in shown for cell in c.cells))
-    if verdict != NOT_HELD and not unlearned:
+    shown_cells = [cell for c in shown for cell in c.cells]
+    reason = why if verdict == NOT_HELD else ""
+    if verdict == INCONCLUSIVE:
+        # with every shown cell at 2+ seeds, a failed fit is what stopped the comparison (`_difference`)
+        failed = [cell for cell in shown_cells if cell.did_not_learn]
+        reason = (why_unlearned(failed) if why_unlearned and failed and not waiting
+                  and all(cell.n > 1 for cell in shown_cells) else "")
+    if not reason:
         return Claim(text, source, verdict, evidence, marginal=marginal, waiting=waiting)
-    cells = {cell.label: cell for c in shown for cell in c.cells}  # each cell once, in order
+    cells = {cell.label: cell for cell in shown_cells}  # each cell once, in order
     trained = "; ".join(f"{label}: {cell.training}" for label, cell in cells.items())
-    reason = why_unlearned if unlearned else why
     return Claim(text, source, verdict, evidence, f"{reason} As trained here: {trained}.", marginal, waiting)
 
 
@@ -560,12 +564,15 @@ _PRUNING_SCALE = ("Sanh et al. prune BERT-base over 6-10 epochs of MNLI's 393K p
                   "label likelihood sees 4,000 examples once (a few hundred steps), so a pruned model has little time "
                   "to recover what its masks removed.")
 WHY_PRUNING = _PRUNING_SCALE
-# what docs/paper-reference.md §13 measured of movement's masks on SmolLM2, which the table's column shows per run
-WHY_MOVEMENT = (f"{_PRUNING_SCALE} Movement's Adam-trained scores rank weights without regard to their size, so on "
-                "a backbone whose matrices carry a few very large weights its masks remove about as many of each "
-                "matrix's largest 0.1 % as a random mask would (the column \"Largest 0.1 % of weights pruned\"), "
-                "and in the rate selection's runs the loss rose far above its start while pruning (docs/"
-                "paper-reference.md §13); magnitude pruning never removes those weights.")
+# what docs/paper-reference.md §13 measured of movement's masks on SmolLM2; said of a movement cell that did not
+# learn while its masks removed some of those weights (the table's column), and magnitude's cell learned
+WHY_MOVEMENT = (f"{_PRUNING_SCALE} Movement's Adam-trained scores rank weights without regard to their size, so "
+                "its masks removed some of each matrix's few very large weights (the column \"Largest 0.1 % of "
+                "weights pruned\"; at 80 % remaining about as many as a random mask, docs/paper-reference.md §13), "
+                "and in the rate selection's runs the loss rose far above its start while pruning; magnitude "
+                "pruning never removes those weights.")
+# a movement cell that pruned this share (%) of its largest weights or more is said to have removed some
+OUTLIERS_PRUNED = 1.0
 
 
 def _qlora_claims(result: TableResult) -> list[Claim]:
@@ -586,22 +593,35 @@ def _qlora_claims(result: TableResult) -> list[Claim]:
 def _pruning_claims(result: TableResult) -> list[Claim]:
     cells = _arm_cells(result, "mnli")
 
-    def unlearned(percent: int) -> str:
-        """Why a cell of this sparsity may not learn: movement's masks when its own cell fails, else the budget."""
-        return WHY_MOVEMENT if cells[f"movement_{percent}"].did_not_learn else WHY_PRUNING
+    def unlearned(failed: Sequence[Cell]) -> str:
+        """Why pruned cells may not learn: movement's masks where only movement failed, its masks having
+        removed some of the largest weights; the budget where a pruned cell failed; no reason for a dense row."""
+        rows = [row for row, cell in cells.items() if any(cell is f for f in failed)]
+        if not rows or not all(row.startswith(("magnitude_", "movement_")) for row in rows):
+            return ""
+        if all(row.startswith("movement_") and _largest_pruned(result, row) >= OUTLIERS_PRUNED for row in rows):
+            return WHY_MOVEMENT
+        return WHY_PRUNING
 
     return [
         *(combine(f"Movement pruning beats magnitude pruning at {percent} % remaining weights",
                   "Sanh et al. §6, Table 2", [beats(cells[f"movement_{percent}"], cells[f"magnitude_{percent}"])],
-                  WHY_MOVEMENT, unlearned(percent)) for percent in (10, 3)),
+                  WHY_MOVEMENT, unlearned) for percent in (10, 3)),
+        # not held here means movement beat magnitude: the budget, not movement's masks, is the reason to give
         combine("At low sparsity (80 % remaining) magnitude pruning matches or beats movement pruning",
                 "Sanh et al. §6, Figure 2", [matches_or_beats(cells["magnitude_80"], cells["movement_80"])],
-                WHY_MOVEMENT, unlearned(80)),
+                WHY_PRUNING, unlearned),
         combine("At low sparsity (80 % remaining) magnitude pruning matches dense fine-tuning (little or no loss; "
                 "against the dense row with the same trainable weights and rate, all but the blocks frozen)",
                 "Sanh et al. §6, Figure 2", [matches_or_beats(cells["magnitude_80"], cells["dense_blocks"])],
-                WHY_PRUNING, WHY_PRUNING),
+                WHY_PRUNING, unlearned),
     ]
+
+
+def _largest_pruned(result: TableResult, row: str) -> float:
+    """A pruned row's mean share (%) of its largest weights its masks removed; 0 where not measured."""
+    stats = result.stats(row, LARGEST_PRUNED)
+    return float(stats["mean"]) if stats["n"] else 0.0
 
 
 CLAIMS: dict[str, Callable[[TableResult], list[Claim]]] = {

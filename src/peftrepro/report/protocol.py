@@ -217,9 +217,9 @@ def budget_text(results: Mapping[str, TableResult], study: Sequence[Record]) -> 
         spreads = seed_spreads([table3] if table3 else [], "bleu")
         if spreads:
             lines.append("- These are runs, not intervals: two seeds of one Table 3 setting differ by "
-                         f"{largest_spread_text(spreads, 'BLEU', ' on all test MRs')}, so a gap smaller than that "
-                         "between groups of one or two seeds is within seed noise (on 100 MRs a BLEU also carries "
-                         "more evaluation-set noise than on all of them).")
+                         f"{largest_spread_text(spreads, 'BLEU', ' on all test MRs')}; on 100 MRs a BLEU also "
+                         "carries more evaluation-set noise than on all of them, so the reading below measures "
+                         "noise by the compared setups' own seeds there.")
         if ours:
             lines.append(reading_text(ours, loop))
     else:

@@ -717,12 +717,12 @@ TABLE_PRUNING = TableSpec(
         "outside them frozen (the embeddings, and a decoder's final norm, which BERT lacks), at magnitude "
         "pruning's rate (chosen at 80 % remaining), its evaluations counted from the cool-down as theirs are. "
         "A pruned row differs from it in sparsity alone; the 80 % claim is judged against it.",
-        "Pruned: every linear layer of every block (W_q ... W_down), each matrix ranked on its own; the rest of "
-        "the blocks fine-tunes, the embeddings and the LM head tied to them stay frozen, as Sanh et al. freeze "
-        "the embeddings. Magnitude: the largest |W|; movement: the largest scores S, learned from the "
-        "straight-through gradient ∂L/∂W'·W (Eq. 2) by Adam, as the authors' code trains them (Eq. 3's plain sum "
-        "grows with |W| and prunes a backbone's outlier weights first), at a rate that follows the training's "
-        "warm-up and decay as theirs does, though unclipped; both on the cubic schedule (Eq. 5) with "
+        "Pruned: every linear layer of every block (W_q ... W_down), each matrix ranked on its own; the rest of the "
+        "blocks fine-tunes, everything outside them (the embeddings, the LM head tied to them, the final norm) stays "
+        "frozen, as Sanh et al. freeze the embeddings. Magnitude: the largest |W|; movement: the largest scores S, "
+        "learned from the straight-through gradient ∂L/∂W'·W (Eq. 2) by Adam, as the authors' code trains them "
+        "(Eq. 3's plain sum grows with |W| and prunes a backbone's outlier weights first), at a rate that follows "
+        "the training's warm-up and decay as theirs does, though unclipped; both on the cubic schedule (Eq. 5) with "
         "the warm-up and cool-down above.",
         "Remaining weights (measured): the share of nonzero weights in the blocks' linear layers as the "
         "evaluated model used them. A pruning run whose measured share is more than "
