@@ -5,9 +5,10 @@ Both keep, in every linear layer of every block (`targets.block_linears`: the mo
 in the model's layout, a fused projection such as GPT-2's c_attn as one matrix), the share v of its
 weights with the highest importance score S, and fine-tune every parameter of the blocks. A masked
 weight gets no loss gradient (W' = W ⊙ M); only weight decay and Adam's remaining momentum move it, and
-it comes back only when the scores re-rank it above a kept one (Zhu & Gupta's gradual pruning). The embeddings,
-and the LM head tied to them, stay frozen, as Sanh et al. freeze the embedding modules (§5). A block matrix
-that is no linear layer of the layout (a mixture of experts' MLPs) stays dense: the facts name it
+it comes back only when the scores re-rank it above a kept one (Zhu & Gupta's gradual pruning). Everything
+outside the blocks (the embeddings, the LM head tied to them, a decoder's final norm) stays frozen, as Sanh et
+al. freeze the embedding modules (§5). A block matrix that is no linear layer of the layout (a mixture of
+experts' MLPs) stays dense: the facts name it
 (`not_pruned`), and the pruning table shows no accuracy for such a run. `remaining: 1` prunes nothing:
 the same trainable weights and rate with no sparsity, the dense point the pruned rows are measured from.
 - Magnitude pruning (MaP, zeroth order): S = |W|, the weights farthest from 0.
@@ -56,11 +57,11 @@ log = logging.getLogger(__name__)
 class PruningConfig(MethodConfig):
     scheduled: ClassVar[bool] = True  # the sparsity ramp (Pruner)
     # v_f: the share of each pruned matrix's weights kept at the end; 1 prunes nothing, which leaves the
-    # blocks fine-tuned with the embeddings frozen: the pruned rows' dense reference
+    # blocks fine-tuned with all outside them frozen: the pruned rows' dense reference
     remaining: float = 0.1
     warmup: float = 0.1  # t_i / T: steps before pruning starts (the authors' command: 1 of 10 epochs)
     cooldown: float = 0.2  # t_f / T: steps at v_f at the end (the authors' command: 2 of 10 epochs)
-    update_every: int = 10  # steps between mask updates while v falls (Zhu & Gupta's Δt)
+    update_every: int = 10  # steps between mask updates, from pruning's start to the end (Zhu & Gupta's Δt)
 
     def validate(self) -> None:
         if isinstance(self.remaining, bool) or not isinstance(self.remaining, (int, float)) \
