@@ -560,13 +560,12 @@ WHY_QLORA = ("QLoRA's parity is shown on RoBERTa-large, T5 (80M-11B) and LLaMA (
              "with LoRA on every linear layer of the blocks; here a 135M model whose weights already sat on a "
              "4-bit grid (GGUF) is re-quantised, with LoRA on W_q and W_v only and one short schedule, so the "
              "quantisation error is a larger share of what LoRA has to absorb.")
-_PRUNING_SCALE = ("Sanh et al. prune BERT-base over 6-10 epochs of MNLI's 393K pairs; here a 135M decoder scored by "
-                  "label likelihood sees 4,000 examples once (a few hundred steps), so a pruned model has little time "
-                  "to recover what its masks removed.")
-WHY_PRUNING = _PRUNING_SCALE
+WHY_PRUNING = ("Sanh et al. prune BERT-base over 6-10 epochs of MNLI's 393K pairs; here a 135M decoder scored by "
+               "label likelihood sees 4,000 examples once (a few hundred steps), so a pruned model has little time "
+               "to recover what its masks removed.")
 # what docs/paper-reference.md §13 measured of movement's masks on SmolLM2; said of a movement cell that did not
 # learn while its masks removed some of those weights (the table's column), and magnitude's cell learned
-WHY_MOVEMENT = (f"{_PRUNING_SCALE} Movement's Adam-trained scores rank weights without regard to their size, so "
+WHY_MOVEMENT = (f"{WHY_PRUNING} Movement's Adam-trained scores rank weights without regard to their size, so "
                 "its masks removed some of each matrix's few very large weights (the column \"Largest 0.1 % of "
                 "weights pruned\"; at 80 % remaining about as many as a random mask, docs/paper-reference.md §13), "
                 "and in the rate selection's runs the loss rose far above its start while pruning; magnitude "

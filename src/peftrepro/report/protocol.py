@@ -172,13 +172,15 @@ def reading_text(ours: Sequence[Record], loop: Mapping[Any, Sequence[Record]]) -
     def bleus(runs: Sequence[Record]) -> list[float]:
         return [float(first_mrs_bleu(r)) for r in runs]  # type: ignore[arg-type]
 
-    table = statistics.fmean(bleus(ours))
-    means = {dropout: statistics.fmean(bleus(runs)) for dropout, runs in sorted(loop.items(), key=lambda item: -(item[0] or 0))}
+    ours_bleus = bleus(ours)
+    groups = {dropout: bleus(runs) for dropout, runs in sorted(loop.items(), key=lambda item: -(item[0] or 0))}
+    table = statistics.fmean(ours_bleus)
+    means = {dropout: statistics.fmean(scores) for dropout, scores in groups.items()}
     gaps = [table - mean for mean in means.values()]
     order = ("at or above each loop-budget group's mean" if all(g >= 0 for g in gaps)
              else "below each loop-budget group's mean" if all(g < 0 for g in gaps)
              else "between the loop-budget groups' means")
-    noise = max((max(b) - min(b) for b in map(bleus, (ours, *loop.values())) if len(b) > 1), default=None)
+    noise = max((max(b) - min(b) for b in (ours_bleus, *groups.values()) if len(b) > 1), default=None)
     within = (f"; every gap is smaller than the {noise:.1f} BLEU by which two seeds of one of these setups differ "
               "on the same MRs, so within seed noise" if noise is not None and all(abs(g) < noise for g in gaps) else "")
     return (f"- Reading: on the first {FIRST_MRS} MRs Table 3's LoRA ({table:.1f}) lies {order} "
