@@ -15,8 +15,8 @@ from peftrepro.report import claims, factors
 from peftrepro.report import page as report
 from peftrepro.report.cells import build_table
 from peftrepro.report.claims import Claim
-from peftrepro.report.progress import claims_text, runs_split, troubled_text
-from peftrepro.report.records import at_a_time, hours, plural, rate_text, rates_text
+from peftrepro.report.progress import claims_text, device_estimate, runs_split, troubled_text
+from peftrepro.report.records import at_a_time, hours, plural, process_seconds, rate_text, rates_text, run_seconds
 from peftrepro.report.render import header_lines, layout
 from peftrepro.report.specs import TABLES
 
@@ -174,6 +174,33 @@ def test_runs_at_a_time_come_from_their_start_and_end_times(runs_dir, write, mak
         write(record)
     records = build_table(TABLES["table_weight_type"], runs_dir).records
     assert at_a_time(records) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("resumed", "run_s"), [
+    ([], 600.0),
+    ([{"from_step": 50, "train_s_before": 300.0}], 900.0),
+    # each resumption counts all training before it: the last holds the sum
+    ([{"from_step": 50, "train_s_before": 300.0}, {"from_step": 120, "train_s_before": 1000.0}], 1600.0),
+], ids=["not resumed", "resumed once", "resumed twice"])
+def test_a_resumed_runs_time_counts_the_training_before_it_resumed(runs_dir, write, make_record, resumed,
+                                                                  run_s) -> None:
+    record = make_record("table_weight_type", "mnli", WQ, 0, {"accuracy_m": 0.5}, minutes=50)
+    record["timings"], record["training"] = {"total_s": 600.0}, {"steps": 250, "resumed": resumed}
+    write(record)
+    [run] = build_table(TABLES["table_weight_type"], runs_dir).records
+    # the last process alone ended at the record's time: its span is what ran at once with others
+    assert (run_seconds(run), process_seconds(run)) == (run_s, 600.0)
+
+
+def test_runs_at_once_take_no_less_than_one_run(runs_dir, write, make_record) -> None:
+    """Four runs took 3 min each, four at once: one more would take 3 min, not a quarter of it."""
+    for seed in range(4):
+        record = make_record("table_weight_type", "mnli", WQ, seed, {"accuracy_m": 0.5}, minutes=10, key=f"k{seed}")
+        record["timings"] = {"total_s": 180.0}
+        write(record)
+    runs = build_table(TABLES["table_weight_type"], runs_dir).records
+    assert device_estimate("GPU", runs, {"mnli": 1}).endswith(f"would take about {hours(180)} there with as many at once.")
+    assert device_estimate("GPU", runs, {"mnli": 8}).endswith(f"would take about {hours(360)} there with as many at once.")
 
 
 def test_runs_that_shared_a_device_say_so_with_their_wall_time(runs_dir, tmp_path, write, make_record) -> None:

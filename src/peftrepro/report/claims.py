@@ -566,7 +566,7 @@ WHY_PRUNING = ("Sanh et al. prune BERT-base over 6-10 epochs of MNLI's 393K pair
 # what docs/paper-reference.md §13 measured of movement's masks on SmolLM2; said of a movement cell that did not
 # learn while its masks removed some of those weights (the table's column), and magnitude's cell learned
 WHY_MOVEMENT = (f"{WHY_PRUNING} Movement's Adam-trained scores rank weights without regard to their size, so "
-                "its masks removed some of each matrix's few very large weights (the column \"Largest 0.1 % of "
+                "its masks removed some of the matrices' few very large weights (the column \"Largest 0.1 % of "
                 "weights pruned\"; at 80 % remaining about as many as a random mask, docs/paper-reference.md §13), "
                 "and in the rate selection's runs the loss rose far above its start while pruning; magnitude "
                 "pruning never removes those weights.")

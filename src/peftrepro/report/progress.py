@@ -227,9 +227,12 @@ def device_estimate(device: str, runs: Sequence[Record], todo: Mapping[str, int]
     what = f"the rest ({plural(sum(todo.values()), 'table run')}{points})"
     at_once = at_a_time(runs) if at_once is None else at_once
     if at_once >= SHARED_AT:
+        # runs at once finish no sooner than the longest of them
+        longest = max((medians[task] for counts in (todo, points_left) for task, count in counts.items() if count),
+                      default=0.0)
         return (f"On {device}, where its runs ran about {round(at_once)} at once, a run of this profile (table runs "
                 f"and selection points) took a median of {', '.join(parts)}, so {what} would take about "
-                f"{hours(total / at_once)} there with as many at once.")
+                f"{hours(max(total / at_once, longest))} there with as many at once.")
     return (f"On {device}, a run of this profile (table runs and selection points) took a median of "
             f"{', '.join(parts)}, so {what} would "
             f"take about {hours(total)} there.")

@@ -536,9 +536,18 @@ def status_counts(records: Iterable[Record]) -> dict[str, int]:
     return {status: counts[status] for status in RECORD_STATUSES}
 
 
-def run_seconds(record: Record) -> float:
-    """The run's time as its record timed it (0 where it was not timed)."""
+def process_seconds(record: Record) -> float:
+    """The time of the process that finished the run and wrote its record, as timed (0 where not timed);
+    it ended at `created_at`. A resumed run's earlier processes are not in it."""
     return float((record.raw.get("timings") or {}).get("total_s") or 0.0)
+
+
+def run_seconds(record: Record) -> float:
+    """The run's time: its last process's, plus the training saved before that process resumed it (each
+    resumption's `train_s_before` counts all training before it, so the last one holds the sum; earlier
+    processes' loading, and their training after their last save, were not timed)."""
+    resumed = (record.raw.get("training") or {}).get("resumed") or []
+    return process_seconds(record) + (float(resumed[-1].get("train_s_before") or 0.0) if resumed else 0.0)
 
 
 # runs at once on average from which a device's runs are said to have shared it (timings are theirs)
@@ -550,8 +559,8 @@ def at_a_time(records: Sequence[Record]) -> float:
     intervals cover (each ends at its `created_at`, when its record was written, and lasted its run
     time). 1.0 for runs made one after another; 0.0 for none. Only these records count: other work on
     the machine (another profile's runs, development) is not seen."""
-    spans = sorted((r.created_at.timestamp() - run_seconds(r), r.created_at.timestamp())
-                   for r in records if run_seconds(r) > 0)
+    spans = sorted((r.created_at.timestamp() - process_seconds(r), r.created_at.timestamp())
+                   for r in records if process_seconds(r) > 0)
     wall, reach = 0.0, float("-inf")
     for start, end in spans:
         wall += max(0.0, end - max(start, reach))
