@@ -266,6 +266,11 @@ def test_a_cell_that_did_not_learn_is_left_out_of_the_pool_and_judges_nothing():
     both = replace(failed, did_not_learn=("seed 0: 35.0 vs 36.0", "seed 1: 35.5 vs 36.0"))
     assert ("x did not learn (seed 0: 35.0 vs 36.0; seed 1: 35.5 vs 36.0), so its score says nothing of the method"
             in matches_or_beats(good, both).evidence)
+    # where both cells failed, both are named: the other's score is no result either
+    other = replace(both, label="y", did_not_learn=("seed 0: 34.0 vs 36.0", "seed 1: 33.0 vs 36.0"))
+    assert matches_or_beats(other, both).evidence.endswith(
+        ": y did not learn (seed 0: 34.0 vs 36.0; seed 1: 33.0 vs 36.0), so its score says nothing of the method; "
+        "x did not learn (seed 0: 35.0 vs 36.0; seed 1: 35.5 vs 36.0), so its score says nothing of the method")
 
 
 @pytest.mark.parametrize("reason, seeds, listed", [("Failed fit.", 2, True), ("", 2, False), ("Failed fit.", 1, False)])

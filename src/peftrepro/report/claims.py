@@ -333,20 +333,30 @@ def _difference(a: Cell, b: Cell) -> Difference | str:
     for cell in (a, b):  # a missing cell first: it says more of what is left than the other's one seed
         if cell.n == 0:
             return f"{cell.label} has no result"
+    failures: list[str] = []  # both cells' where both failed: naming one would leave the other read as a result
     for cell in (a, b):
-        if cell.n < 2:
+        if cell.n < 2 and not failures:
             return f"{cell.label} has one seed, so no spread"
-        if failed := len(cell.did_not_learn):
-            which = "" if failed == cell.n else f" in {failed} of its {cell.n} seeds"
-            return (f"{cell.label} did not learn{which} ({'; '.join(cell.did_not_learn)}), so its "
-                    f"{'mean over seeds' if which else 'score'} says nothing of the method")
-        if cell.failed_training:
-            return f"{cell.label}'s training failed ({cell.failed_training}), so its score says nothing of the method"
+        if cell.n >= 2 and (why := _failure(cell)):
+            failures.append(why)
+    if failures:
+        return "; ".join(failures)
     seed_se, seed_df, seed_how = _seed_error(a, b)
     eval_se, eval_how = _eval_error(a, b)
     shift, device_se, device_df, device_how = _device_error(a, b)
     return Difference(a.mean - b.mean - shift, seed_se, seed_df, eval_se, seed_how, eval_how, device_se, device_df,
                       device_how)
+
+
+def _failure(cell: Cell) -> str:
+    """Why a cell's score says nothing of its method: it did not learn, or its training failed ("" if neither)."""
+    if failed := len(cell.did_not_learn):
+        which = "" if failed == cell.n else f" in {failed} of its {cell.n} seeds"
+        return (f"{cell.label} did not learn{which} ({'; '.join(cell.did_not_learn)}), so its "
+                f"{'mean over seeds' if which else 'score'} says nothing of the method")
+    if cell.failed_training:
+        return f"{cell.label}'s training failed ({cell.failed_training}), so its score says nothing of the method"
+    return ""
 
 
 def _evidence(a: Cell, b: Cell, diff: Difference | str, margin: str = "") -> str:
