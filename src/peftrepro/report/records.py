@@ -556,8 +556,8 @@ SHARED_AT = 1.5
 
 def at_a_time(records: Sequence[Record]) -> float:
     """How many of `records` ran at once on average: their summed run times over the wall time their
-    intervals cover (each ends at its `created_at`, when its record was written, and lasted its run
-    time). 1.0 for runs made one after another; 0.0 for none. Only these records count: other work on
+    intervals cover (each ends at its `created_at`, when its record was written, and lasted its last
+    process's time). 1.0 for runs made one after another; 0.0 for none. Only these records count: other work on
     the machine (another profile's runs, development) is not seen."""
     spans = sorted((r.created_at.timestamp() - process_seconds(r), r.created_at.timestamp())
                    for r in records if process_seconds(r) > 0)
