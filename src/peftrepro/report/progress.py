@@ -222,14 +222,14 @@ def device_estimate(device: str, runs: Sequence[Record], todo: Mapping[str, int]
         parts.append(f"{hours(medians[task])} on {task} (n = {len(times)})" if times else
                      f"{hours(overall)} on {task} (no {task} run ran there: the median of its "
                      f"{plural(len(runs), 'run')} of other tasks)")
-    total = sum(count * medians[task] for counts in (todo, points_left) for task, count in counts.items())
+    pending = [(task, count) for counts in (todo, points_left) for task, count in counts.items()]
+    total = sum(count * medians[task] for task, count in pending)
     points = f" and at least {plural(sum(points_left.values()), 'selection point')}" if points_left else ""
     what = f"the rest ({plural(sum(todo.values()), 'table run')}{points})"
     at_once = at_a_time(runs) if at_once is None else at_once
     if at_once >= SHARED_AT:
         # runs at once finish no sooner than the longest of them
-        longest = max((medians[task] for counts in (todo, points_left) for task, count in counts.items() if count),
-                      default=0.0)
+        longest = max((medians[task] for task, count in pending if count), default=0.0)
         return (f"On {device}, where its runs ran about {round(at_once)} at once, a run of this profile (table runs "
                 f"and selection points) took a median of {', '.join(parts)}, so {what} would take about "
                 f"{hours(max(total / at_once, longest))} there with as many at once.")
